@@ -1,0 +1,158 @@
+"""Offload modes, their aliases, and the `auto` decision.
+
+PinStream offers four concrete modes per model:
+
+* ``full_load``      all weights on the device.
+* ``model_offload``  the whole model lives in pinned host memory and is uploaded
+                     (in large chunks at full link speed) while it is used.
+* ``sequential``     non-block weights stay resident; every block is streamed
+                     through a ring of ``prefetch + 1`` device slots.
+* ``budget``         as many blocks resident as fit in a VRAM budget; the rest
+                     are streamed.
+
+``auto`` picks one of them from free device memory, the model's sizes and host
+RAM.  The seed's ``GPU_MEMORY_MODE`` spellings are accepted as aliases.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+MODES = ("auto", "full_load", "model_offload", "sequential", "budget")
+
+# GPU_MEMORY_MODE spellings (VideoX-Fun / FlashPortrait) -> (mode, transfer dtype).
+ALIASES = {
+    "model_full_load": ("full_load", "auto"),
+    "model_cpu_offload": ("model_offload", "auto"),
+    "sequential_cpu_offload": ("sequential", "auto"),
+    "model_cpu_offload_and_qfloat8": ("model_offload", "fp8_e4m3"),
+    "model_full_load_and_qfloat8": ("full_load", "fp8_e4m3"),
+    "sequential_cpu_offload_and_qfloat8": ("sequential", "fp8_e4m3"),
+}
+
+TRANSFER_DTYPES = ("auto", "fp8_e4m3")
+
+GIB = 1024**3
+
+# Device memory kept free for activations, the CUDA context and other models when
+# auto decides.  ComfyUI keeps ~0.8 GB + an OS reserve; we use the larger of a fixed
+# floor and a fraction of the device.
+AUTO_RESERVE_FLOOR_BYTES = int(1.0 * GIB)
+AUTO_RESERVE_FRACTION = 0.10
+# full_load needs this much headroom above the model for activations.
+AUTO_FULL_LOAD_HEADROOM = 1.15
+
+
+class ModeError(ValueError):
+    """A mode, budget or prefetch value that PinStream cannot use."""
+
+
+def allowed_names() -> str:
+    return ", ".join(MODES) + " (aliases: " + ", ".join(ALIASES) + ")"
+
+
+def normalize_mode(name) -> tuple[str, str]:
+    """Return (mode, transfer_dtype) for a mode name or alias.
+
+    Raises ModeError naming what is allowed when ``name`` is unknown.
+    """
+    if not isinstance(name, str):
+        raise ModeError(f"mode must be a string, got {type(name).__name__}; allowed: {allowed_names()}")
+    key = name.strip().lower()
+    if key in MODES:
+        return key, "auto"
+    if key in ALIASES:
+        return ALIASES[key]
+    raise ModeError(f"unknown mode {name!r}; allowed: {allowed_names()}")
+
+
+def env_default_mode() -> Optional[tuple[str, str]]:
+    """The mode named by GPU_MEMORY_MODE, or None when unset or empty.
+
+    A set but unknown value is an error (never silently ignored).
+    """
+    raw = os.environ.get("GPU_MEMORY_MODE", "").strip()
+    if not raw:
+        return None
+    try:
+        return normalize_mode(raw)
+    except ModeError as e:
+        raise ModeError(f"GPU_MEMORY_MODE={raw!r} is not a PinStream mode; allowed: {allowed_names()}") from e
+
+
+def check_budget_gb(budget_gb) -> Optional[float]:
+    if budget_gb is None:
+        return None
+    try:
+        value = float(budget_gb)
+    except (TypeError, ValueError):
+        raise ModeError(f"budget_gb must be a number of GiB, got {budget_gb!r}") from None
+    if math.isnan(value) or math.isinf(value) or value <= 0:
+        raise ModeError(f"budget_gb must be a finite number > 0 (GiB), got {budget_gb!r}")
+    return value
+
+
+def check_prefetch(prefetch) -> int:
+    if isinstance(prefetch, bool) or not isinstance(prefetch, int):
+        raise ModeError(f"prefetch must be a whole number >= 0, got {prefetch!r}")
+    if prefetch < 0 or prefetch > 16:
+        raise ModeError(f"prefetch must be between 0 and 16 blocks, got {prefetch}")
+    return prefetch
+
+
+def min_streaming_bytes(nonblock_bytes: int, largest_block_bytes: int, prefetch: int) -> int:
+    """Smallest device footprint that can stream: resident non-block part + ring."""
+    return nonblock_bytes + (prefetch + 1) * largest_block_bytes
+
+
+@dataclass(frozen=True)
+class AutoChoice:
+    mode: str
+    budget_bytes: Optional[int]
+    reason: str
+
+
+def choose_auto(
+    *,
+    free_device_bytes: int,
+    model_bytes: int,
+    largest_block_bytes: int,
+    nonblock_bytes: int,
+    host_ram_bytes: Optional[int],
+    prefetch: int = 1,
+    has_blocks: bool = True,
+) -> AutoChoice:
+    """Decide full_load / budget / sequential / model_offload for one model.
+
+    * full_load when the model plus activation headroom fits in free memory less
+      the reserve;
+    * else budget, with the free memory less the reserve, when that budget holds
+      at least the streaming minimum plus one resident block;
+    * else sequential (streams every block);
+    * a model without repeated blocks cannot stream: model_offload.
+    """
+    g = lambda b: f"{b / GIB:.2f} GiB"  # noqa: E731
+    reserve = max(AUTO_RESERVE_FLOOR_BYTES, int(AUTO_RESERVE_FRACTION * max(free_device_bytes, 0)))
+    usable = max(0, free_device_bytes - reserve)
+    facts = f"free {g(free_device_bytes)}, reserve {g(reserve)}, model {g(model_bytes)}"
+    if model_bytes * AUTO_FULL_LOAD_HEADROOM <= usable:
+        return AutoChoice("full_load", None, f"model fits: {facts}")
+    if not has_blocks:
+        return AutoChoice("model_offload", None, f"model does not fit and has no repeated blocks to stream: {facts}")
+    minimum = min_streaming_bytes(nonblock_bytes, largest_block_bytes, prefetch)
+    ram_note = ""
+    if host_ram_bytes is not None and host_ram_bytes < model_bytes:
+        ram_note = f"; warning: host RAM {g(host_ram_bytes)} is below the model size, pinning will be partial"
+    if usable >= minimum + largest_block_bytes:
+        return AutoChoice(
+            "budget", int(usable), f"model does not fit, budget {g(usable)} keeps part resident: {facts}{ram_note}"
+        )
+    return AutoChoice(
+        "sequential",
+        None,
+        f"model does not fit and free memory leaves no room for resident blocks "
+        f"(streaming minimum {g(minimum)}): {facts}{ram_note}",
+    )
