@@ -1,0 +1,95 @@
+// Copyright PinStream authors. SPDX-License-Identifier: Apache-2.0
+//
+// The interfaces the core schedules against. A CopyEngine is a link between
+// host memory and a device: one copy queue (a CUDA stream, or a worker thread
+// in the host engine) and the compute queue of the caller. Events order the two
+// queues without the host waiting:
+//
+//   upload:   copy queue   EnqueueCopy ... RecordCopyEvent(up)
+//   acquire:  compute queue ComputeWaitFor(up)         (GPU-side wait)
+//   release:  compute queue RecordComputeEvent(rel)
+//   reuse:    copy queue   CopyWaitFor(rel) before overwriting the slot
+//
+// Events are re-recordable, with CUDA semantics: a wait applies to the most
+// recent record made before the wait was issued; waiting on an event never
+// recorded returns at once.
+#ifndef PINSTREAM_CORE_COPY_ENGINE_H_
+#define PINSTREAM_CORE_COPY_ENGINE_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+
+namespace pinstream {
+
+using EventId = int;
+
+// Host memory owned by an engine: pinned (page-locked, registered with the
+// device) where possible. Freed (and unpinned) by its destructor.
+class HostBuffer {
+ public:
+  virtual ~HostBuffer() = default;
+  virtual void* data() const = 0;
+  virtual uint64_t size() const = 0;
+  // True when the device can DMA from it (copies are asynchronous).
+  virtual bool pinned() const = 0;
+  // How the memory was obtained, e.g. "cudaHostRegister", "cudaHostAlloc",
+  // "pageable (cudaHostRegister failed: ...)".
+  virtual std::string how() const = 0;
+};
+
+// Device memory for slots and resident blocks.
+class DeviceAllocator {
+ public:
+  virtual ~DeviceAllocator() = default;
+  // Allocates `bytes`; returns an allocation id (>= 0) and its address.
+  virtual Status Allocate(uint64_t bytes, int64_t* id, void** ptr) = 0;
+  virtual void Free(int64_t id) = 0;
+  virtual uint64_t allocated_bytes() const = 0;
+  virtual uint64_t peak_bytes() const = 0;
+  virtual void ResetPeak() = 0;
+};
+
+// Timing gathered by an engine since the last collection.
+struct EngineTimings {
+  struct Copy {
+    int tag;        // the block id given to EnqueueCopy
+    uint64_t bytes;
+    double ms;      // time the copy took on the copy queue
+  };
+  std::vector<Copy> copies;
+  double stall_ms = 0;  // time the compute queue waited in ComputeWaitFor
+};
+
+class CopyEngine {
+ public:
+  virtual ~CopyEngine() = default;
+  virtual std::string name() const = 0;
+
+  // Not on the hot path.
+  virtual Status CreateEvent(EventId* id) = 0;
+  virtual Status AllocateHostBuffer(uint64_t bytes,
+                                    std::unique_ptr<HostBuffer>* out) = 0;
+  // Host waits until every queued copy has finished.
+  virtual Status Synchronize() = 0;
+
+  // Hot path: none of these makes the host wait, except ComputeWaitFor on an
+  // engine whose compute queue is the host thread itself (the host engine).
+  virtual Status EnqueueCopy(void* device_dst, const void* host_src,
+                             uint64_t bytes, int tag) = 0;
+  virtual Status RecordCopyEvent(EventId event) = 0;
+  virtual Status ComputeWaitFor(EventId event, void* compute_queue) = 0;
+  virtual Status RecordComputeEvent(EventId event, void* compute_queue) = 0;
+  virtual Status CopyWaitFor(EventId event) = 0;
+
+  // Moves finished timings into `out` (appending). With wait=false only the
+  // timings already complete are taken (no host wait).
+  virtual void CollectTimings(EngineTimings* out, bool wait) = 0;
+};
+
+}  // namespace pinstream
+
+#endif  // PINSTREAM_CORE_COPY_ENGINE_H_

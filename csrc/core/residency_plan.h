@@ -1,0 +1,98 @@
+// Copyright PinStream authors. SPDX-License-Identifier: Apache-2.0
+//
+// ResidencyPlan decides, for a model split into blocks, which blocks stay
+// resident on the device and how large the ring of streaming slots is, within
+// a device budget.
+//
+// Inputs: the byte size of every streamable block (in execution order), the
+// bytes that are always resident (the non-block part of the model), the
+// prefetch depth and a budget. The ring needs min(prefetch + 1, streamed
+// blocks) slots, each as large as the largest streamed block: one slot for the
+// block that runs and `prefetch` for the uploads in flight ahead of it.
+//
+// Among all choices of slot size (each distinct block size), the plan keeps the
+// most bytes resident; blocks larger than the slot size are resident by
+// necessity, the others are chosen evenly spaced through the order so that the
+// streaming demand per unit of compute stays smooth. The result is
+// deterministic: the same request always gives the same plan.
+#ifndef PINSTREAM_CORE_RESIDENCY_PLAN_H_
+#define PINSTREAM_CORE_RESIDENCY_PLAN_H_
+
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+
+namespace pinstream {
+
+enum class PlanPolicy {
+  kAllResident,  // full_load / model_offload: every block resident
+  kStreamAll,    // sequential: every streamable block goes through the ring
+  kBudget,       // budget: as many resident as fit, the rest streamed
+};
+
+const char* PlanPolicyName(PlanPolicy policy);
+
+struct PlanRequest {
+  PlanPolicy policy = PlanPolicy::kBudget;
+  // Bytes of each streamable block, index = block id, in execution order.
+  std::vector<uint64_t> block_bytes;
+  // Bytes that are always resident (non-block weights), already aligned.
+  uint64_t fixed_bytes = 0;
+  // Device budget for fixed + resident + slots. kUnlimited = no limit.
+  uint64_t budget_bytes = kUnlimited;
+  int prefetch = 1;
+  // Every size is rounded up to this many bytes (device allocation granule).
+  uint64_t alignment = 512;
+
+  static constexpr uint64_t kUnlimited = std::numeric_limits<uint64_t>::max();
+};
+
+class ResidencyPlan {
+ public:
+  ResidencyPlan() = default;
+
+  // Builds the plan for `request`. Fails with kInvalidArgument (message names
+  // the minimum budget and what it is made of) when the budget is too small,
+  // or when the request itself is malformed (prefetch < 0, zero alignment).
+  static Status Make(const PlanRequest& request, ResidencyPlan* out);
+
+  // The smallest budget under which `request` can run at all.
+  static uint64_t MinimumBudget(const PlanRequest& request);
+
+  int num_blocks() const { return static_cast<int>(resident_.size()); }
+  bool resident(int block) const { return resident_[block] != 0; }
+  int num_resident() const;
+  int num_streamed() const { return num_blocks() - num_resident(); }
+  int slot_count() const { return slot_count_; }
+  uint64_t slot_bytes() const { return slot_bytes_; }
+  uint64_t fixed_bytes() const { return fixed_bytes_; }
+  uint64_t resident_block_bytes() const { return resident_block_bytes_; }
+  uint64_t streamed_block_bytes() const { return streamed_block_bytes_; }
+  // fixed + resident blocks + slots: what the plan holds on the device.
+  uint64_t device_bytes() const {
+    return fixed_bytes_ + resident_block_bytes_ + slot_bytes_ * slot_count_;
+  }
+  int prefetch() const { return prefetch_; }
+  PlanPolicy policy() const { return policy_; }
+  // One line, e.g. "budget: 12 of 40 blocks resident (8.40 GiB), ...".
+  std::string Describe() const;
+
+ private:
+  std::vector<uint8_t> resident_;
+  int slot_count_ = 0;
+  uint64_t slot_bytes_ = 0;
+  uint64_t fixed_bytes_ = 0;
+  uint64_t resident_block_bytes_ = 0;
+  uint64_t streamed_block_bytes_ = 0;
+  int prefetch_ = 0;
+  PlanPolicy policy_ = PlanPolicy::kBudget;
+};
+
+uint64_t AlignUp(uint64_t value, uint64_t alignment);
+
+}  // namespace pinstream
+
+#endif  // PINSTREAM_CORE_RESIDENCY_PLAN_H_

@@ -1,0 +1,33 @@
+// Copyright PinStream authors. SPDX-License-Identifier: Apache-2.0
+//
+// Counters of one runtime. Plain data; the runtime fills it.
+#ifndef PINSTREAM_CORE_STATS_H_
+#define PINSTREAM_CORE_STATS_H_
+
+#include <cstdint>
+#include <vector>
+
+namespace pinstream {
+
+struct Stats {
+  uint64_t acquires = 0;
+  uint64_t bytes_uploaded = 0;   // every host-to-device byte, resident loads too
+  uint64_t uploads = 0;          // number of block uploads
+  uint64_t hits = 0;             // acquires served without a new upload
+  uint64_t misses = 0;           // acquires that had to start their own upload
+  uint64_t prefetches = 0;       // uploads started ahead of need
+  uint64_t upload_failures = 0;
+  double stall_ms = 0;           // compute queue waiting for uploads
+  double upload_ms = 0;          // sum of copy-queue time of timed uploads
+  uint64_t timed_upload_bytes = 0;
+  uint64_t passes = 0;
+  uint64_t relearns = 0;
+  uint64_t skips = 0;
+  // Per block: last upload time (ms, -1 when never timed) and upload count.
+  std::vector<double> block_upload_ms;
+  std::vector<uint64_t> block_uploads;
+};
+
+}  // namespace pinstream
+
+#endif  // PINSTREAM_CORE_STATS_H_

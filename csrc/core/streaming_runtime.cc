@@ -1,0 +1,371 @@
+// Copyright PinStream authors. SPDX-License-Identifier: Apache-2.0
+#include "core/streaming_runtime.h"
+
+#include <algorithm>
+#include <string>
+
+namespace pinstream {
+
+StreamingRuntime::StreamingRuntime(CopyEngine* engine, DeviceAllocator* allocator)
+    : engine_(engine), allocator_(allocator) {}
+
+StreamingRuntime::~StreamingRuntime() { Close(); }
+
+Status StreamingRuntime::RegisterBlock(const void* host, uint64_t bytes,
+                                       bool streamable, int* id) {
+  if (closed_) return Status::Closed("runtime is closed; create a new one");
+  if (loaded_ || planned_) {
+    return Status::FailedPrecondition(
+        "blocks must be registered before plan(); this runtime is already planned");
+  }
+  if (host == nullptr && bytes > 0) {
+    return Status::InvalidArgument("block host pointer is null");
+  }
+  Block b;
+  b.host = host;
+  b.bytes = bytes;
+  b.streamable = streamable;
+  blocks_.push_back(b);
+  *id = static_cast<int>(blocks_.size()) - 1;
+  return Status::Ok();
+}
+
+Status StreamingRuntime::CheckBlock(int block, const char* what) const {
+  if (closed_) return Status::Closed("runtime is closed");
+  if (block < 0 || block >= num_blocks()) {
+    return Status::InvalidArgument(std::string(what) + ": block id " +
+                                   std::to_string(block) + " out of range [0, " +
+                                   std::to_string(num_blocks()) + ")");
+  }
+  return Status::Ok();
+}
+
+Status StreamingRuntime::Plan(PlanPolicy policy, uint64_t budget_bytes,
+                              int prefetch) {
+  if (closed_) return Status::Closed("runtime is closed");
+  if (loaded_) {
+    return Status::FailedPrecondition("plan() while loaded; unload() first");
+  }
+  PlanRequest req;
+  req.policy = policy;
+  req.budget_bytes = budget_bytes;
+  req.prefetch = prefetch;
+  uint64_t fixed = 0;
+  for (Block& b : blocks_) {
+    b.plan_index = -1;
+    if (b.streamable) {
+      b.plan_index = static_cast<int>(req.block_bytes.size());
+      req.block_bytes.push_back(b.bytes);
+    } else {
+      fixed += AlignUp(b.bytes, req.alignment);
+    }
+  }
+  req.fixed_bytes = fixed;
+  ResidencyPlan plan;
+  PINSTREAM_RETURN_IF_ERROR(ResidencyPlan::Make(req, &plan));
+  plan_ = std::move(plan);
+  streamed_.assign(blocks_.size(), 0);
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    Block& b = blocks_[i];
+    b.resident = !b.streamable || plan_.resident(b.plan_index);
+    streamed_[i] = b.resident ? 0 : 1;
+  }
+  ring_ = SlotRing(plan_.slot_count(), num_blocks());
+  stats_.block_upload_ms.assign(blocks_.size(), -1.0);
+  stats_.block_uploads.assign(blocks_.size(), 0);
+  planned_ = true;
+  return Status::Ok();
+}
+
+Status StreamingRuntime::Load() {
+  if (closed_) return Status::Closed("runtime is closed");
+  if (!planned_) return Status::FailedPrecondition("load() before plan()");
+  if (loaded_) return Status::Ok();
+  auto take_event = [this](EventId* e) -> Status {
+    if (!spare_events_.empty()) {
+      *e = spare_events_.back();
+      spare_events_.pop_back();
+      return Status::Ok();
+    }
+    return engine_->CreateEvent(e);
+  };
+  uint64_t done = 0;
+  auto fail = [&](const Status& s, uint64_t want, const std::string& what) {
+    engine_->Synchronize();  // uploads already queued must land before freeing
+    Drain(false);
+    FreeDevice();
+    return Status(s.code() == Status::Code::kOutOfMemory
+                      ? Status::OutOfMemory(
+                            "could not allocate " + FormatBytes(want) + " for " +
+                            what + " after " + FormatBytes(done) + " of the plan's " +
+                            FormatBytes(plan_.device_bytes()) + " (" + s.message() +
+                            "); nothing stays loaded. Lower the budget or use sequential mode")
+                      : s);
+  };
+  loaded_ = true;  // FreeDevice() below undoes partial work
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    Block& b = blocks_[i];
+    if (!b.resident) continue;
+    Status s = allocator_->Allocate(std::max<uint64_t>(b.bytes, 1), &b.resident_loc.allocation,
+                                    &b.resident_loc.ptr);
+    if (!s.ok()) return fail(s, b.bytes, "resident block " + std::to_string(i));
+    done += b.bytes;
+    if (b.resident_event < 0) {
+      s = take_event(&b.resident_event);
+      if (!s.ok()) return fail(s, 0, "an event");
+    }
+    b.resident_waited = false;
+    if (b.bytes > 0) {
+      s = engine_->EnqueueCopy(b.resident_loc.ptr, b.host, b.bytes, static_cast<int>(i));
+      if (!s.ok()) return fail(s, 0, "resident upload");
+      stats_.bytes_uploaded += b.bytes;
+      stats_.uploads += 1;
+      stats_.block_uploads[i] += 1;
+    }
+    s = engine_->RecordCopyEvent(b.resident_event);
+    if (!s.ok()) return fail(s, 0, "resident upload event");
+  }
+  slots_.resize(plan_.slot_count());
+  for (SlotMem& slot : slots_) {
+    Status s = allocator_->Allocate(std::max<uint64_t>(plan_.slot_bytes(), 1),
+                                    &slot.loc.allocation, &slot.loc.ptr);
+    if (!s.ok()) return fail(s, plan_.slot_bytes(), "a streaming slot");
+    done += plan_.slot_bytes();
+    if (slot.upload_event < 0) {
+      s = take_event(&slot.upload_event);
+      if (s.ok()) s = take_event(&slot.release_event);
+      if (!s.ok()) return fail(s, 0, "slot events");
+    }
+  }
+  ring_ = SlotRing(plan_.slot_count(), num_blocks());
+  return Status::Ok();
+}
+
+void StreamingRuntime::FreeDevice() {
+  // Callers have synchronized the copy queue, or nothing was queued.
+  for (Block& b : blocks_) {
+    if (b.resident_loc.allocation >= 0) allocator_->Free(b.resident_loc.allocation);
+    b.resident_loc = DeviceLocation();
+    if (b.resident_event >= 0) spare_events_.push_back(b.resident_event);
+    b.resident_event = -1;
+    b.resident_waited = false;
+    b.acquired = 0;
+  }
+  for (SlotMem& slot : slots_) {
+    if (slot.loc.allocation >= 0) allocator_->Free(slot.loc.allocation);
+    if (slot.upload_event >= 0) spare_events_.push_back(slot.upload_event);
+    if (slot.release_event >= 0) spare_events_.push_back(slot.release_event);
+  }
+  slots_.clear();
+  ring_ = SlotRing(0, num_blocks());
+  loaded_ = false;
+}
+
+Status StreamingRuntime::Unload() {
+  if (!loaded_) return Status::Ok();
+  if (outstanding() > 0) {
+    return Status::FailedPrecondition(
+        "unload() while " + std::to_string(outstanding()) +
+        " block(s) are acquired; release them or end the pass first");
+  }
+  Status s = engine_->Synchronize();
+  Drain(false);
+  FreeDevice();
+  return s;
+}
+
+int StreamingRuntime::outstanding() const {
+  int n = 0;
+  for (const Block& b : blocks_) n += b.acquired;
+  return n;
+}
+
+Status StreamingRuntime::BeginPass() {
+  if (closed_) return Status::Closed("runtime is closed");
+  learner_.BeginPass();
+  return Status::Ok();
+}
+
+Status StreamingRuntime::Upload(int slot, int block) {
+  const int evicted = ring_.Assign(slot, block);
+  if (evicted >= 0) evicted_.push_back(evicted);
+  SlotMem& mem = slots_[slot];
+  Block& b = blocks_[block];
+  // The copy queue must not overwrite the slot before its last user is done.
+  Status s = engine_->CopyWaitFor(mem.release_event);
+  if (s.ok() && b.bytes > 0) s = engine_->EnqueueCopy(mem.loc.ptr, b.host, b.bytes, block);
+  if (s.ok()) s = engine_->RecordCopyEvent(mem.upload_event);
+  if (!s.ok()) {
+    ring_.Invalidate(slot);
+    evicted_.push_back(block);
+    stats_.upload_failures += 1;
+    return s;
+  }
+  ring_.MarkValid(slot);
+  stats_.uploads += 1;
+  stats_.bytes_uploaded += b.bytes;
+  stats_.block_uploads[block] += 1;
+  return Status::Ok();
+}
+
+void StreamingRuntime::Prefetch(int current) {
+  const int depth = plan_.prefetch();
+  if (depth <= 0 || slots_.empty()) return;
+  if (learner_.learned()) {
+    learner_.Predict(depth, streamed_, &window_);
+  } else {
+    // Before the first pass is learned, guess registration order.
+    window_.clear();
+    const int n = num_blocks();
+    for (int step = 1; step <= n && static_cast<int>(window_.size()) < depth; ++step) {
+      const int b = (current + step) % n;
+      if (streamed_[b] && b != current) window_.push_back(b);
+    }
+  }
+  for (int w : window_) {
+    if (ring_.SlotOf(w) >= 0) continue;
+    const int victim = ring_.ChooseVictim(window_, /*allow_keep=*/false);
+    if (victim < 0) break;
+    if (!Upload(victim, w).ok()) break;  // the block will be a miss later
+    stats_.prefetches += 1;
+  }
+}
+
+Status StreamingRuntime::Acquire(int block, void* compute_queue,
+                                 DeviceLocation* where) {
+  PINSTREAM_RETURN_IF_ERROR(CheckBlock(block, "acquire"));
+  if (!loaded_) PINSTREAM_RETURN_IF_ERROR(Load());
+  ++tick_;
+  stats_.acquires += 1;
+  learner_.Observe(block);
+  Block& b = blocks_[block];
+  if (b.resident) {
+    if (!b.resident_waited) {
+      Status s = engine_->ComputeWaitFor(b.resident_event, compute_queue);
+      if (!s.ok()) return s;
+      b.resident_waited = true;
+    }
+    stats_.hits += 1;
+    b.acquired += 1;
+    *where = b.resident_loc;
+    Prefetch(block);
+    return Status::Ok();
+  }
+  int slot = ring_.SlotOf(block);
+  if (slot >= 0 && ring_.Valid(slot)) {
+    stats_.hits += 1;
+  } else {
+    learner_.Predict(plan_.prefetch(), streamed_, &window_);
+    slot = ring_.ChooseVictim(window_, /*allow_keep=*/true);
+    if (slot < 0) {
+      return Status::FailedPrecondition(
+          "acquire(" + std::to_string(block) + "): all " +
+          std::to_string(ring_.num_slots()) +
+          " streaming slots hold blocks that are acquired and not released; "
+          "blocks must be released before more than prefetch + 1 are acquired");
+    }
+    PINSTREAM_RETURN_IF_ERROR(Upload(slot, block));
+    stats_.misses += 1;
+  }
+  ring_.Acquire(slot, tick_);
+  b.acquired += 1;
+  Prefetch(block);  // queue the next uploads before waiting on this one
+  Status s = engine_->ComputeWaitFor(slots_[slot].upload_event, compute_queue);
+  if (!s.ok()) {
+    ring_.Release(slot);
+    b.acquired -= 1;
+    ring_.Invalidate(slot);
+    evicted_.push_back(block);
+    stats_.upload_failures += 1;
+    return s;
+  }
+  *where = slots_[slot].loc;
+  return Status::Ok();
+}
+
+Status StreamingRuntime::Release(int block, void* compute_queue) {
+  PINSTREAM_RETURN_IF_ERROR(CheckBlock(block, "release"));
+  Block& b = blocks_[block];
+  if (b.acquired <= 0) {
+    return Status::FailedPrecondition("release(" + std::to_string(block) +
+                                      ") of a block that is not acquired");
+  }
+  b.acquired -= 1;
+  if (b.resident) return Status::Ok();
+  const int slot = ring_.SlotOf(block);
+  if (slot < 0) return Status::Ok();  // its upload failed meanwhile
+  Status s = engine_->RecordComputeEvent(slots_[slot].release_event, compute_queue);
+  ring_.Release(slot);
+  return s;
+}
+
+Status StreamingRuntime::EndPass(void* compute_queue) {
+  Status first;
+  for (int i = 0; i < num_blocks(); ++i) {
+    while (blocks_[i].acquired > 0) {
+      Status s = Release(i, compute_queue);
+      if (!s.ok() && first.ok()) first = s;
+      if (!s.ok()) break;
+    }
+  }
+  learner_.EndPass();
+  Drain(false);
+  return first;
+}
+
+void StreamingRuntime::TakeEvicted(std::vector<int>* out) {
+  out->clear();
+  out->swap(evicted_);
+}
+
+Status StreamingRuntime::Synchronize() {
+  Status s = engine_->Synchronize();
+  Drain(false);
+  return s;
+}
+
+void StreamingRuntime::Drain(bool wait) {
+  timings_.copies.clear();
+  timings_.stall_ms = 0;
+  engine_->CollectTimings(&timings_, wait);
+  for (const EngineTimings::Copy& c : timings_.copies) {
+    stats_.upload_ms += c.ms;
+    stats_.timed_upload_bytes += c.bytes;
+    if (c.tag >= 0 && c.tag < static_cast<int>(stats_.block_upload_ms.size())) {
+      stats_.block_upload_ms[c.tag] = c.ms;
+    }
+  }
+  stats_.stall_ms += timings_.stall_ms;
+}
+
+Stats StreamingRuntime::GetStats(bool wait) {
+  Drain(wait);
+  Stats s = stats_;
+  s.passes = learner_.passes();
+  s.relearns = learner_.relearns();
+  s.skips = learner_.skips();
+  return s;
+}
+
+void StreamingRuntime::ResetStats() {
+  Drain(false);
+  const size_t n = stats_.block_upload_ms.size();
+  stats_ = Stats();
+  stats_.block_upload_ms.assign(n, -1.0);
+  stats_.block_uploads.assign(n, 0);
+}
+
+Status StreamingRuntime::Close() {
+  if (closed_) return Status::Ok();
+  Status s;
+  if (loaded_) {
+    for (Block& b : blocks_) b.acquired = 0;
+    s = engine_->Synchronize();
+    Drain(false);
+    FreeDevice();
+  }
+  closed_ = true;
+  return s;
+}
+
+}  // namespace pinstream

@@ -1,0 +1,144 @@
+// Copyright PinStream authors. SPDX-License-Identifier: Apache-2.0
+//
+// StreamingRuntime: the scheduler at the heart of PinStream. It owns no
+// memory of its own: blocks live in host memory given at registration, device
+// memory comes from a DeviceAllocator, copies go through a CopyEngine.
+//
+// Life of a runtime:
+//   RegisterBlock (each unit of weights; non-streamable units always resident)
+//   Plan (policy, budget, prefetch)       -> ResidencyPlan
+//   Load (allocate, upload resident units; done lazily by the first Acquire)
+//   per forward pass:
+//     BeginPass
+//     Acquire(b) / Release(b) around each block's compute
+//     EndPass    (also releases blocks left acquired by an exception)
+//   Unload (device memory freed; the host copies are the truth again)
+//   Close
+//
+// Acquire(b) never makes the host wait on a CUDA engine: the compute queue
+// waits on b's upload event, then uploads of the next `prefetch` streamed
+// blocks of the learned order are queued, each into a slot whose last user
+// has released it (the copy queue waits on that release event).
+//
+// Not thread-safe: one compute thread drives a runtime (the bindings hold a
+// mutex).
+#ifndef PINSTREAM_CORE_STREAMING_RUNTIME_H_
+#define PINSTREAM_CORE_STREAMING_RUNTIME_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "core/copy_engine.h"
+#include "core/residency_plan.h"
+#include "core/schedule_learner.h"
+#include "core/slot_ring.h"
+#include "core/stats.h"
+#include "core/status.h"
+
+namespace pinstream {
+
+// Where a block's bytes are on the device: an allocation and an address.
+struct DeviceLocation {
+  int64_t allocation = -1;
+  void* ptr = nullptr;
+};
+
+class StreamingRuntime {
+ public:
+  // `engine` and `allocator` must outlive the runtime.
+  StreamingRuntime(CopyEngine* engine, DeviceAllocator* allocator);
+  ~StreamingRuntime();
+  StreamingRuntime(const StreamingRuntime&) = delete;
+  StreamingRuntime& operator=(const StreamingRuntime&) = delete;
+
+  // Registers `bytes` at `host` (kept alive by the caller) as one unit.
+  // streamable=false: always resident (the non-block part of a model).
+  Status RegisterBlock(const void* host, uint64_t bytes, bool streamable,
+                       int* id);
+
+  // Decides residency. Allowed only while nothing is loaded.
+  Status Plan(PlanPolicy policy, uint64_t budget_bytes, int prefetch);
+
+  // Allocates device memory for the plan and queues the resident uploads.
+  // On failure everything allocated is freed again (no half-loaded state).
+  Status Load();
+  // Frees all device memory. Fails while a block is acquired.
+  Status Unload();
+
+  Status BeginPass();
+  Status Acquire(int block, void* compute_queue, DeviceLocation* where);
+  Status Release(int block, void* compute_queue);
+  // Releases every block still acquired and closes the pass.
+  Status EndPass(void* compute_queue);
+
+  // Blocks that lost their device copy since the last call (evicted from a
+  // slot, or their upload failed): their tensors must point at the host again.
+  void TakeEvicted(std::vector<int>* out);
+
+  Status Synchronize();
+  // Stats with the timings gathered so far; wait=true waits for pending ones.
+  Stats GetStats(bool wait);
+  void ResetStats();
+  Status Close();
+
+  bool planned() const { return planned_; }
+  bool loaded() const { return loaded_; }
+  bool closed() const { return closed_; }
+  int num_blocks() const { return static_cast<int>(blocks_.size()); }
+  uint64_t block_bytes(int block) const { return blocks_[block].bytes; }
+  bool streamable(int block) const { return blocks_[block].streamable; }
+  bool resident(int block) const { return blocks_[block].resident; }
+  const ResidencyPlan& plan() const { return plan_; }
+  const ScheduleLearner& learner() const { return learner_; }
+  int outstanding() const;
+  // Location of a resident block once loaded.
+  DeviceLocation resident_location(int block) const {
+    return blocks_[block].resident_loc;
+  }
+
+ private:
+  struct Block {
+    const void* host = nullptr;
+    uint64_t bytes = 0;
+    bool streamable = true;
+    bool resident = false;
+    int plan_index = -1;           // index in the plan's block list
+    DeviceLocation resident_loc;   // when resident and loaded
+    EventId resident_event = -1;
+    bool resident_waited = false;
+    int acquired = 0;              // acquisitions not yet released
+  };
+  struct SlotMem {
+    DeviceLocation loc;
+    EventId upload_event = -1;
+    EventId release_event = -1;
+  };
+
+  Status CheckBlock(int block, const char* what) const;
+  Status Upload(int slot, int block);
+  void Prefetch(int current);
+  void FreeDevice();
+  void Drain(bool wait);
+
+  CopyEngine* engine_;
+  DeviceAllocator* allocator_;
+  std::vector<Block> blocks_;
+  std::vector<SlotMem> slots_;
+  std::vector<EventId> spare_events_;
+  std::vector<uint8_t> streamed_;  // per block: 1 when it goes through the ring
+  ResidencyPlan plan_;
+  ScheduleLearner learner_;
+  SlotRing ring_;
+  Stats stats_;
+  EngineTimings timings_;
+  std::vector<int> window_;
+  std::vector<int> evicted_;
+  uint64_t tick_ = 0;
+  bool planned_ = false;
+  bool loaded_ = false;
+  bool closed_ = false;
+};
+
+}  // namespace pinstream
+
+#endif  // PINSTREAM_CORE_STREAMING_RUNTIME_H_

@@ -1,0 +1,135 @@
+// Copyright PinStream authors. SPDX-License-Identifier: Apache-2.0
+#include "cuda/cuda_copy_engine.h"
+
+#include "cuda/cuda_check.h"
+
+namespace pinstream {
+
+namespace {
+constexpr size_t kMaxPendingTimings = 4096;
+}  // namespace
+
+Status CudaCopyEngine::Create(const CudaEngineOptions& options,
+                              std::unique_ptr<CudaCopyEngine>* out) {
+  std::unique_ptr<CudaCopyEngine> engine(new CudaCopyEngine(options));
+  PINSTREAM_RETURN_IF_ERROR(CudaStream::Create(options.device, &engine->stream_));
+  *out = std::move(engine);
+  return Status::Ok();
+}
+
+CudaCopyEngine::~CudaCopyEngine() {
+  if (stream_.get() != nullptr) cudaStreamSynchronize(stream_.get());
+}
+
+Status CudaCopyEngine::CreateEvent(EventId* id) {
+  CudaEvent e;
+  PINSTREAM_RETURN_IF_ERROR(CudaEvent::Create(/*timing=*/false, &e));
+  events_.push_back(std::move(e));
+  *id = static_cast<EventId>(events_.size()) - 1;
+  return Status::Ok();
+}
+
+Status CudaCopyEngine::AllocateHostBuffer(uint64_t bytes,
+                                          std::unique_ptr<HostBuffer>* out) {
+  PINSTREAM_CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
+  return PinnedHostBuffer::Make(bytes, options_.pin_mode, out);
+}
+
+Status CudaCopyEngine::Synchronize() {
+  PINSTREAM_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_.get()));
+  return Status::Ok();
+}
+
+Status CudaCopyEngine::TakeTimingPair(int* start, int* end) {
+  for (int* slot : {start, end}) {
+    if (free_timing_.empty()) {
+      CudaEvent e;
+      PINSTREAM_RETURN_IF_ERROR(CudaEvent::Create(/*timing=*/true, &e));
+      timing_events_.push_back(std::move(e));
+      free_timing_.push_back(static_cast<int>(timing_events_.size()) - 1);
+    }
+    *slot = free_timing_.back();
+    free_timing_.pop_back();
+  }
+  return Status::Ok();
+}
+
+Status CudaCopyEngine::EnqueueCopy(void* device_dst, const void* host_src,
+                                   uint64_t bytes, int tag) {
+  int start = -1, end = -1;
+  const bool timed = options_.timing && pending_.size() < kMaxPendingTimings &&
+                     TakeTimingPair(&start, &end).ok();
+  if (timed) {
+    PINSTREAM_CUDA_RETURN_IF_ERROR(
+        cudaEventRecord(timing_events_[start].get(), stream_.get()));
+  }
+  PINSTREAM_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(
+      device_dst, host_src, bytes, cudaMemcpyHostToDevice, stream_.get()));
+  if (timed) {
+    PINSTREAM_CUDA_RETURN_IF_ERROR(
+        cudaEventRecord(timing_events_[end].get(), stream_.get()));
+    pending_.push_back(Pending{tag, bytes, start, end});
+  }
+  return Status::Ok();
+}
+
+Status CudaCopyEngine::RecordCopyEvent(EventId event) {
+  PINSTREAM_CUDA_RETURN_IF_ERROR(cudaEventRecord(events_[event].get(), stream_.get()));
+  return Status::Ok();
+}
+
+Status CudaCopyEngine::ComputeWaitFor(EventId event, void* compute_queue) {
+  cudaStream_t q = static_cast<cudaStream_t>(compute_queue);
+  int start = -1, end = -1;
+  const bool timed = options_.timing && pending_.size() < kMaxPendingTimings &&
+                     TakeTimingPair(&start, &end).ok();
+  if (timed) PINSTREAM_CUDA_RETURN_IF_ERROR(cudaEventRecord(timing_events_[start].get(), q));
+  PINSTREAM_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(q, events_[event].get(), 0));
+  if (timed) {
+    PINSTREAM_CUDA_RETURN_IF_ERROR(cudaEventRecord(timing_events_[end].get(), q));
+    pending_.push_back(Pending{-1, 0, start, end});
+  }
+  return Status::Ok();
+}
+
+Status CudaCopyEngine::RecordComputeEvent(EventId event, void* compute_queue) {
+  PINSTREAM_CUDA_RETURN_IF_ERROR(cudaEventRecord(
+      events_[event].get(), static_cast<cudaStream_t>(compute_queue)));
+  return Status::Ok();
+}
+
+Status CudaCopyEngine::CopyWaitFor(EventId event) {
+  PINSTREAM_CUDA_RETURN_IF_ERROR(
+      cudaStreamWaitEvent(stream_.get(), events_[event].get(), 0));
+  return Status::Ok();
+}
+
+void CudaCopyEngine::CollectTimings(EngineTimings* out, bool wait) {
+  // Copy and stall timings complete out of order across the two streams, so
+  // look at every pending pair rather than stopping at the first unfinished.
+  for (auto it = pending_.begin(); it != pending_.end();) {
+    cudaEvent_t end = timing_events_[it->end].get();
+    if (wait) {
+      cudaEventSynchronize(end);
+    } else if (cudaEventQuery(end) != cudaSuccess) {
+      cudaGetLastError();  // cudaErrorNotReady is not an error to keep
+      ++it;
+      continue;
+    }
+    float ms = 0;
+    if (cudaEventElapsedTime(&ms, timing_events_[it->start].get(), end) != cudaSuccess) {
+      cudaGetLastError();
+      ms = 0;
+    }
+    if (it->tag >= 0) {
+      out->copies.push_back(EngineTimings::Copy{it->tag, it->bytes, ms});
+    } else {
+      out->stall_ms += ms;
+    }
+    free_timing_.push_back(it->start);
+    free_timing_.push_back(it->end);
+    it = pending_.erase(it);
+  }
+}
+
+}  // namespace pinstream

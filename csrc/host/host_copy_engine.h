@@ -1,0 +1,152 @@
+// Copyright PinStream authors. SPDX-License-Identifier: Apache-2.0
+//
+// HostCopyEngine: a CopyEngine whose "device" is a separate host arena and
+// whose copy queue is a worker thread. Events are real cross-thread
+// completions, so the core's scheduling code runs exactly as it does on a GPU:
+// an acquire that did not wait for its upload reads stale or poisoned bytes,
+// and a slot overwritten before its release corrupts a block that is running.
+//
+// The compute queue is the calling thread: ComputeWaitFor blocks it until the
+// event completes (that wait is the "stall"), RecordComputeEvent completes at
+// once (all compute before it has run).
+//
+// Options emulate a PCIe link (bandwidth, latency) and inject faults for
+// tests: random per-copy delays (seeded), poisoning the destination while a
+// copy is in flight, failing or slowing chosen copies.
+#ifndef PINSTREAM_HOST_HOST_COPY_ENGINE_H_
+#define PINSTREAM_HOST_HOST_COPY_ENGINE_H_
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "core/copy_engine.h"
+
+namespace pinstream {
+
+struct HostEngineOptions {
+  double bandwidth_bytes_per_s = 0;  // 0: memcpy speed
+  double latency_us = 0;             // fixed cost per copy
+  int max_random_delay_us = 0;       // uniform extra delay per copy
+  uint64_t seed = 0;
+  bool poison = false;  // fill the destination with 0xA5 while in flight
+};
+
+class HostCopyEngine final : public CopyEngine {
+ public:
+  explicit HostCopyEngine(HostEngineOptions options = HostEngineOptions());
+  ~HostCopyEngine() override;  // drains the queue and joins the worker
+  HostCopyEngine(const HostCopyEngine&) = delete;
+  HostCopyEngine& operator=(const HostCopyEngine&) = delete;
+
+  std::string name() const override { return "host"; }
+  Status CreateEvent(EventId* id) override;
+  Status AllocateHostBuffer(uint64_t bytes,
+                            std::unique_ptr<HostBuffer>* out) override;
+  Status Synchronize() override;
+  Status EnqueueCopy(void* device_dst, const void* host_src, uint64_t bytes,
+                     int tag) override;
+  Status RecordCopyEvent(EventId event) override;
+  Status ComputeWaitFor(EventId event, void* compute_queue) override;
+  Status RecordComputeEvent(EventId event, void* compute_queue) override;
+  Status CopyWaitFor(EventId event) override;
+  void CollectTimings(EngineTimings* out, bool wait) override;
+
+  // Fault injection (tests): the next `count` copies fail / take `us` longer.
+  void FailNextCopies(int count);
+  void DelayNextCopies(int count, int us);
+  uint64_t copies_done() const;
+
+ private:
+  enum class OpKind { kCopy, kRecord, kWait };
+  struct Op {
+    OpKind kind;
+    void* dst = nullptr;
+    const void* src = nullptr;
+    uint64_t bytes = 0;
+    int tag = -1;
+    EventId event = -1;
+    uint64_t generation = 0;
+  };
+  struct Event {
+    uint64_t recorded = 0;   // generation of the latest record
+    uint64_t completed = 0;  // highest generation completed
+    uint64_t failed = 0;     // generation that completed with a failed copy
+  };
+
+  void WorkerLoop();
+  void RunCopy(const Op& op, std::unique_lock<std::mutex>* lock);
+  Status CheckEvent(EventId event) const;
+
+  const HostEngineOptions options_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Op> queue_;
+  std::vector<Event> events_;
+  std::vector<EngineTimings::Copy> timings_;
+  double stall_ms_ = 0;
+  uint64_t enqueued_ = 0;
+  uint64_t done_ = 0;
+  uint64_t copies_done_ = 0;
+  bool pending_failure_ = false;
+  int fail_next_ = 0;
+  int delay_next_ = 0;
+  int delay_us_ = 0;
+  bool stop_ = false;
+  std::mt19937_64 rng_;
+  std::thread worker_;  // last: started after every member is ready
+};
+
+// "Device" memory of the host engine: page-aligned host allocations with the
+// accounting a GPU allocator has. `capacity_bytes` (0 = unlimited) makes
+// allocations beyond it fail with kOutOfMemory, to test OOM handling.
+class HostArena final : public DeviceAllocator {
+ public:
+  explicit HostArena(uint64_t capacity_bytes = 0);
+  ~HostArena() override;
+  HostArena(const HostArena&) = delete;
+  HostArena& operator=(const HostArena&) = delete;
+
+  Status Allocate(uint64_t bytes, int64_t* id, void** ptr) override;
+  void Free(int64_t id) override;
+  uint64_t allocated_bytes() const override;
+  uint64_t peak_bytes() const override;
+  void ResetPeak() override;
+  void set_capacity(uint64_t bytes);
+
+ private:
+  mutable std::mutex mu_;
+  std::unordered_map<int64_t, std::pair<void*, uint64_t>> blocks_;
+  int64_t next_id_ = 0;
+  uint64_t capacity_;
+  uint64_t allocated_ = 0;
+  uint64_t peak_ = 0;
+};
+
+// Page-aligned host memory (the host engine needs no pinning).
+class AlignedHostBuffer final : public HostBuffer {
+ public:
+  static Status Make(uint64_t bytes, std::unique_ptr<HostBuffer>* out);
+  ~AlignedHostBuffer() override;
+  void* data() const override { return data_; }
+  uint64_t size() const override { return size_; }
+  bool pinned() const override { return true; }
+  std::string how() const override { return "host engine (page-aligned)"; }
+
+ private:
+  AlignedHostBuffer(void* data, uint64_t size) : data_(data), size_(size) {}
+  void* data_;
+  uint64_t size_;
+};
+
+}  // namespace pinstream
+
+#endif  // PINSTREAM_HOST_HOST_COPY_ENGINE_H_

@@ -1,0 +1,209 @@
+// Copyright PinStream authors. SPDX-License-Identifier: Apache-2.0
+#include "core/streaming_runtime.h"
+
+#include <gtest/gtest.h>
+
+#include "host/host_copy_engine.h"
+#include "test_util.h"
+
+namespace pinstream {
+namespace {
+
+using testing_util::FakeModel;
+using testing_util::RegisterAll;
+using testing_util::RunPass;
+
+std::vector<int> Range(int n) {
+  std::vector<int> v;
+  for (int i = 0; i < n; ++i) v.push_back(i);
+  return v;
+}
+
+TEST(StreamingRuntime, SequentialStreamsEveryBlockWithPrefetchHits) {
+  HostCopyEngine engine;
+  HostArena arena;
+  StreamingRuntime rt(&engine, &arena);
+  FakeModel m = FakeModel::Make(std::vector<uint64_t>(8, 4096), 1);
+  ASSERT_TRUE(RegisterAll(&rt, m).ok());
+  ASSERT_TRUE(rt.Plan(PlanPolicy::kStreamAll, PlanRequest::kUnlimited, 2).ok());
+  EXPECT_EQ(rt.plan().slot_count(), 3);
+  for (int pass = 0; pass < 3; ++pass) ASSERT_EQ(RunPass(&rt, m, Range(8)), "");
+  Stats s = rt.GetStats(true);
+  EXPECT_EQ(s.acquires, 24u);
+  // Only the very first block of the first pass is a demand miss: registration
+  // order is the initial guess, and prefetch wraps into the next pass.
+  EXPECT_EQ(s.misses, 1u);
+  EXPECT_EQ(s.hits, 23u);
+  // 24 uploads for 24 acquires, plus the 2 prefetched for the next pass.
+  EXPECT_EQ(s.uploads, 26u);
+  EXPECT_EQ(s.bytes_uploaded, 26u * 4096);
+  EXPECT_EQ(arena.peak_bytes(), 3u * 4096);
+}
+
+TEST(StreamingRuntime, BudgetKeepsResidentBlocksUploadedOnce) {
+  HostCopyEngine engine;
+  HostArena arena;
+  StreamingRuntime rt(&engine, &arena);
+  FakeModel m = FakeModel::Make(std::vector<uint64_t>(10, 1024), 2);
+  ASSERT_TRUE(RegisterAll(&rt, m).ok());
+  ASSERT_TRUE(rt.Plan(PlanPolicy::kBudget, 2 * 1024 + 4 * 1024, 1).ok());
+  ASSERT_EQ(rt.plan().num_resident(), 4);
+  for (int pass = 0; pass < 4; ++pass) ASSERT_EQ(RunPass(&rt, m, Range(10)), "");
+  Stats s = rt.GetStats(true);
+  // Residents once, 6 streamed per pass, 1 prefetched for the next pass.
+  EXPECT_EQ(s.uploads, 4u + 4u * 6u + 1u);
+  EXPECT_LE(arena.peak_bytes(), 6u * 1024);
+}
+
+TEST(StreamingRuntime, FixedUnitsAlwaysResident) {
+  HostCopyEngine engine;
+  HostArena arena;
+  StreamingRuntime rt(&engine, &arena);
+  FakeModel m = FakeModel::Make({512, 1024, 1024, 1024}, 3);
+  int id;
+  ASSERT_TRUE(rt.RegisterBlock(m.host[0].data(), 512, false, &id).ok());
+  for (int i = 1; i < 4; ++i) ASSERT_TRUE(rt.RegisterBlock(m.host[i].data(), 1024, true, &id).ok());
+  ASSERT_TRUE(rt.Plan(PlanPolicy::kStreamAll, PlanRequest::kUnlimited, 0).ok());
+  EXPECT_TRUE(rt.resident(0));
+  EXPECT_FALSE(rt.resident(1));
+  EXPECT_EQ(rt.plan().slot_count(), 1);
+  ASSERT_EQ(RunPass(&rt, m, {0, 1, 0, 2, 3}), "");
+  ASSERT_EQ(RunPass(&rt, m, {0, 1, 0, 2, 3}), "");
+}
+
+TEST(StreamingRuntime, BlockRunningTwiceAndSkippedBlocks) {
+  HostEngineOptions opt;
+  opt.max_random_delay_us = 200;
+  opt.poison = true;
+  HostCopyEngine engine(opt);
+  HostArena arena;
+  StreamingRuntime rt(&engine, &arena);
+  FakeModel m = FakeModel::Make(std::vector<uint64_t>(6, 2048), 4);
+  ASSERT_TRUE(RegisterAll(&rt, m).ok());
+  ASSERT_TRUE(rt.Plan(PlanPolicy::kStreamAll, PlanRequest::kUnlimited, 1).ok());
+  ASSERT_EQ(RunPass(&rt, m, {0, 1, 2, 1, 3, 4, 5}), "");
+  ASSERT_EQ(RunPass(&rt, m, {0, 1, 2, 1, 3, 4, 5}), "");
+  ASSERT_EQ(RunPass(&rt, m, {0, 2, 1, 3, 5}), "");  // skip 4, reorder
+  ASSERT_EQ(RunPass(&rt, m, {5, 4, 3, 2, 1, 0}), "");
+  ASSERT_EQ(RunPass(&rt, m, {5, 4, 3, 2, 1, 0}), "");
+  Stats s = rt.GetStats(true);
+  EXPECT_GE(s.relearns, 1u);
+}
+
+TEST(StreamingRuntime, EndPassReleasesBlocksLeftByAnException) {
+  HostCopyEngine engine;
+  HostArena arena;
+  StreamingRuntime rt(&engine, &arena);
+  FakeModel m = FakeModel::Make(std::vector<uint64_t>(4, 256), 5);
+  ASSERT_TRUE(RegisterAll(&rt, m).ok());
+  ASSERT_TRUE(rt.Plan(PlanPolicy::kStreamAll, PlanRequest::kUnlimited, 1).ok());
+  ASSERT_TRUE(rt.BeginPass().ok());
+  DeviceLocation loc;
+  ASSERT_TRUE(rt.Acquire(0, nullptr, &loc).ok());
+  ASSERT_TRUE(rt.Acquire(1, nullptr, &loc).ok());  // "exception": never released
+  EXPECT_EQ(rt.outstanding(), 2);
+  EXPECT_FALSE(rt.Unload().ok());
+  ASSERT_TRUE(rt.EndPass(nullptr).ok());
+  EXPECT_EQ(rt.outstanding(), 0);
+  ASSERT_EQ(RunPass(&rt, m, Range(4)), "");
+}
+
+TEST(StreamingRuntime, TooManyConcurrentAcquiresIsAClearError) {
+  HostCopyEngine engine;
+  HostArena arena;
+  StreamingRuntime rt(&engine, &arena);
+  FakeModel m = FakeModel::Make(std::vector<uint64_t>(4, 256), 6);
+  ASSERT_TRUE(RegisterAll(&rt, m).ok());
+  ASSERT_TRUE(rt.Plan(PlanPolicy::kStreamAll, PlanRequest::kUnlimited, 0).ok());
+  DeviceLocation loc;
+  ASSERT_TRUE(rt.Acquire(0, nullptr, &loc).ok());
+  Status s = rt.Acquire(1, nullptr, &loc);
+  EXPECT_EQ(s.code(), Status::Code::kFailedPrecondition);
+  EXPECT_NE(s.message().find("released"), std::string::npos);
+}
+
+TEST(StreamingRuntime, ReleaseWithoutAcquireAndBadIds) {
+  HostCopyEngine engine;
+  HostArena arena;
+  StreamingRuntime rt(&engine, &arena);
+  FakeModel m = FakeModel::Make({256}, 7);
+  ASSERT_TRUE(RegisterAll(&rt, m).ok());
+  ASSERT_TRUE(rt.Plan(PlanPolicy::kStreamAll, PlanRequest::kUnlimited, 1).ok());
+  EXPECT_EQ(rt.Release(0, nullptr).code(), Status::Code::kFailedPrecondition);
+  DeviceLocation loc;
+  EXPECT_EQ(rt.Acquire(5, nullptr, &loc).code(), Status::Code::kInvalidArgument);
+  EXPECT_EQ(rt.Acquire(-1, nullptr, &loc).code(), Status::Code::kInvalidArgument);
+}
+
+TEST(StreamingRuntime, DeviceOomLeavesNothingLoaded) {
+  HostCopyEngine engine;
+  HostArena arena(3000);
+  StreamingRuntime rt(&engine, &arena);
+  FakeModel m = FakeModel::Make(std::vector<uint64_t>(4, 1024), 8);
+  ASSERT_TRUE(RegisterAll(&rt, m).ok());
+  ASSERT_TRUE(rt.Plan(PlanPolicy::kAllResident, PlanRequest::kUnlimited, 1).ok());
+  Status s = rt.Load();
+  EXPECT_EQ(s.code(), Status::Code::kOutOfMemory);
+  EXPECT_NE(s.message().find("nothing stays loaded"), std::string::npos) << s.message();
+  EXPECT_FALSE(rt.loaded());
+  EXPECT_EQ(arena.allocated_bytes(), 0u);
+  // A smaller plan then works.
+  ASSERT_TRUE(rt.Plan(PlanPolicy::kStreamAll, PlanRequest::kUnlimited, 1).ok());
+  ASSERT_EQ(RunPass(&rt, m, Range(4)), "");
+}
+
+TEST(StreamingRuntime, FailedUploadIsReportedAndRecovered) {
+  HostCopyEngine engine;
+  HostArena arena;
+  StreamingRuntime rt(&engine, &arena);
+  FakeModel m = FakeModel::Make(std::vector<uint64_t>(5, 512), 9);
+  ASSERT_TRUE(RegisterAll(&rt, m).ok());
+  ASSERT_TRUE(rt.Plan(PlanPolicy::kStreamAll, PlanRequest::kUnlimited, 1).ok());
+  ASSERT_EQ(RunPass(&rt, m, Range(5)), "");
+  engine.FailNextCopies(1);
+  std::string err = RunPass(&rt, m, Range(5));
+  EXPECT_NE(err.find("failed"), std::string::npos) << err;
+  ASSERT_TRUE(rt.EndPass(nullptr).ok());
+  std::vector<int> evicted;
+  rt.TakeEvicted(&evicted);
+  EXPECT_FALSE(evicted.empty());
+  for (int pass = 0; pass < 2; ++pass) ASSERT_EQ(RunPass(&rt, m, Range(5)), "");
+  EXPECT_GE(rt.GetStats(true).upload_failures, 1u);
+}
+
+TEST(StreamingRuntime, UnloadFreesDeviceAndReloadWorks) {
+  HostCopyEngine engine;
+  HostArena arena;
+  StreamingRuntime rt(&engine, &arena);
+  FakeModel m = FakeModel::Make(std::vector<uint64_t>(3, 4096), 10);
+  ASSERT_TRUE(RegisterAll(&rt, m).ok());
+  ASSERT_TRUE(rt.Plan(PlanPolicy::kAllResident, PlanRequest::kUnlimited, 1).ok());
+  ASSERT_EQ(RunPass(&rt, m, Range(3)), "");
+  EXPECT_EQ(arena.allocated_bytes(), 3u * 4096);
+  ASSERT_TRUE(rt.Unload().ok());
+  EXPECT_EQ(arena.allocated_bytes(), 0u);
+  ASSERT_EQ(RunPass(&rt, m, Range(3)), "");
+  ASSERT_TRUE(rt.Close().ok());
+  EXPECT_EQ(arena.allocated_bytes(), 0u);
+  DeviceLocation loc;
+  EXPECT_EQ(rt.Acquire(0, nullptr, &loc).code(), Status::Code::kClosed);
+}
+
+TEST(StreamingRuntime, StatsCountStallAndUploadTimes) {
+  HostEngineOptions opt;
+  opt.bandwidth_bytes_per_s = 64.0 * 1024 * 1024;  // 64 KiB in ~1 ms
+  HostCopyEngine engine(opt);
+  HostArena arena;
+  StreamingRuntime rt(&engine, &arena);
+  FakeModel m = FakeModel::Make(std::vector<uint64_t>(4, 64 * 1024), 11);
+  ASSERT_TRUE(RegisterAll(&rt, m).ok());
+  ASSERT_TRUE(rt.Plan(PlanPolicy::kStreamAll, PlanRequest::kUnlimited, 1).ok());
+  ASSERT_EQ(RunPass(&rt, m, Range(4)), "");
+  Stats s = rt.GetStats(true);
+  EXPECT_GT(s.stall_ms, 0.5);   // nothing computes, so the queue waits
+  EXPECT_GT(s.upload_ms, 3.0);  // >= 4 copies of ~1 ms
+  for (int b = 0; b < 4; ++b) EXPECT_GT(s.block_upload_ms[b], 0.5);
+}
+
+}  // namespace
+}  // namespace pinstream
