@@ -9,8 +9,14 @@ namespace pinstream {
 
 std::string FormatBytes(unsigned long long bytes) {
   char buf[64];
-  std::snprintf(buf, sizeof(buf), "%.2f GiB",
-                static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0));
+  const double b = static_cast<double>(bytes);
+  if (bytes >= (1ULL << 30)) {
+    std::snprintf(buf, sizeof(buf), "%.2f GiB", b / (1024.0 * 1024.0 * 1024.0));
+  } else if (bytes >= (1ULL << 20)) {
+    std::snprintf(buf, sizeof(buf), "%.1f MiB", b / (1024.0 * 1024.0));
+  } else {
+    std::snprintf(buf, sizeof(buf), "%llu bytes", bytes);
+  }
   return buf;
 }
 

@@ -1,0 +1,708 @@
+// Copyright PinStream authors. SPDX-License-Identifier: Apache-2.0
+//
+// pinstream._C: the only file that sees torch. A Runtime wraps the core's
+// StreamingRuntime on torch tensors:
+//   * register_blocks packs each block's tensors into pinned host chunks of our
+//     own size (aligned offsets) and re-points the tensors there, so the
+//     original host storage is released and no second copy stays alive;
+//   * device memory for slots and resident blocks comes from torch's caching
+//     allocator (CUDA) or plain CPU tensors (host engine), so the framework's
+//     memory accounting sees it;
+//   * acquire/release re-point a block's tensors at its device copy with
+//     set_data (no Python per parameter), blocking calls release the GIL.
+#include <torch/extension.h>
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "core/streaming_runtime.h"
+#include "host/host_copy_engine.h"
+#ifdef PINSTREAM_WITH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+
+#include "cuda/cuda_copy_engine.h"
+#endif
+
+namespace py = pybind11;
+
+namespace pinstream {
+namespace {
+
+constexpr int64_t kTensorAlign = 64;    // every tensor starts 64-byte aligned
+constexpr int64_t kBlockAlign = 512;    // blocks and device allocations
+
+int64_t Align(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
+
+// Raised for device or pinned-memory exhaustion; Python sees
+// pinstream._C.OutOfMemoryError (a MemoryError). Safe to throw without the GIL.
+class OutOfMemory : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+void Check(const Status& s) {
+  if (s.ok()) return;
+  switch (s.code()) {
+    case Status::Code::kInvalidArgument:
+      throw py::value_error("PinStream: " + s.message());
+    case Status::Code::kOutOfMemory:
+      throw OutOfMemory("PinStream: " + s.message());
+    default:
+      throw std::runtime_error("PinStream: " + s.ToString());
+  }
+}
+
+// Device allocations as torch tensors (uint8, one per slot or resident block).
+class TorchDeviceAllocator final : public DeviceAllocator {
+ public:
+  TorchDeviceAllocator(at::Device device, uint64_t capacity)
+      : device_(device), capacity_(capacity) {}
+
+  Status Allocate(uint64_t bytes, int64_t* id, void** ptr) override {
+    if (capacity_ != 0 && allocated_ + bytes > capacity_) {
+      return Status::OutOfMemory(FormatBytes(bytes) + " requested with " +
+                                 FormatBytes(capacity_ - allocated_) + " of the " +
+                                 FormatBytes(capacity_) + " device capacity free");
+    }
+    try {
+      at::Tensor t = at::empty({static_cast<int64_t>(bytes)},
+                               at::TensorOptions().dtype(at::kByte).device(device_));
+      *id = next_id_++;
+      *ptr = t.data_ptr();
+      tensors_.emplace(*id, std::move(t));
+    } catch (const c10::OutOfMemoryError& e) {
+      return Status::OutOfMemory("device allocation of " + FormatBytes(bytes) +
+                                 " failed: " + e.what_without_backtrace());
+    } catch (const c10::Error& e) {
+      return Status::DeviceError(std::string("device allocation failed: ") +
+                                 e.what_without_backtrace());
+    }
+    allocated_ += bytes;
+    if (allocated_ > peak_) peak_ = allocated_;
+    return Status::Ok();
+  }
+  void Free(int64_t id) override {
+    auto it = tensors_.find(id);
+    if (it == tensors_.end()) return;
+    allocated_ -= static_cast<uint64_t>(it->second.numel());
+    tensors_.erase(it);
+  }
+  uint64_t allocated_bytes() const override { return allocated_; }
+  uint64_t peak_bytes() const override { return peak_; }
+  void ResetPeak() override { peak_ = allocated_; }
+  void set_capacity(uint64_t bytes) { capacity_ = bytes; }
+  const at::Tensor& tensor(int64_t id) const { return tensors_.at(id); }
+
+ private:
+  at::Device device_;
+  uint64_t capacity_;
+  std::unordered_map<int64_t, at::Tensor> tensors_;
+  int64_t next_id_ = 0;
+  uint64_t allocated_ = 0;
+  uint64_t peak_ = 0;
+};
+
+struct PackedTensor {
+  at::Tensor param;       // the caller's tensor (same TensorImpl as its Parameter)
+  at::Tensor host_view;   // its bytes in the pinned chunk
+  int64_t offset = 0;     // within the block
+  int64_t nbytes = 0;
+  int64_t version = 0;    // version when pointed at the device
+};
+
+struct BlockInfo {
+  std::vector<PackedTensor> tensors;
+  int64_t bytes = 0;
+  int chunk = -1;
+  int64_t chunk_offset = 0;
+  bool streamable = true;
+  int64_t location = -1;  // device allocation the tensors point at, -1 = host
+  std::vector<std::pair<int64_t, std::vector<at::Tensor>>> view_cache;
+};
+
+PlanPolicy ParsePolicy(const std::string& p) {
+  if (p == "all_resident") return PlanPolicy::kAllResident;
+  if (p == "stream_all") return PlanPolicy::kStreamAll;
+  if (p == "budget") return PlanPolicy::kBudget;
+  throw py::value_error("PinStream: unknown plan policy '" + p +
+                        "'; allowed: all_resident, stream_all, budget");
+}
+
+class Runtime {
+ public:
+  Runtime(const std::string& device, const std::string& engine, int prefetch,
+          int64_t budget_bytes, double link_gbps, double latency_us,
+          int random_delay_us, uint64_t seed, bool poison,
+          int64_t device_capacity_bytes, const std::string& pin_mode,
+          int64_t chunk_bytes, bool timing)
+      : device_(device), prefetch_(prefetch), budget_bytes_(budget_bytes),
+        chunk_bytes_(chunk_bytes) {
+    if (prefetch < 0) {
+      throw py::value_error("PinStream: prefetch must be >= 0, got " + std::to_string(prefetch));
+    }
+    if (chunk_bytes <= 0) {
+      throw py::value_error("PinStream: chunk_bytes must be > 0");
+    }
+    std::string kind = engine;
+    if (kind == "auto") kind = device_.is_cuda() ? "cuda" : "host";
+    if (kind == "host") {
+      HostEngineOptions opt;
+      opt.bandwidth_bytes_per_s = link_gbps > 0 ? link_gbps * 1e9 : 0;
+      opt.latency_us = latency_us;
+      opt.max_random_delay_us = random_delay_us;
+      opt.seed = seed;
+      opt.poison = poison;
+      auto* host = new HostCopyEngine(opt);
+      host_engine_ = host;
+      engine_.reset(host);
+      alloc_device_ = at::Device(at::kCPU);
+    } else if (kind == "cuda") {
+#ifdef PINSTREAM_WITH_CUDA
+      if (!device_.is_cuda()) {
+        throw py::value_error("PinStream: engine 'cuda' needs a cuda device, got '" + device + "'");
+      }
+      if (!torch::cuda::is_available()) {
+        throw std::runtime_error("PinStream: engine 'cuda' requested but torch sees no CUDA device; "
+                                 "use engine='host' on a machine without a GPU");
+      }
+      if (!device_.has_index()) device_ = at::Device(at::kCUDA, 0);
+      CudaEngineOptions opt;
+      opt.device = device_.index();
+      opt.timing = timing;
+      opt.pin_mode = pin_mode == "register"  ? PinMode::kRegister
+                     : pin_mode == "hostalloc" ? PinMode::kHostAlloc
+                     : pin_mode == "pageable"  ? PinMode::kPageable
+                                               : PinMode::kAuto;
+      std::unique_ptr<CudaCopyEngine> cuda;
+      Check(CudaCopyEngine::Create(opt, &cuda));
+      engine_ = std::move(cuda);
+      alloc_device_ = device_;
+#else
+      throw std::runtime_error(
+          "PinStream: engine 'cuda' requested but this build has no CUDA engine "
+          "(built without nvcc); rebuild with `python install.py` on a machine with "
+          "the CUDA toolkit, or use engine='host'");
+#endif
+    } else {
+      throw py::value_error("PinStream: unknown engine '" + engine +
+                            "'; allowed: auto, cuda, host");
+    }
+    if (pin_mode != "auto" && pin_mode != "register" && pin_mode != "hostalloc" &&
+        pin_mode != "pageable") {
+      throw py::value_error("PinStream: unknown pin_mode '" + pin_mode +
+                            "'; allowed: auto, register, hostalloc, pageable");
+    }
+    allocator_ = std::make_unique<TorchDeviceAllocator>(
+        alloc_device_, static_cast<uint64_t>(std::max<int64_t>(device_capacity_bytes, 0)));
+    core_ = std::make_unique<StreamingRuntime>(engine_.get(), allocator_.get());
+  }
+
+  ~Runtime() {
+    try {
+      CloseImpl(/*restore_pageable=*/true);
+    } catch (...) {
+    }
+  }
+
+  std::string engine_name() const { return engine_->name(); }
+  std::string device_str() const { return device_.str(); }
+
+  // Packs blocks into pinned chunks; returns their ids.
+  std::vector<int> RegisterBlocks(const std::vector<std::vector<at::Tensor>>& blocks,
+                                  const std::vector<bool>& streamable,
+                                  const py::object& progress) {
+    std::lock_guard<std::mutex> lock(mu_);
+    CheckOpen();
+    if (!streamable.empty() && streamable.size() != blocks.size()) {
+      throw py::value_error("PinStream: streamable has " + std::to_string(streamable.size()) +
+                            " entries for " + std::to_string(blocks.size()) + " blocks");
+    }
+    if (core_->planned()) {
+      throw std::runtime_error("PinStream: register blocks before plan()");
+    }
+    // Layout.
+    std::vector<BlockInfo> infos(blocks.size());
+    for (size_t b = 0; b < blocks.size(); ++b) {
+      BlockInfo& info = infos[b];
+      info.streamable = streamable.empty() ? true : streamable[b];
+      int64_t off = 0;
+      for (const at::Tensor& t : blocks[b]) {
+        if (!t.defined()) throw py::value_error("PinStream: undefined tensor in block " + std::to_string(b));
+        if (t.is_sparse() || t.layout() != at::kStrided) {
+          throw py::value_error("PinStream: only dense strided tensors can be packed; block " +
+                                std::to_string(b) + " has a " + c10::str(t.layout()) + " tensor");
+        }
+        if (t.is_quantized()) {
+          throw py::value_error("PinStream: quantized torch tensors cannot be packed (block " +
+                                std::to_string(b) + ")");
+        }
+        auto* impl = t.unsafeGetTensorImpl();
+        if (!seen_.insert(impl).second) {
+          throw py::value_error(
+              "PinStream: a tensor appears twice (tied weights) in block " + std::to_string(b) +
+              "; shared tensors must stay outside streamed blocks");
+        }
+        PackedTensor pt;
+        pt.param = t;
+        off = Align(off, kTensorAlign);
+        pt.offset = off;
+        pt.nbytes = static_cast<int64_t>(t.numel()) * static_cast<int64_t>(t.element_size());
+        off += pt.nbytes;
+        info.tensors.push_back(std::move(pt));
+      }
+      info.bytes = Align(std::max<int64_t>(off, 1), kBlockAlign);
+    }
+    // Chunks: consecutive blocks until the chunk size would be exceeded.
+    std::vector<std::pair<size_t, size_t>> groups;  // [first, last) blocks
+    std::vector<int64_t> group_bytes;
+    for (size_t b = 0; b < infos.size();) {
+      size_t e = b;
+      int64_t sum = 0;
+      while (e < infos.size() && (e == b || sum + infos[e].bytes <= chunk_bytes_)) {
+        sum += infos[e].bytes;
+        ++e;
+      }
+      groups.emplace_back(b, e);
+      group_bytes.push_back(sum);
+      b = e;
+    }
+    std::vector<int> ids;
+    size_t done_blocks = 0;
+    for (size_t g = 0; g < groups.size(); ++g) {
+      at::Tensor chunk;
+      {
+        py::gil_scoped_release nogil;
+        std::unique_ptr<HostBuffer> buf;
+        Check(engine_->AllocateHostBuffer(static_cast<uint64_t>(group_bytes[g]), &buf));
+        if (!buf->pinned()) pageable_bytes_ += group_bytes[g];
+        else pinned_bytes_ += group_bytes[g];
+        pin_how_.insert(buf->how());
+        host_bytes_ += group_bytes[g];
+        std::shared_ptr<HostBuffer> owner(buf.release());
+        live_host_bytes_->fetch_add(group_bytes[g]);
+        auto counter = live_host_bytes_;
+        const int64_t size = group_bytes[g];
+        chunk = torch::from_blob(
+            owner->data(), {size},
+            [owner, counter, size](void*) mutable {
+              counter->fetch_sub(size);
+              owner.reset();
+            },
+            at::TensorOptions().dtype(at::kByte));
+      }
+      int64_t chunk_off = 0;
+      for (size_t b = groups[g].first; b < groups[g].second; ++b) {
+        BlockInfo& info = infos[b];
+        info.chunk = static_cast<int>(chunks_.size());
+        info.chunk_offset = chunk_off;
+        {
+          py::gil_scoped_release nogil;
+          for (PackedTensor& pt : info.tensors) {
+            at::Tensor view = chunk.narrow(0, chunk_off + pt.offset, pt.nbytes)
+                                  .view(pt.param.scalar_type())
+                                  .view(pt.param.sizes());
+            view.copy_(pt.param);
+            pt.host_view = view;
+            pt.param.set_data(view);  // original storage is freed here
+          }
+        }
+        chunk_off += info.bytes;
+        int id = -1;
+        Check(core_->RegisterBlock(chunk.data_ptr<uint8_t>() + info.chunk_offset,
+                                   static_cast<uint64_t>(info.bytes), info.streamable, &id));
+        ids.push_back(id);
+        blocks_.push_back(std::move(info));
+        ++done_blocks;
+        if (!progress.is_none()) progress(done_blocks, blocks.size());
+      }
+      chunks_.push_back(chunk);
+    }
+    return ids;
+  }
+
+  py::dict Plan(const std::string& policy, int64_t budget_bytes, int prefetch) {
+    std::lock_guard<std::mutex> lock(mu_);
+    CheckOpen();
+    if (prefetch < 0) throw py::value_error("PinStream: prefetch must be >= 0, got " + std::to_string(prefetch));
+    if (core_->loaded()) UnloadLocked();
+    prefetch_ = prefetch;
+    budget_bytes_ = budget_bytes;
+    Check(core_->Plan(ParsePolicy(policy),
+                      budget_bytes < 0 ? PlanRequest::kUnlimited : static_cast<uint64_t>(budget_bytes),
+                      prefetch));
+    return PlanDict();
+  }
+
+  void Load() {
+    py::gil_scoped_release nogil;
+    std::lock_guard<std::mutex> lock(mu_);
+    CheckOpen();
+    Check(core_->Load());
+    PointResidentBlocks();
+  }
+
+  void Unload() {
+    py::gil_scoped_release nogil;
+    std::lock_guard<std::mutex> lock(mu_);
+    CheckOpen();
+    UnloadLocked();
+  }
+
+  void BeginPass() {
+    std::lock_guard<std::mutex> lock(mu_);
+    CheckOpen();
+    Check(core_->BeginPass());
+  }
+
+  void Acquire(int block) {
+    std::lock_guard<std::mutex> lock(mu_);
+    CheckOpen();
+    CheckId(block);
+    const bool was_loaded = core_->loaded();
+    DeviceLocation loc;
+    Status s = core_->Acquire(block, ComputeQueue(), &loc);
+    ApplyEvictions();
+    Check(s);
+    if (!was_loaded) PointResidentBlocks();
+    PointAtDevice(block, loc.allocation);
+  }
+
+  void Release(int block) {
+    std::lock_guard<std::mutex> lock(mu_);
+    CheckOpen();
+    CheckId(block);
+    BlockInfo& info = blocks_[block];
+    if (!core_->resident(block)) WriteBackIfModified(&info);
+    Check(core_->Release(block, ComputeQueue()));
+  }
+
+  void EndPass() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closed_) return;
+    Status s = core_->EndPass(ComputeQueue());
+    ApplyEvictions();
+    Check(s);
+  }
+
+  void Synchronize() {
+    py::gil_scoped_release nogil;
+    std::lock_guard<std::mutex> lock(mu_);
+    CheckOpen();
+    Check(core_->Synchronize());
+  }
+
+  py::dict GetStats() {
+    Stats s;
+    {
+      py::gil_scoped_release nogil;
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!closed_) s = core_->GetStats(/*wait=*/true);
+    }
+    py::dict d;
+    d["engine"] = engine_->name();
+    d["device"] = device_.str();
+    d["acquires"] = s.acquires;
+    d["bytes_uploaded"] = s.bytes_uploaded;
+    d["uploads"] = s.uploads;
+    d["hits"] = s.hits;
+    d["misses"] = s.misses;
+    d["prefetches"] = s.prefetches;
+    d["upload_failures"] = s.upload_failures;
+    d["stall_ms"] = s.stall_ms;
+    d["upload_ms"] = s.upload_ms;
+    d["timed_upload_bytes"] = s.timed_upload_bytes;
+    d["upload_gbps"] = s.upload_ms > 0 ? static_cast<double>(s.timed_upload_bytes) / (s.upload_ms * 1e6) : 0.0;
+    d["passes"] = s.passes;
+    d["relearns"] = s.relearns;
+    d["skips"] = s.skips;
+    d["block_upload_ms"] = s.block_upload_ms;
+    d["block_uploads"] = s.block_uploads;
+    d["writebacks"] = writebacks_;
+    d["device_bytes"] = allocator_->allocated_bytes();
+    d["peak_device_bytes"] = allocator_->peak_bytes();
+    d["host_bytes"] = host_bytes_;
+    d["pinned_bytes"] = pinned_bytes_;
+    d["pageable_bytes"] = pageable_bytes_;
+    d["live_host_bytes"] = live_host_bytes_->load();
+    py::list how;
+    for (const auto& h : pin_how_) how.append(h);
+    d["pin_how"] = how;
+    d["loaded"] = core_->loaded();
+    d["closed"] = closed_;
+    if (core_->planned()) d["plan"] = PlanDict();
+    return d;
+  }
+
+  void ResetStats() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closed_) return;
+    core_->ResetStats();
+    allocator_->ResetPeak();
+    writebacks_ = 0;
+  }
+
+  void Close(bool restore_pageable) {
+    py::gil_scoped_release nogil;
+    std::lock_guard<std::mutex> lock(mu_);
+    CloseImpl(restore_pageable);
+  }
+
+  // Fault injection for tests (host engine only).
+  void FailNextCopies(int count) { HostOnly("fail_next_copies")->FailNextCopies(count); }
+  void DelayNextCopies(int count, int us) { HostOnly("delay_next_copies")->DelayNextCopies(count, us); }
+  void SetDeviceCapacity(int64_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    allocator_->set_capacity(static_cast<uint64_t>(std::max<int64_t>(bytes, 0)));
+  }
+
+  int num_blocks() const { return static_cast<int>(blocks_.size()); }
+  bool closed() const { return closed_; }
+  bool loaded() const { return !closed_ && core_->loaded(); }
+  std::vector<int64_t> block_bytes() const {
+    std::vector<int64_t> out;
+    for (const BlockInfo& b : blocks_) out.push_back(b.bytes);
+    return out;
+  }
+  std::vector<bool> resident_blocks() const {
+    std::vector<bool> out;
+    for (int i = 0; i < num_blocks(); ++i) out.push_back(core_->planned() && core_->resident(i));
+    return out;
+  }
+
+ private:
+  HostCopyEngine* HostOnly(const char* what) {
+    if (host_engine_ == nullptr) {
+      throw std::runtime_error(std::string("PinStream: ") + what + " needs the host engine");
+    }
+    return host_engine_;
+  }
+
+  void CheckOpen() const {
+    if (closed_) throw std::runtime_error("PinStream: runtime is closed; offload the model again");
+  }
+
+  void CheckId(int block) const {
+    if (block < 0 || block >= num_blocks()) {
+      throw py::index_error("PinStream: block id " + std::to_string(block) + " out of range [0, " +
+                            std::to_string(num_blocks()) + ")");
+    }
+  }
+
+  void* ComputeQueue() const {
+#ifdef PINSTREAM_WITH_CUDA
+    if (alloc_device_.is_cuda()) {
+      return c10::cuda::getCurrentCUDAStream(alloc_device_.index()).stream();
+    }
+#endif
+    return nullptr;
+  }
+
+  void SyncCompute() const {
+#ifdef PINSTREAM_WITH_CUDA
+    if (alloc_device_.is_cuda()) {
+      c10::cuda::getCurrentCUDAStream(alloc_device_.index()).synchronize();
+    }
+#endif
+  }
+
+  const std::vector<at::Tensor>& ViewsAt(BlockInfo* info, int64_t allocation) {
+    for (auto& entry : info->view_cache) {
+      if (entry.first == allocation) return entry.second;
+    }
+    const at::Tensor& base = allocator_->tensor(allocation);
+    std::vector<at::Tensor> views;
+    views.reserve(info->tensors.size());
+    for (const PackedTensor& pt : info->tensors) {
+      views.push_back(base.narrow(0, pt.offset, pt.nbytes)
+                          .view(pt.param.scalar_type())
+                          .view(pt.host_view.sizes()));
+    }
+    info->view_cache.emplace_back(allocation, std::move(views));
+    return info->view_cache.back().second;
+  }
+
+  void PointAtDevice(int block, int64_t allocation) {
+    BlockInfo& info = blocks_[block];
+    if (info.location == allocation) return;
+    const std::vector<at::Tensor>& views = ViewsAt(&info, allocation);
+    for (size_t i = 0; i < info.tensors.size(); ++i) {
+      PackedTensor& pt = info.tensors[i];
+      pt.param.set_data(views[i]);
+      pt.version = pt.param._version();
+    }
+    info.location = allocation;
+  }
+
+  void PointAtHost(BlockInfo* info) {
+    if (info->location < 0) return;
+    for (PackedTensor& pt : info->tensors) pt.param.set_data(pt.host_view);
+    info->location = -1;
+  }
+
+  // A block whose tensors were changed in place on the device (e.g. a weight
+  // patch) is copied back to its host copy; untouched blocks never are.
+  void WriteBackIfModified(BlockInfo* info) {
+    if (info->location < 0) return;
+    bool dirty = false;
+    for (const PackedTensor& pt : info->tensors) dirty |= pt.param._version() != pt.version;
+    if (!dirty) return;
+    for (PackedTensor& pt : info->tensors) {
+      pt.host_view.copy_(pt.param, /*non_blocking=*/false);
+      pt.version = pt.param._version();
+    }
+    ++writebacks_;
+  }
+
+  void ApplyEvictions() {
+    core_->TakeEvicted(&evicted_);
+    for (int b : evicted_) PointAtHost(&blocks_[b]);
+  }
+
+  void PointResidentBlocks() {
+    for (int i = 0; i < num_blocks(); ++i) {
+      if (core_->resident(i)) PointAtDevice(i, core_->resident_location(i).allocation);
+    }
+  }
+
+  void UnloadLocked() {
+    if (!core_->loaded()) return;
+    SyncCompute();
+    for (BlockInfo& info : blocks_) {
+      WriteBackIfModified(&info);
+      PointAtHost(&info);
+      info.view_cache.clear();
+    }
+    Check(core_->Unload());
+    ApplyEvictions();
+  }
+
+  void CloseImpl(bool restore_pageable) {
+    if (closed_) return;
+    if (core_->loaded()) {
+      SyncCompute();
+      core_->EndPass(ComputeQueue());
+      for (BlockInfo& info : blocks_) {
+        WriteBackIfModified(&info);
+        PointAtHost(&info);
+        info.view_cache.clear();
+      }
+    }
+    core_->Close();
+    for (BlockInfo& info : blocks_) {
+      for (PackedTensor& pt : info.tensors) {
+        if (restore_pageable) pt.param.set_data(pt.host_view.clone());
+        pt.host_view = at::Tensor();
+      }
+      info.view_cache.clear();
+    }
+    blocks_.clear();
+    chunks_.clear();
+    seen_.clear();
+    closed_ = true;
+  }
+
+  py::dict PlanDict() const {
+    const ResidencyPlan& p = core_->plan();
+    py::dict d;
+    d["policy"] = PlanPolicyName(p.policy());
+    d["prefetch"] = p.prefetch();
+    d["num_blocks"] = core_->num_blocks();
+    d["resident_blocks"] = p.num_resident();
+    d["streamed_blocks"] = p.num_streamed();
+    d["slot_count"] = p.slot_count();
+    d["slot_bytes"] = p.slot_bytes();
+    d["fixed_bytes"] = p.fixed_bytes();
+    d["resident_block_bytes"] = p.resident_block_bytes();
+    d["streamed_block_bytes"] = p.streamed_block_bytes();
+    d["device_bytes"] = p.device_bytes();
+    d["describe"] = p.Describe();
+    return d;
+  }
+
+  std::mutex mu_;
+  at::Device device_{at::kCPU};
+  at::Device alloc_device_{at::kCPU};
+  int prefetch_;
+  int64_t budget_bytes_;
+  int64_t chunk_bytes_;
+  std::unique_ptr<CopyEngine> engine_;
+  HostCopyEngine* host_engine_ = nullptr;
+  std::unique_ptr<TorchDeviceAllocator> allocator_;
+  std::unique_ptr<StreamingRuntime> core_;
+  std::vector<BlockInfo> blocks_;
+  std::vector<at::Tensor> chunks_;
+  std::unordered_set<const c10::TensorImpl*> seen_;
+  std::unordered_set<std::string> pin_how_;
+  std::vector<int> evicted_;
+  std::shared_ptr<std::atomic<int64_t>> live_host_bytes_ = std::make_shared<std::atomic<int64_t>>(0);
+  int64_t host_bytes_ = 0;
+  int64_t pinned_bytes_ = 0;
+  int64_t pageable_bytes_ = 0;
+  uint64_t writebacks_ = 0;
+  bool closed_ = false;
+};
+
+bool CudaBuilt() {
+#ifdef PINSTREAM_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+}  // namespace pinstream
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  using pinstream::Runtime;
+  m.doc() = "PinStream native runtime: streams weight blocks from pinned host memory to the device";
+  py::register_exception<pinstream::OutOfMemory>(m, "OutOfMemoryError", PyExc_MemoryError);
+  m.def("cuda_built", &pinstream::CudaBuilt, "True when the CUDA engine was compiled in");
+  py::class_<Runtime>(m, "Runtime")
+      .def(py::init<const std::string&, const std::string&, int, int64_t, double, double, int,
+                    uint64_t, bool, int64_t, const std::string&, int64_t, bool>(),
+           py::arg("device") = "cpu", py::arg("engine") = "auto", py::arg("prefetch") = 1,
+           py::arg("budget_bytes") = -1, py::arg("link_gbps") = 0.0, py::arg("latency_us") = 0.0,
+           py::arg("random_delay_us") = 0, py::arg("seed") = 0, py::arg("poison") = false,
+           py::arg("device_capacity_bytes") = 0, py::arg("pin_mode") = "auto",
+           py::arg("chunk_bytes") = 256LL << 20, py::arg("timing") = true)
+      .def_property_readonly("engine", &Runtime::engine_name)
+      .def_property_readonly("device", &Runtime::device_str)
+      .def_property_readonly("num_blocks", &Runtime::num_blocks)
+      .def_property_readonly("closed", &Runtime::closed)
+      .def_property_readonly("loaded", &Runtime::loaded)
+      .def_property_readonly("block_bytes", &Runtime::block_bytes)
+      .def_property_readonly("resident_blocks", &Runtime::resident_blocks)
+      .def("register_blocks", &Runtime::RegisterBlocks, py::arg("blocks"),
+           py::arg("streamable") = std::vector<bool>(), py::arg("progress") = py::none(),
+           "Packs each block's tensors into pinned host memory and re-points them there")
+      .def("register_block",
+           [](Runtime& rt, const std::vector<at::Tensor>& tensors, bool streamable) {
+             return rt.RegisterBlocks({tensors}, {streamable}, py::none())[0];
+           },
+           py::arg("tensors"), py::arg("streamable") = true)
+      .def("plan", &Runtime::Plan, py::arg("policy") = "budget", py::arg("budget_bytes") = -1,
+           py::arg("prefetch") = 1)
+      .def("load", &Runtime::Load)
+      .def("unload", &Runtime::Unload)
+      .def("begin_pass", &Runtime::BeginPass)
+      .def("acquire", &Runtime::Acquire, py::arg("block"),
+           py::call_guard<py::gil_scoped_release>())
+      .def("release", &Runtime::Release, py::arg("block"),
+           py::call_guard<py::gil_scoped_release>())
+      .def("end_pass", &Runtime::EndPass, py::call_guard<py::gil_scoped_release>())
+      .def("synchronize", &Runtime::Synchronize)
+      .def("stats", &Runtime::GetStats)
+      .def("reset_stats", &Runtime::ResetStats)
+      .def("close", &Runtime::Close, py::arg("restore_pageable") = true)
+      .def("fail_next_copies", &Runtime::FailNextCopies, py::arg("count"))
+      .def("delay_next_copies", &Runtime::DelayNextCopies, py::arg("count"), py::arg("us"))
+      .def("set_device_capacity", &Runtime::SetDeviceCapacity, py::arg("bytes"));
+}
