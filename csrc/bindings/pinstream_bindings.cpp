@@ -12,6 +12,10 @@
 //     set_data (no Python per parameter), blocking calls release the GIL.
 #include <torch/extension.h>
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 #include <atomic>
 #include <memory>
 #include <mutex>
@@ -324,6 +328,11 @@ class Runtime {
       }
       chunks_.push_back(chunk);
     }
+#if defined(__GLIBC__)
+    // The original tensors' storage was freed above; hand the heap pages back
+    // to the OS so the process does not hold a second copy's worth of RSS.
+    malloc_trim(0);
+#endif
     return ids;
   }
 
@@ -344,7 +353,7 @@ class Runtime {
     py::gil_scoped_release nogil;
     std::lock_guard<std::mutex> lock(mu_);
     CheckOpen();
-    Check(core_->Load());
+    Check(core_->Load(ComputeQueue()));
     PointResidentBlocks();
   }
 

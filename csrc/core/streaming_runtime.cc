@@ -77,7 +77,7 @@ Status StreamingRuntime::Plan(PlanPolicy policy, uint64_t budget_bytes,
   return Status::Ok();
 }
 
-Status StreamingRuntime::Load() {
+Status StreamingRuntime::Load(void* compute_queue) {
   if (closed_) return Status::Closed("runtime is closed");
   if (!planned_) return Status::FailedPrecondition("load() before plan()");
   if (loaded_) return Status::Ok();
@@ -138,6 +138,12 @@ Status StreamingRuntime::Load() {
     }
   }
   ring_ = SlotRing(plan_.slot_count(), num_blocks());
+  for (Block& b : blocks_) {
+    if (!b.resident) continue;
+    Status s = engine_->ComputeWaitFor(b.resident_event, compute_queue);
+    if (!s.ok()) return fail(s, 0, "resident upload");
+    b.resident_waited = true;
+  }
   return Status::Ok();
 }
 
@@ -234,7 +240,7 @@ void StreamingRuntime::Prefetch(int current) {
 Status StreamingRuntime::Acquire(int block, void* compute_queue,
                                  DeviceLocation* where) {
   PINSTREAM_RETURN_IF_ERROR(CheckBlock(block, "acquire"));
-  if (!loaded_) PINSTREAM_RETURN_IF_ERROR(Load());
+  if (!loaded_) PINSTREAM_RETURN_IF_ERROR(Load(compute_queue));
   ++tick_;
   stats_.acquires += 1;
   learner_.Observe(block);

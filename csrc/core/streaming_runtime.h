@@ -59,9 +59,10 @@ class StreamingRuntime {
   // Decides residency. Allowed only while nothing is loaded.
   Status Plan(PlanPolicy policy, uint64_t budget_bytes, int prefetch);
 
-  // Allocates device memory for the plan and queues the resident uploads.
+  // Allocates device memory for the plan and queues the resident uploads;
+  // the compute queue then waits for them (no host wait on a CUDA engine).
   // On failure everything allocated is freed again (no half-loaded state).
-  Status Load();
+  Status Load(void* compute_queue = nullptr);
   // Frees all device memory. Fails while a block is acquired.
   Status Unload();
 

@@ -1,0 +1,426 @@
+"""The offload engine: runs any torch ``nn.Module`` under one of PinStream's modes.
+
+``offload(module, mode=...)`` discovers the model's repeated blocks, packs every
+weight into pinned host memory (one copy: the original storage is released), and
+drives the native runtime from forward hooks:
+
+* root pre-hook        ``begin_pass``  (learning the block order on the first pass)
+* block pre-hook       ``acquire(i)``  compute waits for block i's upload; the next
+                                         ``prefetch`` blocks are queued on the copy queue
+* block post-hook      ``release(i)``  (runs even when the block raises)
+* root post-hook       ``end_pass``    (runs even when the forward raises)
+
+It never imports ComfyUI.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import weakref
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import nn
+
+from . import modes as _modes
+from .discovery import BlockDiscovery, discover_blocks
+from .native import load_native
+
+GIB = 1024**3
+
+# Default emulated link of the host engine when none is given: a PCIe 4.0 x16
+# link's typical pinned host-to-device rate.
+DEFAULT_HOST_LINK_GBPS = 25.0
+
+
+@dataclass
+class ResolvedMode:
+    """What mode a handle runs, and why (for auto: the decision and its inputs)."""
+
+    name: str
+    requested: str
+    reason: str
+    budget_bytes: Optional[int] = None
+    transfer_dtype: str = "auto"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __eq__(self, other) -> bool:  # handle.mode == "sequential"
+        if isinstance(other, str):
+            return self.name == other
+        return isinstance(other, ResolvedMode) and self.name == other.name
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+
+def _tensors_of(module: nn.Module) -> list[torch.Tensor]:
+    """Parameters and buffers of ``module`` (recursively), each once."""
+    out, seen = [], set()
+    for t in list(module.parameters(recurse=True)) + list(module.buffers(recurse=True)):
+        if t is None or id(t) in seen:
+            continue
+        seen.add(id(t))
+        out.append(t)
+    return out
+
+
+def _tensor_bytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _model_device(module: nn.Module) -> torch.device:
+    for t in _tensors_of(module):
+        return t.device
+    return torch.device("cpu")
+
+
+def _resolve_device(device) -> torch.device:
+    if device is None:
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise _modes.ModeError(f"device {device!r} is not a torch device ({e}); use 'cuda', 'cuda:N' or 'cpu'") from None
+    if dev.type not in ("cuda", "cpu"):
+        raise _modes.ModeError(f"device {device!r} is not supported; use 'cuda', 'cuda:N' or 'cpu'")
+    return dev
+
+
+def _host_ram_bytes() -> Optional[int]:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().total)
+    except Exception:  # noqa: BLE001 - psutil is optional here
+        return None
+
+
+def _free_device_bytes(dev: torch.device) -> int:
+    if dev.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(dev)
+        return int(free)
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001
+        return 8 * GIB
+
+
+# Model-offload handles currently holding device memory, per device: loading one
+# offloads the others (one large model on the device at a time), like
+# diffusers' model CPU offload but without device-to-host copies.
+_LOADED_MODEL_OFFLOAD: dict[str, list] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+class OffloadHandle:
+    """A model under PinStream. Created by :func:`offload`."""
+
+    def __init__(self, module: nn.Module, *, mode: ResolvedMode, runtime, discovery: BlockDiscovery,
+                 block_ids: list[int], fixed_id: Optional[int], device: torch.device,
+                 original_device: torch.device, prefetch: int, model_bytes: int, stream_hooks: bool,
+                 plan: dict, original_requires_grad: dict):
+        self.module = module
+        self.mode = mode
+        self.device = device
+        self.prefetch = prefetch
+        self.discovery = discovery
+        self.model_bytes = model_bytes
+        self.plan = plan
+        self._rt = runtime
+        self._block_ids = block_ids
+        self._fixed_id = fixed_id
+        self._original_device = original_device
+        self._hooks: list = []
+        self._detached = False
+        self._requires_grad = original_requires_grad
+        self._install_hooks(stream_hooks)
+
+    # ---- hooks --------------------------------------------------------------
+    def _install_hooks(self, stream_hooks: bool) -> None:
+        rt = self._rt
+        if self.mode.name == "model_offload":
+            self._hooks.append(self.module.register_forward_pre_hook(self._model_offload_pre_hook))
+            return
+        if not stream_hooks:
+            return
+
+        def begin(_mod, _args):
+            rt.begin_pass()
+
+        def end(_mod, _args, _out):
+            rt.end_pass()
+
+        self._hooks.append(self.module.register_forward_pre_hook(begin))
+        self._hooks.append(self.module.register_forward_hook(end, always_call=True))
+        for bid, (_name, block) in zip(self._block_ids, self.discovery.blocks):
+            acquire, release = rt.acquire, rt.release
+
+            def pre(_mod, _args, _acquire=acquire, _id=bid):
+                _acquire(_id)
+
+            def post(_mod, _args, _out, _release=release, _id=bid):
+                _release(_id)
+
+            self._hooks.append(block.register_forward_pre_hook(pre))
+            self._hooks.append(block.register_forward_hook(post, always_call=True))
+
+    def _model_offload_pre_hook(self, _mod, _args):
+        if not self._rt.loaded:
+            self.load()
+
+    # ---- model offload --------------------------------------------------------
+    def load(self) -> None:
+        """Upload the whole model now (model_offload/full_load); no-op if loaded."""
+        self._check_open()
+        if self._rt.loaded:
+            return
+        key = str(self.device)
+        if self.mode.name == "model_offload":
+            with _REGISTRY_LOCK:
+                others = [h for h in (r() for r in _LOADED_MODEL_OFFLOAD.get(key, [])) if h is not None and h is not self]
+                _LOADED_MODEL_OFFLOAD[key] = [weakref.ref(self)]
+            for other in others:
+                other.unload()
+        self._rt.load()
+
+    def unload(self) -> None:
+        """Free the device copy. Weights point at the pinned host copy again; no
+        device-to-host copy happens unless weights were modified on the device."""
+        if self._detached:
+            return
+        self._rt.unload()
+
+    # ---- info -----------------------------------------------------------------
+    @property
+    def loaded(self) -> bool:
+        return not self._detached and self._rt.loaded
+
+    @property
+    def runtime(self):
+        return self._rt
+
+    def stats(self) -> dict:
+        """Runtime counters plus what this handle is: mode (and why), sizes, plan."""
+        s = self._rt.stats() if not self._detached else {}
+        s.update(
+            mode=self.mode.name,
+            mode_reason=self.mode.reason,
+            requested_mode=self.mode.requested,
+            prefetch=self.prefetch,
+            model_bytes=self.model_bytes,
+            num_blocks=len(self.discovery.blocks),
+            largest_block_bytes=self.discovery.largest_block_bytes,
+            nonblock_bytes=self.discovery.nonblock_bytes,
+            detached=self._detached,
+        )
+        plan = s.get("plan") or self.plan
+        if plan:
+            s["resident_bytes"] = int(plan["fixed_bytes"] + plan["resident_block_bytes"])
+            s["streamed_bytes"] = int(plan["streamed_block_bytes"])
+        s["stall_pct"] = 0.0
+        return s
+
+    def reset_stats(self) -> None:
+        if not self._detached:
+            self._rt.reset_stats()
+
+    def _check_open(self) -> None:
+        if self._detached:
+            raise RuntimeError("PinStream: this handle was detached; call pinstream.offload() again")
+
+    # ---- detach -----------------------------------------------------------------
+    def detach(self) -> nn.Module:
+        """Remove PinStream: hooks off, device and pinned memory freed, weights back
+        in ordinary memory on the device the module was on, with the same values."""
+        if self._detached:
+            return self.module
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+        self._rt.close(restore_pageable=True)
+        self._detached = True
+        with _REGISTRY_LOCK:
+            for key, refs in list(_LOADED_MODEL_OFFLOAD.items()):
+                _LOADED_MODEL_OFFLOAD[key] = [r for r in refs if r() is not None and r() is not self]
+        if self._original_device.type != "cpu":
+            self.module.to(self._original_device)
+        for p, rg in self._requires_grad.items():
+            p.requires_grad_(rg)
+        return self.module
+
+    def __repr__(self) -> str:
+        return (f"OffloadHandle(mode={self.mode.name}, device={self.device}, blocks={len(self._block_ids)}, "
+                f"model={self.model_bytes / GIB:.2f} GiB, detached={self._detached})")
+
+
+def _resolve_mode(mode, budget_gb, *, free_device_bytes, model_bytes, discovery: BlockDiscovery,
+                  host_ram_bytes, prefetch) -> ResolvedMode:
+    requested = mode
+    name, transfer = _modes.normalize_mode(mode)
+    if name == "auto":
+        env = _modes.env_default_mode()
+        if env is not None:
+            env_name, env_transfer = env
+            if env_name != "auto":
+                budget = None
+                if env_name == "budget":
+                    if budget_gb is None:
+                        raise _modes.ModeError("GPU_MEMORY_MODE=budget needs a budget (budget_gb)")
+                    budget = int(budget_gb * GIB)
+                return ResolvedMode(env_name, requested, f"GPU_MEMORY_MODE={os.environ['GPU_MEMORY_MODE']}",
+                                    budget, env_transfer)
+        choice = _modes.choose_auto(
+            free_device_bytes=free_device_bytes if budget_gb is None else int(budget_gb * GIB),
+            model_bytes=model_bytes,
+            largest_block_bytes=discovery.largest_block_bytes,
+            nonblock_bytes=discovery.nonblock_bytes,
+            host_ram_bytes=host_ram_bytes,
+            prefetch=prefetch,
+            has_blocks=discovery.has_blocks,
+        )
+        return ResolvedMode(choice.mode, requested, "auto: " + choice.reason, choice.budget_bytes, transfer)
+    if name == "budget":
+        if budget_gb is None:
+            raise _modes.ModeError("mode 'budget' needs budget_gb (the VRAM budget in GiB, > 0)")
+        return ResolvedMode("budget", requested, f"budget {budget_gb:.2f} GiB requested", int(budget_gb * GIB), transfer)
+    if name in ("sequential", "budget") and not discovery.has_blocks:
+        return ResolvedMode("model_offload", requested, discovery.message or "no repeated blocks", None, transfer)
+    return ResolvedMode(name, requested, f"{name} requested", None, transfer)
+
+
+def offload(
+    module: nn.Module,
+    mode: str = "auto",
+    budget_gb: Optional[float] = None,
+    prefetch: int = 1,
+    device=None,
+    engine: str = "auto",
+    *,
+    blocks: Optional[Sequence[str]] = None,
+    transfer_dtype: str = "auto",
+    pin_memory: bool = True,
+    link_gbps: Optional[float] = None,
+    latency_us: float = 0.0,
+    free_device_bytes: Optional[int] = None,
+    host_ram_bytes: Optional[int] = None,
+    device_capacity_bytes: int = 0,
+    chunk_bytes: int = 256 << 20,
+    progress: Optional[Callable[[int, int], None]] = None,
+    timing: bool = True,
+) -> OffloadHandle:
+    """Run ``module`` under a PinStream mode; returns an :class:`OffloadHandle`.
+
+    mode          auto | full_load | model_offload | sequential | budget (or a
+                  GPU_MEMORY_MODE alias: model_full_load, model_cpu_offload,
+                  sequential_cpu_offload)
+    budget_gb     VRAM budget in GiB for ``budget`` (and a cap for ``auto``)
+    prefetch      blocks uploaded ahead of the one running (>= 0)
+    device        'cuda', 'cuda:N' or 'cpu' (default: cuda when available)
+    engine        auto | cuda | host; ``host`` emulates the device in host memory
+                  (CPU machines, tests) with a link of ``link_gbps`` GB/s
+    blocks        explicit block module names, overriding discovery
+    free_device_bytes, host_ram_bytes
+                  override what ``auto`` sees (planning for another machine, tests)
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"PinStream: offload() needs a torch nn.Module, got {type(module).__name__}")
+    prefetch = _modes.check_prefetch(prefetch)
+    budget_gb = _modes.check_budget_gb(budget_gb)
+    if transfer_dtype not in _modes.TRANSFER_DTYPES:
+        raise _modes.ModeError(f"transfer_dtype must be one of {', '.join(_modes.TRANSFER_DTYPES)}; got {transfer_dtype!r}")
+    dev = _resolve_device(device)
+    if engine not in ("auto", "cuda", "host"):
+        raise _modes.ModeError(f"engine must be auto, cuda or host; got {engine!r}")
+    engine_kind = engine if engine != "auto" else ("cuda" if dev.type == "cuda" else "host")
+    if engine_kind == "cuda" and dev.type != "cuda":
+        raise _modes.ModeError(f"engine 'cuda' needs a cuda device, got {dev}")
+    if engine_kind == "host" and dev.type == "cuda" and engine == "auto":
+        engine_kind = "cuda"
+    _C = load_native()
+    if getattr(module, "_pinstream_handle", None) is not None and not module._pinstream_handle._detached:
+        raise RuntimeError("PinStream: this module is already offloaded; call handle.detach() first")
+
+    discovery = discover_blocks(module, names=list(blocks) if blocks is not None else None)
+    all_tensors = _tensors_of(module)
+    model_bytes = sum(_tensor_bytes(t) for t in all_tensors)
+    original_device = _model_device(module)
+    if free_device_bytes is None:
+        free_device_bytes = _free_device_bytes(dev)
+    if host_ram_bytes is None:
+        host_ram_bytes = _host_ram_bytes()
+    resolved = _resolve_mode(mode, budget_gb, free_device_bytes=free_device_bytes, model_bytes=model_bytes,
+                             discovery=discovery, host_ram_bytes=host_ram_bytes, prefetch=prefetch)
+    if transfer_dtype != "auto":
+        resolved.transfer_dtype = transfer_dtype
+    if resolved.transfer_dtype != "auto":
+        raise _modes.ModeError(
+            f"transfer_dtype {resolved.transfer_dtype!r} is not available in this build; use 'auto' (as stored)")
+
+    # Units: each streamable block, then everything else (non-block and tied
+    # tensors) as one always-resident unit.
+    shared = set()
+    named = dict(module.named_parameters(remove_duplicate=False))
+    named.update(dict(module.named_buffers(remove_duplicate=False)))
+    for name in discovery.shared_params:
+        for alias in discovery.shared_aliases.get(name, [name]):
+            if alias in named:
+                shared.add(id(named[alias]))
+    unit_tensors: list[list[torch.Tensor]] = []
+    in_block = set()
+    for _name, block in discovery.blocks:
+        ts = [t for t in _tensors_of(block) if id(t) not in shared and id(t) not in in_block]
+        in_block.update(id(t) for t in ts)
+        unit_tensors.append(ts)
+    rest = [t for t in all_tensors if id(t) not in in_block]
+
+    requires_grad = {}
+    for t in all_tensors:
+        if isinstance(t, nn.Parameter):
+            requires_grad[t] = t.requires_grad
+
+    rt = _C.Runtime(
+        device=str(dev),
+        engine=engine_kind,
+        prefetch=prefetch,
+        link_gbps=float(link_gbps if link_gbps is not None else (DEFAULT_HOST_LINK_GBPS if engine_kind == "host" else 0.0)),
+        latency_us=float(latency_us),
+        device_capacity_bytes=int(device_capacity_bytes),
+        pin_mode="auto" if pin_memory else "pageable",
+        chunk_bytes=int(chunk_bytes),
+        timing=timing,
+    )
+    try:
+        streamable = [True] * len(unit_tensors)
+        ids = rt.register_blocks(unit_tensors + [rest], streamable + [False], progress)
+        block_ids, fixed_id = ids[:-1], ids[-1]
+        policy = {"full_load": "all_resident", "model_offload": "all_resident",
+                  "sequential": "stream_all", "budget": "budget"}[resolved.name]
+        plan = rt.plan(policy, int(resolved.budget_bytes) if resolved.name == "budget" else -1, prefetch)
+        if resolved.name == "full_load":
+            rt.load()
+    except BaseException:
+        rt.close(restore_pageable=True)
+        raise
+    handle = OffloadHandle(
+        module, mode=resolved, runtime=rt, discovery=discovery, block_ids=block_ids, fixed_id=fixed_id,
+        device=dev, original_device=original_device, prefetch=prefetch, model_bytes=model_bytes,
+        stream_hooks=resolved.name in ("sequential", "budget"), plan=plan, original_requires_grad=requires_grad,
+    )
+    try:
+        module._pinstream_handle = handle
+    except Exception:  # noqa: BLE001 - a module that refuses attributes still works
+        pass
+    return handle
+
+
+def stall_percent(stall_ms: float, wall_ms: float) -> float:
+    if wall_ms <= 0 or not math.isfinite(wall_ms):
+        return 0.0
+    return max(0.0, min(100.0, 100.0 * stall_ms / wall_ms))
