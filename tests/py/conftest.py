@@ -1,0 +1,35 @@
+"""Shared fixtures: the repo on sys.path, and the engines to test.
+
+Every engine test runs on the host engine (any machine). When a CUDA device is
+present the same tests also run on the CUDA engine (the GPU check runs them).
+"""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def _targets():
+    out = [pytest.param(("host", "cpu"), id="host")]
+    try:
+        import torch
+
+        from pinstream import _C  # noqa: F401
+
+        cuda_ok = torch.cuda.is_available() and _C.cuda_built()
+    except Exception:  # noqa: BLE001
+        cuda_ok = False
+    out.append(pytest.param(("cuda", "cuda"), id="cuda",
+                            marks=pytest.mark.skipif(not cuda_ok, reason="no CUDA device or no CUDA engine built")))
+    return out
+
+
+@pytest.fixture(params=_targets())
+def target(request):
+    """(engine, device) pairs."""
+    return request.param

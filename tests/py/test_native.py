@@ -1,0 +1,208 @@
+"""pinstream._C.Runtime on torch tensors through the host engine."""
+
+import gc
+import threading
+import time
+
+import psutil
+import pytest
+import torch
+
+from pinstream import _C
+
+
+def _blocks(n=6, dim=128, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [[torch.randn(dim, dim, generator=g), torch.randn(dim, generator=g)] for _ in range(n)]
+
+
+def _pass(rt, blocks, refs, order=None):
+    rt.begin_pass()
+    for i in order if order is not None else range(len(blocks)):
+        rt.acquire(i)
+        for t, r in zip(blocks[i], refs[i]):
+            assert torch.equal(t, r), f"block {i} differs at acquire"
+        rt.release(i)
+    rt.end_pass()
+
+
+@pytest.mark.parametrize("policy,prefetch", [("stream_all", 0), ("stream_all", 1), ("stream_all", 3),
+                                             ("budget", 1), ("all_resident", 1)])
+def test_acquire_gives_the_original_values(policy, prefetch):
+    blocks = _blocks()
+    refs = [[t.clone() for t in b] for b in blocks]
+    rt = _C.Runtime("cpu", "host", random_delay_us=200, poison=True, seed=3)
+    rt.register_blocks(blocks)
+    bb = rt.block_bytes
+    budget = 2 * bb[0] + (prefetch + 1) * bb[0] if policy == "budget" else -1
+    plan = rt.plan(policy, budget, prefetch)
+    assert plan["num_blocks"] == 6
+    for _ in range(4):
+        _pass(rt, blocks, refs)
+    _pass(rt, blocks, refs, order=[0, 2, 2, 5, 1])
+    st = rt.stats()
+    assert st["acquires"] == 4 * 6 + 5
+    assert st["hits"] + st["misses"] == st["acquires"]
+    rt.close()
+    for b, r in zip(blocks, refs):
+        assert all(torch.equal(t, x) for t, x in zip(b, r))
+
+
+def test_tensors_point_at_pinned_host_copy_between_passes():
+    blocks = _blocks(4)
+    refs = [[t.clone() for t in b] for b in blocks]
+    rt = _C.Runtime("cpu", "host")
+    rt.register_blocks(blocks)
+    rt.plan("stream_all", -1, 1)
+    _pass(rt, blocks, refs)
+    # Values stay true whether a block is in a slot or back on the host.
+    for b, r in zip(blocks, refs):
+        assert all(torch.equal(t, x) for t, x in zip(b, r))
+    rt.close()
+
+
+def test_registration_releases_the_original_storage():
+    n_bytes = 96 * 1024 * 1024
+    gc.collect()
+    proc = psutil.Process()
+    t = torch.empty(n_bytes // 4).uniform_()
+    before_ptr = t.data_ptr()
+    rss_with_tensor = proc.memory_info().rss
+    rt = _C.Runtime("cpu", "host")
+    rt.register_blocks([[t]])
+    gc.collect()
+    rss_after = proc.memory_info().rss
+    assert t.data_ptr() != before_ptr
+    # A second copy would add ~96 MiB; allow page rounding and allocator noise.
+    assert rss_after - rss_with_tensor < 0.05 * n_bytes, (rss_after - rss_with_tensor) / 2**20
+    st = rt.stats()
+    assert st["host_bytes"] >= n_bytes and st["live_host_bytes"] >= n_bytes
+    rt.close()
+
+
+def test_gil_is_released_during_a_blocking_acquire():
+    blocks = _blocks(2)
+    rt = _C.Runtime("cpu", "host", latency_us=400_000)  # every upload takes 0.4 s
+    rt.register_blocks(blocks)
+    rt.plan("stream_all", -1, 0)
+    done = threading.Event()
+
+    def worker():
+        rt.acquire(0)  # waits ~0.4 s for its upload
+        done.set()
+
+    counter = 0
+    th = threading.Thread(target=worker)
+    start = time.perf_counter()
+    th.start()
+    while not done.is_set():
+        counter += 1  # runs only if acquire released the GIL
+    th.join()
+    elapsed = time.perf_counter() - start
+    assert elapsed >= 0.3
+    assert counter > 10_000, counter
+    rt.release(0)
+    rt.close()
+
+
+def test_modified_weights_are_written_back_once():
+    blocks = _blocks(3)
+    rt = _C.Runtime("cpu", "host")
+    rt.register_blocks(blocks)
+    rt.plan("stream_all", -1, 0)
+    rt.begin_pass()
+    rt.acquire(0)
+    with torch.no_grad():
+        blocks[0][0].add_(1.0)
+    expected = blocks[0][0].clone()
+    rt.release(0)
+    for i in (1, 2):
+        rt.acquire(i)
+        rt.release(i)
+    rt.end_pass()
+    assert torch.equal(blocks[0][0], expected)
+    assert rt.stats()["writebacks"] == 1
+    rt.close()
+
+
+def test_device_oom_is_a_memory_error_and_leaves_nothing_loaded():
+    blocks = _blocks(4, dim=256)
+    rt = _C.Runtime("cpu", "host", device_capacity_bytes=600_000)
+    rt.register_blocks(blocks)
+    rt.plan("all_resident", -1, 1)
+    with pytest.raises(MemoryError, match="nothing stays loaded"):
+        rt.load()
+    assert not rt.loaded
+    assert rt.stats()["device_bytes"] == 0
+    rt.plan("stream_all", -1, 1)
+    refs = [[t.clone() for t in b] for b in blocks]
+    _pass(rt, blocks, refs)
+    rt.close()
+
+
+def test_failed_copy_raises_then_recovers():
+    blocks = _blocks(4)
+    refs = [[t.clone() for t in b] for b in blocks]
+    rt = _C.Runtime("cpu", "host")
+    rt.register_blocks(blocks)
+    rt.plan("stream_all", -1, 1)
+    _pass(rt, blocks, refs)
+    rt.fail_next_copies(1)
+    with pytest.raises(RuntimeError, match="failed"):
+        _pass(rt, blocks, refs)
+    rt.end_pass()
+    _pass(rt, blocks, refs)
+    _pass(rt, blocks, refs)
+    assert rt.stats()["upload_failures"] >= 1
+    rt.close()
+
+
+def test_bad_arguments_have_clear_errors():
+    with pytest.raises(ValueError, match="allowed: auto, cuda, host"):
+        _C.Runtime("cpu", "gpu")
+    with pytest.raises(ValueError, match="prefetch must be >= 0"):
+        _C.Runtime("cpu", "host", prefetch=-1)
+    with pytest.raises(ValueError, match="pin_mode"):
+        _C.Runtime("cpu", "host", pin_mode="locked")
+    rt = _C.Runtime("cpu", "host")
+    t = torch.randn(8)
+    with pytest.raises(ValueError, match="tied weights"):
+        rt.register_blocks([[t], [t]])
+    rt = _C.Runtime("cpu", "host")
+    rt.register_blocks(_blocks(3))
+    with pytest.raises(ValueError, match="allowed: all_resident, stream_all, budget"):
+        rt.plan("some", -1, 1)
+    with pytest.raises(ValueError, match="below the minimum"):
+        rt.plan("stream_all", 1000, 1)
+    rt.plan("stream_all", -1, 1)
+    with pytest.raises(IndexError, match="out of range"):
+        rt.acquire(7)
+    with pytest.raises(RuntimeError, match="not acquired"):
+        rt.release(0)
+    rt.close()
+    rt.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        rt.acquire(0)
+
+
+def test_mixed_dtypes_zero_size_and_noncontiguous_tensors():
+    a = torch.randn(16, 8).t()  # non-contiguous
+    b = torch.arange(10, dtype=torch.int64)
+    c = torch.zeros(0, 4)
+    d = torch.randn(7, dtype=torch.float16)
+    e = torch.tensor(3.5, dtype=torch.bfloat16)  # 0-dim
+    refs = [x.clone() for x in (a, b, c, d, e)]
+    rt = _C.Runtime("cpu", "host")
+    rt.register_blocks([[a, b, c], [d, e]])
+    rt.plan("stream_all", -1, 1)
+    _pass(rt, [[a, b, c], [d, e]], [refs[:3], refs[3:]])
+    rt.close()
+    for x, r in zip((a, b, c, d, e), refs):
+        assert x.dtype == r.dtype and torch.equal(x, r)
+
+
+def test_cuda_engine_reports_missing_device_clearly():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(RuntimeError, match="(no CUDA device|no CUDA engine)"):
+        _C.Runtime("cuda", "cuda")
