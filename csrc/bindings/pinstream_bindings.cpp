@@ -537,13 +537,26 @@ class Runtime {
     return info->view_cache.back().second;
   }
 
+  // Re-points `param` at `view` (same sizes and strides by construction).
+  // Within one device type only the storage and offset change: cheaper than
+  // set_data, which also rebuilds dispatch keys and layout metadata.
+  static void Repoint(at::Tensor& param, const at::Tensor& view) {
+    if (param.device() == view.device() && param.dtype() == view.dtype()) {
+      c10::TensorImpl* impl = param.unsafeGetTensorImpl();
+      impl->set_storage_keep_dtype(view.storage());
+      impl->set_storage_offset(view.storage_offset());
+    } else {
+      param.set_data(view);
+    }
+  }
+
   void PointAtDevice(int block, int64_t allocation) {
     BlockInfo& info = blocks_[block];
     if (info.location == allocation) return;
     const std::vector<at::Tensor>& views = ViewsAt(&info, allocation);
     for (size_t i = 0; i < info.tensors.size(); ++i) {
       PackedTensor& pt = info.tensors[i];
-      pt.param.set_data(views[i]);
+      Repoint(pt.param, views[i]);
       pt.version = pt.param._version();
     }
     info.location = allocation;
@@ -551,7 +564,7 @@ class Runtime {
 
   void PointAtHost(BlockInfo* info) {
     if (info->location < 0) return;
-    for (PackedTensor& pt : info->tensors) pt.param.set_data(pt.host_view);
+    for (PackedTensor& pt : info->tensors) Repoint(pt.param, pt.host_view);
     info->location = -1;
   }
 

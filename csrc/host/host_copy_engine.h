@@ -83,12 +83,16 @@ class HostCopyEngine final : public CopyEngine {
   };
 
   void WorkerLoop();
+  // Called with mu_ held after queueing ops: wakes the worker only if it sleeps.
+  void WakeWorker();
   void RunCopy(const Op& op, std::unique_lock<std::mutex>* lock);
   Status CheckEvent(EventId event) const;
 
   const HostEngineOptions options_;
   mutable std::mutex mu_;
-  std::condition_variable cv_;
+  std::condition_variable work_cv_;  // the worker waits here for ops
+  std::condition_variable done_cv_;  // callers wait here for completions
+  bool worker_idle_ = false;         // worker is blocked on work_cv_
   std::deque<Op> queue_;
   std::vector<Event> events_;
   std::vector<EngineTimings::Copy> timings_;

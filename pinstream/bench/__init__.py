@@ -1,0 +1,29 @@
+"""`python -m pinstream bench overhead|plot|gpu`."""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: python -m pinstream bench {overhead,plot,gpu} [options]
+
+  overhead            host-side cost of acquire+release per block through forward hooks
+  plot RESULTS.json   PNG charts of a GPU check's results (needs matplotlib)
+  gpu                 the GPU benchmarks of bench/gpu_check.sh (--dry-run: tiny sizes, host engine)"""
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "overhead":
+        from .overhead import main as run
+    elif cmd == "plot":
+        from .plot import main as run
+    elif cmd == "gpu":
+        from .gpu import main as run
+    else:
+        print(f"unknown bench {cmd!r}\n{USAGE}", file=sys.stderr)
+        return 2
+    return run(rest)
