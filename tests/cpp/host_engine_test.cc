@@ -91,14 +91,14 @@ TEST(HostCopyEngine, DestructorJoinsWithCopiesInFlight) {
 }
 
 TEST(HostCopyEngine, TwoRuntimesStreamingAlternately) {
+  FakeModel ma = FakeModel::Make(std::vector<uint64_t>(5, 3000), 21);
+  FakeModel mb = FakeModel::Make(std::vector<uint64_t>(7, 2000), 22);
   HostEngineOptions opt;
   opt.max_random_delay_us = 100;
   opt.poison = true;
   HostCopyEngine engine_a(opt), engine_b(opt);
   HostArena arena_a, arena_b;
   StreamingRuntime a(&engine_a, &arena_a), b(&engine_b, &arena_b);
-  FakeModel ma = FakeModel::Make(std::vector<uint64_t>(5, 3000), 21);
-  FakeModel mb = FakeModel::Make(std::vector<uint64_t>(7, 2000), 22);
   ASSERT_TRUE(RegisterAll(&a, ma).ok());
   ASSERT_TRUE(RegisterAll(&b, mb).ok());
   ASSERT_TRUE(a.Plan(PlanPolicy::kStreamAll, PlanRequest::kUnlimited, 2).ok());
@@ -110,11 +110,11 @@ TEST(HostCopyEngine, TwoRuntimesStreamingAlternately) {
 }
 
 TEST(HostCopyEngine, CloseWhileUploadsAreInFlight) {
+  FakeModel m = FakeModel::Make(std::vector<uint64_t>(6, 8192), 23);
   HostEngineOptions opt;
   opt.latency_us = 2000;
   HostCopyEngine engine(opt);
   HostArena arena;
-  FakeModel m = FakeModel::Make(std::vector<uint64_t>(6, 8192), 23);
   {
     StreamingRuntime rt(&engine, &arena);
     ASSERT_TRUE(RegisterAll(&rt, m).ok());
@@ -139,13 +139,13 @@ TEST(HostCopyEngine, RandomDelaysNeverExposeWrongBytes) {
     opt.max_random_delay_us = 300;
     opt.poison = true;
     opt.seed = rng();
-    HostCopyEngine engine(opt);
-    HostArena arena;
-    StreamingRuntime rt(&engine, &arena);
     std::vector<uint64_t> sizes;
     const int n = 3 + static_cast<int>(rng() % 10);
     for (int i = 0; i < n; ++i) sizes.push_back(256 + rng() % 20000);
-    FakeModel m = FakeModel::Make(sizes, rng());
+    FakeModel m = FakeModel::Make(sizes, rng());  // outlives the engine's copies
+    HostCopyEngine engine(opt);
+    HostArena arena;
+    StreamingRuntime rt(&engine, &arena);
     ASSERT_TRUE(RegisterAll(&rt, m).ok());
     const int prefetch = static_cast<int>(rng() % 4);
     ASSERT_TRUE(rt.Plan(PlanPolicy::kStreamAll, PlanRequest::kUnlimited, prefetch).ok());

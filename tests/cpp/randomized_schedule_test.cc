@@ -37,16 +37,18 @@ TEST(RandomizedSchedule, EveryAcquireSeesItsBlock) {
     opt.seed = r();
     opt.poison = true;
     opt.max_random_delay_us = (r() % 4 == 0) ? static_cast<int>(r() % 50) : 0;
-    HostCopyEngine engine(opt);
-    HostArena arena;
-    StreamingRuntime rt(&engine, &arena);
     const int n = 1 + static_cast<int>(r() % 16);
     std::vector<uint64_t> sizes;
     for (int i = 0; i < n; ++i) sizes.push_back(1 + r() % 3000);
+    // Host buffers are declared before the engine: they outlive its copies.
     FakeModel m = FakeModel::Make(sizes, r());
-    int id;
     const int fixed = static_cast<int>(r() % 3);
     std::vector<uint8_t> fixed_bytes(fixed * 100 + 1, 0x5A);
+    m.host.reserve(n + 1);
+    HostCopyEngine engine(opt);
+    HostArena arena;
+    StreamingRuntime rt(&engine, &arena);
+    int id;
     for (int i = 0; i < n; ++i) {
       ASSERT_TRUE(rt.RegisterBlock(m.host[i].data(), sizes[i], true, &id).ok());
     }

@@ -20,10 +20,10 @@ std::vector<int> Range(int n) {
 }
 
 TEST(StreamingRuntime, SequentialStreamsEveryBlockWithPrefetchHits) {
+  FakeModel m = FakeModel::Make(std::vector<uint64_t>(8, 4096), 1);
   HostCopyEngine engine;
   HostArena arena;
   StreamingRuntime rt(&engine, &arena);
-  FakeModel m = FakeModel::Make(std::vector<uint64_t>(8, 4096), 1);
   ASSERT_TRUE(RegisterAll(&rt, m).ok());
   ASSERT_TRUE(rt.Plan(PlanPolicy::kStreamAll, PlanRequest::kUnlimited, 2).ok());
   EXPECT_EQ(rt.plan().slot_count(), 3);
@@ -41,10 +41,10 @@ TEST(StreamingRuntime, SequentialStreamsEveryBlockWithPrefetchHits) {
 }
 
 TEST(StreamingRuntime, BudgetKeepsResidentBlocksUploadedOnce) {
+  FakeModel m = FakeModel::Make(std::vector<uint64_t>(10, 1024), 2);
   HostCopyEngine engine;
   HostArena arena;
   StreamingRuntime rt(&engine, &arena);
-  FakeModel m = FakeModel::Make(std::vector<uint64_t>(10, 1024), 2);
   ASSERT_TRUE(RegisterAll(&rt, m).ok());
   ASSERT_TRUE(rt.Plan(PlanPolicy::kBudget, 2 * 1024 + 4 * 1024, 1).ok());
   ASSERT_EQ(rt.plan().num_resident(), 4);
@@ -56,10 +56,10 @@ TEST(StreamingRuntime, BudgetKeepsResidentBlocksUploadedOnce) {
 }
 
 TEST(StreamingRuntime, FixedUnitsAlwaysResident) {
+  FakeModel m = FakeModel::Make({512, 1024, 1024, 1024}, 3);
   HostCopyEngine engine;
   HostArena arena;
   StreamingRuntime rt(&engine, &arena);
-  FakeModel m = FakeModel::Make({512, 1024, 1024, 1024}, 3);
   int id;
   ASSERT_TRUE(rt.RegisterBlock(m.host[0].data(), 512, false, &id).ok());
   for (int i = 1; i < 4; ++i) ASSERT_TRUE(rt.RegisterBlock(m.host[i].data(), 1024, true, &id).ok());
@@ -72,13 +72,13 @@ TEST(StreamingRuntime, FixedUnitsAlwaysResident) {
 }
 
 TEST(StreamingRuntime, BlockRunningTwiceAndSkippedBlocks) {
+  FakeModel m = FakeModel::Make(std::vector<uint64_t>(6, 2048), 4);
   HostEngineOptions opt;
   opt.max_random_delay_us = 200;
   opt.poison = true;
   HostCopyEngine engine(opt);
   HostArena arena;
   StreamingRuntime rt(&engine, &arena);
-  FakeModel m = FakeModel::Make(std::vector<uint64_t>(6, 2048), 4);
   ASSERT_TRUE(RegisterAll(&rt, m).ok());
   ASSERT_TRUE(rt.Plan(PlanPolicy::kStreamAll, PlanRequest::kUnlimited, 1).ok());
   ASSERT_EQ(RunPass(&rt, m, {0, 1, 2, 1, 3, 4, 5}), "");
@@ -91,10 +91,10 @@ TEST(StreamingRuntime, BlockRunningTwiceAndSkippedBlocks) {
 }
 
 TEST(StreamingRuntime, EndPassReleasesBlocksLeftByAnException) {
+  FakeModel m = FakeModel::Make(std::vector<uint64_t>(4, 256), 5);
   HostCopyEngine engine;
   HostArena arena;
   StreamingRuntime rt(&engine, &arena);
-  FakeModel m = FakeModel::Make(std::vector<uint64_t>(4, 256), 5);
   ASSERT_TRUE(RegisterAll(&rt, m).ok());
   ASSERT_TRUE(rt.Plan(PlanPolicy::kStreamAll, PlanRequest::kUnlimited, 1).ok());
   ASSERT_TRUE(rt.BeginPass().ok());
@@ -109,10 +109,10 @@ TEST(StreamingRuntime, EndPassReleasesBlocksLeftByAnException) {
 }
 
 TEST(StreamingRuntime, TooManyConcurrentAcquiresIsAClearError) {
+  FakeModel m = FakeModel::Make(std::vector<uint64_t>(4, 256), 6);
   HostCopyEngine engine;
   HostArena arena;
   StreamingRuntime rt(&engine, &arena);
-  FakeModel m = FakeModel::Make(std::vector<uint64_t>(4, 256), 6);
   ASSERT_TRUE(RegisterAll(&rt, m).ok());
   ASSERT_TRUE(rt.Plan(PlanPolicy::kStreamAll, PlanRequest::kUnlimited, 0).ok());
   DeviceLocation loc;
@@ -123,10 +123,10 @@ TEST(StreamingRuntime, TooManyConcurrentAcquiresIsAClearError) {
 }
 
 TEST(StreamingRuntime, ReleaseWithoutAcquireAndBadIds) {
+  FakeModel m = FakeModel::Make({256}, 7);
   HostCopyEngine engine;
   HostArena arena;
   StreamingRuntime rt(&engine, &arena);
-  FakeModel m = FakeModel::Make({256}, 7);
   ASSERT_TRUE(RegisterAll(&rt, m).ok());
   ASSERT_TRUE(rt.Plan(PlanPolicy::kStreamAll, PlanRequest::kUnlimited, 1).ok());
   EXPECT_EQ(rt.Release(0, nullptr).code(), Status::Code::kFailedPrecondition);
@@ -136,10 +136,10 @@ TEST(StreamingRuntime, ReleaseWithoutAcquireAndBadIds) {
 }
 
 TEST(StreamingRuntime, DeviceOomLeavesNothingLoaded) {
+  FakeModel m = FakeModel::Make(std::vector<uint64_t>(4, 1024), 8);
   HostCopyEngine engine;
   HostArena arena(3000);
   StreamingRuntime rt(&engine, &arena);
-  FakeModel m = FakeModel::Make(std::vector<uint64_t>(4, 1024), 8);
   ASSERT_TRUE(RegisterAll(&rt, m).ok());
   ASSERT_TRUE(rt.Plan(PlanPolicy::kAllResident, PlanRequest::kUnlimited, 1).ok());
   Status s = rt.Load();
@@ -153,10 +153,10 @@ TEST(StreamingRuntime, DeviceOomLeavesNothingLoaded) {
 }
 
 TEST(StreamingRuntime, FailedUploadIsReportedAndRecovered) {
+  FakeModel m = FakeModel::Make(std::vector<uint64_t>(5, 512), 9);
   HostCopyEngine engine;
   HostArena arena;
   StreamingRuntime rt(&engine, &arena);
-  FakeModel m = FakeModel::Make(std::vector<uint64_t>(5, 512), 9);
   ASSERT_TRUE(RegisterAll(&rt, m).ok());
   ASSERT_TRUE(rt.Plan(PlanPolicy::kStreamAll, PlanRequest::kUnlimited, 1).ok());
   ASSERT_EQ(RunPass(&rt, m, Range(5)), "");
@@ -172,10 +172,10 @@ TEST(StreamingRuntime, FailedUploadIsReportedAndRecovered) {
 }
 
 TEST(StreamingRuntime, UnloadFreesDeviceAndReloadWorks) {
+  FakeModel m = FakeModel::Make(std::vector<uint64_t>(3, 4096), 10);
   HostCopyEngine engine;
   HostArena arena;
   StreamingRuntime rt(&engine, &arena);
-  FakeModel m = FakeModel::Make(std::vector<uint64_t>(3, 4096), 10);
   ASSERT_TRUE(RegisterAll(&rt, m).ok());
   ASSERT_TRUE(rt.Plan(PlanPolicy::kAllResident, PlanRequest::kUnlimited, 1).ok());
   ASSERT_EQ(RunPass(&rt, m, Range(3)), "");
@@ -190,12 +190,12 @@ TEST(StreamingRuntime, UnloadFreesDeviceAndReloadWorks) {
 }
 
 TEST(StreamingRuntime, StatsCountStallAndUploadTimes) {
+  FakeModel m = FakeModel::Make(std::vector<uint64_t>(4, 64 * 1024), 11);
   HostEngineOptions opt;
   opt.bandwidth_bytes_per_s = 64.0 * 1024 * 1024;  // 64 KiB in ~1 ms
   HostCopyEngine engine(opt);
   HostArena arena;
   StreamingRuntime rt(&engine, &arena);
-  FakeModel m = FakeModel::Make(std::vector<uint64_t>(4, 64 * 1024), 11);
   ASSERT_TRUE(RegisterAll(&rt, m).ok());
   ASSERT_TRUE(rt.Plan(PlanPolicy::kStreamAll, PlanRequest::kUnlimited, 1).ok());
   ASSERT_EQ(RunPass(&rt, m, Range(4)), "");
