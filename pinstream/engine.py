@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import threading
+import warnings
 import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
@@ -140,27 +142,33 @@ class OffloadHandle:
         self._hooks: list = []
         self._detached = False
         self._requires_grad = original_requires_grad
+        self.oom_retries = 0
         self._install_hooks(stream_hooks)
 
     # ---- hooks --------------------------------------------------------------
     def _install_hooks(self, stream_hooks: bool) -> None:
         rt = self._rt
-        if self.mode.name == "model_offload":
+        if self.mode.name in ("model_offload", "full_load"):
+            # Reload on use after an unload (e.g. the host application freed VRAM).
             self._hooks.append(self.module.register_forward_pre_hook(self._model_offload_pre_hook))
             return
         if not stream_hooks:
             return
 
         def begin(_mod, _args):
+            if not rt.loaded:
+                self.load()
             rt.begin_pass()
 
         def end(_mod, _args, _out):
             rt.end_pass()
 
-        self._hooks.append(self.module.register_forward_pre_hook(begin))
+        begin_handle = self.module.register_forward_pre_hook(begin)
+        begin_handle._pinstream_stream = True
+        self._hooks.append(begin_handle)
         self._hooks.append(self.module.register_forward_hook(end, always_call=True))
         for bid, (_name, block) in zip(self._block_ids, self.discovery.blocks):
-            acquire, release = rt.acquire, rt.release
+            acquire, release = rt.acquire, rt.release_if_acquired
 
             def pre(_mod, _args, _acquire=acquire, _id=bid):
                 _acquire(_id)
@@ -188,7 +196,61 @@ class OffloadHandle:
                 _LOADED_MODEL_OFFLOAD[key] = [weakref.ref(self)]
             for other in others:
                 other.unload()
-        self._rt.load()
+        self._load_with_retry()
+
+    def _load_with_retry(self) -> None:
+        """Load the plan; on device OOM retry smaller plans (fewer resident blocks,
+        then streaming everything, then prefetch 1). Nothing stays half-loaded."""
+        rt = self._rt
+        try:
+            rt.load()
+            return
+        except MemoryError as first:
+            error = first
+        if not self.discovery.has_blocks:
+            raise MemoryError(f"{error}; the model has no blocks to stream, so no smaller plan exists") from error
+        tried = [self.plan["describe"]]
+        attempts = []
+        budget = int(self.plan["device_bytes"])
+        while True:
+            budget = int(budget * 0.75)
+            attempts.append(("budget", budget, self.prefetch))
+            if budget < self.plan["fixed_bytes"] + (self.prefetch + 1) * max(self.discovery.block_bytes or [0]):
+                break
+        attempts.append(("stream_all", -1, self.prefetch))
+        if self.prefetch > 1:
+            attempts.append(("stream_all", -1, 1))
+        for policy, budget, prefetch in attempts:
+            try:
+                plan = rt.plan(policy, budget, prefetch)
+            except ValueError:
+                continue  # below this plan's minimum: try the next one
+            tried.append(plan["describe"])
+            try:
+                rt.load()
+            except MemoryError as e:
+                error = e
+                self.oom_retries += 1
+                continue
+            self.oom_retries += 1
+            self.plan = plan
+            self.prefetch = prefetch
+            new_mode = "sequential" if policy == "stream_all" else "budget"
+            self.mode = ResolvedMode(new_mode, self.mode.requested,
+                                     f"{self.mode.reason}; device out of memory while loading, fell back to "
+                                     f"{plan['describe']}", plan["device_bytes"] if policy == "budget" else None,
+                                     self.mode.transfer_dtype)
+            if not any(getattr(h, "_pinstream_stream", False) for h in self._hooks):
+                for h in self._hooks:
+                    h.remove()
+                self._hooks.clear()
+                self._install_hooks(True)
+            warnings.warn(f"PinStream: device out of memory while loading; running with a smaller plan: "
+                          f"{plan['describe']}", RuntimeWarning, stacklevel=3)
+            return
+        raise MemoryError("PinStream: the model could not be loaded: device out of memory for every plan tried ("
+                          + "; ".join(tried) + f"). Last error: {error}. Nothing is left on the device; free VRAM "
+                          "(other models, --reserve-vram) or lower prefetch.") from error
 
     def unload(self) -> None:
         """Free the device copy. Weights point at the pinned host copy again; no
@@ -246,6 +308,11 @@ class OffloadHandle:
         self._hooks.clear()
         self._rt.close(restore_pageable=True)
         self._detached = True
+        if getattr(self.module, "_pinstream_handle", None) is self:
+            try:
+                del self.module._pinstream_handle
+            except AttributeError:
+                pass
         with _REGISTRY_LOCK:
             for key, refs in list(_LOADED_MODEL_OFFLOAD.items()):
                 _LOADED_MODEL_OFFLOAD[key] = [r for r in refs if r() is not None and r() is not self]
@@ -314,6 +381,7 @@ def offload(
     chunk_bytes: int = 256 << 20,
     progress: Optional[Callable[[int, int], None]] = None,
     timing: bool = True,
+    pin_cap_bytes: Optional[int] = None,
 ) -> OffloadHandle:
     """Run ``module`` under a PinStream mode; returns an :class:`OffloadHandle`.
 
@@ -328,6 +396,8 @@ def offload(
     blocks        explicit block module names, overriding discovery
     free_device_bytes, host_ram_bytes
                   override what ``auto`` sees (planning for another machine, tests)
+    pin_cap_bytes most host bytes to pin (default: PINSTREAM_PIN_CAP_GB, else 95% of
+                  RAM on Linux and 45% on Windows, like ComfyUI); the rest stays pageable
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"PinStream: offload() needs a torch nn.Module, got {type(module).__name__}")
@@ -386,6 +456,7 @@ def offload(
             requires_grad[t] = t.requires_grad
 
     rt = _C.Runtime(
+        pin_cap_bytes=int(pin_cap_bytes if pin_cap_bytes is not None else default_pin_cap_bytes()),
         device=str(dev),
         engine=engine_kind,
         prefetch=prefetch,
@@ -403,21 +474,49 @@ def offload(
         policy = {"full_load": "all_resident", "model_offload": "all_resident",
                   "sequential": "stream_all", "budget": "budget"}[resolved.name]
         plan = rt.plan(policy, int(resolved.budget_bytes) if resolved.name == "budget" else -1, prefetch)
+        handle = OffloadHandle(
+            module, mode=resolved, runtime=rt, discovery=discovery, block_ids=block_ids, fixed_id=fixed_id,
+            device=dev, original_device=original_device, prefetch=prefetch, model_bytes=model_bytes,
+            stream_hooks=resolved.name in ("sequential", "budget"), plan=plan,
+            original_requires_grad=requires_grad,
+        )
         if resolved.name == "full_load":
-            rt.load()
+            handle._load_with_retry()
     except BaseException:
+        if "handle" in locals():
+            for hk in handle._hooks:
+                hk.remove()
         rt.close(restore_pageable=True)
         raise
-    handle = OffloadHandle(
-        module, mode=resolved, runtime=rt, discovery=discovery, block_ids=block_ids, fixed_id=fixed_id,
-        device=dev, original_device=original_device, prefetch=prefetch, model_bytes=model_bytes,
-        stream_hooks=resolved.name in ("sequential", "budget"), plan=plan, original_requires_grad=requires_grad,
-    )
+    st = rt.stats()
+    if st["pageable_bytes"] > 0:
+        warnings.warn(
+            f"PinStream: {st['pageable_bytes'] / GIB:.2f} GiB of {model_bytes / GIB:.2f} GiB could not be pinned "
+            f"({', '.join(st['pin_how'])}); those uploads are synchronous and slower. Raise the pinning cap "
+            f"(PINSTREAM_PIN_CAP_GB) or the memlock limit (ulimit -l) to pin it all.",
+            RuntimeWarning, stacklevel=2)
     try:
         module._pinstream_handle = handle
     except Exception:  # noqa: BLE001 - a module that refuses attributes still works
         pass
     return handle
+
+
+def default_pin_cap_bytes() -> int:
+    """Pinning cap: PINSTREAM_PIN_CAP_GB, else 95% of RAM (45% on Windows)."""
+    raw = os.environ.get("PINSTREAM_PIN_CAP_GB", "").strip()
+    if raw:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise _modes.ModeError(f"PINSTREAM_PIN_CAP_GB={raw!r} is not a number of GiB") from None
+        if not math.isfinite(value) or value < 0:
+            raise _modes.ModeError(f"PINSTREAM_PIN_CAP_GB must be a finite number >= 0, got {raw!r}")
+        return int(value * GIB)
+    ram = _host_ram_bytes()
+    if ram is None:
+        return -1
+    return int(ram * (0.45 if sys.platform == "win32" else 0.95))
 
 
 def stall_percent(stall_ms: float, wall_ms: float) -> float:

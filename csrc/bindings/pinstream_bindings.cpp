@@ -63,6 +63,12 @@ void Check(const Status& s) {
   }
 }
 
+// Process-wide accounting, so tests and the nodes can prove nothing leaks.
+std::atomic<int64_t> g_live_host_bytes{0};
+std::atomic<int64_t> g_live_pinned_bytes{0};
+std::atomic<int64_t> g_live_device_bytes{0};
+std::atomic<int64_t> g_live_runtimes{0};
+
 // Device allocations as torch tensors (uint8, one per slot or resident block).
 class TorchDeviceAllocator final : public DeviceAllocator {
  public:
@@ -81,6 +87,7 @@ class TorchDeviceAllocator final : public DeviceAllocator {
       *id = next_id_++;
       *ptr = t.data_ptr();
       tensors_.emplace(*id, std::move(t));
+      g_live_device_bytes += static_cast<int64_t>(bytes);
     } catch (const c10::OutOfMemoryError& e) {
       return Status::OutOfMemory("device allocation of " + FormatBytes(bytes) +
                                  " failed: " + e.what_without_backtrace());
@@ -96,6 +103,7 @@ class TorchDeviceAllocator final : public DeviceAllocator {
     auto it = tensors_.find(id);
     if (it == tensors_.end()) return;
     allocated_ -= static_cast<uint64_t>(it->second.numel());
+    g_live_device_bytes -= it->second.numel();
     tensors_.erase(it);
   }
   uint64_t allocated_bytes() const override { return allocated_; }
@@ -145,9 +153,10 @@ class Runtime {
           int64_t budget_bytes, double link_gbps, double latency_us,
           int random_delay_us, uint64_t seed, bool poison,
           int64_t device_capacity_bytes, const std::string& pin_mode,
-          int64_t chunk_bytes, bool timing)
+          int64_t chunk_bytes, bool timing, int64_t pin_cap_bytes)
       : device_(device), prefetch_(prefetch), budget_bytes_(budget_bytes),
-        chunk_bytes_(chunk_bytes) {
+        chunk_bytes_(chunk_bytes), pin_cap_bytes_(pin_cap_bytes) {
+    ++g_live_runtimes;
     if (prefetch < 0) {
       throw py::value_error("PinStream: prefetch must be >= 0, got " + std::to_string(prefetch));
     }
@@ -213,6 +222,7 @@ class Runtime {
       CloseImpl(/*restore_pageable=*/true);
     } catch (...) {
     }
+    --g_live_runtimes;
   }
 
   std::string engine_name() const { return engine_->name(); }
@@ -284,19 +294,27 @@ class Runtime {
       {
         py::gil_scoped_release nogil;
         std::unique_ptr<HostBuffer> buf;
-        Check(engine_->AllocateHostBuffer(static_cast<uint64_t>(group_bytes[g]), &buf));
-        if (!buf->pinned()) pageable_bytes_ += group_bytes[g];
+        // Over the pinning cap, chunks stay pageable. Streamed blocks come
+        // first in registration order, so they are the ones that get pinned.
+        const bool pin = pin_cap_bytes_ < 0 || pinned_bytes_ + group_bytes[g] <= pin_cap_bytes_;
+        Check(engine_->AllocateHostBuffer(static_cast<uint64_t>(group_bytes[g]), pin, &buf));
+        const bool pinned = buf->pinned();
+        if (!pinned) pageable_bytes_ += group_bytes[g];
         else pinned_bytes_ += group_bytes[g];
         pin_how_.insert(buf->how());
         host_bytes_ += group_bytes[g];
         std::shared_ptr<HostBuffer> owner(buf.release());
         live_host_bytes_->fetch_add(group_bytes[g]);
+        g_live_host_bytes += group_bytes[g];
+        if (pinned) g_live_pinned_bytes += group_bytes[g];
         auto counter = live_host_bytes_;
         const int64_t size = group_bytes[g];
         chunk = torch::from_blob(
             owner->data(), {size},
-            [owner, counter, size](void*) mutable {
+            [owner, counter, size, pinned](void*) mutable {
               counter->fetch_sub(size);
+              g_live_host_bytes -= size;
+              if (pinned) g_live_pinned_bytes -= size;
               owner.reset();
             },
             at::TensorOptions().dtype(at::kByte));
@@ -383,10 +401,14 @@ class Runtime {
     PointAtDevice(block, loc.allocation);
   }
 
-  void Release(int block) {
+  // missing_ok: a forward hook's release after its acquire raised (the
+  // post-hook runs anyway) is not a second error.
+  void Release(int block, bool missing_ok = false) {
     std::lock_guard<std::mutex> lock(mu_);
+    if (missing_ok && closed_) return;
     CheckOpen();
     CheckId(block);
+    if (missing_ok && !core_->acquired(block)) return;
     BlockInfo& info = blocks_[block];
     if (!core_->resident(block)) WriteBackIfModified(&info);
     Check(core_->Release(block, ComputeQueue()));
@@ -654,6 +676,7 @@ class Runtime {
   int prefetch_;
   int64_t budget_bytes_;
   int64_t chunk_bytes_;
+  int64_t pin_cap_bytes_;
   std::unique_ptr<CopyEngine> engine_;
   HostCopyEngine* host_engine_ = nullptr;
   std::unique_ptr<TorchDeviceAllocator> allocator_;
@@ -687,14 +710,23 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "PinStream native runtime: streams weight blocks from pinned host memory to the device";
   py::register_exception<pinstream::OutOfMemory>(m, "OutOfMemoryError", PyExc_MemoryError);
   m.def("cuda_built", &pinstream::CudaBuilt, "True when the CUDA engine was compiled in");
+  m.def("live_bytes", [] {
+    py::dict d;
+    d["host"] = pinstream::g_live_host_bytes.load();
+    d["pinned"] = pinstream::g_live_pinned_bytes.load();
+    d["device"] = pinstream::g_live_device_bytes.load();
+    d["runtimes"] = pinstream::g_live_runtimes.load();
+    return d;
+  }, "Bytes held by all PinStream runtimes in this process (host chunks, pinned, device)");
   py::class_<Runtime>(m, "Runtime")
       .def(py::init<const std::string&, const std::string&, int, int64_t, double, double, int,
-                    uint64_t, bool, int64_t, const std::string&, int64_t, bool>(),
+                    uint64_t, bool, int64_t, const std::string&, int64_t, bool, int64_t>(),
            py::arg("device") = "cpu", py::arg("engine") = "auto", py::arg("prefetch") = 1,
            py::arg("budget_bytes") = -1, py::arg("link_gbps") = 0.0, py::arg("latency_us") = 0.0,
            py::arg("random_delay_us") = 0, py::arg("seed") = 0, py::arg("poison") = false,
            py::arg("device_capacity_bytes") = 0, py::arg("pin_mode") = "auto",
-           py::arg("chunk_bytes") = 256LL << 20, py::arg("timing") = true)
+           py::arg("chunk_bytes") = 256LL << 20, py::arg("timing") = true,
+           py::arg("pin_cap_bytes") = -1)
       .def_property_readonly("engine", &Runtime::engine_name)
       .def_property_readonly("device", &Runtime::device_str)
       .def_property_readonly("num_blocks", &Runtime::num_blocks)
@@ -717,8 +749,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("begin_pass", &Runtime::BeginPass)
       .def("acquire", &Runtime::Acquire, py::arg("block"),
            py::call_guard<py::gil_scoped_release>())
-      .def("release", &Runtime::Release, py::arg("block"),
+      .def("release", [](Runtime& rt, int block) { rt.Release(block, false); }, py::arg("block"),
            py::call_guard<py::gil_scoped_release>())
+      .def("release_if_acquired", [](Runtime& rt, int block) { rt.Release(block, true); },
+           py::arg("block"), py::call_guard<py::gil_scoped_release>(),
+           "release() for forward hooks: a block whose acquire failed is skipped")
       .def("end_pass", &Runtime::EndPass, py::call_guard<py::gil_scoped_release>())
       .def("synchronize", &Runtime::Synchronize)
       .def("stats", &Runtime::GetStats)

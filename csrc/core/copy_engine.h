@@ -71,7 +71,8 @@ class CopyEngine {
 
   // Not on the hot path.
   virtual Status CreateEvent(EventId* id) = 0;
-  virtual Status AllocateHostBuffer(uint64_t bytes,
+  // pin=false asks for ordinary pageable memory (over the pinning cap).
+  virtual Status AllocateHostBuffer(uint64_t bytes, bool pin,
                                     std::unique_ptr<HostBuffer>* out) = 0;
   // Host waits until every queued copy has finished.
   virtual Status Synchronize() = 0;

@@ -92,6 +92,7 @@ class StreamingRuntime {
   const ResidencyPlan& plan() const { return plan_; }
   const ScheduleLearner& learner() const { return learner_; }
   int outstanding() const;
+  bool acquired(int block) const { return blocks_[block].acquired > 0; }
   // Location of a resident block once loaded.
   DeviceLocation resident_location(int block) const {
     return blocks_[block].resident_loc;

@@ -29,10 +29,10 @@ Status CudaCopyEngine::CreateEvent(EventId* id) {
   return Status::Ok();
 }
 
-Status CudaCopyEngine::AllocateHostBuffer(uint64_t bytes,
+Status CudaCopyEngine::AllocateHostBuffer(uint64_t bytes, bool pin,
                                           std::unique_ptr<HostBuffer>* out) {
   PINSTREAM_CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
-  return PinnedHostBuffer::Make(bytes, options_.pin_mode, out);
+  return PinnedHostBuffer::Make(bytes, pin ? options_.pin_mode : PinMode::kPageable, out);
 }
 
 Status CudaCopyEngine::Synchronize() {

@@ -34,7 +34,7 @@ class CudaCopyEngine final : public CopyEngine {
 
   std::string name() const override { return "cuda"; }
   Status CreateEvent(EventId* id) override;
-  Status AllocateHostBuffer(uint64_t bytes,
+  Status AllocateHostBuffer(uint64_t bytes, bool pin,
                             std::unique_ptr<HostBuffer>* out) override;
   Status Synchronize() override;
   Status EnqueueCopy(void* device_dst, const void* host_src, uint64_t bytes,

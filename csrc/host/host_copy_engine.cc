@@ -40,9 +40,9 @@ Status HostCopyEngine::CheckEvent(EventId event) const {
   return Status::Ok();
 }
 
-Status HostCopyEngine::AllocateHostBuffer(uint64_t bytes,
+Status HostCopyEngine::AllocateHostBuffer(uint64_t bytes, bool pin,
                                           std::unique_ptr<HostBuffer>* out) {
-  return AlignedHostBuffer::Make(bytes, out);
+  return AlignedHostBuffer::Make(bytes, pin, out);
 }
 
 void HostCopyEngine::WakeWorker() {
@@ -290,13 +290,14 @@ void HostArena::set_capacity(uint64_t bytes) {
   capacity_ = bytes;
 }
 
-Status AlignedHostBuffer::Make(uint64_t bytes, std::unique_ptr<HostBuffer>* out) {
+Status AlignedHostBuffer::Make(uint64_t bytes, bool pinned,
+                               std::unique_ptr<HostBuffer>* out) {
   const uint64_t rounded = (bytes + kPage - 1) / kPage * kPage;
   void* p = std::aligned_alloc(kPage, rounded == 0 ? kPage : rounded);
   if (p == nullptr) {
     return Status::OutOfMemory("host buffer of " + FormatBytes(bytes) + " could not be allocated");
   }
-  out->reset(new AlignedHostBuffer(p, bytes));
+  out->reset(new AlignedHostBuffer(p, bytes, pinned));
   return Status::Ok();
 }
 

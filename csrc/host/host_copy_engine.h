@@ -49,7 +49,7 @@ class HostCopyEngine final : public CopyEngine {
 
   std::string name() const override { return "host"; }
   Status CreateEvent(EventId* id) override;
-  Status AllocateHostBuffer(uint64_t bytes,
+  Status AllocateHostBuffer(uint64_t bytes, bool pin,
                             std::unique_ptr<HostBuffer>* out) override;
   Status Synchronize() override;
   Status EnqueueCopy(void* device_dst, const void* host_src, uint64_t bytes,
@@ -138,17 +138,23 @@ class HostArena final : public DeviceAllocator {
 // Page-aligned host memory (the host engine needs no pinning).
 class AlignedHostBuffer final : public HostBuffer {
  public:
-  static Status Make(uint64_t bytes, std::unique_ptr<HostBuffer>* out);
+  // pinned=false marks the buffer as pageable (the pinning cap's accounting);
+  // the host engine copies from both the same way.
+  static Status Make(uint64_t bytes, bool pinned, std::unique_ptr<HostBuffer>* out);
   ~AlignedHostBuffer() override;
   void* data() const override { return data_; }
   uint64_t size() const override { return size_; }
-  bool pinned() const override { return true; }
-  std::string how() const override { return "host engine (page-aligned)"; }
+  bool pinned() const override { return pinned_; }
+  std::string how() const override {
+    return pinned_ ? "host engine (page-aligned)" : "host engine (pageable: over the pinning cap)";
+  }
 
  private:
-  AlignedHostBuffer(void* data, uint64_t size) : data_(data), size_(size) {}
+  AlignedHostBuffer(void* data, uint64_t size, bool pinned)
+      : data_(data), size_(size), pinned_(pinned) {}
   void* data_;
   uint64_t size_;
+  bool pinned_;
 };
 
 }  // namespace pinstream
