@@ -73,7 +73,7 @@ TEST(CudaEngine, StreamsBlocksAndEveryAcquireSeesItsBytes) {
     for (int i = 0; i < n; ++i) {
       const uint64_t bytes = (1 << 20) + rng() % (8 << 20);
       std::unique_ptr<HostBuffer> b;
-      ASSERT_TRUE(engine->AllocateHostBuffer(bytes, &b).ok());
+      ASSERT_TRUE(engine->AllocateHostBuffer(bytes, /*pin=*/true, &b).ok());
       std::mt19937_64 fill(seed + i);
       auto* p = static_cast<uint8_t*>(b->data());
       for (uint64_t k = 0; k < bytes; ++k) p[k] = static_cast<uint8_t>(fill());
