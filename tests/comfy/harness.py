@@ -79,7 +79,8 @@ def load_comfyui(models_dir: str | None = None, *, skip: bool = True, threads: i
     ns.cli_args / ns.args, ns.model_management, ns.model_patcher, ns.model_base,
     ns.model_detection, ns.supported_models, ns.sd, ns.samplers, ns.sample,
     ns.utils, ns.ops, ns.lora, ns.nodes, ns.folder_paths, ns.models_dir (Path),
-    ns.has_dynamic_vram (ModelPatcherDynamic exists), ns.has_v3_api.
+    ns.has_dynamic_vram (ModelPatcherDynamic exists), ns.has_v3_api, ns.features (dict of
+    version-dependent behaviours the tests branch on).
 
     models_dir: folder that gets the standard sub folders (checkpoints,
     diffusion_models, text_encoders/clip, vae, loras, ...) and is registered
@@ -172,6 +173,22 @@ def load_comfyui(models_dir: str | None = None, *, skip: bool = True, threads: i
     except Exception:  # noqa: BLE001 - any failure means "no usable V3 API"
         has_v3 = False
 
+    import inspect
+
+    vae_src = inspect.getsource(comfy.sd.VAE.__init__)
+    det_src = inspect.getsource(comfy.model_detection.detect_unet_config)
+    features = {
+        # comfy.ops.run_every_op: every comfy op forward checks the interrupt flag (0.3.75; not in 0.3.64,
+        # where only main.py's progress-bar hook, nodes.before_node_execution and CLIP encode check it)
+        "per_op_interrupt": hasattr(comfy.ops, "run_every_op"),
+        # Wan 2.1 VAE width read from decoder.head.0.gamma (0.3.75) instead of hard-coded 96 (0.3.64)
+        "wan_vae_dim_detected": 'sd["decoder.head.0.gamma"]' in vae_src,
+        # Flux hidden_size read from img_in.weight (0.3.75) instead of hard-coded 3072 (0.3.64)
+        "flux_width_detected": 'dit_config["hidden_size"] = w.shape[0]' in det_src,
+        "dynamic_vram": hasattr(comfy.model_patcher, "ModelPatcherDynamic"),
+        "v3_node_api": has_v3,
+    }
+
     _NS = types.SimpleNamespace(
         root=root,
         how_found=how,
@@ -195,6 +212,7 @@ def load_comfyui(models_dir: str | None = None, *, skip: bool = True, threads: i
         models_dir=mdir,
         has_dynamic_vram=hasattr(comfy.model_patcher, "ModelPatcherDynamic"),
         has_v3_api=has_v3,
+        features=features,
     )
     comfy.utils.PROGRESS_BAR_ENABLED = False  # no tqdm noise from the samplers
     logging.getLogger().setLevel(logging.WARNING)

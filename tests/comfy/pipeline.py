@@ -31,18 +31,28 @@ SCHEDULER = "simple"
 
 @contextlib.contextmanager
 def tiny_flux_detection(ns):
-    """Let ComfyUI BUILD the tiny Flux: after its own detect_unet_config ran, set
-    num_heads = hidden_size // 128 (ComfyUI 0.3.75 hard-codes 24 heads of 128, i.e.
-    hidden 3072). Shapes in the file are untouched; detection of the class is unchanged.
-    Only Flux-family configs are touched; everything else passes through."""
+    """Let ComfyUI BUILD the tiny Flux. After ComfyUI's own detect_unet_config ran on a
+    Flux-family file, take the widths from the tensors and set
+    num_heads = hidden_size // sum(axes_dim) (head_dim 128):
+    - 0.3.75 reads hidden_size (img_in) and context_in_dim (txt_in) from the shapes but
+      hard-codes num_heads 24 (model_detection.py:201-232);
+    - 0.3.64 hard-codes hidden_size 3072, context_in_dim 4096 and num_heads 24.
+    Shapes in the file are untouched and the detected class is unchanged; non-Flux configs
+    pass through."""
     md = ns.model_detection
     orig = md.detect_unet_config
 
     def patched(state_dict, key_prefix, metadata=None):
         cfg = orig(state_dict, key_prefix, metadata=metadata)
-        if cfg is not None and cfg.get("image_model") == "flux" and "hidden_size" in cfg:
+        if cfg is not None and cfg.get("image_model") == "flux":
+            img_in = state_dict.get(f"{key_prefix}img_in.weight")
+            txt_in = state_dict.get(f"{key_prefix}txt_in.weight")
+            if img_in is not None:
+                cfg["hidden_size"] = img_in.shape[0]
+            if txt_in is not None:
+                cfg["context_in_dim"] = txt_in.shape[1]
             head_dim = sum(cfg.get("axes_dim", [16, 56, 56]))
-            if cfg["hidden_size"] % head_dim == 0:
+            if cfg.get("hidden_size", 0) % head_dim == 0:
                 cfg["num_heads"] = cfg["hidden_size"] // head_dim
         return cfg
 

