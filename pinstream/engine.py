@@ -168,9 +168,21 @@ class OffloadHandle:
         self._hooks.append(begin_handle)
         self._hooks.append(self.module.register_forward_hook(end, always_call=True))
         for bid, (_name, block) in zip(self._block_ids, self.discovery.blocks):
-            acquire, release = rt.acquire, rt.release_if_acquired
+            if isinstance(block, nn.Sequential):
+                # A Sequential block may be iterated without being called (ComfyUI's
+                # UNet runs a TimestepEmbedSequential's children itself): hook every
+                # child that holds weights; touch() acquires on first use and
+                # releases the block used before.
+                touch, release = rt.touch, rt.release_touched
+                for sub in block.modules():
+                    if sub is not block and (any(True for _ in sub.parameters(recurse=False))
+                                             or any(True for _ in sub.buffers(recurse=False))):
+                        self._hooks.append(sub.register_forward_pre_hook(
+                            lambda _m, _a, _t=touch, _id=bid: _t(_id)))
+            else:
+                touch, release = rt.acquire, rt.release_if_acquired
 
-            def pre(_mod, _args, _acquire=acquire, _id=bid):
+            def pre(_mod, _args, _acquire=touch, _id=bid):
                 _acquire(_id)
 
             def post(_mod, _args, _out, _release=release, _id=bid):
@@ -417,7 +429,8 @@ def offload(
     if getattr(module, "_pinstream_handle", None) is not None and not module._pinstream_handle._detached:
         raise RuntimeError("PinStream: this module is already offloaded; call handle.detach() first")
 
-    discovery = discover_blocks(module, names=list(blocks) if blocks is not None else None)
+    # Blocks holding at least a fifth of the weights are worth streaming.
+    discovery = discover_blocks(module, names=list(blocks) if blocks is not None else None, min_fraction=0.2)
     all_tensors = _tensors_of(module)
     model_bytes = sum(_tensor_bytes(t) for t in all_tensors)
     original_device = _model_device(module)

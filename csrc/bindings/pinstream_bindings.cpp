@@ -414,8 +414,31 @@ class Runtime {
     Check(core_->Release(block, ComputeQueue()));
   }
 
+  // touch(i): for models that iterate a block's children without calling the
+  // block itself (ComfyUI's UNet runs TimestepEmbedSequential children one by
+  // one). Hooks on the children call touch: the first touch of a block
+  // releases the block touched before it and acquires this one; repeated
+  // touches of the same block cost one comparison.
+  void Touch(int block) {
+    if (touched_ == block) return;
+    if (touched_ >= 0) {
+      const int prev = touched_;
+      touched_ = -1;
+      Release(prev, /*missing_ok=*/true);
+    }
+    Acquire(block);
+    touched_ = block;
+  }
+
+  void ReleaseTouched(int block) {
+    if (touched_ != block) return;
+    touched_ = -1;
+    Release(block, /*missing_ok=*/true);
+  }
+
   void EndPass() {
     std::lock_guard<std::mutex> lock(mu_);
+    touched_ = -1;
     if (closed_) return;
     Status s = core_->EndPass(ComputeQueue());
     ApplyEvictions();
@@ -494,6 +517,9 @@ class Runtime {
   }
 
   int num_blocks() const { return static_cast<int>(blocks_.size()); }
+  int64_t device_bytes() const { return static_cast<int64_t>(allocator_->allocated_bytes()); }
+  int64_t host_bytes() const { return host_bytes_; }
+  int64_t pinned_bytes() const { return pinned_bytes_; }
   bool closed() const { return closed_; }
   bool loaded() const { return !closed_ && core_->loaded(); }
   std::vector<int64_t> block_bytes() const {
@@ -616,6 +642,7 @@ class Runtime {
   }
 
   void UnloadLocked() {
+    touched_ = -1;
     if (!core_->loaded()) return;
     SyncCompute();
     for (BlockInfo& info : blocks_) {
@@ -629,6 +656,7 @@ class Runtime {
 
   void CloseImpl(bool restore_pageable) {
     if (closed_) return;
+    touched_ = -1;
     if (core_->loaded()) {
       SyncCompute();
       core_->EndPass(ComputeQueue());
@@ -691,6 +719,7 @@ class Runtime {
   int64_t pinned_bytes_ = 0;
   int64_t pageable_bytes_ = 0;
   uint64_t writebacks_ = 0;
+  int touched_ = -1;
   bool closed_ = false;
 };
 
@@ -730,6 +759,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_property_readonly("engine", &Runtime::engine_name)
       .def_property_readonly("device", &Runtime::device_str)
       .def_property_readonly("num_blocks", &Runtime::num_blocks)
+      .def_property_readonly("device_bytes", &Runtime::device_bytes,
+                             "device bytes held now (slots and resident blocks); no synchronization")
+      .def_property_readonly("host_bytes", &Runtime::host_bytes)
+      .def_property_readonly("pinned_bytes", &Runtime::pinned_bytes)
       .def_property_readonly("closed", &Runtime::closed)
       .def_property_readonly("loaded", &Runtime::loaded)
       .def_property_readonly("block_bytes", &Runtime::block_bytes)
@@ -755,6 +788,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            py::arg("block"), py::call_guard<py::gil_scoped_release>(),
            "release() for forward hooks: a block whose acquire failed is skipped")
       .def("end_pass", &Runtime::EndPass, py::call_guard<py::gil_scoped_release>())
+      .def("touch", &Runtime::Touch, py::arg("block"), py::call_guard<py::gil_scoped_release>(),
+           "acquire `block`, releasing the block touched before it (for hooks on a block's children)")
+      .def("release_touched", &Runtime::ReleaseTouched, py::arg("block"),
+           py::call_guard<py::gil_scoped_release>())
       .def("synchronize", &Runtime::Synchronize)
       .def("stats", &Runtime::GetStats)
       .def("reset_stats", &Runtime::ResetStats)

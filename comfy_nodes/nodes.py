@@ -1,0 +1,323 @@
+"""PinStream nodes: loaders with an offload mode, offload nodes for any model, stats.
+
+Each node is defined once here (inputs, tooltips, the function that runs it);
+``v3.py`` and ``classic.py`` present the same nodes through ComfyUI's V3 API or the
+classic mappings. The pack exports exactly one of the two.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from .patcher import OffloadConfig, UnsupportedModel, collect_stats, make_pinstream, managed_states
+
+log = logging.getLogger("PinStream")
+
+CATEGORY = "PinStream"
+MODES = ["auto", "full_load", "model_offload", "sequential", "budget"]
+WEIGHT_DTYPES = ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]
+CLIP_TYPES = ["stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi", "ltxv", "pixart", "cosmos",
+              "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image", "hunyuan_image", "flux",
+              "flux2"]
+
+
+@dataclass
+class InputSpec:
+    name: str
+    kind: str  # combo, float, int, bool, model, clip, any
+    tooltip: str
+    default: object = None
+    options: Optional[Callable[[], list]] = None
+    min: Optional[float] = None
+    max: Optional[float] = None
+    step: Optional[float] = None
+    optional: bool = False
+
+
+@dataclass
+class NodeSpec:
+    node_id: str
+    display_name: str
+    description: str
+    inputs: list
+    outputs: list  # (type, name)
+    run: Callable
+    output_node: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def _files(folder):
+    def get():
+        import folder_paths
+
+        return folder_paths.get_filename_list(folder)
+
+    return get
+
+
+def _clip_types():
+    try:
+        import comfy.sd
+
+        return [t for t in CLIP_TYPES if hasattr(comfy.sd.CLIPType, t.upper())]
+    except Exception:  # noqa: BLE001
+        return CLIP_TYPES
+
+
+OFFLOAD_INPUTS = [
+    InputSpec("mode", "combo", "How this model's weights live between RAM and VRAM. auto: decide from free VRAM "
+              "(GPU_MEMORY_MODE sets the default); full_load: all on the GPU; model_offload: whole model in pinned "
+              "RAM, uploaded while used; sequential: blocks streamed through a small ring of GPU slots; budget: as many "
+              "blocks resident as fit in vram_budget_gb, the rest streamed.", "auto", options=lambda: MODES),
+    InputSpec("vram_budget_gb", "float", "VRAM for this model in GiB: required by budget mode; caps auto's decision. "
+              "0 = no budget (auto uses the free VRAM).", 0.0, min=0.0, max=1024.0, step=0.1),
+    InputSpec("prefetch_blocks", "int", "Blocks uploaded ahead of the one running (sequential and budget). 1-2 hides "
+              "the transfer when a block's compute is at least its upload time; each costs one block of VRAM.",
+              1, min=0, max=16, step=1),
+    InputSpec("pin_memory", "bool", "Keep the weights in pinned (page-locked) RAM: uploads run at full link speed "
+              "and overlap compute. Turn off only when the system refuses to pin (then uploads are slower).", True),
+]
+
+
+def check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory) -> OffloadConfig:
+    """Validate node inputs; ValueError says what was wrong and what is allowed."""
+    from pinstream.modes import ModeError, normalize_mode
+
+    try:
+        normalize_mode(mode)
+    except ModeError as e:
+        raise ValueError(str(e)) from None
+    try:
+        budget = float(vram_budget_gb)
+    except (TypeError, ValueError):
+        raise ValueError(f"vram_budget_gb must be a number of GiB >= 0, got {vram_budget_gb!r}") from None
+    if not math.isfinite(budget) or budget < 0:
+        raise ValueError(f"vram_budget_gb must be a finite number >= 0 (GiB), got {vram_budget_gb!r}")
+    if mode == "budget" and budget <= 0:
+        raise ValueError("mode 'budget' needs vram_budget_gb > 0 (the VRAM this model may use, in GiB)")
+    if isinstance(prefetch_blocks, bool) or not isinstance(prefetch_blocks, int) or not 0 <= prefetch_blocks <= 16:
+        raise ValueError(f"prefetch_blocks must be a whole number from 0 to 16, got {prefetch_blocks!r}")
+    if not isinstance(pin_memory, bool):
+        raise ValueError(f"pin_memory must be true or false, got {pin_memory!r}")
+    return OffloadConfig(mode=mode, vram_budget_gb=budget, prefetch_blocks=prefetch_blocks, pin_memory=pin_memory)
+
+
+def _progress():
+    try:
+        import comfy.utils
+
+        bar = None
+
+        def update(done, total):
+            nonlocal bar
+            if bar is None:
+                bar = comfy.utils.ProgressBar(total)
+            bar.update_absolute(done, total)
+
+        return update
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def apply_offload(patcher, config: OffloadConfig):
+    """PinStream clone of ``patcher``, or the patcher unchanged plus the reason."""
+    from pinstream.native import NativeUnavailable, native_available, native_error
+
+    if not native_available():
+        msg = (f"PinStream: native runtime not built ({native_error()}); {config.label} passed through "
+               "unchanged. Run `python install.py` in the PinStream folder and restart ComfyUI.")
+        log.warning(msg)
+        return patcher, msg
+    try:
+        new = make_pinstream(patcher, config, progress=_progress())
+    except (UnsupportedModel, NativeUnavailable) as e:
+        msg = f"PinStream: {config.label} passed through unchanged: {e}"
+        log.warning(msg)
+        return patcher, msg
+    h = new.pinstream.handle
+    return new, f"PinStream {config.label}: {h.mode.name} ({h.mode.reason}); {h.plan['describe']}"
+
+
+# ---- node functions -----------------------------------------------------------------------
+
+def _load_kwargs(fn):
+    # Newest ComfyUI: loaders take disable_dynamic; PinStream models opt out of Dynamic VRAM.
+    try:
+        return {"disable_dynamic": True} if "disable_dynamic" in inspect.signature(fn).parameters else {}
+    except (TypeError, ValueError):
+        return {}
+
+
+def run_load_diffusion_model(unet_name, weight_dtype, mode, vram_budget_gb, prefetch_blocks, pin_memory):
+    import comfy.sd
+    import folder_paths
+
+    cfg = check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory)
+    cfg.label = unet_name
+    if weight_dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"weight_dtype {weight_dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
+    model_options = {}
+    if weight_dtype == "fp8_e4m3fn":
+        model_options["dtype"] = torch.float8_e4m3fn
+    elif weight_dtype == "fp8_e4m3fn_fast":
+        model_options["dtype"] = torch.float8_e4m3fn
+        model_options["fp8_optimizations"] = True
+    elif weight_dtype == "fp8_e5m2":
+        model_options["dtype"] = torch.float8_e5m2
+    path = folder_paths.get_full_path_or_raise("diffusion_models", unet_name)
+    model = comfy.sd.load_diffusion_model(path, model_options=model_options,
+                                          **_load_kwargs(comfy.sd.load_diffusion_model))
+    model, msg = apply_offload(model, cfg)
+    return (model,), msg
+
+
+def run_load_checkpoint(ckpt_name, mode, vram_budget_gb, prefetch_blocks, pin_memory):
+    import comfy.sd
+    import folder_paths
+
+    cfg = check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory)
+    cfg.label = ckpt_name
+    path = folder_paths.get_full_path_or_raise("checkpoints", ckpt_name)
+    out = comfy.sd.load_checkpoint_guess_config(path, output_vae=True, output_clip=True,
+                                                embedding_directory=folder_paths.get_folder_paths("embeddings"),
+                                                **_load_kwargs(comfy.sd.load_checkpoint_guess_config))
+    model, msg = apply_offload(out[0], cfg)
+    return (model, out[1], out[2]), msg
+
+
+def _offload_clip(clip, cfg):
+    new_clip = clip.clone()
+    patcher, msg = apply_offload(clip.patcher, cfg)
+    new_clip.patcher = patcher
+    return new_clip, msg
+
+
+def run_load_clip(clip_name, type, mode, vram_budget_gb, prefetch_blocks, pin_memory):  # noqa: A002
+    import comfy.sd
+    import folder_paths
+
+    cfg = check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory)
+    cfg.label = clip_name
+    clip_type = getattr(comfy.sd.CLIPType, str(type).upper(), None)
+    if clip_type is None:
+        raise ValueError(f"CLIP type {type!r} is not known to this ComfyUI; allowed: {', '.join(_clip_types())}")
+    path = folder_paths.get_full_path_or_raise("text_encoders", clip_name)
+    clip = comfy.sd.load_clip(ckpt_paths=[path], embedding_directory=folder_paths.get_folder_paths("embeddings"),
+                              clip_type=clip_type)
+    clip, msg = _offload_clip(clip, cfg)
+    return (clip,), msg
+
+
+def run_load_vae(vae_name, mode, vram_budget_gb, prefetch_blocks, pin_memory):
+    import comfy.sd
+    import comfy.utils
+    import folder_paths
+
+    cfg = check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory)
+    cfg.label = vae_name
+    path = folder_paths.get_full_path_or_raise("vae", vae_name)
+    sd = comfy.utils.load_torch_file(path)
+    vae = comfy.sd.VAE(sd=sd)
+    vae.throw_exception_if_invalid() if hasattr(vae, "throw_exception_if_invalid") else None
+    patcher, msg = apply_offload(vae.patcher, cfg)
+    vae.patcher = patcher
+    return (vae,), msg
+
+
+def run_offload_model(model, mode, vram_budget_gb, prefetch_blocks, pin_memory):
+    cfg = check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory)
+    cfg.label = type(getattr(model.model, "diffusion_model", model.model)).__name__
+    new, msg = apply_offload(model, cfg)
+    return (new,), msg
+
+
+def run_offload_clip(clip, mode, vram_budget_gb, prefetch_blocks, pin_memory):
+    cfg = check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory)
+    cfg.label = type(clip.cond_stage_model).__name__
+    new, msg = _offload_clip(clip, cfg)
+    return (new,), msg
+
+
+def _gb(n) -> str:
+    return f"{n / 1024**3:.2f} GiB"
+
+
+def format_stats(rows: list) -> str:
+    if not rows:
+        return "PinStream: no model is managed by PinStream in this session."
+    lines = []
+    for r in rows:
+        if r["mode"] == "passthrough":
+            lines.append(f"{r['label']}: passed through ({r['reason']})")
+            continue
+        lines.append(
+            f"{r['label']}: {r['mode']} ({r['reason']})\n"
+            f"  resident {_gb(r['resident_bytes'])}, streamed {_gb(r['streamed_bytes'])}, "
+            f"streamed last run {_gb(r['bytes_streamed_last_run'])}, upload {r['upload_gbps']:.1f} GB/s, "
+            f"stall {r['stall_ms_last_run']:.1f} ms, pinned {_gb(r['pinned_bytes'])}"
+            + (f" (+{_gb(r['pageable_bytes'])} pageable)" if r["pageable_bytes"] else "")
+            + f", on device now {_gb(r['device_bytes'])} [{r['engine']} engine]")
+    return "\n".join(lines)
+
+
+def run_stats(anything=None):
+    rows = []
+    for st in managed_states():
+        row = collect_stats(st)
+        rows.append(row)
+        # The next report's "last run" counts from here.
+        st.last_stats = st.handle.stats()
+    text = format_stats(rows)
+    return (text,), text
+
+
+def _config_inputs(first):
+    return first + OFFLOAD_INPUTS
+
+
+SPECS = [
+    NodeSpec("PinStreamLoadDiffusionModel", "Load Diffusion Model (PinStream)",
+             "Loads a diffusion model (UNet/DiT: FLUX, SDXL, Wan 2.x, ...) like Load Diffusion Model, with an offload mode.",
+             _config_inputs([
+                 InputSpec("unet_name", "combo", "Diffusion model file in models/diffusion_models.",
+                           options=_files("diffusion_models")),
+                 InputSpec("weight_dtype", "combo", "Weight dtype, as in Load Diffusion Model (default keeps the "
+                           "file's).", "default", options=lambda: WEIGHT_DTYPES),
+             ]), [("MODEL", "MODEL")], run_load_diffusion_model),
+    NodeSpec("PinStreamLoadCheckpoint", "Load Checkpoint (PinStream)",
+             "Loads a full checkpoint; the offload mode applies to its diffusion model.",
+             _config_inputs([InputSpec("ckpt_name", "combo", "Checkpoint file in models/checkpoints.",
+                                       options=_files("checkpoints"))]),
+             [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")], run_load_checkpoint),
+    NodeSpec("PinStreamLoadCLIP", "Load CLIP (PinStream)",
+             "Loads a text encoder (CLIP, T5, Wan's umt5-xxl, ...) with an offload mode.",
+             _config_inputs([
+                 InputSpec("clip_name", "combo", "Text encoder file in models/text_encoders.",
+                           options=_files("text_encoders")),
+                 InputSpec("type", "combo", "Which model family the encoder is for (wan for umt5-xxl).",
+                           "stable_diffusion", options=_clip_types),
+             ]), [("CLIP", "CLIP")], run_load_clip),
+    NodeSpec("PinStreamLoadVAE", "Load VAE (PinStream)", "Loads a VAE with an offload mode.",
+             _config_inputs([InputSpec("vae_name", "combo", "VAE file in models/vae.", options=_files("vae"))]),
+             [("VAE", "VAE")], run_load_vae),
+    NodeSpec("PinStreamOffloadModel", "PinStream Offload (Model)",
+             "Applies a PinStream offload mode to a model from any loader. LoRAs before or after this node work.",
+             _config_inputs([InputSpec("model", "model", "The model to manage.")]), [("MODEL", "MODEL")],
+             run_offload_model),
+    NodeSpec("PinStreamOffloadCLIP", "PinStream Offload (CLIP)",
+             "Applies a PinStream offload mode to a text encoder from any loader.",
+             _config_inputs([InputSpec("clip", "clip", "The text encoder to manage.")]), [("CLIP", "CLIP")],
+             run_offload_clip),
+    NodeSpec("PinStreamStats", "PinStream Stats",
+             "Shows, for every model PinStream manages: mode (and why), resident and streamed bytes, bytes "
+             "streamed in the last run, upload bandwidth, stall and pinned RAM.",
+             [InputSpec("anything", "any", "Connect any output (e.g. the sampler's LATENT) so the stats are taken "
+                        "after it ran.", optional=True)],
+             [("STRING", "stats")], run_stats, output_node=True),
+]

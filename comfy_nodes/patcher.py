@@ -1,0 +1,359 @@
+"""PinStream's ModelPatcher: ComfyUI's memory manager sees true figures, PinStream moves the weights.
+
+A PinStream patcher wraps the same nn.Module as the core patcher it replaces. What it
+changes:
+
+* ``model_size()``      the bytes this model will hold on the device under its mode
+                        (the whole model for full_load/model_offload; non-block part +
+                        resident blocks + ring for sequential/budget), so
+                        ``load_models_gpu``/``free_memory`` free the right amount;
+* ``loaded_size()``     the bytes it holds on the device now;
+* ``load``/``partially_load``   apply weight patches (LoRA) to the pinned host copy when
+                        they changed, then load the PinStream plan;
+* ``partially_unload``/``detach``/``unpatch_model``   free the device copy by re-pointing
+                        weights at the pinned host copy: no device-to-host copy;
+* pinning is PinStream's: ComfyUI's ``pin_weight_to_device`` is a no-op here.
+
+State shared by all clones (the handle, the config, which weight patches are applied)
+lives on the nn.Module, like ComfyUI's own per-module bookkeeping. ``clone()`` keeps
+the class (ComfyUI builds clones with ``self.__class__``).
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+log = logging.getLogger("PinStream")
+
+GIB = 1024**3
+
+_MANAGED: "weakref.WeakSet[PinStreamState]" = weakref.WeakSet()
+
+
+@dataclass
+class OffloadConfig:
+    mode: str = "auto"
+    vram_budget_gb: float = 0.0  # 0 = none (auto decides from free VRAM)
+    prefetch_blocks: int = 1
+    pin_memory: bool = True
+    label: str = "model"
+
+
+@dataclass(eq=False)
+class PinStreamState:
+    """Per nn.Module: shared by every clone of a PinStream patcher."""
+
+    config: OffloadConfig
+    handle: object = None
+    applied_patches: Optional[str] = None  # patches_uuid whose LoRA is in the host copy
+    backups: dict = field(default_factory=dict)  # key -> original host values
+    owner: object = None  # weakref to the patcher that loaded it
+    last_stats: dict = field(default_factory=dict)
+    error: Optional[str] = None
+
+    def __hash__(self):
+        return id(self)
+
+
+class UnsupportedModel(ValueError):
+    """Weights PinStream cannot manage (the node passes the model through and says why)."""
+
+
+def managed_states() -> list:
+    return [s for s in list(_MANAGED) if s.handle is not None]
+
+
+def target_module(model: torch.nn.Module) -> torch.nn.Module:
+    """The part PinStream manages: the diffusion model of a BaseModel, else the module."""
+    return getattr(model, "diffusion_model", None) or model
+
+
+def unsupported_reason(module: torch.nn.Module) -> Optional[str]:
+    """Why PinStream cannot manage these weights (None when it can)."""
+    for name, p in list(module.named_parameters()) + list(module.named_buffers()):
+        if type(p) not in (torch.Tensor, torch.nn.Parameter) and not isinstance(p, torch.nn.Parameter):
+            return (f"weight {name} is a {type(p).__name__} (a tensor subclass, e.g. GGUF quantized); PinStream "
+                    "streams plain tensors only")
+        if isinstance(p, torch.nn.Parameter) and type(p.data) is not torch.Tensor:
+            return (f"weight {name} holds a {type(p.data).__name__} (a tensor subclass, e.g. GGUF quantized); "
+                    "PinStream streams plain tensors only")
+    return None
+
+
+def _comfy():
+    import comfy.model_management as mm
+    import comfy.model_patcher as mp
+
+    return mm, mp
+
+
+class PinStreamPatcherMixin:
+    """Methods that turn a ModelPatcher (or a subclass of it) into a PinStream patcher."""
+
+    # ---- state -------------------------------------------------------------------
+    @property
+    def pinstream(self) -> PinStreamState:
+        return self.model.pinstream_state
+
+    def _handle(self):
+        return self.pinstream.handle
+
+    def _extra_modules(self):
+        """Parameters/buffers of the wrapped model outside the PinStream target."""
+        target = target_module(self.model)
+        if target is self.model:
+            return []
+        inside = {id(t) for t in list(target.parameters()) + list(target.buffers())}
+        return [t for t in list(self.model.parameters()) + list(self.model.buffers()) if id(t) not in inside]
+
+    def _extra_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self._extra_modules())
+
+    # ---- sizes the memory manager sees -----------------------------------------------
+    def model_size(self):
+        h = self._handle()
+        if h is None:
+            return super().model_size()
+        plan = h.plan
+        return int(plan["device_bytes"]) + self._extra_bytes()
+
+    def loaded_size(self):
+        h = self._handle()
+        if h is None:
+            return super().loaded_size()
+        if not h.loaded:
+            return 0
+        return int(h.runtime.device_bytes) + (self._extra_bytes() if self.model.device == self.load_device else 0)
+
+    def current_loaded_device(self):
+        return self.model.device
+
+    # ---- pinning is PinStream's --------------------------------------------------------
+    def pin_weight_to_device(self, *args, **kwargs):
+        return None
+
+    def unpin_weight(self, *args, **kwargs):
+        return None
+
+    def unpin_all_weights(self, *args, **kwargs):
+        return None
+
+    # ---- weight patches (LoRA) into the pinned host copy ------------------------------
+    def _patch_state(self):
+        return self.patches_uuid if self.patches else None
+
+    def _apply_weight_patches(self):
+        """Bring the host copy to this patcher's weight patches: restore the previous
+        originals, then compute each patched weight exactly as ComfyUI's
+        patch_weight_to_device does (fp32 on the load device, stochastic rounding
+        seeded by the key) and write it into the pinned host copy."""
+        st = self.pinstream
+        want = self._patch_state()
+        if st.applied_patches == want:
+            return
+        import comfy.float
+        import comfy.lora
+        import comfy.utils
+        from comfy.model_patcher import get_key_weight, string_to_seed
+
+        mm, _ = _comfy()
+        h = st.handle
+        h.unload()  # every weight now points at its host copy
+        with torch.no_grad():
+            for key, original in st.backups.items():
+                weight, _set, _conv = get_key_weight(self.model, key)
+                weight.copy_(original)
+            st.backups.clear()
+            for key in self.patches:
+                try:
+                    weight, set_func, convert_func = get_key_weight(self.model, key)
+                except AttributeError:
+                    continue
+                st.backups[key] = weight.detach().clone()
+                temp = mm.cast_to_device(weight, self.load_device, torch.float32, copy=True)
+                if convert_func is not None:
+                    temp = convert_func(temp, inplace=True)
+                out = comfy.lora.calculate_weight(self.patches[key], temp, key)
+                out = comfy.float.stochastic_rounding(out, weight.dtype, seed=string_to_seed(key))
+                weight.copy_(out.to(weight.device))
+        st.applied_patches = want
+
+    # ---- loading ------------------------------------------------------------------------
+    def _load_pinstream(self, device_to=None):
+        st = self.pinstream
+        h = st.handle
+        self._apply_weight_patches()
+        device_to = device_to or self.load_device
+        for t in self._extra_modules():
+            t.data = t.data.to(device_to)
+        h.load()
+        st.owner = weakref.ref(self)
+        self.model.device = device_to
+        self.model.model_loaded_weight_memory = self.loaded_size()
+        self.model.model_lowvram = False
+        self.model.lowvram_patch_counter = 0
+        self.model.current_weight_patches_uuid = self.patches_uuid
+        return self.model.model_loaded_weight_memory
+
+    def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False):
+        if self._handle() is None:
+            return super().load(device_to, lowvram_model_memory, force_patch_weights, full_load)
+        with self.use_ejected():
+            self._load_pinstream(device_to)
+        try:
+            from comfy.patcher_extension import CallbacksMP
+
+            for cb in self.get_all_callbacks(CallbacksMP.ON_LOAD):
+                cb(self, device_to, lowvram_model_memory, force_patch_weights, full_load)
+        except ImportError:
+            pass
+
+    def partially_load(self, device_to, extra_memory=0, force_patch_weights=False):
+        if self._handle() is None:
+            return super().partially_load(device_to, extra_memory, force_patch_weights)
+        before = self.loaded_size() if self._handle().loaded else 0
+        # Object patches and injections as ComfyUI applies them, weights by PinStream.
+        self.patch_model(device_to, load_weights=False)
+        with self.use_ejected():
+            self._load_pinstream(device_to)
+        return max(0, self.loaded_size() - before)
+
+    def partially_unload(self, device_to, memory_to_free=0, force_patch_weights=False):
+        h = self._handle()
+        if h is None:
+            return super().partially_unload(device_to, memory_to_free, force_patch_weights)
+        freed = self.loaded_size()
+        h.unload()
+        for t in self._extra_modules():
+            t.data = t.data.to(self.offload_device)
+        self.model.device = self.offload_device
+        self.model.model_loaded_weight_memory = 0
+        return freed
+
+    def unpatch_model(self, device_to=None, unpatch_weights=True):
+        h = self._handle()
+        if h is None:
+            return super().unpatch_model(device_to, unpatch_weights)
+        owner = self.pinstream.owner() if self.pinstream.owner is not None else None
+        if owner is None or owner is self:
+            h.unload()
+            for t in self._extra_modules():
+                t.data = t.data.to(device_to or self.offload_device)
+            self.model.device = device_to or self.offload_device
+            self.model.model_loaded_weight_memory = 0
+        # Object patches are restored by ComfyUI's own code; weights stay PinStream's.
+        return super().unpatch_model(device_to, unpatch_weights=False)
+
+    def detach(self, unpatch_all=True):
+        if self._handle() is None:
+            return super().detach(unpatch_all)
+        return super().detach(unpatch_all)
+
+    def pinstream_stats(self) -> dict:
+        return collect_stats(self.pinstream)
+
+
+def collect_stats(st: PinStreamState) -> dict:
+    h = st.handle
+    if h is None:
+        return {"label": st.config.label, "mode": "passthrough", "reason": st.error or "not managed"}
+    s = h.stats()
+    run = st.last_stats or {}
+    upload_ms = s.get("upload_ms", 0.0) - run.get("upload_ms", 0.0)
+    uploaded = s.get("bytes_uploaded", 0) - run.get("bytes_uploaded", 0)
+    timed = s.get("timed_upload_bytes", 0) - run.get("timed_upload_bytes", 0)
+    stall = s.get("stall_ms", 0.0) - run.get("stall_ms", 0.0)
+    return {
+        "label": st.config.label,
+        "mode": h.mode.name,
+        "reason": h.mode.reason,
+        "resident_bytes": s.get("resident_bytes", 0),
+        "streamed_bytes": s.get("streamed_bytes", 0),
+        "bytes_streamed_last_run": uploaded,
+        "upload_gbps": (timed / (upload_ms * 1e6)) if upload_ms > 0 else 0.0,
+        "stall_ms_last_run": stall,
+        "pinned_bytes": s.get("pinned_bytes", 0),
+        "pageable_bytes": s.get("pageable_bytes", 0),
+        "device_bytes": s.get("device_bytes", 0),
+        "engine": s.get("engine", "?"),
+    }
+
+
+_CLASS_CACHE: dict = {}
+
+
+def pinstream_class(base_cls):
+    """A subclass of ``base_cls`` (ModelPatcher or a custom-node subclass of it) with
+    PinStream's overrides first in the MRO."""
+    if issubclass(base_cls, PinStreamPatcherMixin):
+        return base_cls
+    cls = _CLASS_CACHE.get(base_cls)
+    if cls is None:
+        cls = type(f"PinStream{base_cls.__name__}", (PinStreamPatcherMixin, base_cls), {})
+        _CLASS_CACHE[base_cls] = cls
+    return cls
+
+
+def make_pinstream(patcher, config: OffloadConfig, *, progress=None, engine: str = "auto"):
+    """Return a PinStream clone of ``patcher`` (patches, options and callbacks kept).
+
+    Raises ValueError (with what to do) when the weights cannot be managed; callers
+    turn that into a pass-through with a message.
+    """
+    mm, mp_mod = _comfy()
+    if hasattr(patcher, "is_dynamic") and patcher.is_dynamic():
+        delegate = getattr(patcher, "get_non_dynamic_delegate", None)
+        if delegate is None:
+            raise UnsupportedModel("this model is managed by ComfyUI's Dynamic VRAM and offers no non-dynamic delegate; "
+                             "load it with a PinStream loader or start ComfyUI with --disable-dynamic-vram")
+        patcher = delegate()
+    import pinstream
+    from pinstream.modes import normalize_mode
+
+    module = target_module(patcher.model)
+    reason = unsupported_reason(module)
+    if reason:
+        raise UnsupportedModel(reason)
+    state = getattr(patcher.model, "pinstream_state", None)
+    if state is not None and state.handle is not None:
+        # Already managed: a new configuration replaces the old one.
+        state.handle.detach()
+        state.handle = None
+    mode, _transfer = normalize_mode(config.mode)
+    load_device = patcher.load_device
+    dev = torch.device(load_device)
+    if engine == "auto":
+        engine = "cuda" if dev.type == "cuda" else "host"
+    budget = config.vram_budget_gb if config.vram_budget_gb and config.vram_budget_gb > 0 else None
+    free = None
+    if mode == "auto":
+        if budget is not None:
+            free = int(budget * GIB)
+        elif dev.type == "cuda":
+            free = int(mm.get_free_memory(dev)) - int(mm.minimum_inference_memory())
+    handle = pinstream.offload(
+        module,
+        mode=mode,
+        budget_gb=budget if mode in ("budget", "auto") else None,
+        prefetch=int(config.prefetch_blocks),
+        device=str(dev),
+        engine=engine,
+        pin_memory=bool(config.pin_memory),
+        link_gbps=0.0 if engine == "host" else None,
+        free_device_bytes=free,
+        progress=progress,
+    )
+    handle.unload()  # nothing on the device until ComfyUI asks for it
+    new = patcher.clone()
+    new.__class__ = pinstream_class(type(new))
+    state = PinStreamState(config=config, handle=handle)
+    patcher.model.pinstream_state = state
+    _MANAGED.add(state)
+    plan = handle.plan
+    log.info("PinStream %s: mode %s (%s); %s", config.label, handle.mode.name, handle.mode.reason, plan["describe"])
+    return new

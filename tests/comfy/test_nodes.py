@@ -1,0 +1,441 @@
+"""PinStream nodes in-process against real ComfyUI source (--cpu, host engine).
+
+Every comparison is against ComfyUI's own loader and sampler on the same tiny file,
+with the same seed: PinStream must give the same latent, bit for bit.
+"""
+
+import gc
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+import harness
+
+ns = harness.load_comfyui()
+
+import checkpoints as ck
+import pipeline as pl
+import torch
+
+import comfy_nodes
+from comfy_nodes import nodes as N
+from comfy_nodes import patcher as P
+from pinstream import _C
+
+mm = ns.model_management
+GIB = 1024**3
+MODES = ["full_load", "model_offload", "sequential", "budget", "auto"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("PINSTREAM_TEST_THREADS", "1")))
+    yield
+    torch.set_num_threads(old)
+
+
+_FILES = {}
+
+
+def f(kind):
+    if kind not in _FILES:
+        _FILES[kind] = {
+            "sd15_unet": ck.write_sd15_unet, "sd15_ckpt": ck.write_sd15_checkpoint, "sdxl_unet": ck.write_sdxl_unet,
+            "flux": ck.write_flux, "wan21_t2v": ck.write_wan21_t2v, "wan21_i2v": ck.write_wan21_i2v,
+            "flashportrait": ck.write_flashportrait, "wan22_t2v": lambda: ck.write_wan22_a14b(kind="t2v"),
+            "umt5": ck.write_umt5_xxl, "wan_vae": ck.write_wan21_vae, "taesd": ck.write_taesd_vae,
+            "sd15_lora": ck.write_sd15_lora, "wan_lora": ck.write_wan_lora,
+        }[kind]()
+        harness.refresh_model_lists(ns)
+    return _FILES[kind]
+
+
+def name_of(folder, path):
+    n = pl._name_in(ns, folder, path)
+    assert n is not None, (folder, path)
+    return n
+
+
+_BUDGETS = {}
+
+
+def _budget_for(kind, prefetch=1):
+    """A budget (GiB) that streams part of the model: non-block part, the ring, and
+    about half of the remaining blocks resident."""
+    if (kind, prefetch) not in _BUDGETS:
+        from pinstream.discovery import discover_blocks
+
+        core = _core_unet(kind) if kind != "sd15_ckpt" else pl.load_checkpoint(ns, f(kind))[0]
+        d = discover_blocks(core.model.diffusion_model, min_fraction=0.2)
+        ring = (prefetch + 1) * d.largest_block_bytes
+        rest = sum(d.block_bytes) - ring
+        _BUDGETS[(kind, prefetch)] = (d.nonblock_bytes + ring + max(rest, 0) // 2 + 8192) / GIB
+        del core
+    return _BUDGETS[(kind, prefetch)]
+
+
+def _sample(kind, model):
+    if kind in ("sd15_unet", "sd15_ckpt"):
+        pos, neg = pl.sd15_conditioning()
+        return pl.sample_latent(ns, model, pos, neg, width=64, height=64)
+    if kind == "sdxl_unet":
+        pos, neg = pl.sdxl_conditioning(width=32, height=32)
+        return pl.sample_latent(ns, model, pos, neg, width=32, height=32)
+    if kind == "flux":
+        pos, neg = pl.flux_conditioning()
+        with pl.tiny_flux_detection(ns):
+            return pl.sample_latent(ns, model, pos, neg, width=64, height=64)
+    pos, neg = pl.wan_conditioning()
+    if kind in ("wan21_i2v", "flashportrait"):
+        start = torch.randn(1, 16, 1, 4, 4, generator=torch.Generator().manual_seed(3))
+        pos, neg = pl.wan_i2v_conditioning(ns, pos, neg, start, pl.wan_frames_latent(5))
+    return pl.sample_latent(ns, model, pos, neg, latent=pl.wan_latent(32, 32, 5))
+
+
+def _core_unet(kind):
+    if kind == "flux":
+        with pl.tiny_flux_detection(ns):
+            return pl.load_unet(ns, f(kind))
+    return pl.load_unet(ns, f(kind))
+
+
+def _ps_unet(kind, mode, budget=None, prefetch=1):
+    budget = _budget_for(kind, prefetch) if (budget is None and mode == "budget") else (budget or 0.0)
+    name = name_of("diffusion_models", f(kind))
+    if kind == "flux":
+        with pl.tiny_flux_detection(ns):
+            return N.run_load_diffusion_model(name, "default", mode, budget, prefetch, True)
+    return N.run_load_diffusion_model(name, "default", mode, budget, prefetch, True)
+
+
+_REFS = {}
+
+
+def _ref(kind):
+    if kind not in _REFS:
+        model = _core_unet(kind)
+        _REFS[kind] = _sample(kind, model)
+        del model
+        mm.unload_all_models()
+    return _REFS[kind]
+
+
+UNET_KINDS = ["sd15_unet", "flux", "wan21_t2v", "wan21_i2v", "flashportrait", "sdxl_unet"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kind", UNET_KINDS)
+def test_diffusion_loader_same_latent_as_core(kind, mode):
+    if kind == "sdxl_unet" and mode not in ("sequential", "budget"):
+        pytest.skip("SDXL's tiny model is ~0.5 GB: two modes keep the suite fast")
+    ref = _ref(kind)
+    (model,), msg = _ps_unet(kind, mode)
+    assert isinstance(model, P.PinStreamPatcherMixin), msg
+    h = model.pinstream.handle
+    if mode != "auto":
+        assert h.mode.name == mode, msg
+    out = _sample(kind, model)
+    assert torch.equal(out, ref), f"{kind} {mode}: max diff {(out - ref).abs().max().item()}"
+    if mode in ("sequential", "budget"):
+        st = h.stats()
+        assert st["plan"]["streamed_blocks"] > 0 and st["acquires"] > 0
+    mm.unload_all_models()
+    assert not h.loaded
+
+
+def test_block_discovery_for_each_family():
+    expected = {
+        "sd15_unet": ("input_blocks", "output_blocks"), "flux": ("double_blocks", "single_blocks"),
+        "wan21_t2v": ("blocks",), "wan21_i2v": ("blocks",), "flashportrait": ("blocks",),
+    }
+    for kind, containers in expected.items():
+        (model,), _ = _ps_unet(kind, "sequential")
+        names = [n for n, _ in model.pinstream.handle.discovery.blocks]
+        for c in containers:
+            assert any(n.startswith(c + ".") for n in names), (kind, c, names[:5])
+        if kind == "sd15_unet":
+            dm = model.model.diffusion_model
+            mid = sum(p.numel() * p.element_size() for p in dm.middle_block.parameters()) if dm.middle_block else 0
+            total = sum(p.numel() * p.element_size() for p in dm.parameters())
+            # The middle block is a block of its own when it carries real weight.
+            assert ("middle_block" in names) == (mid >= 0.05 * total), (mid / total, names)
+        mm.unload_all_models()
+
+
+@pytest.fixture
+def tiny_text_encoder_configs(monkeypatch):
+    """The tiny text encoders load only with a config override (their sizes are not the
+    standard ones); the node calls ComfyUI's loaders, which get the override here."""
+    import copy
+    import functools
+
+    sd = ns.sd
+    monkeypatch.setattr(sd, "load_checkpoint_guess_config", functools.partial(
+        sd.load_checkpoint_guess_config, te_model_options=copy.deepcopy(ck.CLIP_L_TE_OPTIONS)))
+    monkeypatch.setattr(sd, "load_clip", functools.partial(
+        sd.load_clip, model_options=copy.deepcopy(ck.UMT5_MODEL_OPTIONS)))
+
+
+@pytest.mark.parametrize("mode", ["model_offload", "sequential", "budget"])
+def test_checkpoint_loader_same_latent(mode, tiny_text_encoder_configs):
+    core_model, _, _ = ns.sd.load_checkpoint_guess_config(str(f("sd15_ckpt")), output_vae=True, output_clip=True)[:3]
+    ref = _sample("sd15_ckpt", core_model)
+    del core_model
+    mm.unload_all_models()
+    name = name_of("checkpoints", f("sd15_ckpt"))
+    (model, clip, vae), msg = N.run_load_checkpoint(name, mode, _budget_for("sd15_ckpt") if mode == "budget" else 0.0,
+                                                    1, True)
+    assert isinstance(model, P.PinStreamPatcherMixin), msg
+    assert clip is not None and vae is not None
+    assert torch.equal(_sample("sd15_ckpt", model), ref)
+    mm.unload_all_models()
+
+
+@pytest.mark.parametrize("mode", ["model_offload", "sequential"])
+def test_clip_loader_umt5_same_conditioning(mode, tiny_text_encoder_configs):
+    core = ns.sd.load_clip(ckpt_paths=[str(f("umt5"))], clip_type=ns.sd.CLIPType.WAN)
+    ref = pl.encode_text(ns, core, "a cat on a boat")[0][0]
+    mm.unload_all_models()
+    name = name_of("text_encoders", f("umt5"))
+    (clip,), msg = N.run_load_clip(name, "wan", mode, 0.0, 1, True)
+    assert isinstance(clip.patcher, P.PinStreamPatcherMixin), msg
+    names = [n for n, _ in clip.patcher.pinstream.handle.discovery.blocks]
+    assert any(".block." in n or n.startswith("block.") or "encoder.block" in n for n in names), names[:3]
+    out = pl.encode_text(ns, clip, "a cat on a boat")[0][0]
+    assert torch.equal(out, ref)
+    mm.unload_all_models()
+
+
+def test_vae_loader_same_decode():
+    core = pl.load_vae(ns, f("wan_vae"))
+    lat = torch.randn(1, 16, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    ref = pl.vae_decode(ns, core, lat)
+    mm.unload_all_models()
+    (vae,), msg = N.run_load_vae(name_of("vae", f("wan_vae")), "model_offload", 0.0, 1, True)
+    assert isinstance(vae.patcher, P.PinStreamPatcherMixin), msg
+    assert torch.equal(pl.vae_decode(ns, vae, lat), ref)
+    mm.unload_all_models()
+
+
+@pytest.mark.parametrize("order", ["lora_after_loader", "lora_before_offload_node"])
+@pytest.mark.parametrize("mode", ["sequential", "budget", "model_offload"])
+def test_lora_equals_core_full_load(order, mode):
+    lora = f("wan_lora")
+    core = pl.load_unet(ns, f("wan21_t2v"))
+    core_l, _ = pl.apply_lora(ns, core, lora, strength_model=0.8)
+    ref = _sample("wan21_t2v", core_l)
+    plain_ref = _ref("wan21_t2v")
+    assert not torch.equal(ref, plain_ref)  # the LoRA matters
+    mm.unload_all_models()
+    budget = _budget_for("wan21_t2v") if mode == "budget" else 0.0
+    if order == "lora_after_loader":
+        (model,), _ = _ps_unet("wan21_t2v", mode)
+        model_l, _ = pl.apply_lora(ns, model, lora, strength_model=0.8)
+    else:
+        base = pl.load_unet(ns, f("wan21_t2v"))
+        base_l, _ = pl.apply_lora(ns, base, lora, strength_model=0.8)
+        (model_l,), _ = N.run_offload_model(base_l, mode, budget, 1, True)
+    assert isinstance(model_l, P.PinStreamPatcherMixin)
+    assert torch.equal(_sample("wan21_t2v", model_l), ref)
+    mm.unload_all_models()
+    if order == "lora_after_loader":
+        # The un-LoRA'd clone of the same model still gives the plain result.
+        assert torch.equal(_sample("wan21_t2v", model), plain_ref)
+        assert torch.equal(_sample("wan21_t2v", model_l), ref)
+        mm.unload_all_models()
+
+
+def test_interrupt_during_sampling_then_next_prompt_correct():
+    ref = _ref("wan21_t2v")
+    (model,), _ = _ps_unet("wan21_t2v", "sequential", prefetch=2)
+    block = model.model.diffusion_model.blocks[2]
+    fired = {"n": 0}
+
+    def interrupt(_m, _a):
+        if fired["n"] == 0:
+            fired["n"] += 1
+            mm.interrupt_current_processing(True)
+
+    hk = block.register_forward_pre_hook(interrupt)
+    with pytest.raises(mm.InterruptProcessingException):
+        _sample("wan21_t2v", model)
+    hk.remove()
+    mm.interrupt_current_processing(False)
+    assert torch.equal(_sample("wan21_t2v", model), ref)
+    mm.unload_all_models()
+
+
+def test_unload_releases_device_then_pinned_memory():
+    gc.collect()
+    base = _C.live_bytes()
+    (model,), _ = _ps_unet("wan21_t2v", "budget")
+    _sample("wan21_t2v", model)
+    h = model.pinstream.handle
+    assert h.loaded and h.runtime.device_bytes > 0
+    mm.unload_all_models()  # what /free does first
+    assert not h.loaded and h.runtime.device_bytes == 0
+    assert model.loaded_size() == 0
+    live = _C.live_bytes()
+    assert live["host"] > base["host"]  # pinned copy kept while the model is cached
+    del model, h
+    gc.collect()  # /free then drops the cached outputs and collects
+    live = _C.live_bytes()
+    assert live["host"] == base["host"] and live["device"] == base["device"]
+
+
+def test_two_experts_switch_without_device_to_host_copies():
+    hi_path, lo_path = f("wan22_t2v")
+    core_hi, core_lo = pl.load_unet(ns, hi_path), pl.load_unet(ns, lo_path)
+    pos, neg = pl.wan_conditioning()
+    ref = pl.sample_two_experts(ns, core_hi, core_lo, pos, neg, pl.wan_latent(32, 32, 5), steps=4, switch_at=2)
+    del core_hi, core_lo
+    mm.unload_all_models()
+    for mode in ("model_offload", "sequential"):
+        (hi,), _ = N.run_load_diffusion_model(name_of("diffusion_models", hi_path), "default", mode, 0.0, 1, True)
+        (lo,), _ = N.run_load_diffusion_model(name_of("diffusion_models", lo_path), "default", mode, 0.0, 1, True)
+        for _ in range(2):
+            out = pl.sample_two_experts(ns, hi, lo, pos, neg, pl.wan_latent(32, 32, 5), steps=4, switch_at=2)
+            assert torch.equal(out, ref), mode
+        for m in (hi, lo):
+            st = m.pinstream.handle.stats()
+            assert st["writebacks"] == 0  # no switch copied weights back to the host
+            assert st["acquires"] > 0 or mode == "model_offload"
+        mm.unload_all_models()
+
+
+def test_auto_under_a_small_budget_streams(monkeypatch):
+    monkeypatch.delenv("GPU_MEMORY_MODE", raising=False)
+    ref = _ref("wan21_t2v")
+    (model,), msg = _ps_unet("wan21_t2v", "auto", budget=_budget_for("wan21_t2v"))
+    h = model.pinstream.handle
+    assert h.mode.name in ("budget", "sequential"), msg
+    assert "auto" in h.mode.reason
+    assert torch.equal(_sample("wan21_t2v", model), ref)
+    mm.unload_all_models()
+
+
+def test_gpu_memory_mode_is_the_default_for_auto(monkeypatch):
+    monkeypatch.setenv("GPU_MEMORY_MODE", "sequential_cpu_offload")
+    (model,), msg = _ps_unet("wan21_t2v", "auto")
+    assert model.pinstream.handle.mode.name == "sequential" and "GPU_MEMORY_MODE" in msg
+    mm.unload_all_models()
+
+
+def test_stats_node_reports_each_managed_model():
+    (model,), _ = _ps_unet("wan21_t2v", "sequential")
+    _sample("wan21_t2v", model)
+    (text,), ui_text = N.run_stats()
+    assert text == ui_text
+    label = name_of("diffusion_models", f("wan21_t2v"))
+    assert label in text and "sequential" in text
+    for word in ("resident", "streamed last run", "GB/s", "stall", "pinned"):
+        assert word in text
+    row = [r for r in (P.collect_stats(s) for s in P.managed_states()) if r["label"] == label][-1]
+    assert row["bytes_streamed_last_run"] == 0  # counted from the report above
+    _sample("wan21_t2v", model)
+    row = [r for r in (P.collect_stats(s) for s in P.managed_states()) if r["label"] == label][-1]
+    assert row["bytes_streamed_last_run"] > 0 and row["upload_gbps"] > 0
+    mm.unload_all_models()
+
+
+def test_clone_keeps_the_class_and_shares_the_state():
+    (model,), _ = _ps_unet("wan21_t2v", "sequential")
+    c = model.clone()
+    assert type(c) is type(model) and c.pinstream is model.pinstream
+    assert c.model_size() == model.model_size()
+    mm.unload_all_models()
+
+
+def test_memory_manager_sees_plan_sizes():
+    (model,), _ = _ps_unet("wan21_t2v", "sequential")
+    full = sum(t.numel() * t.element_size() for t in model.model.parameters())
+    assert model.model_size() < full  # the ring, not the whole model
+    assert model.loaded_size() == 0
+    mm.load_models_gpu([model])
+    assert model.loaded_size() == model.pinstream.handle.runtime.device_bytes + model._extra_bytes()
+    assert model.loaded_size() <= model.model_size()
+    mm.unload_all_models()
+    assert model.loaded_size() == 0
+
+
+def test_bad_node_inputs_give_clear_errors():
+    name = name_of("diffusion_models", f("wan21_t2v"))
+    cases = [
+        (("fast", 0.0, 1, True), "unknown mode 'fast'; allowed"),
+        (("budget", 0.0, 1, True), "needs vram_budget_gb > 0"),
+        (("auto", -1.0, 1, True), "finite number >= 0"),
+        (("auto", float("nan"), 1, True), "finite number >= 0"),
+        (("auto", 0.0, -1, True), "prefetch_blocks must be a whole number from 0 to 16"),
+        (("auto", 0.0, 99, True), "prefetch_blocks"),
+        (("auto", 0.0, 1, "yes"), "pin_memory must be true or false"),
+        (("budget", 1e-6, 1, True), "below the minimum"),
+    ]
+    for args, match in cases:
+        with pytest.raises(ValueError, match=match):
+            N.run_load_diffusion_model(name, "default", *args)
+    with pytest.raises(ValueError, match="weight_dtype"):
+        N.run_load_diffusion_model(name, "int3", "auto", 0.0, 1, True)
+    with pytest.raises(ValueError, match="CLIP type"):
+        N.run_load_clip(name_of("text_encoders", f("umt5")), "nonsense", "auto", 0.0, 1, True)
+
+
+def test_missing_native_build_passes_through_and_says_so(monkeypatch):
+    import pinstream.native as native
+
+    monkeypatch.setattr(native, "native_available", lambda: False)
+    base = pl.load_unet(ns, f("wan21_t2v"))
+    (out,), msg = N.run_offload_model(base, "sequential", 0.0, 1, True)
+    assert out is base and "passed through unchanged" in msg and "install.py" in msg
+
+
+def test_tensor_subclass_weights_pass_through_with_a_reason():
+    class Quant(torch.Tensor):
+        pass
+
+    base = pl.load_unet(ns, f("wan21_t2v"))
+    w = base.model.diffusion_model.blocks[0].ffn[0].weight
+    base.model.diffusion_model.blocks[0].ffn[0].weight = torch.nn.Parameter(w.data.as_subclass(Quant),
+                                                                            requires_grad=False)
+    (out,), msg = N.run_offload_model(base, "sequential", 0.0, 1, True)
+    assert out is base and "tensor subclass" in msg
+
+
+def test_exports_v3_or_classic_never_both():
+    ex = comfy_nodes.exports()
+    if comfy_nodes.has_v3_api():
+        assert set(ex) == {"comfy_entrypoint"}
+    classic = comfy_nodes.exports(prefer_v3=False)
+    assert set(classic) == {"NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"}
+    for node_id, cls in classic["NODE_CLASS_MAPPINGS"].items():
+        types = cls.INPUT_TYPES()
+        for section in types.values():
+            for inp, (_kind, opts) in section.items():
+                assert opts.get("tooltip"), (node_id, inp)
+        assert cls.CATEGORY == "PinStream"
+
+
+def test_v3_schemas_build_and_execute():
+    if not comfy_nodes.has_v3_api():
+        pytest.skip("this ComfyUI has no V3 node API")
+    from comfy_nodes import v3
+
+    ids = set()
+    for node in v3.NODES:
+        schema = node.define_schema()
+        ids.add(schema.node_id)
+        assert schema.category == "PinStream"
+        for inp in schema.inputs:
+            assert inp.tooltip, (schema.node_id, inp.id)
+    assert {"PinStreamLoadDiffusionModel", "PinStreamLoadCheckpoint", "PinStreamLoadCLIP", "PinStreamLoadVAE",
+            "PinStreamOffloadModel", "PinStreamOffloadCLIP", "PinStreamStats"} == ids
+    loader = next(n for n in v3.NODES if n.define_schema().node_id == "PinStreamLoadDiffusionModel")
+    out = loader.execute(unet_name=name_of("diffusion_models", f("wan21_t2v")), weight_dtype="default",
+                         mode="sequential", vram_budget_gb=0.0, prefetch_blocks=1, pin_memory=True)
+    model = out.args[0] if hasattr(out, "args") else out.result[0]
+    assert torch.equal(_sample("wan21_t2v", model), _ref("wan21_t2v"))
+    mm.unload_all_models()
