@@ -282,6 +282,11 @@ def write_flux(models_dir=None, name: str = "tiny_flux_dev.safetensors", seed: i
     import comfy.ldm.flux.model
 
     cfg = dict(FLUX, guidance_embed=guidance_embed)
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}
+    if "txt_ids_dims" in fields:  # ComfyUI >= 0.8: plain Flux has no extra text id axes
+        cfg.setdefault("txt_ids_dims", [])
     m = comfy.ldm.flux.model.Flux(dtype=torch.float32, device="cpu", operations=_ops(), **cfg)
     return _save(_seeded_state_dict(m, seed), path, _meta("flux", seed))
 
