@@ -1,0 +1,166 @@
+"""The example workflows: they parse, use only nodes that exist (PinStream's or
+ComfyUI's own), connect matching types, and carry valid widget values."""
+
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import harness
+
+ns = harness.load_comfyui()
+
+from comfy_nodes.classic import NODE_CLASS_MAPPINGS as PS_NODES
+
+WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+WIDGET_KINDS = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+SEED_NAMES = ("seed", "noise_seed")
+
+
+def _server_stub():
+    """comfy_extras modules import server.PromptServer (aiohttp) only to send UI events;
+    the tests import them for their node definitions, so a stand-in is enough."""
+    try:
+        import server  # noqa: F401
+    except Exception:  # noqa: BLE001
+        import types
+
+        stub = types.ModuleType("server")
+
+        class PromptServer:
+            instance = None
+
+        stub.PromptServer = PromptServer
+        sys.modules["server"] = stub
+
+
+def _v3_classes():
+    """node_id -> node class for ComfyUI's own extra nodes (comfy_extras)."""
+    _server_stub()
+    out = {}
+    extras = Path(ns.root) / "comfy_extras"
+    for path in sorted(extras.glob("nodes_*.py")):
+        text = path.read_text(errors="ignore")
+        if "ComfyNode" not in text and "NODE_CLASS_MAPPINGS" not in text:
+            continue
+        try:
+            mod = importlib.import_module(f"comfy_extras.{path.stem}")
+        except Exception:  # noqa: BLE001 - an extra whose optional deps are missing
+            continue
+        for obj in vars(mod).values():
+            if isinstance(obj, type) and hasattr(obj, "define_schema") and obj.__module__ == mod.__name__:
+                try:
+                    out[obj.define_schema().node_id] = obj
+                except Exception:  # noqa: BLE001
+                    pass
+        for name, cls in getattr(mod, "NODE_CLASS_MAPPINGS", {}).items():
+            out.setdefault(name, cls)
+    return out
+
+
+V3 = _v3_classes()
+
+
+def _widgets(node_type):
+    """[(name, kind, options_or_None, min, max)] of widget inputs, in UI order."""
+    cls = PS_NODES.get(node_type) or ns.nodes.NODE_CLASS_MAPPINGS.get(node_type) or V3.get(node_type)
+    assert cls is not None, f"node {node_type!r} exists neither in PinStream nor in ComfyUI {ns.version}"
+    out = []
+    if hasattr(cls, "INPUT_TYPES"):
+        spec = cls.INPUT_TYPES()
+        for section in ("required", "optional"):
+            for name, value in spec.get(section, {}).items():
+                kind = value[0]
+                opts = value[1] if len(value) > 1 and isinstance(value[1], dict) else {}
+                if isinstance(kind, (list, tuple)):
+                    out.append((name, "COMBO", list(kind), None, None))
+                elif kind == "COMBO":
+                    out.append((name, "COMBO", opts.get("options"), None, None))
+                elif kind in WIDGET_KINDS and not opts.get("forceInput"):
+                    out.append((name, kind, None, opts.get("min"), opts.get("max")))
+        return out
+    schema = cls.define_schema()
+    for inp in schema.inputs:
+        io_type = getattr(inp, "io_type", None) or type(inp).__qualname__
+        kind = str(io_type).upper()
+        if kind in WIDGET_KINDS and not getattr(inp, "force_input", False):
+            out.append((inp.id, kind, getattr(inp, "options", None), getattr(inp, "min", None),
+                        getattr(inp, "max", None)))
+    return out
+
+
+def _is_file_option(value):
+    return isinstance(value, str) and value.rsplit(".", 1)[-1] in ("safetensors", "pth", "ckpt", "png", "jpg",
+                                                                   "gguf", "pt", "bin")
+
+
+def _check_widgets(node):
+    values = list(node.get("widgets_values", []))
+    for name, kind, options, lo, hi in _widgets(node["type"]):
+        assert values, f"{node['type']} #{node['id']}: no value for widget {name}"
+        v = values.pop(0)
+        if kind == "COMBO":
+            if options and not _is_file_option(v):
+                assert v in options, f"{node['type']}.{name} = {v!r} not in {options[:12]}"
+            if node["type"] == "LoadImage" and name == "image":
+                values.pop(0) if values and values[0] == "image" else None  # upload widget
+        elif kind == "INT":
+            assert isinstance(v, int) and not isinstance(v, bool), (node["type"], name, v)
+            assert (lo is None or v >= lo) and (hi is None or v <= hi), (node["type"], name, v)
+            if name in SEED_NAMES:
+                assert values.pop(0) in ("fixed", "increment", "decrement", "randomize")
+        elif kind == "FLOAT":
+            assert isinstance(v, (int, float)) and not isinstance(v, bool), (node["type"], name, v)
+            assert (lo is None or v >= lo) and (hi is None or v <= hi), (node["type"], name, v)
+        elif kind == "BOOLEAN":
+            assert isinstance(v, bool), (node["type"], name, v)
+        elif kind == "STRING":
+            assert isinstance(v, str), (node["type"], name, v)
+    assert not values, f"{node['type']} #{node['id']}: {len(values)} widget values left over: {values}"
+
+
+def test_there_are_the_five_workflows():
+    names = {p.name for p in WORKFLOWS}
+    assert {"sdxl_pinstream.json", "flux_dev_pinstream.json", "wan21_t2v_14b_pinstream.json",
+            "wan22_i2v_a14b_two_experts_pinstream.json", "flashportrait_style_wan21_i2v_pinstream.json"} <= names
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_workflow_is_valid(path):
+    wf = json.loads(path.read_text())
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    assert wf["last_node_id"] == max(nodes)
+    links = {lnk[0]: lnk for lnk in wf["links"]}
+    uses_pinstream = False
+    for node in wf["nodes"]:
+        uses_pinstream |= node["type"].startswith("PinStream")
+        _check_widgets(node)
+        for slot, inp in enumerate(node.get("inputs", [])):
+            if inp.get("link") is None:
+                continue
+            lid, src, src_slot, dst, dst_slot, typ = links[inp["link"]]
+            assert dst == node["id"] and dst_slot == slot
+            out = nodes[src]["outputs"][src_slot]
+            assert lid in out["links"]
+            assert inp["type"] in ("*", typ) and out["type"] == typ, (node["type"], inp["name"], typ)
+    assert uses_pinstream
+    # Every PinStream loader picks a mode, and the mode is one that exists.
+    for node in wf["nodes"]:
+        if node["type"].startswith("PinStreamLoad") or node["type"].startswith("PinStreamOffload"):
+            assert any(v in ("auto", "full_load", "model_offload", "sequential", "budget")
+                       for v in node["widgets_values"])
+
+
+def test_committed_workflows_match_the_generator():
+    sys.path.insert(0, str(ROOT / "workflows"))
+    import make_workflows
+
+    for name, wf in make_workflows.WORKFLOWS.items():
+        assert json.loads((ROOT / "workflows" / name).read_text()) == json.loads(json.dumps(wf)), name

@@ -1,0 +1,206 @@
+"""Writes the example workflows (ComfyUI UI format) in this folder.
+
+    python workflows/make_workflows.py
+
+Each workflow is described compactly below (nodes, widget values, connections) and
+laid out left to right. The modes are the ones a 12 GB GPU needs; see the README's
+"Example workflows" section for why.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+# Output slot types of the nodes used here (name, type) in slot order.
+OUTPUTS = {
+    "PinStreamLoadDiffusionModel": [("MODEL", "MODEL")],
+    "PinStreamLoadCheckpoint": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
+    "PinStreamLoadCLIP": [("CLIP", "CLIP")],
+    "PinStreamLoadVAE": [("VAE", "VAE")],
+    "PinStreamOffloadCLIP": [("CLIP", "CLIP")],
+    "PinStreamStats": [("stats", "STRING")],
+    "DualCLIPLoader": [("CLIP", "CLIP")],
+    "VAELoader": [("VAE", "VAE")],
+    "CLIPTextEncode": [("CONDITIONING", "CONDITIONING")],
+    "FluxGuidance": [("CONDITIONING", "CONDITIONING")],
+    "EmptyLatentImage": [("LATENT", "LATENT")],
+    "EmptySD3LatentImage": [("LATENT", "LATENT")],
+    "EmptyHunyuanLatentVideo": [("LATENT", "LATENT")],
+    "ModelSamplingSD3": [("MODEL", "MODEL")],
+    "KSampler": [("LATENT", "LATENT")],
+    "KSamplerAdvanced": [("LATENT", "LATENT")],
+    "VAEDecode": [("IMAGE", "IMAGE")],
+    "SaveImage": [],
+    "SaveAnimatedWEBP": [],
+    "LoadImage": [("IMAGE", "IMAGE"), ("MASK", "MASK")],
+    "CLIPVisionLoader": [("CLIP_VISION", "CLIP_VISION")],
+    "CLIPVisionEncode": [("CLIP_VISION_OUTPUT", "CLIP_VISION_OUTPUT")],
+    "WanImageToVideo": [("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent", "LATENT")],
+}
+
+# Linked inputs of each node, in order: (name, type).
+INPUTS = {
+    "PinStreamOffloadCLIP": [("clip", "CLIP")],
+    "PinStreamStats": [("anything", "*")],
+    "CLIPTextEncode": [("clip", "CLIP")],
+    "FluxGuidance": [("conditioning", "CONDITIONING")],
+    "ModelSamplingSD3": [("model", "MODEL")],
+    "KSampler": [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                 ("latent_image", "LATENT")],
+    "KSamplerAdvanced": [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                         ("latent_image", "LATENT")],
+    "VAEDecode": [("samples", "LATENT"), ("vae", "VAE")],
+    "SaveImage": [("images", "IMAGE")],
+    "SaveAnimatedWEBP": [("images", "IMAGE")],
+    "CLIPVisionEncode": [("clip_vision", "CLIP_VISION"), ("image", "IMAGE")],
+    "WanImageToVideo": [("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("vae", "VAE"),
+                        ("clip_vision_output", "CLIP_VISION_OUTPUT"), ("start_image", "IMAGE")],
+}
+
+NEG_WAN = ("bright colors, overexposed, static, blurred details, subtitles, worst quality, low quality, "
+            "JPEG artifacts, ugly, deformed, extra fingers, poorly drawn hands, still picture")
+
+
+def build(title, nodes, note):
+    """nodes: list of (key, type, widgets, {input_name: (src_key, src_slot)})."""
+    ids = {key: i + 1 for i, (key, *_rest) in enumerate(nodes)}
+    links, out_links = [], {}
+    for key, typ, _w, conns in nodes:
+        for in_name, (src, slot) in conns.items():
+            lid = len(links) + 1
+            src_type = OUTPUTS[nodes[ids[src] - 1][1]][slot][1]
+            in_slot = [n for n, _ in INPUTS[typ]].index(in_name)
+            links.append([lid, ids[src], slot, ids[key], in_slot, src_type])
+            out_links.setdefault((ids[src], slot), []).append(lid)
+    ui_nodes = []
+    col = {}
+    for order, (key, typ, widgets, conns) in enumerate(nodes):
+        depth = 0 if not conns else 1 + max(col[src] for src, _ in conns.values())
+        col[key] = depth
+        row = sum(1 for k in col if col[k] == depth) - 1
+        inputs = []
+        for in_name, in_type in INPUTS.get(typ, []):
+            link = next((lnk[0] for lnk in links if lnk[3] == ids[key] and lnk[4] == len(inputs)), None)
+            inputs.append({"name": in_name, "type": in_type, "link": link})
+        outputs = [{"name": n, "type": t, "links": out_links.get((ids[key], s), []), "slot_index": s}
+                   for s, (n, t) in enumerate(OUTPUTS[typ])]
+        ui_nodes.append({
+            "id": ids[key], "type": typ, "pos": [40 + 360 * depth, 60 + 260 * row], "size": [320, 200],
+            "flags": {}, "order": order, "mode": 0, "inputs": inputs, "outputs": outputs,
+            "properties": {"Node name for S&R": typ}, "widgets_values": widgets,
+        })
+    return {
+        "last_node_id": len(ui_nodes), "last_link_id": len(links), "nodes": ui_nodes, "links": links,
+        "groups": [], "config": {}, "version": 0.4,
+        "extra": {"pinstream": {"title": title, "note": note}},
+    }
+
+
+def ps(mode, budget=0.0, prefetch=1):
+    return [mode, budget, prefetch, True]
+
+
+WORKFLOWS = {
+    "sdxl_pinstream.json": build("SDXL on a 12 GB GPU", [
+        ("ckpt", "PinStreamLoadCheckpoint", ["sd_xl_base_1.0.safetensors", *ps("full_load")], {}),
+        ("pos", "CLIPTextEncode", ["a lighthouse on a cliff at sunset, detailed, 35mm photo"], {"clip": ("ckpt", 1)}),
+        ("neg", "CLIPTextEncode", ["blurry, low quality"], {"clip": ("ckpt", 1)}),
+        ("lat", "EmptyLatentImage", [1024, 1024, 1], {}),
+        ("ks", "KSampler", [42, "fixed", 25, 6.5, "dpmpp_2m", "karras", 1.0],
+         {"model": ("ckpt", 0), "positive": ("pos", 0), "negative": ("neg", 0), "latent_image": ("lat", 0)}),
+        ("dec", "VAEDecode", [], {"samples": ("ks", 0), "vae": ("ckpt", 2)}),
+        ("save", "SaveImage", ["pinstream_sdxl"], {"images": ("dec", 0)}),
+        ("stats", "PinStreamStats", [], {"anything": ("ks", 0)}),
+    ], "SDXL's UNet (5 GB in fp16) fits a 12 GB GPU: full_load is fastest."),
+    "flux_dev_pinstream.json": build("FLUX.1-dev on a 12 GB GPU", [
+        ("unet", "PinStreamLoadDiffusionModel", ["flux1-dev.safetensors", "default", *ps("budget", 8.0, 2)], {}),
+        ("clip", "DualCLIPLoader", ["t5xxl_fp16.safetensors", "clip_l.safetensors", "flux", "default"], {}),
+        ("clip_ps", "PinStreamOffloadCLIP", ps("model_offload"), {"clip": ("clip", 0)}),
+        ("vae", "VAELoader", ["ae.safetensors"], {}),
+        ("pos", "CLIPTextEncode", ["a red fox in fresh snow, morning light"], {"clip": ("clip_ps", 0)}),
+        ("guid", "FluxGuidance", [3.5], {"conditioning": ("pos", 0)}),
+        ("neg", "CLIPTextEncode", [""], {"clip": ("clip_ps", 0)}),
+        ("lat", "EmptySD3LatentImage", [1024, 1024, 1], {}),
+        ("ks", "KSampler", [7, "fixed", 20, 1.0, "euler", "simple", 1.0],
+         {"model": ("unet", 0), "positive": ("guid", 0), "negative": ("neg", 0), "latent_image": ("lat", 0)}),
+        ("dec", "VAEDecode", [], {"samples": ("ks", 0), "vae": ("vae", 0)}),
+        ("save", "SaveImage", ["pinstream_flux"], {"images": ("dec", 0)}),
+        ("stats", "PinStreamStats", [], {"anything": ("ks", 0)}),
+    ], "FLUX.1-dev is 23.8 GB in bf16: budget mode keeps 8 GB of it resident and streams the rest; "
+       "T5-XXL lives in pinned RAM (model_offload) and is uploaded only to encode."),
+    "wan21_t2v_14b_pinstream.json": build("Wan 2.1 T2V 14B on a 12 GB GPU", [
+        ("unet", "PinStreamLoadDiffusionModel", ["wan2.1_t2v_14B_bf16.safetensors", "default",
+                                                 *ps("budget", 9.0, 2)], {}),
+        ("clip", "PinStreamLoadCLIP", ["umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan", *ps("model_offload")], {}),
+        ("vae", "PinStreamLoadVAE", ["wan_2.1_vae.safetensors", *ps("full_load")], {}),
+        ("shift", "ModelSamplingSD3", [8.0], {"model": ("unet", 0)}),
+        ("pos", "CLIPTextEncode", ["a corgi running on a beach at golden hour, slow motion"], {"clip": ("clip", 0)}),
+        ("neg", "CLIPTextEncode", [NEG_WAN], {"clip": ("clip", 0)}),
+        ("lat", "EmptyHunyuanLatentVideo", [832, 480, 33, 1], {}),
+        ("ks", "KSampler", [3, "fixed", 30, 6.0, "uni_pc", "simple", 1.0],
+         {"model": ("shift", 0), "positive": ("pos", 0), "negative": ("neg", 0), "latent_image": ("lat", 0)}),
+        ("dec", "VAEDecode", [], {"samples": ("ks", 0), "vae": ("vae", 0)}),
+        ("save", "SaveAnimatedWEBP", ["pinstream_wan21", 16.0, False, 90, "default"], {"images": ("dec", 0)}),
+        ("stats", "PinStreamStats", [], {"anything": ("ks", 0)}),
+    ], "The 14B DiT is 28.6 GB in bf16: budget 9 GB with prefetch 2 on a 12 GB card; umt5-xxl in pinned RAM."),
+    "wan22_i2v_a14b_two_experts_pinstream.json": build("Wan 2.2 I2V A14B (two experts) on a 12 GB GPU", [
+        ("high", "PinStreamLoadDiffusionModel", ["wan2.2_i2v_high_noise_14B_fp16.safetensors", "default",
+                                                 *ps("budget", 8.0, 2)], {}),
+        ("low", "PinStreamLoadDiffusionModel", ["wan2.2_i2v_low_noise_14B_fp16.safetensors", "default",
+                                                *ps("budget", 8.0, 2)], {}),
+        ("clip", "PinStreamLoadCLIP", ["umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan", *ps("model_offload")], {}),
+        ("vae", "PinStreamLoadVAE", ["wan_2.1_vae.safetensors", *ps("full_load")], {}),
+        ("img", "LoadImage", ["example.png", "image"], {}),
+        ("shift_h", "ModelSamplingSD3", [8.0], {"model": ("high", 0)}),
+        ("shift_l", "ModelSamplingSD3", [8.0], {"model": ("low", 0)}),
+        ("pos", "CLIPTextEncode", ["the woman turns to the camera and smiles, hair moving in the wind"],
+         {"clip": ("clip", 0)}),
+        ("neg", "CLIPTextEncode", [NEG_WAN], {"clip": ("clip", 0)}),
+        ("i2v", "WanImageToVideo", [832, 480, 81, 1],
+         {"positive": ("pos", 0), "negative": ("neg", 0), "vae": ("vae", 0), "start_image": ("img", 0)}),
+        ("ks_h", "KSamplerAdvanced", ["enable", 5, "fixed", 20, 3.5, "euler", "simple", 0, 10, "enable"],
+         {"model": ("shift_h", 0), "positive": ("i2v", 0), "negative": ("i2v", 1), "latent_image": ("i2v", 2)}),
+        ("ks_l", "KSamplerAdvanced", ["disable", 5, "fixed", 20, 3.5, "euler", "simple", 10, 10000, "disable"],
+         {"model": ("shift_l", 0), "positive": ("i2v", 0), "negative": ("i2v", 1), "latent_image": ("ks_h", 0)}),
+        ("dec", "VAEDecode", [], {"samples": ("ks_l", 0), "vae": ("vae", 0)}),
+        ("save", "SaveAnimatedWEBP", ["pinstream_wan22", 16.0, False, 90, "default"], {"images": ("dec", 0)}),
+        ("stats", "PinStreamStats", [], {"anything": ("ks_l", 0)}),
+    ], "Two 28.6 GB experts take turns: each keeps 8 GB resident while it runs; switching experts frees the "
+       "other's VRAM by re-pointing its weights at pinned RAM (no device-to-host copy). Needs about 70 GB of RAM."),
+    "flashportrait_style_wan21_i2v_pinstream.json": build("FlashPortrait-style Wan 2.1 I2V 720P on a 12 GB GPU", [
+        ("unet", "PinStreamLoadDiffusionModel", ["wan2.1_i2v_720p_14B_bf16.safetensors", "default",
+                                                 *ps("budget", 8.5, 2)], {}),
+        ("clip", "PinStreamLoadCLIP", ["umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan", *ps("model_offload")], {}),
+        ("vae", "PinStreamLoadVAE", ["wan_2.1_vae.safetensors", *ps("full_load")], {}),
+        ("cvl", "CLIPVisionLoader", ["clip_vision_h.safetensors"], {}),
+        ("img", "LoadImage", ["portrait.png", "image"], {}),
+        ("cve", "CLIPVisionEncode", ["none"], {"clip_vision": ("cvl", 0), "image": ("img", 0)}),
+        ("shift", "ModelSamplingSD3", [5.0], {"model": ("unet", 0)}),
+        ("pos", "CLIPTextEncode", ["a person talking to the camera, natural head motion, expressive face"],
+         {"clip": ("clip", 0)}),
+        ("neg", "CLIPTextEncode", [NEG_WAN], {"clip": ("clip", 0)}),
+        ("i2v", "WanImageToVideo", [720, 1280, 81, 1],
+         {"positive": ("pos", 0), "negative": ("neg", 0), "vae": ("vae", 0), "clip_vision_output": ("cve", 0),
+          "start_image": ("img", 0)}),
+        ("ks", "KSampler", [11, "fixed", 25, 5.0, "uni_pc", "simple", 1.0],
+         {"model": ("shift", 0), "positive": ("i2v", 0), "negative": ("i2v", 1), "latent_image": ("i2v", 2)}),
+        ("dec", "VAEDecode", [], {"samples": ("ks", 0), "vae": ("vae", 0)}),
+        ("save", "SaveAnimatedWEBP", ["pinstream_portrait", 25.0, False, 90, "default"], {"images": ("dec", 0)}),
+        ("stats", "PinStreamStats", [], {"anything": ("ks", 0)}),
+    ], "FlashPortrait runs on Wan 2.1 I2V 14B 720P; this workflow is its Wan part (the portrait adapter is not "
+       "part of core ComfyUI). Budget 8.5 GB leaves room for 720p activations."),
+}
+
+
+def main() -> int:
+    for name, wf in WORKFLOWS.items():
+        (HERE / name).write_text(json.dumps(wf, indent=1) + "\n")
+        print(f"wrote workflows/{name}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
