@@ -421,7 +421,7 @@ class Bench:
             "driver": _driver_version() if cfg.cuda else "none (dry run)",
             "torch": torch.__version__,
             "cuda": str(cuda_v),
-            "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "dry_run": cfg.dry,
             "engine": cfg.engine,
             "python": platform.python_version(),
