@@ -471,10 +471,8 @@ class Bench:
     def link(self, deadline: float) -> None:
         import torch
 
-        from ..native import load_native
 
         cfg = self.cfg
-        _C = load_native()
         res = self.results["link"]
         pageable, pinned, ps_wall, ps_event = {}, {}, {}, {}
         res.update({"pageable_gbps_by_mb": pageable, "pinned_gbps_by_mb": pinned,
@@ -531,45 +529,63 @@ class Bench:
                 t.copy_(src)
                 blocks.append([t])
             del src
-            rt = _C.Runtime(device=str(dev), engine=cfg.engine, prefetch=2,
-                            link_gbps=cfg.host_link_gbps if cfg.engine == "host" else 0.0, timing=True)
             try:
-                ids = rt.register_blocks(blocks)
-                del blocks
-                rt.plan("stream_all", -1, 2)
-                rt.load()
-                wall = 0.0
-                for p in range(4):  # the first pass learns the order, the others are timed
-                    if p >= 2 and time.monotonic() > size_deadline:
-                        break
-                    if p == 1:
-                        rt.reset_stats()
-                    sync(cfg)
-                    t0 = time.perf_counter()
-                    rt.begin_pass()
-                    for i in ids:
-                        rt.acquire(i)
-                        rt.release(i)
-                    rt.end_pass()
-                    sync(cfg)
-                    if p:
-                        wall += time.perf_counter() - t0
-                st = rt.stats()
-                # bytes the engine moved (a pass's end prefetches the next pass's first blocks)
-                ps_wall[_mb_key(mb)] = int(st["bytes_uploaded"]) / wall / 1e9
-                ps_event[_mb_key(mb)] = float(st.get("upload_gbps", 0.0))
-            finally:
-                rt.close(restore_pageable=False)
+                self._link_pinstream(mb, n, blocks, size_deadline)
+            except Exception as e:  # noqa: BLE001 - the copy baselines above still count
+                res.setdefault("errors", {})[_mb_key(mb)] = _short_error(e)
+                _log(f"  link {mb:g} MB: PinStream FAILED: {_short_error(e)}")
+            blocks = None
             free_memory(cfg)
             _log(f"  link {mb:>7g} MB: pageable {pageable[_mb_key(mb)]:6.2f}  pinned {pinned[_mb_key(mb)]:6.2f}  "
-                 f"pinstream {ps_wall[_mb_key(mb)]:6.2f} (event-timed {ps_event[_mb_key(mb)]:6.2f}) GB/s")
+                 f"pinstream {ps_wall.get(_mb_key(mb), float('nan')):6.2f} "
+                 f"(event-timed {ps_event.get(_mb_key(mb), float('nan')):6.2f}) GB/s")
             self.write()
         res["pinned_peak_gbps"] = max(pinned.values())
         res["pageable_gbps"] = max(pageable.values())
         res["note"] = ("GB/s = 1e9 bytes/s. pinned: back-to-back copy_(non_blocking=True) from pinned memory "
                        "between CUDA events; pinstream: a pass of acquire/release over blocks of that size, "
-                       "no compute, wall clock (event-timed copy rate alongside)"
+                       "no compute, bytes moved / wall clock (event-timed copy rate alongside)"
                        + ("; DRY RUN: host memcpy and the host engine's emulated link" if cfg.dry else ""))
+
+    def _link_pinstream(self, mb: float, n: int, blocks: list, size_deadline: float) -> None:
+        """A pass of acquire/release through _C.Runtime over ``blocks`` (one tensor of
+        ``n`` bytes each), no compute: bytes the engine moved / wall clock."""
+        import torch
+
+        from ..native import load_native
+
+        cfg = self.cfg
+        res = self.results["link"]
+        _C = load_native()
+        rt = _C.Runtime(device=str(torch.device(cfg.device)), engine=cfg.engine, prefetch=2,
+                        link_gbps=cfg.host_link_gbps if cfg.engine == "host" else 0.0, timing=True)
+        try:
+            ids = rt.register_blocks(blocks)
+            blocks.clear()  # the runtime holds the only copy now (pinned)
+            rt.plan("stream_all", -1, 2)
+            rt.load()
+            wall = 0.0
+            for p in range(4):  # the first pass learns the order, the others are timed
+                if p >= 2 and time.monotonic() > size_deadline:
+                    break
+                if p == 1:
+                    rt.reset_stats()
+                sync(cfg)
+                t0 = time.perf_counter()
+                rt.begin_pass()
+                for i in ids:
+                    rt.acquire(i)
+                    rt.release(i)
+                rt.end_pass()
+                sync(cfg)
+                if p:
+                    wall += time.perf_counter() - t0
+            st = rt.stats()
+            # bytes the engine moved (a pass's end prefetches the next pass's first blocks)
+            res["pinstream_gbps_by_mb"][_mb_key(mb)] = int(st["bytes_uploaded"]) / wall / 1e9
+            res["pinstream_event_gbps_by_mb"][_mb_key(mb)] = float(st.get("upload_gbps", 0.0))
+        finally:
+            rt.close(restore_pageable=False)
 
     def pinned_gbps(self) -> float:
         v = self.results["link"].get("pinned_peak_gbps")
@@ -644,9 +660,7 @@ class Bench:
     def wan14b(self, deadline: float) -> None:
         """Builds model A, runs every PinStream configuration, the model-offload timings,
         then the baselines that can reuse model A (naive swap, accelerate)."""
-        import torch
 
-        import pinstream
 
         cfg = self.cfg
         w = self.results["wan14b"]
@@ -662,15 +676,49 @@ class Bench:
         self.nonblock_bytes = self.model_bytes - sum(tensor_bytes(b) for b in model.blocks)
         w.update(model_bytes=int(self.model_bytes), nonblock_bytes=int(self.nonblock_bytes),
                  num_blocks=len(model.blocks), build_s=round(time.monotonic() - t0, 2))
-        _log(f"  built {self.model_bytes / GIB:.2f} GiB in {time.monotonic() - t0:.1f} s; offloading to PinStream")
+        _log(f"  built {self.model_bytes / GIB:.2f} GiB in {time.monotonic() - t0:.1f} s")
+        self.inputs_s = model_inputs(cfg, model, cfg.device, seq_len=seq)
+        self.inputs_real = model_inputs(cfg, model, cfg.device, grid=cfg.real_grid)
+        try:
+            self.pinstream_runs(model, seq, deadline)
+        except Exception as e:  # noqa: BLE001 - the baselines still run on the same model
+            _log(f"  PinStream runs FAILED: {_short_error(e)}")
+            self.results.setdefault("errors", {})["pinstream"] = _short_error(e)
+            free_memory(cfg)
+        self.write()
+        self.after_pinstream(model, deadline)
+
+    def pinstream_runs(self, model, seq: int, deadline: float) -> None:
+        """Every PinStream configuration on one registration of ``model`` (one pinned
+        copy), re-planned per configuration; hands the model back as ordinary
+        pageable tensors at the end, also on failure."""
+
+        import pinstream
+
+        cfg = self.cfg
+        w = self.results["wan14b"]
+        _log("  offloading to PinStream")
         t0 = time.monotonic()
         h = pinstream.offload(model, mode="sequential", prefetch=1, device=cfg.device, engine=cfg.engine,
                               link_gbps=cfg.host_link_gbps if cfg.engine == "host" else None)
         w["pin_s"] = round(time.monotonic() - t0, 2)
+        try:
+            self._pinstream_configs(model, h, seq, deadline)
+        finally:
+            t0 = time.monotonic()
+            with contextlib.suppress(Exception):
+                h.runtime.unload()
+            h.detach()
+            free_memory(cfg)
+            w["detach_s"] = round(time.monotonic() - t0, 2)
+
+    def _pinstream_configs(self, model, h, seq: int, deadline: float) -> None:
+        import torch
+
+        cfg = self.cfg
+        w = self.results["wan14b"]
         rt = h.runtime
         block_ids = list(getattr(h, "_block_ids", range(len(model.blocks))))
-        self.inputs_s = model_inputs(cfg, model, cfg.device, seq_len=seq)
-        self.inputs_real = model_inputs(cfg, model, cfg.device, grid=cfg.real_grid)
         real_seq = tokens_of_grid(cfg.real_grid)
         n_sections = 7.0
         # PinStream's runs get 60% of the section, naive swap and accelerate the rest
@@ -754,15 +802,7 @@ class Bench:
             ps_run("budget", "budget", b, cfg.budget_prefetch, self.inputs_s, seq, cfg.timed, sub(1))
         n_sections -= 1
         self.overlap()
-        # back to ordinary pageable tensors: the baselines start from the same model
-        t0 = time.monotonic()
-        rt.unload()
-        h.detach()
-        h = rt = None
-        free_memory(cfg)
-        w["detach_s"] = round(time.monotonic() - t0, 2)
-        self.write()
-        self.after_pinstream(model, deadline)
+
 
     def guard(self, name: str, fn: Callable[[], None]) -> None:
         try:

@@ -199,3 +199,32 @@ def test_targets_compare_at_equal_vram():
     assert comfy["met"] is None and "no ComfyUI" in comfy["detail"]
     load = next(x for n, x in by_name.items() if "reload" in n)
     assert load["met"] is True  # 28 GiB / 0.62 s = 48.5 GB/s = 0.97 of 50
+
+
+def test_a_broken_runtime_still_leaves_results(tmp_path, monkeypatch):
+    """PinStream failing (here: its native runtime) is recorded; the copy baselines of
+    the link section and the baselines on the same model still run, and the JSON and
+    the summary are written."""
+    from pinstream import engine
+    from pinstream.bench import gpu
+    from pinstream.native import NativeUnavailable
+
+    def broken():
+        raise NativeUnavailable("pinstream._C is broken for this test")
+
+    monkeypatch.setattr(engine, "load_native", broken)
+    monkeypatch.setattr("pinstream.native.load_native", broken)
+    # in-process: keep this pytest process's thread count and SIGTERM handler
+    monkeypatch.setattr("torch.set_num_threads", lambda n: None)
+    monkeypatch.setattr("signal.signal", lambda *a: None)
+    rc = gpu.main(["--dry-run", "--out", str(tmp_path), "--time-budget-s", "30",
+                   "--skip", "accelerate", "diffusers", "comfyui_lowvram", "real_seq"])
+    assert rc == 0
+    r = json.loads((tmp_path / "results.json").read_text())
+    assert "broken for this test" in r["errors"]["pinstream"]
+    assert r["link"]["pinned_peak_gbps"] > 0 and r["link"]["pinstream_gbps_by_mb"] == {}
+    assert all("broken" in v for v in r["link"]["errors"].values())
+    systems = {run["system"] for run in r["wan14b"]["runs"]}
+    assert systems == {"naive_swap"}
+    assert r["baselines"]["accelerate"] == {"skipped": "--skip"}
+    assert (tmp_path / "summary.txt").is_file()
