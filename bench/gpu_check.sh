@@ -11,6 +11,7 @@
 # Options:
 #   --no-tests        skip ctest and pytest (a rerun when time is short)
 #   --limit-s N       wall-clock limit of the whole script (default 470; the bench gets what is left)
+# Environment: OUT (output folder), PYTHON (default python3), COMFYUI_PATH, GPU_CHECK_PYTEST_ARGS
 #
 # Things the GPU machine lacks come along in .whl/ (ignored by git; name it in the device call's carry):
 #   .whl/*.whl   Python wheels (diffusers): pip install --no-index --target into a
@@ -31,7 +32,7 @@ while (( $# )); do
     --dry-run) dry=1 ;;
     --no-tests) tests=0 ;;
     --limit-s) limit=$2; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -138,7 +139,9 @@ else
   fi
   if (( tests )); then
     step "pytest tests/py (host and CUDA engines)"
-    PINSTREAM_GPU_CHECK=1 timeout "$(cap 200)" "$PY" -m pytest tests/py -q -x -p no:cacheprovider
+    # GPU_CHECK_PYTEST_ARGS narrows it when time is short, e.g. "tests/py -q -x -k cuda" (CUDA cases only)
+    read -ra pytest_args <<< "${GPU_CHECK_PYTEST_ARGS:-tests/py -q -x}"
+    PINSTREAM_GPU_CHECK=1 timeout "$(cap 200)" "$PY" -m pytest "${pytest_args[@]}" -p no:cacheprovider
     rc=$?; (( rc == 0 )) && note pytest ok || note pytest "FAILED (exit $rc)"
   else
     note tests "skipped (--no-tests)"
