@@ -12,6 +12,8 @@
 //     set_data (no Python per parameter), blocking calls release the GIL.
 #include <torch/extension.h>
 
+#include <sys/mman.h>
+
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif
@@ -82,8 +84,20 @@ class TorchDeviceAllocator final : public DeviceAllocator {
                                  FormatBytes(capacity_) + " device capacity free");
     }
     try {
-      at::Tensor t = at::empty({static_cast<int64_t>(bytes)},
-                               at::TensorOptions().dtype(at::kByte).device(device_));
+      at::Tensor t;
+      if (device_.is_cpu()) {
+        // The host engine's "device": pages of our own, returned to the OS on free.
+        const size_t len = bytes == 0 ? 4096 : (bytes + 4095) / 4096 * 4096;
+        void* p = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) {
+          return Status::OutOfMemory("host arena: mmap of " + FormatBytes(bytes) + " failed");
+        }
+        t = torch::from_blob(p, {static_cast<int64_t>(bytes)}, [len](void* q) { munmap(q, len); },
+                             at::TensorOptions().dtype(at::kByte));
+      } else {
+        t = at::empty({static_cast<int64_t>(bytes)},
+                      at::TensorOptions().dtype(at::kByte).device(device_));
+      }
       *id = next_id_++;
       *ptr = t.data_ptr();
       tensors_.emplace(*id, std::move(t));
@@ -678,6 +692,9 @@ class Runtime {
     chunks_.clear();
     seen_.clear();
     closed_ = true;
+#if defined(__GLIBC__)
+    malloc_trim(0);  // hand freed heap pages back: RSS returns to its baseline
+#endif
   }
 
   py::dict PlanDict() const {

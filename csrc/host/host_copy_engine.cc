@@ -1,6 +1,8 @@
 // Copyright PinStream authors. SPDX-License-Identifier: Apache-2.0
 #include "host/host_copy_engine.h"
 
+#include <sys/mman.h>
+
 #include <cstdlib>
 #include <cstring>
 
@@ -292,15 +294,19 @@ void HostArena::set_capacity(uint64_t bytes) {
 
 Status AlignedHostBuffer::Make(uint64_t bytes, bool pinned,
                                std::unique_ptr<HostBuffer>* out) {
-  const uint64_t rounded = (bytes + kPage - 1) / kPage * kPage;
-  void* p = std::aligned_alloc(kPage, rounded == 0 ? kPage : rounded);
-  if (p == nullptr) {
+  // Pages of our own (mmap): freed chunks go back to the OS at once instead of
+  // fragmenting the malloc heap across load/unload cycles.
+  const uint64_t rounded = bytes == 0 ? kPage : (bytes + kPage - 1) / kPage * kPage;
+  void* p = mmap(nullptr, rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) {
     return Status::OutOfMemory("host buffer of " + FormatBytes(bytes) + " could not be allocated");
   }
   out->reset(new AlignedHostBuffer(p, bytes, pinned));
   return Status::Ok();
 }
 
-AlignedHostBuffer::~AlignedHostBuffer() { std::free(data_); }
+AlignedHostBuffer::~AlignedHostBuffer() {
+  munmap(data_, size_ == 0 ? kPage : (size_ + kPage - 1) / kPage * kPage);
+}
 
 }  // namespace pinstream
