@@ -9,9 +9,14 @@ from pathlib import Path
 
 import pytest
 
+import os
+
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+# A sanitizer build of the package (scripts/test.sh) is tested in place of the normal one.
+if os.environ.get("PINSTREAM_TEST_PACKAGE_ROOT"):
+    sys.path.insert(0, os.environ["PINSTREAM_TEST_PACKAGE_ROOT"])
 
 
 def _targets():

@@ -6,6 +6,7 @@ Runs on the host engine everywhere and on the CUDA engine when a GPU is present
 
 import gc
 import math
+import os
 
 import psutil
 import pytest
@@ -196,6 +197,8 @@ class Big(nn.Module):
         return x
 
 
+@pytest.mark.skipif(bool(os.environ.get("PINSTREAM_SANITIZER")),
+                    reason="RSS is meaningless under AddressSanitizer (freed memory is quarantined)")
 def test_host_rss_within_5_percent_of_model_bytes():
     gc.collect()
     proc = psutil.Process()

@@ -11,6 +11,7 @@ Cases tried here (each a test below):
 
 import ctypes
 import gc
+import os
 import warnings
 
 import psutil
@@ -181,6 +182,8 @@ def test_one_hundred_offload_run_detach_cycles_leak_nothing():
     # Tolerance: live bytes exact; RSS (free heap pages returned) within 8 MiB over 100
     # cycles of a 2 MiB model: one leaked copy per cycle would be 200 MiB.
     grown = proc.memory_info().rss - rss0
+    if os.environ.get("PINSTREAM_SANITIZER"):
+        return  # freed memory sits in ASan's quarantine: RSS says nothing there
     assert grown < 8 * 2**20, f"RSS grew {grown / 2**20:.1f} MiB over 100 cycles"
 
 

@@ -1,6 +1,7 @@
 """pinstream._C.Runtime on torch tensors through the host engine."""
 
 import gc
+import os
 import threading
 import time
 
@@ -61,6 +62,10 @@ def test_tensors_point_at_pinned_host_copy_between_passes():
     rt.close()
 
 
+SANITIZED = bool(os.environ.get("PINSTREAM_SANITIZER"))  # ASan keeps freed memory in quarantine
+
+
+@pytest.mark.skipif(SANITIZED, reason="RSS is meaningless under AddressSanitizer (freed memory is quarantined)")
 def test_registration_releases_the_original_storage():
     n_bytes = 96 * 1024 * 1024
     gc.collect()
