@@ -46,6 +46,22 @@ ASAN_OPTIONS=detect_leaks=0:detect_odr_violation=0:alloc_dealloc_mismatch=0:halt
 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   "$PY" -m pytest tests/py/test_native.py tests/py/test_hardening.py tests/py/test_engine.py -q -p no:cacheprovider
 
+step "the same Python tests under TSan"
+pkg="$PWD/build-pytsan/pkg"
+mkdir -p "$pkg/pinstream"
+for f in pinstream/*.py; do ln -sf "$PWD/$f" "$pkg/pinstream/"; done
+ln -sfn "$PWD/pinstream/bench" "$pkg/pinstream/bench"
+cmake -S . -B build-pytsan -G Ninja -DPINSTREAM_SANITIZE=thread -DPINSTREAM_CUDA=OFF -DPINSTREAM_TESTS=OFF \
+      -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPINSTREAM_PYTHON_OUTPUT_DIR="$pkg/pinstream" \
+      -DCMAKE_PREFIX_PATH="$("$PY" -c 'import torch; print(torch.utils.cmake_prefix_path)')" >/dev/null
+cmake --build build-pytsan -j2
+# torch's OpenMP pool is not instrumented: one intra-op thread keeps TSan's reports about
+# PinStream's own threads (the copy worker, the GIL-free acquire) and nothing else.
+PINSTREAM_SANITIZER=thread PINSTREAM_TEST_PACKAGE_ROOT="$pkg" OMP_NUM_THREADS=1 \
+LD_PRELOAD="$(gcc -print-file-name=libtsan.so) $(gcc -print-file-name=libstdc++.so.6)" \
+TSAN_OPTIONS=halt_on_error=1 \
+  "$PY" -m pytest tests/py/test_native.py tests/py/test_hardening.py tests/py/test_engine.py -q -p no:cacheprovider
+
 step "pytest"
 "$PY" -m pytest tests/py tests/comfy -q -p no:cacheprovider
 
