@@ -133,6 +133,22 @@ class PinStreamPatcherMixin:
     def current_loaded_device(self):
         return self.model.device
 
+    # ---- host memory, for releases whose memory manager budgets RAM and pins ----------
+    def pinned_memory_size(self):
+        h = self._handle()
+        return int(h.runtime.pinned_bytes) if h is not None and not h._detached else 0
+
+    def loaded_ram_size(self):
+        h = self._handle()
+        return int(h.runtime.host_bytes) if h is not None and not h._detached else 0
+
+    def partially_unload_ram(self, *args, **kwargs):
+        # The pinned copy is the model's only host copy: it is released with the model.
+        return 0
+
+    def is_dynamic(self):
+        return False
+
     # ---- pinning is PinStream's --------------------------------------------------------
     def pin_weight_to_device(self, *args, **kwargs):
         return None

@@ -361,6 +361,11 @@ def test_memory_manager_sees_plan_sizes():
     assert model.loaded_size() <= model.model_size()
     mm.unload_all_models()
     assert model.loaded_size() == 0
+    # Host memory as newer memory managers ask for it: the pinned copy, no second one.
+    st = model.pinstream.handle.stats()
+    assert model.pinned_memory_size() == st["pinned_bytes"] > 0
+    assert model.loaded_ram_size() == st["host_bytes"] >= full
+    assert not model.is_dynamic()
 
 
 def test_bad_node_inputs_give_clear_errors():
