@@ -32,7 +32,7 @@ def say(msg: str) -> None:
     print(f"[pinstream install] {msg}", flush=True)
 
 
-def fail(msg: str, fix: str) -> "None":
+def fail(msg: str, fix: str) -> None:
     print(f"[pinstream install] ERROR: {msg}\n[pinstream install] fix: {fix}", file=sys.stderr, flush=True)
     sys.exit(1)
 
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     ensure_deps(args.with_deps)
-    import torch  # noqa: E402
+    import torch
 
     cmake = tool_path("cmake")
     ninja = shutil.which("ninja") or (tool_path("ninja") if importlib.util.find_spec("ninja") else None)

@@ -25,7 +25,7 @@ def _input(spec):
 
 
 def make_class(spec: NodeSpec):
-    def INPUT_TYPES(cls):  # noqa: N802
+    def INPUT_TYPES(cls):
         req = {s.name: _input(s) for s in spec.inputs if not s.optional}
         opt = {s.name: _input(s) for s in spec.inputs if s.optional}
         out = {"required": req}

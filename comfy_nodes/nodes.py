@@ -10,8 +10,8 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 import torch
 
@@ -33,10 +33,10 @@ class InputSpec:
     kind: str  # combo, float, int, bool, model, clip, any
     tooltip: str
     default: object = None
-    options: Optional[Callable[[], list]] = None
-    min: Optional[float] = None
-    max: Optional[float] = None
-    step: Optional[float] = None
+    options: Callable[[], list] | None = None
+    min: float | None = None
+    max: float | None = None
+    step: float | None = None
     optional: bool = False
 
 
@@ -198,7 +198,7 @@ def _offload_clip(clip, cfg):
     return new_clip, msg
 
 
-def run_load_clip(clip_name, type, mode, vram_budget_gb, prefetch_blocks, pin_memory):  # noqa: A002
+def run_load_clip(clip_name, type, mode, vram_budget_gb, prefetch_blocks, pin_memory):
     import comfy.sd
     import folder_paths
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import weakref
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 
@@ -32,7 +31,7 @@ log = logging.getLogger("PinStream")
 
 GIB = 1024**3
 
-_MANAGED: "weakref.WeakSet[PinStreamState]" = weakref.WeakSet()
+_MANAGED: weakref.WeakSet[PinStreamState] = weakref.WeakSet()
 
 
 @dataclass
@@ -50,11 +49,11 @@ class PinStreamState:
 
     config: OffloadConfig
     handle: object = None
-    applied_patches: Optional[str] = None  # patches_uuid whose LoRA is in the host copy
+    applied_patches: str | None = None  # patches_uuid whose LoRA is in the host copy
     backups: dict = field(default_factory=dict)  # key -> original host values
     owner: object = None  # weakref to the patcher that loaded it
     last_stats: dict = field(default_factory=dict)
-    error: Optional[str] = None
+    error: str | None = None
 
     def __hash__(self):
         return id(self)
@@ -73,7 +72,7 @@ def target_module(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "diffusion_model", None) or model
 
 
-def unsupported_reason(module: torch.nn.Module) -> Optional[str]:
+def unsupported_reason(module: torch.nn.Module) -> str | None:
     """Why PinStream cannot manage these weights (None when it can)."""
     for name, p in list(module.named_parameters()) + list(module.named_buffers()):
         if type(p) not in (torch.Tensor, torch.nn.Parameter) and not isinstance(p, torch.nn.Parameter):

@@ -13,7 +13,7 @@ from .modes import ALIASES, MODES, ModeError, normalize_mode
 
 __version__ = "0.1.0"
 
-__all__ = ["ALIASES", "MODES", "ModeError", "OffloadHandle", "normalize_mode", "offload", "__version__"]
+__all__ = ["ALIASES", "MODES", "ModeError", "OffloadHandle", "__version__", "normalize_mode", "offload"]
 
 
 def __getattr__(name):

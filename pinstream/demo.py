@@ -18,7 +18,6 @@ import json
 import os
 import sys
 import time
-from typing import Optional
 
 GIB = 1024**3
 MIB = 1024**2
@@ -214,7 +213,7 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[list] = None) -> int:
+def main(argv: list | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     result = run_demo(args)
     print(format_table(result))

@@ -21,8 +21,8 @@ import sys
 import threading
 import warnings
 import weakref
-from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -45,7 +45,7 @@ class ResolvedMode:
     name: str
     requested: str
     reason: str
-    budget_bytes: Optional[int] = None
+    budget_bytes: int | None = None
     transfer_dtype: str = "auto"
 
     def __str__(self) -> str:
@@ -93,7 +93,7 @@ def _resolve_device(device) -> torch.device:
     return dev
 
 
-def _host_ram_bytes() -> Optional[int]:
+def _host_ram_bytes() -> int | None:
     try:
         import psutil
 
@@ -125,7 +125,7 @@ class OffloadHandle:
     """A model under PinStream. Created by :func:`offload`."""
 
     def __init__(self, module: nn.Module, *, mode: ResolvedMode, runtime, discovery: BlockDiscovery,
-                 block_ids: list[int], fixed_id: Optional[int], device: torch.device,
+                 block_ids: list[int], fixed_id: int | None, device: torch.device,
                  original_device: torch.device, prefetch: int, model_bytes: int, stream_hooks: bool,
                  plan: dict, original_requires_grad: dict):
         self.module = module
@@ -377,23 +377,23 @@ def _resolve_mode(mode, budget_gb, *, free_device_bytes, model_bytes, discovery:
 def offload(
     module: nn.Module,
     mode: str = "auto",
-    budget_gb: Optional[float] = None,
+    budget_gb: float | None = None,
     prefetch: int = 1,
     device=None,
     engine: str = "auto",
     *,
-    blocks: Optional[Sequence[str]] = None,
+    blocks: Sequence[str] | None = None,
     transfer_dtype: str = "auto",
     pin_memory: bool = True,
-    link_gbps: Optional[float] = None,
+    link_gbps: float | None = None,
     latency_us: float = 0.0,
-    free_device_bytes: Optional[int] = None,
-    host_ram_bytes: Optional[int] = None,
+    free_device_bytes: int | None = None,
+    host_ram_bytes: int | None = None,
     device_capacity_bytes: int = 0,
     chunk_bytes: int = 256 << 20,
-    progress: Optional[Callable[[int, int], None]] = None,
+    progress: Callable[[int, int], None] | None = None,
     timing: bool = True,
-    pin_cap_bytes: Optional[int] = None,
+    pin_cap_bytes: int | None = None,
 ) -> OffloadHandle:
     """Run ``module`` under a PinStream mode; returns an :class:`OffloadHandle`.
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Optional
 
 MODES = ("auto", "full_load", "model_offload", "sequential", "budget")
 
@@ -69,7 +68,7 @@ def normalize_mode(name) -> tuple[str, str]:
     raise ModeError(f"unknown mode {name!r}; allowed: {allowed_names()}")
 
 
-def env_default_mode() -> Optional[tuple[str, str]]:
+def env_default_mode() -> tuple[str, str] | None:
     """The mode named by GPU_MEMORY_MODE, or None when unset or empty.
 
     A set but unknown value is an error (never silently ignored).
@@ -83,7 +82,7 @@ def env_default_mode() -> Optional[tuple[str, str]]:
         raise ModeError(f"GPU_MEMORY_MODE={raw!r} is not a PinStream mode; allowed: {allowed_names()}") from e
 
 
-def check_budget_gb(budget_gb) -> Optional[float]:
+def check_budget_gb(budget_gb) -> float | None:
     if budget_gb is None:
         return None
     try:
@@ -111,7 +110,7 @@ def min_streaming_bytes(nonblock_bytes: int, largest_block_bytes: int, prefetch:
 @dataclass(frozen=True)
 class AutoChoice:
     mode: str
-    budget_bytes: Optional[int]
+    budget_bytes: int | None
     reason: str
 
 
@@ -121,7 +120,7 @@ def choose_auto(
     model_bytes: int,
     largest_block_bytes: int,
     nonblock_bytes: int,
-    host_ram_bytes: Optional[int],
+    host_ram_bytes: int | None,
     prefetch: int = 1,
     has_blocks: bool = True,
 ) -> AutoChoice:
@@ -134,7 +133,7 @@ def choose_auto(
     * else sequential (streams every block);
     * a model without repeated blocks cannot stream: model_offload.
     """
-    g = lambda b: f"{b / GIB:.2f} GiB"  # noqa: E731
+    g = lambda b: f"{b / GIB:.2f} GiB"
     reserve = max(AUTO_RESERVE_FLOOR_BYTES, int(AUTO_RESERVE_FRACTION * max(free_device_bytes, 0)))
     usable = max(0, free_device_bytes - reserve)
     facts = f"free {g(free_device_bytes)}, reserve {g(reserve)}, model {g(model_bytes)}"

@@ -30,37 +30,34 @@ for san in address thread; do
     ctest --test-dir "build-$san" --output-on-failure -j2
 done
 
-step "Python tests driving the core and host engine under ASan+UBSan (extension built with sanitizers)"
-pkg="$PWD/build-pyasan/pkg"
-mkdir -p "$pkg/pinstream"
-for f in pinstream/*.py; do ln -sf "$PWD/$f" "$pkg/pinstream/"; done
-ln -sfn "$PWD/pinstream/bench" "$pkg/pinstream/bench"
-cmake -S . -B build-pyasan -G Ninja -DPINSTREAM_SANITIZE=address -DPINSTREAM_CUDA=OFF -DPINSTREAM_TESTS=OFF \
-      -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPINSTREAM_PYTHON_OUTPUT_DIR="$pkg/pinstream" \
-      -DCMAKE_PREFIX_PATH="$("$PY" -c 'import torch; print(torch.utils.cmake_prefix_path)')" >/dev/null
-cmake --build build-pyasan -j2
-# libstdc++ is preloaded too so that ASan finds the real __cxa_throw (python is a C program).
-PINSTREAM_SANITIZER=address PINSTREAM_TEST_PACKAGE_ROOT="$pkg" \
-LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so.6)" \
-ASAN_OPTIONS=detect_leaks=0:detect_odr_violation=0:alloc_dealloc_mismatch=0:halt_on_error=1 \
-UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-  "$PY" -m pytest tests/py/test_native.py tests/py/test_hardening.py tests/py/test_engine.py -q -p no:cacheprovider
+# Python tests that drive the core and host engine, against an extension built
+# with sanitizer $1, the runtime preloaded (libstdc++ too, so that the sanitizer finds
+# the real __cxa_throw: python is a C program). Extra VAR=value arguments go to pytest's
+# environment.
+sanitized_pytest() {
+  local san=$1 lib=$2; shift 2
+  local pkg="$PWD/build-py$san/pkg"
+  mkdir -p "$pkg/pinstream"
+  for f in pinstream/*.py; do ln -sf "$PWD/$f" "$pkg/pinstream/"; done
+  ln -sfn "$PWD/pinstream/bench" "$pkg/pinstream/bench"
+  cmake -S . -B "build-py$san" -G Ninja -DPINSTREAM_SANITIZE=$san -DPINSTREAM_CUDA=OFF -DPINSTREAM_TESTS=OFF \
+        -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPINSTREAM_PYTHON_OUTPUT_DIR="$pkg/pinstream" \
+        -DCMAKE_PREFIX_PATH="$("$PY" -c 'import torch; print(torch.utils.cmake_prefix_path)')" >/dev/null
+  cmake --build "build-py$san" -j2
+  env "$@" PINSTREAM_SANITIZER=$san PINSTREAM_TEST_PACKAGE_ROOT="$pkg" \
+      LD_PRELOAD="$(gcc -print-file-name=$lib) $(gcc -print-file-name=libstdc++.so.6)" \
+    "$PY" -m pytest tests/py/test_native.py tests/py/test_hardening.py tests/py/test_engine.py -q -p no:cacheprovider
+}
+
+step "Python tests driving the core and host engine under ASan+UBSan"
+sanitized_pytest address libasan.so \
+  ASAN_OPTIONS=detect_leaks=0:detect_odr_violation=0:alloc_dealloc_mismatch=0:halt_on_error=1 \
+  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 
 step "the same Python tests under TSan"
-pkg="$PWD/build-pytsan/pkg"
-mkdir -p "$pkg/pinstream"
-for f in pinstream/*.py; do ln -sf "$PWD/$f" "$pkg/pinstream/"; done
-ln -sfn "$PWD/pinstream/bench" "$pkg/pinstream/bench"
-cmake -S . -B build-pytsan -G Ninja -DPINSTREAM_SANITIZE=thread -DPINSTREAM_CUDA=OFF -DPINSTREAM_TESTS=OFF \
-      -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPINSTREAM_PYTHON_OUTPUT_DIR="$pkg/pinstream" \
-      -DCMAKE_PREFIX_PATH="$("$PY" -c 'import torch; print(torch.utils.cmake_prefix_path)')" >/dev/null
-cmake --build build-pytsan -j2
 # torch's OpenMP pool is not instrumented: one intra-op thread keeps TSan's reports about
 # PinStream's own threads (the copy worker, the GIL-free acquire) and nothing else.
-PINSTREAM_SANITIZER=thread PINSTREAM_TEST_PACKAGE_ROOT="$pkg" OMP_NUM_THREADS=1 \
-LD_PRELOAD="$(gcc -print-file-name=libtsan.so) $(gcc -print-file-name=libstdc++.so.6)" \
-TSAN_OPTIONS=halt_on_error=1 \
-  "$PY" -m pytest tests/py/test_native.py tests/py/test_hardening.py tests/py/test_engine.py -q -p no:cacheprovider
+sanitized_pytest thread libtsan.so OMP_NUM_THREADS=1 TSAN_OPTIONS=halt_on_error=1
 
 step "pytest"
 "$PY" -m pytest tests/py tests/comfy -q -p no:cacheprovider

@@ -31,14 +31,6 @@ GIB = 1024**3
 MODES = ["full_load", "model_offload", "sequential", "budget", "auto"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(int(os.environ.get("PINSTREAM_TEST_THREADS", "1")))
-    yield
-    torch.set_num_threads(old)
-
-
 _FILES = {}
 
 
@@ -390,7 +382,7 @@ def test_bad_node_inputs_give_clear_errors():
 
 
 def test_missing_native_build_passes_through_and_says_so(monkeypatch):
-    import pinstream.native as native
+    from pinstream import native
 
     monkeypatch.setattr(native, "native_available", lambda: False)
     base = pl.load_unet(ns, f("wan21_t2v"))

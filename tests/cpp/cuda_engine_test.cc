@@ -14,22 +14,11 @@
 #include "cuda/cuda_check.h"
 #include "cuda/cuda_copy_engine.h"
 #include "cuda/kernels.h"
+#include "cuda_test_util.h"
 #include "test_util.h"
 
 namespace pinstream {
 namespace {
-
-bool HaveGpu() {
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
-  }
-  return n > 0;
-}
-
-#define REQUIRE_GPU() \
-  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device on this machine"
 
 TEST(CudaEngine, ErrorsNameTheCallAndReason) {
   Status s = PINSTREAM_CUDA_STATUS(cudaErrorInvalidValue);

@@ -20,22 +20,11 @@
 #include "cuda/cuda_check.h"
 #include "cuda/cuda_resources.h"
 #include "cuda/fp8_dequant.h"
+#include "cuda_test_util.h"
 #include "test_util.h"
 
 namespace pinstream {
 namespace {
-
-bool HaveGpu() {
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
-  }
-  return n > 0;
-}
-
-#define REQUIRE_GPU() \
-  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device on this machine"
 
 // Device memory for one test, freed by the allocator's destructor.
 class DeviceArena {

@@ -4,12 +4,11 @@ Every engine test runs on the host engine (any machine). When a CUDA device is
 present the same tests also run on the CUDA engine (the GPU check runs them).
 """
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
-
-import os
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
@@ -24,7 +23,7 @@ def _targets():
     try:
         import torch
 
-        from pinstream import _C  # noqa: F401
+        from pinstream import _C
 
         cuda_ok = torch.cuda.is_available() and _C.cuda_built()
     except Exception:  # noqa: BLE001

@@ -1,0 +1,18 @@
+"""Shared by the ComfyUI tests."""
+
+import os
+
+import pytest
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _torch_threads():
+    """1 intra-op thread by default (PINSTREAM_TEST_THREADS overrides): on a busy 2-core
+    runner 2 spinning OpenMP threads made these tests >10x slower. Restored afterwards,
+    so other test modules in the same process keep their setting."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("PINSTREAM_TEST_THREADS", "1")))
+    yield
+    torch.set_num_threads(old)
