@@ -148,7 +148,7 @@ class OffloadHandle:
     # ---- hooks --------------------------------------------------------------
     def _install_hooks(self, stream_hooks: bool) -> None:
         rt = self._rt
-        if self.mode.name in ("model_offload", "full_load"):
+        if self.mode.name in ("model_offload", "full_load") and self.mode.transfer_dtype == "auto":
             # Reload on use after an unload (e.g. the host application freed VRAM).
             self._hooks.append(self.module.register_forward_pre_hook(self._model_offload_pre_hook))
             return
@@ -383,7 +383,7 @@ def offload(
     engine: str = "auto",
     *,
     blocks: Sequence[str] | None = None,
-    transfer_dtype: str = "auto",
+    transfer_dtype: str = "auto",  # "fp8_e4m3": blocks sent as fp8, dequantized on the device
     pin_memory: bool = True,
     link_gbps: float | None = None,
     latency_us: float = 0.0,
@@ -442,9 +442,10 @@ def offload(
                              discovery=discovery, host_ram_bytes=host_ram_bytes, prefetch=prefetch)
     if transfer_dtype != "auto":
         resolved.transfer_dtype = transfer_dtype
-    if resolved.transfer_dtype != "auto":
-        raise _modes.ModeError(
-            f"transfer_dtype {resolved.transfer_dtype!r} is not available in this build; use 'auto' (as stored)")
+    fp8 = resolved.transfer_dtype == "fp8_e4m3"
+    if fp8 and not discovery.has_blocks:
+        raise _modes.ModeError("transfer_dtype 'fp8_e4m3' applies to a model's blocks, and this model has none; "
+                               "use transfer_dtype 'auto'")
 
     # Units: each streamable block, then everything else (non-block and tied
     # tensors) as one always-resident unit.
@@ -482,7 +483,10 @@ def offload(
     )
     try:
         streamable = [True] * len(unit_tensors)
-        ids = rt.register_blocks(unit_tensors + [rest], streamable + [False], progress)
+        # fp8 transfer (opt-in, lossy): blocks cross the link as e4m3 codes with
+        # per-row scales and are dequantized on the device; the non-block part as stored.
+        ids = rt.register_blocks(unit_tensors + [rest], streamable + [False], progress,
+                                 [fp8] * len(unit_tensors) + [False])
         block_ids, fixed_id = ids[:-1], ids[-1]
         policy = {"full_load": "all_resident", "model_offload": "all_resident",
                   "sequential": "stream_all", "budget": "budget"}[resolved.name]
@@ -490,7 +494,8 @@ def offload(
         handle = OffloadHandle(
             module, mode=resolved, runtime=rt, discovery=discovery, block_ids=block_ids, fixed_id=fixed_id,
             device=dev, original_device=original_device, prefetch=prefetch, model_bytes=model_bytes,
-            stream_hooks=resolved.name in ("sequential", "budget"), plan=plan,
+            # fp8 blocks point at their (dequantized) device copy only while they run.
+            stream_hooks=resolved.name in ("sequential", "budget") or fp8, plan=plan,
             original_requires_grad=requires_grad,
         )
         if resolved.name == "full_load":

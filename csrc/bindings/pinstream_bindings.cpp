@@ -24,6 +24,7 @@
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
+#include <cstring>
 #include <vector>
 
 #include "core/streaming_runtime.h"
@@ -150,6 +151,8 @@ struct BlockInfo {
   int64_t chunk_offset = 0;
   bool streamable = true;
   int64_t location = -1;  // device allocation the tensors point at, -1 = host
+  bool fp8 = false;        // sent as fp8 codes + scales
+  QuantError fp8_error;
   std::vector<std::pair<int64_t, std::vector<at::Tensor>>> view_cache;
 };
 
@@ -245,9 +248,14 @@ class Runtime {
   // Packs blocks into pinned chunks; returns their ids.
   std::vector<int> RegisterBlocks(const std::vector<std::vector<at::Tensor>>& blocks,
                                   const std::vector<bool>& streamable,
-                                  const py::object& progress) {
+                                  const py::object& progress,
+                                  const std::vector<bool>& fp8 = {}) {
     std::lock_guard<std::mutex> lock(mu_);
     CheckOpen();
+    if (!fp8.empty() && fp8.size() != blocks.size()) {
+      throw py::value_error("PinStream: fp8 has " + std::to_string(fp8.size()) + " entries for " +
+                            std::to_string(blocks.size()) + " blocks");
+    }
     if (!streamable.empty() && streamable.size() != blocks.size()) {
       throw py::value_error("PinStream: streamable has " + std::to_string(streamable.size()) +
                             " entries for " + std::to_string(blocks.size()) + " blocks");
@@ -351,8 +359,23 @@ class Runtime {
         }
         chunk_off += info.bytes;
         int id = -1;
-        Check(core_->RegisterBlock(chunk.data_ptr<uint8_t>() + info.chunk_offset,
-                                   static_cast<uint64_t>(info.bytes), info.streamable, &id));
+        const size_t index = &info - infos.data();
+        if (!fp8.empty() && fp8[index]) {
+          // Sent as fp8: the pinned original stays the host truth (weights point
+          // at it between uses); the link carries codes + per-row scales.
+          const void* qptr = nullptr;
+          uint64_t qbytes = 0;
+          BlockTransform* transform = nullptr;
+          {
+            py::gil_scoped_release nogil;
+            QuantizeBlock(&info, &qptr, &qbytes, &transform);
+          }
+          Check(core_->RegisterBlock(qptr, qbytes, info.streamable, &id));
+          Check(core_->SetTransform(id, static_cast<uint64_t>(info.bytes), transform));
+        } else {
+          Check(core_->RegisterBlock(chunk.data_ptr<uint8_t>() + info.chunk_offset,
+                                     static_cast<uint64_t>(info.bytes), info.streamable, &id));
+        }
         ids.push_back(id);
         blocks_.push_back(std::move(info));
         ++done_blocks;
@@ -424,8 +447,11 @@ class Runtime {
     CheckId(block);
     if (missing_ok && !core_->acquired(block)) return;
     BlockInfo& info = blocks_[block];
-    if (!core_->resident(block)) WriteBackIfModified(&info);
+    if (!core_->resident(block) || info.fp8) WriteBackIfModified(&info);
     Check(core_->Release(block, ComputeQueue()));
+    // An fp8 block's device copy is an approximation: between uses its weights
+    // show the exact host copy (state_dict, LoRA patching, saving).
+    if (info.fp8 && !core_->acquired(block)) PointAtHost(&info);
   }
 
   // touch(i): for models that iterate a block's children without calling the
@@ -456,6 +482,9 @@ class Runtime {
     if (closed_) return;
     Status s = core_->EndPass(ComputeQueue());
     ApplyEvictions();
+    for (BlockInfo& info : blocks_) {
+      if (info.fp8) PointAtHost(&info);
+    }
     Check(s);
   }
 
@@ -493,6 +522,21 @@ class Runtime {
     d["block_upload_ms"] = s.block_upload_ms;
     d["block_uploads"] = s.block_uploads;
     d["writebacks"] = writebacks_;
+    {
+      py::list errs;
+      QuantError all;
+      int64_t fp8_blocks = 0;
+      for (const BlockInfo& b : blocks_) {
+        if (!b.fp8) continue;
+        ++fp8_blocks;
+        all.Merge(b.fp8_error);
+        errs.append(py::make_tuple(b.fp8_error.max_abs, b.fp8_error.mean_abs));
+      }
+      d["fp8_blocks"] = fp8_blocks;
+      d["fp8_block_error"] = errs;
+      d["fp8_max_abs_error"] = all.max_abs;
+      d["fp8_mean_abs_error"] = all.mean_abs;
+    }
     d["device_bytes"] = allocator_->allocated_bytes();
     d["peak_device_bytes"] = allocator_->peak_bytes();
     d["host_bytes"] = host_bytes_;
@@ -564,6 +608,68 @@ class Runtime {
       throw py::index_error("PinStream: block id " + std::to_string(block) + " out of range [0, " +
                             std::to_string(num_blocks()) + ")");
     }
+  }
+
+  // Builds the fp8 transfer form of a packed block: per tensor, fp32 scales then
+  // e4m3 codes for 2-D+ float weights (rows = dim 0), raw bytes for the rest;
+  // and the transform that writes the block's device layout from it.
+  void QuantizeBlock(BlockInfo* info, const void** qptr, uint64_t* qbytes,
+                     BlockTransform** out_transform) {
+    auto transform = std::make_unique<BlockTransform>();
+    uint64_t off = 0;
+    auto align16 = [](uint64_t v) { return (v + 15) / 16 * 16; };
+    for (const PackedTensor& pt : info->tensors) {
+      const at::ScalarType st = pt.host_view.scalar_type();
+      const bool floaty = st == at::kFloat || st == at::kHalf || st == at::kBFloat16;
+      TransformJob job;
+      job.dst_offset = static_cast<uint64_t>(pt.offset);
+      if (floaty && pt.host_view.dim() >= 2 && pt.host_view.numel() > 0) {
+        job.kind = TransformJob::Kind::kDequantize;
+        job.rows = pt.host_view.size(0);
+        job.cols = pt.host_view.numel() / job.rows;
+        job.out_dtype = st == at::kFloat ? FloatDtype::kFloat32
+                        : st == at::kHalf ? FloatDtype::kFloat16 : FloatDtype::kBFloat16;
+        job.scales_offset = align16(off);
+        off = job.scales_offset + static_cast<uint64_t>(job.rows) * 4;
+        job.src_offset = align16(off);
+        off = job.src_offset + static_cast<uint64_t>(job.rows * job.cols);
+      } else {
+        job.kind = TransformJob::Kind::kCopy;
+        job.src_offset = align16(off);
+        job.bytes = static_cast<uint64_t>(pt.nbytes);
+        off = job.src_offset + job.bytes;
+      }
+      transform->jobs.push_back(job);
+    }
+    std::unique_ptr<HostBuffer> buf;
+    Check(engine_->AllocateHostBuffer(std::max<uint64_t>(off, 1), /*pin=*/true, &buf));
+    auto* base = static_cast<uint8_t*>(buf->data());
+    QuantError block_error;
+    for (size_t i = 0; i < info->tensors.size(); ++i) {
+      const PackedTensor& pt = info->tensors[i];
+      const TransformJob& job = transform->jobs[i];
+      if (job.kind == TransformJob::Kind::kCopy) {
+        if (job.bytes > 0) std::memcpy(base + job.src_offset, pt.host_view.data_ptr(), job.bytes);
+        continue;
+      }
+      QuantError err;
+      Check(QuantizeRows(pt.host_view.data_ptr(), job.out_dtype, job.rows, job.cols,
+                         base + job.src_offset, reinterpret_cast<float*>(base + job.scales_offset),
+                         &err));
+      block_error.Merge(err);
+    }
+    info->fp8_error = block_error;
+    info->fp8 = true;
+    const int64_t size = static_cast<int64_t>(off);
+    host_bytes_ += size;
+    if (buf->pinned()) pinned_bytes_ += size; else pageable_bytes_ += size;
+    g_live_host_bytes += size;
+    if (buf->pinned()) g_live_pinned_bytes += size;
+    *qptr = buf->data();
+    *qbytes = off;
+    *out_transform = transform.get();
+    fp8_buffers_.push_back({std::move(buf), size});
+    transforms_.push_back(std::move(transform));
   }
 
   void* ComputeQueue() const {
@@ -651,7 +757,10 @@ class Runtime {
 
   void PointResidentBlocks() {
     for (int i = 0; i < num_blocks(); ++i) {
-      if (core_->resident(i)) PointAtDevice(i, core_->resident_location(i).allocation);
+      // fp8 blocks point at their device copy only while acquired.
+      if (core_->resident(i) && !blocks_[i].fp8) {
+        PointAtDevice(i, core_->resident_location(i).allocation);
+      }
     }
   }
 
@@ -690,6 +799,12 @@ class Runtime {
     }
     blocks_.clear();
     chunks_.clear();
+    for (auto& fb : fp8_buffers_) {
+      g_live_host_bytes -= fb.second;
+      if (fb.first->pinned()) g_live_pinned_bytes -= fb.second;
+    }
+    fp8_buffers_.clear();
+    transforms_.clear();
     seen_.clear();
     closed_ = true;
 #if defined(__GLIBC__)
@@ -728,6 +843,8 @@ class Runtime {
   std::unique_ptr<StreamingRuntime> core_;
   std::vector<BlockInfo> blocks_;
   std::vector<at::Tensor> chunks_;
+  std::vector<std::pair<std::unique_ptr<HostBuffer>, int64_t>> fp8_buffers_;
+  std::vector<std::unique_ptr<BlockTransform>> transforms_;
   std::unordered_set<const c10::TensorImpl*> seen_;
   std::unordered_set<std::string> pin_how_;
   std::vector<int> evicted_;
@@ -786,6 +903,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_property_readonly("resident_blocks", &Runtime::resident_blocks)
       .def("register_blocks", &Runtime::RegisterBlocks, py::arg("blocks"),
            py::arg("streamable") = std::vector<bool>(), py::arg("progress") = py::none(),
+           py::arg("fp8") = std::vector<bool>(),
            "Packs each block's tensors into pinned host memory and re-points them there")
       .def("register_block",
            [](Runtime& rt, const std::vector<at::Tensor>& tensors, bool streamable) {

@@ -21,11 +21,32 @@
 #include <string>
 #include <vector>
 
+#include "core/fp8.h"
 #include "core/status.h"
 
 namespace pinstream {
 
 using EventId = int;
+
+// What to do with a block's bytes after they reach the device, when they were
+// sent in a transfer format (fp8): each job writes one tensor of the block's
+// device layout from the staging area the upload filled.
+struct TransformJob {
+  enum class Kind { kDequantize, kCopy };
+  Kind kind = Kind::kCopy;
+  uint64_t src_offset = 0;     // in staging: codes (dequantize) or raw bytes (copy)
+  uint64_t scales_offset = 0;  // in staging: fp32 scales, one per row
+  uint64_t dst_offset = 0;     // in the block's device layout
+  uint64_t bytes = 0;          // copy only
+  int64_t rows = 0;
+  int64_t cols = 0;
+  FloatDtype out_dtype = FloatDtype::kBFloat16;
+  Fp8Format format = Fp8Format::kE4M3;
+};
+
+struct BlockTransform {
+  std::vector<TransformJob> jobs;
+};
 
 // Host memory owned by an engine: pinned (page-locked, registered with the
 // device) where possible. Freed (and unpinned) by its destructor.
@@ -85,6 +106,10 @@ class CopyEngine {
   virtual Status ComputeWaitFor(EventId event, void* compute_queue) = 0;
   virtual Status RecordComputeEvent(EventId event, void* compute_queue) = 0;
   virtual Status CopyWaitFor(EventId event) = 0;
+  // On the copy queue, after the copy into `staging`: runs `transform`, writing
+  // the block's device layout at `out` (fp8 dequantization, raw copies).
+  virtual Status EnqueueTransform(const BlockTransform* transform, const void* staging,
+                                  void* out) = 0;
 
   // Moves finished timings into `out` (appending). With wait=false only the
   // timings already complete are taken (no host wait).

@@ -24,10 +24,34 @@ Status StreamingRuntime::RegisterBlock(const void* host, uint64_t bytes,
   Block b;
   b.host = host;
   b.bytes = bytes;
+  b.device_bytes = bytes;
   b.streamable = streamable;
   blocks_.push_back(b);
   *id = static_cast<int>(blocks_.size()) - 1;
   return Status::Ok();
+}
+
+Status StreamingRuntime::SetTransform(int block, uint64_t device_bytes,
+                                      const BlockTransform* transform) {
+  PINSTREAM_RETURN_IF_ERROR(CheckBlock(block, "set_transform"));
+  if (planned_) return Status::FailedPrecondition("set_transform after plan()");
+  blocks_[block].device_bytes = device_bytes;
+  blocks_[block].transform = transform;
+  return Status::Ok();
+}
+
+uint64_t StreamingRuntime::Footprint(const Block& b) const {
+  if (b.transform == nullptr) return b.bytes;
+  return AlignUp(b.device_bytes, 512) + b.bytes;
+}
+
+Status StreamingRuntime::EnqueueUpload(const Block& b, int id, void* dst) {
+  if (b.transform == nullptr) {
+    return b.bytes > 0 ? engine_->EnqueueCopy(dst, b.host, b.bytes, id) : Status::Ok();
+  }
+  void* staging = static_cast<uint8_t*>(dst) + AlignUp(b.device_bytes, 512);
+  if (b.bytes > 0) PINSTREAM_RETURN_IF_ERROR(engine_->EnqueueCopy(staging, b.host, b.bytes, id));
+  return engine_->EnqueueTransform(b.transform, staging, dst);
 }
 
 Status StreamingRuntime::CheckBlock(int block, const char* what) const {
@@ -55,9 +79,9 @@ Status StreamingRuntime::Plan(PlanPolicy policy, uint64_t budget_bytes,
     b.plan_index = -1;
     if (b.streamable) {
       b.plan_index = static_cast<int>(req.block_bytes.size());
-      req.block_bytes.push_back(b.bytes);
+      req.block_bytes.push_back(Footprint(b));
     } else {
-      fixed += AlignUp(b.bytes, req.alignment);
+      fixed += AlignUp(Footprint(b), req.alignment);
     }
   }
   req.fixed_bytes = fixed;
@@ -106,17 +130,18 @@ Status StreamingRuntime::Load(void* compute_queue) {
   for (size_t i = 0; i < blocks_.size(); ++i) {
     Block& b = blocks_[i];
     if (!b.resident) continue;
-    Status s = allocator_->Allocate(std::max<uint64_t>(b.bytes, 1), &b.resident_loc.allocation,
+    const uint64_t footprint = Footprint(b);
+    Status s = allocator_->Allocate(std::max<uint64_t>(footprint, 1), &b.resident_loc.allocation,
                                     &b.resident_loc.ptr);
-    if (!s.ok()) return fail(s, b.bytes, "resident block " + std::to_string(i));
-    done += b.bytes;
+    if (!s.ok()) return fail(s, footprint, "resident block " + std::to_string(i));
+    done += footprint;
     if (b.resident_event < 0) {
       s = take_event(&b.resident_event);
       if (!s.ok()) return fail(s, 0, "an event");
     }
     b.resident_waited = false;
     if (b.bytes > 0) {
-      s = engine_->EnqueueCopy(b.resident_loc.ptr, b.host, b.bytes, static_cast<int>(i));
+      s = EnqueueUpload(b, static_cast<int>(i), b.resident_loc.ptr);
       if (!s.ok()) return fail(s, 0, "resident upload");
       stats_.bytes_uploaded += b.bytes;
       stats_.uploads += 1;
@@ -199,7 +224,7 @@ Status StreamingRuntime::Upload(int slot, int block) {
   Block& b = blocks_[block];
   // The copy queue must not overwrite the slot before its last user is done.
   Status s = engine_->CopyWaitFor(mem.release_event);
-  if (s.ok() && b.bytes > 0) s = engine_->EnqueueCopy(mem.loc.ptr, b.host, b.bytes, block);
+  if (s.ok()) s = EnqueueUpload(b, block, mem.loc.ptr);
   if (s.ok()) s = engine_->RecordCopyEvent(mem.upload_event);
   if (!s.ok()) {
     ring_.Invalidate(slot);

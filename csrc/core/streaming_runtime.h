@@ -55,6 +55,10 @@ class StreamingRuntime {
   // streamable=false: always resident (the non-block part of a model).
   Status RegisterBlock(const void* host, uint64_t bytes, bool streamable,
                        int* id);
+  // Marks `block` as sent in a transfer format: its `bytes` at `host` are the
+  // transfer bytes, copied into a staging area behind `device_bytes` of device
+  // layout, which `transform` (kept alive by the caller) then writes.
+  Status SetTransform(int block, uint64_t device_bytes, const BlockTransform* transform);
 
   // Decides residency. Allowed only while nothing is loaded.
   Status Plan(PlanPolicy policy, uint64_t budget_bytes, int prefetch);
@@ -101,7 +105,9 @@ class StreamingRuntime {
  private:
   struct Block {
     const void* host = nullptr;
-    uint64_t bytes = 0;
+    uint64_t bytes = 0;             // bytes crossing the link
+    uint64_t device_bytes = 0;      // device layout (== bytes without a transform)
+    const BlockTransform* transform = nullptr;
     bool streamable = true;
     bool resident = false;
     int plan_index = -1;           // index in the plan's block list
@@ -117,6 +123,10 @@ class StreamingRuntime {
   };
 
   Status CheckBlock(int block, const char* what) const;
+  // Device footprint: the layout, plus the staging area of a transformed block.
+  uint64_t Footprint(const Block& b) const;
+  // Queues the upload of `b` to `dst` (and its transform), without events.
+  Status EnqueueUpload(const Block& b, int id, void* dst);
   Status Upload(int slot, int block);
   void Prefetch(int current);
   void FreeDevice();

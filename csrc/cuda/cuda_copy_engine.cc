@@ -2,6 +2,7 @@
 #include "cuda/cuda_copy_engine.h"
 
 #include "cuda/cuda_check.h"
+#include "cuda/fp8_dequant.h"
 
 namespace pinstream {
 
@@ -101,6 +102,35 @@ Status CudaCopyEngine::RecordComputeEvent(EventId event, void* compute_queue) {
 Status CudaCopyEngine::CopyWaitFor(EventId event) {
   PINSTREAM_CUDA_RETURN_IF_ERROR(
       cudaStreamWaitEvent(stream_.get(), events_[event].get(), 0));
+  return Status::Ok();
+}
+
+Status CudaCopyEngine::EnqueueTransform(const BlockTransform* transform,
+                                        const void* staging, void* out) {
+  // On the copy stream, right behind the upload: the compute stream's wait on
+  // the block's event (recorded after this) covers the finished dequantization.
+  const auto* src = static_cast<const uint8_t*>(staging);
+  auto* dst = static_cast<uint8_t*>(out);
+  for (const TransformJob& job : transform->jobs) {
+    if (job.kind == TransformJob::Kind::kCopy) {
+      if (job.bytes > 0) {
+        PINSTREAM_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst + job.dst_offset, src + job.src_offset,
+                                                       job.bytes, cudaMemcpyDeviceToDevice,
+                                                       stream_.get()));
+      }
+      continue;
+    }
+    Fp8DequantParams p;
+    p.q = src + job.src_offset;
+    p.format = job.format;
+    p.scales = reinterpret_cast<const float*>(src + job.scales_offset);
+    p.scale_layout = ScaleLayout::kPerRow;
+    p.rows = job.rows;
+    p.cols = job.cols;
+    p.out_dtype = job.out_dtype;
+    p.out = dst + job.dst_offset;
+    PINSTREAM_RETURN_IF_ERROR(LaunchDequantizeFp8(p, stream_.get()));
+  }
   return Status::Ok();
 }
 

@@ -43,6 +43,8 @@ class CudaCopyEngine final : public CopyEngine {
   Status ComputeWaitFor(EventId event, void* compute_queue) override;
   Status RecordComputeEvent(EventId event, void* compute_queue) override;
   Status CopyWaitFor(EventId event) override;
+  Status EnqueueTransform(const BlockTransform* transform, const void* staging,
+                          void* out) override;
   void CollectTimings(EngineTimings* out, bool wait) override;
 
   cudaStream_t copy_stream() const { return stream_.get(); }

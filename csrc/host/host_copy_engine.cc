@@ -139,6 +139,48 @@ Status HostCopyEngine::CopyWaitFor(EventId event) {
   return Status::Ok();
 }
 
+Status HostCopyEngine::EnqueueTransform(const BlockTransform* transform,
+                                        const void* staging, void* out) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    Op op{OpKind::kTransform};
+    op.src = staging;
+    op.dst = out;
+    op.transform = transform;
+    queue_.push_back(op);
+    ++enqueued_;
+    WakeWorker();
+  }
+  return Status::Ok();
+}
+
+void HostCopyEngine::RunTransform(const Op& op, std::unique_lock<std::mutex>* lock) {
+  lock->unlock();
+  // The CPU reference of the CUDA kernels: same inputs, same bytes out.
+  const auto* staging = static_cast<const uint8_t*>(op.src);
+  auto* out = static_cast<uint8_t*>(op.dst);
+  Status failed;
+  for (const TransformJob& job : op.transform->jobs) {
+    if (job.kind == TransformJob::Kind::kCopy) {
+      if (job.bytes > 0) std::memcpy(out + job.dst_offset, staging + job.src_offset, job.bytes);
+      continue;
+    }
+    Fp8DequantParams p;
+    p.q = staging + job.src_offset;
+    p.format = job.format;
+    p.scales = reinterpret_cast<const float*>(staging + job.scales_offset);
+    p.scale_layout = ScaleLayout::kPerRow;
+    p.rows = job.rows;
+    p.cols = job.cols;
+    p.out_dtype = job.out_dtype;
+    p.out = out + job.dst_offset;
+    Status s = DequantizeFp8(p);
+    if (!s.ok() && failed.ok()) failed = s;
+  }
+  lock->lock();
+  if (!failed.ok()) pending_failure_ = true;
+}
+
 void HostCopyEngine::CollectTimings(EngineTimings* out, bool wait) {
   if (wait) Synchronize();
   std::lock_guard<std::mutex> lock(mu_);
@@ -228,6 +270,9 @@ void HostCopyEngine::WorkerLoop() {
         if (e.completed < op.generation) e.completed = op.generation;
         break;
       }
+      case OpKind::kTransform:
+        RunTransform(op, &lock);
+        break;
       case OpKind::kWait:
         work_cv_.wait(lock, [&] { return stop_ || events_[op.event].completed >= op.generation; });
         break;

@@ -58,6 +58,8 @@ class HostCopyEngine final : public CopyEngine {
   Status ComputeWaitFor(EventId event, void* compute_queue) override;
   Status RecordComputeEvent(EventId event, void* compute_queue) override;
   Status CopyWaitFor(EventId event) override;
+  Status EnqueueTransform(const BlockTransform* transform, const void* staging,
+                          void* out) override;
   void CollectTimings(EngineTimings* out, bool wait) override;
 
   // Fault injection (tests): the next `count` copies fail / take `us` longer.
@@ -66,7 +68,7 @@ class HostCopyEngine final : public CopyEngine {
   uint64_t copies_done() const;
 
  private:
-  enum class OpKind { kCopy, kRecord, kWait };
+  enum class OpKind { kCopy, kRecord, kWait, kTransform };
   struct Op {
     OpKind kind;
     void* dst = nullptr;
@@ -75,6 +77,7 @@ class HostCopyEngine final : public CopyEngine {
     int tag = -1;
     EventId event = -1;
     uint64_t generation = 0;
+    const BlockTransform* transform = nullptr;
   };
   struct Event {
     uint64_t recorded = 0;   // generation of the latest record
@@ -86,6 +89,7 @@ class HostCopyEngine final : public CopyEngine {
   // Called with mu_ held after queueing ops: wakes the worker only if it sleeps.
   void WakeWorker();
   void RunCopy(const Op& op, std::unique_lock<std::mutex>* lock);
+  void RunTransform(const Op& op, std::unique_lock<std::mutex>* lock);
   Status CheckEvent(EventId event) const;
 
   const HostEngineOptions options_;
