@@ -82,10 +82,14 @@ OFFLOAD_INPUTS = [
               1, min=0, max=16, step=1),
     InputSpec("pin_memory", "bool", "Keep the weights in pinned (page-locked) RAM: uploads run at full link speed "
               "and overlap compute. Turn off only when the system refuses to pin (then uploads are slower).", True),
+    InputSpec("transfer_dtype", "combo", "auto: blocks cross the link as stored (exact). fp8_e4m3: blocks cross as "
+              "fp8 with per-row scales and are dequantized on the GPU: about half the bytes of bf16, so streaming is "
+              "up to twice as fast when the link is the bottleneck; lossy (the error is shown by PinStream Stats).",
+              "auto", options=lambda: ["auto", "fp8_e4m3"]),
 ]
 
 
-def check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory) -> OffloadConfig:
+def check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype="auto") -> OffloadConfig:
     """Validate node inputs; ValueError says what was wrong and what is allowed."""
     from pinstream.modes import ModeError, normalize_mode
 
@@ -105,7 +109,10 @@ def check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory) -> O
         raise ValueError(f"prefetch_blocks must be a whole number from 0 to 16, got {prefetch_blocks!r}")
     if not isinstance(pin_memory, bool):
         raise ValueError(f"pin_memory must be true or false, got {pin_memory!r}")
-    return OffloadConfig(mode=mode, vram_budget_gb=budget, prefetch_blocks=prefetch_blocks, pin_memory=pin_memory)
+    if transfer_dtype not in ("auto", "fp8_e4m3"):
+        raise ValueError(f"transfer_dtype must be auto or fp8_e4m3, got {transfer_dtype!r}")
+    return OffloadConfig(mode=mode, vram_budget_gb=budget, prefetch_blocks=prefetch_blocks, pin_memory=pin_memory,
+                         transfer_dtype=transfer_dtype)
 
 
 def _progress():
@@ -154,11 +161,12 @@ def _load_kwargs(fn):
         return {}
 
 
-def run_load_diffusion_model(unet_name, weight_dtype, mode, vram_budget_gb, prefetch_blocks, pin_memory):
+def run_load_diffusion_model(unet_name, weight_dtype, mode, vram_budget_gb, prefetch_blocks, pin_memory,
+        transfer_dtype="auto"):
     import comfy.sd
     import folder_paths
 
-    cfg = check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory)
+    cfg = check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype)
     cfg.label = unet_name
     if weight_dtype not in WEIGHT_DTYPES:
         raise ValueError(f"weight_dtype {weight_dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
@@ -177,11 +185,12 @@ def run_load_diffusion_model(unet_name, weight_dtype, mode, vram_budget_gb, pref
     return (model,), msg
 
 
-def run_load_checkpoint(ckpt_name, mode, vram_budget_gb, prefetch_blocks, pin_memory):
+def run_load_checkpoint(ckpt_name, mode, vram_budget_gb, prefetch_blocks, pin_memory,
+        transfer_dtype="auto"):
     import comfy.sd
     import folder_paths
 
-    cfg = check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory)
+    cfg = check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype)
     cfg.label = ckpt_name
     path = folder_paths.get_full_path_or_raise("checkpoints", ckpt_name)
     out = comfy.sd.load_checkpoint_guess_config(path, output_vae=True, output_clip=True,
@@ -198,11 +207,12 @@ def _offload_clip(clip, cfg):
     return new_clip, msg
 
 
-def run_load_clip(clip_name, type, mode, vram_budget_gb, prefetch_blocks, pin_memory):
+def run_load_clip(clip_name, type, mode, vram_budget_gb, prefetch_blocks, pin_memory,
+        transfer_dtype="auto"):
     import comfy.sd
     import folder_paths
 
-    cfg = check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory)
+    cfg = check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype)
     cfg.label = clip_name
     clip_type = getattr(comfy.sd.CLIPType, str(type).upper(), None)
     if clip_type is None:
@@ -214,12 +224,13 @@ def run_load_clip(clip_name, type, mode, vram_budget_gb, prefetch_blocks, pin_me
     return (clip,), msg
 
 
-def run_load_vae(vae_name, mode, vram_budget_gb, prefetch_blocks, pin_memory):
+def run_load_vae(vae_name, mode, vram_budget_gb, prefetch_blocks, pin_memory,
+        transfer_dtype="auto"):
     import comfy.sd
     import comfy.utils
     import folder_paths
 
-    cfg = check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory)
+    cfg = check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype)
     cfg.label = vae_name
     path = folder_paths.get_full_path_or_raise("vae", vae_name)
     sd = comfy.utils.load_torch_file(path)
@@ -230,15 +241,17 @@ def run_load_vae(vae_name, mode, vram_budget_gb, prefetch_blocks, pin_memory):
     return (vae,), msg
 
 
-def run_offload_model(model, mode, vram_budget_gb, prefetch_blocks, pin_memory):
-    cfg = check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory)
+def run_offload_model(model, mode, vram_budget_gb, prefetch_blocks, pin_memory,
+        transfer_dtype="auto"):
+    cfg = check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype)
     cfg.label = type(getattr(model.model, "diffusion_model", model.model)).__name__
     new, msg = apply_offload(model, cfg)
     return (new,), msg
 
 
-def run_offload_clip(clip, mode, vram_budget_gb, prefetch_blocks, pin_memory):
-    cfg = check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory)
+def run_offload_clip(clip, mode, vram_budget_gb, prefetch_blocks, pin_memory,
+        transfer_dtype="auto"):
+    cfg = check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype)
     cfg.label = type(clip.cond_stage_model).__name__
     new, msg = _offload_clip(clip, cfg)
     return (new,), msg
@@ -262,7 +275,9 @@ def format_stats(rows: list) -> str:
             f"streamed last run {_gb(r['bytes_streamed_last_run'])}, upload {r['upload_gbps']:.1f} GB/s, "
             f"stall {r['stall_ms_last_run']:.1f} ms, pinned {_gb(r['pinned_bytes'])}"
             + (f" (+{_gb(r['pageable_bytes'])} pageable)" if r["pageable_bytes"] else "")
-            + f", on device now {_gb(r['device_bytes'])} [{r['engine']} engine]")
+            + f", on device now {_gb(r['device_bytes'])} [{r['engine']} engine]"
+            + (f"\n  fp8 transfer: weight error max {r['fp8_max_abs_error']:.3g}, mean {r['fp8_mean_abs_error']:.3g}"
+               if r.get("transfer_dtype") == "fp8_e4m3" else ""))
     return "\n".join(lines)
 
 

@@ -40,6 +40,7 @@ class OffloadConfig:
     vram_budget_gb: float = 0.0  # 0 = none (auto decides from free VRAM)
     prefetch_blocks: int = 1
     pin_memory: bool = True
+    transfer_dtype: str = "auto"
     label: str = "model"
 
 
@@ -296,6 +297,9 @@ def collect_stats(st: PinStreamState) -> dict:
         "pageable_bytes": s.get("pageable_bytes", 0),
         "device_bytes": s.get("device_bytes", 0),
         "engine": s.get("engine", "?"),
+        "transfer_dtype": h.mode.transfer_dtype,
+        "fp8_max_abs_error": s.get("fp8_max_abs_error", 0.0),
+        "fp8_mean_abs_error": s.get("fp8_mean_abs_error", 0.0),
     }
 
 
@@ -359,6 +363,7 @@ def make_pinstream(patcher, config: OffloadConfig, *, progress=None, engine: str
         device=str(dev),
         engine=engine,
         pin_memory=bool(config.pin_memory),
+        transfer_dtype=config.transfer_dtype,
         link_gbps=0.0 if engine == "host" else None,
         free_device_bytes=free,
         progress=progress,

@@ -99,8 +99,8 @@ def build(title, nodes, note):
     }
 
 
-def ps(mode, budget=0.0, prefetch=1):
-    return [mode, budget, prefetch, True]
+def ps(mode, budget=0.0, prefetch=1, transfer="auto"):
+    return [mode, budget, prefetch, True, transfer]
 
 
 WORKFLOWS = {

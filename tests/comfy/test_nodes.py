@@ -375,6 +375,8 @@ def test_bad_node_inputs_give_clear_errors():
     for args, match in cases:
         with pytest.raises(ValueError, match=match):
             N.run_load_diffusion_model(name, "default", *args)
+    with pytest.raises(ValueError, match="transfer_dtype must be auto or fp8_e4m3"):
+        N.run_load_diffusion_model(name, "default", "sequential", 0.0, 1, True, "int4")
     with pytest.raises(ValueError, match="weight_dtype"):
         N.run_load_diffusion_model(name, "int3", "auto", 0.0, 1, True)
     with pytest.raises(ValueError, match="CLIP type"):
@@ -481,3 +483,19 @@ def test_one_hundred_comfyui_load_unload_cycles_leak_nothing():
         base["host"], base["pinned"], base["device"], base["runtimes"])
     grown = proc.memory_info().rss - rss0
     assert grown < 8 * 2**20, f"RSS grew {grown / 2**20:.1f} MiB over 100 ComfyUI load/unload cycles"
+
+
+def test_fp8_transfer_node_option_streams_fp8_and_reports_the_error():
+    ref = _ref("wan21_t2v")
+    name = name_of("diffusion_models", f("wan21_t2v"))
+    (model,), msg = N.run_load_diffusion_model(name, "default", "sequential", 0.0, 1, True, "fp8_e4m3")
+    h = model.pinstream.handle
+    assert h.mode.transfer_dtype == "fp8_e4m3", msg
+    out = _sample("wan21_t2v", model)
+    assert not torch.equal(out, ref)  # lossy by design
+    assert (out - ref).abs().max().item() < 0.5 * ref.abs().max().item()  # but close
+    st = h.stats()
+    assert st["fp8_blocks"] == len(h.discovery.blocks) and st["fp8_max_abs_error"] > 0
+    (text,), _ = N.run_stats()
+    assert "fp8 transfer: weight error max" in text
+    mm.unload_all_models()
