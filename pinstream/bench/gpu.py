@@ -442,6 +442,60 @@ class Bench:
         })
         self.write()
 
+    # ---- fp8 transfer ----------------------------------------------------------------
+    def fp8_transfer(self, deadline: float) -> None:
+        """Sequential streaming of a Wan-14B-shaped slice (8 blocks, same block size)
+        with blocks sent as stored and as fp8: bytes per step, step time, quantization
+        time and the per-block weight error, in the same run."""
+        import dataclasses
+
+        import pinstream
+
+        cfg = self.cfg
+        res = self.results.setdefault("fp8", {})
+        small = dataclasses.replace(cfg, wan=dict(cfg.wan, num_layers=min(8, int(cfg.wan["num_layers"]))))
+        seq = int(self.results["wan14b"].get("seq_len") or 256)
+        model = build_wan(small, "cpu")
+        inputs = model_inputs(small, model, cfg.device, seq_len=seq)
+        res.update(num_blocks=len(model.blocks), seq_len=seq, block_bytes=int(tensor_bytes(model.blocks[0])))
+
+        def step():
+            import torch
+
+            with torch.inference_mode():
+                model(*inputs)
+
+        try:
+            for transfer in ("auto", "fp8_e4m3"):
+                if time.monotonic() > deadline:
+                    res.setdefault("skipped", []).append(f"{transfer}: time budget")
+                    continue
+                t0 = time.monotonic()
+                h = pinstream.offload(model, mode="sequential", prefetch=2, device=cfg.device, engine=cfg.engine,
+                                      transfer_dtype=transfer,
+                                      link_gbps=cfg.host_link_gbps if cfg.engine == "host" else None)
+                offload_s = time.monotonic() - t0
+                try:
+                    times = time_steps(cfg, step, warmup=1, timed=3, deadline=deadline, after_warmup=h.reset_stats)
+                    st = h.stats()
+                    res[transfer] = {
+                        "step_ms": median(times), "offload_s": round(offload_s, 2),
+                        "bytes_per_step": int(st["bytes_uploaded"]) // max(1, len(times)),
+                        "upload_gbps": float(st.get("upload_gbps", 0.0)),
+                        "stall_ms_per_step": float(st.get("stall_ms", 0.0)) / max(1, len(times)),
+                        "fp8_max_abs_error": float(st.get("fp8_max_abs_error", 0.0)),
+                        "fp8_mean_abs_error": float(st.get("fp8_mean_abs_error", 0.0)),
+                    }
+                finally:
+                    h.detach()
+                    free_memory(cfg)
+            if "auto" in res and "fp8_e4m3" in res:
+                res["bytes_ratio"] = res["fp8_e4m3"]["bytes_per_step"] / max(1, res["auto"]["bytes_per_step"])
+                res["step_ratio"] = res["fp8_e4m3"]["step_ms"] / max(1e-9, res["auto"]["step_ms"])
+        finally:
+            del model
+            free_memory(cfg)
+
     # ---- sections ------------------------------------------------------------------
     def section(self, name: str, fn: Callable[[], None], share: float) -> None:
         """Run one section with a deadline; record its time and any error."""
@@ -1256,6 +1310,14 @@ def summary_text(results: dict) -> str:
         lines.append(f"model offload: load {mo['load_s']:.3f} s, unload {mo['unload_s'] * 1000:.1f} ms; "
                      f".to(device) {_fmt(mo.get('baseline_load_s'), 3)} s, "
                      f".to('cpu') {_fmt(mo.get('baseline_unload_s'), 3)} s")
+    f8 = results.get("fp8", {})
+    if "auto" in f8 and "fp8_e4m3" in f8:
+        a, q = f8["auto"], f8["fp8_e4m3"]
+        lines.append(f"fp8 transfer ({f8['num_blocks']} blocks, sequential prefetch 2): bytes/step "
+                     f"{a['bytes_per_step'] / GIB:.2f} -> {q['bytes_per_step'] / GIB:.2f} GiB "
+                     f"(x{f8['bytes_ratio']:.2f}), step {a['step_ms']:.1f} -> {q['step_ms']:.1f} ms "
+                     f"(x{f8['step_ratio']:.2f}), weight error max {q['fp8_max_abs_error']:.3g} "
+                     f"mean {q['fp8_mean_abs_error']:.3g}")
     st = {k: v for k, v in results.get("baselines", {}).items() if "ok" not in v}
     if st:
         lines.append("baselines not run: " + "; ".join(f"{k}: {v}" for k, v in st.items()))
@@ -1333,7 +1395,9 @@ def main(argv=None) -> int:
         bench.results["wan14b"]["skipped"] = "--skip"
         for s in ("naive_swap", "accelerate"):
             bench.status(s, {"skipped": "needs the wan14b section"})
-    bench.section("baselines", bench.fresh_systems, 1.0)
+    bench.section("baselines", bench.fresh_systems, 0.8)
+    if not bench.skipped("fp8"):
+        bench.section("fp8", bench.fp8_transfer, 1.0)
     text = bench.finish()
     print(text, flush=True)
     _log(f"wrote {out / 'results.json'} and {out / 'summary.txt'} in {bench.clock.elapsed():.1f} s")

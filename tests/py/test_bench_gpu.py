@@ -126,6 +126,14 @@ def test_every_configuration_ran(dry_run):
     assert not r.get("errors"), r.get("errors")
 
 
+def test_fp8_section_measures_both_transfers(dry_run):
+    _out, results, _log = dry_run
+    f8 = results["fp8"]
+    assert f8["auto"]["bytes_per_step"] > 0 and f8["fp8_e4m3"]["bytes_per_step"] > 0
+    assert f8["bytes_ratio"] < 0.6  # fp8 codes + scales vs the stored dtype
+    assert f8["fp8_e4m3"]["fp8_max_abs_error"] > 0 == f8["auto"]["fp8_max_abs_error"]
+
+
 def test_summary_lists_every_target(dry_run):
     out, r, log = dry_run
     text = (out / "summary.txt").read_text()
