@@ -485,8 +485,11 @@ def offload(
         streamable = [True] * len(unit_tensors)
         # fp8 transfer (opt-in, lossy): blocks cross the link as e4m3 codes with
         # per-row scales and are dequantized on the device; the non-block part as stored.
+        # Over the pinning cap, the most-used bytes are pinned first: streamed blocks
+        # (uploaded every pass), then resident blocks and the non-block part (once).
+        pin_rank = _pin_ranks(_C, unit_tensors, rest, resolved, prefetch)
         ids = rt.register_blocks(unit_tensors + [rest], streamable + [False], progress,
-                                 [fp8] * len(unit_tensors) + [False])
+                                 [fp8] * len(unit_tensors) + [False], pin_rank)
         block_ids, fixed_id = ids[:-1], ids[-1]
         policy = {"full_load": "all_resident", "model_offload": "all_resident",
                   "sequential": "stream_all", "budget": "budget"}[resolved.name]
@@ -518,6 +521,21 @@ def offload(
     except Exception:  # noqa: BLE001 - a module that refuses attributes still works
         pass
     return handle
+
+
+def _pin_ranks(_C, unit_tensors, rest, resolved, prefetch) -> list:
+    """Pin priority per unit (lower first): streamed blocks, resident blocks, the rest."""
+    sizes = [sum(_tensor_bytes(t) for t in ts) for ts in unit_tensors]
+    policy = {"sequential": "stream_all", "budget": "budget"}.get(resolved.name)
+    if policy is None or not sizes:
+        return list(range(len(sizes))) + [len(sizes)]
+    try:
+        resident = _C.plan_residency(sizes, sum(_tensor_bytes(t) for t in rest), policy,
+                                     int(resolved.budget_bytes) if policy == "budget" else -1, prefetch)
+    except ValueError:
+        resident = [False] * len(sizes)  # the real plan reports the error
+    n = len(sizes)
+    return [i + (n if r else 0) for i, r in enumerate(resident)] + [2 * n]
 
 
 def default_pin_cap_bytes() -> int:

@@ -249,7 +249,8 @@ class Runtime {
   std::vector<int> RegisterBlocks(const std::vector<std::vector<at::Tensor>>& blocks,
                                   const std::vector<bool>& streamable,
                                   const py::object& progress,
-                                  const std::vector<bool>& fp8 = {}) {
+                                  const std::vector<bool>& fp8 = {},
+                                  const std::vector<int>& pin_rank = {}) {
     std::lock_guard<std::mutex> lock(mu_);
     CheckOpen();
     if (!fp8.empty() && fp8.size() != blocks.size()) {
@@ -309,6 +310,28 @@ class Runtime {
       group_bytes.push_back(sum);
       b = e;
     }
+    // Which chunks get pinned when the cap does not cover them all: the ones
+    // holding the most-used blocks (lowest pin_rank: streamed blocks, uploaded
+    // every pass, before resident ones, uploaded once), else registration order.
+    std::vector<uint8_t> pin_chunk(groups.size(), 1);
+    if (pin_cap_bytes_ >= 0) {
+      std::vector<size_t> order(groups.size());
+      std::vector<int> rank(groups.size(), 0);
+      for (size_t g = 0; g < groups.size(); ++g) {
+        order[g] = g;
+        rank[g] = static_cast<int>(g);
+        if (pin_rank.size() == blocks.size()) {
+          rank[g] = pin_rank[groups[g].first];
+          for (size_t b = groups[g].first; b < groups[g].second; ++b) rank[g] = std::min(rank[g], pin_rank[b]);
+        }
+      }
+      std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return rank[a] < rank[b]; });
+      int64_t budget = pin_cap_bytes_ - pinned_bytes_;
+      for (size_t g : order) {
+        pin_chunk[g] = group_bytes[g] <= budget;
+        if (pin_chunk[g]) budget -= group_bytes[g];
+      }
+    }
     std::vector<int> ids;
     size_t done_blocks = 0;
     for (size_t g = 0; g < groups.size(); ++g) {
@@ -316,11 +339,10 @@ class Runtime {
       {
         py::gil_scoped_release nogil;
         std::unique_ptr<HostBuffer> buf;
-        // Over the pinning cap, chunks stay pageable. Streamed blocks come
-        // first in registration order, so they are the ones that get pinned.
-        const bool pin = pin_cap_bytes_ < 0 || pinned_bytes_ + group_bytes[g] <= pin_cap_bytes_;
+        const bool pin = pin_chunk[g] != 0;
         Check(engine_->AllocateHostBuffer(static_cast<uint64_t>(group_bytes[g]), pin, &buf));
         const bool pinned = buf->pinned();
+        chunk_pinned_.push_back(pinned);
         if (!pinned) pageable_bytes_ += group_bytes[g];
         else pinned_bytes_ += group_bytes[g];
         pin_how_.insert(buf->how());
@@ -522,6 +544,14 @@ class Runtime {
     d["block_upload_ms"] = s.block_upload_ms;
     d["block_uploads"] = s.block_uploads;
     d["writebacks"] = writebacks_;
+    {
+      std::vector<bool> pinned;
+      for (const BlockInfo& b : blocks_) {
+        pinned.push_back(b.chunk >= 0 && b.chunk < static_cast<int>(chunk_pinned_.size()) &&
+                         chunk_pinned_[b.chunk]);
+      }
+      d["block_pinned"] = pinned;
+    }
     {
       py::list errs;
       QuantError all;
@@ -799,6 +829,7 @@ class Runtime {
     }
     blocks_.clear();
     chunks_.clear();
+    chunk_pinned_.clear();
     for (auto& fb : fp8_buffers_) {
       g_live_host_bytes -= fb.second;
       if (fb.first->pinned()) g_live_pinned_bytes -= fb.second;
@@ -843,6 +874,7 @@ class Runtime {
   std::unique_ptr<StreamingRuntime> core_;
   std::vector<BlockInfo> blocks_;
   std::vector<at::Tensor> chunks_;
+  std::vector<bool> chunk_pinned_;
   std::vector<std::pair<std::unique_ptr<HostBuffer>, int64_t>> fp8_buffers_;
   std::vector<std::unique_ptr<BlockTransform>> transforms_;
   std::unordered_set<const c10::TensorImpl*> seen_;
@@ -856,6 +888,23 @@ class Runtime {
   int touched_ = -1;
   bool closed_ = false;
 };
+
+// The residency the runtime would plan for these sizes (no runtime needed):
+// lets the engine rank blocks for pinning before they are registered.
+std::vector<bool> PlanResidency(const std::vector<uint64_t>& block_bytes, uint64_t fixed_bytes,
+                                const std::string& policy, int64_t budget_bytes, int prefetch) {
+  PlanRequest req;
+  req.policy = ParsePolicy(policy);
+  req.block_bytes = block_bytes;
+  req.fixed_bytes = fixed_bytes;
+  req.budget_bytes = budget_bytes < 0 ? PlanRequest::kUnlimited : static_cast<uint64_t>(budget_bytes);
+  req.prefetch = prefetch;
+  ResidencyPlan plan;
+  Check(ResidencyPlan::Make(req, &plan));
+  std::vector<bool> out;
+  for (int i = 0; i < plan.num_blocks(); ++i) out.push_back(plan.resident(i));
+  return out;
+}
 
 bool CudaBuilt() {
 #ifdef PINSTREAM_WITH_CUDA
@@ -873,6 +922,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "PinStream native runtime: streams weight blocks from pinned host memory to the device";
   py::register_exception<pinstream::OutOfMemory>(m, "OutOfMemoryError", PyExc_MemoryError);
   m.def("cuda_built", &pinstream::CudaBuilt, "True when the CUDA engine was compiled in");
+  m.def("plan_residency", &pinstream::PlanResidency, py::arg("block_bytes"), py::arg("fixed_bytes"),
+        py::arg("policy"), py::arg("budget_bytes"), py::arg("prefetch"),
+        "Which blocks a plan keeps resident (True) for these sizes");
   m.def("live_bytes", [] {
     py::dict d;
     d["host"] = pinstream::g_live_host_bytes.load();
@@ -903,7 +955,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_property_readonly("resident_blocks", &Runtime::resident_blocks)
       .def("register_blocks", &Runtime::RegisterBlocks, py::arg("blocks"),
            py::arg("streamable") = std::vector<bool>(), py::arg("progress") = py::none(),
-           py::arg("fp8") = std::vector<bool>(),
+           py::arg("fp8") = std::vector<bool>(), py::arg("pin_rank") = std::vector<int>(),
            "Packs each block's tensors into pinned host memory and re-points them there")
       .def("register_block",
            [](Runtime& rt, const std::vector<at::Tensor>& tensors, bool streamable) {

@@ -262,3 +262,32 @@ def test_models_without_blocks():
 def test_not_a_module_is_a_type_error():
     with pytest.raises(TypeError, match="nn.Module"):
         pinstream.offload(torch.randn(3), mode="sequential")
+
+
+def test_over_the_pinning_cap_streamed_blocks_are_pinned_first():
+    """Budget mode: resident blocks are uploaded once, streamed ones every pass; with a
+    cap that covers only the streamed blocks, exactly those are pinned."""
+    m = _net(n=8, dim=128)
+    x = torch.randn(2, 128)
+    with torch.no_grad():
+        ref = m(x)
+    block = sum(p.numel() * p.element_size() for p in m.blocks[0].parameters())
+    nonblock = sum(p.numel() * p.element_size() for p in m.inp.parameters())
+    budget = nonblock + 2 * block + 3 * block + 8192  # ring of 2 + 3 resident blocks
+    probe = _C.plan_residency([block] * 8, nonblock, "budget", budget, 1)
+    streamed = [i for i, r in enumerate(probe) if not r]
+    assert len(streamed) == 5
+    cap = len(streamed) * (block // 512 + 1) * 512 + 4096
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        h = pinstream.offload(m, mode="budget", budget_gb=budget / GIB, device="cpu", engine="host",
+                              pin_cap_bytes=cap, chunk_bytes=1)
+    st = h.stats()
+    resident = st["plan"]["resident_blocks"]
+    assert resident == 3
+    pinned = st["block_pinned"][:8]
+    assert [i for i, p in enumerate(pinned) if p] == streamed
+    assert st["block_pinned"][8] is False  # the non-block part is uploaded once
+    with torch.no_grad():
+        assert torch.equal(m(x), ref)
+    h.detach()
