@@ -48,6 +48,21 @@ struct BlockTransform {
   std::vector<TransformJob> jobs;
 };
 
+// The dequantization a kDequantize job asks for, on `staging` -> `out`.
+inline Fp8DequantParams DequantParamsFor(const TransformJob& job, const uint8_t* staging,
+                                         uint8_t* out) {
+  Fp8DequantParams p;
+  p.q = staging + job.src_offset;
+  p.format = job.format;
+  p.scales = reinterpret_cast<const float*>(staging + job.scales_offset);
+  p.scale_layout = ScaleLayout::kPerRow;
+  p.rows = job.rows;
+  p.cols = job.cols;
+  p.out_dtype = job.out_dtype;
+  p.out = out + job.dst_offset;
+  return p;
+}
+
 // Host memory owned by an engine: pinned (page-locked, registered with the
 // device) where possible. Freed (and unpinned) by its destructor.
 class HostBuffer {

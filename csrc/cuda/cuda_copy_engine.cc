@@ -120,16 +120,7 @@ Status CudaCopyEngine::EnqueueTransform(const BlockTransform* transform,
       }
       continue;
     }
-    Fp8DequantParams p;
-    p.q = src + job.src_offset;
-    p.format = job.format;
-    p.scales = reinterpret_cast<const float*>(src + job.scales_offset);
-    p.scale_layout = ScaleLayout::kPerRow;
-    p.rows = job.rows;
-    p.cols = job.cols;
-    p.out_dtype = job.out_dtype;
-    p.out = dst + job.dst_offset;
-    PINSTREAM_RETURN_IF_ERROR(LaunchDequantizeFp8(p, stream_.get()));
+    PINSTREAM_RETURN_IF_ERROR(LaunchDequantizeFp8(DequantParamsFor(job, src, dst), stream_.get()));
   }
   return Status::Ok();
 }

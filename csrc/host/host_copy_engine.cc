@@ -165,16 +165,7 @@ void HostCopyEngine::RunTransform(const Op& op, std::unique_lock<std::mutex>* lo
       if (job.bytes > 0) std::memcpy(out + job.dst_offset, staging + job.src_offset, job.bytes);
       continue;
     }
-    Fp8DequantParams p;
-    p.q = staging + job.src_offset;
-    p.format = job.format;
-    p.scales = reinterpret_cast<const float*>(staging + job.scales_offset);
-    p.scale_layout = ScaleLayout::kPerRow;
-    p.rows = job.rows;
-    p.cols = job.cols;
-    p.out_dtype = job.out_dtype;
-    p.out = out + job.dst_offset;
-    Status s = DequantizeFp8(p);
+    Status s = DequantizeFp8(DequantParamsFor(job, staging, out));
     if (!s.ok() && failed.ok()) failed = s;
   }
   lock->lock();
