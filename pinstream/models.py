@@ -749,17 +749,8 @@ class TinyUNet(nn.Module):
 # --------------------------------------------------------------------------- T5 / UMT5 encoder
 
 
-class T5LayerNorm(nn.Module):
-    def __init__(self, dim, eps=1e-6, dtype=None, device=None):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim, **_fk(dtype, device)))
-
-    def _norm_weight(self):
-        return self.weight.data
-
-    def forward(self, x):
-        return _rms(x, self.weight, self.eps)
+class T5LayerNorm(WanRMSNorm):
+    """T5's layer norm is the same RMS norm (no mean subtraction, no bias, key `weight`)."""
 
 
 class T5DenseGatedActDense(nn.Module):

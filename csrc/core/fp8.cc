@@ -420,16 +420,7 @@ Status DequantizeFp8(const Fp8DequantParams& p) {
 
 Status DequantizeRows(const uint8_t* q, const float* scales, int64_t rows, int64_t cols,
                       FloatDtype out_dtype, void* out) {
-  Fp8DequantParams p;
-  p.q = q;
-  p.format = Fp8Format::kE4M3;
-  p.scales = scales;
-  p.scale_layout = ScaleLayout::kPerRow;
-  p.rows = rows;
-  p.cols = cols;
-  p.out_dtype = out_dtype;
-  p.out = out;
-  return DequantizeFp8(p);
+  return DequantizeFp8(E4M3PerRowParams(q, scales, rows, cols, out_dtype, out));
 }
 
 }  // namespace pinstream

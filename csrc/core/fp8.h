@@ -182,6 +182,21 @@ Status ValidateDequantParams(const Fp8DequantParams& p);
 Status DequantizeFp8(const Fp8DequantParams& p);
 
 // Shorthand for our own blocks: e4m3 codes with per-row scales.
+// The parameters of the common case: e4m3 codes with one scale per row.
+inline Fp8DequantParams E4M3PerRowParams(const uint8_t* q, const float* scales, int64_t rows,
+                                         int64_t cols, FloatDtype out_dtype, void* out) {
+  Fp8DequantParams p;
+  p.q = q;
+  p.format = Fp8Format::kE4M3;
+  p.scales = scales;
+  p.scale_layout = ScaleLayout::kPerRow;
+  p.rows = rows;
+  p.cols = cols;
+  p.out_dtype = out_dtype;
+  p.out = out;
+  return p;
+}
+
 Status DequantizeRows(const uint8_t* q, const float* scales, int64_t rows,
                       int64_t cols, FloatDtype out_dtype, void* out);
 

@@ -238,16 +238,7 @@ Status LaunchDequantizeFp8(const Fp8DequantParams& p, cudaStream_t stream) {
 Status LaunchDequantizeE4M3(const uint8_t* q, const float* scales, int64_t rows,
                             int64_t cols, FloatDtype out_dtype, void* out,
                             cudaStream_t stream) {
-  Fp8DequantParams p;
-  p.q = q;
-  p.format = Fp8Format::kE4M3;
-  p.scales = scales;
-  p.scale_layout = ScaleLayout::kPerRow;
-  p.rows = rows;
-  p.cols = cols;
-  p.out_dtype = out_dtype;
-  p.out = out;
-  return LaunchDequantizeFp8(p, stream);
+  return LaunchDequantizeFp8(E4M3PerRowParams(q, scales, rows, cols, out_dtype, out), stream);
 }
 
 }  // namespace pinstream
