@@ -62,7 +62,7 @@ MIB = 1024**2
 SYSTEMS = ("pinstream", "naive_swap", "accelerate", "diffusers_block", "diffusers_leaf", "comfyui_lowvram")
 # --skip accepts these names (sections and systems)
 SKIPPABLE = ("link", "wan14b", "real_seq", "model_offload", "baselines", "naive_swap", "accelerate",
-             "diffusers", "diffusers_block", "diffusers_leaf", "comfyui_lowvram")
+             "diffusers", "diffusers_block", "diffusers_leaf", "comfyui_lowvram", "fp8")
 
 # Wan 480p x 81 frames: latent (21, 60, 104) -> (1, 2, 2) patches -> 21 * 30 * 52 tokens
 REAL_GRID = (21, 60, 104)

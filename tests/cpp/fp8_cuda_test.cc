@@ -92,6 +92,10 @@ void CheckCase(Fp8Format format, ScaleLayout layout, FloatDtype dtype, int64_t r
   ASSERT_EQ(cudaMemcpy(dscales, scales.data(), scales.size() * 4, cudaMemcpyHostToDevice),
             cudaSuccess);
   ASSERT_EQ(cudaMemset(dout, 0xA5, n * esize + 64), cudaSuccess);
+  // cudaMemset and the pageable cudaMemcpy run on the legacy default stream,
+  // which a cudaStreamNonBlocking stream does not wait for: without this the
+  // kernel can run before the fill and have its output overwritten.
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   CudaStream stream;
   ASSERT_TRUE(CudaStream::Create(0, &stream).ok());
   Fp8DequantParams dev = host;
@@ -227,6 +231,7 @@ TEST(Fp8Cuda, LargeBlockAndThroughput) {
   ASSERT_TRUE(dq && dscales && dout);
   ASSERT_EQ(cudaMemset(dq, 0x3A, n), cudaSuccess);
   ASSERT_EQ(cudaMemset(dscales, 0, rows * 4), cudaSuccess);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);  // the fills run on the legacy stream
   CudaStream stream;
   ASSERT_TRUE(CudaStream::Create(0, &stream).ok());
   CudaEvent start, stop;
