@@ -18,10 +18,14 @@
 #include <malloc.h>
 #endif
 
+#include <ATen/Parallel.h>
+
+#include <algorithm>
 #include <atomic>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <unordered_set>
 #include <cstring>
@@ -53,6 +57,27 @@ class OutOfMemory : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
 };
+
+// Runs fn(begin, end) over [0, n) on up to torch's intra-op thread count of
+// std::threads (at::parallel_for's OpenMP pragma is inert in a module built
+// without -fopenmp). Items are handed out one at a time from a counter.
+template <typename Fn>
+void ParallelFor(int64_t n, const Fn& fn) {
+  const int64_t threads = std::min<int64_t>(n, std::max(1, at::get_num_threads()));
+  if (threads <= 1) {
+    fn(0, n);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  auto work = [&] {
+    for (int64_t k = next++; k < n; k = next++) fn(k, k + 1);
+  };
+  std::vector<std::thread> pool;
+  pool.reserve(static_cast<size_t>(threads - 1));
+  for (int64_t t = 1; t < threads; ++t) pool.emplace_back(work);
+  work();
+  for (auto& th : pool) th.join();
+}
 
 void Check(const Status& s) {
   if (s.ok()) return;
@@ -674,7 +699,15 @@ class Runtime {
     std::unique_ptr<HostBuffer> buf;
     Check(engine_->AllocateHostBuffer(std::max<uint64_t>(off, 1), /*pin=*/true, &buf));
     auto* base = static_cast<uint8_t*>(buf->data());
-    QuantError block_error;
+    // Rows are independent: quantize row ranges of about kItemElems codes on
+    // torch's intra-op threads. The ranges do not depend on the thread count
+    // and their errors merge in order, so the result is the same on any machine.
+    constexpr int64_t kItemElems = int64_t{1} << 22;
+    struct Item {
+      size_t tensor;
+      int64_t row0, row1;
+    };
+    std::vector<Item> items;
     for (size_t i = 0; i < info->tensors.size(); ++i) {
       const PackedTensor& pt = info->tensors[i];
       const TransformJob& job = transform->jobs[i];
@@ -682,11 +715,31 @@ class Runtime {
         if (job.bytes > 0) std::memcpy(base + job.src_offset, pt.host_view.data_ptr(), job.bytes);
         continue;
       }
-      QuantError err;
-      Check(QuantizeRows(pt.host_view.data_ptr(), job.out_dtype, job.rows, job.cols,
-                         base + job.src_offset, reinterpret_cast<float*>(base + job.scales_offset),
-                         &err));
-      block_error.Merge(err);
+      const int64_t step = std::max<int64_t>(1, kItemElems / std::max<int64_t>(1, job.cols));
+      for (int64_t r = 0; r < job.rows; r += step) {
+        items.push_back({i, r, std::min(job.rows, r + step)});
+      }
+    }
+    std::vector<QuantError> item_errors(items.size());
+    std::vector<Status> item_status(items.size());
+    auto quantize = [&](int64_t begin, int64_t end) {
+      for (int64_t k = begin; k < end; ++k) {
+        const Item& it = items[static_cast<size_t>(k)];
+        const PackedTensor& pt = info->tensors[it.tensor];
+        const TransformJob& job = transform->jobs[it.tensor];
+        const int esize = DtypeSize(job.out_dtype);
+        item_status[k] = QuantizeRows(
+            static_cast<const uint8_t*>(pt.host_view.data_ptr()) + it.row0 * job.cols * esize,
+            job.out_dtype, it.row1 - it.row0, job.cols,
+            base + job.src_offset + it.row0 * job.cols,
+            reinterpret_cast<float*>(base + job.scales_offset) + it.row0, &item_errors[k]);
+      }
+    };
+    ParallelFor(static_cast<int64_t>(items.size()), quantize);
+    QuantError block_error;
+    for (size_t k = 0; k < items.size(); ++k) {
+      Check(item_status[k]);
+      block_error.Merge(item_errors[k]);
     }
     info->fp8_error = block_error;
     info->fp8 = true;

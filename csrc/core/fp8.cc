@@ -152,6 +152,28 @@ Status CheckPointer(const void* p, size_t alignment, const char* what, const cha
   return Status::Ok();
 }
 
+// Inlined into the quantization loop (a call through the PLT per code costs
+// as much as the encoding itself).
+inline uint8_t EncodeE4M3Inline(float x) {
+  const uint32_t u = Bits(x);
+  const uint8_t sign = static_cast<uint8_t>((u >> 24) & 0x80u);
+  uint32_t a = u & 0x7FFFFFFFu;
+  if (a > 0x7F800000u) return sign | 0x7F;           // NaN
+  if (a > 0x43E80000u) return sign | 0x7E;           // |x| > 464 or inf: saturate
+  if (a >= 0x3C800000u) {                            // |x| >= 2^-6: e4m3 normal
+    // Rebias the exponent (127 -> 7) and round the 23-bit mantissa to 3 bits
+    // (RNE; a carry moves into the exponent). 464 rounds to 448 (0x7E).
+    const uint32_t mant_odd = (a >> 20) & 1u;
+    a += (static_cast<uint32_t>(7 - 127) << 23) + 0x7FFFFu + mant_odd;
+    return sign | static_cast<uint8_t>(a >> 20);
+  }
+  if (a < 0x00800000u) return sign;                  // fp32 zero/subnormal: < 2^-126
+  // e4m3 subnormal: code = RNE(|x| / 2^-9) in 0..8 (8 is the smallest normal).
+  const int e = static_cast<int>(a >> 23) - 127;     // -126..-7
+  const uint32_t m = (a & 0x7FFFFFu) | 0x800000u;    // |x| = m * 2^(e-23)
+  return sign | static_cast<uint8_t>(ShiftRightRne(m, 14 - e));
+}
+
 // Running error sums of QuantizeRows / MeasureQuantError.
 struct ErrorSums {
   double max_abs = 0;
@@ -192,7 +214,7 @@ void QuantizeTyped(const typename Load::T* src, int64_t rows, int64_t cols, uint
     scales[r] = scale;
     for (int64_t c = 0; c < cols; ++c) {
       const float x = Load::Get(row[c]);
-      qrow[c] = EncodeE4M3(x / scale);
+      qrow[c] = EncodeE4M3Inline(x / scale);
       if (sums != nullptr) sums->Add(x, kE4M3Table[qrow[c]] * scale);
     }
   }
@@ -246,25 +268,7 @@ const char* Fp8FormatName(Fp8Format format) {
   return "unknown fp8 format";
 }
 
-uint8_t EncodeE4M3(float x) {
-  const uint32_t u = Bits(x);
-  const uint8_t sign = static_cast<uint8_t>((u >> 24) & 0x80u);
-  uint32_t a = u & 0x7FFFFFFFu;
-  if (a > 0x7F800000u) return sign | 0x7F;           // NaN
-  if (a > 0x43E80000u) return sign | 0x7E;           // |x| > 464 or inf: saturate
-  if (a >= 0x3C800000u) {                            // |x| >= 2^-6: e4m3 normal
-    // Rebias the exponent (127 -> 7) and round the 23-bit mantissa to 3 bits
-    // (RNE; a carry moves into the exponent). 464 rounds to 448 (0x7E).
-    const uint32_t mant_odd = (a >> 20) & 1u;
-    a += (static_cast<uint32_t>(7 - 127) << 23) + 0x7FFFFu + mant_odd;
-    return sign | static_cast<uint8_t>(a >> 20);
-  }
-  if (a < 0x00800000u) return sign;                  // fp32 zero/subnormal: < 2^-126
-  // e4m3 subnormal: code = RNE(|x| / 2^-9) in 0..8 (8 is the smallest normal).
-  const int e = static_cast<int>(a >> 23) - 127;     // -126..-7
-  const uint32_t m = (a & 0x7FFFFFu) | 0x800000u;    // |x| = m * 2^(e-23)
-  return sign | static_cast<uint8_t>(ShiftRightRne(m, 14 - e));
-}
+uint8_t EncodeE4M3(float x) { return EncodeE4M3Inline(x); }
 
 float DecodeE4M3(uint8_t code) { return kE4M3Table[code]; }
 float DecodeE5M2(uint8_t code) { return kE5M2Table[code]; }

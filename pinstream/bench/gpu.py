@@ -62,7 +62,7 @@ MIB = 1024**2
 SYSTEMS = ("pinstream", "naive_swap", "accelerate", "diffusers_block", "diffusers_leaf", "comfyui_lowvram")
 # --skip accepts these names (sections and systems)
 SKIPPABLE = ("link", "wan14b", "real_seq", "model_offload", "baselines", "naive_swap", "accelerate",
-             "diffusers", "diffusers_block", "diffusers_leaf", "comfyui_lowvram", "fp8")
+             "diffusers", "diffusers_block", "diffusers_leaf", "comfyui_lowvram", "fp8", "short_seq")
 
 # Wan 480p x 81 frames: latent (21, 60, 104) -> (1, 2, 2) patches -> 21 * 30 * 52 tokens
 REAL_GRID = (21, 60, 104)
@@ -88,6 +88,9 @@ class Config:
     prefetches: tuple = (1, 2, 3)
     budget_prefetch: int = 2
     real_prefetch: int = 2
+    # a second, transfer-bound length (one block computes far faster than it uploads),
+    # where PinStream, ComfyUI lowvram, diffusers and fp8 transfer are also compared
+    short_seq: int = 2048
     warmup: int = 1
     timed: int = 3
     slow_timed: int = 2  # baselines and the real sequence length
@@ -114,7 +117,7 @@ def make_config(dry: bool) -> Config:
             wan={"dim": 128, "ffn_dim": 512, "num_heads": 4, "num_layers": 8, "text_dim": 32, "freq_dim": 32},
             link_mb=[0.25, 1.0, 4.0], link_total_mb=16.0,
             seq_candidates=[16, 32, 64, 128], real_grid=(4, 16, 16), budgets_gb=None,
-            text_len=16, timed=2, slow_timed=2,
+            text_len=16, timed=2, slow_timed=2, short_seq=8,
             reserve_s={"build": 1, "run": 0.5, "system": 1},
         )
     return Config(
@@ -370,6 +373,7 @@ class Bench:
         self.num_blocks = int(cfg.wan["num_layers"])
         self.inputs_s = None  # inputs at the chosen seq len
         self.inputs_real = None
+        self.inputs_short = None  # inputs at the transfer-bound length (cfg.short_seq)
 
     # ---- bookkeeping ------------------------------------------------------------
     def skipped(self, *names) -> bool:
@@ -456,14 +460,22 @@ class Bench:
         small = dataclasses.replace(cfg, wan=dict(cfg.wan, num_layers=min(8, int(cfg.wan["num_layers"]))))
         seq = int(self.results["wan14b"].get("seq_len") or 256)
         model = build_wan(small, "cpu")
-        inputs = model_inputs(small, model, cfg.device, seq_len=seq)
+        lengths = [("", seq)]
+        short = self.results["wan14b"].get("short_seq_len")
+        if short and not self.skipped("short_seq"):
+            lengths.append(("short", int(short)))
+        inputs = {key: model_inputs(small, model, cfg.device, seq_len=n) for key, n in lengths}
         res.update(num_blocks=len(model.blocks), seq_len=seq, block_bytes=int(tensor_bytes(model.blocks[0])))
+        if len(lengths) > 1:
+            res["short_seq_len"] = int(short)
 
-        def step():
-            import torch
+        def step_at(key):
+            def step():
+                import torch
 
-            with torch.inference_mode():
-                model(*inputs)
+                with torch.inference_mode():
+                    model(*inputs[key])
+            return step
 
         try:
             for transfer in ("auto", "fp8_e4m3"):
@@ -476,22 +488,34 @@ class Bench:
                                       link_gbps=cfg.host_link_gbps if cfg.engine == "host" else None)
                 offload_s = time.monotonic() - t0
                 try:
-                    times = time_steps(cfg, step, warmup=1, timed=3, deadline=deadline, after_warmup=h.reset_stats)
-                    st = h.stats()
-                    res[transfer] = {
-                        "step_ms": median(times), "offload_s": round(offload_s, 2),
-                        "bytes_per_step": int(st["bytes_uploaded"]) // max(1, len(times)),
-                        "upload_gbps": float(st.get("upload_gbps", 0.0)),
-                        "stall_ms_per_step": float(st.get("stall_ms", 0.0)) / max(1, len(times)),
-                        "fp8_max_abs_error": float(st.get("fp8_max_abs_error", 0.0)),
-                        "fp8_mean_abs_error": float(st.get("fp8_mean_abs_error", 0.0)),
-                    }
+                    for key, n in lengths:
+                        if key and time.monotonic() > deadline:
+                            res.setdefault("skipped", []).append(f"{transfer} at seq {n}: time budget")
+                            continue
+                        times = time_steps(cfg, step_at(key), warmup=1, timed=3, deadline=deadline,
+                                           after_warmup=h.reset_stats)
+                        st = h.stats()
+                        one = {
+                            "step_ms": median(times), "seq_len": n,
+                            "bytes_per_step": int(st["bytes_uploaded"]) // max(1, len(times)),
+                            "upload_gbps": float(st.get("upload_gbps", 0.0)),
+                            "stall_ms_per_step": float(st.get("stall_ms", 0.0)) / max(1, len(times)),
+                        }
+                        if not key:
+                            res[transfer] = dict(one, offload_s=round(offload_s, 2),
+                                                 fp8_max_abs_error=float(st.get("fp8_max_abs_error", 0.0)),
+                                                 fp8_mean_abs_error=float(st.get("fp8_mean_abs_error", 0.0)))
+                        elif transfer in res:
+                            res[transfer][key] = one
                 finally:
                     h.detach()
                     free_memory(cfg)
             if "auto" in res and "fp8_e4m3" in res:
                 res["bytes_ratio"] = res["fp8_e4m3"]["bytes_per_step"] / max(1, res["auto"]["bytes_per_step"])
                 res["step_ratio"] = res["fp8_e4m3"]["step_ms"] / max(1e-9, res["auto"]["step_ms"])
+                if "short" in res["auto"] and "short" in res["fp8_e4m3"]:
+                    res["short_step_ratio"] = (res["fp8_e4m3"]["short"]["step_ms"]
+                                               / max(1e-9, res["auto"]["short"]["step_ms"]))
         finally:
             del model
             free_memory(cfg)
@@ -733,6 +757,9 @@ class Bench:
         _log(f"  built {self.model_bytes / GIB:.2f} GiB in {time.monotonic() - t0:.1f} s")
         self.inputs_s = model_inputs(cfg, model, cfg.device, seq_len=seq)
         self.inputs_real = model_inputs(cfg, model, cfg.device, grid=cfg.real_grid)
+        if cfg.short_seq < seq and not self.skipped("short_seq"):
+            w["short_seq_len"] = int(cfg.short_seq)
+            self.inputs_short = model_inputs(cfg, model, cfg.device, seq_len=cfg.short_seq)
         try:
             self.pinstream_runs(model, seq, deadline)
         except Exception as e:  # noqa: BLE001 - the baselines still run on the same model
@@ -774,7 +801,7 @@ class Bench:
         rt = h.runtime
         block_ids = list(getattr(h, "_block_ids", range(len(model.blocks))))
         real_seq = tokens_of_grid(cfg.real_grid)
-        n_sections = 7.0
+        n_sections = 8.0
         # PinStream's runs get 60% of the section, naive swap and accelerate the rest
         ps_deadline = time.monotonic() + max(0.0, deadline - time.monotonic()) * 0.6
 
@@ -854,6 +881,18 @@ class Bench:
         n_sections -= 1
         for b in self.budgets():
             ps_run("budget", "budget", b, cfg.budget_prefetch, self.inputs_s, seq, cfg.timed, sub(1))
+        n_sections -= 1
+        # the transfer-bound length: compute-only, sequential and the budgets the model does not fit in
+        if self.inputs_short is not None:
+            short = int(w["short_seq_len"])
+            r = ps_run("full_load", "all_resident", None, 1, self.inputs_short, short, cfg.timed, sub(1))
+            if r:
+                w["short_compute_only_ms"] = r["step_ms"]
+            ps_run("sequential", "stream_all", None, cfg.budget_prefetch, self.inputs_short, short, cfg.timed,
+                   sub(1))
+            for b in self.budgets():
+                if b * GIB < self.model_bytes:
+                    ps_run("budget", "budget", b, cfg.budget_prefetch, self.inputs_short, short, cfg.timed, sub(1))
         n_sections -= 1
         self.overlap()
 
@@ -987,23 +1026,37 @@ class Bench:
         free_memory(self.cfg, host_cache=system != "diffusers_block")
 
     def baseline_run(self, system: str, mode: str, budget_gb, step_fn, sub_deadline: float, extra: dict,
-                     timed: int | None = None) -> dict:
+                     timed: int | None = None, seq_len: int | None = None) -> dict:
         rss = RssPeak()
         times = time_steps(self.cfg, step_fn, warmup=self.cfg.warmup, timed=timed or self.cfg.slow_timed,
                            deadline=sub_deadline, on_step=rss.sample)
         run = {"system": system, "mode": mode, "budget_gb": budget_gb, "prefetch": extra.pop("prefetch", None),
                "step_ms": median(times), "peak_device_bytes": peak_bytes(self.cfg), "host_rss_bytes": rss.value,
-               "seq_len": self.results["wan14b"]["seq_len"], "steps_ms": times, **extra}
+               "seq_len": seq_len or self.results["wan14b"]["seq_len"], "steps_ms": times, **extra}
         self.add_run(run)
         return run
 
-    def step_fn(self, model):
+    def step_fn(self, model, inputs=None):
         import torch
+
+        inputs = self.inputs_s if inputs is None else inputs
 
         def f():
             with torch.inference_mode():
-                model(*self.inputs_s)
+                model(*inputs)
         return f
+
+    def short_run(self, system: str, mode: str, budget_gb, model, sub_deadline: float, extra: dict) -> None:
+        """The same baseline configuration again at the transfer-bound length, for the
+        systems judged against PinStream there (ComfyUI lowvram, diffusers)."""
+        if self.inputs_short is None or (budget_gb is not None and budget_gb * GIB >= self.model_bytes):
+            return
+        if not self.enough(sub_deadline, "run"):
+            self.results["wan14b"].setdefault("skipped_runs", []).append(
+                f"{system} {mode} budget {budget_gb} at seq {self.results['wan14b']['short_seq_len']}: time budget")
+            return
+        self.baseline_run(system, mode, budget_gb, self.step_fn(model, self.inputs_short), sub_deadline,
+                          dict(extra), timed=self.cfg.timed, seq_len=int(self.results["wan14b"]["short_seq_len"]))
 
     def naive_swap(self, model, deadline: float) -> None:
         """baselines.naive_swap at each budget: the budget holds the non-block part,
@@ -1059,7 +1112,8 @@ class Bench:
         # streams need a CUDA onload device; the dry run runs without
         with baselines.diffusers_group_offload(model, cfg.device, offload_type, use_stream=cfg.cuda) as info:
             info["setup_s"] = round(time.monotonic() - t0, 2)
-            self.baseline_run(system, offload_type, None, self.step_fn(model), deadline, info)
+            self.baseline_run(system, offload_type, None, self.step_fn(model), deadline, dict(info))
+            self.short_run(system, offload_type, None, model, deadline, info)
         # the pinned copies stay in torch's pinned cache until both diffusers runs are
         # done (leaf_level reuses them: same sizes); see baseline()
         model = None
@@ -1090,6 +1144,12 @@ class Bench:
         comfy = baselines.ComfyLowvram(ns, model, cfg.device)
         try:
             for b in self.budgets():
+                if self.model_bytes and b * GIB >= self.model_bytes:
+                    # the model fits: a plain full load for every system, and not judged;
+                    # its time goes to diffusers instead
+                    self.results["wan14b"].setdefault("skipped_runs", []).append(
+                        f"comfyui_lowvram budget {b:g}: holds the whole model (not judged)")
+                    continue
                 if not self.enough(deadline, "run"):
                     break
                 free_memory(cfg)
@@ -1097,6 +1157,7 @@ class Bench:
                 with comfy.budget(int(b * GIB)) as info:
                     self.baseline_run("comfyui_lowvram", "lowvram", b, self.step_fn(model), deadline,
                                       {**info, "comfyui_found": how})
+                    self.short_run("comfyui_lowvram", "lowvram", b, model, deadline, {**info, "comfyui_found": how})
         finally:
             comfy = model = None
             free_memory(cfg)
@@ -1141,13 +1202,14 @@ def _json_default(o):
 # --------------------------------------------------------------------------- targets
 
 
-def _pinstream_ref(results: dict, run: dict) -> dict | None:
+def _pinstream_ref(results: dict, run: dict, seq_len: int | None = None) -> dict | None:
     """The PinStream run a baseline run is compared with, at equal VRAM: the budget
     run at the same budget; for a system without a budget knob, the fastest
     streaming PinStream run whose peak device memory is within 10% of the
     baseline's, else the streaming run with the least peak memory."""
     w = results["wan14b"]
-    ps = [r for r in w["runs"] if r["system"] == "pinstream" and r.get("seq_len") == w.get("seq_len")
+    seq_len = seq_len or w.get("seq_len")
+    ps = [r for r in w["runs"] if r["system"] == "pinstream" and r.get("seq_len") == seq_len
           and r["mode"] != "full_load"]
     if not ps:
         return None
@@ -1214,8 +1276,9 @@ def evaluate_targets(results: dict) -> list:
 
     model_bytes = w.get("model_bytes") or 0
 
-    def vs(system_names, goal, label):
-        cands = [r for r in runs if r["system"] in system_names]
+    def vs(system_names, goal, label, seq_len=None):
+        seq_len = seq_len or w.get("seq_len")
+        cands = [r for r in runs if r["system"] in system_names and r.get("seq_len", seq_len) == seq_len]
         if not cands:
             status = {s: results.get("baselines", {}).get(s) for s in system_names}
             add(label, f">= {goal}x", None, None, f"not measured: {status}")
@@ -1236,7 +1299,7 @@ def evaluate_targets(results: dict) -> list:
         worst, details = None, []
         for _b, rr in sorted(groups.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
             best = min(rr, key=lambda r: r["step_ms"])  # diffusers: the better of block/leaf
-            ref = _pinstream_ref(results, best)
+            ref = _pinstream_ref(results, best, seq_len)
             if ref is None:
                 details.append(f"{_label(best)}: no PinStream run to compare")
                 continue
@@ -1246,7 +1309,7 @@ def evaluate_targets(results: dict) -> list:
                            f"{sp:.2f}x")
             worst = sp if worst is None else min(worst, sp)
         for r in info:
-            ref = _pinstream_ref(results, r)
+            ref = _pinstream_ref(results, r, seq_len)
             if ref:
                 details.append(f"(not judged, model fits) {_label(r)}: {r['step_ms'] / ref['step_ms']:.2f}x")
         add(label, f">= {goal}x", None if worst is None else round(worst, 3),
@@ -1256,6 +1319,13 @@ def evaluate_targets(results: dict) -> list:
     vs({"diffusers_block", "diffusers_leaf"}, 1.3, "PinStream speed-up vs diffusers group offloading (better of block/leaf)")
     vs({"naive_swap"}, 2.0, "PinStream speed-up vs naive per-block .to() swap")
     vs({"accelerate"}, 5.0, "PinStream speed-up vs accelerate cpu_offload")
+    short = w.get("short_seq_len")
+    if short:
+        # the same two comparisons where uploads, not compute, set the pace
+        vs({"comfyui_lowvram"}, 1.5, f"at transfer-bound seq len {short}: PinStream speed-up vs ComfyUI core lowvram "
+           "at equal VRAM", short)
+        vs({"diffusers_block", "diffusers_leaf"}, 1.3, f"at transfer-bound seq len {short}: PinStream speed-up vs "
+           "diffusers group offloading (better of block/leaf)", short)
 
     mo = results.get("model_offload", {})
     pinned = link.get("pinned_peak_gbps")
@@ -1293,6 +1363,9 @@ def summary_text(results: dict) -> str:
                      f"uploads in {w.get('block_upload_ms', 0):.2f} ms; compute-only {_fmt(w.get('compute_only_ms'))} "
                      f"ms, transfer-only {_fmt(w.get('transfer_only_ms'))} ms (estimate "
                      f"{_fmt(w.get('transfer_only_est_ms'))} ms); model {w.get('model_bytes', 0) / GIB:.2f} GiB")
+    if w.get("short_seq_len"):
+        lines.append(f"transfer-bound length {w['short_seq_len']}: compute-only {_fmt(w.get('short_compute_only_ms'))} "
+                     f"ms against transfer-only {_fmt(w.get('transfer_only_ms'))} ms")
     lines.append("")
     lines.append(f"{'system':<16} {'mode':<14} {'budget GB':>9} {'pf':>3} {'seq':>6} {'step ms':>10} "
                  f"{'peak GiB':>9} {'RSS GiB':>8} {'overlap':>8}")
@@ -1317,7 +1390,10 @@ def summary_text(results: dict) -> str:
                      f"{a['bytes_per_step'] / GIB:.2f} -> {q['bytes_per_step'] / GIB:.2f} GiB "
                      f"(x{f8['bytes_ratio']:.2f}), step {a['step_ms']:.1f} -> {q['step_ms']:.1f} ms "
                      f"(x{f8['step_ratio']:.2f}), weight error max {q['fp8_max_abs_error']:.3g} "
-                     f"mean {q['fp8_mean_abs_error']:.3g}")
+                     f"mean {q['fp8_mean_abs_error']:.3g}; quantized in {q.get('offload_s', 0):.1f} s")
+        if "short_step_ratio" in f8:
+            lines.append(f"fp8 transfer at seq {f8['short_seq_len']} (transfer-bound): step "
+                         f"{a['short']['step_ms']:.1f} -> {q['short']['step_ms']:.1f} ms (x{f8['short_step_ratio']:.2f})")
     st = {k: v for k, v in results.get("baselines", {}).items() if "ok" not in v}
     if st:
         lines.append("baselines not run: " + "; ".join(f"{k}: {v}" for k, v in st.items()))

@@ -32,13 +32,14 @@ STYLE = {
 }
 
 
-def _series(results: dict):
-    """(label, system, [(x_gib, step_s)], drawn_at) per system/mode at the chosen seq len."""
+def _series(results: dict, seq: int | None = None):
+    """(label, system, [(x_gib, step_s)], drawn_at) per system/mode at sequence length
+    ``seq`` (default: the chosen one)."""
     w = results.get("wan14b", {})
-    seq = w.get("seq_len")
+    seq = seq or w.get("seq_len")
     groups: dict = {}
     for r in w.get("runs", []):
-        if r.get("seq_len") not in (None, seq) or r.get("mode") == "full_load":
+        if (r.get("seq_len") or w.get("seq_len")) != seq or r.get("mode") == "full_load":
             continue
         if r.get("budget_gb") is not None:
             x, at = float(r["budget_gb"]), "budget"
@@ -55,8 +56,22 @@ def _series(results: dict):
 
 
 def plot_step_vs_budget(results: dict, path: Path, plt) -> None:
-    fig, ax = plt.subplots(figsize=(9, 5.5))
-    groups = _series(results)
+    """One panel at the chosen length; a second one at the transfer-bound length when
+    the run has it."""
+    w = results.get("wan14b", {})
+    panels = [(w.get("seq_len"), w.get("full_load_ms"), "")]
+    if w.get("short_seq_len") and _series(results, w["short_seq_len"]):
+        panels.append((w["short_seq_len"], w.get("short_compute_only_ms"), " (transfer-bound)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(9 * len(panels), 5.5), squeeze=False)
+    for ax, (seq, floor_ms, note) in zip(axes[0], panels):
+        _step_panel(ax, results, seq, floor_ms, note)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _step_panel(ax, results: dict, seq, floor_ms, note: str) -> None:
+    groups = _series(results, seq)
     for (label, system), pts in groups.items():
         color, marker = STYLE.get(system, ("black", "x"))
         pts.sort(key=lambda p: p[0])
@@ -68,9 +83,9 @@ def plot_step_vs_budget(results: dict, path: Path, plt) -> None:
             for x, y, r in pts:
                 ax.annotate(f"p{r.get('prefetch')}", (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     w = results.get("wan14b", {})
-    if w.get("full_load_ms"):
-        ax.axhline(w["full_load_ms"] / 1000.0, color="gray", linestyle="--",
-                   label=f"full_load (compute only) {w['full_load_ms'] / 1000:.3f} s")
+    if floor_ms:
+        ax.axhline(floor_ms / 1000.0, color="gray", linestyle="--",
+                   label=f"full_load (compute only) {floor_ms / 1000:.3f} s")
     if w.get("model_bytes"):
         ax.axvline(w["model_bytes"] / GIB, color="lightgray", linestyle=":",
                    label=f"model size {w['model_bytes'] / GIB:.2f} GiB")
@@ -79,12 +94,9 @@ def plot_step_vs_budget(results: dict, path: Path, plt) -> None:
         ax.set_yscale("log")
     ax.set_xlabel("VRAM: budget, or measured peak device memory (GiB)")
     ax.set_ylabel("step time (s, median)")
-    ax.set_title(f"Wan 14B-shaped step time vs VRAM, seq len {w.get('seq_len')}\n{_title(results)}", fontsize=10)
+    ax.set_title(f"Wan 14B-shaped step time vs VRAM, seq len {seq}{note}\n{_title(results)}", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_bandwidth(results: dict, path: Path, plt) -> None:

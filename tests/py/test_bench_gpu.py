@@ -104,7 +104,7 @@ def test_every_configuration_ran(dry_run):
     ps = [run for run in runs if run["system"] == "pinstream"]
     seq = r["wan14b"]["seq_len"]
     assert {run["prefetch"] for run in ps if run["mode"] == "sequential" and run["seq_len"] == seq} == {1, 2, 3}
-    assert len([run for run in ps if run["mode"] == "budget"]) == 3
+    assert len([run for run in ps if run["mode"] == "budget" and run["seq_len"] == seq]) == 3
     assert len([run for run in runs if run["system"] == "naive_swap"]) == 3
     # sequential runs carry their overlap efficiency
     assert all(_is_num(run["overlap_efficiency"]) for run in ps if run["mode"] == "sequential"
@@ -134,12 +134,35 @@ def test_fp8_section_measures_both_transfers(dry_run):
     assert f8["fp8_e4m3"]["fp8_max_abs_error"] > 0 == f8["auto"]["fp8_max_abs_error"]
 
 
+def test_transfer_bound_length_is_measured_for_the_judged_systems(dry_run):
+    _out, r, _log = dry_run
+    w = r["wan14b"]
+    short = w["short_seq_len"]
+    assert isinstance(short, int) and 0 < short < w["seq_len"]
+    at_short = [run for run in w["runs"] if run["seq_len"] == short]
+    ps = {(run["mode"], run["budget_gb"]) for run in at_short if run["system"] == "pinstream"}
+    judged = [b for b in {run["budget_gb"] for run in w["runs"] if run["mode"] == "budget"}
+              if b * 2**30 < w["model_bytes"]]
+    assert judged and ps == {("full_load", None), ("sequential", None)} | {("budget", b) for b in judged}
+    assert _is_num(w["short_compute_only_ms"])
+    systems = {run["system"] for run in at_short}
+    assert not systems & {"naive_swap", "accelerate"}  # far slower either way: not repeated
+    for system, status in r["baselines"].items():
+        if system in ("comfyui_lowvram", "diffusers_block", "diffusers_leaf") and "ok" in status:
+            assert system in systems, system
+    f8 = r["fp8"]
+    assert f8["short_seq_len"] == short and _is_num(f8["short_step_ratio"])
+    assert f8["fp8_e4m3"]["short"]["bytes_per_step"] < f8["auto"]["short"]["bytes_per_step"]
+
+
 def test_summary_lists_every_target(dry_run):
     out, r, log = dry_run
     text = (out / "summary.txt").read_text()
     assert "DRY RUN" in text
     goals = [t["target"] for t in r["targets"]]
-    assert len(goals) == 9
+    # the nine targets, plus ComfyUI and diffusers again at the transfer-bound length
+    assert len(goals) == 11
+    assert sum(g.startswith("at transfer-bound seq len") for g in goals) == 2
     for t in r["targets"]:
         assert t["met"] in (True, False, None)
         assert t["target"] in text
@@ -207,6 +230,24 @@ def test_targets_compare_at_equal_vram():
     assert comfy["met"] is None and "no ComfyUI" in comfy["detail"]
     load = next(x for n, x in by_name.items() if "reload" in n)
     assert load["met"] is True  # 28 GiB / 0.62 s = 48.5 GB/s = 0.97 of 50
+    assert not any(n.startswith("at transfer-bound") for n in by_name)  # no short length measured
+
+    # A transfer-bound length: its comparisons use only the runs at that length.
+    results["wan14b"]["short_seq_len"] = 200
+    runs += [
+        _run("pinstream", "sequential", 60, 4, prefetch=2, seq=200),
+        _run("pinstream", "budget", 50, 10, budget_gb=10, prefetch=2, seq=200),
+        _run("comfyui_lowvram", "lowvram", 80, 10, budget_gb=10, seq=200),
+        _run("diffusers_block", "block_level", 90, 4.2, seq=200),
+    ]
+    by_name = {x["target"]: x for x in evaluate_targets(results)}
+    short_comfy = by_name["at transfer-bound seq len 200: PinStream speed-up vs ComfyUI core lowvram at equal VRAM"]
+    assert short_comfy["measured"] == pytest.approx(80 / 50) and short_comfy["met"] is True
+    short_diff = next(x for n, x in by_name.items() if n.startswith("at transfer-bound") and "diffusers" in n)
+    assert short_diff["measured"] == pytest.approx(90 / 60) and short_diff["met"] is True
+    # and the main-length figures are unchanged by them
+    assert next(x for n, x in by_name.items() if n.startswith("PinStream speed-up vs diffusers"))["measured"] \
+        == pytest.approx(140 / 104, rel=1e-3)
 
 
 def test_a_broken_runtime_still_leaves_results(tmp_path, monkeypatch):

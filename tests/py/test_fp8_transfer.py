@@ -127,3 +127,46 @@ def test_fp8_on_a_model_without_blocks_is_a_clear_error():
     with pytest.raises(modes.ModeError, match="fp8_e4m3.*no"):
         pinstream.offload(torch.nn.Linear(8, 8), mode="model_offload", device="cpu", engine="host",
                           transfer_dtype="fp8_e4m3")
+
+
+def test_quantization_splits_large_weights_across_threads_with_the_same_result():
+    """Weights over 4 M codes are quantized as row ranges on several threads; codes,
+    scales and the error report do not depend on the thread count."""
+
+    class Two(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            # 2500 x 2100 = 5.25 M codes: two uneven row ranges; plus a small weight.
+            self.blocks = torch.nn.ModuleList([torch.nn.Linear(2100, 2500), torch.nn.Linear(2500, 64)])
+
+        def forward(self, x):
+            for b in self.blocks:
+                x = b(x)
+            return x
+
+    x = torch.randn(3, 2100)
+    results = []
+    threads_before = torch.get_num_threads()
+    try:
+        for threads in (1, 4):
+            torch.set_num_threads(threads)
+            torch.manual_seed(0)
+            m = Two()
+            h = pinstream.offload(m, mode="sequential", engine="host", transfer_dtype="fp8_e4m3",
+                                  blocks=["blocks.0", "blocks.1"])
+            with torch.no_grad():
+                out = m(x)
+            st = h.stats()
+            results.append((out, st["fp8_max_abs_error"], st["fp8_mean_abs_error"], st["fp8_block_error"]))
+            h.detach()
+    finally:
+        torch.set_num_threads(threads_before)
+    (out1, max1, mean1, blocks1), (out4, max4, mean4, blocks4) = results
+    assert torch.equal(out1, out4)
+    assert (max1, mean1, blocks1) == (max4, mean4, blocks4)
+    # And the split weight equals torch's per-row quantization of it.
+    torch.manual_seed(0)
+    w = Two().blocks[0].weight.detach()
+    amax = w.abs().amax(dim=1, keepdim=True)
+    deq = (w / (amax / 448.0)).to(torch.float8_e4m3fn).float() * (amax / 448.0)
+    assert blocks1[0][0] == pytest.approx((deq - w).abs().max().item(), rel=1e-6)
