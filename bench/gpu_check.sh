@@ -137,6 +137,20 @@ else
     timeout "$(cap 150)" ctest --test-dir build --output-on-failure -j4
     rc=$?; (( rc == 0 )) && note ctest ok || note ctest "FAILED (exit $rc)"
   fi
+  # compute-sanitizer memcheck over the CUDA engine and fp8 kernel tests (not the throughput
+  # one: 70 M codes under memcheck take minutes); where the machine's runtime supports it
+  if (( with_tests )) && command -v compute-sanitizer >/dev/null; then
+    step "compute-sanitizer memcheck (CUDA engine and fp8 kernel tests)"
+    timeout "$(cap 90)" compute-sanitizer --tool memcheck --error-exitcode 3 \
+      build/pinstream_cuda_tests --gtest_filter='CudaEngine.*:Fp8Cuda.*:-Fp8Cuda.LargeBlockAndThroughput' \
+      > "$OUT/compute_sanitizer.log" 2>&1
+    rc=$?
+    tail -n 4 "$OUT/compute_sanitizer.log"
+    if (( rc == 0 )); then note memcheck ok
+    elif grep -q "Device not supported\|not supported on this" "$OUT/compute_sanitizer.log"; then
+      note memcheck "skipped: compute-sanitizer does not support this machine's runtime"
+    else note memcheck "FAILED (exit $rc; see compute_sanitizer.log)"; fi
+  fi
   if (( tests )); then
     step "pytest tests/py (host and CUDA engines)"
     # GPU_CHECK_PYTEST_ARGS narrows it when time is short, e.g. "tests/py -q -x -k cuda" (CUDA cases only)

@@ -77,11 +77,13 @@ def unsupported_reason(module: torch.nn.Module) -> str | None:
     """Why PinStream cannot manage these weights (None when it can)."""
     for name, p in list(module.named_parameters()) + list(module.named_buffers()):
         if type(p) not in (torch.Tensor, torch.nn.Parameter) and not isinstance(p, torch.nn.Parameter):
-            return (f"weight {name} is a {type(p).__name__} (a tensor subclass, e.g. GGUF quantized); PinStream "
-                    "streams plain tensors only")
+            return (f"weight {name} is a {type(p).__name__} (a tensor subclass: GGUF quantized weights, or the "
+                    "QuantizedTensor that ComfyUI 0.8+ makes of scaled fp8 / fp4 files); PinStream streams plain "
+                    "tensors only (fp8 included)")
         if isinstance(p, torch.nn.Parameter) and type(p.data) is not torch.Tensor:
-            return (f"weight {name} holds a {type(p.data).__name__} (a tensor subclass, e.g. GGUF quantized); "
-                    "PinStream streams plain tensors only")
+            return (f"weight {name} holds a {type(p.data).__name__} (a tensor subclass: GGUF quantized "
+                    "weights, or the QuantizedTensor that ComfyUI 0.8+ makes of scaled fp8 / fp4 files); PinStream "
+                    "streams plain tensors only (fp8 included)")
     return None
 
 

@@ -314,6 +314,38 @@ def write_wan21_t2v(models_dir=None, name: str = "tiny_wan2.1_t2v.safetensors", 
     return _save(wan_state_dict(seed), path, _meta("wan2.1_t2v", seed))
 
 
+def wan_fp8_state_dict(seed: int, scaled: bool) -> dict:
+    """The Wan 2.1 T2V state dict as the fp8 releases store it: every 2-D Linear weight in
+    float8_e4m3fn, the rest (norms, biases, modulation, the patch-embedding Conv3d) as
+    they are. ``scaled``: the "fp8_scaled" layout: each fp8 weight is w / s with a
+    per-tensor fp32 ``<layer>.scale_weight`` s = amax / 448, plus the ``scaled_fp8``
+    marker key that ComfyUI's detection looks for."""
+    sd = wan_state_dict(seed)
+    out = {}
+    for k, v in sd.items():
+        if k.endswith(".weight") and v.ndim == 2 and not k.startswith(("text_embedding", "time_")):
+            if scaled:
+                s = (v.abs().amax() / 448.0).clamp_min(1e-12).float()
+                out[k] = (v / s).to(torch.float8_e4m3fn)
+                out[k[:-len(".weight")] + ".scale_weight"] = s.reshape(())
+            else:
+                out[k] = v.to(torch.float8_e4m3fn)
+        else:
+            out[k] = v
+    if scaled:
+        out["scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)
+    return out
+
+
+def write_wan21_t2v_fp8(models_dir=None, scaled: bool = False, seed: int = SEEDS["wan_t2v"],
+                        overwrite: bool = False) -> Path:
+    name = f"tiny_wan2.1_t2v_fp8_e4m3fn{'_scaled' if scaled else ''}.safetensors"
+    path = _dir(models_dir, "diffusion_models") / name
+    if _exists(path, overwrite, seed):
+        return path
+    return _save(wan_fp8_state_dict(seed, scaled), path, _meta("wan2.1_t2v_fp8", seed, scaled=scaled))
+
+
 def write_wan21_i2v(models_dir=None, name: str = "tiny_wan2.1_i2v.safetensors", seed: int = SEEDS["wan_i2v"],
                     overwrite: bool = False, extra_keys: dict | None = None) -> Path:
     """Wan 2.1 I2V (14B-480P/720P layout): in_dim 36 (16 noise + 4 mask + 16 image latent)
