@@ -314,16 +314,15 @@ def write_wan21_t2v(models_dir=None, name: str = "tiny_wan2.1_t2v.safetensors", 
     return _save(wan_state_dict(seed), path, _meta("wan2.1_t2v", seed))
 
 
-def wan_fp8_state_dict(seed: int, scaled: bool) -> dict:
-    """The Wan 2.1 T2V state dict as the fp8 releases store it: every 2-D Linear weight in
-    float8_e4m3fn, the rest (norms, biases, modulation, the patch-embedding Conv3d) as
-    they are. ``scaled``: the "fp8_scaled" layout: each fp8 weight is w / s with a
-    per-tensor fp32 ``<layer>.scale_weight`` s = amax / 448, plus the ``scaled_fp8``
-    marker key that ComfyUI's detection looks for."""
-    sd = wan_state_dict(seed)
+def fp8_state_dict(sd: dict, scaled: bool, keep_prefixes: tuple = ()) -> dict:
+    """A state dict as the fp8 releases store it: every 2-D Linear weight in
+    float8_e4m3fn (except under ``keep_prefixes``), the rest (norms, biases, modulation,
+    convolutions) as it is. ``scaled``: the "fp8_scaled" layout: each fp8 weight is
+    w / s with a per-tensor fp32 ``<layer>.scale_weight`` s = amax / 448, plus the
+    ``scaled_fp8`` marker key that ComfyUI's detection looks for."""
     out = {}
     for k, v in sd.items():
-        if k.endswith(".weight") and v.ndim == 2 and not k.startswith(("text_embedding", "time_")):
+        if k.endswith(".weight") and v.ndim == 2 and not k.startswith(keep_prefixes):
             if scaled:
                 s = (v.abs().amax() / 448.0).clamp_min(1e-12).float()
                 out[k] = (v / s).to(torch.float8_e4m3fn)
@@ -337,13 +336,19 @@ def wan_fp8_state_dict(seed: int, scaled: bool) -> dict:
     return out
 
 
-def write_wan21_t2v_fp8(models_dir=None, scaled: bool = False, seed: int = SEEDS["wan_t2v"],
-                        overwrite: bool = False) -> Path:
-    name = f"tiny_wan2.1_t2v_fp8_e4m3fn{'_scaled' if scaled else ''}.safetensors"
-    path = _dir(models_dir, "diffusion_models") / name
+def write_fp8_variant(kind: str, scaled: bool = False, models_dir=None, overwrite: bool = False) -> Path:
+    """The fp8 (or fp8_scaled) file of a tiny diffusion model: ``kind`` "wan21_t2v"
+    (text and time embeddings kept as they are, as in the Wan fp8 releases) or "flux"."""
+    from safetensors.torch import load_file
+
+    src, keep = {"wan21_t2v": (write_wan21_t2v, ("text_embedding", "time_")), "flux": (write_flux, ())}[kind]
+    src_path = src(models_dir)
+    seed = SEEDS["wan_t2v" if kind == "wan21_t2v" else "flux"]
+    path = src_path.with_name(src_path.stem + ("_fp8_e4m3fn_scaled" if scaled else "_fp8_e4m3fn") + ".safetensors")
     if _exists(path, overwrite, seed):
         return path
-    return _save(wan_fp8_state_dict(seed, scaled), path, _meta("wan2.1_t2v_fp8", seed, scaled=scaled))
+    return _save(fp8_state_dict(load_file(str(src_path)), scaled, keep), path,
+                 _meta(kind + "_fp8", seed, scaled=scaled))
 
 
 def write_wan21_i2v(models_dir=None, name: str = "tiny_wan2.1_i2v.safetensors", seed: int = SEEDS["wan_i2v"],
