@@ -74,16 +74,21 @@ def target_module(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def unsupported_reason(module: torch.nn.Module) -> str | None:
-    """Why PinStream cannot manage these weights (None when it can)."""
+    """Why PinStream cannot manage these weights (None when it can). Plain tensors (fp8
+    included) and wrapper subclasses that flatten to plain tensors (ComfyUI 0.8+'s
+    QuantizedTensor for scaled fp8 / fp4 files) are managed; other tensor subclasses
+    (GGUF's GGMLTensor) are not."""
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
     for name, p in list(module.named_parameters()) + list(module.named_buffers()):
+        if is_traceable_wrapper_subclass(p):
+            continue
         if type(p) not in (torch.Tensor, torch.nn.Parameter) and not isinstance(p, torch.nn.Parameter):
-            return (f"weight {name} is a {type(p).__name__} (a tensor subclass: GGUF quantized weights, or the "
-                    "QuantizedTensor that ComfyUI 0.8+ makes of scaled fp8 / fp4 files); PinStream streams plain "
-                    "tensors only (fp8 included)")
+            return (f"weight {name} is a {type(p).__name__} (a tensor subclass, e.g. GGUF quantized weights); "
+                    "PinStream streams plain tensors (fp8 included) and ComfyUI's QuantizedTensor only")
         if isinstance(p, torch.nn.Parameter) and type(p.data) is not torch.Tensor:
-            return (f"weight {name} holds a {type(p.data).__name__} (a tensor subclass: GGUF quantized "
-                    "weights, or the QuantizedTensor that ComfyUI 0.8+ makes of scaled fp8 / fp4 files); PinStream "
-                    "streams plain tensors only (fp8 included)")
+            return (f"weight {name} holds a {type(p.data).__name__} (a tensor subclass, e.g. GGUF quantized "
+                    "weights); PinStream streams plain tensors (fp8 included) and ComfyUI's QuantizedTensor only")
     return None
 
 
@@ -185,7 +190,7 @@ class PinStreamPatcherMixin:
         with torch.no_grad():
             for key, original in st.backups.items():
                 weight, _set, _conv = get_key_weight(self.model, key)
-                weight.copy_(original)
+                weight.copy_(original)  # a QuantizedTensor copies its data and scale in place
             st.backups.clear()
             for key in self.patches:
                 try:
@@ -193,12 +198,23 @@ class PinStreamPatcherMixin:
                 except AttributeError:
                     continue
                 st.backups[key] = weight.detach().clone()
-                temp = mm.cast_to_device(weight, self.load_device, torch.float32, copy=True)
+                temp_dtype = (mm.lora_compute_dtype(self.load_device) if hasattr(mm, "lora_compute_dtype")
+                              else torch.float32)
+                temp = mm.cast_to_device(weight, self.load_device, temp_dtype, copy=True)
                 if convert_func is not None:
                     temp = convert_func(temp, inplace=True)
                 out = comfy.lora.calculate_weight(self.patches[key], temp, key)
-                out = comfy.float.stochastic_rounding(out, weight.dtype, seed=string_to_seed(key))
-                weight.copy_(out.to(weight.device))
+                new = None
+                if set_func is not None:
+                    # the op stores weights its own way (scaled fp8, QuantizedTensor): let it
+                    # make the stored form, as ComfyUI does, and copy that in place
+                    try:
+                        new = set_func(out, seed=string_to_seed(key), return_weight=True)
+                    except TypeError:  # an op whose set_weight cannot return the weight
+                        new = None
+                if new is None:
+                    new = comfy.float.stochastic_rounding(out, weight.dtype, seed=string_to_seed(key))
+                weight.copy_(new.to(weight.device))
         st.applied_patches = want
 
     # ---- loading ------------------------------------------------------------------------

@@ -10,7 +10,9 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 __all__ = ["DEFAULT_MIN_CONTAINER_FRACTION", "BlockDiscovery", "DiscoveryError", "discover_blocks"]
 
@@ -78,7 +80,23 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
+def storage_tensors(t: torch.Tensor) -> list:
+    """The plain tensors that hold ``t``'s data: ``t`` itself, or for a wrapper tensor
+    subclass (``__tensor_flatten__``: ComfyUI's QuantizedTensor for scaled fp8 and fp4
+    weights, for one) its inner tensors, recursively."""
+    if not is_traceable_wrapper_subclass(t):
+        return [t]
+    names, _ctx = t.__tensor_flatten__()
+    out = []
+    for n in names:
+        out.extend(storage_tensors(getattr(t, n)))
+    return out
+
+
 def _nbytes(t) -> int:
+    """Bytes ``t`` really occupies (a quantized subclass: its storage, not its logical dtype)."""
+    if is_traceable_wrapper_subclass(t):
+        return sum(x.numel() * x.element_size() for x in storage_tensors(t))
     return t.numel() * t.element_size()
 
 

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from . import modes as _modes
-from .discovery import BlockDiscovery, discover_blocks
+from .discovery import BlockDiscovery, discover_blocks, storage_tensors
 from .native import load_native
 
 GIB = 1024**3
@@ -73,6 +73,55 @@ def _tensors_of(module: nn.Module) -> list[torch.Tensor]:
 
 def _tensor_bytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
+
+
+def _storage_of(tensors) -> list[torch.Tensor]:
+    """The plain tensors PinStream registers for ``tensors``: each tensor itself, or the
+    inner tensors of a wrapper subclass (ComfyUI's QuantizedTensor), each once."""
+    out, seen = [], set()
+    for t in tensors:
+        for x in storage_tensors(t):
+            if id(x) not in seen:
+                seen.add(id(x))
+                out.append(x)
+    return out
+
+
+class _WrapperSlot:
+    """A weight that is a wrapper tensor subclass (ComfyUI's QuantizedTensor for scaled
+    fp8 / fp4 files). PinStream moves its inner tensors (set_data, as for any weight);
+    the wrapper's own device is fixed when it is built, so while the weight is on the
+    device the module holds a second wrapper, built once around the same inner tensor
+    objects, that says so. ``show(True)`` puts that one in, ``show(False)`` the original."""
+
+    __slots__ = ("owner", "name", "host", "dev", "inner_ids")
+
+    def __init__(self, owner: dict, name: str, host: torch.Tensor):
+        self.owner, self.name, self.host, self.dev = owner, name, host, None
+        self.inner_ids = {id(x) for x in storage_tensors(host)}
+
+    def show(self, on_device: bool) -> None:
+        if on_device:
+            if self.dev is None:
+                names, ctx = self.host.__tensor_flatten__()
+                inner = {n: getattr(self.host, n) for n in names}
+                self.dev = type(self.host).__tensor_unflatten__(inner, ctx, self.host.size(), self.host.stride())
+            self.owner[self.name] = self.dev
+        else:
+            self.owner[self.name] = self.host
+
+
+def _wrapper_slots(module: nn.Module) -> list[_WrapperSlot]:
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    out, seen = [], set()
+    for m in module.modules():
+        for owner in (m._parameters, m._buffers):
+            for name, t in owner.items():
+                if t is not None and is_traceable_wrapper_subclass(t) and (id(owner), name) not in seen:
+                    seen.add((id(owner), name))
+                    out.append(_WrapperSlot(owner, name, t))
+    return out
 
 
 def _model_device(module: nn.Module) -> torch.device:
@@ -127,7 +176,7 @@ class OffloadHandle:
     def __init__(self, module: nn.Module, *, mode: ResolvedMode, runtime, discovery: BlockDiscovery,
                  block_ids: list[int], fixed_id: int | None, device: torch.device,
                  original_device: torch.device, prefetch: int, model_bytes: int, stream_hooks: bool,
-                 plan: dict, original_requires_grad: dict):
+                 plan: dict, original_requires_grad: dict, wrappers: dict | None = None):
         self.module = module
         self.mode = mode
         self.device = device
@@ -143,7 +192,24 @@ class OffloadHandle:
         self._detached = False
         self._requires_grad = original_requires_grad
         self.oom_retries = 0
+        # wrapper-subclass weights by unit: block index, or None for the resident rest
+        self._wrappers: dict = wrappers or {}
+        self._block_hooks = False
         self._install_hooks(stream_hooks)
+
+    # ---- wrapper-subclass weights (see _WrapperSlot) ---------------------------
+    def _show(self, key, on_device: bool) -> None:
+        for slot in self._wrappers.get(key, ()):
+            slot.show(on_device)
+
+    def _after_load(self) -> None:
+        """The resident part's wrappers (all of them when no block hooks run) say device."""
+        for key in self._wrappers:
+            self._show(key, key is None or not self._block_hooks)
+
+    def _hide_all(self) -> None:
+        for key in self._wrappers:
+            self._show(key, False)
 
     # ---- hooks --------------------------------------------------------------
     def _install_hooks(self, stream_hooks: bool) -> None:
@@ -160,20 +226,31 @@ class OffloadHandle:
                 self.load()
             rt.begin_pass()
 
+        wrapped_blocks = [k for k in self._wrappers if k is not None]
+
         def end(_mod, _args, _out):
             rt.end_pass()
+            for k in wrapped_blocks:
+                self._show(k, False)
 
         begin_handle = self.module.register_forward_pre_hook(begin)
         begin_handle._pinstream_stream = True
         self._hooks.append(begin_handle)
         self._hooks.append(self.module.register_forward_hook(end, always_call=True))
-        for bid, (_name, block) in zip(self._block_ids, self.discovery.blocks):
+        self._block_hooks = True
+        for index, (bid, (_name, block)) in enumerate(zip(self._block_ids, self.discovery.blocks)):
+            wrapped = index in self._wrappers
             if isinstance(block, nn.Sequential):
                 # A Sequential block may be iterated without being called (ComfyUI's
                 # UNet runs a TimestepEmbedSequential's children itself): hook every
                 # child that holds weights; touch() acquires on first use and
                 # releases the block used before.
                 touch, release = rt.touch, rt.release_touched
+                if wrapped:
+                    def touch(_id, _touch=rt.touch, _index=index):
+                        _touch(_id)  # releases the block touched before: its wrappers go back
+                        for k in wrapped_blocks:
+                            self._show(k, k == _index)
                 for sub in block.modules():
                     if sub is not block and (any(True for _ in sub.parameters(recurse=False))
                                              or any(True for _ in sub.buffers(recurse=False))):
@@ -181,6 +258,14 @@ class OffloadHandle:
                             lambda _m, _a, _t=touch, _id=bid: _t(_id)))
             else:
                 touch, release = rt.acquire, rt.release_if_acquired
+            if wrapped:
+                def touch(_id, _touch=touch, _index=index):
+                    _touch(_id)
+                    self._show(_index, True)
+
+                def release(_id, _release=release, _index=index):
+                    _release(_id)
+                    self._show(_index, False)
 
             def pre(_mod, _args, _acquire=touch, _id=bid):
                 _acquire(_id)
@@ -216,6 +301,7 @@ class OffloadHandle:
         rt = self._rt
         try:
             rt.load()
+            self._after_load()
             return
         except MemoryError as first:
             error = first
@@ -257,6 +343,7 @@ class OffloadHandle:
                     h.remove()
                 self._hooks.clear()
                 self._install_hooks(True)
+            self._after_load()
             warnings.warn(f"PinStream: device out of memory while loading; running with a smaller plan: "
                           f"{plan['describe']}", RuntimeWarning, stacklevel=3)
             return
@@ -269,6 +356,7 @@ class OffloadHandle:
         device-to-host copy happens unless weights were modified on the device."""
         if self._detached:
             return
+        self._hide_all()
         self._rt.unload()
 
     # ---- info -----------------------------------------------------------------
@@ -318,6 +406,7 @@ class OffloadHandle:
         for h in self._hooks:
             h.remove()
         self._hooks.clear()
+        self._hide_all()
         self._rt.close(restore_pageable=True)
         self._detached = True
         if getattr(self.module, "_pinstream_handle", None) is self:
@@ -431,7 +520,8 @@ def offload(
 
     # Blocks holding at least a fifth of the weights are worth streaming.
     discovery = discover_blocks(module, names=list(blocks) if blocks is not None else None, min_fraction=0.2)
-    all_tensors = _tensors_of(module)
+    outer_tensors = _tensors_of(module)
+    all_tensors = _storage_of(outer_tensors)  # wrapper subclasses: their inner tensors
     model_bytes = sum(_tensor_bytes(t) for t in all_tensors)
     original_device = _model_device(module)
     if free_device_bytes is None:
@@ -455,17 +545,17 @@ def offload(
     for name in discovery.shared_params:
         for alias in discovery.shared_aliases.get(name, [name]):
             if alias in named:
-                shared.add(id(named[alias]))
+                shared.update(id(x) for x in storage_tensors(named[alias]))
     unit_tensors: list[list[torch.Tensor]] = []
     in_block = set()
     for _name, block in discovery.blocks:
-        ts = [t for t in _tensors_of(block) if id(t) not in shared and id(t) not in in_block]
+        ts = [t for t in _storage_of(_tensors_of(block)) if id(t) not in shared and id(t) not in in_block]
         in_block.update(id(t) for t in ts)
         unit_tensors.append(ts)
     rest = [t for t in all_tensors if id(t) not in in_block]
 
     requires_grad = {}
-    for t in all_tensors:
+    for t in outer_tensors:
         if isinstance(t, nn.Parameter):
             requires_grad[t] = t.requires_grad
 
@@ -494,8 +584,14 @@ def offload(
         policy = {"full_load": "all_resident", "model_offload": "all_resident",
                   "sequential": "stream_all", "budget": "budget"}[resolved.name]
         plan = rt.plan(policy, int(resolved.budget_bytes) if resolved.name == "budget" else -1, prefetch)
+        unit_of = {id(t): i for i, ts in enumerate(unit_tensors) for t in ts}
+        wrappers: dict = {}
+        for slot in _wrapper_slots(module):
+            units = {unit_of.get(x) for x in slot.inner_ids}
+            wrappers.setdefault(units.pop() if len(units) == 1 else None, []).append(slot)
         handle = OffloadHandle(
             module, mode=resolved, runtime=rt, discovery=discovery, block_ids=block_ids, fixed_id=fixed_id,
+            wrappers=wrappers,
             device=dev, original_device=original_device, prefetch=prefetch, model_bytes=model_bytes,
             # fp8 blocks point at their (dequantized) device copy only while they run.
             stream_hooks=resolved.name in ("sequential", "budget") or fp8, plan=plan,

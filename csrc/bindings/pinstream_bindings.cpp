@@ -79,6 +79,12 @@ void ParallelFor(int64_t n, const Fn& fn) {
   for (auto& th : pool) th.join();
 }
 
+// The in-place-update counter of a weight, for write-back of weights changed on
+// the device. Tensors made under torch.inference_mode() (ComfyUI runs every prompt,
+// loaders included, in it) have no counter: they report 0, so they are never written
+// back; PinStream's own patching (LoRA) writes into the host copy instead.
+int64_t VersionOf(const at::Tensor& t) { return t.is_inference() ? 0 : static_cast<int64_t>(t._version()); }
+
 void Check(const Status& s) {
   if (s.ok()) return;
   switch (s.code()) {
@@ -808,7 +814,7 @@ class Runtime {
     for (size_t i = 0; i < info.tensors.size(); ++i) {
       PackedTensor& pt = info.tensors[i];
       Repoint(pt.param, views[i]);
-      pt.version = pt.param._version();
+      pt.version = VersionOf(pt.param);
     }
     info.location = allocation;
   }
@@ -824,11 +830,11 @@ class Runtime {
   void WriteBackIfModified(BlockInfo* info) {
     if (info->location < 0) return;
     bool dirty = false;
-    for (const PackedTensor& pt : info->tensors) dirty |= pt.param._version() != pt.version;
+    for (const PackedTensor& pt : info->tensors) dirty |= VersionOf(pt.param) != pt.version;
     if (!dirty) return;
     for (PackedTensor& pt : info->tensors) {
       pt.host_view.copy_(pt.param, /*non_blocking=*/false);
-      pt.version = pt.param._version();
+      pt.version = VersionOf(pt.param);
     }
     ++writebacks_;
   }

@@ -16,3 +16,18 @@ def _torch_threads():
     torch.set_num_threads(int(os.environ.get("PINSTREAM_TEST_THREADS", "1")))
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(autouse=True)
+def _inference_mode_like_comfyui(request):
+    """ComfyUI executes every prompt (loaders, samplers, unloads) inside
+    torch.inference_mode(), so every test here runs the nodes that way too: weights
+    loaded by ComfyUI are then inference tensors, as in a real server. A test marked
+    ``grad_mode`` runs outside it."""
+    import torch
+
+    if request.node.get_closest_marker("grad_mode"):
+        yield
+        return
+    with torch.inference_mode():
+        yield

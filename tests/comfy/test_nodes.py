@@ -506,6 +506,20 @@ def _tensor_subclass_weights(dm):
     return [n for n, p in dm.named_parameters() if type(p.data) is not torch.Tensor]
 
 
+def _has_comfy_kitchen():
+    try:
+        import comfy_kitchen  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _storage(p):
+    from pinstream.discovery import storage_tensors
+
+    return storage_tensors(p)
+
+
 @pytest.mark.parametrize("kind,mode", [("wan21_t2v", "sequential"), ("wan21_t2v", "budget"), ("flux", "sequential")])
 @pytest.mark.parametrize("scaled", [False, True], ids=["fp8", "fp8_scaled"])
 def test_fp8_checkpoint_streams_as_stored(kind, scaled, mode):
@@ -525,18 +539,15 @@ def test_fp8_checkpoint_streams_as_stored(kind, scaled, mode):
 
     with detect:
         core = pl.load_unet(ns, path, weight_dtype)
-    if _tensor_subclass_weights(core.model.diffusion_model):
-        # ComfyUI 0.8+ holds scaled fp8 weights as QuantizedTensor: passed through, and said so
-        ref = _sample(kind, core)
-        del core
-        mm.unload_all_models()
-        (model,), msg = ps_load(1.0 if mode == "budget" else 0.0)
-        assert not isinstance(model, P.PinStreamPatcherMixin)
-        assert "tensor subclass" in msg and "unchanged" in msg, msg
-        assert torch.equal(_sample(kind, model), ref)
-        mm.unload_all_models()
-        return
-    fp8_names = [n for n, p in core.model.diffusion_model.named_parameters() if p.dtype == torch.float8_e4m3fn]
+    # ComfyUI 0.3.x keeps fp8 parameters (plus scale_weight); 0.8+ makes scaled files
+    # QuantizedTensor weights (fp8 codes and a scale inside a tensor subclass)
+    wrapped = _tensor_subclass_weights(core.model.diffusion_model)
+    if scaled and harness._version_tuple(ns.version) >= (0, 8) and _has_comfy_kitchen():
+        assert wrapped, "ComfyUI 0.8+ was expected to load the scaled file as QuantizedTensor"
+    assert not wrapped or (scaled and all(type(p).__name__ == "QuantizedTensor" for n, p in
+                                          core.model.diffusion_model.named_parameters() if n in wrapped))
+    fp8_names = [n for n, p in core.model.diffusion_model.named_parameters()
+                 if _storage(p)[0].dtype == torch.float8_e4m3fn]
     assert len(fp8_names) >= 8, "ComfyUI did not keep the weights in fp8"
     from pinstream.discovery import discover_blocks
 
@@ -551,8 +562,9 @@ def test_fp8_checkpoint_streams_as_stored(kind, scaled, mode):
     h = model.pinstream.handle
     assert h.mode.name == mode and h.mode.transfer_dtype == "auto", msg
     dm = model.model.diffusion_model
-    stored = {n: p.numel() * p.element_size() for n, p in dm.named_parameters()}
-    assert sum(p.dtype == torch.float8_e4m3fn for p in dm.parameters()) == len(fp8_names)
+    stored = {n: sum(x.numel() * x.element_size() for x in _storage(p)) for n, p in dm.named_parameters()}
+    assert sum(_storage(p)[0].dtype == torch.float8_e4m3fn for p in dm.parameters()) == len(fp8_names)
+    assert _tensor_subclass_weights(dm) == wrapped
     # the blocks PinStream packed are the stored bytes: 1 byte per fp8 weight element
     for (bname, _), nbytes in zip(h.discovery.blocks, h.discovery.block_bytes):
         assert nbytes == sum(v for n, v in stored.items() if n.startswith(bname + ".")), bname
@@ -580,4 +592,36 @@ def test_fp8_checkpoint_streams_as_stored(kind, scaled, mode):
         assert nbytes < 0.5 * full, (bname, nbytes, full)
     assert st["host_bytes"] <= 1.1 * h.model_bytes + 2**20  # one pinned copy, at fp8 size
     assert st.get("fp8_blocks", 0) == 0  # no transfer quantization: sent as stored
+    mm.unload_all_models()
+
+
+@pytest.mark.parametrize("scaled", [False, True], ids=["fp8", "fp8_scaled"])
+def test_lora_on_fp8_checkpoint_equals_core(scaled):
+    """LoRA on weights stored in fp8 (plain fp8 parameters; scaled fp8 through the op's
+    own set_weight, a QuantizedTensor on ComfyUI 0.8+): PinStream's output equals
+    ComfyUI's full load with the same LoRA, and the un-LoRA'd model is restored. Run
+    under inference_mode, as ComfyUI runs a prompt (its fp8 rounding needs no autograd)."""
+    with torch.inference_mode():
+        _lora_on_fp8(scaled)
+
+
+def _lora_on_fp8(scaled):
+    path = ck.write_fp8_variant("wan21_t2v", scaled=scaled)
+    harness.refresh_model_lists(ns)
+    weight_dtype = "default" if scaled else "fp8_e4m3fn"
+    lora = f("wan_lora")
+    core = pl.load_unet(ns, path, weight_dtype)
+    plain_ref = _sample("wan21_t2v", core)
+    core_l, _ = pl.apply_lora(ns, core, lora, strength_model=0.8)
+    ref = _sample("wan21_t2v", core_l)
+    assert not torch.equal(ref, plain_ref)  # the LoRA matters
+    del core, core_l
+    mm.unload_all_models()
+    (model,), msg = N.run_load_diffusion_model(name_of("diffusion_models", path), weight_dtype, "sequential",
+                                               0.0, 1, True)
+    assert isinstance(model, P.PinStreamPatcherMixin), msg
+    model_l, _ = pl.apply_lora(ns, model, lora, strength_model=0.8)
+    assert torch.equal(_sample("wan21_t2v", model_l), ref)
+    mm.unload_all_models()
+    assert torch.equal(_sample("wan21_t2v", model), plain_ref)
     mm.unload_all_models()

@@ -184,6 +184,26 @@ def test_inference_mode_and_no_grad_and_requires_grad_kept(target):
     assert {n: p.requires_grad for n, p in m.named_parameters()} == rg
 
 
+@pytest.mark.parametrize("mode", ["sequential", "budget", "model_offload", "full_load"])
+def test_model_built_under_inference_mode(mode, target):
+    """ComfyUI loads and runs models inside torch.inference_mode(): the weights are
+    inference tensors (no in-place version counter). Offload, every mode, unload, reload
+    and detach all work on them."""
+    engine, device = target
+    with torch.inference_mode():
+        m, inputs = _model("wan", device)
+        assert next(m.parameters()).is_inference()
+        ref = _first(m(*inputs)).clone()
+        kw = {"budget_gb": _budget_gb(m)} if mode == "budget" else {}
+        h = pinstream.offload(m, mode=mode, device=device, engine=engine, **kw)
+        assert torch.equal(_first(m(*inputs)), ref)
+        h.unload()
+        assert torch.equal(_first(m(*inputs)), ref)
+        assert h.stats()["writebacks"] == 0
+        h.detach()
+        assert torch.equal(_first(m(*inputs)), ref)
+
+
 class Big(nn.Module):
     def __init__(self, n=16, dim=1024):
         super().__init__()
