@@ -7,25 +7,87 @@ without PinStream, bit for bit, in every mode.
 
 import pytest
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
 
 import pinstream
 from pinstream.discovery import discover_blocks
 
-ck = pytest.importorskip("comfy_kitchen.tensor", reason="comfy-kitchen (ComfyUI's quantized tensors) not installed")
-QuantizedTensor = ck.QuantizedTensor
-LAYOUT = "TensorCoreFP8Layout"
+try:
+    from comfy_kitchen.tensor import QuantizedTensor
+except ImportError:  # the second kind below still runs
+    QuantizedTensor = None
+
+
+class ScaledFp8(torch.Tensor):
+    """A minimal wrapper subclass of the same shape as QuantizedTensor (fp8 codes and a
+    scale inside, the logical dtype outside; every op dequantizes), so the mechanism is
+    tested without comfy-kitchen too, on the CUDA engine included."""
+
+    @staticmethod
+    def __new__(cls, q, scale, dtype):
+        return torch.Tensor._make_wrapper_subclass(cls, q.shape, dtype=dtype, device=q.device, requires_grad=False)
+
+    def __init__(self, q, scale, dtype):
+        self._q, self._s = q, scale
+
+    def __tensor_flatten__(self):
+        return ["_q", "_s"], {"dtype": self.dtype}
+
+    @staticmethod
+    def __tensor_unflatten__(inner, ctx, outer_size, outer_stride):
+        return ScaledFp8(inner["_q"], inner["_s"], ctx["dtype"])
+
+    @classmethod
+    def from_float(cls, w):
+        s = (w.abs().amax() / 448.0).float()
+        return cls((w / s).to(torch.float8_e4m3fn), s, w.dtype)
+
+    def dequantize(self):
+        return self._q.to(self.dtype) * self._s.to(self.dtype)
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.ops.aten.detach.default:
+            return ScaledFp8(args[0]._q.detach(), args[0]._s.detach(), args[0].dtype)
+
+        def plain(x):
+            return x.dequantize() if isinstance(x, ScaledFp8) else x
+        return func(*pytree.tree_map(plain, args), **pytree.tree_map(plain, kwargs))
+
+
+KINDS = ["comfy_kitchen", "own"]
+_quantize = {
+    "comfy_kitchen": lambda w: QuantizedTensor.from_float(w, "TensorCoreFP8Layout"),
+    "own": ScaledFp8.from_float,
+}
+
+
+@pytest.fixture(params=KINDS)
+def kind(request):
+    if request.param == "comfy_kitchen" and QuantizedTensor is None:
+        pytest.skip("comfy-kitchen (ComfyUI 0.8+'s quantized tensors) is not installed")
+    return request.param
+
+
+def _wrapped(t):
+    return isinstance(t, ScaledFp8) or (QuantizedTensor is not None and isinstance(t, QuantizedTensor))
+
+
+def _inner(t):
+    return (t._q, t._s) if isinstance(t, ScaledFp8) else (t._qdata, t._params.scale)
 
 
 class QLinear(nn.Module):
-    """A Linear whose weight is a QuantizedTensor, used the way ComfyUI's mixed-precision
+    """A Linear whose weight is a wrapper subclass, used the way ComfyUI's mixed-precision
     ops use it when the weight is already on the input's device (F.linear dispatches on
     the subclass, which dequantizes)."""
 
-    def __init__(self, fin, fout, g):
+    def __init__(self, fin, fout, g, kind):
         super().__init__()
         w = torch.randn(fout, fin, generator=g) / fin**0.5
-        self.weight = nn.Parameter(QuantizedTensor.from_float(w, LAYOUT), requires_grad=False)
+        self.weight = nn.Parameter(_quantize[kind](w), requires_grad=False)
         self.bias = nn.Parameter(0.01 * torch.randn(fout, generator=g), requires_grad=False)
 
     def forward(self, x):
@@ -34,22 +96,22 @@ class QLinear(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim, g):
+    def __init__(self, dim, g, kind):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
-        self.up = QLinear(dim, 4 * dim, g)
-        self.down = QLinear(4 * dim, dim, g)
+        self.up = QLinear(dim, 4 * dim, g, kind)
+        self.down = QLinear(4 * dim, dim, g, kind)
 
     def forward(self, x):
         return x + self.down(torch.nn.functional.gelu(self.up(self.norm(x))))
 
 
 class Net(nn.Module):
-    def __init__(self, dim=64, depth=6, seed=0):
+    def __init__(self, kind, dim=64, depth=6, seed=0):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        self.inp = QLinear(dim, dim, g)  # a quantized weight outside the blocks
-        self.blocks = nn.ModuleList([Block(dim, g) for _ in range(depth)])
+        self.inp = QLinear(dim, dim, g, kind)  # a quantized weight outside the blocks
+        self.blocks = nn.ModuleList([Block(dim, g, kind) for _ in range(depth)])
         self.out = nn.Linear(dim, dim)
 
     def forward(self, x):
@@ -62,18 +124,18 @@ class Net(nn.Module):
 def _storage_bytes(m):
     total = 0
     for t in list(m.parameters()) + list(m.buffers()):
-        if isinstance(t, QuantizedTensor):
-            total += t._qdata.numel() * t._qdata.element_size() + t._params.scale.numel() * 4
+        if _wrapped(t):
+            total += sum(x.numel() * x.element_size() for x in _inner(t))
         else:
             total += t.numel() * t.element_size()
     return total
 
 
 @pytest.mark.parametrize("mode", ["sequential", "budget", "model_offload", "full_load"])
-def test_quantized_tensor_weights_stream_and_match(mode, target):
+def test_quantized_tensor_weights_stream_and_match(mode, target, kind):
     engine, device = target
     torch.manual_seed(0)
-    m = Net().to(device)
+    m = Net(kind).to(device)
     x = torch.randn(3, 64, device=device)
     with torch.no_grad():
         ref = m(x).clone()
@@ -83,7 +145,7 @@ def test_quantized_tensor_weights_stream_and_match(mode, target):
     kw = {}
     if mode == "budget":
         kw["budget_gb"] = (d.nonblock_bytes + 4 * d.largest_block_bytes) / 2**30
-    host_wrappers = {n: p for n, p in m.named_parameters() if isinstance(p, QuantizedTensor)}
+    host_wrappers = {n: p for n, p in m.named_parameters() if _wrapped(p)}
     h = pinstream.offload(m, mode=mode, device=device, engine=engine, **kw)
     assert h.model_bytes == _storage_bytes(m)
     with torch.no_grad():
@@ -102,23 +164,23 @@ def test_quantized_tensor_weights_stream_and_match(mode, target):
     h.detach()
     assert all(dict(m.named_parameters())[n] is p for n, p in host_wrappers.items())
     for p in host_wrappers.values():
-        assert p.device.type == torch.device(device).type and p._qdata.device.type == p.device.type
+        assert p.device.type == torch.device(device).type and _inner(p)[0].device.type == p.device.type
     with torch.no_grad():
         assert torch.equal(m(x), ref)
 
 
-def test_quantized_tensor_registration_frees_nothing_twice_and_keeps_codes():
+def test_quantized_tensor_registration_keeps_codes(kind):
     """The fp8 codes and scales PinStream holds are the stored ones (no upcast on the
     host), and the state dict still reads them."""
-    m = Net(seed=1)
-    before = {n: (p._qdata.clone(), p._params.scale.clone()) for n, p in m.named_parameters()
-              if isinstance(p, QuantizedTensor)}
+    m = Net(kind, seed=1)
+    before = {n: tuple(x.clone() for x in _inner(p)) for n, p in m.named_parameters() if _wrapped(p)}
     h = pinstream.offload(m, mode="sequential", engine="host", device="cpu")
     for n, p in m.named_parameters():
         if n in before:
             q, s = before[n]
-            assert p._qdata.dtype == torch.float8_e4m3fn
-            assert torch.equal(p._qdata.view(torch.uint8), q.view(torch.uint8)) and torch.equal(p._params.scale, s)
+            q2, s2 = _inner(p)
+            assert q2.dtype == torch.float8_e4m3fn
+            assert torch.equal(q2.view(torch.uint8), q.view(torch.uint8)) and torch.equal(s2, s)
     sd = m.state_dict()
-    assert isinstance(sd["blocks.0.up.weight"], QuantizedTensor)
+    assert _wrapped(sd["blocks.0.up.weight"])
     h.detach()
