@@ -21,6 +21,8 @@ the class (ComfyUI builds clones with ``self.__class__``).
 
 from __future__ import annotations
 
+import sys
+
 import logging
 import weakref
 from dataclasses import dataclass, field
@@ -74,22 +76,43 @@ def target_module(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def unsupported_reason(module: torch.nn.Module) -> str | None:
-    """Why PinStream cannot manage these weights (None when it can). Plain tensors (fp8
-    included) and wrapper subclasses that flatten to plain tensors (ComfyUI 0.8+'s
-    QuantizedTensor for scaled fp8 / fp4 files) are managed; other tensor subclasses
-    (GGUF's GGMLTensor) are not."""
+    """Why PinStream cannot manage these weights (None when it can). Managed: plain
+    tensors (fp8 included), wrapper subclasses that flatten to plain tensors (ComfyUI
+    0.8+'s QuantizedTensor for scaled fp8 / fp4 files) and subclasses that keep their data
+    in an ordinary storage (ComfyUI-GGUF's GGMLTensor: the quantized bytes, with the
+    format as Python attributes, which PinStream leaves on the same object). Not managed:
+    tensors without storage (meta, or a subclass that hides it)."""
     from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
     for name, p in list(module.named_parameters()) + list(module.named_buffers()):
         if is_traceable_wrapper_subclass(p):
             continue
-        if type(p) not in (torch.Tensor, torch.nn.Parameter) and not isinstance(p, torch.nn.Parameter):
-            return (f"weight {name} is a {type(p).__name__} (a tensor subclass, e.g. GGUF quantized weights); "
-                    "PinStream streams plain tensors (fp8 included) and ComfyUI's QuantizedTensor only")
-        if isinstance(p, torch.nn.Parameter) and type(p.data) is not torch.Tensor:
-            return (f"weight {name} holds a {type(p.data).__name__} (a tensor subclass, e.g. GGUF quantized "
-                    "weights); PinStream streams plain tensors (fp8 included) and ComfyUI's QuantizedTensor only")
+        if p.device.type == "meta":
+            return f"weight {name} is on the meta device (not loaded); load the model's weights first"
+        if type(p) in (torch.Tensor, torch.nn.Parameter):
+            continue
+        try:
+            storage = torch.Tensor.untyped_storage(p)
+            real = p.numel() == 0 or (storage.data_ptr() != 0
+                                      and storage.nbytes() >= p.numel() * p.element_size())
+        except Exception:  # noqa: BLE001 - any subclass that cannot show its storage
+            real = False
+        if not real:
+            return (f"weight {name} is a {type(p).__name__}, a tensor subclass whose data is not in an ordinary "
+                    "storage; PinStream manages plain tensors (fp8 included), ComfyUI's QuantizedTensor and "
+                    "GGUF's GGMLTensor")
     return None
+
+
+def _is_ggml(weight) -> bool:
+    """A ComfyUI-GGUF quantized weight (GGMLTensor with a quantized tensor_type):
+    its LoRA patches ride along as ``weight.patches`` and apply at dequantization."""
+    try:
+        import gguf
+    except ImportError:
+        return False
+    tt = getattr(weight, "tensor_type", None)
+    return tt is not None and tt not in (None, gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
 
 
 def _comfy():
@@ -109,6 +132,13 @@ class PinStreamPatcherMixin:
 
     def _handle(self):
         return self.pinstream.handle
+
+    def clone(self, *args, **kwargs):
+        # Some patchers (ComfyUI-GGUF's) force their own class onto the clone; keep ours.
+        n = super().clone(*args, **kwargs)
+        if not isinstance(n, PinStreamPatcherMixin):
+            n.__class__ = pinstream_class(type(n))
+        return n
 
     def _extra_modules(self):
         """Parameters/buffers of the wrapped model outside the PinStream target."""
@@ -190,12 +220,29 @@ class PinStreamPatcherMixin:
         with torch.no_grad():
             for key, original in st.backups.items():
                 weight, _set, _conv = get_key_weight(self.model, key)
+                if original is None:  # a GGUF weight: its patches were attached, not written
+                    weight.patches = []
+                    continue
                 weight.copy_(original)  # a QuantizedTensor copies its data and scale in place
             st.backups.clear()
             for key in self.patches:
                 try:
                     weight, set_func, convert_func = get_key_weight(self.model, key)
                 except AttributeError:
+                    continue
+                if _is_ggml(weight):
+                    # as ComfyUI-GGUF's patcher does: the patches (on the offload device unless
+                    # patch_on_device) travel with the weight and apply when it is dequantized
+                    from comfy.lora import calculate_weight  # noqa: F401 - ComfyUI-GGUF calls it
+                    move = next((getattr(sys.modules.get(c.__module__), "move_patch_to_device")
+                                 for c in type(self).__mro__
+                                 if hasattr(sys.modules.get(c.__module__), "move_patch_to_device")), None)
+                    patches = self.patches[key]
+                    if move is not None:
+                        patches = move(patches, self.load_device if getattr(self, "patch_on_device", False)
+                                       else self.offload_device)
+                    weight.patches = [(patches, key)]
+                    st.backups[key] = None
                     continue
                 st.backups[key] = weight.detach().clone()
                 temp_dtype = (mm.lora_compute_dtype(self.load_device) if hasattr(mm, "lora_compute_dtype")

@@ -351,6 +351,40 @@ def write_fp8_variant(kind: str, scaled: bool = False, models_dir=None, overwrit
                  _meta(kind + "_fp8", seed, scaled=scaled))
 
 
+def write_wan21_t2v_gguf(models_dir=None, qtype: str = "Q8_0", seed: int = SEEDS["wan_t2v"],
+                         overwrite: bool = False) -> Path:
+    """The tiny Wan 2.1 T2V model as a GGUF file the way ComfyUI-GGUF reads it (arch
+    "wan"): 2-D weights quantized to ``qtype`` (rows of 32), everything else F32; tensors
+    of more than 4 dimensions stored flat with their ``comfy.gguf.orig_shape`` metadata."""
+    import gguf
+    import numpy as np
+
+    path = _dir(models_dir, "diffusion_models") / f"tiny_wan2.1_t2v_{qtype}.gguf"
+    if path.is_file() and not overwrite:
+        return path
+    sd = wan_state_dict(seed)
+    tmp = path.with_suffix(".gguf.tmp")
+    writer = gguf.GGUFWriter(str(tmp), arch="wan")
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    q = getattr(gguf.GGMLQuantizationType, qtype)
+    for name in sorted(sd):
+        data = sd[name].float().numpy()
+        kind = gguf.GGMLQuantizationType.F32
+        if data.ndim > 4:
+            writer.add_array(f"comfy.gguf.orig_shape.{name}", [int(d) for d in data.shape])
+            data = data.reshape(data.shape[0], -1)
+        elif data.ndim == 2 and data.shape[-1] % 32 == 0 and name.startswith("blocks."):
+            kind = q
+        data = gguf.quants.quantize(np.ascontiguousarray(data), kind)
+        writer.add_tensor(name, data, raw_dtype=kind)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    tmp.replace(path)
+    return path
+
+
 def write_wan21_i2v(models_dir=None, name: str = "tiny_wan2.1_i2v.safetensors", seed: int = SEEDS["wan_i2v"],
                     overwrite: bool = False, extra_keys: dict | None = None) -> Path:
     """Wan 2.1 I2V (14B-480P/720P layout): in_dim 36 (16 noise + 4 mask + 16 image latent)

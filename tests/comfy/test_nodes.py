@@ -393,16 +393,45 @@ def test_missing_native_build_passes_through_and_says_so(monkeypatch):
     assert out is base and "passed through unchanged" in msg and "install.py" in msg
 
 
-def test_tensor_subclass_weights_pass_through_with_a_reason():
+def test_tensor_subclass_weights_managed_or_passed_through_with_a_reason():
+    """A subclass whose data sits in an ordinary storage (GGUF's GGMLTensor is one) is
+    managed, the same object kept; one whose data is hidden behind a wrapper with no
+    flatten protocol is passed through, with the reason."""
     class Quant(torch.Tensor):
         pass
 
+    class Opaque(torch.Tensor):
+        @staticmethod
+        def __new__(cls, inner):
+            return torch.Tensor._make_wrapper_subclass(cls, inner.shape, dtype=inner.dtype, device=inner.device)
+
+        def __init__(self, inner):
+            self._inner = inner
+
+        @classmethod
+        def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+            import torch.utils._pytree as pytree
+
+            return func(*pytree.tree_map(lambda x: x._inner if isinstance(x, Opaque) else x, args), **(kwargs or {}))
+
+    ref = _ref("wan21_t2v")
     base = pl.load_unet(ns, f("wan21_t2v"))
-    w = base.model.diffusion_model.blocks[0].ffn[0].weight
-    base.model.diffusion_model.blocks[0].ffn[0].weight = torch.nn.Parameter(w.data.as_subclass(Quant),
-                                                                            requires_grad=False)
+    layer = base.model.diffusion_model.blocks[0].ffn[0]
+    layer.weight = torch.nn.Parameter(layer.weight.data.as_subclass(Quant), requires_grad=False)
+    quant = layer.weight
     (out,), msg = N.run_offload_model(base, "sequential", 0.0, 1, True)
-    assert out is base and "tensor subclass" in msg
+    assert isinstance(out, P.PinStreamPatcherMixin), msg
+    assert out.model.diffusion_model.blocks[0].ffn[0].weight is quant
+    assert torch.equal(_sample("wan21_t2v", out), ref)
+    mm.unload_all_models()
+
+    base = pl.load_unet(ns, f("wan21_t2v"))
+    layer = base.model.diffusion_model.blocks[0].ffn[0]
+    w = layer.weight.data
+    del layer.weight
+    layer.register_buffer("weight", Opaque(w))
+    (out,), msg = N.run_offload_model(base, "sequential", 0.0, 1, True)
+    assert out is base and "tensor subclass" in msg and "Opaque" in msg, msg
 
 
 def test_exports_v3_or_classic_never_both():
