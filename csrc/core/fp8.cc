@@ -108,17 +108,34 @@ struct StoreBF16 {
 
 // ---- element loads ----
 
+// The loaders' conversions, inlined: through the exported functions every element
+// costs a PLT call (and a spill of the running maximum), several times the work.
+inline float BFloat16ToFloatInline(uint16_t bits) { return FromBits(static_cast<uint32_t>(bits) << 16); }
+
+inline float HalfToFloatInline(uint16_t bits) {
+  const uint32_t sign = static_cast<uint32_t>(bits & 0x8000u) << 16;
+  const uint32_t e = (bits >> 10) & 0x1Fu;
+  const uint32_t m = bits & 0x3FFu;
+  if (e == 31) return FromBits(sign | 0x7F800000u | (m << 13));  // inf / NaN
+  if (e == 0) {
+    // m * 2^-24: exact, and a normal fp32 number.
+    const float mag = static_cast<float>(m) * Pow2(-24);
+    return sign ? -mag : mag;
+  }
+  return FromBits(sign | ((e + 112u) << 23) | (m << 13));
+}
+
 struct LoadF32 {
   using T = float;
   static float Get(float x) { return x; }
 };
 struct LoadF16 {
   using T = uint16_t;
-  static float Get(uint16_t x) { return HalfToFloat(x); }
+  static float Get(uint16_t x) { return HalfToFloatInline(x); }
 };
 struct LoadBF16 {
   using T = uint16_t;
-  static float Get(uint16_t x) { return BFloat16ToFloat(x); }
+  static float Get(uint16_t x) { return BFloat16ToFloatInline(x); }
 };
 
 bool IsAligned(const void* p, size_t alignment) {
@@ -298,20 +315,9 @@ uint16_t FloatToHalf(float x) {
   return sign | static_cast<uint16_t>(ShiftRightRne(m, -1 - e));
 }
 
-float BFloat16ToFloat(uint16_t bits) { return FromBits(static_cast<uint32_t>(bits) << 16); }
+float BFloat16ToFloat(uint16_t bits) { return BFloat16ToFloatInline(bits); }
 
-float HalfToFloat(uint16_t bits) {
-  const uint32_t sign = static_cast<uint32_t>(bits & 0x8000u) << 16;
-  const uint32_t e = (bits >> 10) & 0x1Fu;
-  const uint32_t m = bits & 0x3FFu;
-  if (e == 31) return FromBits(sign | 0x7F800000u | (m << 13));  // inf / NaN
-  if (e == 0) {
-    // m * 2^-24: exact, and a normal fp32 number.
-    const float mag = static_cast<float>(m) * Pow2(-24);
-    return sign ? -mag : mag;
-  }
-  return FromBits(sign | ((e + 112u) << 23) | (m << 13));
-}
+float HalfToFloat(uint16_t bits) { return HalfToFloatInline(bits); }
 
 float LoadAsFloat(const void* data, FloatDtype dtype, int64_t i) {
   switch (dtype) {
