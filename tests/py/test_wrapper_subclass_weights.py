@@ -184,3 +184,53 @@ def test_quantized_tensor_registration_keeps_codes(kind):
     sd = m.state_dict()
     assert _wrapped(sd["blocks.0.up.weight"])
     h.detach()
+
+
+class IteratedNet(nn.Module):
+    """Blocks that are nn.Sequential and are iterated, never called (as ComfyUI's UNet
+    runs a TimestepEmbedSequential's children itself): PinStream follows them through
+    its per-layer hooks, and the wrappers must follow too."""
+
+    def __init__(self, kind, dim=64, depth=5, seed=2):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.blocks = nn.ModuleList([nn.Sequential(nn.LayerNorm(dim), QLinear(dim, 2 * dim, g, kind), nn.GELU(),
+                                                   QLinear(2 * dim, dim, g, kind)) for _ in range(depth)])
+
+    def forward(self, x):
+        for block in self.blocks:
+            h = x
+            for layer in block:
+                h = layer(h)
+            x = x + h
+        return x
+
+
+@pytest.mark.parametrize("mode", ["sequential", "budget"])
+def test_quantized_tensor_weights_in_iterated_sequential_blocks(mode, target, kind):
+    engine, device = target
+    m = IteratedNet(kind).to(device)
+    x = torch.randn(2, 64, device=device)
+    with torch.no_grad():
+        ref = m(x).clone()
+    originals = {n: p for n, p in m.named_parameters() if _wrapped(p)}
+    kw = {}
+    if mode == "budget":
+        block = sum(t.numel() * t.element_size() for t in _storage_tensors(m.blocks[0]))
+        kw["budget_gb"] = 3.5 * block / 2**30
+    h = pinstream.offload(m, mode=mode, device=device, engine=engine, **kw)
+    with torch.no_grad():
+        assert torch.equal(m(x), ref) and torch.equal(m(x), ref)
+    st = h.stats()
+    assert st["plan"]["streamed_blocks"] > 0 and st["acquires"] > 0
+    # after a pass every block holds its original wrappers again
+    assert all(dict(m.named_parameters())[n] is p for n, p in originals.items())
+    h.detach()
+    with torch.no_grad():
+        assert torch.equal(m(x), ref)
+
+
+def _storage_tensors(module):
+    from pinstream.discovery import storage_tensors
+
+    return [x for p in module.parameters() for x in storage_tensors(p)]
