@@ -21,9 +21,8 @@ the class (ComfyUI builds clones with ``self.__class__``).
 
 from __future__ import annotations
 
-import sys
-
 import logging
+import sys
 import weakref
 from dataclasses import dataclass, field
 
@@ -113,6 +112,16 @@ def _is_ggml(weight) -> bool:
         return False
     tt = getattr(weight, "tensor_type", None)
     return tt is not None and tt not in (None, gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
+
+
+def _module_function(cls, name: str):
+    """``name`` from the module of the first class in ``cls``'s MRO whose module has it
+    (a custom node's helper beside its patcher class), else None."""
+    for c in cls.__mro__:
+        fn = getattr(sys.modules.get(c.__module__), name, None)
+        if fn is not None:
+            return fn
+    return None
 
 
 def _comfy():
@@ -225,6 +234,7 @@ class PinStreamPatcherMixin:
                     continue
                 weight.copy_(original)  # a QuantizedTensor copies its data and scale in place
             st.backups.clear()
+            move_patches = _module_function(type(self), "move_patch_to_device")  # ComfyUI-GGUF's
             for key in self.patches:
                 try:
                     weight, set_func, convert_func = get_key_weight(self.model, key)
@@ -233,14 +243,10 @@ class PinStreamPatcherMixin:
                 if _is_ggml(weight):
                     # as ComfyUI-GGUF's patcher does: the patches (on the offload device unless
                     # patch_on_device) travel with the weight and apply when it is dequantized
-                    from comfy.lora import calculate_weight  # noqa: F401 - ComfyUI-GGUF calls it
-                    move = next((getattr(sys.modules.get(c.__module__), "move_patch_to_device")
-                                 for c in type(self).__mro__
-                                 if hasattr(sys.modules.get(c.__module__), "move_patch_to_device")), None)
                     patches = self.patches[key]
-                    if move is not None:
-                        patches = move(patches, self.load_device if getattr(self, "patch_on_device", False)
-                                       else self.offload_device)
+                    if move_patches is not None:
+                        patches = move_patches(patches, self.load_device if getattr(self, "patch_on_device", False)
+                                               else self.offload_device)
                     weight.patches = [(patches, key)]
                     st.backups[key] = None
                     continue

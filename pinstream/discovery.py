@@ -95,9 +95,7 @@ def storage_tensors(t: torch.Tensor) -> list:
 
 def _nbytes(t) -> int:
     """Bytes ``t`` really occupies (a quantized subclass: its storage, not its logical dtype)."""
-    if is_traceable_wrapper_subclass(t):
-        return sum(x.numel() * x.element_size() for x in storage_tensors(t))
-    return t.numel() * t.element_size()
+    return sum(x.numel() * x.element_size() for x in storage_tensors(t))
 
 
 class _Sizer:

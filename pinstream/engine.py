@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from . import modes as _modes
 from .discovery import BlockDiscovery, discover_blocks, storage_tensors
@@ -112,8 +113,6 @@ class _WrapperSlot:
 
 
 def _wrapper_slots(module: nn.Module) -> list[_WrapperSlot]:
-    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
-
     out, seen = [], set()
     for m in module.modules():
         for owner in (m._parameters, m._buffers):
@@ -251,6 +250,7 @@ class OffloadHandle:
                         _touch(_id)  # releases the block touched before: its wrappers go back
                         for k in wrapped_blocks:
                             self._show(k, k == _index)
+
                 for sub in block.modules():
                     if sub is not block and (any(True for _ in sub.parameters(recurse=False))
                                              or any(True for _ in sub.buffers(recurse=False))):
@@ -258,11 +258,11 @@ class OffloadHandle:
                             lambda _m, _a, _t=touch, _id=bid: _t(_id)))
             else:
                 touch, release = rt.acquire, rt.release_if_acquired
+                if wrapped:
+                    def touch(_id, _touch=touch, _index=index):
+                        _touch(_id)
+                        self._show(_index, True)
             if wrapped:
-                def touch(_id, _touch=touch, _index=index):
-                    _touch(_id)
-                    self._show(_index, True)
-
                 def release(_id, _release=release, _index=index):
                     _release(_id)
                     self._show(_index, False)

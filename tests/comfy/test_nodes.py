@@ -570,13 +570,14 @@ def test_fp8_checkpoint_streams_as_stored(kind, scaled, mode):
     harness.refresh_model_lists(ns)
     name = name_of("diffusion_models", path)
     weight_dtype = "default" if scaled else "fp8_e4m3fn"
-    detect = pl.tiny_flux_detection(ns) if kind == "flux" else contextlib.nullcontext()
+    def detect():
+        return pl.tiny_flux_detection(ns) if kind == "flux" else contextlib.nullcontext()
 
     def ps_load(budget):
-        with (pl.tiny_flux_detection(ns) if kind == "flux" else contextlib.nullcontext()):
+        with detect():
             return N.run_load_diffusion_model(name, weight_dtype, mode, budget, 1, True)
 
-    with detect:
+    with detect():
         core = pl.load_unet(ns, path, weight_dtype)
     # ComfyUI 0.3.x keeps fp8 parameters (plus scale_weight); 0.8+ makes scaled files
     # QuantizedTensor weights (fp8 codes and a scale inside a tensor subclass)
