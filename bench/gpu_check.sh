@@ -2,8 +2,10 @@
 # PinStream's GPU check: one command on a GPU machine, at most 8 minutes.
 #
 #   bench/gpu_check.sh             1. build the extension and GoogleTests with CUDA (install.py --tests)
-#                                  2. correctness: ctest (CUDA tests included), pytest tests/py (CUDA params)
-#                                  3. benchmarks -> $OUT/results.json + summary.txt (python -m pinstream bench gpu)
+#                                  2. correctness: ctest (CUDA tests included), compute-sanitizer memcheck,
+#                                     pytest tests/py -k cuda (the CUDA cases)
+#                                  3. benchmarks -> $OUT/results.json + summary.txt (python -m pinstream bench gpu),
+#                                     traced steps -> $OUT/profiles.tar
 #                                  4. plots -> $OUT/*.png, and a copy $OUT/<date>-<gpu>.json
 #   bench/gpu_check.sh --dry-run   the same script on a CPU machine: host engine, tiny sizes; builds only
 #                                  if pinstream/_C*.so is missing, skips ctest/pytest (CI runs them);
@@ -11,7 +13,8 @@
 # Options:
 #   --no-tests        skip ctest and pytest (a rerun when time is short)
 #   --limit-s N       wall-clock limit of the whole script (default 470; the bench gets what is left)
-# Environment: OUT (output folder), PYTHON (default python3), COMFYUI_PATH, GPU_CHECK_PYTEST_ARGS
+# Environment: OUT (output folder), PYTHON (default python3), COMFYUI_PATH, GPU_CHECK_PYTEST_ARGS,
+#   GPU_CHECK_BENCH_ARGS (more options for `bench gpu`, e.g. "--skip link naive_swap accelerate")
 #
 # Things the GPU machine lacks come along in .whl/ (ignored by git; name it in the device call's carry):
 #   .whl/*.whl   Python wheels (diffusers): pip install --no-index --target into a
@@ -32,7 +35,7 @@ while (( $# )); do
     --dry-run) dry=1 ;;
     --no-tests) tests=0 ;;
     --limit-s) limit=$2; shift ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -141,20 +144,25 @@ else
   # one: 70 M codes under memcheck take minutes); where the machine's runtime supports it
   if (( with_tests )) && command -v compute-sanitizer >/dev/null; then
     step "compute-sanitizer memcheck (CUDA engine and fp8 kernel tests)"
-    timeout "$(cap 90)" compute-sanitizer --tool memcheck --error-exitcode 3 \
+    # its output goes into gpu_check.log (bounded): the device call brings back at most 8 files
+    san=${TMPDIR:-/tmp}/pinstream-compute-sanitizer.log
+    timeout "$(cap 45)" compute-sanitizer --tool memcheck --error-exitcode 3 \
       build/pinstream_cuda_tests --gtest_filter='CudaEngine.*:Fp8Cuda.*:-Fp8Cuda.LargeBlockAndThroughput' \
-      > "$OUT/compute_sanitizer.log" 2>&1
+      > "$san" 2>&1
     rc=$?
-    tail -n 4 "$OUT/compute_sanitizer.log"
+    grep -E "^========|FAILED|PASSED" "$san" | head -n 120
+    tail -n 3 "$san"
     if (( rc == 0 )); then note memcheck ok
-    elif grep -q "Device not supported\|not supported on this" "$OUT/compute_sanitizer.log"; then
+    elif grep -q "Device not supported\|not supported on this" "$san"; then
       note memcheck "skipped: compute-sanitizer does not support this machine's runtime"
-    else note memcheck "FAILED (exit $rc; see compute_sanitizer.log)"; fi
+    elif (( rc == 124 )); then note memcheck "FAILED (timed out)"
+    else note memcheck "FAILED (exit $rc; its findings are above)"; fi
   fi
   if (( tests )); then
     step "pytest tests/py (host and CUDA engines)"
-    # GPU_CHECK_PYTEST_ARGS narrows it when time is short, e.g. "tests/py -q -x -k cuda" (CUDA cases only)
-    read -ra pytest_args <<< "${GPU_CHECK_PYTEST_ARGS:-tests/py -q -x}"
+    # the CUDA cases (the host engine's run in CI on every change); GPU_CHECK_PYTEST_ARGS="tests/py -q -x"
+    # runs all of them
+    read -ra pytest_args <<< "${GPU_CHECK_PYTEST_ARGS:-tests/py -q -x -k cuda}"
     PINSTREAM_GPU_CHECK=1 timeout "$(cap 200)" "$PY" -m pytest "${pytest_args[@]}" -p no:cacheprovider
     rc=$?; (( rc == 0 )) && note pytest ok || note pytest "FAILED (exit $rc)"
   else
@@ -172,10 +180,17 @@ fi
 step "benchmarks (time budget ${budget} s)"
 args=(--out "$OUT" --time-budget-s "$budget")
 (( dry )) && args+=(--dry-run)
+read -ra extra_args <<< "${GPU_CHECK_BENCH_ARGS:-}"
+args+=("${extra_args[@]}")
 timeout -k 10 $(( budget + 45 )) "$PY" -m pinstream bench gpu "${args[@]}"
 rc=$?; (( rc == 0 )) && note bench ok || note bench "FAILED (exit $rc)"
 
 # --- 4. plots and the dated copy ---------------------------------------------------------
+# the traced steps (profile.py) as one file: the device call brings back at most 8
+if [[ -d "$OUT/profiles" ]]; then
+  tar -cf "$OUT/profiles.tar" -C "$OUT" profiles && rm -rf "$OUT/profiles" &&
+    echo "profiles: $(tar -tf "$OUT/profiles.tar" | grep -c json.gz) traces in $OUT/profiles.tar"
+fi
 if [[ -f "$OUT/results.json" ]]; then
   step "plots"
   timeout 60 "$PY" -m pinstream bench plot "$OUT/results.json" && note plots ok || note plots FAILED

@@ -64,6 +64,14 @@ step "pytest"
 
 if [[ -f bench/gpu_check.sh ]]; then
   step "GPU check dry run"
-  bash bench/gpu_check.sh --dry-run
+  dry_out=$(mktemp -d "${TMPDIR:-/tmp}/pinstream-dry-run.XXXXXX")
+  OUT=$dry_out bash bench/gpu_check.sh --dry-run
+  # what the GPU run must bring back, in at most the 8 files a device call returns
+  for f in gpu_check.log results.json summary.txt profiles.tar step_vs_budget.png bandwidth_vs_block.png; do
+    [[ -s $dry_out/$f ]] || { echo "the GPU check's dry run left no $f in $dry_out" >&2; exit 1; }
+  done
+  n=$(find "$dry_out" -mindepth 1 | wc -l)
+  (( n <= 8 )) || { echo "the GPU check's dry run left $n files; a device call brings back 8" >&2; ls -la "$dry_out"; exit 1; }
+  rm -rf "$dry_out"
 fi
 step "all tests passed"

@@ -155,6 +155,33 @@ def test_transfer_bound_length_is_measured_for_the_judged_systems(dry_run):
     assert f8["fp8_e4m3"]["short"]["bytes_per_step"] < f8["auto"]["short"]["bytes_per_step"]
 
 
+def test_judged_comparisons_are_traced(dry_run):
+    """One traced step each of the runs the close targets compare (ComfyUI and
+    diffusers against PinStream), at both lengths; not of the slow systems."""
+    out, r, _log = dry_run
+    w = r["wan14b"]
+    profiled = [run for run in w["runs"] if "profile" in run]
+    assert {run["system"] for run in profiled} <= {"pinstream", "comfyui_lowvram", "diffusers_block",
+                                                    "diffusers_leaf"}
+    for run in profiled:
+        p = run["profile"]
+        assert "error" not in p, (run["system"], p)
+        if "skipped" in p:
+            continue
+        assert _is_num(p["wall_ms"]) and p["wall_ms"] > 0
+        assert p["bound"] == "no device events"  # the host engine: nothing runs on a device
+        assert (out / "profiles" / p["trace"]).stat().st_size > 100
+    ps = {(run["mode"], run["seq_len"]) for run in profiled if run["system"] == "pinstream"}
+    assert ps == {(m, n) for m in ("sequential", "budget") for n in (w["seq_len"], w["short_seq_len"])}
+    judged = min(run["budget_gb"] for run in w["runs"] if run["mode"] == "budget")
+    assert all(run["budget_gb"] == judged for run in profiled if run["mode"] in ("budget", "lowvram"))
+    for system, status in r["baselines"].items():
+        if system in ("comfyui_lowvram", "diffusers_block", "diffusers_leaf") and "ok" in status:
+            assert {run["seq_len"] for run in profiled if run["system"] == system} == \
+                {w["seq_len"], w["short_seq_len"]}, system
+    assert "where the device time goes" in (out / "summary.txt").read_text()
+
+
 def test_summary_lists_every_target(dry_run):
     out, r, log = dry_run
     text = (out / "summary.txt").read_text()
