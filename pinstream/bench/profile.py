@@ -34,7 +34,8 @@ from pathlib import Path
 
 GPU_CATS = ("kernel", "gpu_memcpy", "gpu_memset")
 # CUPTI's memcpy names, as Kineto writes them: "Memcpy HtoD (Pinned -> Device)"
-_MEMCPY = re.compile(r"Memcpy\s+(\w+)\s*\(\s*([^)]*?)\s*->\s*([^)]*?)\s*\)")
+# (older traces and other tools leave out the memory kinds: "Memcpy HtoD")
+_MEMCPY = re.compile(r"Memcpy\s+(\w+)(?:\s*\(\s*([^)]*?)\s*->\s*([^)]*?)\s*\))?")
 
 
 def union(intervals: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -70,7 +71,7 @@ def intersection(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> 
 def memcpy_kind(name: str) -> tuple[str, str, str]:
     """("HtoD", "Pinned", "Device") from a CUPTI memcpy name; ("", "", "") if not one."""
     m = _MEMCPY.search(name or "")
-    return (m.group(1), m.group(2), m.group(3)) if m else ("", "", "")
+    return (m.group(1), m.group(2) or "", m.group(3) or "") if m else ("", "", "")
 
 
 def device_events(trace) -> list[dict]:

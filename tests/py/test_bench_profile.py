@@ -54,6 +54,7 @@ def test_interval_union_and_intersection():
     ("Memcpy DtoH (Device -> Pinned)", ("DtoH", "Device", "Pinned")),
     ("Memcpy DtoD (Device -> Device)", ("DtoD", "Device", "Device")),
     ("Memcpy HtoD (Managed Static -> Device Static)", ("HtoD", "Managed Static", "Device Static")),
+    ("Memcpy HtoD", ("HtoD", "", "")),
     ("void gemm_kernel<float>()", ("", "", "")),
 ])
 def test_memcpy_names_as_cupti_gives_them(name, expected):
