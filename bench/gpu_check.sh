@@ -6,7 +6,7 @@
 #                                     pytest tests/py -k cuda (the CUDA cases)
 #                                  3. benchmarks -> $OUT/results.json + summary.txt (python -m pinstream bench gpu),
 #                                     traced steps -> $OUT/profiles.tar
-#                                  4. plots -> $OUT/*.png, and a copy $OUT/<date>-<gpu>.json
+#                                  4. plots -> $OUT/*.png; prints the name to commit results.json under
 #   bench/gpu_check.sh --dry-run   the same script on a CPU machine: host engine, tiny sizes; builds only
 #                                  if pinstream/_C*.so is missing, skips ctest/pytest (CI runs them);
 #                                  output in $OUT or a temp folder. Under 2 minutes on 2 cores.
@@ -185,7 +185,7 @@ args+=("${extra_args[@]}")
 timeout -k 10 $(( budget + 45 )) "$PY" -m pinstream bench gpu "${args[@]}"
 rc=$?; (( rc == 0 )) && note bench ok || note bench "FAILED (exit $rc)"
 
-# --- 4. plots and the dated copy ---------------------------------------------------------
+# --- 4. plots, and the name to commit the results under ---------------------------------------
 # the traced steps (profile.py) as one file: the device call brings back at most 8
 if [[ -d "$OUT/profiles" ]]; then
   tar -cf "$OUT/profiles.tar" -C "$OUT" profiles && rm -rf "$OUT/profiles" &&
@@ -201,7 +201,8 @@ dev = re.sub(r"[^a-z0-9]+", "-", str(r.get("device", "gpu")).lower()).strip("-")
 print(f"{str(r.get('date', ''))[:10] or 'undated'}-{dev}.json")
 EOF
 )
-  cp "$OUT/results.json" "$OUT/$name" && echo "copied to $OUT/$name"
+  # not copied: a device call brings back at most 8 files
+  echo "commit $OUT/results.json as bench/results/$name"
 else
   note results "MISSING: the benchmark wrote no results.json"
 fi

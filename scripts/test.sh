@@ -67,7 +67,8 @@ if [[ -f bench/gpu_check.sh ]]; then
   dry_out=$(mktemp -d "${TMPDIR:-/tmp}/pinstream-dry-run.XXXXXX")
   OUT=$dry_out bash bench/gpu_check.sh --dry-run
   # what the GPU run must bring back, in at most the 8 files a device call returns
-  for f in gpu_check.log results.json summary.txt profiles.tar step_vs_budget.png bandwidth_vs_block.png; do
+  for f in gpu_check.log results.json summary.txt profiles.tar step_vs_budget.png bandwidth_vs_block.png \
+           time_breakdown.png; do
     [[ -s $dry_out/$f ]] || { echo "the GPU check's dry run left no $f in $dry_out" >&2; exit 1; }
   done
   n=$(find "$dry_out" -mindepth 1 | wc -l)

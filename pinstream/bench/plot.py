@@ -9,8 +9,13 @@ step_vs_budget.png      step time of the Wan 14B-shaped model against VRAM, one
 bandwidth_vs_block.png  host-to-device GB/s against block size: pageable .to(),
                         pinned cudaMemcpyAsync (the limit) and PinStream block
                         uploads (wall clock; event-timed copies dotted).
+time_breakdown.png      where each traced step's time went (profile.py): kernels
+                        alone, kernels with an upload under them, uploads alone,
+                        other device work, device idle, and host time outside
+                        the device's span; one bar per traced run, by length.
+                        Only when the run traced steps.
 
-Both are written next to RESULTS.json unless --out is given. Needs matplotlib.
+They are written next to RESULTS.json unless --out is given. Needs matplotlib.
 """
 
 from __future__ import annotations
@@ -131,6 +136,63 @@ def plot_bandwidth(results: dict, path: Path, plt) -> None:
     plt.close(fig)
 
 
+# (label, colour) of the time_breakdown segments, in drawing order
+SEGMENTS = (("kernels alone", "tab:blue"), ("kernels with an upload under them", "tab:cyan"),
+            ("uploads alone (the device waits on the link)", "tab:red"), ("other device work", "tab:gray"),
+            ("device idle", "white"), ("host time outside the device's span", "lightgray"))
+
+
+def breakdown(p: dict) -> list:
+    """The SEGMENTS of one traced step, in ms (they add up to its wall time, or to the
+    device span when the wall time is not known)."""
+    span = float(p.get("gpu_span_ms") or 0.0)
+    kernel, overlap = float(p.get("kernel_ms") or 0.0), float(p.get("overlap_ms") or 0.0)
+    exposed, idle = float(p.get("exposed_h2d_ms") or 0.0), float(p.get("idle_ms") or 0.0)
+    other = max(0.0, span - idle - kernel - exposed)
+    host = max(0.0, float(p.get("wall_ms") or span) - span)
+    return [kernel - overlap, overlap, exposed, other, idle, host]
+
+
+def _traced(results: dict) -> list:
+    runs = results.get("wan14b", {}).get("runs", [])
+    return [r for r in runs if isinstance(r.get("profile"), dict)
+            and not {"error", "skipped"} & set(r["profile"])]
+
+
+def plot_time_breakdown(results: dict, path: Path, plt) -> bool:
+    runs = sorted(_traced(results), key=lambda r: (-(r.get("seq_len") or 0), r["system"] != "pinstream", r["system"],
+                                                   r["mode"], str(r.get("budget_gb"))))
+    if not runs:
+        return False
+    fig, ax = plt.subplots(figsize=(11, 2.2 + 0.45 * len(runs)))
+    labels = []
+    for i, r in enumerate(runs):
+        left = 0.0
+        for (name, color), ms in zip(SEGMENTS, breakdown(r["profile"])):
+            ax.barh(i, ms / 1000.0, left=left / 1000.0, color=color, edgecolor="black", linewidth=0.4,
+                    label=name if i == 0 else None)
+            left += ms
+        parts = [r["system"], r["mode"]]
+        if r.get("budget_gb") is not None:
+            parts.append(f"{r['budget_gb']:g} GB")
+        if r.get("prefetch") is not None:
+            parts.append(f"p{r['prefetch']}")
+        labels.append(f"{' '.join(parts)} | seq {r.get('seq_len')}")
+    ax.set_yticks(range(len(runs)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("time of one traced step (s)")
+    ax.set_title(f"Where each traced step's time goes (torch.profiler, CUDA activity)\n{_title(results)}",
+                 fontsize=10)
+    ax.grid(True, axis="x", alpha=0.3)
+    height = fig.get_figheight()
+    handles, names = ax.get_legend_handles_labels()
+    fig.legend(handles, names, fontsize=7, loc="lower center", ncol=3)
+    fig.tight_layout(rect=(0, 0.6 / height, 1, 1))  # room for the legend below the axes
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def _title(results: dict) -> str:
     t = f"{results.get('device', '?')} | torch {results.get('torch', '?')} | CUDA {results.get('cuda', '?')}"
     t += f" | {str(results.get('date', ''))[:10]}"
@@ -152,6 +214,8 @@ def make_plots(results_path, out_dir=None) -> list:
     paths = [out / "step_vs_budget.png", out / "bandwidth_vs_block.png"]
     plot_step_vs_budget(results, paths[0], plt)
     plot_bandwidth(results, paths[1], plt)
+    if plot_time_breakdown(results, out / "time_breakdown.png", plt):
+        paths.append(out / "time_breakdown.png")
     return paths
 
 

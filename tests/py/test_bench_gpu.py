@@ -196,13 +196,13 @@ def test_summary_lists_every_target(dry_run):
     assert "targets (ratios within this run)" in log
 
 
-def test_plot_writes_two_pngs(dry_run, tmp_path):
+def test_plot_writes_three_pngs(dry_run, tmp_path):
     pytest.importorskip("matplotlib")
     out, _r, _log = dry_run
     from pinstream.bench import plot
 
     assert plot.main([str(out / "results.json"), "--out", str(tmp_path)]) == 0
-    for name in ("step_vs_budget.png", "bandwidth_vs_block.png"):
+    for name in ("step_vs_budget.png", "bandwidth_vs_block.png", "time_breakdown.png"):
         p = tmp_path / name
         assert p.is_file() and p.stat().st_size > 10_000, name
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -180,3 +180,19 @@ def test_summary_lists_the_traced_steps():
     assert "transfer-bound" in line and "18.00 GiB" in line
     # a profile skipped for time is not listed as one
     assert not any(ln.strip().startswith("comfyui_lowvram lowvram 10 GB at seq 200") for ln in text.splitlines())
+
+
+def test_time_breakdown_segments_add_up_to_the_step():
+    from pinstream.bench.plot import SEGMENTS, breakdown
+
+    trace = {"traceEvents": [_kernel(0.0, 100.0), _copy(50.0, 150.0, 10**6), _memset(250.0, 10.0),
+                             _kernel(300.0, 50.0)]}
+    p = prof.analyze_trace(trace, wall_ms=0.5)
+    seg = dict(zip((name for name, _ in SEGMENTS), breakdown(p)))
+    assert seg["kernels alone"] == pytest.approx(0.100)           # [0, 50] and [300, 350]
+    assert seg["kernels with an upload under them"] == pytest.approx(0.050)
+    assert seg["uploads alone (the device waits on the link)"] == pytest.approx(0.100)  # [100, 200]
+    assert seg["other device work"] == pytest.approx(0.010)       # the memset
+    assert seg["device idle"] == pytest.approx(0.090)             # [200, 250] and [260, 300]
+    assert seg["host time outside the device's span"] == pytest.approx(0.150)
+    assert sum(seg.values()) == pytest.approx(0.5)
