@@ -846,7 +846,6 @@ class Bench:
         block_ids = list(getattr(h, "_block_ids", range(len(model.blocks))))
         real_seq = tokens_of_grid(cfg.real_grid)
         n_sections = 8.0
-        ps_deadline = deadline
 
         def step(inputs):
             def f():
@@ -894,7 +893,7 @@ class Bench:
             return run
 
         def sub(k: float = 1.0) -> float:
-            return time.monotonic() + max(0.0, ps_deadline - time.monotonic()) * min(1.0, k / max(1.0, n_sections))
+            return time.monotonic() + max(0.0, deadline - time.monotonic()) * min(1.0, k / max(1.0, n_sections))
 
         # compute-only: everything resident
         r = ps_run("full_load", "all_resident", None, 1, self.inputs_s, seq, cfg.timed, sub(1))
@@ -1047,11 +1046,11 @@ class Bench:
             return
         free_memory(cfg)
         model = build_wan(cfg, "cpu")
-        self.after_pinstream(model, deadline, wanted)
+        self._slow_systems(model, deadline, wanted)
         model = None
         free_memory(cfg)
 
-    def after_pinstream(self, model, deadline: float, wanted: dict) -> None:
+    def _slow_systems(self, model, deadline: float, wanted: dict) -> None:
         if wanted["model_offload"]:
             self.guard("model_offload_baseline", lambda: self.model_offload_baseline(model))
         if wanted["naive_swap"]:
