@@ -304,3 +304,25 @@ def test_a_broken_runtime_still_leaves_results(tmp_path, monkeypatch):
     assert systems == {"naive_swap"}
     assert r["baselines"]["accelerate"] == {"skipped": "--skip"}
     assert (tmp_path / "summary.txt").is_file()
+
+
+def test_the_rerun_recipe_of_the_gpu_check(tmp_path):
+    """bench/README.md's second call on a warm machine: the script with --no-tests and
+    GPU_CHECK_BENCH_ARGS leaving out what the first call measured. Here as a dry run:
+    the options reach the benchmark, and what comes back fits a device call."""
+    env = dict(os.environ, OUT=str(tmp_path), PYTHONUNBUFFERED="1",
+               GPU_CHECK_BENCH_ARGS="--skip real_seq model_offload naive_swap accelerate fp8 profile")
+    proc = subprocess.run(["bash", "bench/gpu_check.sh", "--dry-run", "--no-tests"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    r = json.loads((tmp_path / "results.json").read_text())
+    assert r["baselines"]["naive_swap"] == {"skipped": "--skip"}
+    assert r["baselines"]["accelerate"] == {"skipped": "--skip"}
+    assert "fp8" not in r and r["wan14b"]["real_seq"]["sequential_ms"] is None
+    runs = r["wan14b"]["runs"]
+    assert {run["system"] for run in runs} >= {"pinstream"} and not any("profile" in run for run in runs)
+    assert {run["seq_len"] for run in runs if run["system"] == "pinstream"} == \
+        {r["wan14b"]["seq_len"], r["wan14b"]["short_seq_len"]}
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) <= 8 and "profiles.tar" not in files, files
+    assert "commit" in proc.stdout and "bench/results/" in proc.stdout
