@@ -620,14 +620,19 @@ def offload(
 
 
 def _pin_ranks(_C, unit_tensors, rest, resolved, prefetch) -> list:
-    """Pin priority per unit (lower first): streamed blocks, resident blocks, the rest."""
+    """Pin priority per unit (lower first): streamed blocks (split ones included: their
+    rest crosses the link every pass), wholly resident blocks, the rest."""
     sizes = [sum(_tensor_bytes(t) for t in ts) for ts in unit_tensors]
     policy = {"sequential": "stream_all", "budget": "budget"}.get(resolved.name)
     if policy is None or not sizes:
         return list(range(len(sizes))) + [len(sizes)]
+    # packed and cut as registration will (fp8 blocks are sent whole)
+    layout = [] if resolved.transfer_dtype == "fp8_e4m3" else [[_tensor_bytes(t) for t in ts]
+                                                               for ts in unit_tensors]
     try:
         resident = _C.plan_residency(sizes, sum(_tensor_bytes(t) for t in rest), policy,
-                                     int(resolved.budget_bytes) if policy == "budget" else -1, prefetch)
+                                     int(resolved.budget_bytes) if policy == "budget" else -1, prefetch,
+                                     layout)
     except ValueError:
         resident = [False] * len(sizes)  # the real plan reports the error
     n = len(sizes)

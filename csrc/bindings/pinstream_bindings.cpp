@@ -51,6 +51,30 @@ constexpr int64_t kBlockAlign = 512;    // blocks and device allocations
 
 int64_t Align(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
 
+// A block's packed layout in its host chunk and on the device: each tensor at
+// a kTensorAlign offset, in order; returns the block's bytes (kBlockAlign).
+int64_t PackLayout(const std::vector<int64_t>& nbytes, std::vector<int64_t>* offsets) {
+  int64_t off = 0;
+  offsets->clear();
+  for (int64_t n : nbytes) {
+    off = Align(off, kTensorAlign);
+    offsets->push_back(off);
+    off += n;
+  }
+  return Align(std::max<int64_t>(off, 1), kBlockAlign);
+}
+
+// Where a budget plan may cut a packed block: its tensor starts inside it.
+std::vector<uint64_t> CutsOf(const std::vector<int64_t>& offsets, int64_t bytes) {
+  std::vector<uint64_t> cuts;
+  for (int64_t o : offsets) {
+    if (o > 0 && o < bytes && (cuts.empty() || static_cast<uint64_t>(o) > cuts.back())) {
+      cuts.push_back(static_cast<uint64_t>(o));
+    }
+  }
+  return cuts;
+}
+
 // Raised for device or pinned-memory exhaustion; Python sees
 // pinstream._C.OutOfMemoryError (a MemoryError). Safe to throw without the GIL.
 class OutOfMemory : public std::runtime_error {
@@ -182,6 +206,7 @@ struct BlockInfo {
   int64_t chunk_offset = 0;
   bool streamable = true;
   int64_t location = -1;  // device allocation the tensors point at, -1 = host
+                          // (a split block: its slot's; its head is fixed while loaded)
   bool fp8 = false;        // sent as fp8 codes + scales
   QuantError fp8_error;
   std::vector<std::pair<int64_t, std::vector<at::Tensor>>> view_cache;
@@ -300,7 +325,7 @@ class Runtime {
     for (size_t b = 0; b < blocks.size(); ++b) {
       BlockInfo& info = infos[b];
       info.streamable = streamable.empty() ? true : streamable[b];
-      int64_t off = 0;
+      std::vector<int64_t> nbytes;
       for (const at::Tensor& t : blocks[b]) {
         if (!t.defined()) throw py::value_error("PinStream: undefined tensor in block " + std::to_string(b));
         if (t.is_sparse() || t.layout() != at::kStrided) {
@@ -319,13 +344,13 @@ class Runtime {
         }
         PackedTensor pt;
         pt.param = t;
-        off = Align(off, kTensorAlign);
-        pt.offset = off;
         pt.nbytes = static_cast<int64_t>(t.numel()) * static_cast<int64_t>(t.element_size());
-        off += pt.nbytes;
+        nbytes.push_back(pt.nbytes);
         info.tensors.push_back(std::move(pt));
       }
-      info.bytes = Align(std::max<int64_t>(off, 1), kBlockAlign);
+      std::vector<int64_t> offsets;
+      info.bytes = PackLayout(nbytes, &offsets);
+      for (size_t k = 0; k < offsets.size(); ++k) info.tensors[k].offset = offsets[k];
     }
     // Chunks: consecutive blocks until the chunk size would be exceeded.
     std::vector<std::pair<size_t, size_t>> groups;  // [first, last) blocks
@@ -428,6 +453,11 @@ class Runtime {
         } else {
           Check(core_->RegisterBlock(chunk.data_ptr<uint8_t>() + info.chunk_offset,
                                      static_cast<uint64_t>(info.bytes), info.streamable, &id));
+          // its tensor boundaries: where a budget plan may keep a head resident
+          std::vector<int64_t> offsets;
+          for (const PackedTensor& pt : info.tensors) offsets.push_back(pt.offset);
+          std::vector<uint64_t> cuts = CutsOf(offsets, info.bytes);
+          if (info.streamable && !cuts.empty()) Check(core_->SetCuts(id, std::move(cuts)));
         }
         ids.push_back(id);
         blocks_.push_back(std::move(info));
@@ -488,7 +518,7 @@ class Runtime {
     ApplyEvictions();
     Check(s);
     if (!was_loaded) PointResidentBlocks();
-    PointAtDevice(block, loc.allocation);
+    PointAtDevice(block, loc);
   }
 
   // missing_ok: a forward hook's release after its acquire raised (the
@@ -778,19 +808,24 @@ class Runtime {
 #endif
   }
 
-  const std::vector<at::Tensor>& ViewsAt(BlockInfo* info, int64_t allocation) {
+  // Views of the block's tensors at `loc`; a split block's tensors below its
+  // head_bytes are in the resident head, the others in the slot.
+  const std::vector<at::Tensor>& ViewsAt(BlockInfo* info, const DeviceLocation& loc) {
     for (auto& entry : info->view_cache) {
-      if (entry.first == allocation) return entry.second;
+      if (entry.first == loc.allocation) return entry.second;
     }
-    const at::Tensor& base = allocator_->tensor(allocation);
+    const at::Tensor& base = allocator_->tensor(loc.allocation);
+    const int64_t head = static_cast<int64_t>(loc.head_bytes);
     std::vector<at::Tensor> views;
     views.reserve(info->tensors.size());
     for (const PackedTensor& pt : info->tensors) {
-      views.push_back(base.narrow(0, pt.offset, pt.nbytes)
+      const bool in_head = pt.offset < head;
+      const at::Tensor& src = in_head ? allocator_->tensor(loc.head_allocation) : base;
+      views.push_back(src.narrow(0, in_head ? pt.offset : pt.offset - head, pt.nbytes)
                           .view(pt.param.scalar_type())
                           .view(pt.host_view.sizes()));
     }
-    info->view_cache.emplace_back(allocation, std::move(views));
+    info->view_cache.emplace_back(loc.allocation, std::move(views));
     return info->view_cache.back().second;
   }
 
@@ -807,16 +842,16 @@ class Runtime {
     }
   }
 
-  void PointAtDevice(int block, int64_t allocation) {
+  void PointAtDevice(int block, const DeviceLocation& loc) {
     BlockInfo& info = blocks_[block];
-    if (info.location == allocation) return;
-    const std::vector<at::Tensor>& views = ViewsAt(&info, allocation);
+    if (info.location == loc.allocation) return;
+    const std::vector<at::Tensor>& views = ViewsAt(&info, loc);
     for (size_t i = 0; i < info.tensors.size(); ++i) {
       PackedTensor& pt = info.tensors[i];
       Repoint(pt.param, views[i]);
       pt.version = VersionOf(pt.param);
     }
-    info.location = allocation;
+    info.location = loc.allocation;
   }
 
   void PointAtHost(BlockInfo* info) {
@@ -848,7 +883,7 @@ class Runtime {
     for (int i = 0; i < num_blocks(); ++i) {
       // fp8 blocks point at their device copy only while acquired.
       if (core_->resident(i) && !blocks_[i].fp8) {
-        PointAtDevice(i, core_->resident_location(i).allocation);
+        PointAtDevice(i, core_->resident_location(i));
       }
     }
   }
@@ -910,6 +945,11 @@ class Runtime {
     d["num_blocks"] = core_->num_blocks();
     d["resident_blocks"] = p.num_resident();
     d["streamed_blocks"] = p.num_streamed();
+    d["split_blocks"] = p.num_split();
+    // per registered unit: the resident head of a split block (its rest streams), else 0
+    std::vector<uint64_t> heads;
+    for (int i = 0; i < core_->num_blocks(); ++i) heads.push_back(core_->planned() ? core_->split_bytes(i) : 0);
+    d["split_bytes"] = heads;
     d["slot_count"] = p.slot_count();
     d["slot_bytes"] = p.slot_bytes();
     d["fixed_bytes"] = p.fixed_bytes();
@@ -949,12 +989,28 @@ class Runtime {
 };
 
 // The residency the runtime would plan for these sizes (no runtime needed):
-// lets the engine rank blocks for pinning before they are registered.
+// lets the engine rank blocks for pinning before they are registered. With
+// `tensor_bytes` (each block's tensor sizes, in order) the blocks are packed
+// as registration packs them and may be split; True = wholly resident.
 std::vector<bool> PlanResidency(const std::vector<uint64_t>& block_bytes, uint64_t fixed_bytes,
-                                const std::string& policy, int64_t budget_bytes, int prefetch) {
+                                const std::string& policy, int64_t budget_bytes, int prefetch,
+                                const std::vector<std::vector<int64_t>>& tensor_bytes) {
   PlanRequest req;
   req.policy = ParsePolicy(policy);
   req.block_bytes = block_bytes;
+  if (!tensor_bytes.empty()) {
+    if (tensor_bytes.size() != block_bytes.size()) {
+      throw py::value_error("PinStream: tensor_bytes has " + std::to_string(tensor_bytes.size()) +
+                            " entries for " + std::to_string(block_bytes.size()) + " blocks");
+    }
+    req.block_bytes.clear();
+    for (const auto& nbytes : tensor_bytes) {
+      std::vector<int64_t> offsets;
+      const int64_t bytes = PackLayout(nbytes, &offsets);
+      req.block_bytes.push_back(static_cast<uint64_t>(bytes));
+      req.block_cuts.push_back(CutsOf(offsets, bytes));
+    }
+  }
   req.fixed_bytes = fixed_bytes;
   req.budget_bytes = budget_bytes < 0 ? PlanRequest::kUnlimited : static_cast<uint64_t>(budget_bytes);
   req.prefetch = prefetch;
@@ -983,7 +1039,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cuda_built", &pinstream::CudaBuilt, "True when the CUDA engine was compiled in");
   m.def("plan_residency", &pinstream::PlanResidency, py::arg("block_bytes"), py::arg("fixed_bytes"),
         py::arg("policy"), py::arg("budget_bytes"), py::arg("prefetch"),
-        "Which blocks a plan keeps resident (True) for these sizes");
+        py::arg("tensor_bytes") = std::vector<std::vector<int64_t>>(),
+        "Which blocks a plan keeps wholly resident (True) for these sizes; with tensor_bytes "
+        "(each block's tensor sizes) packed as registered, split blocks included (False)");
   m.def("live_bytes", [] {
     py::dict d;
     d["host"] = pinstream::g_live_host_bytes.load();

@@ -45,9 +45,11 @@ uint64_t SatAdd(uint64_t a, uint64_t b) {
 struct Candidate {
   bool valid = false;
   std::vector<uint8_t> resident;
+  std::vector<uint64_t> prefix;  // split blocks' resident prefix (raw offset), else 0
   uint64_t slot_bytes = 0;
   int slots = 0;
   uint64_t resident_bytes = 0;
+  uint64_t streamed_bytes = 0;  // split plans: the rests' bytes (whole plans: unset)
 };
 
 // Picks `r` of the `m` candidate positions evenly spaced: j-th pick is at
@@ -127,6 +129,150 @@ Candidate Evaluate(const std::vector<uint64_t>& sizes, uint64_t fixed,
   return c;
 }
 
+// Every position of [0, n) once, in van der Corput order: each prefix of the
+// order is spread evenly over [0, n), so the blocks a split plan streams are
+// spread through the pass whatever their number.
+std::vector<int> SpreadOrder(int n) {
+  std::vector<int> order;
+  order.reserve(n);
+  std::vector<uint8_t> seen(n, 0);
+  int bits = 0;
+  while ((1LL << bits) < n) ++bits;
+  for (uint64_t j = 0; j < (1ULL << bits); ++j) {
+    uint64_t r = 0;
+    for (int k = 0; k < bits; ++k) {
+      if (j & (1ULL << k)) r |= 1ULL << (bits - 1 - k);
+    }
+    const int pos = static_cast<int>((r * static_cast<uint64_t>(n)) >> bits);
+    if (!seen[pos]) {
+      seen[pos] = 1;
+      order.push_back(pos);
+    }
+  }
+  for (int i = 0; i < n; ++i) {
+    if (!seen[i]) order.push_back(i);
+  }
+  return order;
+}
+
+// One way to stream part of a block: keep `cut` raw bytes resident (aligned:
+// `reduction` bytes less than the whole block resident) and stream `suffix`.
+struct SplitOption {
+  uint64_t suffix = 0;
+  uint64_t reduction = 0;
+  uint64_t cut = 0;  // 0: the whole block streams
+};
+
+// Per block, its options in ascending suffix (and so ascending reduction).
+std::vector<std::vector<SplitOption>> SplitOptions(const PlanRequest& req,
+                                                   const std::vector<uint64_t>& sizes) {
+  std::vector<std::vector<SplitOption>> out(sizes.size());
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    const std::vector<uint64_t>& cuts = req.block_cuts[i];
+    for (auto it = cuts.rbegin(); it != cuts.rend(); ++it) {  // largest cut: smallest suffix
+      SplitOption o;
+      o.cut = *it;
+      o.suffix = AlignUp(req.block_bytes[i] - *it, req.alignment);
+      const uint64_t kept = AlignUp(*it, req.alignment);
+      if (kept >= sizes[i]) continue;
+      o.reduction = sizes[i] - kept;
+      if (!out[i].empty() && (o.suffix <= out[i].back().suffix ||
+                              o.reduction <= out[i].back().reduction)) {
+        continue;  // alignment made it no better than a larger cut
+      }
+      out[i].push_back(o);
+    }
+    SplitOption whole;
+    whole.suffix = sizes[i];
+    whole.reduction = sizes[i];
+    if (out[i].empty() || out[i].back().suffix < whole.suffix) out[i].push_back(whole);
+  }
+  return out;
+}
+
+// With slots of `slot_bytes`, frees just enough of the budget by streaming
+// blocks (whole or a rest no larger than a slot), block after block in
+// `order`: each gives the most it can until the last one, which gives the
+// least that is enough.
+Candidate EvaluateSplit(const std::vector<std::vector<SplitOption>>& options,
+                        const std::vector<uint64_t>& sizes, uint64_t fixed,
+                        uint64_t budget, int prefetch, uint64_t slot_bytes,
+                        const std::vector<int>& order) {
+  Candidate c;
+  const int n = static_cast<int>(sizes.size());
+  const int max_slots = std::min(n, prefetch + 1);
+  uint64_t total = 0;
+  for (uint64_t b : sizes) total = SatAdd(total, b);
+  const uint64_t cost = SatAdd(SatAdd(fixed, total), slot_bytes * static_cast<uint64_t>(max_slots));
+  if (cost <= budget) return c;  // nothing needs to stream: not a split plan
+  uint64_t need = cost - budget;
+  c.resident.assign(n, 1);
+  c.prefix.assign(n, 0);
+  uint64_t reduced = 0;
+  uint64_t streamed_bytes = 0;
+  uint64_t largest = 0;
+  int streamed = 0;
+  auto fits = [slot_bytes](const SplitOption& o) { return o.suffix <= slot_bytes; };
+  for (int i : order) {
+    if (need == 0) break;
+    const std::vector<SplitOption>& opts = options[i];
+    // options fitting a slot: a prefix of opts (ascending suffix)
+    const size_t k = static_cast<size_t>(
+        std::partition_point(opts.begin(), opts.end(), fits) - opts.begin());
+    if (k == 0) continue;
+    const SplitOption* pick = &opts[k - 1];
+    if (pick->reduction >= need) {
+      pick = &*std::lower_bound(
+          opts.begin(), opts.begin() + static_cast<std::ptrdiff_t>(k), need,
+          [](const SplitOption& o, uint64_t v) { return o.reduction < v; });
+    }
+    c.resident[i] = 0;
+    c.prefix[i] = pick->cut;
+    reduced += pick->reduction;
+    streamed_bytes += pick->suffix;
+    largest = std::max(largest, pick->suffix);
+    ++streamed;
+    need = pick->reduction >= need ? 0 : need - pick->reduction;
+  }
+  if (need > 0 || streamed == 0) return c;
+  c.slot_bytes = largest;
+  c.slots = std::min(streamed, prefetch + 1);
+  c.resident_bytes = total - reduced;
+  c.streamed_bytes = streamed_bytes;
+  c.valid = SatAdd(SatAdd(fixed, c.resident_bytes),
+                   c.slot_bytes * static_cast<uint64_t>(c.slots)) <= budget;
+  return c;
+}
+
+// The split plan keeping the most bytes resident, over slot sizes taken from
+// the blocks' possible rests (at most 512 of them, evenly picked).
+Candidate BestSplit(const PlanRequest& req, const std::vector<uint64_t>& sizes,
+                    uint64_t fixed) {
+  const std::vector<std::vector<SplitOption>> options = SplitOptions(req, sizes);
+  std::vector<uint64_t> slot_sizes;
+  for (const auto& opts : options) {
+    for (const SplitOption& o : opts) slot_sizes.push_back(o.suffix);
+  }
+  std::sort(slot_sizes.begin(), slot_sizes.end());
+  slot_sizes.erase(std::unique(slot_sizes.begin(), slot_sizes.end()), slot_sizes.end());
+  constexpr size_t kMaxSlotSizes = 512;
+  if (slot_sizes.size() > kMaxSlotSizes) {
+    std::vector<uint64_t> picked;
+    for (size_t j = 0; j < kMaxSlotSizes; ++j) {
+      picked.push_back(slot_sizes[(j + 1) * slot_sizes.size() / kMaxSlotSizes - 1]);
+    }
+    slot_sizes.swap(picked);
+  }
+  const std::vector<int> order = SpreadOrder(static_cast<int>(sizes.size()));
+  Candidate best;
+  for (uint64_t slot : slot_sizes) {
+    Candidate c = EvaluateSplit(options, sizes, fixed, req.budget_bytes, req.prefetch, slot, order);
+    // ties: the larger slot (fewer blocks streamed)
+    if (c.valid && (!best.valid || c.resident_bytes >= best.resident_bytes)) best = std::move(c);
+  }
+  return best;
+}
+
 std::vector<uint64_t> AlignedSizes(const PlanRequest& req) {
   std::vector<uint64_t> sizes;
   sizes.reserve(req.block_bytes.size());
@@ -141,6 +287,24 @@ Status Validate(const PlanRequest& req) {
   }
   if (req.alignment == 0) {
     return Status::InvalidArgument("alignment must be > 0");
+  }
+  if (!req.block_cuts.empty()) {
+    if (req.block_cuts.size() != req.block_bytes.size()) {
+      return Status::InvalidArgument(
+          "block_cuts has " + std::to_string(req.block_cuts.size()) + " entries for " +
+          std::to_string(req.block_bytes.size()) + " blocks");
+    }
+    for (size_t i = 0; i < req.block_cuts.size(); ++i) {
+      uint64_t prev = 0;
+      for (uint64_t c : req.block_cuts[i]) {
+        if (c <= prev || c >= req.block_bytes[i]) {
+          return Status::InvalidArgument(
+              "block " + std::to_string(i) + ": cuts must ascend strictly inside (0, " +
+              std::to_string(req.block_bytes[i]) + "), got " + std::to_string(c));
+        }
+        prev = c;
+      }
+    }
   }
   return Status::Ok();
 }
@@ -187,6 +351,7 @@ Status ResidencyPlan::Make(const PlanRequest& request, ResidencyPlan* out) {
   plan.prefetch_ = request.prefetch;
   plan.policy_ = request.policy;
   plan.resident_.assign(n, 0);
+  plan.prefix_.assign(n, 0);
 
   const uint64_t minimum = MinimumBudget(request);
   if (request.budget_bytes < minimum) {
@@ -235,11 +400,18 @@ Status ResidencyPlan::Make(const PlanRequest& request, ResidencyPlan* out) {
     return Status::InvalidArgument("no residency plan fits budget " +
                                    FormatBytes(request.budget_bytes));
   }
+  if (request.policy == PlanPolicy::kBudget && !request.block_cuts.empty()) {
+    Candidate split = BestSplit(request, sizes, fixed);
+    if (split.valid && split.resident_bytes > best.resident_bytes) best = std::move(split);
+  }
+  const bool split_plan = !best.prefix.empty();
   plan.resident_ = std::move(best.resident);
+  if (split_plan) plan.prefix_ = std::move(best.prefix);
   plan.slot_bytes_ = best.slot_bytes;
   plan.slot_count_ = best.slots;
   plan.resident_block_bytes_ = best.resident_bytes;
-  plan.streamed_block_bytes_ = total_blocks - best.resident_bytes;
+  plan.streamed_block_bytes_ =
+      split_plan ? best.streamed_bytes : total_blocks - best.resident_bytes;
   *out = std::move(plan);
   return Status::Ok();
 }
@@ -250,10 +422,20 @@ int ResidencyPlan::num_resident() const {
   return r;
 }
 
+int ResidencyPlan::num_split() const {
+  int r = 0;
+  for (uint64_t p : prefix_) r += p != 0 ? 1 : 0;
+  return r;
+}
+
 std::string ResidencyPlan::Describe() const {
+  const int splits = num_split();
   return std::string(PlanPolicyName(policy_)) + ": " +
          std::to_string(num_resident()) + " of " + std::to_string(num_blocks()) +
-         " blocks resident (" + FormatBytes(resident_block_bytes_) + "), " +
+         " blocks resident" +
+         (splits > 0 ? ", " + std::to_string(splits) + " split (head resident, rest streamed)"
+                     : std::string()) +
+         " (" + FormatBytes(resident_block_bytes_) + "), " +
          std::to_string(num_streamed()) + " streamed (" +
          FormatBytes(streamed_block_bytes_) + "), ring " +
          std::to_string(slot_count_) + " x " + FormatBytes(slot_bytes_) +

@@ -15,6 +15,16 @@
 // necessity, the others are chosen evenly spaced through the order so that the
 // streaming demand per unit of compute stays smooth. The result is
 // deterministic: the same request always gives the same plan.
+//
+// Split blocks (budget policy, blocks with cuts): a block may also keep a
+// prefix of its bytes resident and stream only the rest, cut at one of the
+// offsets the request allows (tensor boundaries). The slots then only need to
+// hold the largest streamed part, so less of the budget goes to the ring and
+// more of the model stays resident: with N equal blocks of which the budget
+// can hold a fraction, whole blocks stream (T - B) + (prefetch + 1) * block
+// bytes more than the budget leaves out, split blocks about
+// (T - B) * N / (N - prefetch - 1). The budget policy uses splits only when
+// they keep strictly more bytes resident than whole blocks.
 #ifndef PINSTREAM_CORE_RESIDENCY_PLAN_H_
 #define PINSTREAM_CORE_RESIDENCY_PLAN_H_
 
@@ -39,6 +49,10 @@ struct PlanRequest {
   PlanPolicy policy = PlanPolicy::kBudget;
   // Bytes of each streamable block, index = block id, in execution order.
   std::vector<uint64_t> block_bytes;
+  // Optional, per block (empty, or one entry per block): offsets strictly
+  // inside the block, ascending, where it may be cut into a resident prefix
+  // and a streamed rest (budget policy only). Empty for a block: whole only.
+  std::vector<std::vector<uint64_t>> block_cuts;
   // Bytes that are always resident (non-block weights), already aligned.
   uint64_t fixed_bytes = 0;
   // Device budget for fixed + resident + slots. kUnlimited = no limit.
@@ -63,12 +77,21 @@ class ResidencyPlan {
   static uint64_t MinimumBudget(const PlanRequest& request);
 
   int num_blocks() const { return static_cast<int>(resident_.size()); }
+  // Wholly resident.
   bool resident(int block) const { return resident_[block] != 0; }
+  // Split: the first resident_prefix(block) bytes stay resident, the rest
+  // streams through the ring (0 for a block that is resident or streamed whole).
+  bool split(int block) const { return prefix_[block] != 0; }
+  uint64_t resident_prefix(int block) const { return prefix_[block]; }
   int num_resident() const;
+  int num_split() const;
+  // Blocks that go through the ring, split ones included.
   int num_streamed() const { return num_blocks() - num_resident(); }
   int slot_count() const { return slot_count_; }
   uint64_t slot_bytes() const { return slot_bytes_; }
   uint64_t fixed_bytes() const { return fixed_bytes_; }
+  // Resident bytes of the blocks (whole ones and split prefixes), and the
+  // bytes that stream each pass (whole streamed blocks and split rests).
   uint64_t resident_block_bytes() const { return resident_block_bytes_; }
   uint64_t streamed_block_bytes() const { return streamed_block_bytes_; }
   // fixed + resident blocks + slots: what the plan holds on the device.
@@ -82,6 +105,7 @@ class ResidencyPlan {
 
  private:
   std::vector<uint8_t> resident_;
+  std::vector<uint64_t> prefix_;  // resident prefix of a split block, else 0
   int slot_count_ = 0;
   uint64_t slot_bytes_ = 0;
   uint64_t fixed_bytes_ = 0;

@@ -31,6 +31,22 @@ Status StreamingRuntime::RegisterBlock(const void* host, uint64_t bytes,
   return Status::Ok();
 }
 
+Status StreamingRuntime::SetCuts(int block, std::vector<uint64_t> cuts) {
+  PINSTREAM_RETURN_IF_ERROR(CheckBlock(block, "set_cuts"));
+  if (planned_) return Status::FailedPrecondition("set_cuts after plan()");
+  uint64_t prev = 0;
+  for (uint64_t c : cuts) {
+    if (c <= prev || c >= blocks_[block].bytes) {
+      return Status::InvalidArgument("set_cuts: block " + std::to_string(block) +
+                                     ": cuts must ascend strictly inside (0, " +
+                                     std::to_string(blocks_[block].bytes) + ")");
+    }
+    prev = c;
+  }
+  blocks_[block].cuts = std::move(cuts);
+  return Status::Ok();
+}
+
 Status StreamingRuntime::SetTransform(int block, uint64_t device_bytes,
                                       const BlockTransform* transform) {
   PINSTREAM_RETURN_IF_ERROR(CheckBlock(block, "set_transform"));
@@ -46,6 +62,10 @@ uint64_t StreamingRuntime::Footprint(const Block& b) const {
 }
 
 Status StreamingRuntime::EnqueueUpload(const Block& b, int id, void* dst) {
+  if (b.split) {
+    return engine_->EnqueueCopy(dst, static_cast<const uint8_t*>(b.host) + b.prefix,
+                                b.bytes - b.prefix, id);
+  }
   if (b.transform == nullptr) {
     return b.bytes > 0 ? engine_->EnqueueCopy(dst, b.host, b.bytes, id) : Status::Ok();
   }
@@ -75,13 +95,22 @@ Status StreamingRuntime::Plan(PlanPolicy policy, uint64_t budget_bytes,
   req.budget_bytes = budget_bytes;
   req.prefetch = prefetch;
   uint64_t fixed = 0;
+  bool any_cuts = false;
   for (Block& b : blocks_) {
     b.plan_index = -1;
     if (b.streamable) {
       b.plan_index = static_cast<int>(req.block_bytes.size());
       req.block_bytes.push_back(Footprint(b));
+      any_cuts |= b.transform == nullptr && !b.cuts.empty();
     } else {
       fixed += AlignUp(Footprint(b), req.alignment);
+    }
+  }
+  if (any_cuts) {
+    for (const Block& b : blocks_) {
+      if (b.streamable) {
+        req.block_cuts.push_back(b.transform == nullptr ? b.cuts : std::vector<uint64_t>());
+      }
     }
   }
   req.fixed_bytes = fixed;
@@ -92,6 +121,8 @@ Status StreamingRuntime::Plan(PlanPolicy policy, uint64_t budget_bytes,
   for (size_t i = 0; i < blocks_.size(); ++i) {
     Block& b = blocks_[i];
     b.resident = !b.streamable || plan_.resident(b.plan_index);
+    b.split = b.streamable && plan_.split(b.plan_index);
+    b.prefix = b.split ? plan_.resident_prefix(b.plan_index) : 0;
     streamed_[i] = b.resident ? 0 : 1;
   }
   ring_ = SlotRing(plan_.slot_count(), num_blocks());
@@ -129,21 +160,27 @@ Status StreamingRuntime::Load(void* compute_queue) {
   loaded_ = true;  // FreeDevice() below undoes partial work
   for (size_t i = 0; i < blocks_.size(); ++i) {
     Block& b = blocks_[i];
-    if (!b.resident) continue;
-    const uint64_t footprint = Footprint(b);
+    if (!b.resident && !b.split) continue;
+    // a split block's resident head: its first `prefix` bytes, as they are
+    const uint64_t footprint = b.split ? AlignUp(b.prefix, 512) : Footprint(b);
+    const uint64_t head = b.split ? b.prefix : b.bytes;
     Status s = allocator_->Allocate(std::max<uint64_t>(footprint, 1), &b.resident_loc.allocation,
                                     &b.resident_loc.ptr);
-    if (!s.ok()) return fail(s, footprint, "resident block " + std::to_string(i));
+    if (!s.ok()) {
+      return fail(s, footprint, (b.split ? "the resident head of block " : "resident block ") +
+                                    std::to_string(i));
+    }
     done += footprint;
     if (b.resident_event < 0) {
       s = take_event(&b.resident_event);
       if (!s.ok()) return fail(s, 0, "an event");
     }
     b.resident_waited = false;
-    if (b.bytes > 0) {
-      s = EnqueueUpload(b, static_cast<int>(i), b.resident_loc.ptr);
+    if (head > 0) {
+      s = b.split ? engine_->EnqueueCopy(b.resident_loc.ptr, b.host, head, static_cast<int>(i))
+                  : EnqueueUpload(b, static_cast<int>(i), b.resident_loc.ptr);
       if (!s.ok()) return fail(s, 0, "resident upload");
-      stats_.bytes_uploaded += b.bytes;
+      stats_.bytes_uploaded += head;
       stats_.uploads += 1;
       stats_.block_uploads[i] += 1;
     }
@@ -164,7 +201,7 @@ Status StreamingRuntime::Load(void* compute_queue) {
   }
   ring_ = SlotRing(plan_.slot_count(), num_blocks());
   for (Block& b : blocks_) {
-    if (!b.resident) continue;
+    if (!b.resident && !b.split) continue;
     Status s = engine_->ComputeWaitFor(b.resident_event, compute_queue);
     if (!s.ok()) return fail(s, 0, "resident upload");
     b.resident_waited = true;
@@ -234,7 +271,7 @@ Status StreamingRuntime::Upload(int slot, int block) {
   }
   ring_.MarkValid(slot);
   stats_.uploads += 1;
-  stats_.bytes_uploaded += b.bytes;
+  stats_.bytes_uploaded += b.bytes - b.prefix;
   stats_.block_uploads[block] += 1;
   return Status::Ok();
 }
@@ -282,6 +319,10 @@ Status StreamingRuntime::Acquire(int block, void* compute_queue,
     Prefetch(block);
     return Status::Ok();
   }
+  if (b.split && !b.resident_waited) {  // its head (Load() has waited already)
+    PINSTREAM_RETURN_IF_ERROR(engine_->ComputeWaitFor(b.resident_event, compute_queue));
+    b.resident_waited = true;
+  }
   int slot = ring_.SlotOf(block);
   if (slot >= 0 && ring_.Valid(slot)) {
     stats_.hits += 1;
@@ -311,6 +352,11 @@ Status StreamingRuntime::Acquire(int block, void* compute_queue,
     return s;
   }
   *where = slots_[slot].loc;
+  if (b.split) {
+    where->head_allocation = b.resident_loc.allocation;
+    where->head_ptr = b.resident_loc.ptr;
+    where->head_bytes = b.prefix;
+  }
   return Status::Ok();
 }
 

@@ -38,9 +38,16 @@
 namespace pinstream {
 
 // Where a block's bytes are on the device: an allocation and an address.
+// A split block (see ResidencyPlan) is in two places: its first `head_bytes`
+// at `head_ptr` (resident), the rest from `ptr` on (a streaming slot), so
+// byte o of the block is at head_ptr + o when o < head_bytes, else at
+// ptr + (o - head_bytes). head_bytes is 0 for every other block.
 struct DeviceLocation {
   int64_t allocation = -1;
   void* ptr = nullptr;
+  int64_t head_allocation = -1;
+  void* head_ptr = nullptr;
+  uint64_t head_bytes = 0;
 };
 
 class StreamingRuntime {
@@ -55,6 +62,10 @@ class StreamingRuntime {
   // streamable=false: always resident (the non-block part of a model).
   Status RegisterBlock(const void* host, uint64_t bytes, bool streamable,
                        int* id);
+  // Offsets strictly inside `block`, ascending (its tensor boundaries), where
+  // a budget plan may cut it into a resident head and a streamed rest. Not
+  // for transformed blocks (they stream whole).
+  Status SetCuts(int block, std::vector<uint64_t> cuts);
   // Marks `block` as sent in a transfer format: its `bytes` at `host` are the
   // transfer bytes, copied into a staging area behind `device_bytes` of device
   // layout, which `transform` (kept alive by the caller) then writes.
@@ -93,6 +104,9 @@ class StreamingRuntime {
   uint64_t block_bytes(int block) const { return blocks_[block].bytes; }
   bool streamable(int block) const { return blocks_[block].streamable; }
   bool resident(int block) const { return blocks_[block].resident; }
+  // Split by the plan: a resident head of split_bytes(block), the rest streamed.
+  bool split(int block) const { return blocks_[block].split; }
+  uint64_t split_bytes(int block) const { return blocks_[block].prefix; }
   const ResidencyPlan& plan() const { return plan_; }
   const ScheduleLearner& learner() const { return learner_; }
   int outstanding() const;
@@ -110,6 +124,9 @@ class StreamingRuntime {
     const BlockTransform* transform = nullptr;
     bool streamable = true;
     bool resident = false;
+    bool split = false;            // resident head of `prefix` bytes, the rest streamed
+    uint64_t prefix = 0;
+    std::vector<uint64_t> cuts;    // where a plan may split it
     int plan_index = -1;           // index in the plan's block list
     DeviceLocation resident_loc;   // when resident and loaded
     EventId resident_event = -1;
@@ -125,7 +142,8 @@ class StreamingRuntime {
   Status CheckBlock(int block, const char* what) const;
   // Device footprint: the layout, plus the staging area of a transformed block.
   uint64_t Footprint(const Block& b) const;
-  // Queues the upload of `b` to `dst` (and its transform), without events.
+  // Queues the upload of `b` to `dst` (and its transform), without events;
+  // of a split block, the streamed rest only.
   Status EnqueueUpload(const Block& b, int id, void* dst);
   Status Upload(int slot, int block);
   void Prefetch(int current);

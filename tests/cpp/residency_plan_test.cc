@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <random>
 
 #include "test_util.h"
@@ -144,6 +146,127 @@ TEST(ResidencyPlan, Deterministic) {
   EXPECT_EQ(a.slot_bytes(), b.slot_bytes());
 }
 
+// A Wan 2.1 14B-shaped block (bf16): its tensors' sizes in module order, and
+// the offsets where it may be cut (64-byte aligned tensor starts).
+std::vector<uint64_t> WanBlockTensors() {
+  const uint64_t d = 5120, f = 13824, b = 2;
+  std::vector<uint64_t> t;
+  for (int attn = 0; attn < 2; ++attn) {
+    for (int lin = 0; lin < 4; ++lin) {
+      t.push_back(d * d * b);
+      t.push_back(d * b);
+    }
+    t.push_back(d * b);  // norm_q
+    t.push_back(d * b);  // norm_k
+  }
+  t.push_back(d * b);  // norm3
+  t.push_back(d * b);
+  t.push_back(f * d * b);  // ffn
+  t.push_back(f * b);
+  t.push_back(d * f * b);
+  t.push_back(d * b);
+  t.push_back(6 * d * b);  // modulation
+  return t;
+}
+
+void PackBlock(const std::vector<uint64_t>& tensors, uint64_t* bytes, std::vector<uint64_t>* cuts) {
+  uint64_t off = 0;
+  cuts->clear();
+  for (uint64_t t : tensors) {
+    off = AlignUp(off, 64);
+    if (off > 0) cuts->push_back(off);
+    off += t;
+  }
+  *bytes = AlignUp(off, 512);
+}
+
+PlanRequest WanRequest(uint64_t budget, int prefetch, bool with_cuts) {
+  uint64_t bytes = 0;
+  std::vector<uint64_t> cuts;
+  PackBlock(WanBlockTensors(), &bytes, &cuts);
+  PlanRequest r;
+  r.policy = PlanPolicy::kBudget;
+  r.block_bytes.assign(40, bytes);
+  if (with_cuts) r.block_cuts.assign(40, cuts);
+  r.fixed_bytes = 444 * kMiB;
+  r.budget_bytes = budget;
+  r.prefetch = prefetch;
+  r.alignment = 512;
+  return r;
+}
+
+TEST(ResidencyPlan, SplitBlocksStreamLessOfAWanModelThanWholeBlocks) {
+  constexpr uint64_t kGiB = 1024 * kMiB;
+  for (uint64_t budget_gib : {6, 10, 20}) {
+    for (int prefetch : {1, 2}) {
+      SCOPED_TRACE("budget " + std::to_string(budget_gib) + " GiB, prefetch " + std::to_string(prefetch));
+      ResidencyPlan whole, split;
+      ASSERT_TRUE(ResidencyPlan::Make(WanRequest(budget_gib * kGiB, prefetch, false), &whole).ok());
+      ASSERT_TRUE(ResidencyPlan::Make(WanRequest(budget_gib * kGiB, prefetch, true), &split).ok());
+      EXPECT_LE(split.device_bytes(), budget_gib * kGiB);
+      EXPECT_EQ(whole.num_split(), 0);
+      EXPECT_GT(split.num_split(), 0);
+      EXPECT_GT(split.resident_block_bytes(), whole.resident_block_bytes());
+      EXPECT_LT(split.streamed_block_bytes(), whole.streamed_block_bytes());
+      // the ring holds only the streamed rests: smaller slots
+      EXPECT_LT(split.slot_bytes(), whole.slot_bytes());
+      // near the bound for equal blocks: (T - B + F) * N / (N - slots), within a tensor
+      const double t = 40.0 * static_cast<double>(WanRequest(0, 1, false).block_bytes[0]);
+      const double need = t + 444.0 * kMiB - static_cast<double>(budget_gib * kGiB);
+      const double bound = need * 40.0 / (40.0 - (prefetch + 1));
+      // (each rest is a run of whole tensors, the largest 135 MiB: the ring and the
+      // last rest may each overshoot the ideal by up to one)
+      EXPECT_LT(static_cast<double>(split.streamed_block_bytes()), bound + (prefetch + 2) * 135.0 * kMiB)
+          << split.Describe() << " | whole: " << whole.Describe();
+      std::printf("budget %2d GiB prefetch %d: streamed per pass %.2f GiB split vs %.2f GiB whole (ideal %.2f)\n",
+                  static_cast<int>(budget_gib), prefetch, split.streamed_block_bytes() / 1073741824.0,
+                  whole.streamed_block_bytes() / 1073741824.0, bound / 1073741824.0);
+      EXPECT_GE(static_cast<double>(split.streamed_block_bytes()), need);
+      // every split head is one of the cuts
+      std::vector<uint64_t> cuts;
+      uint64_t bytes = 0;
+      PackBlock(WanBlockTensors(), &bytes, &cuts);
+      for (int i = 0; i < 40; ++i) {
+        if (!split.split(i)) continue;
+        EXPECT_NE(std::find(cuts.begin(), cuts.end(), split.resident_prefix(i)), cuts.end());
+        EXPECT_FALSE(split.resident(i));
+      }
+      EXPECT_NE(split.Describe().find("split (head resident, rest streamed)"), std::string::npos)
+          << split.Describe();
+    }
+  }
+}
+
+TEST(ResidencyPlan, CutsAreOnlyUsedByTheBudgetPolicy) {
+  for (PlanPolicy policy : {PlanPolicy::kStreamAll, PlanPolicy::kAllResident}) {
+    PlanRequest with = WanRequest(100ULL * 1024 * kMiB, 1, true);
+    with.policy = policy;
+    PlanRequest without = with;
+    without.block_cuts.clear();
+    ResidencyPlan a, b;
+    ASSERT_TRUE(ResidencyPlan::Make(with, &a).ok());
+    ASSERT_TRUE(ResidencyPlan::Make(without, &b).ok());
+    EXPECT_EQ(a.num_split(), 0);
+    EXPECT_EQ(a.device_bytes(), b.device_bytes());
+    EXPECT_EQ(a.num_resident(), b.num_resident());
+  }
+}
+
+TEST(ResidencyPlan, BadCutsAreRejected) {
+  PlanRequest r = Uniform(3, 1000, 2000, 1);
+  r.block_cuts = {{100, 50}, {}, {}};
+  ResidencyPlan p;
+  Status s = ResidencyPlan::Make(r, &p);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("cuts must ascend strictly inside (0, 1000)"), std::string::npos) << s.message();
+  r.block_cuts = {{1000}, {}, {}};
+  EXPECT_FALSE(ResidencyPlan::Make(r, &p).ok());
+  r.block_cuts = {{}, {}};
+  s = ResidencyPlan::Make(r, &p);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("block_cuts has 2 entries for 3 blocks"), std::string::npos) << s.message();
+}
+
 // Property test over thousands of random requests.
 TEST(ResidencyPlanProperty, InvariantsHoldForRandomRequests) {
   const uint64_t seed = testing_util::TestSeed(20261127);
@@ -155,6 +278,14 @@ TEST(ResidencyPlanProperty, InvariantsHoldForRandomRequests) {
     const bool uniform = rng() % 3 == 0;
     const uint64_t base = 1 + rng() % 5000;
     for (int i = 0; i < n; ++i) r.block_bytes.push_back(uniform ? base : 1 + rng() % 5000);
+    const bool with_cuts = rng() % 2 == 0;
+    if (with_cuts) {
+      for (int i = 0; i < n; ++i) {
+        std::vector<uint64_t> cuts;
+        for (uint64_t c = 1 + rng() % 700; c < r.block_bytes[i]; c += 1 + rng() % 900) cuts.push_back(c);
+        r.block_cuts.push_back(cuts);
+      }
+    }
     r.fixed_bytes = rng() % 3000;
     r.prefetch = static_cast<int>(rng() % 5);
     r.alignment = (rng() % 2) ? 1 : 256;
@@ -184,13 +315,29 @@ TEST(ResidencyPlanProperty, InvariantsHoldForRandomRequests) {
     for (int i = 0; i < n; ++i) {
       const uint64_t sz = AlignUp(r.block_bytes[i], r.alignment);
       if (p.resident(i)) {
+        ASSERT_FALSE(p.split(i));
         res_bytes += sz;
+      } else if (p.split(i)) {
+        ASSERT_EQ(r.policy, PlanPolicy::kBudget);
+        const auto& cuts = r.block_cuts[i];
+        ASSERT_NE(std::find(cuts.begin(), cuts.end(), p.resident_prefix(i)), cuts.end());
+        ++streamed;
+        res_bytes += AlignUp(p.resident_prefix(i), r.alignment);
+        largest_streamed = std::max(largest_streamed, AlignUp(r.block_bytes[i] - p.resident_prefix(i), r.alignment));
       } else {
         ++streamed;
         largest_streamed = std::max(largest_streamed, sz);
       }
     }
     ASSERT_EQ(res_bytes, p.resident_block_bytes());
+    if (with_cuts && r.policy == PlanPolicy::kBudget) {
+      // cuts never make a plan keep fewer bytes resident
+      PlanRequest whole = r;
+      whole.block_cuts.clear();
+      ResidencyPlan w;
+      ASSERT_TRUE(ResidencyPlan::Make(whole, &w).ok());
+      ASSERT_GE(p.resident_block_bytes(), w.resident_block_bytes());
+    }
     ASSERT_EQ(p.slot_bytes(), largest_streamed);
     ASSERT_EQ(p.slot_count(), streamed == 0 ? 0 : std::min(streamed, r.prefetch + 1));
     if (r.policy == PlanPolicy::kStreamAll) ASSERT_EQ(p.num_resident(), 0);
@@ -199,7 +346,10 @@ TEST(ResidencyPlanProperty, InvariantsHoldForRandomRequests) {
     // Determinism.
     ResidencyPlan q;
     ASSERT_TRUE(ResidencyPlan::Make(r, &q).ok());
-    for (int i = 0; i < n; ++i) ASSERT_EQ(p.resident(i), q.resident(i));
+    for (int i = 0; i < n; ++i) {
+      ASSERT_EQ(p.resident(i), q.resident(i));
+      ASSERT_EQ(p.resident_prefix(i), q.resident_prefix(i));
+    }
   }
   EXPECT_GT(planned, 1000);
   EXPECT_GT(refused, 100);

@@ -41,6 +41,16 @@ struct FakeModel {
   }
 };
 
+// Whether the block at `loc` (a split block: its head, then the rest in its
+// slot) holds exactly `want`.
+inline bool SameBytes(const DeviceLocation& loc, const std::vector<uint8_t>& want) {
+  if (want.empty()) return true;
+  const size_t head = static_cast<size_t>(loc.head_bytes);
+  if (head > want.size()) return false;
+  if (head > 0 && std::memcmp(loc.head_ptr, want.data(), head) != 0) return false;
+  return std::memcmp(loc.ptr, want.data() + head, want.size() - head) == 0;
+}
+
 // Runs `order` as one pass; returns an empty string or the first error.
 // `compute` (optional) runs between acquire and release.
 template <typename ComputeFn>
@@ -52,12 +62,11 @@ std::string RunPass(StreamingRuntime* rt, const FakeModel& model,
     DeviceLocation loc;
     s = rt->Acquire(b, nullptr, &loc);
     if (!s.ok()) return "acquire " + std::to_string(b) + ": " + s.ToString();
-    const auto& want = model.host[b];
-    if (!want.empty() && std::memcmp(loc.ptr, want.data(), want.size()) != 0) {
+    if (!SameBytes(loc, model.host[b])) {
       return "block " + std::to_string(b) + " has wrong bytes at acquire";
     }
     compute(b);
-    if (!want.empty() && std::memcmp(loc.ptr, want.data(), want.size()) != 0) {
+    if (!SameBytes(loc, model.host[b])) {
       return "block " + std::to_string(b) + " was overwritten while in use";
     }
     s = rt->Release(b, nullptr);
