@@ -73,8 +73,9 @@ def _clip_types():
 OFFLOAD_INPUTS = [
     InputSpec("mode", "combo", "How this model's weights live between RAM and VRAM. auto: decide from free VRAM "
               "(GPU_MEMORY_MODE sets the default); full_load: all on the GPU; model_offload: whole model in pinned "
-              "RAM, uploaded while used; sequential: blocks streamed through a small ring of GPU slots; budget: as many "
-              "blocks resident as fit in vram_budget_gb, the rest streamed.", "auto", options=lambda: MODES),
+              "RAM, uploaded while used; sequential: blocks streamed through a small ring of GPU slots; budget: as much of "
+              "the model resident as fits in vram_budget_gb (whole blocks, or a block's first tensors), the rest "
+              "streamed.", "auto", options=lambda: MODES),
     InputSpec("vram_budget_gb", "float", "VRAM for this model in GiB: required by budget mode; caps auto's decision. "
               "0 = no budget (auto uses the free VRAM).", 0.0, min=0.0, max=1024.0, step=0.1),
     InputSpec("prefetch_blocks", "int", "Blocks uploaded ahead of the one running (sequential and budget). 1-2 hides "

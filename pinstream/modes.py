@@ -7,8 +7,10 @@ PinStream offers four concrete modes per model:
                      (in large chunks at full link speed) while it is used.
 * ``sequential``     non-block weights stay resident; every block is streamed
                      through a ring of ``prefetch + 1`` device slots.
-* ``budget``         as many blocks resident as fit in a VRAM budget; the rest
-                     are streamed.
+* ``budget``         as much of the model resident as fits in a VRAM budget:
+                     whole blocks, or a block's head (its first tensors) with only
+                     its rest streamed, so the ring's slots hold the streamed rests
+                     and not whole blocks.
 
 ``auto`` picks one of them from free device memory, the model's sizes and host
 RAM.  The seed's ``GPU_MEMORY_MODE`` spellings are accepted as aliases.

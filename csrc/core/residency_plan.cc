@@ -134,6 +134,7 @@ Candidate Evaluate(const std::vector<uint64_t>& sizes, uint64_t fixed,
 // spread through the pass whatever their number.
 std::vector<int> SpreadOrder(int n) {
   std::vector<int> order;
+  if (n <= 0) return order;
   order.reserve(n);
   std::vector<uint8_t> seen(n, 0);
   int bits = 0;
