@@ -242,6 +242,9 @@ def test_lora_equals_core_full_load(order, mode):
         (model_l,), _ = N.run_offload_model(base_l, mode, budget, 1, True)
     assert isinstance(model_l, P.PinStreamPatcherMixin)
     assert torch.equal(_sample("wan21_t2v", model_l), ref)
+    if mode == "budget":
+        # the LoRA reaches split blocks too: tensors in their resident head and in their rest
+        assert model_l.pinstream.handle.stats()["plan"]["split_blocks"] > 0
     mm.unload_all_models()
     if order == "lora_after_loader":
         # The un-LoRA'd clone of the same model still gives the plain result.
