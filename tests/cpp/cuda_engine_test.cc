@@ -108,5 +108,78 @@ TEST(CudaEngine, StreamsBlocksAndEveryAcquireSeesItsBytes) {
   }
 }
 
+// Budget plans with cuts: split blocks keep a resident head (uploaded once) and
+// stream their rest; every acquire must see both parts, the head at head_ptr and
+// the rest at the slot, after the waits on the compute stream.
+TEST(CudaEngine, SplitBlocksSeeTheirHeadAndTheirRest) {
+  REQUIRE_GPU();
+  const uint64_t seed = testing_util::TestSeed(4242);
+  std::unique_ptr<CudaCopyEngine> engine;
+  CudaEngineOptions opt;
+  ASSERT_TRUE(CudaCopyEngine::Create(opt, &engine).ok());
+  CudaDeviceAllocator alloc(0);
+  StreamingRuntime rt(engine.get(), &alloc);
+  const int n = 12;
+  const uint64_t bytes = 8ull << 20;
+  std::vector<std::unique_ptr<HostBuffer>> host;
+  std::vector<const uint8_t*> data;
+  for (int i = 0; i < n; ++i) {
+    std::unique_ptr<HostBuffer> b;
+    ASSERT_TRUE(engine->AllocateHostBuffer(bytes, /*pin=*/true, &b).ok());
+    std::mt19937_64 fill(seed + i);
+    auto* p = static_cast<uint8_t*>(b->data());
+    for (uint64_t k = 0; k < bytes; ++k) p[k] = static_cast<uint8_t>(fill());
+    int id;
+    ASSERT_TRUE(rt.RegisterBlock(p, bytes, true, &id).ok());
+    std::vector<uint64_t> cuts;
+    for (uint64_t c = 1ull << 20; c < bytes; c += 1ull << 20) cuts.push_back(c);
+    ASSERT_TRUE(rt.SetCuts(id, cuts).ok());
+    data.push_back(p);
+    host.push_back(std::move(b));
+  }
+  // half the model: whole blocks would keep 4 resident next to a 2-slot ring
+  ASSERT_TRUE(rt.Plan(PlanPolicy::kBudget, n * bytes / 2, 1).ok());
+  ASSERT_GT(rt.plan().num_split(), 0) << rt.plan().Describe();
+  cudaStream_t compute;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&compute, cudaStreamNonBlocking), cudaSuccess);
+  const int passes = 3;
+  unsigned long long* sums;
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&sums), sizeof(unsigned long long) * 2 * n * passes),
+            cudaSuccess);
+  ASSERT_EQ(cudaMemset(sums, 0, sizeof(unsigned long long) * 2 * n * passes), cudaSuccess);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);  // the memset ran on the legacy stream
+  for (int p = 0; p < passes; ++p) {
+    ASSERT_TRUE(rt.BeginPass().ok());
+    for (int b = 0; b < n; ++b) {
+      DeviceLocation loc;
+      ASSERT_TRUE(rt.Acquire(b, compute, &loc).ok());
+      unsigned long long* out = sums + 2 * (p * n + b);
+      ASSERT_EQ(loc.head_bytes, rt.split_bytes(b));
+      if (loc.head_bytes > 0) {
+        ASSERT_TRUE(LaunchChecksum(loc.head_ptr, loc.head_bytes, out, compute).ok());
+      }
+      ASSERT_TRUE(LaunchChecksum(loc.ptr, bytes - loc.head_bytes, out + 1, compute).ok());
+      ASSERT_TRUE(rt.Release(b, compute).ok());
+    }
+    ASSERT_TRUE(rt.EndPass(compute).ok());
+  }
+  std::vector<unsigned long long> got(2 * n * passes);
+  ASSERT_EQ(cudaStreamSynchronize(compute), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(got.data(), sums, got.size() * sizeof(got[0]), cudaMemcpyDeviceToHost), cudaSuccess);
+  for (int p = 0; p < passes; ++p) {
+    for (int b = 0; b < n; ++b) {
+      const uint64_t head = rt.split_bytes(b);
+      if (head > 0) {
+        ASSERT_EQ(got[2 * (p * n + b)], HostChecksum(data[b], head)) << "pass " << p << " block " << b;
+      }
+      ASSERT_EQ(got[2 * (p * n + b) + 1], HostChecksum(data[b] + head, bytes - head))
+          << "pass " << p << " block " << b;
+    }
+  }
+  ASSERT_TRUE(rt.Close().ok());
+  cudaFree(sums);
+  cudaStreamDestroy(compute);
+}
+
 }  // namespace
 }  // namespace pinstream
