@@ -1398,6 +1398,11 @@ def evaluate_targets(results: dict) -> list:
             sp = best["step_ms"] / ref["step_ms"]
             detail = (f"{_label(best)} {best['step_ms']:.0f} ms ({best['peak_device_bytes'] / GIB:.1f} GiB) vs "
                       f"{_label(ref)} {ref['step_ms']:.0f} ms ({ref['peak_device_bytes'] / GIB:.1f} GiB): {sp:.2f}x")
+            if best.get("loaded_bytes") and model_bytes and ref.get("bytes_uploaded_per_step") is not None:
+                # ComfyUI casts what it did not load, every step: the bytes each system moves
+                theirs = max(0, model_bytes - best["loaded_bytes"] - best.get("kept_on_device_bytes", 0))
+                detail += (f" [per step: PinStream uploads {ref['bytes_uploaded_per_step'] / GIB:.2f} GiB, "
+                           f"{best['system']} casts {theirs / GIB:.2f} GiB]")
             fl = floor_ms(ref, seq_len)
             ceiling = None
             if fl:

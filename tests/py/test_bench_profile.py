@@ -140,7 +140,7 @@ def _results_with_short_length():
     runs = [
         run("pinstream", "full_load", 600, 30),
         run("pinstream", "budget", 620, 10, budget=10, prefetch=2, bytes_uploaded_per_step=18 * gib),
-        run("comfyui_lowvram", "lowvram", 650, 10, budget=10),
+        run("comfyui_lowvram", "lowvram", 650, 10, budget=10, loaded_bytes=11 * gib, kept_on_device_bytes=0),
         run("pinstream", "full_load", 150, 30, seq=200),
         run("pinstream", "budget", 360, 10, budget=10, prefetch=2, seq=200, bytes_uploaded_per_step=18 * gib,
             profile=prof.analyze_trace({"traceEvents": [_copy(0.0, 350_000.0, 18 * gib)]}, wall_ms=360)),
@@ -165,6 +165,8 @@ def test_comparisons_state_the_best_possible_speed_up():
     assert main["measured"] == pytest.approx(650 / 620, rel=1e-3)
     assert main["ceiling"] == pytest.approx(650 / 600, rel=1e-3)
     assert "best possible 1.08x" in main["detail"]
+    # the bytes each side moves per step (28 GiB model, 11 GiB loaded by ComfyUI)
+    assert "PinStream uploads 18.00 GiB, comfyui_lowvram casts 17.00 GiB" in main["detail"]
     short = next(t for n, t in by_name.items() if n.startswith("at transfer-bound") and "ComfyUI" in n)
     assert short["measured"] == pytest.approx(540 / 360, rel=1e-3)
     assert short["ceiling"] == pytest.approx(540 / upload_ms, rel=1e-3)  # uploads bound it here
