@@ -29,6 +29,7 @@ TEST(RandomizedSchedule, EveryAcquireSeesItsBlock) {
   const int cases = CaseCount();
   std::mt19937_64 rng(seed);
   int refused = 0;
+  int split_cases = 0;
   uint64_t acquires = 0;
   for (int c = 0; c < cases; ++c) {
     const uint64_t case_seed = rng();
@@ -49,8 +50,16 @@ TEST(RandomizedSchedule, EveryAcquireSeesItsBlock) {
     HostArena arena;
     StreamingRuntime rt(&engine, &arena);
     int id;
+    // half the cases may split blocks (budget plans): random cuts, from their own
+    // generator so that the other draws of a case stay as they were
+    std::mt19937_64 rc(case_seed ^ 0x9E3779B97F4A7C15ULL);
+    const bool cut = rc() % 2 == 0;
     for (int i = 0; i < n; ++i) {
       ASSERT_TRUE(rt.RegisterBlock(m.host[i].data(), sizes[i], true, &id).ok());
+      if (!cut) continue;
+      std::vector<uint64_t> cuts;
+      for (uint64_t at = 1 + rc() % 600; at < sizes[i]; at += 1 + rc() % 800) cuts.push_back(at);
+      ASSERT_TRUE(rt.SetCuts(id, cuts).ok());
     }
     if (fixed > 0) {
       ASSERT_TRUE(rt.RegisterBlock(fixed_bytes.data(), fixed_bytes.size(), false, &id).ok());
@@ -71,6 +80,7 @@ TEST(RandomizedSchedule, EveryAcquireSeesItsBlock) {
       continue;
     }
     ASSERT_LE(rt.plan().device_bytes(), budget == PlanRequest::kUnlimited ? ~0ULL : budget);
+    split_cases += rt.plan().num_split() > 0 ? 1 : 0;
     // A base order with repeats, then per-pass skips and occasional reorders.
     std::vector<int> base;
     for (int i = 0; i < n; ++i) {
@@ -95,10 +105,12 @@ TEST(RandomizedSchedule, EveryAcquireSeesItsBlock) {
   }
   RecordProperty("seed", std::to_string(seed));
   RecordProperty("cases", std::to_string(cases));
-  std::printf("randomized schedule: seed %llu, %d cases, %d budgets refused, %llu acquires checked\n",
-              static_cast<unsigned long long>(seed), cases, refused,
+  std::printf("randomized schedule: seed %llu, %d cases (%d with split blocks), %d budgets refused, "
+              "%llu acquires checked\n",
+              static_cast<unsigned long long>(seed), cases, split_cases, refused,
               static_cast<unsigned long long>(acquires));
   EXPECT_LT(refused, cases);
+  if (cases >= 200) EXPECT_GT(split_cases, 0);
 }
 
 }  // namespace
