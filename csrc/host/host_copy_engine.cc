@@ -47,7 +47,9 @@ Status HostCopyEngine::AllocateHostBuffer(uint64_t bytes, bool pin,
   return AlignedHostBuffer::Make(bytes, pin, out);
 }
 
-void HostCopyEngine::WakeWorker() {
+void HostCopyEngine::Push(const Op& op) {
+  queue_.push_back(op);
+  ++enqueued_;
   if (worker_idle_) {
     worker_idle_ = false;
     work_cv_.notify_one();
@@ -69,9 +71,7 @@ Status HostCopyEngine::EnqueueCopy(void* device_dst, const void* host_src,
     op.src = host_src;
     op.bytes = bytes;
     op.tag = tag;
-    queue_.push_back(op);
-    ++enqueued_;
-    WakeWorker();
+    Push(op);
   }
   return Status::Ok();
 }
@@ -83,9 +83,7 @@ Status HostCopyEngine::RecordCopyEvent(EventId event) {
     Op op{OpKind::kRecord};
     op.event = event;
     op.generation = ++events_[event].recorded;
-    queue_.push_back(op);
-    ++enqueued_;
-    WakeWorker();
+    Push(op);
   }
   return Status::Ok();
 }
@@ -132,9 +130,7 @@ Status HostCopyEngine::CopyWaitFor(EventId event) {
     Op op{OpKind::kWait};
     op.event = event;
     op.generation = events_[event].recorded;
-    queue_.push_back(op);
-    ++enqueued_;
-    WakeWorker();
+    Push(op);
   }
   return Status::Ok();
 }
@@ -147,9 +143,7 @@ Status HostCopyEngine::EnqueueTransform(const BlockTransform* transform,
     op.src = staging;
     op.dst = out;
     op.transform = transform;
-    queue_.push_back(op);
-    ++enqueued_;
-    WakeWorker();
+    Push(op);
   }
   return Status::Ok();
 }

@@ -86,8 +86,8 @@ class HostCopyEngine final : public CopyEngine {
   };
 
   void WorkerLoop();
-  // Called with mu_ held after queueing ops: wakes the worker only if it sleeps.
-  void WakeWorker();
+  // Called with mu_ held: queues `op` and wakes the worker only if it sleeps.
+  void Push(const Op& op);
   void RunCopy(const Op& op, std::unique_lock<std::mutex>* lock);
   void RunTransform(const Op& op, std::unique_lock<std::mutex>* lock);
   Status CheckEvent(EventId event) const;
