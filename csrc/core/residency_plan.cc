@@ -24,6 +24,18 @@ uint64_t AlignUp(uint64_t value, uint64_t alignment) {
   return (value + alignment - 1) / alignment * alignment;
 }
 
+Status CheckCuts(const std::vector<uint64_t>& cuts, uint64_t bytes, const std::string& what) {
+  uint64_t prev = 0;
+  for (uint64_t c : cuts) {
+    if (c <= prev || c >= bytes) {
+      return Status::InvalidArgument(what + ": cuts must ascend strictly inside (0, " +
+                                     std::to_string(bytes) + "), got " + std::to_string(c));
+    }
+    prev = c;
+  }
+  return Status::Ok();
+}
+
 const char* PlanPolicyName(PlanPolicy policy) {
   switch (policy) {
     case PlanPolicy::kAllResident: return "all_resident";
@@ -296,15 +308,8 @@ Status Validate(const PlanRequest& req) {
           std::to_string(req.block_bytes.size()) + " blocks");
     }
     for (size_t i = 0; i < req.block_cuts.size(); ++i) {
-      uint64_t prev = 0;
-      for (uint64_t c : req.block_cuts[i]) {
-        if (c <= prev || c >= req.block_bytes[i]) {
-          return Status::InvalidArgument(
-              "block " + std::to_string(i) + ": cuts must ascend strictly inside (0, " +
-              std::to_string(req.block_bytes[i]) + "), got " + std::to_string(c));
-        }
-        prev = c;
-      }
+      PINSTREAM_RETURN_IF_ERROR(
+          CheckCuts(req.block_cuts[i], req.block_bytes[i], "block " + std::to_string(i)));
     }
   }
   return Status::Ok();

@@ -117,6 +117,10 @@ class ResidencyPlan {
 
 uint64_t AlignUp(uint64_t value, uint64_t alignment);
 
+// Ok when `cuts` ascend strictly inside (0, bytes), else kInvalidArgument
+// naming `what` (e.g. "block 3").
+Status CheckCuts(const std::vector<uint64_t>& cuts, uint64_t bytes, const std::string& what);
+
 }  // namespace pinstream
 
 #endif  // PINSTREAM_CORE_RESIDENCY_PLAN_H_

@@ -34,15 +34,8 @@ Status StreamingRuntime::RegisterBlock(const void* host, uint64_t bytes,
 Status StreamingRuntime::SetCuts(int block, std::vector<uint64_t> cuts) {
   PINSTREAM_RETURN_IF_ERROR(CheckBlock(block, "set_cuts"));
   if (planned_) return Status::FailedPrecondition("set_cuts after plan()");
-  uint64_t prev = 0;
-  for (uint64_t c : cuts) {
-    if (c <= prev || c >= blocks_[block].bytes) {
-      return Status::InvalidArgument("set_cuts: block " + std::to_string(block) +
-                                     ": cuts must ascend strictly inside (0, " +
-                                     std::to_string(blocks_[block].bytes) + ")");
-    }
-    prev = c;
-  }
+  PINSTREAM_RETURN_IF_ERROR(
+      CheckCuts(cuts, blocks_[block].bytes, "set_cuts: block " + std::to_string(block)));
   blocks_[block].cuts = std::move(cuts);
   return Status::Ok();
 }
