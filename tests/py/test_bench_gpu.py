@@ -208,9 +208,10 @@ def test_plot_writes_three_pngs(dry_run, tmp_path):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def _run(system, mode, step_ms, peak_gib, budget_gb=None, prefetch=None, seq=1000):
+def _run(system, mode, step_ms, peak_gib, budget_gb=None, prefetch=None, seq=1000, **extra):
+    """One run record as the benchmark writes it (plus ``extra`` fields)."""
     return {"system": system, "mode": mode, "budget_gb": budget_gb, "prefetch": prefetch, "step_ms": step_ms,
-            "peak_device_bytes": int(peak_gib * 2**30), "host_rss_bytes": 1, "seq_len": seq}
+            "peak_device_bytes": int(peak_gib * 2**30), "host_rss_bytes": 1, "seq_len": seq, **extra}
 
 
 def test_targets_compare_at_equal_vram():

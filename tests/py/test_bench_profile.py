@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from test_bench_gpu import _run  # one run record, as the benchmark writes it
 
 from pinstream.bench import profile as prof
 from pinstream.bench.gpu import evaluate_targets, summary_text
@@ -132,19 +133,15 @@ def test_profile_step_traces_the_step_after_the_warm_up(tmp_path):
 
 
 def _results_with_short_length():
-    def run(system, mode, step, peak_gib, budget=None, prefetch=None, seq=1000, **kw):
-        return {"system": system, "mode": mode, "budget_gb": budget, "prefetch": prefetch, "step_ms": step,
-                "peak_device_bytes": int(peak_gib * 2**30), "host_rss_bytes": 1, "seq_len": seq, **kw}
-
     gib = 2**30
     runs = [
-        run("pinstream", "full_load", 600, 30),
-        run("pinstream", "budget", 620, 10, budget=10, prefetch=2, bytes_uploaded_per_step=18 * gib),
-        run("comfyui_lowvram", "lowvram", 650, 10, budget=10, loaded_bytes=11 * gib, kept_on_device_bytes=0),
-        run("pinstream", "full_load", 150, 30, seq=200),
-        run("pinstream", "budget", 360, 10, budget=10, prefetch=2, seq=200, bytes_uploaded_per_step=18 * gib,
+        _run("pinstream", "full_load", 600, 30),
+        _run("pinstream", "budget", 620, 10, budget_gb=10, prefetch=2, bytes_uploaded_per_step=18 * gib),
+        _run("comfyui_lowvram", "lowvram", 650, 10, budget_gb=10, loaded_bytes=11 * gib, kept_on_device_bytes=0),
+        _run("pinstream", "full_load", 150, 30, seq=200),
+        _run("pinstream", "budget", 360, 10, budget_gb=10, prefetch=2, seq=200, bytes_uploaded_per_step=18 * gib,
             profile=prof.analyze_trace({"traceEvents": [_copy(0.0, 350_000.0, 18 * gib)]}, wall_ms=360)),
-        run("comfyui_lowvram", "lowvram", 540, 10, budget=10, seq=200,
+        _run("comfyui_lowvram", "lowvram", 540, 10, budget_gb=10, seq=200,
             profile={"skipped": "time budget"}),
     ]
     return {
