@@ -111,6 +111,17 @@ class _WrapperSlot:
         else:
             self.owner[self.name] = self.host
 
+    def follow_outer_device(self) -> None:
+        """Put the inner tensors back on the device the original wrapper says it is on.
+        ``Module.to(device)`` cannot do it when the wrapper already says that device (a
+        model offloaded from the GPU: its wrappers say cuda, their codes came back to host
+        memory): ``.to`` is a no-op there, and Module._apply then swaps in a copy rebuilt
+        from the inner tensors, which says where they are (cpu)."""
+        want = self.host.device
+        for x in storage_tensors(self.host):
+            if x.device != want:
+                x.data = x.data.to(want)
+
 
 def _wrapper_slots(module: nn.Module) -> list[_WrapperSlot]:
     out, seen = [], set()
@@ -417,6 +428,11 @@ class OffloadHandle:
         with _REGISTRY_LOCK:
             for key, refs in list(_LOADED_MODEL_OFFLOAD.items()):
                 _LOADED_MODEL_OFFLOAD[key] = [r for r in refs if r() is not None and r() is not self]
+        # Wrappers first: Module.to() rebuilds a wrapper that already says the target
+        # device from its inner tensors, so those must be there before it runs.
+        for slots in self._wrappers.values():
+            for slot in slots:
+                slot.follow_outer_device()
         if self._original_device.type != "cpu":
             self.module.to(self._original_device)
         for p, rg in self._requires_grad.items():

@@ -51,6 +51,12 @@ class ScaledFp8(torch.Tensor):
         kwargs = kwargs or {}
         if func is torch.ops.aten.detach.default:
             return ScaledFp8(args[0]._q.detach(), args[0]._s.detach(), args[0].dtype)
+        if func is torch.ops.aten._to_copy.default and kwargs.get("dtype") in (None, args[0].dtype):
+            # .to(device) moves the inner tensors and keeps the wrapper, as QuantizedTensor does;
+            # a plain result would let Module._apply set only the outer tensor's data and leave
+            # the codes behind on the old device
+            device = kwargs.get("device") or args[0].device
+            return ScaledFp8(args[0]._q.to(device), args[0]._s.to(device), args[0].dtype)
 
         def plain(x):
             return x.dequantize() if isinstance(x, ScaledFp8) else x
@@ -234,3 +240,13 @@ def _storage_tensors(module):
     from pinstream.discovery import storage_tensors
 
     return [x for p in module.parameters() for x in storage_tensors(p)]
+
+
+def test_own_wrapper_moves_its_inner_tensors_with_the_module():
+    """The reference model is moved with Module.to(device) before PinStream sees it: the
+    wrapper must carry its codes and scale along (the CUDA cases above rely on it)."""
+    m = Net("own").to("meta")
+    for q in (m.inp, m.blocks[0].up):
+        assert isinstance(q.weight, ScaledFp8)
+        assert q.weight.device.type == q.weight._q.device.type == q.weight._s.device.type == "meta"
+
