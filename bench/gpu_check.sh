@@ -194,11 +194,16 @@ fi
 if [[ -f "$OUT/results.json" ]]; then
   step "plots"
   timeout 60 "$PY" -m pinstream bench plot "$OUT/results.json" && note plots ok || note plots FAILED
-  name=$("$PY" - "$OUT/results.json" <<'EOF'
-import json, re, sys
+  name=$("$PY" - "$OUT/results.json" "$ROOT/bench/results" <<'EOF'
+import json, os, re, sys
 r = json.load(open(sys.argv[1]))
 dev = re.sub(r"[^a-z0-9]+", "-", str(r.get("device", "gpu")).lower()).strip("-")[:40] or "gpu"
-print(f"{str(r.get('date', ''))[:10] or 'undated'}-{dev}.json")
+stem = f"{str(r.get('date', ''))[:10] or 'undated'}-{dev}"
+name, n = f"{stem}.json", 1
+while os.path.exists(os.path.join(sys.argv[2], name)):  # another run the same day: -run2, -run3, ...
+    n += 1
+    name = f"{stem}-run{n}.json"
+print(name)
 EOF
 )
   # not copied: a device call brings back at most 8 files
