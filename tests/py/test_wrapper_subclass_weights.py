@@ -250,3 +250,24 @@ def test_own_wrapper_moves_its_inner_tensors_with_the_module():
         assert isinstance(q.weight, ScaledFp8)
         assert q.weight.device.type == q.weight._q.device.type == q.weight._s.device.type == "meta"
 
+
+
+def test_detach_moves_wrapper_inner_tensors_before_module_to(monkeypatch):
+    """A model offloaded from the GPU keeps wrappers that say cuda while their codes sit in
+    host memory. Module.to(cuda) skips such a wrapper (.to is a no-op when it already says
+    cuda) and swaps in a copy rebuilt from its inner tensors, which then says cpu; so detach
+    must move the inner tensors first. The CUDA cases above check the outcome on a GPU;
+    here the order is checked on the host engine."""
+    from pinstream.engine import _WrapperSlot
+
+    m = Net("own", seed=3)
+    h = pinstream.offload(m, mode="sequential", engine="host", device="cpu")
+    calls = []
+    real_follow = _WrapperSlot.follow_outer_device
+    monkeypatch.setattr(_WrapperSlot, "follow_outer_device", lambda self: (calls.append("follow"), real_follow(self)))
+    real_to = m.to
+    monkeypatch.setattr(m, "to", lambda *a, **k: (calls.append("to"), real_to(*a, **k))[1])
+    h._original_device = torch.device("meta")  # stands for the GPU the model came from
+    h.detach()
+    n_wrapped = sum(1 for p in m.parameters() if _wrapped(p))
+    assert calls == ["follow"] * n_wrapped + ["to"], calls
