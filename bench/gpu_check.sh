@@ -160,9 +160,9 @@ else
   fi
   if (( tests )); then
     step "pytest tests/py (host and CUDA engines)"
-    # the CUDA cases (the host engine's run in CI on every change); GPU_CHECK_PYTEST_ARGS="tests/py -q -x"
-    # runs all of them
-    read -ra pytest_args <<< "${GPU_CHECK_PYTEST_ARGS:-tests/py -q -x -k cuda}"
+    # the CUDA cases (the host engine's run in CI on every change), not stopping at the first failure
+    # (one failure must not hide the next); GPU_CHECK_PYTEST_ARGS="tests/py -q" runs all of them
+    read -ra pytest_args <<< "${GPU_CHECK_PYTEST_ARGS:-tests/py -q -rfs --maxfail=25 -k cuda}"
     PINSTREAM_GPU_CHECK=1 timeout "$(cap 200)" "$PY" -m pytest "${pytest_args[@]}" -p no:cacheprovider
     rc=$?; (( rc == 0 )) && note pytest ok || note pytest "FAILED (exit $rc)"
   else

@@ -29,7 +29,8 @@ slow_baselines the systems PinStream beats many times over, last, so that a shor
 
 The runs each close comparison is judged on (PinStream's least-memory sequential
 run and its smallest budget, ComfyUI at that budget, both diffusers modes, at both
-lengths) also get one traced step (profile.py): where their device time goes,
+lengths; at the transfer-bound length PinStream and ComfyUI at every budget the
+model does not fit in) also get one traced step (profile.py): where their device time goes,
 in the JSON under ``profile`` and as Chrome traces in ``$OUT/profiles/``.
 
 Every run records its step time (median of timed steps after a warm-up),
@@ -941,11 +942,12 @@ class Bench:
             for p in sorted({low, cfg.budget_prefetch}):
                 ps_run("sequential", "stream_all", None, p, self.inputs_short, short, cfg.timed, sub(1),
                        profile=p == low)
+            # every budget traced here: where uploads set the pace, each budget is its own case
             for b in self.budgets():
                 if b * GIB < self.model_bytes:
                     for p in sorted({low, cfg.budget_prefetch}):
                         ps_run("budget", "budget", b, p, self.inputs_short, short, cfg.timed, sub(1),
-                               profile=b == judged)
+                               profile=True)
         n_sections -= 1
         self.overlap()
 
@@ -1236,7 +1238,7 @@ class Bench:
                     self.baseline_run("comfyui_lowvram", "lowvram", b, self.step_fn(model), deadline,
                                       {**info, "comfyui_found": how}, profile=judged)
                     self.short_run("comfyui_lowvram", "lowvram", b, model, deadline, {**info, "comfyui_found": how},
-                                   profile=judged)
+                                   profile=True)  # transfer-bound: every budget traced, as PinStream's
         finally:
             comfy = model = None
             free_memory(cfg)
