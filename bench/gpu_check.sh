@@ -74,12 +74,13 @@ fi
 if (( ! dry )) && compgen -G ".whl/*.whl" >/dev/null; then
   step "installing carried wheels: $(cd .whl && ls *.whl | tr '\n' ' ')"
   site=${TMPDIR:-/tmp}/pinstream-site
-  if "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl; then
-    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
-    note wheels ok
-  else
-    note wheels FAILED
-  fi
+  failed=()
+  for w in .whl/*.whl; do  # one at a time: a wheel that does not install costs only itself
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$w" ||
+      failed+=("$(basename "$w")")
+  done
+  export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+  if (( ${#failed[@]} )); then note wheels "FAILED: ${failed[*]}"; else note wheels ok; fi
 fi
 
 # GoogleTest that CMake's find_package(GTest) will find: a config package under a

@@ -15,8 +15,13 @@ from pinstream.discovery import discover_blocks
 
 try:
     from comfy_kitchen.tensor import QuantizedTensor
+    _NO_KITCHEN = ""
 except ImportError:  # the second kind below still runs
     QuantizedTensor = None
+    _NO_KITCHEN = "comfy-kitchen (ComfyUI 0.8+'s quantized tensors) is not installed"
+except Exception as e:  # noqa: BLE001 - installed but unusable here (its native backend): say why
+    QuantizedTensor = None
+    _NO_KITCHEN = f"comfy-kitchen is installed but cannot be imported here: {e!r}"
 
 
 class ScaledFp8(torch.Tensor):
@@ -73,7 +78,7 @@ _quantize = {
 @pytest.fixture(params=KINDS)
 def kind(request):
     if request.param == "comfy_kitchen" and QuantizedTensor is None:
-        pytest.skip("comfy-kitchen (ComfyUI 0.8+'s quantized tensors) is not installed")
+        pytest.skip(_NO_KITCHEN)
     return request.param
 
 
