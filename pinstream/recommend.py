@@ -892,18 +892,19 @@ def plan_mode(machine: Machine, model: ModelProfile, env_mode, pinned_gb: float 
     # The engine packs every streamed block into pinned chunks sized to their contents
     # (64-byte tensor, 512-byte block alignment) and frees the original storage, so its
     # host_bytes is the model's bytes; --pinned-gb takes the figure it reported.
+    # full_load keeps the pinned copy too: unloading it (another model needs the VRAM) is a
+    # pointer swap back to that copy, not a device-to-host copy.
     streaming = mode in STREAMING_MODES
     if machine.gpu is None:
         host_model = model.total_bytes
         host_what = "weights in RAM"
-    elif streaming:
+    else:
         host_model = int(pinned_gb * GIB) if pinned_gb else model.total_bytes
         host_what = "pinned by PinStream (engine figure, --pinned-gb)" if pinned_gb else "pinned by PinStream"
+        if not streaming:
+            host_what += ", kept in full_load for an instant unload"
         if dtype == "fp8_e4m3" and not pinned_gb:
             notes.append("fp8 transfer: the RAM figure assumes the host copy keeps the file's dtype (an upper bound)")
-    else:
-        host_model = 0
-        host_what = "weights on the GPU"
     computed = BASE_RAM_GB + (host_model + model.companion_bytes) / GIB
     breakdown = f"{BASE_RAM_GB:g} GB system + {_gb(host_model)} model ({host_what})"
     if model.companion_bytes:
@@ -919,16 +920,21 @@ def plan_mode(machine: Machine, model: ModelProfile, env_mode, pinned_gb: float 
     need = float(math.ceil(need))
 
     if machine.ram_gb < need:
+        remedy = "use a smaller or fp8 model, close other programs, or add RAM"
+        if machine.gpu is not None and not streaming:
+            remedy += (f"; or load this model with ComfyUI's own loader instead of PinStream's, which keeps no "
+                       f"host copy once the model is on the GPU (about {_gb(host_model)} less RAM; unloading "
+                       f"it then copies it back from the GPU)")
         warnings.append(
             f"system RAM {machine.ram_gb:.1f} GB is below the {need:g} GB this plan needs ({breakdown}): expect "
-            f"swapping or an out-of-memory kill; use a smaller or fp8 model, close other programs, or add RAM"
+            f"swapping or an out-of-memory kill; {remedy}"
         )
     elif machine.free_ram_gb is not None and machine.free_ram_gb < need:
         warnings.append(
             f"only {machine.free_ram_gb:.1f} GB of the {machine.ram_gb:.1f} GB RAM is free now; this plan needs "
             f"{need:g} GB: close other programs first"
         )
-    if streaming and machine.gpu is not None:
+    if machine.gpu is not None:
         cap = PIN_CAP_FRACTION[machine.platform] * machine.ram_gb * GIB
         if host_model > cap:
             warnings.append(
