@@ -61,7 +61,7 @@ struct Candidate {
   uint64_t slot_bytes = 0;
   int slots = 0;
   uint64_t resident_bytes = 0;
-  uint64_t streamed_bytes = 0;  // split plans: the rests' bytes (whole plans: unset)
+  uint64_t streamed_bytes = 0;  // streamed each pass: whole blocks, or split blocks' rests
 };
 
 // Picks `r` of the `m` candidate positions evenly spaced: j-th pick is at
@@ -131,6 +131,7 @@ Candidate Evaluate(const std::vector<uint64_t>& sizes, uint64_t fixed,
     if (c.resident[i]) {
       c.resident_bytes += sizes[i];
     } else {
+      c.streamed_bytes += sizes[i];
       largest_streamed = std::max(largest_streamed, sizes[i]);
       ++streamed;
     }
@@ -410,14 +411,12 @@ Status ResidencyPlan::Make(const PlanRequest& request, ResidencyPlan* out) {
     Candidate split = BestSplit(request, sizes, fixed);
     if (split.valid && split.resident_bytes > best.resident_bytes) best = std::move(split);
   }
-  const bool split_plan = !best.prefix.empty();
   plan.resident_ = std::move(best.resident);
-  if (split_plan) plan.prefix_ = std::move(best.prefix);
+  if (!best.prefix.empty()) plan.prefix_ = std::move(best.prefix);  // a split plan
   plan.slot_bytes_ = best.slot_bytes;
   plan.slot_count_ = best.slots;
   plan.resident_block_bytes_ = best.resident_bytes;
-  plan.streamed_block_bytes_ =
-      split_plan ? best.streamed_bytes : total_blocks - best.resident_bytes;
+  plan.streamed_block_bytes_ = best.streamed_bytes;
   *out = std::move(plan);
   return Status::Ok();
 }

@@ -1304,12 +1304,13 @@ def _pinstream_ref(results: dict, run: dict, seq_len: int | None = None) -> dict
     return min(ps, key=lambda r: (r["peak_device_bytes"], r["step_ms"]))
 
 
-def _label(r: dict) -> str:
+def run_label(r: dict, short: bool = False) -> str:
+    """A run's system, mode, budget and prefetch ("p2" when ``short``, for plots)."""
     parts = [r["system"], r["mode"]]
     if r.get("budget_gb") is not None:
         parts.append(f"{r['budget_gb']:g} GB")
     if r.get("prefetch") is not None:
-        parts.append(f"prefetch {r['prefetch']}")
+        parts.append(f"p{r['prefetch']}" if short else f"prefetch {r['prefetch']}")
     return " ".join(parts)
 
 
@@ -1395,11 +1396,11 @@ def evaluate_targets(results: dict) -> list:
             best = min(rr, key=lambda r: r["step_ms"])  # diffusers: the better of block/leaf
             ref = _pinstream_ref(results, best, seq_len)
             if ref is None:
-                details.append(f"{_label(best)}: no PinStream run to compare")
+                details.append(f"{run_label(best)}: no PinStream run to compare")
                 continue
             sp = best["step_ms"] / ref["step_ms"]
-            detail = (f"{_label(best)} {best['step_ms']:.0f} ms ({best['peak_device_bytes'] / GIB:.1f} GiB) vs "
-                      f"{_label(ref)} {ref['step_ms']:.0f} ms ({ref['peak_device_bytes'] / GIB:.1f} GiB): {sp:.2f}x")
+            detail = (f"{run_label(best)} {best['step_ms']:.0f} ms ({best['peak_device_bytes'] / GIB:.1f} GiB) vs "
+                      f"{run_label(ref)} {ref['step_ms']:.0f} ms ({ref['peak_device_bytes'] / GIB:.1f} GiB): {sp:.2f}x")
             if best.get("loaded_bytes") and model_bytes and ref.get("bytes_uploaded_per_step") is not None:
                 # ComfyUI casts what it did not load, every step: the bytes each system moves
                 theirs = max(0, model_bytes - best["loaded_bytes"] - best.get("kept_on_device_bytes", 0))
@@ -1417,7 +1418,7 @@ def evaluate_targets(results: dict) -> list:
         for r in info:
             ref = _pinstream_ref(results, r, seq_len)
             if ref:
-                details.append(f"(not judged, model fits) {_label(r)}: {r['step_ms'] / ref['step_ms']:.2f}x")
+                details.append(f"(not judged, model fits) {run_label(r)}: {r['step_ms'] / ref['step_ms']:.2f}x")
         add(label, f">= {goal}x", None if worst is None else round(worst, 3),
             None if worst is None else worst >= goal, "; ".join(details))
         if worst_ceiling is not None:
@@ -1506,7 +1507,7 @@ def summary_text(results: dict) -> str:
         lines.append("")
         lines.append("where the device time goes (one traced step each; profile.py):")
         for r in profiled:
-            lines.append(f"  {_label(r)} at seq {r.get('seq_len')}: {describe_profile(r['profile'])}")
+            lines.append(f"  {run_label(r)} at seq {r.get('seq_len')}: {describe_profile(r['profile'])}")
     st = {k: v for k, v in results.get("baselines", {}).items() if "ok" not in v}
     if st:
         lines.append("baselines not run: " + "; ".join(f"{k}: {v}" for k, v in st.items()))

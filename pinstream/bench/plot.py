@@ -25,6 +25,8 @@ import json
 import sys
 from pathlib import Path
 
+from .gpu import run_label
+
 GIB = 1024**3
 
 STYLE = {
@@ -172,12 +174,7 @@ def plot_time_breakdown(results: dict, path: Path, plt) -> bool:
             ax.barh(i, ms / 1000.0, left=left / 1000.0, color=color, edgecolor="black", linewidth=0.4,
                     label=name if i == 0 else None)
             left += ms
-        parts = [r["system"], r["mode"]]
-        if r.get("budget_gb") is not None:
-            parts.append(f"{r['budget_gb']:g} GB")
-        if r.get("prefetch") is not None:
-            parts.append(f"p{r['prefetch']}")
-        labels.append(f"{' '.join(parts)} | seq {r.get('seq_len')}")
+        labels.append(f"{run_label(r, short=True)} | seq {r.get('seq_len')}")
     ax.set_yticks(range(len(runs)), labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("time of one traced step (s)")
