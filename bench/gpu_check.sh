@@ -17,7 +17,7 @@
 #   GPU_CHECK_BENCH_ARGS (more options for `bench gpu`, e.g. "--skip link naive_swap accelerate")
 #
 # Things the GPU machine lacks come along in .whl/ (ignored by git; name it in the device call's carry):
-#   .whl/*.whl   Python wheels (diffusers): pip install --no-index --target into a
+#   .whl/*.whl   Python wheels (diffusers, comfy-kitchen), each: pip install --no-index --target into a
 #                temp folder put on PYTHONPATH
 #   .whl/*.deb   Debian packages unpacked with dpkg -x when no GoogleTest is installed (libgtest-dev)
 #   .whl/comfyui*.tar.gz   a ComfyUI source tree (its comfy/ package) for the lowvram baseline, used as
