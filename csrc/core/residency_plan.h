@@ -59,7 +59,8 @@ struct PlanRequest {
   uint64_t budget_bytes = kUnlimited;
   int prefetch = 1;
   // Every size is rounded up to this many bytes (device allocation granule).
-  uint64_t alignment = 512;
+  static constexpr uint64_t kDefaultAlignment = 512;
+  uint64_t alignment = kDefaultAlignment;
 
   static constexpr uint64_t kUnlimited = std::numeric_limits<uint64_t>::max();
 };

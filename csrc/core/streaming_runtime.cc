@@ -5,6 +5,11 @@
 #include <string>
 
 namespace pinstream {
+namespace {
+// One granule for everything the runtime places on the device: the plan's sizes,
+// a split block's resident head and a transform's staging offset.
+constexpr uint64_t kAlignment = PlanRequest::kDefaultAlignment;
+}  // namespace
 
 StreamingRuntime::StreamingRuntime(CopyEngine* engine, DeviceAllocator* allocator)
     : engine_(engine), allocator_(allocator) {}
@@ -51,7 +56,7 @@ Status StreamingRuntime::SetTransform(int block, uint64_t device_bytes,
 
 uint64_t StreamingRuntime::Footprint(const Block& b) const {
   if (b.transform == nullptr) return b.bytes;
-  return AlignUp(b.device_bytes, 512) + b.bytes;
+  return AlignUp(b.device_bytes, kAlignment) + b.bytes;
 }
 
 Status StreamingRuntime::EnqueueUpload(const Block& b, int id, void* dst) {
@@ -62,7 +67,7 @@ Status StreamingRuntime::EnqueueUpload(const Block& b, int id, void* dst) {
   if (b.transform == nullptr) {
     return b.bytes > 0 ? engine_->EnqueueCopy(dst, b.host, b.bytes, id) : Status::Ok();
   }
-  void* staging = static_cast<uint8_t*>(dst) + AlignUp(b.device_bytes, 512);
+  void* staging = static_cast<uint8_t*>(dst) + AlignUp(b.device_bytes, kAlignment);
   if (b.bytes > 0) PINSTREAM_RETURN_IF_ERROR(engine_->EnqueueCopy(staging, b.host, b.bytes, id));
   return engine_->EnqueueTransform(b.transform, staging, dst);
 }
@@ -87,6 +92,7 @@ Status StreamingRuntime::Plan(PlanPolicy policy, uint64_t budget_bytes,
   req.policy = policy;
   req.budget_bytes = budget_bytes;
   req.prefetch = prefetch;
+  req.alignment = kAlignment;
   uint64_t fixed = 0;
   bool any_cuts = false;
   for (Block& b : blocks_) {
@@ -155,7 +161,7 @@ Status StreamingRuntime::Load(void* compute_queue) {
     Block& b = blocks_[i];
     if (!b.resident && !b.split) continue;
     // a split block's resident head: its first `prefix` bytes, as they are
-    const uint64_t footprint = b.split ? AlignUp(b.prefix, 512) : Footprint(b);
+    const uint64_t footprint = b.split ? AlignUp(b.prefix, kAlignment) : Footprint(b);
     const uint64_t head = b.split ? b.prefix : b.bytes;
     Status s = allocator_->Allocate(std::max<uint64_t>(footprint, 1), &b.resident_loc.allocation,
                                     &b.resident_loc.ptr);
