@@ -12,6 +12,7 @@
 #                                  output in $OUT or a temp folder. Under 2 minutes on 2 cores.
 # Options:
 #   --no-tests        skip ctest and pytest (a rerun when time is short)
+#   --tests-only      build and correctness only, no benchmarks or plots (about 2 minutes on the GPU)
 #   --limit-s N       wall-clock limit of the whole script (default 470; the bench gets what is left)
 # Environment: OUT (output folder), PYTHON (default python3), COMFYUI_PATH, GPU_CHECK_PYTEST_ARGS,
 #   GPU_CHECK_BENCH_ARGS (more options for `bench gpu`, e.g. "--skip link naive_swap accelerate")
@@ -29,17 +30,23 @@ ROOT=$PWD
 start=$(date +%s)
 dry=0
 tests=1
+bench=1
 limit=470
 while (( $# )); do
   case "$1" in
     --dry-run) dry=1 ;;
     --no-tests) tests=0 ;;
+    --tests-only) bench=0 ;;
     --limit-s) limit=$2; shift ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
+if (( ! tests && ! bench )); then
+  echo "gpu_check.sh: --no-tests and --tests-only leave nothing to run; pick one" >&2
+  exit 2
+fi
 if (( dry )) && [[ -z "${OUT:-}" ]]; then
   OUT=$(mktemp -d "${TMPDIR:-/tmp}/pinstream-gpu-check.XXXXXX")
 fi
@@ -172,19 +179,23 @@ else
 fi
 
 # --- 3. benchmarks ---------------------------------------------------------------------------
-if (( dry )); then
-  budget=90
+if (( bench )); then
+  if (( dry )); then
+    budget=90
+  else
+    budget=$(( limit - $(elapsed) - 30 ))   # 30 s for the plots, the copy and slack
+    (( budget < 60 )) && budget=60
+  fi
+  step "benchmarks (time budget ${budget} s)"
+  args=(--out "$OUT" --time-budget-s "$budget")
+  (( dry )) && args+=(--dry-run)
+  read -ra extra_args <<< "${GPU_CHECK_BENCH_ARGS:-}"
+  args+=("${extra_args[@]}")
+  timeout -k 10 $(( budget + 45 )) "$PY" -m pinstream bench gpu "${args[@]}"
+  rc=$?; (( rc == 0 )) && note bench ok || note bench "FAILED (exit $rc)"
 else
-  budget=$(( limit - $(elapsed) - 30 ))   # 30 s for the plots, the copy and slack
-  (( budget < 60 )) && budget=60
+  note bench "skipped (--tests-only)"
 fi
-step "benchmarks (time budget ${budget} s)"
-args=(--out "$OUT" --time-budget-s "$budget")
-(( dry )) && args+=(--dry-run)
-read -ra extra_args <<< "${GPU_CHECK_BENCH_ARGS:-}"
-args+=("${extra_args[@]}")
-timeout -k 10 $(( budget + 45 )) "$PY" -m pinstream bench gpu "${args[@]}"
-rc=$?; (( rc == 0 )) && note bench ok || note bench "FAILED (exit $rc)"
 
 # --- 4. plots, and the name to commit the results under ---------------------------------------
 # the traced steps (profile.py) as one file: the device call brings back at most 8
@@ -209,7 +220,7 @@ EOF
 )
   # not copied: a device call brings back at most 8 files
   echo "commit $OUT/results.json as bench/results/$name"
-else
+elif (( bench )); then
   note results "MISSING: the benchmark wrote no results.json"
 fi
 

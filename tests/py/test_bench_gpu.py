@@ -338,3 +338,19 @@ def test_the_rerun_recipe_of_the_gpu_check(tmp_path):
     files = sorted(p.name for p in tmp_path.iterdir())
     assert len(files) <= 8 and "profiles.tar" not in files, files
     assert "commit" in proc.stdout and "bench/results/" in proc.stdout
+
+
+def test_the_tests_only_check(tmp_path):
+    """`--tests-only`, the short correctness call for a device session with little time left:
+    no benchmark runs and no results are asked for, and it cannot be combined with
+    `--no-tests`, which would leave nothing to do."""
+    env = dict(os.environ, OUT=str(tmp_path), PYTHONUNBUFFERED="1")
+    proc = subprocess.run(["bash", "bench/gpu_check.sh", "--dry-run", "--tests-only"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "bench: skipped (--tests-only)" in proc.stdout
+    assert "=== benchmarks" not in proc.stdout and "MISSING" not in proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_check.log"]
+    both = subprocess.run(["bash", "bench/gpu_check.sh", "--dry-run", "--tests-only", "--no-tests"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert both.returncode == 2 and "leave nothing to run" in both.stderr
