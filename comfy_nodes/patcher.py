@@ -56,6 +56,7 @@ class PinStreamState:
     owner: object = None  # weakref to the patcher that loaded it
     last_stats: dict = field(default_factory=dict)
     error: str | None = None
+    engine: str = "auto"  # the engine the handle was made with (an fp8 handle is rebuilt with it)
 
     def __hash__(self):
         return id(self)
@@ -131,6 +132,62 @@ def _comfy():
     return mm, mp
 
 
+def restore_host_originals(st: PinStreamState, model) -> bool:
+    """Unload and put the original values back into the host copy of every weight a
+    weight patch (LoRA) changed; the host copy then holds the weights as loaded.
+    Returns whether any weight was put back."""
+    from comfy.model_patcher import get_key_weight
+
+    st.handle.unload()
+    restored = bool(st.backups)
+    with torch.no_grad():
+        for key, original in st.backups.items():
+            weight, _set, _conv = get_key_weight(model, key)
+            if original is None:  # a GGUF weight: its patches were attached, not written
+                weight.patches = []
+                continue
+            weight.copy_(original)  # a QuantizedTensor copies its data and scale in place
+    st.backups.clear()
+    st.applied_patches = None
+    return restored
+
+
+def _offload(module, config: OffloadConfig, *, mode: str, budget_gb, load_device, engine: str,
+             free=None, progress=None):
+    import pinstream
+
+    dev = torch.device(load_device)
+    handle = pinstream.offload(
+        module,
+        mode=mode,
+        budget_gb=budget_gb,
+        prefetch=int(config.prefetch_blocks),
+        device=str(dev),
+        engine=engine,
+        pin_memory=bool(config.pin_memory),
+        transfer_dtype=config.transfer_dtype,
+        link_gbps=0.0 if engine == "host" else None,
+        free_device_bytes=free,
+        progress=progress,
+    )
+    handle.unload()  # nothing on the device until ComfyUI asks for it
+    return handle
+
+
+def _rebuild_handle(st: PinStreamState, model):
+    """The same plan built again from the host copy as it is now (an fp8 transfer
+    handle after a weight patch changed the weights its codes were made from)."""
+    old = st.handle
+    mode = old.mode
+    budget = mode.budget_bytes / GIB if mode.name == "budget" and mode.budget_bytes else None
+    device = old.device
+    old.detach()
+    new = _offload(target_module(model), st.config, mode=mode.name, budget_gb=budget, load_device=device,
+                   engine=st.engine)
+    new.mode.reason = mode.reason
+    return new
+
+
 class PinStreamPatcherMixin:
     """Methods that turn a ModelPatcher (or a subclass of it) into a PinStream patcher."""
 
@@ -188,6 +245,14 @@ class PinStreamPatcherMixin:
         h = self._handle()
         return int(h.runtime.host_bytes) if h is not None and not h._detached else 0
 
+    def get_ram_usage(self):
+        # What the model holds in host memory (the RAM cache weighs it): PinStream keeps a
+        # host copy of every weight, plus the non-block part while it is unloaded.
+        h = self._handle()
+        if h is None or h._detached:
+            return super().get_ram_usage()
+        return int(h.runtime.host_bytes) + self._extra_bytes()
+
     def partially_unload_ram(self, *args, **kwargs):
         # The pinned copy is the model's only host copy: it is released with the model.
         return 0
@@ -224,16 +289,8 @@ class PinStreamPatcherMixin:
         from comfy.model_patcher import get_key_weight, string_to_seed
 
         mm, _ = _comfy()
-        h = st.handle
-        h.unload()  # every weight now points at its host copy
+        changed = restore_host_originals(st, self.model)  # unloads: weights point at their host copy
         with torch.no_grad():
-            for key, original in st.backups.items():
-                weight, _set, _conv = get_key_weight(self.model, key)
-                if original is None:  # a GGUF weight: its patches were attached, not written
-                    weight.patches = []
-                    continue
-                weight.copy_(original)  # a QuantizedTensor copies its data and scale in place
-            st.backups.clear()
             move_patches = _module_function(type(self), "move_patch_to_device")  # ComfyUI-GGUF's
             for key in self.patches:
                 try:
@@ -268,13 +325,36 @@ class PinStreamPatcherMixin:
                 if new is None:
                     new = comfy.float.stochastic_rounding(out, weight.dtype, seed=string_to_seed(key))
                 weight.copy_(new.to(weight.device))
+        if st.handle.mode.transfer_dtype != "auto" and (changed or st.backups):
+            # The fp8 transfer codes are made from the host copy when a handle is built:
+            # rebuild it, so the blocks stream the patched weights.
+            st.handle = _rebuild_handle(st, self.model)
         st.applied_patches = want
+
+    # ---- hook weight patches (CreateHookLora, scheduled LoRA) -------------------------
+    # ComfyUI writes them into the weights in place and restores them from its own
+    # backup. Streamed weights live in reused device slots, so PinStream drops its device
+    # copy first: the writes land in the host copy, and the next forward uploads them.
+    def _host_copy_for_hooks(self, hooks=None):
+        h = self._handle()
+        if h is None or not h.loaded:
+            return
+        if self.hook_backup or (hooks is not None and self.get_combined_hook_patches(hooks=hooks)):
+            h.unload()
+
+    def patch_hooks(self, hooks):
+        self._host_copy_for_hooks(hooks)
+        return super().patch_hooks(hooks)
+
+    def unpatch_hooks(self, *args, **kwargs):
+        self._host_copy_for_hooks()
+        return super().unpatch_hooks(*args, **kwargs)
 
     # ---- loading ------------------------------------------------------------------------
     def _load_pinstream(self, device_to=None):
         st = self.pinstream
+        self._apply_weight_patches()  # may rebuild the handle (fp8 transfer)
         h = st.handle
-        self._apply_weight_patches()
         device_to = device_to or self.load_device
         for t in self._extra_modules():
             t.data = t.data.to(device_to)
@@ -305,6 +385,9 @@ class PinStreamPatcherMixin:
             return super().partially_load(device_to, extra_memory, force_patch_weights)
         before = self.loaded_size() if self._handle().loaded else 0
         # Object patches and injections as ComfyUI applies them, weights by PinStream.
+        # First put back the object patches another clone of this model applied (they
+        # share one backup), as ComfyUI's own partially_load does; weights stay loaded.
+        super().unpatch_model(self.offload_device, unpatch_weights=False)
         self.patch_model(device_to, load_weights=False)
         with self.use_ejected():
             self._load_pinstream(device_to)
@@ -326,6 +409,8 @@ class PinStreamPatcherMixin:
         h = self._handle()
         if h is None:
             return super().unpatch_model(device_to, unpatch_weights)
+        if unpatch_weights and self.hook_backup:
+            self.unpatch_hooks()  # hook weight patches out of the host copy
         owner = self.pinstream.owner() if self.pinstream.owner is not None else None
         if owner is None or owner is self:
             h.unload()
@@ -402,16 +487,20 @@ def make_pinstream(patcher, config: OffloadConfig, *, progress=None, engine: str
             raise UnsupportedModel("this model is managed by ComfyUI's Dynamic VRAM and offers no non-dynamic delegate; "
                              "load it with a PinStream loader or start ComfyUI with --disable-dynamic-vram")
         patcher = delegate()
-    import pinstream
     from pinstream.modes import normalize_mode
 
     module = target_module(patcher.model)
     reason = unsupported_reason(module)
     if reason:
         raise UnsupportedModel(reason)
+    # ComfyUI may hold this model loaded, through this patcher or a clone, with its weight
+    # patches applied in place: unload it, so the weights PinStream takes are the file's.
+    _unload_from_memory_manager(mm, patcher.model)
     state = getattr(patcher.model, "pinstream_state", None)
     if state is not None and state.handle is not None:
-        # Already managed: a new configuration replaces the old one.
+        # Already managed: a new configuration replaces the old one, starting from the
+        # weights as loaded (the previous clone's LoRA must not stay in them).
+        restore_host_originals(state, patcher.model)
         state.handle.detach()
         state.handle = None
     mode, _transfer = normalize_mode(config.mode)
@@ -426,25 +515,43 @@ def make_pinstream(patcher, config: OffloadConfig, *, progress=None, engine: str
             free = int(budget * GIB)
         elif dev.type == "cuda":
             free = int(mm.get_free_memory(dev)) - int(mm.minimum_inference_memory())
-    handle = pinstream.offload(
-        module,
-        mode=mode,
-        budget_gb=budget if mode in ("budget", "auto") else None,
-        prefetch=int(config.prefetch_blocks),
-        device=str(dev),
-        engine=engine,
-        pin_memory=bool(config.pin_memory),
-        transfer_dtype=config.transfer_dtype,
-        link_gbps=0.0 if engine == "host" else None,
-        free_device_bytes=free,
-        progress=progress,
-    )
-    handle.unload()  # nothing on the device until ComfyUI asks for it
-    new = patcher.clone()
-    new.__class__ = pinstream_class(type(new))
-    state = PinStreamState(config=config, handle=handle)
+    handle = _offload(module, config, mode=mode, budget_gb=budget if mode in ("budget", "auto") else None,
+                      load_device=load_device, engine=engine, free=free, progress=progress)
+    state = PinStreamState(config=config, handle=handle, engine=engine)
     patcher.model.pinstream_state = state
+    # Every patcher of this model goes through PinStream from now on: the clone returned,
+    # the one passed in (its other uses in the workflow) and clones made of it before.
+    _adopt_patchers_of(patcher.model, mp_mod.ModelPatcher)
+    patcher.__class__ = pinstream_class(type(patcher))
+    new = patcher.clone()
     _MANAGED.add(state)
     plan = handle.plan
     log.info("PinStream %s: mode %s (%s); %s", config.label, handle.mode.name, handle.mode.reason, plan["describe"])
     return new
+
+
+def _unload_from_memory_manager(mm, model) -> None:
+    """Unload every entry of ComfyUI's loaded-model list that holds ``model`` (its
+    patcher puts the weights it patched in place back as they were loaded)."""
+    loaded = getattr(mm, "current_loaded_models", None)
+    if not loaded:
+        return
+    for i in reversed(range(len(loaded))):
+        entry = loaded[i]
+        p = entry.model
+        if p is not None and getattr(p, "model", None) is model:
+            entry.model_unload()
+            loaded.pop(i)
+
+
+def _adopt_patchers_of(model, patcher_base) -> None:
+    """Give every live ModelPatcher of ``model`` PinStream's class: a clone made before
+    the model was handed to PinStream (another branch of the workflow from the same
+    loader) would otherwise load and patch the weights PinStream manages on its own."""
+    import gc
+
+    for obj in gc.get_objects():
+        cls = type(obj)  # not isinstance(): that asks some objects for a __class__ property
+        if (issubclass(cls, patcher_base) and not issubclass(cls, PinStreamPatcherMixin)
+                and getattr(obj, "model", None) is model):
+            obj.__class__ = pinstream_class(type(obj))
