@@ -132,6 +132,9 @@ def _comfy():
     return mm, mp
 
 
+_PATCHING = "pinstream:patching"  # applied_patches while weight patches are being written
+
+
 def restore_host_originals(st: PinStreamState, model) -> bool:
     """Unload and put the original values back into the host copy of every weight a
     weight patch (LoRA) changed; the host copy then holds the weights as loaded.
@@ -290,6 +293,9 @@ class PinStreamPatcherMixin:
 
         mm, _ = _comfy()
         changed = restore_host_originals(st, self.model)  # unloads: weights point at their host copy
+        # until every patch is written the host copy matches no patcher (a failure half
+        # way must not pass for the plain weights or for another clone's)
+        st.applied_patches = _PATCHING
         with torch.no_grad():
             move_patches = _module_function(type(self), "move_patch_to_device")  # ComfyUI-GGUF's
             for key in self.patches:
@@ -389,8 +395,12 @@ class PinStreamPatcherMixin:
         # share one backup), as ComfyUI's own partially_load does; weights stay loaded.
         super().unpatch_model(self.offload_device, unpatch_weights=False)
         self.patch_model(device_to, load_weights=False)
-        with self.use_ejected():
-            self._load_pinstream(device_to)
+        try:
+            with self.use_ejected():
+                self._load_pinstream(device_to)
+        except Exception:
+            self.detach()  # as ComfyUI does: nothing stays half loaded on the device
+            raise
         return max(0, self.loaded_size() - before)
 
     def partially_unload(self, device_to, memory_to_free=0, force_patch_weights=False):

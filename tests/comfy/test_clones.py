@@ -149,3 +149,29 @@ def test_ram_usage_counts_the_host_copy(mode):
     h = m.pinstream.handle
     assert m.get_ram_usage() >= h.model_bytes
     assert m.get_ram_usage() == h.runtime.host_bytes + m._extra_bytes()
+
+
+def test_a_weight_patch_failing_half_way_leaves_no_clone_on_half_patched_weights(monkeypatch):
+    """A LoRA whose patching fails after some weights were written: the next run of the
+    plain model (or of another clone) must not take the host copy for its own."""
+    plain = T._ref(KIND)
+    (base,), _ = T._ps_unet(KIND, "sequential")
+    assert torch.equal(T._sample(KIND, base), plain)
+    lora, _ = pl.apply_lora(ns, base, T.f("wan_lora"), strength_model=0.8)
+    import comfy.lora
+
+    real, calls = comfy.lora.calculate_weight, {"n": 0}
+
+    def fails_on_the_third(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("patch failed for this test")
+        return real(*a, **k)
+
+    monkeypatch.setattr(comfy.lora, "calculate_weight", fails_on_the_third)
+    with pytest.raises(RuntimeError, match="patch failed for this test"):
+        T._sample(KIND, lora)
+    monkeypatch.setattr(comfy.lora, "calculate_weight", real)
+    assert base.loaded_size() == 0 and not base.pinstream.handle.loaded  # nothing half loaded
+    assert torch.equal(T._sample(KIND, base), plain)
+    mm.unload_all_models()
