@@ -12,6 +12,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import test_nodes as T  # noqa: E402  (its helpers: files, sampling, references)
+from test_nodes import tiny_text_encoder_configs  # noqa: E402,F401  (a fixture)
 
 from comfy_nodes import nodes as N  # noqa: E402
 from comfy_nodes import patcher as P  # noqa: E402
@@ -174,4 +175,32 @@ def test_a_weight_patch_failing_half_way_leaves_no_clone_on_half_patched_weights
     monkeypatch.setattr(comfy.lora, "calculate_weight", real)
     assert base.loaded_size() == 0 and not base.pinstream.handle.loaded  # nothing half loaded
     assert torch.equal(T._sample(KIND, base), plain)
+    mm.unload_all_models()
+
+
+def _clip_patches(clip):
+    """Weight patches on the text encoder's blocks, as LoraLoader adds them to a CLIP
+    (here "diff" patches: a delta per weight)."""
+    sd = clip.patcher.model_state_dict()
+    g = torch.Generator().manual_seed(5)
+    keys = [k for k in sorted(sd) if k.endswith(".weight") and ".block." in k and sd[k].dim() == 2][:6]
+    assert keys
+    return {k: (0.05 * torch.randn(sd[k].shape, generator=g, dtype=torch.float32).to(sd[k].dtype),) for k in keys}
+
+
+@pytest.mark.parametrize("mode", ["model_offload", "sequential"])
+def test_text_encoder_weight_patches_equal_core(mode, tiny_text_encoder_configs):
+    core = ns.sd.load_clip(ckpt_paths=[str(T.f("umt5"))], clip_type=ns.sd.CLIPType.WAN)
+    plain_ref = pl.encode_text(ns, core, "a cat on a boat")[0][0]
+    core_p = core.clone()
+    core_p.add_patches(_clip_patches(core), 0.8)
+    ref = pl.encode_text(ns, core_p, "a cat on a boat")[0][0]
+    assert not torch.equal(ref, plain_ref)
+    mm.unload_all_models()
+    (clip,), msg = N.run_load_clip(T.name_of("text_encoders", T.f("umt5")), "wan", mode, 0.0, 1, True)
+    assert isinstance(clip.patcher, P.PinStreamPatcherMixin), msg
+    patched = clip.clone()
+    patched.add_patches(_clip_patches(clip), 0.8)
+    assert torch.equal(pl.encode_text(ns, patched, "a cat on a boat")[0][0], ref)
+    assert torch.equal(pl.encode_text(ns, clip, "a cat on a boat")[0][0], plain_ref)
     mm.unload_all_models()
