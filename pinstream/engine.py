@@ -205,6 +205,11 @@ class OffloadHandle:
         # wrapper-subclass weights by unit: block index, or None for the resident rest
         self._wrappers: dict = wrappers or {}
         self._block_hooks = False
+        # The thread whose forward pass is open (one forward at a time per offloaded
+        # model: the slots and the learned order are the model's, not the thread's).
+        self._pass_owner: threading.Thread | None = None
+        self._pass_lock = threading.Lock()
+        self._params = list(original_requires_grad)
         self._install_hooks(stream_hooks)
 
     # ---- wrapper-subclass weights (see _WrapperSlot) ---------------------------
@@ -224,6 +229,14 @@ class OffloadHandle:
     # ---- hooks --------------------------------------------------------------
     def _install_hooks(self, stream_hooks: bool) -> None:
         rt = self._rt
+        # load_state_dict() (on the model or any of its modules) writes into the host
+        # copy: the device copies and prefetched slots are dropped first.
+        for sub in self.module.modules():
+            if hasattr(sub, "register_load_state_dict_pre_hook"):
+                self._hooks.append(sub.register_load_state_dict_pre_hook(self._before_load_state_dict))
+            else:  # torch before its public form
+                self._hooks.append(sub._register_load_state_dict_pre_hook(self._before_load_state_dict,
+                                                                          with_module=True))
         if self.mode.name in ("model_offload", "full_load") and self.mode.transfer_dtype == "auto":
             # Reload on use after an unload (e.g. the host application freed VRAM).
             self._hooks.append(self.module.register_forward_pre_hook(self._model_offload_pre_hook))
@@ -231,7 +244,21 @@ class OffloadHandle:
         if not stream_hooks:
             return
 
-        def begin(_mod, _args):
+        def begin(_mod, args, kwargs):
+            me = threading.current_thread()
+            with self._pass_lock:
+                owner = self._pass_owner
+                if owner is not None and owner is not me and owner.is_alive():
+                    raise RuntimeError(
+                        f"PinStream: a forward of this offloaded model is already running in thread "
+                        f"{owner.name!r}; one forward at a time per offloaded model (its device slots "
+                        f"are shared). Run the forwards one after another (e.g. under a lock), or "
+                        f"offload a separate copy of the model per thread")
+                # Same thread (or a thread that died): a pass left open by a forward that a
+                # BaseException (KeyboardInterrupt) interrupted; begin_pass() ends it.
+                self._pass_owner = me
+            if torch.is_grad_enabled():
+                self._check_no_grad(args, kwargs)
             if not rt.loaded:
                 self.load()
             rt.begin_pass()
@@ -239,11 +266,17 @@ class OffloadHandle:
         wrapped_blocks = [k for k in self._wrappers if k is not None]
 
         def end(_mod, _args, _out):
-            rt.end_pass()
+            owner = self._pass_owner
+            if owner is not None and owner is not threading.current_thread():
+                return  # this thread's begin was refused: the open pass is another thread's
+            try:
+                rt.end_pass()
+            finally:
+                self._pass_owner = None
             for k in wrapped_blocks:
                 self._show(k, False)
 
-        begin_handle = self.module.register_forward_pre_hook(begin)
+        begin_handle = self.module.register_forward_pre_hook(begin, with_kwargs=True)
         begin_handle._pinstream_stream = True
         self._hooks.append(begin_handle)
         self._hooks.append(self.module.register_forward_hook(end, always_call=True))
@@ -290,6 +323,38 @@ class OffloadHandle:
     def _model_offload_pre_hook(self, _mod, _args):
         if not self._rt.loaded:
             self.load()
+
+    def _check_no_grad(self, args, kwargs) -> None:
+        """Autograd keeps the weights a forward uses for its backward; streamed weights
+        live in device slots that later blocks refill, so the gradients would be wrong.
+        Called only while grad mode is on."""
+        plan = self.plan
+        if not (plan.get("streamed_blocks") or plan.get("split_blocks")):
+            return  # nothing streams: every weight keeps its own device memory
+        if not (any(p.requires_grad for p in self._params)
+                or any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+                or any(isinstance(a, torch.Tensor) and a.requires_grad for a in kwargs.values())):
+            return
+        raise RuntimeError(
+            f"PinStream: gradients cannot be computed through a model offloaded in {self.mode.name} mode: "
+            "its streamed weights live in device slots that are reused by later blocks, so autograd cannot "
+            "keep them for backward. Run the forward under torch.no_grad() or torch.inference_mode(), or "
+            "use mode full_load or model_offload for training or gradients")
+
+    def _before_load_state_dict(self, _module, _state_dict, _prefix, local_metadata, *_rest) -> None:
+        """load_state_dict() pre-hook: the new values must land in the host copy (the
+        truth between uses), so the device copies and prefetched slots go first; the next
+        forward uploads the new values."""
+        if self._detached:
+            return
+        if local_metadata.get("assign_to_params_buffers"):
+            raise RuntimeError("PinStream: load_state_dict(assign=True) would replace the tensors of an "
+                               "offloaded model; use assign=False, or detach() the handle, load, then offload again")
+        if self.mode.transfer_dtype != "auto":
+            raise RuntimeError(f"PinStream: load_state_dict() on a model offloaded with transfer_dtype "
+                               f"{self.mode.transfer_dtype!r}: its transfer codes were made from the weights at "
+                               "offload(); detach() the handle, load, then offload again")
+        self.unload()
 
     # ---- model offload --------------------------------------------------------
     def load(self) -> None:
@@ -367,8 +432,21 @@ class OffloadHandle:
         device-to-host copy happens unless weights were modified on the device."""
         if self._detached:
             return
+        self._end_open_pass("unload()")
         self._hide_all()
         self._rt.unload()
+
+    def _end_open_pass(self, what: str) -> None:
+        """Ends a pass left open (a forward interrupted by KeyboardInterrupt skips the
+        hooks that end it); a forward running in another thread is an error."""
+        me = threading.current_thread()
+        with self._pass_lock:
+            owner = self._pass_owner
+            if owner is not None and owner is not me and owner.is_alive():
+                raise RuntimeError(f"PinStream: {what} while a forward of this offloaded model is running in "
+                                   f"thread {owner.name!r}; call it after that forward returns")
+            self._pass_owner = None
+        self._rt.end_pass()
 
     # ---- info -----------------------------------------------------------------
     @property
@@ -420,6 +498,7 @@ class OffloadHandle:
         self._hide_all()
         self._rt.close(restore_pageable=True)
         self._detached = True
+        self._pass_owner = None
         if getattr(self.module, "_pinstream_handle", None) is self:
             try:
                 del self.module._pinstream_handle
@@ -436,7 +515,8 @@ class OffloadHandle:
         if self._original_device.type != "cpu":
             self.module.to(self._original_device)
         for p, rg in self._requires_grad.items():
-            p.requires_grad_(rg)
+            if p.requires_grad != rg:  # (an inference tensor refuses even a no-op requires_grad_(True))
+                p.requires_grad_(rg)
         return self.module
 
     def __repr__(self) -> str:
@@ -569,6 +649,13 @@ def offload(
         in_block.update(id(t) for t in ts)
         unit_tensors.append(ts)
     rest = [t for t in all_tensors if id(t) not in in_block]
+    # names for error messages (a wrapper subclass's inner tensors: its name and theirs)
+    name_of: dict[int, str] = {}
+    for name, t in named.items():
+        if t is None:
+            continue
+        for x in storage_tensors(t):
+            name_of.setdefault(id(x), name if x is t else f"{name} (inner tensor)")
 
     requires_grad = {}
     for t in outer_tensors:
@@ -595,7 +682,8 @@ def offload(
         # (uploaded every pass), then resident blocks and the non-block part (once).
         pin_rank = _pin_ranks(_C, unit_tensors, rest, resolved, prefetch)
         ids = rt.register_blocks(unit_tensors + [rest], streamable + [False], progress,
-                                 [fp8] * len(unit_tensors) + [False], pin_rank)
+                                 [fp8] * len(unit_tensors) + [False], pin_rank,
+                                 [[name_of.get(id(t), "") for t in ts] for ts in unit_tensors + [rest]])
         block_ids, fixed_id = ids[:-1], ids[-1]
         policy = {"full_load": "all_resident", "model_offload": "all_resident",
                   "sequential": "stream_all", "budget": "budget"}[resolved.name]

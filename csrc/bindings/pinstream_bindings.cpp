@@ -106,8 +106,33 @@ void ParallelFor(int64_t n, const Fn& fn) {
 // The in-place-update counter of a weight, for write-back of weights changed on
 // the device. Tensors made under torch.inference_mode() (ComfyUI runs every prompt,
 // loaders included, in it) have no counter: they report 0, so they are never written
-// back; PinStream's own patching (LoRA) writes into the host copy instead.
-int64_t VersionOf(const at::Tensor& t) { return t.is_inference() ? 0 : static_cast<int64_t>(t._version()); }
+// back; PinStream's own patching (LoRA) writes into the host copy instead. Such a
+// tensor keeps its disabled counter after set_data re-points it at a normal tensor
+// (is_inference() is then false), so the counter itself is asked.
+int64_t VersionOf(const at::Tensor& t) {
+  const c10::VariableVersion& v = t.unsafeGetTensorImpl()->version_counter();
+  return v.enabled() ? static_cast<int64_t>(v.current_version()) : 0;
+}
+
+// A contiguous `dtype` tensor of `sizes` over the bytes of `bytes` (a uint8
+// tensor) from byte `offset` on: the form a weight is re-pointed at. set_data
+// gives a weight the dispatch keys of its new data while it keeps its own version
+// counter, so the alias must be of the weight's kind, whatever mode offload() or
+// the forward runs in: an inference tensor for a weight made under
+// torch.inference_mode() (no version counter; a normal alias would leave it a
+// normal tensor without one, which torch's ops reject), a normal one otherwise.
+at::Tensor AliasAs(const at::Tensor& bytes, int64_t offset, at::ScalarType dtype, at::IntArrayRef sizes,
+                   bool inference) {
+  const int64_t esize = static_cast<int64_t>(c10::elementSize(dtype));
+  const int64_t start = bytes.storage_offset() + offset;
+  TORCH_CHECK(start % esize == 0, "PinStream: internal error: misaligned tensor offset ", start);
+  c10::InferenceMode guard(inference);
+  at::Tensor t = at::empty({0}, bytes.options().dtype(dtype));
+  t.set_(bytes.storage(), start / esize, sizes);
+  return t;
+}
+
+bool IsInferenceWeight(const at::Tensor& t) { return !t.unsafeGetTensorImpl()->version_counter().enabled(); }
 
 void Check(const Status& s) {
   if (s.ok()) return;
@@ -193,10 +218,12 @@ class TorchDeviceAllocator final : public DeviceAllocator {
 
 struct PackedTensor {
   at::Tensor param;       // the caller's tensor (same TensorImpl as its Parameter)
+  std::string name;       // its name in the model, for error messages (may be empty)
   at::Tensor host_view;   // its bytes in the pinned chunk
   int64_t offset = 0;     // within the block
   int64_t nbytes = 0;
   int64_t version = 0;    // version when pointed at the device
+  bool inference = false; // made under torch.inference_mode(): no version counter
 };
 
 struct BlockInfo {
@@ -306,9 +333,23 @@ class Runtime {
                                   const std::vector<bool>& streamable,
                                   const py::object& progress,
                                   const std::vector<bool>& fp8 = {},
-                                  const std::vector<int>& pin_rank = {}) {
+                                  const std::vector<int>& pin_rank = {},
+                                  const std::vector<std::vector<std::string>>& names = {}) {
     std::lock_guard<std::mutex> lock(mu_);
     CheckOpen();
+    if (!names.empty()) {
+      if (names.size() != blocks.size()) {
+        throw py::value_error("PinStream: names has " + std::to_string(names.size()) + " entries for " +
+                              std::to_string(blocks.size()) + " blocks");
+      }
+      for (size_t b = 0; b < blocks.size(); ++b) {
+        if (names[b].size() != blocks[b].size()) {
+          throw py::value_error("PinStream: names of block " + std::to_string(b) + " has " +
+                                std::to_string(names[b].size()) + " entries for its " +
+                                std::to_string(blocks[b].size()) + " tensors");
+        }
+      }
+    }
     if (!fp8.empty() && fp8.size() != blocks.size()) {
       throw py::value_error("PinStream: fp8 has " + std::to_string(fp8.size()) + " entries for " +
                             std::to_string(blocks.size()) + " blocks");
@@ -327,6 +368,7 @@ class Runtime {
       info.streamable = streamable.empty() ? true : streamable[b];
       std::vector<int64_t> nbytes;
       for (const at::Tensor& t : blocks[b]) {
+        const size_t k = info.tensors.size();
         if (!t.defined()) throw py::value_error("PinStream: undefined tensor in block " + std::to_string(b));
         if (t.is_sparse() || t.layout() != at::kStrided) {
           throw py::value_error("PinStream: only dense strided tensors can be packed; block " +
@@ -344,6 +386,8 @@ class Runtime {
         }
         PackedTensor pt;
         pt.param = t;
+        pt.inference = IsInferenceWeight(t);
+        if (!names.empty()) pt.name = names[b][k];
         pt.nbytes = static_cast<int64_t>(t.numel()) * static_cast<int64_t>(t.element_size());
         nbytes.push_back(pt.nbytes);
         info.tensors.push_back(std::move(pt));
@@ -431,8 +475,9 @@ class Runtime {
                                   .view(pt.param.scalar_type())
                                   .view(pt.param.sizes());
             view.copy_(pt.param);
-            pt.host_view = view;
-            pt.param.set_data(view);  // original storage is freed here
+            pt.host_view = AliasAs(chunk, chunk_off + pt.offset, pt.param.scalar_type(), pt.param.sizes(),
+                                   pt.inference);
+            pt.param.set_data(pt.host_view);  // original storage is freed here
           }
         }
         chunk_off += info.bytes;
@@ -505,6 +550,10 @@ class Runtime {
   void BeginPass() {
     std::lock_guard<std::mutex> lock(mu_);
     CheckOpen();
+    // A pass still open (a forward interrupted by a BaseException such as
+    // KeyboardInterrupt skips the hooks that end it, leaving blocks acquired):
+    // end it first, as end_pass() would have.
+    if (touched_ >= 0 || core_->learner().in_pass() || core_->outstanding() > 0) Check(EndPassLocked());
     Check(core_->BeginPass());
   }
 
@@ -563,12 +612,27 @@ class Runtime {
     std::lock_guard<std::mutex> lock(mu_);
     touched_ = -1;
     if (closed_) return;
+    Check(EndPassLocked());
+  }
+
+  // Releases the blocks still acquired and closes the pass. Between passes a
+  // block that is not wholly resident shows its host copy: its slot is refilled
+  // by later uploads, so tensors taken now (state_dict(), detach()) must not
+  // alias it (a split block's head too; the next acquire points it back). An
+  // fp8 block's device copy is an approximation: it too shows the host copy.
+  Status EndPassLocked() {
+    touched_ = -1;
     Status s = core_->EndPass(ComputeQueue());
     ApplyEvictions();
-    for (BlockInfo& info : blocks_) {
-      if (info.fp8) PointAtHost(&info);
+    for (int i = 0; i < num_blocks(); ++i) {
+      BlockInfo& info = blocks_[i];
+      if (info.location < 0 || core_->acquired(i)) continue;
+      if (info.fp8 || !core_->resident(i)) {
+        WriteBackIfModified(&info);  // blocks the pass left acquired were not released here
+        PointAtHost(&info);
+      }
     }
-    Check(s);
+    return s;
   }
 
   void Synchronize() {
@@ -821,9 +885,8 @@ class Runtime {
     for (const PackedTensor& pt : info->tensors) {
       const bool in_head = pt.offset < head;
       const at::Tensor& src = in_head ? allocator_->tensor(loc.head_allocation) : base;
-      views.push_back(src.narrow(0, in_head ? pt.offset : pt.offset - head, pt.nbytes)
-                          .view(pt.param.scalar_type())
-                          .view(pt.host_view.sizes()));
+      views.push_back(AliasAs(src, in_head ? pt.offset : pt.offset - head, pt.host_view.scalar_type(),
+                              pt.host_view.sizes(), pt.inference));
     }
     info->view_cache.emplace_back(loc.allocation, std::move(views));
     return info->view_cache.back().second;
@@ -842,8 +905,33 @@ class Runtime {
     }
   }
 
+  // A tensor converted by the caller while offloaded (module.double(), .half(),
+  // .to(dtype)) or replaced by one of another shape no longer matches its stored
+  // copy: PinStream cannot show it the stored bytes, and must not silently undo
+  // the conversion either.
+  void CheckUnchanged(const BlockInfo& info) const {
+    for (const PackedTensor& pt : info.tensors) {
+      if (pt.param.scalar_type() == pt.host_view.scalar_type() && pt.param.sizes() == pt.host_view.sizes()) {
+        continue;
+      }
+      const std::string who = pt.name.empty() ? std::string("a weight") : pt.name;
+      if (pt.param.scalar_type() != pt.host_view.scalar_type()) {
+        throw std::runtime_error("PinStream: " + who + " was converted to " +
+                                 std::string(c10::toString(pt.param.scalar_type())) +
+                                 " while offloaded by PinStream (stored as " +
+                                 std::string(c10::toString(pt.host_view.scalar_type())) +
+                                 "); detach() the handle, convert, then offload again");
+      }
+      throw std::runtime_error("PinStream: " + who + " was replaced by a tensor of shape " +
+                               c10::str(pt.param.sizes()) + " while offloaded by PinStream (stored as " +
+                               c10::str(pt.host_view.sizes()) +
+                               "); detach() the handle, change it, then offload again");
+    }
+  }
+
   void PointAtDevice(int block, const DeviceLocation& loc) {
     BlockInfo& info = blocks_[block];
+    CheckUnchanged(info);
     if (info.location == loc.allocation) return;
     const std::vector<at::Tensor>& views = ViewsAt(&info, loc);
     for (size_t i = 0; i < info.tensors.size(); ++i) {
@@ -891,6 +979,11 @@ class Runtime {
   void UnloadLocked() {
     touched_ = -1;
     if (!core_->loaded()) return;
+    // Before anything changes: pointing a converted tensor back at its host copy
+    // would silently undo the conversion.
+    for (const BlockInfo& info : blocks_) {
+      if (info.location >= 0) CheckUnchanged(info);
+    }
     SyncCompute();
     for (BlockInfo& info : blocks_) {
       WriteBackIfModified(&info);
@@ -916,7 +1009,10 @@ class Runtime {
     core_->Close();
     for (BlockInfo& info : blocks_) {
       for (PackedTensor& pt : info.tensors) {
-        if (restore_pageable) pt.param.set_data(pt.host_view.clone());
+        if (restore_pageable) {
+          c10::InferenceMode guard(pt.inference);  // the copy of the weight's kind (AliasAs)
+          pt.param.set_data(pt.host_view.clone());
+        }
         pt.host_view = at::Tensor();
       }
       info.view_cache.clear();
@@ -1073,7 +1169,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("register_blocks", &Runtime::RegisterBlocks, py::arg("blocks"),
            py::arg("streamable") = std::vector<bool>(), py::arg("progress") = py::none(),
            py::arg("fp8") = std::vector<bool>(), py::arg("pin_rank") = std::vector<int>(),
-           "Packs each block's tensors into pinned host memory and re-points them there")
+           py::arg("names") = std::vector<std::vector<std::string>>(),
+           "Packs each block's tensors into pinned host memory and re-points them there; "
+           "names (per block, per tensor) are used in error messages")
       .def("register_block",
            [](Runtime& rt, const std::vector<at::Tensor>& tensors, bool streamable) {
              return rt.RegisterBlocks({tensors}, {streamable}, py::none())[0];
