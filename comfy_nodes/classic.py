@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from .nodes import SPECS, NodeSpec
 
-_TYPES = {"model": "MODEL", "clip": "CLIP", "any": "*"}
+class AnyType(str):
+    """The type of an input that takes any connection. ComfyUI before 0.8 has no "*"
+    wildcard in its prompt validation, which compares types with ``!=``: this string
+    is never unequal to another."""
+
+    def __ne__(self, other):
+        return False
+
+    __hash__ = str.__hash__
+
+
+_TYPES = {"model": "MODEL", "clip": "CLIP", "any": AnyType("*")}
 
 
 def _input(spec):

@@ -1,0 +1,422 @@
+"""PinStream loaded the way a ComfyUI server loads a custom node pack, and API-format
+prompts run through ComfyUI's own ``execution.validate_prompt`` + ``PromptExecutor``
+(the code behind ``POST /prompt``), in-process on the CPU.
+
+- The repository root goes through ``nodes.load_custom_node`` (async or sync,
+  depending on the ComfyUI version), so ``__init__.py``'s ``comfy_entrypoint`` (V3) or
+  ``NODE_CLASS_MAPPINGS`` (classic) is registered into ``nodes.NODE_CLASS_MAPPINGS``.
+  ``EmptyHunyuanLatentVideo`` comes from ``comfy_extras/nodes_hunyuan.py``, loaded the
+  way ``init_builtin_extra_nodes`` does.
+- One graph, Wan 2.1 T2V text-to-video: diffusion loader -> CLIPLoader(umt5, wan) ->
+  CLIPTextEncode x2 -> EmptyHunyuanLatentVideo -> KSampler (2 steps, fixed seed) ->
+  SaveLatent + PinStream Stats. The reference is the same graph with core's UNETLoader;
+  the latents are read back from the files SaveLatent wrote and compared bit for bit.
+- One executor serves several prompts, as in a server: a mode change on the PinStream
+  loader must re-execute it (and everything downstream) while the text encoding stays
+  cached; an interrupt during sampling must be reported as such, and the next prompt,
+  which reuses the cached PinStream model, must still equal core.
+- The classic node classes (what the pack registers on a ComfyUI without the V3 API)
+  go through the same executor too (budget mode), and the Stats node's "anything"
+  input must pass this ComfyUI's link type validation.
+
+Everything this module registers (node classes, loaded modules, the text encoder
+override, the output folder) is put back at the end.
+"""
+
+import asyncio
+import copy
+import gc
+import inspect
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+import harness
+
+ns = harness.load_comfyui()
+
+import checkpoints as ck
+import execution  # ComfyUI's executor (imports nodes, comfy_execution, comfy_api)
+import pipeline as pl
+import torch
+from safetensors.torch import load_file
+
+mm = ns.model_management
+nodes = ns.nodes
+REPO_ROOT = harness.REPO_ROOT
+
+PS_LOADER = "PinStreamLoadDiffusionModel"
+PS_IDS = {
+    PS_LOADER: "Load Diffusion Model (PinStream)",
+    "PinStreamLoadCheckpoint": "Load Checkpoint (PinStream)",
+    "PinStreamLoadCLIP": "Load CLIP (PinStream)",
+    "PinStreamLoadVAE": "Load VAE (PinStream)",
+    "PinStreamOffloadModel": "PinStream Offload (Model)",
+    "PinStreamOffloadCLIP": "PinStream Offload (CLIP)",
+    "PinStreamStats": "PinStream Stats",
+}
+CLIENT_ID = "pinstream-test-client"
+SEED, STEPS, CFG = 7, 2, 2.0
+
+
+# ---- ComfyUI plumbing ------------------------------------------------------------------------
+
+def _run(result):
+    """Await what ComfyUI returned when it is a coroutine (newer versions are async)."""
+    return asyncio.run(result) if inspect.iscoroutine(result) else result
+
+
+class FakeServer:
+    """What PromptExecutor and its progress handler use of server.PromptServer: the
+    client id, the last node id and send_sync (recorded here as (event, data))."""
+
+    def __init__(self):
+        self.client_id = None
+        self.last_node_id = None
+        self.last_prompt_id = None
+        self.sockets_metadata = {}
+        self.events = []
+
+    def send_sync(self, event, data, sid=None):
+        self.events.append((event, data))
+
+    def queue_updated(self):
+        pass
+
+    def of(self, event):
+        return [d for e, d in self.events if e == event]
+
+    def executed_nodes(self):
+        """Nodes that ran this prompt ("executing" is sent only for nodes not served from cache)."""
+        return [d["node"] for d in self.of("executing") if d.get("node") is not None]
+
+
+def new_executor():
+    server = FakeServer()
+    params = inspect.signature(execution.PromptExecutor.__init__).parameters
+    kw = {}
+    if "cache_type" in params and hasattr(execution, "CacheType"):
+        kw["cache_type"] = execution.CacheType.CLASSIC  # main.py's default
+    if "cache_args" in params:
+        kw["cache_args"] = {"lru": getattr(ns.args, "cache_lru", 0), "ram": getattr(ns.args, "cache_ram", 0)}
+    elif "cache_size" in params:
+        kw["cache_size"] = getattr(ns.args, "cache_lru", 0)
+    return execution.PromptExecutor(server, **kw), server
+
+
+def validate(prompt):
+    """execution.validate_prompt across versions: (prompt), (prompt_id, prompt) or
+    (prompt_id, prompt, partial_execution_list); sync or async. Returns (ok, error,
+    outputs, node_errors)."""
+    params = list(inspect.signature(execution.validate_prompt).parameters)
+    if params[0] == "prompt":
+        args = (prompt,)
+    elif len(params) >= 3:
+        args = (str(uuid.uuid4()), prompt, None)
+    else:
+        args = (str(uuid.uuid4()), prompt)
+    return _run(execution.validate_prompt(*args))
+
+
+def run_prompt(executor, server, prompt):
+    """What the server's prompt worker does with a queued, validated prompt."""
+    ok, error, outputs, node_errors = validate(prompt)
+    assert ok, (error, node_errors)
+    assert sorted(outputs) == sorted(k for k in ("7", "8") if k in prompt), outputs  # SaveLatent, PinStream Stats
+    server.events.clear()
+    prompt_id = str(uuid.uuid4())
+    if hasattr(executor, "execute_async"):
+        _run(executor.execute_async(prompt, prompt_id, {"client_id": CLIENT_ID}, outputs))
+    else:
+        executor.execute(prompt, prompt_id, {"client_id": CLIENT_ID}, outputs)
+    return prompt_id
+
+
+def saved_latent(executor, node_id="7"):
+    """The LATENT SaveLatent wrote, read back from the output folder it reported."""
+    import folder_paths
+
+    entries = executor.history_result["outputs"][node_id]["latents"]
+    assert len(entries) == 1, entries
+    e = entries[0]
+    path = Path(folder_paths.get_output_directory()) / e["subfolder"] / e["filename"]
+    return load_file(str(path))["latent_tensor"]
+
+
+def stats_text(executor, node_id="8"):
+    ui = executor.history_result["outputs"][node_id]
+    return "\n".join(str(t) for t in ui["text"])
+
+
+# ---- fixtures --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def files():
+    unet = ck.write_wan21_t2v()
+    te = ck.write_umt5_xxl()
+    harness.refresh_model_lists(ns)
+    return {"unet": pl._name_in(ns, "diffusion_models", unet), "te": pl._name_in(ns, "text_encoders", te)}
+
+
+@pytest.fixture(scope="module")
+def pack(files):
+    """Load PinStream (and core's nodes_hunyuan extra) with ComfyUI's custom node loader;
+    put ComfyUI's registries and sys.modules back afterwards."""
+    saved = {name: dict(getattr(nodes, name)) for name in
+             ("NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "LOADED_MODULE_DIRS", "EXTENSION_WEB_DIRS")
+             if isinstance(getattr(nodes, name, None), dict)}
+    modules_before = set(sys.modules)
+    try:
+        loaded = _run(nodes.load_custom_node(str(REPO_ROOT), module_parent="custom_nodes"))
+        extras = os.path.join(str(ns.root), "comfy_extras", "nodes_hunyuan.py")
+        extras_loaded = _run(nodes.load_custom_node(extras, module_parent="comfy_extras"))
+        module = sys.modules.get(str(REPO_ROOT).replace(".", "_x_"))
+        yield {"loaded": loaded, "extras_loaded": extras_loaded, "module": module}
+    finally:
+        for name, value in saved.items():
+            d = getattr(nodes, name)
+            d.clear()
+            d.update(value)
+        pack_prefix = str(REPO_ROOT).replace(".", "_x_")
+        for m in set(sys.modules) - modules_before:
+            if m == pack_prefix or m.startswith(pack_prefix + ".") or m.endswith("nodes_hunyuan"):
+                del sys.modules[m]
+        gc.collect()
+
+
+@pytest.fixture
+def tiny_umt5(monkeypatch):
+    """The tiny umt5 loads only with a config override (its sizes are not the real
+    ones). CLIPLoader passes its own model_options, so the override is merged in."""
+    orig = ns.sd.load_clip
+
+    def load_clip(*args, model_options=None, **kwargs):
+        opts = dict(model_options or {})
+        opts.update(copy.deepcopy(ck.UMT5_MODEL_OPTIONS))
+        return orig(*args, model_options=opts, **kwargs)
+
+    monkeypatch.setattr(ns.sd, "load_clip", load_clip)
+
+
+@pytest.fixture
+def output_dir(tmp_path):
+    import folder_paths
+
+    old = folder_paths.get_output_directory()
+    folder_paths.set_output_directory(str(tmp_path))
+    yield tmp_path
+    folder_paths.set_output_directory(old)
+
+
+@pytest.fixture
+def clean_models():
+    yield
+    mm.interrupt_current_processing(False)
+    mm.unload_all_models()
+    gc.collect()
+
+
+# ---- the graph -------------------------------------------------------------------------------
+
+def core_loader(files):
+    return {"class_type": "UNETLoader", "inputs": {"unet_name": files["unet"], "weight_dtype": "default"}}
+
+
+def ps_loader(files, mode, budget=0.0, prefetch=1):
+    return {"class_type": PS_LOADER, "inputs": {
+        "unet_name": files["unet"], "weight_dtype": "default", "mode": mode, "vram_budget_gb": budget,
+        "prefetch_blocks": prefetch, "pin_memory": True, "transfer_dtype": "auto"}}
+
+
+def wan_t2v_prompt(files, loader, prefix):
+    return {
+        "1": loader,
+        "2": {"class_type": "CLIPLoader", "inputs": {"clip_name": files["te"], "type": "wan"}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat sailing a small boat", "clip": ["2", 0]}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry, static", "clip": ["2", 0]}},
+        "5": {"class_type": "EmptyHunyuanLatentVideo",
+              "inputs": {"width": 32, "height": 32, "length": 5, "batch_size": 1}},
+        "6": {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "seed": SEED, "steps": STEPS, "cfg": CFG, "sampler_name": pl.SAMPLER,
+            "scheduler": pl.SCHEDULER, "positive": ["3", 0], "negative": ["4", 0], "latent_image": ["5", 0],
+            "denoise": 1.0}},
+        "7": {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": prefix}},
+        "8": {"class_type": "PinStreamStats", "inputs": {"anything": ["6", 0]}},
+    }
+
+
+def assert_succeeded(executor, server):
+    errors = server.of("execution_error")
+    assert executor.success and not errors, errors[:1]
+    assert server.of("execution_success"), [e for e, _ in server.events]
+
+
+def reference_latent(executor, server, files, stats=True):
+    prompt = wan_t2v_prompt(files, core_loader(files), "core")
+    if not stats:
+        del prompt["8"]
+    run_prompt(executor, server, prompt)
+    assert_succeeded(executor, server)
+    ref = saved_latent(executor)
+    assert ref.shape == (1, 16, 2, 4, 4) and torch.isfinite(ref).all() and ref.abs().sum() > 0
+    return ref
+
+
+def stats_line(text, unet_name):
+    lines = [ln for ln in text.splitlines() if ln.startswith(f"{unet_name}: ")]
+    assert lines, text
+    return lines[-1]
+
+
+# ---- tests -----------------------------------------------------------------------------------
+
+def test_comfyui_loader_registers_the_pack(pack):
+    assert pack["loaded"] is True, "nodes.load_custom_node refused the PinStream folder (see the log)"
+    assert pack["extras_loaded"] is True
+    module = pack["module"]
+    assert module is not None
+    from comfy_nodes import has_v3_api
+
+    exported = {k for k in ("comfy_entrypoint", "NODE_CLASS_MAPPINGS") if hasattr(module, k)}
+    assert exported == ({"comfy_entrypoint"} if has_v3_api() else {"NODE_CLASS_MAPPINGS"})
+    for node_id, display in PS_IDS.items():
+        cls = nodes.NODE_CLASS_MAPPINGS.get(node_id)
+        assert cls is not None, (node_id, sorted(k for k in nodes.NODE_CLASS_MAPPINGS if "PinStream" in k))
+        assert nodes.NODE_DISPLAY_NAME_MAPPINGS.get(node_id) == display
+        assert cls.RELATIVE_PYTHON_MODULE == f"custom_nodes.{REPO_ROOT.name}"
+        # registered from the copy the loader imported, not from the tests' own import
+        assert cls.__module__.startswith(str(REPO_ROOT).replace(".", "_x_")), cls.__module__
+        if has_v3_api():
+            assert cls.GET_SCHEMA().node_id == node_id
+    assert "EmptyHunyuanLatentVideo" in nodes.NODE_CLASS_MAPPINGS
+
+
+def test_prompt_equals_core_and_a_mode_change_reexecutes_the_loader(pack, files, tiny_umt5, output_dir,
+                                                                    clean_models):
+    executor, server = new_executor()
+    ref = reference_latent(executor, server, files)
+
+    # PinStream loader, sequential: text encoding and the empty latent come from the cache.
+    run_prompt(executor, server, wan_t2v_prompt(files, ps_loader(files, "sequential"), "ps_sequential"))
+    assert_succeeded(executor, server)
+    ran = server.executed_nodes()
+    assert {"1", "6", "7", "8"} <= set(ran) and not {"2", "3", "4", "5"} & set(ran), ran
+    out = saved_latent(executor)
+    assert torch.equal(out, ref), f"sequential: max diff {(out - ref).abs().max().item()}"
+    line = stats_line(stats_text(executor), files["unet"])
+    assert ": sequential (" in line, line
+    executed = {d["node"]: d["output"] for d in server.of("executed")}
+    assert "sequential" in str(executed["8"]["text"])  # the ui the browser gets
+
+    # Same graph, another mode: the loader's inputs changed, so it runs again, and so does
+    # everything downstream of it; nothing upstream of the sampler but the loader does.
+    run_prompt(executor, server, wan_t2v_prompt(files, ps_loader(files, "model_offload"), "ps_model_offload"))
+    assert_succeeded(executor, server)
+    ran = server.executed_nodes()
+    assert {"1", "6", "7", "8"} <= set(ran) and not {"2", "3", "4", "5"} & set(ran), ran
+    out = saved_latent(executor)
+    assert torch.equal(out, ref), f"model_offload: max diff {(out - ref).abs().max().item()}"
+    line = stats_line(stats_text(executor), files["unet"])
+    assert ": model_offload (" in line, line
+
+    # The identical prompt again: everything is served from the cache.
+    run_prompt(executor, server, wan_t2v_prompt(files, ps_loader(files, "model_offload"), "ps_model_offload"))
+    assert_succeeded(executor, server)
+    assert server.executed_nodes() == [], server.executed_nodes()
+
+
+def test_interrupt_during_sampling_then_next_prompt_equals_core(pack, files, tiny_umt5, output_dir, clean_models):
+    executor, server = new_executor()
+    ref = reference_latent(executor, server, files)
+    prompt = wan_t2v_prompt(files, ps_loader(files, "sequential", prefetch=2), "ps_interrupt")
+
+    # "Cancel" pressed while the third transformer block of the first step runs:
+    # POST /interrupt sets the flag (nodes.interrupt_processing); ComfyUI's next check of
+    # it raises (per op in 0.3.7x+, the progress hook in older versions) - done right here.
+    calls = {"n": 0, "fired": 0}
+
+    def interrupt(module, _args):
+        if type(module).__name__ != "WanAttentionBlock":
+            return
+        calls["n"] += 1
+        if calls["n"] == 3 and not calls["fired"]:
+            calls["fired"] += 1
+            nodes.interrupt_processing(True)
+            mm.throw_exception_if_processing_interrupted()
+
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(interrupt)
+    try:
+        run_prompt(executor, server, prompt)
+    finally:
+        hook.remove()
+    assert calls["fired"] == 1, calls
+    assert not executor.success
+    interrupted = server.of("execution_interrupted")
+    assert len(interrupted) == 1 and interrupted[0]["node_id"] == "6", server.events
+    assert not server.of("execution_error"), server.of("execution_error")[:1]
+    assert "7" not in executor.history_result["outputs"]
+
+    # The next prompt (the server clears the flag) reuses the cached PinStream model.
+    run_prompt(executor, server, prompt)
+    assert_succeeded(executor, server)
+    ran = server.executed_nodes()
+    assert "1" not in ran and {"6", "7", "8"} <= set(ran), ran
+    out = saved_latent(executor)
+    assert torch.equal(out, ref), f"after interrupt: max diff {(out - ref).abs().max().item()}"
+
+
+def _budget_gib(files):
+    """A budget that keeps the non-block part, the ring and about half of the other
+    blocks resident, the rest streamed (as test_nodes does)."""
+    import folder_paths
+
+    from pinstream.discovery import discover_blocks
+
+    core = pl.load_unet(ns, folder_paths.get_full_path_or_raise("diffusion_models", files["unet"]))
+    d = discover_blocks(core.model.diffusion_model, min_fraction=0.2)
+    ring = 2 * d.largest_block_bytes
+    rest = sum(d.block_bytes) - ring
+    del core
+    return (d.nonblock_bytes + ring + max(rest, 0) // 2 + 8192) / 1024**3
+
+
+def _classic_pack_classes(monkeypatch):
+    """Put the classic NODE_CLASS_MAPPINGS (what the pack registers on a ComfyUI without
+    the V3 API) of the copy ComfyUI loaded in place of the V3 classes, for one test."""
+    import importlib
+
+    classic = importlib.import_module(str(REPO_ROOT).replace(".", "_x_") + ".comfy_nodes.classic")
+    for node_id, cls in classic.NODE_CLASS_MAPPINGS.items():
+        monkeypatch.setitem(nodes.NODE_CLASS_MAPPINGS, node_id, cls)
+    assert not hasattr(nodes.NODE_CLASS_MAPPINGS[PS_LOADER], "GET_SCHEMA")
+
+
+def test_classic_node_classes_in_the_executor_budget_mode(pack, files, tiny_umt5, output_dir, clean_models,
+                                                          monkeypatch):
+    """The classic loader run by the executor in budget mode equals core, and its classic
+    {"ui", "result"} return reaches the history, the classic Stats node's included."""
+    _classic_pack_classes(monkeypatch)
+    budget = round(_budget_gib(files), 6)
+    executor, server = new_executor()
+    ref = reference_latent(executor, server, files, stats=False)
+    prompt = wan_t2v_prompt(files, ps_loader(files, "budget", budget=budget), "ps_budget")
+    run_prompt(executor, server, prompt)
+    assert_succeeded(executor, server)
+    out = saved_latent(executor)
+    assert torch.equal(out, ref), f"budget: max diff {(out - ref).abs().max().item()}"
+    loader_ui = executor.history_result["outputs"]["1"]["text"][0]
+    assert ": budget (" in loader_ui and " 0 streamed" not in loader_ui, loader_ui  # part of the model streams
+    assert ": budget (" in executor.history_result["outputs"]["8"]["text"][0]
+
+
+def test_classic_stats_node_accepts_any_connection(pack, files, monkeypatch):
+    _classic_pack_classes(monkeypatch)
+    prompt = wan_t2v_prompt(files, ps_loader(files, "sequential"), "unused")
+    ok, error, outputs, node_errors = validate(prompt)
+    assert ok and sorted(outputs) == ["7", "8"], (error, node_errors)
