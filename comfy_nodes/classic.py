@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .nodes import SPECS, NodeSpec
 
+
 class AnyType(str):
     """The type of an input that takes any connection. ComfyUI before 0.8 has no "*"
     wildcard in its prompt validation, which compares types with ``!=``: this string

@@ -69,7 +69,8 @@ class BlockDiscovery:
         return sum(self.block_bytes) / self.total_bytes if self.total_bytes else 0.0
 
 
-def _fmt(n: int) -> str:
+def format_bytes(n: int) -> str:
+    """n bytes in the largest unit that keeps it >= 1, two decimals (e.g. "1.50 GiB")."""
     for unit, div in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
         if n >= div:
             return f"{n / div:.2f} {unit}"
@@ -296,7 +297,7 @@ def discover_blocks(
                 parents.append(parent)
         bb, nonblock, total, shared, aliases = _account(module, block_names)
         share = sum(bb) / total if total else 0.0
-        msg = f"{mname}: {len(block_names)} explicitly named blocks hold {share:.1%} of {_fmt(total)}"
+        msg = f"{mname}: {len(block_names)} explicitly named blocks hold {share:.1%} of {format_bytes(total)}"
         if shared:
             msg += f"; {len(shared)} shared tensors stay resident"
         return BlockDiscovery(
@@ -336,7 +337,7 @@ def discover_blocks(
             empty_total,
             empty_total,
             f"{mname} has no repeated blocks (no ModuleList/Sequential of weight-holding blocks with at "
-            f"least {min_container_fraction:.0%} of its {_fmt(empty_total)}); it falls back to model_offload.",
+            f"least {min_container_fraction:.0%} of its {format_bytes(empty_total)}); it falls back to model_offload.",
         )
     bb, nonblock, total, shared, aliases = _account(module, block_names)
     share = sum(bb) / total if total else 0.0
@@ -349,13 +350,13 @@ def discover_blocks(
             total,
             total,
             f"{mname} has no repeated blocks holding most of its weights: {len(block_names)} candidate blocks in "
-            f"{where} hold {share:.1%} of {_fmt(total)} (< min_fraction {min_fraction:.0%})"
+            f"{where} hold {share:.1%} of {format_bytes(total)} (< min_fraction {min_fraction:.0%})"
             + (f", {len(shared)} of their tensors are shared and would stay resident" if shared else "")
             + "; it falls back to model_offload.",
         )
     msg = (
-        f"{mname}: {len(block_names)} blocks in {where} hold {share:.1%} of {_fmt(total)}; "
-        f"largest block {_fmt(max(bb))}, non-block part {_fmt(nonblock)}"
+        f"{mname}: {len(block_names)} blocks in {where} hold {share:.1%} of {format_bytes(total)}; "
+        f"largest block {format_bytes(max(bb))}, non-block part {format_bytes(nonblock)}"
     )
     if shared:
         msg += f"; {len(shared)} tensors shared across blocks stay resident: {', '.join(shared[:5])}"

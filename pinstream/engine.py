@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from . import modes as _modes
-from .discovery import BlockDiscovery, discover_blocks, storage_tensors
+from .discovery import BlockDiscovery, discover_blocks, format_bytes, storage_tensors
 from .native import load_native
 
 GIB = 1024**3
@@ -553,7 +553,8 @@ def _resolve_mode(mode, budget_gb, *, free_device_bytes, model_bytes, discovery:
     if name == "budget":
         if budget_gb is None:
             raise _modes.ModeError("mode 'budget' needs budget_gb (the VRAM budget in GiB, > 0)")
-        return ResolvedMode("budget", requested, f"budget {budget_gb:.2f} GiB requested", int(budget_gb * GIB), transfer)
+        budget = int(budget_gb * GIB)
+        return ResolvedMode("budget", requested, f"budget {format_bytes(budget)} requested", budget, transfer)
     if name in ("sequential", "budget") and not discovery.has_blocks:
         return ResolvedMode("model_offload", requested, discovery.message or "no repeated blocks", None, transfer)
     return ResolvedMode(name, requested, f"{name} requested", None, transfer)

@@ -11,13 +11,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import test_nodes as T  # noqa: E402  (its helpers: files, sampling, references)
-from test_nodes import tiny_text_encoder_configs  # noqa: E402,F401  (a fixture)
+import test_nodes as T  # its helpers: files, sampling, references
 
-from comfy_nodes import nodes as N  # noqa: E402
-from comfy_nodes import patcher as P  # noqa: E402
+from comfy_nodes import nodes as N
+from comfy_nodes import patcher as P
 
 ns, pl, mm = T.ns, T.pl, T.mm
+tiny_text_encoder_configs = T.tiny_text_encoder_configs  # a fixture of test_nodes, used here too
 KIND = "wan21_t2v"
 
 

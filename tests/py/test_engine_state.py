@@ -124,7 +124,7 @@ def test_state_dict_between_passes_does_not_alias_slots(prefetch, target):
 def test_load_state_dict_between_passes_every_mode(mode, kw, prefetch, target):
     """load_state_dict() after a pass lands in the host copy: the next passes, state_dict(),
     unload() and detach() all see the new values."""
-    engine, device = target
+    _engine, device = target
     x = torch.randn(2, D, device=device)
     new = _net(seed=1).to(device)
     new_sd = _clone_sd(new)
@@ -273,7 +273,7 @@ def test_keyboard_interrupt_inside_a_sequential_block(target):
 def test_model_built_under_inference_mode_offloaded_and_run_outside_it(mode, kw, target):
     """Inference tensors have no version counter; re-pointed, they stay inference tensors,
     so the model runs under no_grad and inference_mode, unloads and detaches."""
-    engine, device = target
+    _engine, device = target
     x = torch.randn(4, D, device=device)
     with torch.inference_mode():
         m = _net().to(device)
@@ -407,7 +407,7 @@ def test_two_threads_one_forward_at_a_time(target):
 @pytest.mark.parametrize("case", ["before_any_pass", "after_a_pass"])
 @pytest.mark.parametrize("mode,kw", [("sequential", {}), ("budget", "budget")])
 def test_dtype_conversion_while_offloaded_is_a_clear_error(case, mode, kw, target):
-    engine, device = target
+    _engine, device = target
     x = torch.randn(2, D, device=device)
     m = _net().to(device)
     with torch.no_grad():
