@@ -7,8 +7,12 @@
 #   --model FILE | --model-gb N   plan for this model (default: Wan 2.1 14B bf16)
 #   --vram-gb N | --no-gpu        plan for another GPU / no GPU (default: detected, or GPU_TIER)
 #   --ram-gb N, --other-models-gb N, --pinned-gb N, --platform linux|windows
+#   --comfyui-args "FLAGS"        ComfyUI flags of yours as one string
 # Anything else (or everything after --) is a ComfyUI flag of yours: it is checked
 # against ComfyUI's parser together with the recommended flags, then passed on.
+# --cuda-device N among them makes the plan use GPU N's VRAM.  When nvidia-smi is
+# installed but cannot read the GPU (driver error, [N/A]), nothing starts (exit 2):
+# pass --vram-gb N (or --no-gpu) rather than have ComfyUI started with --cpu.
 #
 # Environment: COMFYUI_DIR (ComfyUI folder), GPU_TIER, GPU_MEMORY_MODE (override the
 # mode), PYTHON (runs recommend; default python3), COMFYUI_PYTHON (runs ComfyUI;
@@ -33,10 +37,11 @@ while (($#)); do
       (($# >= 2)) || die "--comfyui needs a folder"
       COMFY_DIR="$2"; shift 2 ;;
     --comfyui=*) COMFY_DIR="${1#*=}"; shift ;;
-    --model | --model-gb | --vram-gb | --ram-gb | --other-models-gb | --pinned-gb | --platform)
+    --model | --model-gb | --vram-gb | --ram-gb | --other-models-gb | --pinned-gb | --platform | --comfyui-args)
       (($# >= 2)) || die "$1 needs a value"
       REC_ARGS+=("$1" "$2"); shift 2 ;;
-    --model=* | --model-gb=* | --vram-gb=* | --ram-gb=* | --other-models-gb=* | --pinned-gb=* | --platform=* | --no-gpu)
+    --model=* | --model-gb=* | --vram-gb=* | --ram-gb=* | --other-models-gb=* | --pinned-gb=* | --platform=* | \
+      --comfyui-args=* | --no-gpu)
       REC_ARGS+=("$1"); shift ;;
     --) shift; USER_ARGS+=("$@"); break ;;
     *) USER_ARGS+=("$1"); shift ;;

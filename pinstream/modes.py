@@ -116,6 +116,37 @@ class AutoChoice:
     reason: str
 
 
+def auto_reserve_bytes(free_device_bytes: int) -> int:
+    """Device memory auto keeps free: the larger of a fixed floor and a fraction of free."""
+    return max(AUTO_RESERVE_FLOOR_BYTES, int(AUTO_RESERVE_FRACTION * max(free_device_bytes, 0)))
+
+
+def auto_usable_bytes(free_device_bytes: int) -> int:
+    """Free device memory less the reserve."""
+    return max(0, free_device_bytes - auto_reserve_bytes(free_device_bytes))
+
+
+def activation_headroom_bytes(model_bytes: int) -> int:
+    """Device memory kept for activations beside the weights (15% of the model)."""
+    return int((AUTO_FULL_LOAD_HEADROOM - 1.0) * max(model_bytes, 0))
+
+
+def whole_model_fits(free_device_bytes: int, model_bytes: int) -> bool:
+    """True when the whole model plus activation headroom fits in the usable memory.
+
+    The test of full_load, and of model_offload too: it uploads the whole model while
+    the model runs.
+    """
+    return model_bytes * AUTO_FULL_LOAD_HEADROOM <= auto_usable_bytes(free_device_bytes)
+
+
+def auto_budget_bytes(free_device_bytes: int, model_bytes: int) -> int:
+    """The VRAM budget auto gives a model that does not fit whole: the usable memory less
+    the same activation headroom full_load keeps.  Below the model size whenever
+    full_load was refused (model * headroom > usable)."""
+    return max(0, auto_usable_bytes(free_device_bytes) - activation_headroom_bytes(model_bytes))
+
+
 def choose_auto(
     *,
     free_device_bytes: int,
@@ -128,32 +159,46 @@ def choose_auto(
 ) -> AutoChoice:
     """Decide full_load / budget / sequential / model_offload for one model.
 
-    * full_load when the model plus activation headroom fits in free memory less
-      the reserve;
-    * else budget, with the free memory less the reserve, when that budget holds
-      at least the streaming minimum plus one resident block;
+    * full_load when the model plus activation headroom (15% of the model) fits in free
+      memory less the reserve;
+    * else budget, with the free memory less the reserve less that same activation
+      headroom (so everything resident never leaves less room for activations than
+      full_load would), when that budget holds at least the streaming minimum plus one
+      resident block;
     * else sequential (streams every block);
-    * a model without repeated blocks cannot stream: model_offload.
+    * a model without repeated blocks cannot stream: model_offload, which uploads the
+      whole model while it runs; the reason then warns that it does not fit.
     """
     g = lambda b: f"{b / GIB:.2f} GiB"
-    reserve = max(AUTO_RESERVE_FLOOR_BYTES, int(AUTO_RESERVE_FRACTION * max(free_device_bytes, 0)))
-    usable = max(0, free_device_bytes - reserve)
+    reserve = auto_reserve_bytes(free_device_bytes)
+    usable = auto_usable_bytes(free_device_bytes)
+    headroom = activation_headroom_bytes(model_bytes)
     facts = f"free {g(free_device_bytes)}, reserve {g(reserve)}, model {g(model_bytes)}"
-    if model_bytes * AUTO_FULL_LOAD_HEADROOM <= usable:
+    if whole_model_fits(free_device_bytes, model_bytes):
         return AutoChoice("full_load", None, f"model fits: {facts}")
     if not has_blocks:
-        return AutoChoice("model_offload", None, f"model does not fit and has no repeated blocks to stream: {facts}")
+        return AutoChoice(
+            "model_offload",
+            None,
+            f"model does not fit and has no repeated blocks to stream: {facts}; warning: model_offload uploads "
+            f"the whole model ({g(model_bytes)}) while it runs, and it plus {g(headroom)} of activation headroom "
+            f"exceeds the usable {g(usable)}: expect out-of-memory errors",
+        )
     minimum = min_streaming_bytes(nonblock_bytes, largest_block_bytes, prefetch)
+    budget = auto_budget_bytes(free_device_bytes, model_bytes)
     ram_note = ""
     if host_ram_bytes is not None and host_ram_bytes < model_bytes:
         ram_note = f"; warning: host RAM {g(host_ram_bytes)} is below the model size, pinning will be partial"
-    if usable >= minimum + largest_block_bytes:
+    if budget >= minimum + largest_block_bytes:
         return AutoChoice(
-            "budget", int(usable), f"model does not fit, budget {g(usable)} keeps part resident: {facts}{ram_note}"
+            "budget",
+            int(budget),
+            f"model does not fit, budget {g(budget)} (usable {g(usable)} less {g(headroom)} of activation "
+            f"headroom) keeps part resident: {facts}{ram_note}",
         )
     return AutoChoice(
         "sequential",
         None,
-        f"model does not fit and free memory leaves no room for resident blocks "
-        f"(streaming minimum {g(minimum)}): {facts}{ram_note}",
+        f"model does not fit and free memory less {g(headroom)} of activation headroom leaves no room for "
+        f"resident blocks (streaming minimum {g(minimum)}): {facts}{ram_note}",
     )

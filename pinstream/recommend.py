@@ -4,8 +4,10 @@ mode for this machine (or another one), checked against the ComfyUI that will ru
 Steps:
 
 1. Machine.  GPU name, total and free VRAM (``nvidia-smi``, else torch; none means
-   CPU), system RAM and free RAM (psutil).  ``GPU_TIER`` plans for a RunPod tier;
-   ``--vram-gb`` / ``--ram-gb`` / ``--no-gpu`` plan for another machine.
+   CPU) of the GPU ComfyUI will use (its ``--cuda-device N`` when given), system RAM
+   and free RAM (psutil).  ``GPU_TIER`` plans for a RunPod tier; ``--vram-gb`` /
+   ``--ram-gb`` / ``--no-gpu`` plan for another machine.  An nvidia-smi that is
+   installed but fails is an error, not a CPU machine.
 2. Model.  ``--model FILE.safetensors`` (only the header is read) or ``--model-gb N``
    give real sizes; without them the plan assumes Wan 2.1 14B bf16, the large video
    model the seed's GPU_MEMORY_MODE is about.
@@ -17,10 +19,13 @@ Steps:
    checked against the argument parser of the target ComfyUI (run in a subprocess,
    nothing else of ComfyUI is imported).  Flags ComfyUI does not accept are replaced
    by their working equivalent or dropped, with a warning naming them.  Without a
-   ComfyUI a built-in table is used, and the output says so.
+   ComfyUI a built-in table of what every supported release (0.3.64 on) accepts is
+   used, and the output says so; flags only newer releases accept are kept with a
+   warning naming the release that rejects them.
 
 "GB" in this module means GiB (1024**3 bytes), as in ComfyUI's ``--reserve-vram``.
-Bad input (unknown tier or mode, sizes <= 0 or NaN, a corrupt model file) exits 2
+Bad input (unknown tier or mode, sizes <= 0, NaN or above a million GB, unbalanced
+quotes in --comfyui-args, a corrupt model file, a GPU nvidia-smi cannot read) exits 2
 with one clear line, never a traceback.
 """
 
@@ -43,6 +48,9 @@ from pinstream.safetensors_header import SafetensorsError, summarize_file
 
 GIB = modes.GIB
 EXIT_BAD_INPUT = 2
+# Largest size a GB option takes (a million GB): far above any real machine or model,
+# small enough that byte counts stay exact integers.
+MAX_GB = 1e6
 
 # --------------------------------------------------------------------------- tiers
 
@@ -188,14 +196,26 @@ FOREIGN_FLAGS = {
 }
 
 
-def _flags(names, group=None, nargs=0, choices=None) -> dict:
-    return {n: {"nargs": nargs, "choices": choices, "group": group} for n in names}
+def _flags(names, group=None, nargs=0, choices=None, added=None, value_added=None) -> dict:
+    spec = {"nargs": nargs, "choices": choices, "group": group}
+    if added:
+        spec["added"] = added
+    if value_added:
+        spec["value_added"] = value_added
+    return {n: dict(spec) for n in names}
 
 
-# Built-in table, used when no ComfyUI is found: flags every ComfyUI from v0.3 to the
-# newest accepts (ComfyUI 0.3.75 cli_args.py, checked against the newest release).
-# --normalvram is left out on purpose: the newest ComfyUI rejects it and it only
-# restates the default.  Flags missing here pass through unchecked.
+# The oldest ComfyUI PinStream supports, and a newer release checked to have what it lacks.
+OLDEST_COMFYUI = "0.3.64"
+NEWER_COMFYUI = "0.3.75"
+_ADDED = f"ComfyUI {OLDEST_COMFYUI} does not have it (releases after it do, e.g. {NEWER_COMFYUI})"
+
+# Built-in table, used when no ComfyUI is found: flags and values that every supported
+# ComfyUI accepts (the cli_args.py of 0.3.64, 0.3.75 and 0.8.0), with their nargs and
+# choices.  Flags and value forms only newer releases accept are marked ``added`` /
+# ``value_added``: they are kept, with a warning naming the oldest release that rejects
+# them.  --normalvram is left out on purpose: the newest ComfyUI rejects it and it only
+# restates the default.  Flags missing here pass through unchecked, with a note.
 BUILTIN_FLAGS: dict = {}
 BUILTIN_FLAGS.update(_flags(["--gpu-only", "--highvram", "--lowvram", "--novram", "--cpu"], "vram"))
 BUILTIN_FLAGS.update(_flags(["--force-fp32", "--force-fp16"], "fp"))
@@ -214,7 +234,7 @@ BUILTIN_FLAGS.update(
 )
 BUILTIN_FLAGS.update(_flags(["--cache-classic", "--cache-none"], "cache"))
 BUILTIN_FLAGS.update(_flags(["--cache-lru"], "cache", nargs=None))
-BUILTIN_FLAGS.update(_flags(["--cache-ram"], "cache", nargs="?"))
+BUILTIN_FLAGS.update(_flags(["--cache-ram"], "cache", nargs="?", added=_ADDED))
 BUILTIN_FLAGS.update(
     _flags(
         [
@@ -234,9 +254,7 @@ BUILTIN_FLAGS.update(
         [
             "--cpu-vae",
             "--disable-xformers",
-            "--disable-async-offload",
             "--disable-smart-memory",
-            "--disable-pinned-memory",
             "--disable-mmap",
             "--mmap-torch-files",
             "--force-channels-last",
@@ -276,17 +294,30 @@ BUILTIN_FLAGS.update(
             "--tls-certfile",
             "--max-upload-size",
             "--oneapi-device-selector",
-            "--default-hashing-function",
             "--comfy-api-base",
             "--database-url",
         ],
         nargs=None,
     )
 )
-BUILTIN_FLAGS.update(_flags(["--listen", "--enable-cors-header", "--async-offload", "--directml"], nargs="?"))
-BUILTIN_FLAGS.update(_flags(["--fast", "--verbose"], nargs="*"))
+BUILTIN_FLAGS.update(_flags(["--disable-async-offload", "--disable-pinned-memory"], added=_ADDED))
+BUILTIN_FLAGS.update(_flags(["--listen", "--enable-cors-header", "--directml"], nargs="?"))
+# 0.3.64: --async-offload takes no value; later releases take an optional stream count.
+BUILTIN_FLAGS.update(
+    _flags(
+        ["--async-offload"],
+        nargs="?",
+        value_added=(
+            f"ComfyUI {OLDEST_COMFYUI} takes --async-offload without a value (a stream count needs a later "
+            f"release, e.g. {NEWER_COMFYUI})"
+        ),
+    )
+)
+BUILTIN_FLAGS.update(_flags(["--fast"], nargs="*"))
+BUILTIN_FLAGS.update(_flags(["--verbose"], nargs="?", choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]))
 BUILTIN_FLAGS.update(_flags(["--extra-model-paths-config", "--whitelist-custom-nodes"], nargs="+"))
 BUILTIN_FLAGS.update(_flags(["--preview-method"], nargs=None, choices=["none", "auto", "latent2rgb", "taesd"]))
+BUILTIN_FLAGS.update(_flags(["--default-hashing-function"], nargs=None, choices=["md5", "sha1", "sha256", "sha512"]))
 
 
 # Run in a subprocess with the ComfyUI root as argv[1]: loads comfy/options.py and
@@ -528,6 +559,12 @@ def validate_flags(candidates: list, table: dict | None, where: str) -> tuple[li
         if problem:
             warnings.append(f"{it.flag} ({it.origin}) dropped: it {problem}")
             continue
+        newer = table[name].get("added") or (table[name].get("value_added") if it.values else None)
+        if newer:
+            warnings.append(
+                f"{it.flag} ({it.origin}) kept, but {newer}: an older ComfyUI stops at start-up with "
+                f"'unrecognized arguments'; pass --comfyui PATH to check against yours"
+            )
         kept.append(it)
 
     # Mutually exclusive groups and repeats: the later flag wins.
@@ -603,49 +640,102 @@ class GpuInfo:
     source: str
 
 
-def _nvidia_smi() -> GpuInfo | None:
+class GpuDetectError(RuntimeError):
+    """nvidia-smi is installed but could not report the GPU."""
+
+
+def _nvidia_smi(device: int | None = None) -> GpuInfo | None:
+    """The GPU ComfyUI will use, from nvidia-smi; None when nvidia-smi is not installed
+    or no GPU is visible.  Raises GpuDetectError when nvidia-smi runs but fails.
+
+    ``device``: ComfyUI's ``--cuda-device N`` (or ``--default-device N``).  ComfyUI's
+    main.py then sets CUDA_VISIBLE_DEVICES to N itself, replacing any value it had, so N
+    is queried as is.  Without it, ComfyUI uses the first GPU of CUDA_VISIBLE_DEVICES.
+    """
     exe = shutil.which("nvidia-smi")
     if not exe:
         return None
     cmd = [exe, "--query-gpu=name,memory.total,memory.free", "--format=csv,noheader,nounits"]
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
+    if device is not None:
+        cmd += ["-i", str(device)]
+    elif visible is not None:
         first = visible.split(",")[0].strip()
         if not first or first.startswith("-"):
             return None
         cmd += ["-i", first]
+    which = f"GPU {cmd[-1]}" if cmd[-2] == "-i" else "the GPU"
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise GpuDetectError(f"nvidia-smi could not run: {e}") from None
     if out.returncode != 0:
-        return None
+        if "No devices were found" in out.stdout + out.stderr:
+            return None  # the driver answers and there is no GPU: a CPU machine
+        tail = ((out.stdout + out.stderr).strip().splitlines() or ["no output"])[-1].strip()
+        raise GpuDetectError(f"nvidia-smi failed for {which} (exit {out.returncode}: {tail})")
     for line in out.stdout.splitlines():
         parts = [p.strip() for p in line.split(",")]
         if len(parts) == 3:
             try:
                 total_mib, free_mib = float(parts[1]), float(parts[2])
             except ValueError:
-                return None
+                raise GpuDetectError(f"nvidia-smi reported no memory size for {which} ({line.strip()!r})") from None
             return GpuInfo(parts[0], total_mib / 1024, free_mib / 1024, "nvidia-smi")
-    return None
+    raise GpuDetectError(f"nvidia-smi printed no GPU line for {which} ({out.stdout.strip()[:200]!r})")
 
 
-def _torch_gpu() -> GpuInfo | None:
+def _torch_gpu(device: int | None = None) -> GpuInfo | None:
     try:
         import torch
 
         if not torch.cuda.is_available():
             return None
-        free, total = torch.cuda.mem_get_info(0)
-        return GpuInfo(torch.cuda.get_device_name(0), total / GIB, free / GIB, "torch")
+        index = 0
+        # ComfyUI makes GPU N the only visible one; this process sees the same
+        # numbering only while CUDA_VISIBLE_DEVICES is unset.
+        if device is not None and os.environ.get("CUDA_VISIBLE_DEVICES") is None:
+            if device >= torch.cuda.device_count():
+                return None
+            index = device
+        free, total = torch.cuda.mem_get_info(index)
+        return GpuInfo(torch.cuda.get_device_name(index), total / GIB, free / GIB, "torch")
     except Exception:  # noqa: BLE001 - any failure means no usable GPU
         return None
 
 
-def detect_gpu() -> GpuInfo | None:
-    """The first visible GPU, or None (the plan is then for the CPU)."""
-    return _nvidia_smi() or _torch_gpu()
+def detect_gpu(device: int | None = None) -> GpuInfo | None:
+    """The GPU ComfyUI will use (``device``: its --cuda-device), or None (the plan is
+    then for the CPU).
+
+    Raises GpuDetectError when nvidia-smi is installed but fails and torch finds no GPU
+    either: a GPU machine whose GPU cannot be read must not be planned as a CPU one.
+    """
+    try:
+        found = _nvidia_smi(device)
+    except GpuDetectError as e:
+        found = _torch_gpu(device)
+        if found is None:
+            raise
+        found.source = f"torch ({e})"
+        return found
+    return found or _torch_gpu(device)
+
+
+def comfyui_device(tokens: list) -> int | None:
+    """The GPU index ComfyUI's --cuda-device (else --default-device) picks, or None."""
+    values: dict = {}
+    for i, tok in enumerate(tokens):
+        for flag in ("--cuda-device", "--default-device"):
+            if tok == flag and i + 1 < len(tokens):
+                values[flag] = tokens[i + 1]
+            elif tok.startswith(flag + "="):
+                values[flag] = tok.split("=", 1)[1]
+    for flag in ("--cuda-device", "--default-device"):  # ComfyUI applies --cuda-device last
+        v = values.get(flag, "").strip()
+        if v.isdigit():
+            return int(v)
+    return None
 
 
 def detect_ram() -> tuple[float, float | None]:
@@ -698,12 +788,19 @@ class Machine:
 
 
 def resolve_machine(
-    *, vram_gb=None, ram_gb=None, no_gpu=False, platform=None, detect_gpu_fn=None, detect_ram_fn=None
+    *, vram_gb=None, ram_gb=None, no_gpu=False, platform=None, detect_gpu_fn=None, detect_ram_fn=None, device=None
 ) -> Machine:
-    detect_gpu_fn = detect_gpu_fn or detect_gpu
+    """``device``: the GPU index of ComfyUI's --cuda-device / --default-device, if any."""
+    if detect_gpu_fn is None:
+
+        def detect_gpu_fn():
+            return detect_gpu(device)
+
     detect_ram_fn = detect_ram_fn or detect_ram
     warnings: list = []
     notes: list = []
+    if device is not None:
+        notes.append(f"ComfyUI is told to use GPU {device} (--cuda-device/--default-device): planning for that GPU")
     tier_env = env_tier()  # validated even when overridden
     gpu: GpuInfo | None
     if no_gpu:
@@ -718,10 +815,15 @@ def resolve_machine(
             warnings.append(f"GPU_TIER={tier_env} ignored: --vram-gb {vram_gb:g} given")
     elif tier_env:
         nominal = float(TIERS[tier_env])
-        found = detect_gpu_fn()
+        try:
+            found, failed = detect_gpu_fn(), None
+        except GpuDetectError as e:
+            found, failed = None, e
+            warnings.append(f"{e}; planning for GPU_TIER={tier_env} with all of its VRAM assumed free")
         if found is None:
             gpu = GpuInfo(f"{tier_env} (GPU_TIER)", nominal, nominal, "GPU_TIER")
-            notes.append(f"planning for GPU_TIER={tier_env} ({nominal:g} GB); no GPU detected on this machine")
+            if failed is None:
+                notes.append(f"planning for GPU_TIER={tier_env} ({nominal:g} GB); no GPU detected on this machine")
         else:
             gpu = GpuInfo(found.name, nominal, min(nominal, found.free_vram_gb), "GPU_TIER")
             if tier_for_vram(found.vram_gb) != tier_env:
@@ -730,9 +832,18 @@ def resolve_machine(
                     f"{found.vram_gb:.1f} GB: planning for GPU_TIER"
                 )
     else:
-        gpu = detect_gpu_fn()
+        try:
+            gpu = detect_gpu_fn()
+        except GpuDetectError as e:
+            # Planning for the CPU here would start ComfyUI with --cpu on a GPU machine.
+            raise RecommendError(
+                f"{e}, and torch found no GPU either: cannot tell this machine's VRAM. Fix the driver, or "
+                f"pass --vram-gb N (or set GPU_TIER) to plan for the GPU, or --no-gpu to plan for the CPU"
+            ) from None
         if gpu is None:
             notes.append("no GPU detected (nvidia-smi, torch): planning for the CPU")
+        elif gpu.source.startswith("torch ("):
+            warnings.append(f"{gpu.source[len('torch (') : -1]}; VRAM read through torch instead")
     if ram_gb is not None:
         ram, free_ram = float(ram_gb), None
         notes.append("system RAM from --ram-gb")
@@ -760,6 +871,7 @@ class ModelProfile:
     block_count: int
     companion_bytes: int = 0
     workload: str = "video"  # seed RAM table row: sd15, sdxl or video
+    dtype_bytes: dict | None = None  # safetensors dtype -> bytes; None: unknown (--model-gb)
 
     @property
     def has_blocks(self) -> bool:
@@ -781,6 +893,7 @@ def assumed_model() -> ModelProfile:
         block_count=WAN14B_BLOCKS,
         companion_bytes=WAN14B_COMPANION_BYTES,
         workload="video",
+        dtype_bytes={"BF16": WAN14B_BLOCKS * WAN14B_BLOCK_BYTES + WAN14B_NONBLOCK_BYTES},
     )
 
 
@@ -813,6 +926,7 @@ def model_from_file(path: str, other_bytes: int = 0) -> ModelProfile:
         block_count=sizes.block_count,
         companion_bytes=other_bytes,
         workload=workload_for_bytes(sizes.total_bytes),
+        dtype_bytes=dict(sizes.dtypes),
     )
 
 
@@ -835,6 +949,54 @@ class Plan:
 
 def _gb(b: float) -> str:
     return f"{b / GIB:.1f} GB"
+
+
+# ComfyUI on the CPU (--cpu, or no GPU) computes the diffusion model in fp32: its
+# should_use_fp16 / should_use_bf16 are False for a CPU device, so 16-bit weights are
+# stored upcast to fp32 (twice their bytes).  fp8 weights stay fp8 only when the model
+# is too large for RAM (unet_dtype: params x 2 bytes above 88% of RAM less ComfyUI's
+# ~1.2 GB minimum inference memory); otherwise they become fp32 too (four times).
+CPU_UPCAST = {"F16": 2, "BF16": 2, "F8_E4M3": 4, "F8_E5M2": 4}
+FP8_DTYPES = ("F8_E4M3", "F8_E5M2")
+CPU_WEIGHT_RAM_SHARE = 0.88
+CPU_MIN_INFERENCE_GB = 1.2
+
+
+def cpu_weight_bytes(model: ModelProfile, ram_gb: float) -> tuple[int, str]:
+    """RAM the diffusion model takes when ComfyUI runs it on the CPU, and a note saying why."""
+    if model.dtype_bytes is None:
+        host = 2 * model.total_bytes
+        return host, (
+            f"no GPU: ComfyUI runs the diffusion model in fp32 on the CPU (it uses fp16/bf16 only on a GPU); "
+            f"--model-gb gives no dtype, so 16-bit weights are assumed: {_gb(host)} of RAM for the "
+            f"{_gb(model.total_bytes)} model (pass --model FILE for its real dtypes)"
+        )
+    elem = {"F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1}
+    params = sum(b // elem.get(dt, 4) for dt, b in model.dtype_bytes.items())
+    keep_fp8 = params * 2 > (CPU_WEIGHT_RAM_SHARE * ram_gb - CPU_MIN_INFERENCE_GB) * GIB
+    host = 0
+    for dt, b in model.dtype_bytes.items():
+        factor = CPU_UPCAST.get(dt, 1)
+        if dt in FP8_DTYPES and keep_fp8:
+            factor = 1
+        host += b * factor
+    parts = []
+    sixteen = sum(b for dt, b in model.dtype_bytes.items() if dt in ("F16", "BF16"))
+    fp8 = sum(b for dt, b in model.dtype_bytes.items() if dt in FP8_DTYPES)
+    if sixteen:
+        parts.append(f"its {_gb(sixteen)} of 16-bit weights count twice")
+    if fp8:
+        parts.append(
+            f"its {_gb(fp8)} of fp8 weights count once (ComfyUI keeps them fp8: in 16-bit the model would "
+            f"exceed {int(CPU_WEIGHT_RAM_SHARE * 100)}% of RAM)"
+            if keep_fp8
+            else f"its {_gb(fp8)} of fp8 weights count four times"
+        )
+    how = "; ".join(parts) if parts else "its weights count as stored"
+    return host, (
+        f"no GPU: ComfyUI runs the diffusion model in fp32 on the CPU (it uses fp16/bf16 only on a GPU), so "
+        f"{how}: {_gb(host)} of RAM for the {_gb(model.total_bytes)} model"
+    )
 
 
 def plan_mode(machine: Machine, model: ModelProfile, env_mode, pinned_gb: float | None = None) -> Plan:
@@ -861,25 +1023,34 @@ def plan_mode(machine: Machine, model: ModelProfile, env_mode, pinned_gb: float 
         if env_mode and env_mode[0] != "auto":
             mode, dtype = env_mode
             reason = f"GPU_MEMORY_MODE={os.environ.get('GPU_MEMORY_MODE', '').strip()} (auto would pick {auto.mode})"
-            reserve = max(modes.AUTO_RESERVE_FLOOR_BYTES, int(modes.AUTO_RESERVE_FRACTION * free))
-            usable = max(0, free - reserve)
-            if mode == "full_load" and model.total_bytes * modes.AUTO_FULL_LOAD_HEADROOM > usable:
-                warnings.append(
-                    f"GPU_MEMORY_MODE asks for full load but the model ({_gb(model.total_bytes)}) does not fit in "
-                    f"{_gb(usable)} of usable VRAM: expect out-of-memory errors (auto would pick {auto.mode})"
-                )
             if mode in ("budget", "sequential") and not model.has_blocks:
                 warnings.append(f"the model has no repeated blocks to stream; {mode} cannot work (auto: {auto.mode})")
             if mode == "budget":
                 minimum = modes.min_streaming_bytes(model.nonblock_bytes, model.largest_block_bytes, 1)
-                budget_bytes = usable
-                if usable < minimum:
+                budget_bytes = modes.auto_budget_bytes(free, model.total_bytes)
+                if budget_bytes < minimum:
                     warnings.append(
-                        f"budget {_gb(usable)} is below the streaming minimum {_gb(minimum)} "
+                        f"budget {_gb(budget_bytes)} is below the streaming minimum {_gb(minimum)} "
                         f"(non-block part + 2 x largest block {_gb(model.largest_block_bytes)})"
                     )
         else:
             mode, budget_bytes, reason = auto.mode, auto.budget_bytes, auto.reason
+        # full_load keeps the whole model on the GPU; model_offload uploads all of it while it runs.
+        if mode in ("full_load", "model_offload") and not modes.whole_model_fits(free, model.total_bytes):
+            usable = modes.auto_usable_bytes(free)
+            what = "full load" if mode == "full_load" else "model_offload, which uploads the whole model while it runs"
+            forced = bool(env_mode and env_mode[0] != "auto")
+            asked = "GPU_MEMORY_MODE asks for" if forced else "the plan is"
+            why = (
+                f"auto would pick {auto.mode}"
+                if forced
+                else "the model has no repeated blocks to stream; use a smaller or fp8 model, or a larger GPU"
+            )
+            warnings.append(
+                f"{asked} {what}, but the model ({_gb(model.total_bytes)}) plus "
+                f"{round((modes.AUTO_FULL_LOAD_HEADROOM - 1) * 100)}% activation headroom does not fit in "
+                f"{_gb(usable)} of usable VRAM: expect out-of-memory errors ({why})"
+            )
     budget_gb = None if budget_bytes is None else math.floor(budget_bytes / GIB * 10) / 10
     gmm = GPU_MEMORY_MODE_NAMES[(mode, dtype)]
     if mode == "budget":
@@ -896,8 +1067,9 @@ def plan_mode(machine: Machine, model: ModelProfile, env_mode, pinned_gb: float 
     # pointer swap back to that copy, not a device-to-host copy.
     streaming = mode in STREAMING_MODES
     if machine.gpu is None:
-        host_model = model.total_bytes
-        host_what = "weights in RAM"
+        host_model, cpu_note = cpu_weight_bytes(model, machine.ram_gb)
+        host_what = "weights in RAM, in fp32 on the CPU"
+        notes.append(cpu_note)
     else:
         host_model = int(pinned_gb * GIB) if pinned_gb else model.total_bytes
         host_what = "pinned by PinStream (engine figure, --pinned-gb)" if pinned_gb else "pinned by PinStream"
@@ -922,9 +1094,11 @@ def plan_mode(machine: Machine, model: ModelProfile, env_mode, pinned_gb: float 
     if machine.ram_gb < need:
         remedy = "use a smaller or fp8 model, close other programs, or add RAM"
         if machine.gpu is not None and not streaming:
-            remedy += (f"; or load this model with ComfyUI's own loader instead of PinStream's, which keeps no "
-                       f"host copy once the model is on the GPU (about {_gb(host_model)} less RAM; unloading "
-                       f"it then copies it back from the GPU)")
+            remedy += (
+                f"; or load this model with ComfyUI's own loader instead of PinStream's, which keeps no "
+                f"host copy once the model is on the GPU (about {_gb(host_model)} less RAM; unloading "
+                f"it then copies it back from the GPU)"
+            )
         warnings.append(
             f"system RAM {machine.ram_gb:.1f} GB is below the {need:g} GB this plan needs ({breakdown}): expect "
             f"swapping or an out-of-memory kill; {remedy}"
@@ -958,6 +1132,8 @@ def _positive(name: str, allow_zero: bool = False):
         if bad:
             limit = ">= 0" if allow_zero else "> 0"
             raise argparse.ArgumentTypeError(f"must be a finite number {limit} (GB), got {text!r}")
+        if value > MAX_GB:
+            raise argparse.ArgumentTypeError(f"must be at most {int(MAX_GB)} GB, got {text!r}")
         return value
 
     parse.__name__ = name
@@ -1001,7 +1177,14 @@ def build_parser() -> argparse.ArgumentParser:
         "replaces the estimate in the RAM figure",
     )
     p.add_argument("--comfyui", metavar="PATH", help="ComfyUI folder whose argument parser checks the flags")
-    p.add_argument("--comfyui-args", metavar="ARGS", default="", help="ComfyUI flags of your own, as one string")
+    p.add_argument(
+        "--comfyui-args",
+        metavar="ARGS",
+        default="",
+        help="ComfyUI flags of your own, as one string split like a shell line; the word after --comfyui-args is "
+        "always its value, even when it starts with '--' (--comfyui-args \"--lowvram --port 8189\"); "
+        '--comfyui-args="--lowvram ..." works too',
+    )
     p.add_argument("--platform", choices=("linux", "windows"), help="OS of the planned machine (pinning cap)")
     return p
 
@@ -1012,6 +1195,15 @@ def recommend(ns: argparse.Namespace, extra_args: list, *, detect_gpu_fn=None, d
         env_mode = modes.env_default_mode()
     except modes.ModeError as e:
         raise RecommendError(str(e)) from None
+    try:
+        user = shlex.split(ns.comfyui_args)
+    except ValueError as e:
+        raise RecommendError(
+            f"--comfyui-args {ns.comfyui_args!r} cannot be split into words ({e}); balance its quotes, "
+            f"or pass the flags after '--' instead"
+        ) from None
+    user += list(extra_args)
+    device = None if (ns.no_gpu or ns.vram_gb is not None) else comfyui_device(user)
     machine = resolve_machine(
         vram_gb=ns.vram_gb,
         ram_gb=ns.ram_gb,
@@ -1019,6 +1211,7 @@ def recommend(ns: argparse.Namespace, extra_args: list, *, detect_gpu_fn=None, d
         platform=ns.platform,
         detect_gpu_fn=detect_gpu_fn,
         detect_ram_fn=detect_ram_fn,
+        device=device,
     )
     warnings = list(machine.warnings)
     notes = list(machine.notes)
@@ -1046,7 +1239,6 @@ def recommend(ns: argparse.Namespace, extra_args: list, *, detect_gpu_fn=None, d
     notes.append(f"decision: {plan.reason}")
     notes.extend(plan.notes)
 
-    user = shlex.split(ns.comfyui_args) + list(extra_args)
     row = [t for t in SEED_FLAGS[machine.tier] if t not in SEED_FLAGS_LEFT_OUT]
     notes.extend(SEED_FLAGS_LEFT_OUT[t] for t in SEED_FLAGS[machine.tier] if t in SEED_FLAGS_LEFT_OUT)
     try:
@@ -1057,6 +1249,11 @@ def recommend(ns: argparse.Namespace, extra_args: list, *, detect_gpu_fn=None, d
         raise RecommendError(str(e)) from None
     warnings.extend(flags.warnings)
     notes.extend(flags.notes)
+    if device is not None and comfyui_device(flags.args) != device:
+        warnings.append(
+            f"planned for GPU {device} (your --cuda-device/--default-device), but that flag was dropped: "
+            f"ComfyUI will use its default GPU"
+        )
     warnings.extend(plan.warnings)
 
     gpu = machine.gpu
@@ -1138,6 +1335,21 @@ def format_shell(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _join_comfyui_args(argv: list) -> list:
+    """``--comfyui-args VALUE`` -> ``--comfyui-args=VALUE``: argparse would refuse a VALUE
+    that starts with '-' ("expected one argument"), and ComfyUI flags always do."""
+    out: list = []
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--comfyui-args" and i + 1 < len(argv):
+            out.append("--comfyui-args=" + argv[i + 1])
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv=None, *, detect_gpu_fn=None, detect_ram_fn=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--" in argv:
@@ -1145,6 +1357,7 @@ def main(argv=None, *, detect_gpu_fn=None, detect_ram_fn=None) -> int:
         argv, extra = argv[:cut], argv[cut + 1 :]
     else:
         extra = []
+    argv = _join_comfyui_args(argv)
     as_json = "--json" in argv
     try:
         try:

@@ -6,10 +6,11 @@ JSON mapping tensor names to ``{"dtype", "shape", "data_offsets": [begin, end]}`
 then the raw tensor bytes.
 
 From the header alone we learn every tensor's dtype, shape and byte size, and by
-grouping names into repeated blocks (Wan ``blocks.N.``, Flux ``double_blocks.N.``
-/ ``single_blocks.N.``, UNet ``input_blocks.N.`` / ``middle_block.`` /
-``output_blocks.N.``, T5 ``encoder.block.N.``, DiT ``transformer_blocks.N.``,
-behind any prefix such as ``model.diffusion_model.``) the three sizes the
+grouping names into repeated blocks (any ``blocks.N.`` / ``layers.N.`` list, bare
+or prefixed: Wan ``blocks.N.``, Flux ``double_blocks.N.`` / ``single_blocks.N.``, SD3
+``joint_blocks.N.``, HiDream ``double_stream_blocks.N.``, UNet ``input_blocks.N.`` /
+``output_blocks.N.``, DiT ``transformer_blocks.N.``; UNet ``middle_block.``, T5
+``encoder.block.N.``; behind any prefix such as ``model.diffusion_model.``) the three sizes the
 offload planner needs: total bytes, largest block bytes, non-block bytes.
 
 Every problem with the file raises :class:`SafetensorsError` whose message names
@@ -51,13 +52,17 @@ PACKED_DTYPES = ("F4", "F6_E2M3", "F6_E3M2")
 # The safetensors reference implementation refuses headers above 100 MB.
 MAX_HEADER_BYTES = 100_000_000
 
-# Leftmost match wins, so ``input_blocks.4.1.transformer_blocks.0.`` groups as
-# ``input_blocks.4``.  ``(?:^|\.)`` keeps ``blocks`` from matching inside
-# ``double_blocks`` or ``vace_blocks``.
+# A block group is any ``blocks`` / ``layers`` list, bare or with a word prefix joined
+# by ``_``: Wan ``blocks.N``, FLUX ``double_blocks.N`` / ``single_blocks.N``, SD3
+# ``joint_blocks.N``, HiDream ``double_stream_blocks.N`` / ``single_stream_blocks.N``,
+# UNet ``input_blocks.N`` / ``output_blocks.N``, DiT ``transformer_blocks.N``, Wan VACE
+# ``vace_blocks.N``, text encoders' ``layers.N``; plus UNet ``middle_block`` and T5
+# ``encoder.block.N``.  The engine streams all of them (any ModuleList of composite
+# blocks).  Leftmost match wins, so ``input_blocks.4.1.transformer_blocks.0.`` groups as
+# ``input_blocks.4``; ``(?:^|\.)`` anchors the group name at a name boundary.
 _BLOCK_RE = re.compile(
     r"(?:^|\.)("
-    r"(?:double_blocks|single_blocks|single_transformer_blocks|transformer_blocks"
-    r"|input_blocks|output_blocks|blocks)\.\d+"
+    r"(?:\w+_)?(?:blocks|layers)\.\d+"
     r"|middle_block"
     r"|encoder\.block\.\d+"
     r")\."

@@ -183,7 +183,18 @@ def wan_like(n_blocks=4, dim=64, prefix="model.diffusion_model.") -> dict:
         ("transformer_blocks.5.attn.to_k.weight", "transformer_blocks.5"),
         ("model.diffusion_model.patch_embedding.weight", None),
         ("encoder.final_layer_norm.weight", None),
-        ("vace_blocks.0.after_proj.weight", None),  # not a Wan main block
+        # Any (prefix_)blocks.N / layers.N list is a block group, as the engine streams it.
+        ("vace_blocks.0.after_proj.weight", "vace_blocks.0"),
+        ("model.diffusion_model.joint_blocks.23.x_block.attn.qkv.weight", "model.diffusion_model.joint_blocks.23"),
+        ("double_stream_blocks.3.block.attn1.to_q.weight", "double_stream_blocks.3"),
+        (
+            "model.diffusion_model.single_stream_blocks.31.block.ff_i.w1.weight",
+            "model.diffusion_model.single_stream_blocks.31",
+        ),
+        ("single_transformer_blocks.7.proj_out.weight", "single_transformer_blocks.7"),
+        ("text_model.encoder.layers.11.mlp.fc1.weight", "text_model.encoder.layers.11"),
+        ("model.diffusion_model.joint_blocks_extra.weight", None),
+        ("myblocks.3.weight", None),
         ("first_stage_model.encoder.down.0.block.1.conv1.weight", None),
     ],
 )
@@ -294,12 +305,14 @@ def test_truncated_copy_of_a_good_file(tmp_path):
 
 # VRAM -> (tier, built-in-table flags, mode, budget GB, GPU_MEMORY_MODE), for the assumed
 # Wan 2.1 14B bf16 (26.6 GB; streaming minimum 0.43 + 2 x 0.65 GB).
+# The budget is the usable VRAM (free less the reserve) less full_load's activation
+# headroom (15% of the model, 3.99 GB); 6 GB leaves too little for a resident block.
 VRAM_TABLE = {
-    6: ("BELOW_CONSUMER_8GB", LOW_ROW, "budget", 5.0, "sequential_cpu_offload"),
-    8: ("CONSUMER_8GB", LOW_ROW, "budget", 7.0, "sequential_cpu_offload"),
-    12: ("CONSUMER_12GB", [], "budget", 10.8, "sequential_cpu_offload"),
-    16: ("CONSUMER_12GB", [], "budget", 14.4, "sequential_cpu_offload"),
-    24: ("PROSUMER_24GB", [], "budget", 21.6, "sequential_cpu_offload"),
+    6: ("BELOW_CONSUMER_8GB", LOW_ROW, "sequential", None, "sequential_cpu_offload"),
+    8: ("CONSUMER_8GB", LOW_ROW, "budget", 3.0, "sequential_cpu_offload"),
+    12: ("CONSUMER_12GB", [], "budget", 6.8, "sequential_cpu_offload"),
+    16: ("CONSUMER_12GB", [], "budget", 10.4, "sequential_cpu_offload"),
+    24: ("PROSUMER_24GB", [], "budget", 17.6, "sequential_cpu_offload"),
     48: ("PROSUMER_48GB", [], "full_load", None, "model_full_load"),
     80: ("DATACENTER_80GB", [], "full_load", None, "model_full_load"),
 }
@@ -581,7 +594,8 @@ def test_detected_gpu_uses_free_vram(capsys):
     r = ok(["--json"], capsys, gpu=busy, ram=fixed_ram(64.0, 50.0))
     assert r["tier"] == "PROSUMER_24GB"
     assert r["gpu"] == {"name": "NVIDIA RTX 4090", "vram_gb": 23.99, "free_vram_gb": 20.0}
-    assert r["pinstream"] == {"mode": "budget", "budget_gb": 18.0}  # 20 GB free less the 10% reserve
+    # 20 GB free less the 10% reserve (18 GB) less 15% of the 26.6 GB model for activations
+    assert r["pinstream"] == {"mode": "budget", "budget_gb": 14.0}
     assert r["free_ram_gb"] == 50.0
     assert has_warning(r, "only 50.0 GB of the 64.0 GB RAM is free")
 
@@ -594,7 +608,9 @@ def test_no_gpu(argv, capsys):
     assert r["comfyui_args"] == ["--cpu"]
     assert r["pinstream"] == {"mode": "full_load", "budget_gb": None}
     assert r["gpu_memory_mode"] == "model_full_load"
-    assert r["ram_needed_gb"] == 64
+    # ComfyUI runs the model in fp32 on the CPU: 4 + 2 x 26.6 (bf16 upcast) + 10.9 GB
+    assert r["ram_needed_gb"] == 69
+    assert any("fp32" in n and "16-bit weights count twice" in n and "53.2 GB" in n for n in r["notes"])
     assert has_warning(r, "no GPU", "very slow")
 
 
@@ -611,6 +627,10 @@ def test_nvidia_smi_detection(tmp_path, monkeypatch):
     rec._nvidia_smi()
     assert "-i 1" in (tmp_path / "args").read_text()
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert rec._nvidia_smi() is None
+    # nvidia-smi installed, no GPU at all: a CPU machine, not a failure.
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    smi.write_text("#!/bin/sh\necho 'No devices were found'\nexit 6\n")
     assert rec._nvidia_smi() is None
 
 
@@ -643,7 +663,7 @@ def test_model_gb_planning(capsys):
     assert r["model"]["largest_block_gb"] == pytest.approx(10 * 0.95 / 40, abs=1e-3)
 
     r = ok(["--vram-gb", "24", "--ram-gb", "32", "--model-gb", "40", "--json"], capsys)
-    assert r["pinstream"] == {"mode": "budget", "budget_gb": 21.6}
+    assert r["pinstream"] == {"mode": "budget", "budget_gb": 15.6}  # 21.6 usable less 15% of 40
     assert r["ram_needed_gb"] == 44  # 4 GB system + 40 GB pinned
     assert has_warning(r, "system RAM 32.0 GB is below the 44 GB")
 
@@ -705,7 +725,8 @@ def test_gpu_memory_mode_env_overrides(env, mode, gmm, monkeypatch, capsys):
     r = ok(["--vram-gb", "8", "--ram-gb", "64", "--json"], capsys)
     assert r["pinstream"]["mode"] == mode
     assert r["gpu_memory_mode"] == gmm
-    assert has_warning(r, "does not fit") == (mode == "full_load")
+    # full_load and model_offload both need the whole 26.6 GB model on the 8 GB GPU.
+    assert has_warning(r, "does not fit") == (mode in ("full_load", "model_offload"))
 
 
 def test_text_and_shell_output(capsys):
@@ -713,7 +734,7 @@ def test_text_and_shell_output(capsys):
     assert rc == 0
     assert "COMFYUI_ARGS='--lowvram --cpu-vae --preview-method auto'" in out
     assert "GPU_MEMORY_MODE=sequential_cpu_offload" in out
-    assert "PinStream mode: budget, budget 7.0 GB" in out
+    assert "PinStream mode: budget, budget 3.0 GB" in out
     assert "RAM needed: 64 GB" in out
     assert "Wan 2.1 14B bf16 (assumed)" in out
 
@@ -762,6 +783,13 @@ BAD_INPUTS = [
     ({}, ["--comfyui", "/"], "--comfyui '/' is not a ComfyUI folder"),
     ({"COMFYUI_PATH": "/"}, [], "COMFYUI_PATH='/' is not a ComfyUI folder"),
     ({}, ["--unknown-option"], "unrecognized arguments: --unknown-option"),
+    # Sizes too large to be real (int(x * GIB) would overflow) are refused.
+    ({}, ["--vram-gb", "1e308"], "--vram-gb: must be at most 1000000 GB, got '1e308'"),
+    ({}, ["--ram-gb", "1e308"], "--ram-gb: must be at most 1000000 GB"),
+    ({}, ["--model-gb", "1e308"], "--model-gb: must be at most 1000000 GB"),
+    ({}, ["--other-models-gb", "1e308"], "--other-models-gb: must be at most 1000000 GB"),
+    ({}, ["--pinned-gb", "2e6"], "--pinned-gb: must be at most 1000000 GB"),
+    ({}, ["--comfyui-args", "--port '81"], "cannot be split into words (No closing quotation)"),
 ]
 
 
@@ -816,3 +844,333 @@ def test_cli_args_probe_script_is_self_contained():
     # The probe runs with `python -I`: it must not need this package on sys.path.
     assert "pinstream" not in rec._PARSER_PROBE
     assert textwrap.dedent(rec._PARSER_PROBE) == rec._PARSER_PROBE
+
+
+# =========================================================================== fixes
+
+
+def test_huge_sizes_exit_2_without_traceback_process_level():
+    env = {k: v for k, v in os.environ.items() if k not in ("GPU_TIER", "GPU_MEMORY_MODE", "COMFYUI_PATH")}
+    env["PYTHONPATH"] = str(ROOT)
+    for argv in (["--vram-gb", "1e308"], ["--vram-gb", "8", "--ram-gb", "1e308"], ["--model-gb", "1e308"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "pinstream.recommend", *argv],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr and "must be at most 1000000 GB" in proc.stderr
+    # The limit itself is accepted.
+    proc = subprocess.run(
+        [sys.executable, "-m", "pinstream.recommend", "--vram-gb", "8", "--ram-gb", "1000000", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_comfyui_args_value_starting_with_dashes(capsys):
+    # argparse alone refuses "--comfyui-args --lowvram" ("expected one argument").
+    r = ok(["--vram-gb", "24", "--ram-gb", "64", "--comfyui-args", "--lowvram --port 8189", "--json"], capsys)
+    assert r["comfyui_args"] == ["--lowvram", "--port", "8189"]
+    r = ok(["--vram-gb", "24", "--ram-gb", "64", "--comfyui-args=--cpu-vae", "--json"], capsys)
+    assert r["comfyui_args"] == ["--cpu-vae"]
+    r = ok(["--vram-gb", "24", "--ram-gb", "64", "--comfyui-args", "--port 1", "--json", "--", "--cpu-vae"], capsys)
+    assert r["comfyui_args"] == ["--port", "1", "--cpu-vae"]
+    rec.main(["--help"])
+    assert "--comfyui-args=" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "model_gb, free_gb",
+    [(13.3, 16), (20, 24), (26.6, 24), (26.6, 12), (40, 24), (10, 11.5)],
+)
+def test_auto_budget_keeps_full_load_headroom(model_gb, free_gb):
+    from pinstream import modes
+
+    model = int(model_gb * GIB)
+    block = int(model * 0.95 / 40)
+    c = modes.choose_auto(
+        free_device_bytes=int(free_gb * GIB),
+        model_bytes=model,
+        largest_block_bytes=block,
+        nonblock_bytes=model - 40 * block,
+        host_ram_bytes=64 * GIB,
+    )
+    usable = modes.auto_usable_bytes(int(free_gb * GIB))
+    assert model * modes.AUTO_FULL_LOAD_HEADROOM > usable  # full_load refused in every case
+    assert c.mode == "budget", c.reason
+    # Never a budget as large as the model: that would be full_load with less headroom.
+    assert c.budget_bytes < model
+    assert c.budget_bytes + 0.15 * model <= usable + 1
+    assert "activation headroom" in c.reason
+
+
+def test_auto_budget_too_small_for_a_resident_block_is_sequential():
+    from pinstream import modes
+
+    model, block = 26 * GIB, GIB // 2
+    # usable 5 GB less 3.9 GB of headroom = 1.1 GB < non-block 0.5 + 3 x 0.5 GB
+    c = modes.choose_auto(
+        free_device_bytes=6 * GIB,
+        model_bytes=model,
+        largest_block_bytes=block,
+        nonblock_bytes=GIB // 2,
+        host_ram_bytes=64 * GIB,
+    )
+    assert c.mode == "sequential" and c.budget_bytes is None
+
+
+@pytest.mark.parametrize("vram, budget", [(16, 12.4), (12, 8.8)])
+def test_fp8_model_budget_below_model(vram, budget, capsys):
+    r = ok(
+        ["--vram-gb", str(vram), "--ram-gb", "64", "--model-gb", "13.3", "--other-models-gb", "6.3", "--json"], capsys
+    )
+    assert r["pinstream"] == {"mode": "budget", "budget_gb": budget}
+    assert budget < 13.3
+    r = ok(["--vram-gb", "24", "--ram-gb", "64", "--model-gb", "20", "--json"], capsys)
+    assert r["pinstream"] == {"mode": "budget", "budget_gb": 18.6}
+
+
+def test_gpu_memory_mode_budget_uses_auto_budget(monkeypatch, capsys):
+    monkeypatch.setenv("GPU_MEMORY_MODE", "budget")
+    r = ok(["--vram-gb", "24", "--ram-gb", "64", "--json"], capsys)
+    assert r["pinstream"] == {"mode": "budget", "budget_gb": 17.6}
+
+
+def _sd3_like(n=4, dim=64):
+    p = "model.diffusion_model."
+    t = {f"{p}x_embedder.proj.weight": ("F16", (dim, 16, 2, 2)), f"{p}final_layer.linear.weight": ("F16", (64, dim))}
+    for i in range(n):
+        t[f"{p}joint_blocks.{i}.x_block.attn.qkv.weight"] = ("F16", (3 * dim, dim))
+        t[f"{p}joint_blocks.{i}.context_block.mlp.fc1.weight"] = ("F16", (4 * dim, dim))
+    return t
+
+
+def _hidream_like(n=3, dim=64):
+    p = "model.diffusion_model."
+    t = {f"{p}x_embedder.proj.weight": ("BF16", (dim, 64)), f"{p}final_layer.linear.weight": ("BF16", (64, dim))}
+    for i in range(n):
+        t[f"{p}double_stream_blocks.{i}.block.attn1.to_q.weight"] = ("BF16", (dim, dim))
+        t[f"{p}double_stream_blocks.{i}.block.ff_i.w1.weight"] = ("BF16", (4 * dim, dim))
+    for i in range(2 * n):
+        t[f"{p}single_stream_blocks.{i}.block.attn1.to_q.weight"] = ("BF16", (dim, dim))
+    return t
+
+
+@pytest.mark.parametrize(
+    "maker, blocks, largest",
+    [
+        (_sd3_like, 4, "model.diffusion_model.joint_blocks.0"),
+        (_hidream_like, 9, "model.diffusion_model.double_stream_blocks.0"),
+    ],
+)
+def test_sd3_and_hidream_blocks_are_found(maker, blocks, largest, tmp_path, capsys):
+    path = write_safetensors(tmp_path / "m.safetensors", maker(), sparse=False)
+    sizes = sth.summarize_file(path)
+    assert sizes.block_count == blocks and sizes.has_blocks
+    assert sizes.largest_block == largest
+    assert sizes.nonblock_bytes < sizes.total_bytes / 4
+    # A GPU far too small for a full load: the model streams, as the engine does.
+    r = ok(["--vram-gb", "1.12", "--ram-gb", "64", "--model", str(path), "--json"], capsys)
+    assert r["model"]["blocks"] == blocks
+    assert r["pinstream"]["mode"] != "model_offload"
+
+
+def test_model_offload_that_does_not_fit_warns(monkeypatch, capsys):
+    monkeypatch.setenv("GPU_MEMORY_MODE", "model_cpu_offload")
+    r = ok(["--vram-gb", "24", "--ram-gb", "64", "--json"], capsys)
+    assert r["pinstream"]["mode"] == "model_offload"
+    assert has_warning(r, "model_offload", "whole model", "26.6 GB", "does not fit", "out-of-memory")
+    r = ok(["--vram-gb", "48", "--ram-gb", "64", "--json"], capsys)
+    assert r["pinstream"]["mode"] == "model_offload"
+    assert not has_warning(r, "does not fit")
+
+
+def test_auto_model_offload_without_blocks_warns(tmp_path, capsys):
+    from pinstream import modes
+
+    c = modes.choose_auto(
+        free_device_bytes=4 * GIB,
+        model_bytes=8 * GIB,
+        largest_block_bytes=0,
+        nonblock_bytes=8 * GIB,
+        host_ram_bytes=None,
+        has_blocks=False,
+    )
+    assert c.mode == "model_offload" and "warning" in c.reason and "out-of-memory" in c.reason
+    path = write_safetensors(tmp_path / "vae.safetensors", {"decoder.conv_in.weight": ("F32", (1024, 1024, 1024))})
+    r = ok(["--vram-gb", "4", "--ram-gb", "64", "--model", str(path), "--json"], capsys)
+    assert r["pinstream"]["mode"] == "model_offload"
+    assert has_warning(r, "model_offload", "4.0 GB", "does not fit", "no repeated blocks")
+
+
+def _fake_smi(tmp_path, body: str) -> Path:
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\n" + body)
+    smi.chmod(smi.stat().st_mode | stat.S_IEXEC)
+    return smi
+
+
+# Two GPUs: 0 is an RTX 3060 12 GB, 1 an A100 80 GB; "-i N" picks one, none lists both.
+TWO_GPUS = """echo "$@" > "$(dirname "$0")/args"
+case " $* " in
+  *" -i 1 "*) echo 'NVIDIA A100-SXM4-80GB, 81920, 81000' ;;
+  *" -i 0 "*) echo 'NVIDIA GeForce RTX 3060, 12288, 11000' ;;
+  *) echo 'NVIDIA GeForce RTX 3060, 12288, 11000'; echo 'NVIDIA A100-SXM4-80GB, 81920, 81000' ;;
+esac
+"""
+
+
+def test_cuda_device_picks_the_gpu_comfyui_uses(tmp_path, monkeypatch, capsys):
+    _fake_smi(tmp_path, TWO_GPUS)
+    monkeypatch.setenv("PATH", str(tmp_path) + os.pathsep + os.environ["PATH"])
+    assert rec._nvidia_smi().name == "NVIDIA GeForce RTX 3060"
+    assert rec._nvidia_smi(1).name == "NVIDIA A100-SXM4-80GB"
+    # ComfyUI's main.py replaces CUDA_VISIBLE_DEVICES with N: N is queried as is.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    assert rec._nvidia_smi(1).name == "NVIDIA A100-SXM4-80GB"
+    assert "-i 1" in (tmp_path / "args").read_text()
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert rec.comfyui_device(["--port", "1", "--cuda-device", "1"]) == 1
+    assert rec.comfyui_device(["--cuda-device=3"]) == 3
+    assert rec.comfyui_device(["--default-device", "2", "--cuda-device", "1"]) == 1
+    assert rec.comfyui_device(["--default-device", "2"]) == 2
+    assert rec.comfyui_device(["--cuda-device", "x"]) is None and rec.comfyui_device([]) is None
+    for argv in (["--", "--cuda-device", "1"], ["--comfyui-args", "--cuda-device 1"]):
+        rc = rec.main(["--ram-gb", "128", "--json", *argv], detect_ram_fn=fixed_ram(128, 120))
+        r = json.loads(capsys.readouterr().out)
+        assert rc == 0
+        assert r["gpu"]["name"] == "NVIDIA A100-SXM4-80GB" and r["tier"] == "DATACENTER_80GB"
+        assert r["pinstream"]["mode"] == "full_load"
+        assert r["comfyui_args"] == ["--cuda-device", "1"]
+    rc = rec.main(["--ram-gb", "128", "--json"], detect_ram_fn=fixed_ram(128, 120))
+    assert json.loads(capsys.readouterr().out)["tier"] == "CONSUMER_12GB"
+
+
+@pytest.mark.parametrize(
+    "body, needle",
+    [
+        ("echo 'NVIDIA-SMI has failed because it could not communicate with the NVIDIA driver.'; exit 9\n", "exit 9"),
+        ("echo 'NVIDIA GH200 480GB, [N/A], [N/A]'\n", "no memory size"),
+        ("exit 0\n", "no GPU line"),
+    ],
+)
+def test_failing_nvidia_smi_is_not_a_cpu_machine(body, needle, tmp_path, monkeypatch, capsys):
+    _fake_smi(tmp_path, body)
+    monkeypatch.setenv("PATH", str(tmp_path) + os.pathsep + os.environ["PATH"])
+    with pytest.raises(rec.GpuDetectError, match=needle):
+        rec._nvidia_smi()
+    monkeypatch.setattr(rec, "_torch_gpu", lambda device=None: None)
+    rc = rec.main(["--ram-gb", "64"], detect_ram_fn=fixed_ram())
+    out, err = capsys.readouterr()
+    assert rc == 2 and "Traceback" not in err
+    assert needle in err and "--vram-gb N" in err and "--no-gpu" in err
+    assert "--cpu" not in out
+    # With GPU_TIER the tier is planned for, with a warning.
+    monkeypatch.setenv("GPU_TIER", "PROSUMER_24GB")
+    r = ok(["--ram-gb", "64", "--json"], capsys, gpu=rec.detect_gpu)
+    assert r["tier"] == "PROSUMER_24GB" and has_warning(r, needle, "GPU_TIER")
+    monkeypatch.delenv("GPU_TIER")
+    # torch still reads the GPU: it is used, with a warning.
+    monkeypatch.setattr(rec, "_torch_gpu", lambda device=None: rec.GpuInfo("NVIDIA L4", 22.0, 21.0, "torch"))
+    r = ok(["--ram-gb", "64", "--json"], capsys, gpu=rec.detect_gpu)
+    assert r["gpu"]["name"] == "NVIDIA L4" and has_warning(r, needle, "through torch")
+
+
+def test_builtin_table_flags_older_releases_reject(capsys):
+    args, warnings, _ = rec.validate_flags(
+        [
+            (
+                ["--async-offload", "2", "--disable-pinned-memory", "--cache-ram", "--lowvram", "--verbose", "DEBUG"],
+                "user",
+            )
+        ],
+        None,
+        "the built-in table",
+    )
+    assert args == ["--async-offload", "2", "--disable-pinned-memory", "--cache-ram", "--lowvram", "--verbose", "DEBUG"]
+    for flag in ("--async-offload", "--disable-pinned-memory", "--cache-ram"):
+        assert any(w.startswith(f"{flag} (user) kept, but ComfyUI 0.3.64") for w in warnings), (flag, warnings)
+    assert not any(w.startswith(("--lowvram", "--verbose")) for w in warnings)
+    # The bare form every release accepts: no warning.  --verbose takes one level.
+    args, warnings, _ = rec.validate_flags([(["--async-offload", "--verbose", "LOUD"], "user")], None, "t")
+    assert args == ["--async-offload"] and len(warnings) == 1 and "'LOUD' is not one of DEBUG" in warnings[0]
+    r = ok(
+        ["--vram-gb", "8", "--ram-gb", "64", "--json", "--", "--async-offload", "2", "--disable-pinned-memory"], capsys
+    )
+    assert has_warning(r, "--disable-pinned-memory", "0.3.64", "unrecognized arguments", "--comfyui PATH")
+    assert has_warning(r, "--async-offload", "0.3.64", "without a value")
+
+
+# Real ComfyUI trees (`git clone` of the v0.3.64 and v0.8.0 tags); skipped when absent.
+OLD_COMFYUI = Path(os.environ.get("PINSTREAM_TEST_COMFYUI_0364", "/tmp/comfyui064"))
+NEW_COMFYUI = Path(os.environ.get("PINSTREAM_TEST_COMFYUI_080", "/tmp/comfyui080"))
+
+
+@pytest.mark.parametrize("root", [OLD_COMFYUI, NEW_COMFYUI], ids=["0.3.64", "0.8.0"])
+def test_builtin_table_against_supported_releases(root):
+    if not (root / "comfy" / "cli_args.py").exists():
+        pytest.skip(f"no ComfyUI at {root}")
+    real = rec.comfyui_parser_flags(root)
+    old = rec.comfyui_version(root) == rec.OLDEST_COMFYUI
+    for flag, spec in rec.BUILTIN_FLAGS.items():
+        if old and spec.get("added"):
+            assert flag not in real, flag
+            continue
+        assert flag in real, flag
+        if old and spec.get("value_added"):
+            assert real[flag]["nargs"] == 0, flag
+            continue
+        assert (real[flag]["nargs"], real[flag]["choices"]) == (spec["nargs"], spec["choices"]), flag
+    # Whatever the table keeps without a warning, the release's own parser accepts.
+    every = ["--port", "1", "--reserve-vram", "1"]
+    for flag, spec in rec.BUILTIN_FLAGS.items():
+        if spec["group"] or flag in ("--quick-test-for-ci", "--windows-standalone-build"):
+            continue
+        if spec["choices"]:
+            every += [flag, spec["choices"][0]]
+        elif spec["nargs"] in (0, "?", "*"):
+            every.append(flag)
+    args, warnings, _ = rec.validate_flags([(every, "user")], None, "t")
+    assert not [w for w in warnings if "kept, but" not in w]
+    if old:  # less the flags kept with a warning naming this release
+        args = [a for a in args if not (rec.BUILTIN_FLAGS.get(a) or {}).get("added")]
+        assert any("--disable-pinned-memory (user) kept, but ComfyUI 0.3.64" in w for w in warnings)
+    assert "--disable-pinned-memory" in args or old
+    assert rec.comfyui_parser_check(root, args) is None
+    assert rec.comfyui_parser_check(root, ["--async-offload"]) is None
+
+
+def test_cpu_plan_counts_16_bit_weights_twice(tmp_path, capsys):
+    t = {
+        "blocks.0.w": ("BF16", (1024, 1024, 1024)),
+        "blocks.1.w": ("BF16", (1024, 1024, 1024)),
+        "head.w": ("F32", (1024, 1024, 256)),
+    }
+    path = write_safetensors(tmp_path / "bf16.safetensors", t)  # 4 GB bf16 + 1 GB fp32
+    r = ok(["--no-gpu", "--ram-gb", "64", "--model", str(path), "--json"], capsys)
+    assert r["ram_needed_gb"] == 16  # 4 + 2 x 4 + 1 = 13 -> seed minimum
+    r = ok(["--no-gpu", "--ram-gb", "64", "--model", str(path), "--other-models-gb", "10", "--json"], capsys)
+    assert r["ram_needed_gb"] == 23  # 4 + 9 + 10
+    assert any("fp32" in n and "16-bit weights count twice" in n and "9.0 GB" in n for n in r["notes"])
+    # With a GPU the same file counts once.
+    r = ok(["--vram-gb", "80", "--ram-gb", "64", "--model", str(path), "--other-models-gb", "10", "--json"], capsys)
+    assert r["ram_needed_gb"] == 19
+    # fp8 weights become fp32 too (4x) while the model fits in RAM in fp32.
+    path8 = write_safetensors(
+        tmp_path / "fp8.safetensors", {f"blocks.{i}.w": ("F8_E4M3", (1024, 1024, 1024)) for i in range(2)}
+    )
+    r = ok(["--no-gpu", "--ram-gb", "64", "--model", str(path8), "--json"], capsys)
+    assert r["ram_needed_gb"] == 12 + 4 and any("fp8 weights count four times" in n for n in r["notes"])
+    r = ok(["--no-gpu", "--ram-gb", "4", "--model", str(path8), "--json"], capsys)  # 2 G params x 2 > 88% of 4
+    assert any("keeps them fp8" in n for n in r["notes"])
+    # --model-gb gives no dtype: 16-bit assumed.
+    r = ok(["--no-gpu", "--ram-gb", "64", "--model-gb", "10", "--json"], capsys)
+    assert r["ram_needed_gb"] == 24 and any("16-bit weights are assumed" in n for n in r["notes"])

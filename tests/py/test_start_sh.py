@@ -45,6 +45,7 @@ def comfyui(tmp_path) -> Path:
         "g.add_argument('--force-fp32', action='store_true')\n"
         "g.add_argument('--force-fp16', action='store_true')\n"
         "parser.add_argument('--cpu-vae', action='store_true')\n"
+        "parser.add_argument('--cuda-device', type=int)\n"
         "parser.add_argument('--preview-method', choices=['none', 'auto', 'latent2rgb', 'taesd'])\n"
         "v = parser.add_mutually_exclusive_group()\n"
         "for f in ('--gpu-only', '--highvram', '--lowvram', '--novram', '--cpu'):\n"
@@ -114,7 +115,7 @@ def test_dry_run_prints_command(comfyui, env):
     assert words[-2] == "sequential_cpu_offload"
     assert words[-1] == str(comfyui)
     assert not Path(env["RECORD"]).exists()  # nothing started
-    assert "GPU_MEMORY_MODE=sequential_cpu_offload (PinStream mode budget, budget 7.0 GB" in p.stderr
+    assert "GPU_MEMORY_MODE=sequential_cpu_offload (PinStream mode budget, budget 3.0 GB" in p.stderr
 
 
 def test_starts_comfyui_with_args_and_exports(comfyui, env):
@@ -220,3 +221,76 @@ def test_default_python_runs_pinstream_module(comfyui, env):
     p = start(["--dry-run", "--comfyui", str(comfyui), "--vram-gb", "24", "--ram-gb", "64"], env)
     assert p.returncode == 0, p.stderr
     assert "export GPU_MEMORY_MODE=sequential_cpu_offload" in p.stdout
+
+
+def _fake_nvidia_smi(env, tmp_path, body: str) -> None:
+    """An nvidia-smi first on PATH (the machine's own, if any, is shadowed)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    _exe(bindir / "nvidia-smi", "#!/bin/sh\n" + body)
+    env["PATH"] = str(bindir) + os.pathsep + env.get("PATH", "")
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+
+
+def test_cuda_device_plans_for_that_gpu(comfyui, env, tmp_path):
+    # GPU 0: RTX 3060 12 GB; GPU 1: A100 80 GB.  ComfyUI --cuda-device 1 runs on the A100.
+    _fake_nvidia_smi(
+        env,
+        tmp_path,
+        'case " $* " in\n'
+        "  *\" -i 1 \"*) echo 'NVIDIA A100-SXM4-80GB, 81920, 81000' ;;\n"
+        "  *) echo 'NVIDIA GeForce RTX 3060, 12288, 11000' ;;\n"
+        "esac\n",
+    )
+    p = start(["--dry-run", "--comfyui", str(comfyui), "--ram-gb", "128", "--", "--cuda-device", "1"], env)
+    assert p.returncode == 0, p.stderr
+    assert "export GPU_MEMORY_MODE=model_full_load" in p.stdout
+    assert "PinStream mode full_load" in p.stderr
+    assert p.stdout.splitlines()[-1].endswith("main.py --cuda-device 1")
+    p = start(["--dry-run", "--comfyui", str(comfyui), "--ram-gb", "128"], env)
+    assert p.returncode == 0, p.stderr
+    assert "export GPU_MEMORY_MODE=sequential_cpu_offload" in p.stdout  # the 3060
+
+
+def test_failing_nvidia_smi_starts_nothing(comfyui, env, tmp_path):
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("torch sees a GPU here: recommend reads it through torch instead")
+    except ImportError:
+        pass
+    _fake_nvidia_smi(
+        env, tmp_path, "echo 'NVIDIA-SMI has failed because it could not communicate with the NVIDIA driver.'\nexit 9\n"
+    )
+    p = start(["--comfyui", str(comfyui), "--ram-gb", "64"], env)
+    assert p.returncode == 2
+    assert "nvidia-smi failed" in p.stderr and "--vram-gb N" in p.stderr and "nothing started" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert not Path(env["RECORD"]).exists()  # never started with --cpu on a GPU machine
+    p = start(["--dry-run", "--comfyui", str(comfyui), "--ram-gb", "64", "--vram-gb", "24"], env)
+    assert p.returncode == 0, p.stderr
+
+
+def test_comfyui_args_option(comfyui, env):
+    p = start(
+        [
+            "--dry-run",
+            "--comfyui",
+            str(comfyui),
+            "--vram-gb",
+            "24",
+            "--ram-gb",
+            "64",
+            "--comfyui-args",
+            "--cpu-vae --port 8190",
+        ],
+        env,
+    )
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[-1].endswith("main.py --cpu-vae --port 8190")
+    p = start(
+        ["--dry-run", "--comfyui", str(comfyui), "--vram-gb", "24", "--ram-gb", "64", "--comfyui-args", "--port '81"],
+        env,
+    )
+    assert p.returncode == 2 and "No closing quotation" in p.stderr and "Traceback" not in p.stderr
