@@ -22,9 +22,11 @@ log = logging.getLogger("PinStream")
 CATEGORY = "PinStream"
 MODES = ["auto", "full_load", "model_offload", "sequential", "budget"]
 WEIGHT_DTYPES = ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]
+# Load CLIP's `type` list when the running ComfyUI's own CLIPLoader cannot be asked.
 CLIP_TYPES = ["stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi", "ltxv", "pixart", "cosmos",
-              "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image", "hunyuan_image", "flux",
-              "flux2"]
+              "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image", "hunyuan_image", "flux2",
+              "ovis"]
+CLIP_DEVICES = ["default", "cpu"]
 
 
 @dataclass
@@ -61,13 +63,30 @@ def _files(folder):
     return get
 
 
-def _clip_types():
+def _core_options(loader: str, section: str, name: str):
+    """The options of input ``name`` of the running ComfyUI's own loader node (so the
+    PinStream loader offers what core offers in this release), or None."""
     try:
-        import comfy.sd
+        import nodes as core_nodes  # ComfyUI's nodes.py
 
-        return [t for t in CLIP_TYPES if hasattr(comfy.sd.CLIPType, t.upper())]
-    except Exception:  # noqa: BLE001
-        return CLIP_TYPES
+        return list(getattr(core_nodes, loader).INPUT_TYPES()[section][name][0])
+    except Exception:  # noqa: BLE001 - outside ComfyUI, or a release that names it otherwise
+        return None
+
+
+def _clip_types():
+    return _core_options("CLIPLoader", "required", "type") or CLIP_TYPES
+
+
+def _vae_names():
+    """Core Load VAE's list: the files in models/vae plus the names it builds itself
+    (taesd, taesdxl, taesd3, taef1 from models/vae_approx; video TAEs; pixel_space)."""
+    names = _core_options("VAELoader", "required", "vae_name")
+    if names is None:
+        import folder_paths
+
+        names = folder_paths.get_filename_list("vae")
+    return names
 
 
 OFFLOAD_INPUTS = [
@@ -205,22 +224,35 @@ def _offload_clip(clip, cfg):
     new_clip = clip.clone()
     patcher, msg = apply_offload(clip.patcher, cfg)
     new_clip.patcher = patcher
+    # Under Dynamic VRAM PinStream manages a non-dynamic copy of the encoder: encode with it.
+    new_clip.cond_stage_model = patcher.model
     return new_clip, msg
 
 
 def run_load_clip(clip_name, type, mode, vram_budget_gb, prefetch_blocks, pin_memory,
-        transfer_dtype="auto"):
+        transfer_dtype="auto", device="default"):
     import comfy.sd
     import folder_paths
 
     cfg = check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype)
     cfg.label = clip_name
-    clip_type = getattr(comfy.sd.CLIPType, str(type).upper(), None)
-    if clip_type is None:
-        raise ValueError(f"CLIP type {type!r} is not known to this ComfyUI; allowed: {', '.join(_clip_types())}")
+    allowed = _clip_types()
+    if type not in allowed:
+        raise ValueError(f"CLIP type {type!r} is not offered by this ComfyUI's Load CLIP; allowed: {', '.join(allowed)}")
+    if device not in CLIP_DEVICES:
+        raise ValueError(f"device must be one of {', '.join(CLIP_DEVICES)}, got {device!r}")
+    # as core's Load CLIP: a type this ComfyUI has no enum member for loads by its file
+    clip_type = getattr(comfy.sd.CLIPType, str(type).upper(), comfy.sd.CLIPType.STABLE_DIFFUSION)
+    model_options = {}
+    if device == "cpu":
+        model_options["load_device"] = model_options["offload_device"] = torch.device("cpu")
     path = folder_paths.get_full_path_or_raise("text_encoders", clip_name)
     clip = comfy.sd.load_clip(ckpt_paths=[path], embedding_directory=folder_paths.get_folder_paths("embeddings"),
-                              clip_type=clip_type)
+                              clip_type=clip_type, model_options=model_options,
+                              **_load_kwargs(comfy.sd.load_clip))
+    if device == "cpu":
+        return (clip,), (f"PinStream {clip_name}: device cpu, so the text encoder runs on the CPU and there is "
+                         "nothing to offload; passed through unchanged")
     clip, msg = _offload_clip(clip, cfg)
     return (clip,), msg
 
@@ -233,13 +265,32 @@ def run_load_vae(vae_name, mode, vram_budget_gb, prefetch_blocks, pin_memory,
 
     cfg = check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype)
     cfg.label = vae_name
-    path = folder_paths.get_full_path_or_raise("vae", vae_name)
-    sd = comfy.utils.load_torch_file(path)
-    vae = comfy.sd.VAE(sd=sd)
-    vae.throw_exception_if_invalid() if hasattr(vae, "throw_exception_if_invalid") else None
+    if vae_name in folder_paths.get_filename_list("vae"):
+        path = folder_paths.get_full_path_or_raise("vae", vae_name)
+        sd = comfy.utils.load_torch_file(path)
+        vae = comfy.sd.VAE(sd=sd, **_load_kwargs(comfy.sd.VAE))
+        vae.throw_exception_if_invalid() if hasattr(vae, "throw_exception_if_invalid") else None
+    else:
+        # a name core's Load VAE builds itself (taesd*, video TAEs, pixel_space): its loader makes it
+        core = _core_vae_loader()
+        if core is None or vae_name not in _vae_names():
+            folder_paths.get_full_path_or_raise("vae", vae_name)  # core's error for a missing file
+        vae = core().load_vae(vae_name)[0]
+    if getattr(vae, "patcher", None) is None or not any(True for _ in vae.patcher.model.parameters()):
+        return (vae,), f"PinStream {vae_name}: this VAE has no weights to offload; passed through unchanged"
     patcher, msg = apply_offload(vae.patcher, cfg)
     vae.patcher = patcher
+    vae.first_stage_model = patcher.model  # the copy PinStream manages (Dynamic VRAM's delegate)
     return (vae,), msg
+
+
+def _core_vae_loader():
+    try:
+        import nodes as core_nodes  # ComfyUI's nodes.py
+
+        return core_nodes.VAELoader
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def run_offload_model(model, mode, vram_budget_gb, prefetch_blocks, pin_memory,
@@ -318,9 +369,14 @@ SPECS = [
                            options=_files("text_encoders")),
                  InputSpec("type", "combo", "Which model family the encoder is for (wan for umt5-xxl).",
                            "stable_diffusion", options=_clip_types),
-             ]), [("CLIP", "CLIP")], run_load_clip),
+             ]) + [InputSpec("device", "combo", "As in Load CLIP: cpu runs the text encoder on the CPU (then "
+                             "there is nothing to offload and the encoder is passed through).", "default",
+                             options=lambda: CLIP_DEVICES, optional=True)],
+             [("CLIP", "CLIP")], run_load_clip),
     NodeSpec("PinStreamLoadVAE", "Load VAE (PinStream)", "Loads a VAE with an offload mode.",
-             _config_inputs([InputSpec("vae_name", "combo", "VAE file in models/vae.", options=_files("vae"))]),
+             _config_inputs([InputSpec("vae_name", "combo", "VAE file in models/vae, or a name Load VAE builds "
+                                       "(taesd, taesdxl, taesd3, taef1 from models/vae_approx; pixel_space).",
+                                       options=_vae_names)]),
              [("VAE", "VAE")], run_load_vae),
     NodeSpec("PinStreamOffloadModel", "PinStream Offload (Model)",
              "Applies a PinStream offload mode to a model from any loader. LoRAs before or after this node work.",

@@ -496,7 +496,12 @@ def make_pinstream(patcher, config: OffloadConfig, *, progress=None, engine: str
         if delegate is None:
             raise UnsupportedModel("this model is managed by ComfyUI's Dynamic VRAM and offers no non-dynamic delegate; "
                              "load it with a PinStream loader or start ComfyUI with --disable-dynamic-vram")
-        patcher = delegate()
+        try:
+            patcher = delegate()
+        except Exception as e:  # noqa: BLE001 - e.g. a model built without the recipe to rebuild it
+            raise UnsupportedModel(f"this model is managed by ComfyUI's Dynamic VRAM and its non-dynamic copy "
+                                   f"could not be made ({e}); load it with a PinStream loader or start ComfyUI "
+                                   "with --disable-dynamic-vram") from None
     from pinstream.modes import normalize_mode
 
     module = target_module(patcher.model)

@@ -134,7 +134,7 @@ WORKFLOWS = {
     "wan21_t2v_14b_pinstream.json": build("Wan 2.1 T2V 14B on a 12 GB GPU", [
         ("unet", "PinStreamLoadDiffusionModel", ["wan2.1_t2v_14B_bf16.safetensors", "default",
                                                  *ps("budget", 9.0, 2)], {}),
-        ("clip", "PinStreamLoadCLIP", ["umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan", *ps("model_offload")], {}),
+        ("clip", "PinStreamLoadCLIP", ["umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan", *ps("model_offload"), "default"], {}),
         ("vae", "PinStreamLoadVAE", ["wan_2.1_vae.safetensors", *ps("full_load")], {}),
         ("shift", "ModelSamplingSD3", [8.0], {"model": ("unet", 0)}),
         ("pos", "CLIPTextEncode", ["a corgi running on a beach at golden hour, slow motion"], {"clip": ("clip", 0)}),
@@ -151,7 +151,7 @@ WORKFLOWS = {
                                                  *ps("budget", 8.0, 2)], {}),
         ("low", "PinStreamLoadDiffusionModel", ["wan2.2_i2v_low_noise_14B_fp16.safetensors", "default",
                                                 *ps("budget", 8.0, 2)], {}),
-        ("clip", "PinStreamLoadCLIP", ["umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan", *ps("model_offload")], {}),
+        ("clip", "PinStreamLoadCLIP", ["umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan", *ps("model_offload"), "default"], {}),
         ("vae", "PinStreamLoadVAE", ["wan_2.1_vae.safetensors", *ps("full_load")], {}),
         ("img", "LoadImage", ["example.png", "image"], {}),
         ("shift_h", "ModelSamplingSD3", [8.0], {"model": ("high", 0)}),
@@ -173,7 +173,7 @@ WORKFLOWS = {
     "flashportrait_style_wan21_i2v_pinstream.json": build("FlashPortrait-style Wan 2.1 I2V 720P on a 12 GB GPU", [
         ("unet", "PinStreamLoadDiffusionModel", ["wan2.1_i2v_720p_14B_bf16.safetensors", "default",
                                                  *ps("budget", 8.5, 2)], {}),
-        ("clip", "PinStreamLoadCLIP", ["umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan", *ps("model_offload")], {}),
+        ("clip", "PinStreamLoadCLIP", ["umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan", *ps("model_offload"), "default"], {}),
         ("vae", "PinStreamLoadVAE", ["wan_2.1_vae.safetensors", *ps("full_load")], {}),
         ("cvl", "CLIPVisionLoader", ["clip_vision_h.safetensors"], {}),
         ("img", "LoadImage", ["portrait.png", "image"], {}),

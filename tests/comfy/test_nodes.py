@@ -170,8 +170,13 @@ def tiny_text_encoder_configs(monkeypatch):
     sd = ns.sd
     monkeypatch.setattr(sd, "load_checkpoint_guess_config", functools.partial(
         sd.load_checkpoint_guess_config, te_model_options=copy.deepcopy(ck.CLIP_L_TE_OPTIONS)))
-    monkeypatch.setattr(sd, "load_clip", functools.partial(
-        sd.load_clip, model_options=copy.deepcopy(ck.UMT5_MODEL_OPTIONS)))
+    real_load_clip = sd.load_clip
+
+    def load_clip(*args, model_options=None, **kwargs):  # the override, merged with the caller's options
+        return real_load_clip(*args, model_options={**copy.deepcopy(ck.UMT5_MODEL_OPTIONS), **(model_options or {})},
+                              **kwargs)
+
+    monkeypatch.setattr(sd, "load_clip", load_clip)
 
 
 @pytest.mark.parametrize("mode", ["model_offload", "sequential", "budget"])
