@@ -63,14 +63,23 @@ def _files(folder):
     return get
 
 
-def _core_options(loader: str, section: str, name: str):
-    """The options of input ``name`` of the running ComfyUI's own loader node (so the
-    PinStream loader offers what core offers in this release), or None."""
+def _core_node(name: str):
+    """The running ComfyUI's own node class ``name`` (from its nodes.py), or None."""
     try:
         import nodes as core_nodes  # ComfyUI's nodes.py
 
-        return list(getattr(core_nodes, loader).INPUT_TYPES()[section][name][0])
-    except Exception:  # noqa: BLE001 - outside ComfyUI, or a release that names it otherwise
+        return getattr(core_nodes, name)
+    except Exception:  # noqa: BLE001 - outside ComfyUI, or a release without it
+        return None
+
+
+def _core_options(loader: str, section: str, name: str):
+    """The options of input ``name`` of the running ComfyUI's own loader node (so the
+    PinStream loader offers what core offers in this release), or None."""
+    cls = _core_node(loader)
+    try:
+        return list(cls.INPUT_TYPES()[section][name][0]) if cls is not None else None
+    except Exception:  # noqa: BLE001 - a release that names it otherwise
         return None
 
 
@@ -272,7 +281,7 @@ def run_load_vae(vae_name, mode, vram_budget_gb, prefetch_blocks, pin_memory,
         vae.throw_exception_if_invalid() if hasattr(vae, "throw_exception_if_invalid") else None
     else:
         # a name core's Load VAE builds itself (taesd*, video TAEs, pixel_space): its loader makes it
-        core = _core_vae_loader()
+        core = _core_node("VAELoader")
         if core is None or vae_name not in _vae_names():
             folder_paths.get_full_path_or_raise("vae", vae_name)  # core's error for a missing file
         vae = core().load_vae(vae_name)[0]
@@ -282,15 +291,6 @@ def run_load_vae(vae_name, mode, vram_budget_gb, prefetch_blocks, pin_memory,
     vae.patcher = patcher
     vae.first_stage_model = patcher.model  # the copy PinStream manages (Dynamic VRAM's delegate)
     return (vae,), msg
-
-
-def _core_vae_loader():
-    try:
-        import nodes as core_nodes  # ComfyUI's nodes.py
-
-        return core_nodes.VAELoader
-    except Exception:  # noqa: BLE001
-        return None
 
 
 def run_offload_model(model, mode, vram_budget_gb, prefetch_blocks, pin_memory,
