@@ -188,6 +188,7 @@ def _rebuild_handle(st: PinStreamState, model):
     new = _offload(target_module(model), st.config, mode=mode.name, budget_gb=budget, load_device=device,
                    engine=st.engine)
     new.mode.reason = mode.reason
+    new._first = old._first  # it may still grow back to the plan the node made
     return new
 
 
@@ -395,6 +396,7 @@ class PinStreamPatcherMixin:
         # share one backup), as ComfyUI's own partially_load does; weights stay loaded.
         super().unpatch_model(self.offload_device, unpatch_weights=False)
         self.patch_model(device_to, load_weights=False)
+        self._fit_to_allowance(before, extra_memory)
         try:
             with self.use_ejected():
                 self._load_pinstream(device_to)
@@ -402,6 +404,17 @@ class PinStreamPatcherMixin:
             self.detach()  # as ComfyUI does: nothing stays half loaded on the device
             raise
         return max(0, self.loaded_size() - before)
+
+    def _fit_to_allowance(self, loaded: int, extra_memory) -> None:
+        """ComfyUI's memory manager lets a model hold ``loaded + extra_memory`` bytes for
+        the coming run (less when a larger latent needs room for activations; 1e32 for no
+        limit). A full_load or budget plan shrinks to that, and grows back to the plan the
+        node made when the room is there again."""
+        h = self._handle()
+        allowed = None if extra_memory >= 1e30 else max(0, int(loaded + extra_memory) - self._extra_bytes())
+        if h.fit_device_bytes(allowed):
+            log.info("PinStream %s: %s", self.pinstream.config.label, h.mode.reason)
+            self.model.model_loaded_weight_memory = 0
 
     def partially_unload(self, device_to, memory_to_free=0, force_patch_weights=False):
         h = self._handle()

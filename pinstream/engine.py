@@ -210,6 +210,9 @@ class OffloadHandle:
         self._pass_owner: threading.Thread | None = None
         self._pass_lock = threading.Lock()
         self._params = list(original_requires_grad)
+        # The plan offload() made: fit_device_bytes() never plans above it.
+        self._first = (mode, plan, prefetch)
+        self._fit_target: int | None = None  # the allowance the plan was last fitted to
         self._install_hooks(stream_hooks)
 
     # ---- wrapper-subclass weights (see _WrapperSlot) ---------------------------
@@ -426,6 +429,56 @@ class OffloadHandle:
         raise MemoryError("PinStream: the model could not be loaded: device out of memory for every plan tried ("
                           + "; ".join(tried) + f"). Last error: {error}. Nothing is left on the device; free VRAM "
                           "(other models, --reserve-vram) or lower prefetch.") from error
+
+    def fit_device_bytes(self, allowed: int | None) -> bool:
+        """Re-plan to hold at most ``allowed`` device bytes (what a host application's
+        memory manager lets this model have for the coming run, e.g. ComfyUI's, which
+        leaves room for a larger latent's activations), but never more than the plan
+        offload() made; ``None`` asks for that plan again. Shrinks whenever ``allowed``
+        is below the current plan, to 2% of the model below it; grows back only by at
+        least 5% of the model: an allowance that varies a little from run to run does
+        not cost a reload each time. Full-load and budget plans of models with blocks
+        only (model_offload and sequential have nothing to give or take). Unloads when
+        the plan changes; the next use loads the new one. Returns whether it changed."""
+        self._check_open()
+        first_mode, first_plan, first_prefetch = self._first
+        if first_mode.name not in ("full_load", "budget") or not self.discovery.has_blocks:
+            return False
+        full = int(first_plan["device_bytes"])
+        current = int(self.plan["device_bytes"])
+        want = full if allowed is None else max(0, min(int(allowed), full))
+        last = self._fit_target if self._fit_target is not None else full
+        if want < current:
+            pass  # over the allowance: shrink
+        elif current >= full or (want < last + 0.05 * self.model_bytes and allowed is not None):
+            return False  # already the node's plan, or not enough more room to be worth a reload
+        # 2% of the model below the allowance: the next run's allowance, a few MB either
+        # way, then fits without another reload
+        target = want if want >= full else max(0, want - int(0.02 * self.model_bytes))
+        self._fit_target = want
+        self.unload()
+        rt = self._rt
+        if target >= full:
+            budget = first_mode.budget_bytes if first_plan["policy"] == "budget" else -1
+            plan, mode, prefetch = rt.plan(first_plan["policy"], budget, first_prefetch), first_mode, first_prefetch
+        else:
+            try:
+                plan = rt.plan("budget", target, self.prefetch)
+            except ValueError:  # below the streaming minimum: stream every block
+                plan = rt.plan("stream_all", -1, self.prefetch)
+            name = "budget" if plan["policy"] == "budget" else "sequential"
+            mode = ResolvedMode(name, first_mode.requested,
+                                f"{first_mode.reason}; fitted to {format_bytes(target)} of device memory allowed "
+                                f"for this run: {plan['describe']}",
+                                plan["device_bytes"] if name == "budget" else None, first_mode.transfer_dtype)
+            prefetch = self.prefetch
+        self.plan, self.mode, self.prefetch = plan, mode, prefetch
+        if not any(getattr(h, "_pinstream_stream", False) for h in self._hooks):
+            for h in self._hooks:
+                h.remove()
+            self._hooks.clear()
+            self._install_hooks(True)
+        return True
 
     def unload(self) -> None:
         """Free the device copy. Weights point at the pinned host copy again; no

@@ -204,3 +204,36 @@ def test_text_encoder_weight_patches_equal_core(mode, tiny_text_encoder_configs)
     assert torch.equal(pl.encode_text(ns, patched, "a cat on a boat")[0][0], ref)
     assert torch.equal(pl.encode_text(ns, clip, "a cat on a boat")[0][0], plain_ref)
     mm.unload_all_models()
+
+
+@pytest.mark.parametrize("mode", ["full_load", "budget"])
+def test_the_plan_fits_what_comfyuis_memory_manager_allows(mode, monkeypatch):
+    """load_models_gpu lets a model hold less VRAM when a larger latent needs room for
+    activations: the PinStream plan shrinks to that, the result stays exact, and the plan
+    the node made comes back when there is room again (here ComfyUI's allowance is set;
+    on this CPU machine it is otherwise unlimited)."""
+    plain = T._ref(KIND)
+    (m,), _ = T._ps_unet(KIND, mode)
+    h = m.pinstream.handle
+    assert torch.equal(T._sample(KIND, m), plain)
+    first = h.plan["device_bytes"]
+    d = h.discovery
+    minimum = d.nonblock_bytes + 2 * d.largest_block_bytes  # sequential, prefetch 1
+    target = (minimum + first) // 2
+    assert minimum < target < first
+    allowance = m._extra_bytes() + target
+    real = mm.LoadedModel.model_load
+
+    def model_load(self, lowvram_model_memory=0, force_patch_weights=False):
+        return real(self, allowance, force_patch_weights=force_patch_weights)
+
+    monkeypatch.setattr(mm.LoadedModel, "model_load", model_load)
+    mm.unload_all_models()
+    assert torch.equal(T._sample(KIND, m), plain)
+    assert h.plan["device_bytes"] <= target and h.plan["streamed_blocks"] > 0 and h.mode.name == "budget"
+    assert m.model_size() <= allowance and "fitted to" in h.mode.reason
+    monkeypatch.setattr(mm.LoadedModel, "model_load", real)
+    mm.unload_all_models()
+    assert torch.equal(T._sample(KIND, m), plain)
+    assert h.plan["device_bytes"] == first and h.mode.name == mode
+    mm.unload_all_models()
