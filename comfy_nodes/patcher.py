@@ -340,11 +340,17 @@ class PinStreamPatcherMixin:
 
     # ---- hook weight patches (CreateHookLora, scheduled LoRA) -------------------------
     # ComfyUI writes them into the weights in place and restores them from its own
-    # backup. Streamed weights live in reused device slots, so PinStream drops its device
-    # copy first: the writes land in the host copy, and the next forward uploads them.
+    # backup. Where every weight has its own device memory (full_load, model_offload) it
+    # does so on the device, as without PinStream. Streamed weights live in reused device
+    # slots (and fp8-transfer blocks show the host copy between uses), so there PinStream
+    # drops its device copy first: the writes land in the host copy, and the next forward
+    # uploads them.
     def _host_copy_for_hooks(self, hooks=None):
         h = self._handle()
         if h is None or not h.loaded:
+            return
+        plan = h.plan
+        if not (plan["streamed_blocks"] or plan["split_blocks"]) and h.mode.transfer_dtype == "auto":
             return
         if self.hook_backup or (hooks is not None and self.get_combined_hook_patches(hooks=hooks)):
             h.unload()

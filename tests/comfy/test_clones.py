@@ -65,7 +65,12 @@ def test_hook_lora_equals_core_and_leaves_the_weights_as_loaded(mode):
     plain = T._ref(KIND)
     assert not torch.equal(ref, plain)
     (model,), _ = T._ps_unet(KIND, mode)
+    h = model.pinstream.handle
+    uploaded = h.stats()["bytes_uploaded"]
     assert torch.equal(_hooked_sample(model), ref)
+    if mode in ("full_load", "model_offload"):
+        # every weight has its own device memory: patched there, no reload per hook change
+        assert h.stats()["bytes_uploaded"] - uploaded <= h.plan["device_bytes"]
     assert torch.equal(T._sample(KIND, model), plain)  # hook patches taken out again
     mm.unload_all_models()
     assert torch.equal(T._sample(KIND, model), plain)  # and not left in the host copy
