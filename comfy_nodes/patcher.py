@@ -349,8 +349,7 @@ class PinStreamPatcherMixin:
         h = self._handle()
         if h is None or not h.loaded:
             return
-        plan = h.plan
-        if not (plan["streamed_blocks"] or plan["split_blocks"]) and h.mode.transfer_dtype == "auto":
+        if not h.streams_blocks and h.mode.transfer_dtype == "auto":
             return
         if self.hook_backup or (hooks is not None and self.get_combined_hook_patches(hooks=hooks)):
             h.unload()

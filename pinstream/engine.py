@@ -331,8 +331,7 @@ class OffloadHandle:
         """Autograd keeps the weights a forward uses for its backward; streamed weights
         live in device slots that later blocks refill, so the gradients would be wrong.
         Called only while grad mode is on."""
-        plan = self.plan
-        if not (plan.get("streamed_blocks") or plan.get("split_blocks")):
+        if not self.streams_blocks:
             return  # nothing streams: every weight keeps its own device memory
         if not (any(p.requires_grad for p in self._params)
                 or any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
@@ -410,18 +409,8 @@ class OffloadHandle:
                 self.oom_retries += 1
                 continue
             self.oom_retries += 1
-            self.plan = plan
-            self.prefetch = prefetch
-            new_mode = "sequential" if policy == "stream_all" else "budget"
-            self.mode = ResolvedMode(new_mode, self.mode.requested,
-                                     f"{self.mode.reason}; device out of memory while loading, fell back to "
-                                     f"{plan['describe']}", plan["device_bytes"] if policy == "budget" else None,
-                                     self.mode.transfer_dtype)
-            if not any(getattr(h, "_pinstream_stream", False) for h in self._hooks):
-                for h in self._hooks:
-                    h.remove()
-                self._hooks.clear()
-                self._install_hooks(True)
+            self._use_streaming_plan(plan, prefetch, self.mode,
+                                     f"device out of memory while loading, fell back to {plan['describe']}")
             self._after_load()
             warnings.warn(f"PinStream: device out of memory while loading; running with a smaller plan: "
                           f"{plan['describe']}", RuntimeWarning, stacklevel=3)
@@ -458,27 +447,39 @@ class OffloadHandle:
         self._fit_target = want
         self.unload()
         rt = self._rt
-        if target >= full:
+        if target >= full:  # the node's plan again
             budget = first_mode.budget_bytes if first_plan["policy"] == "budget" else -1
-            plan, mode, prefetch = rt.plan(first_plan["policy"], budget, first_prefetch), first_mode, first_prefetch
-        else:
-            try:
-                plan = rt.plan("budget", target, self.prefetch)
-            except ValueError:  # below the streaming minimum: stream every block
-                plan = rt.plan("stream_all", -1, self.prefetch)
-            name = "budget" if plan["policy"] == "budget" else "sequential"
-            mode = ResolvedMode(name, first_mode.requested,
-                                f"{first_mode.reason}; fitted to {format_bytes(target)} of device memory allowed "
-                                f"for this run: {plan['describe']}",
-                                plan["device_bytes"] if name == "budget" else None, first_mode.transfer_dtype)
-            prefetch = self.prefetch
-        self.plan, self.mode, self.prefetch = plan, mode, prefetch
+            self.plan = rt.plan(first_plan["policy"], budget, first_prefetch)
+            self.mode, self.prefetch = first_mode, first_prefetch
+            return True
+        try:
+            plan = rt.plan("budget", target, self.prefetch)
+        except ValueError:  # below the streaming minimum: stream every block
+            plan = rt.plan("stream_all", -1, self.prefetch)
+        self._use_streaming_plan(plan, self.prefetch, first_mode,
+                                 f"fitted to {format_bytes(target)} of device memory allowed for this run: "
+                                 f"{plan['describe']}")
+        return True
+
+    def _use_streaming_plan(self, plan: dict, prefetch: int, base: ResolvedMode, why: str) -> None:
+        """Run under ``plan`` (budget or stream_all) from now on, made instead of the plan
+        ``base`` chose: the mode follows the plan and says why; streaming needs the
+        per-block hooks, which full_load and model_offload did not install."""
+        name = "budget" if plan["policy"] == "budget" else "sequential"
+        self.plan, self.prefetch = plan, prefetch
+        self.mode = ResolvedMode(name, base.requested, f"{base.reason}; {why}",
+                                 plan["device_bytes"] if name == "budget" else None, base.transfer_dtype)
         if not any(getattr(h, "_pinstream_stream", False) for h in self._hooks):
             for h in self._hooks:
                 h.remove()
             self._hooks.clear()
             self._install_hooks(True)
-        return True
+
+    @property
+    def streams_blocks(self) -> bool:
+        """Whether the plan sends any block (or the rest of a split one) through the
+        ring of reused device slots."""
+        return bool(self.plan.get("streamed_blocks") or self.plan.get("split_blocks"))
 
     def unload(self) -> None:
         """Free the device copy. Weights point at the pinned host copy again; no
