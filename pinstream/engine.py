@@ -567,7 +567,7 @@ class OffloadHandle:
             for slot in slots:
                 slot.follow_outer_device()
         if self._original_device.type != "cpu":
-            self.module.to(self._original_device)
+            _to_keeping_inference(self.module, self._original_device)
         for p, rg in self._requires_grad.items():
             if p.requires_grad != rg:  # (an inference tensor refuses even a no-op requires_grad_(True))
                 p.requires_grad_(rg)
@@ -576,6 +576,25 @@ class OffloadHandle:
     def __repr__(self) -> str:
         return (f"OffloadHandle(mode={self.mode.name}, device={self.device}, blocks={len(self._block_ids)}, "
                 f"model={self.model_bytes / GIB:.2f} GiB, detached={self._detached})")
+
+
+def _to_keeping_inference(module: nn.Module, *to_args) -> nn.Module:
+    """``module.to(*to_args)`` that keeps inference tensors inference tensors.
+
+    Outside ``torch.inference_mode()``, ``Module.to`` gives every parameter and buffer it
+    moves a normal tensor, so a model built under inference mode would come back from
+    :meth:`OffloadHandle.detach` with a different kind of weight than it went in with.
+    Those tensors are converted first, inside inference mode (their ``.data`` is set, so
+    the Parameter objects users hold stay the same); ``Module.to`` then finds them done
+    and converts the rest as usual.
+    """
+    pending = [t for t in (*module.parameters(), *module.buffers())
+               if t.is_inference() and not is_traceable_wrapper_subclass(t)]
+    if pending:
+        with torch.inference_mode():
+            for t in pending:
+                t.data = t.data.to(*to_args)
+    return module.to(*to_args)
 
 
 def _resolve_mode(mode, budget_gb, *, free_device_bytes, model_bytes, discovery: BlockDiscovery,

@@ -439,3 +439,30 @@ def test_dtype_conversion_of_a_loaded_model_is_not_undone_by_unload(target):
     with pytest.raises(RuntimeError, match=r"was converted to Half while offloaded by PinStream \(stored as Float\)"):
         h.unload()
     h.detach()
+
+
+def test_detach_move_keeps_each_tensor_kind():
+    """The move detach makes back to a GPU keeps inference tensors inference tensors and
+    normal ones normal, in the same Parameter objects. A dtype stands in for the device
+    here: ``Module.to`` converts both the same way, and strips the inference kind the same way."""
+    from pinstream.engine import _to_keeping_inference
+
+    with torch.inference_mode():
+        frozen = nn.Linear(4, 4)
+        frozen.register_buffer("table", torch.arange(3.0))
+    plain = nn.Linear(4, 4)
+    m = nn.Sequential(frozen, plain)
+    held = frozen.weight
+    # What plain Module.to does to a model built under inference mode (the failure this guards).
+    with torch.inference_mode():
+        probe = nn.Linear(2, 2)
+    assert not probe.to(torch.float64).weight.is_inference()
+
+    _to_keeping_inference(m, torch.float64)
+    assert frozen.weight is held and held.dtype == torch.float64 and held.is_inference()
+    assert frozen.table.is_inference() and frozen.table.dtype == torch.float64
+    assert torch.equal(frozen.table, torch.arange(3.0, dtype=torch.float64))
+    assert plain.weight.dtype == torch.float64 and not plain.weight.is_inference()
+    assert plain.weight.requires_grad
+    with torch.no_grad():
+        m(torch.randn(2, 4, dtype=torch.float64))
