@@ -266,25 +266,43 @@ def run_load_clip(clip_name, type, mode, vram_budget_gb, prefetch_blocks, pin_me
     return (clip,), msg
 
 
-def run_load_vae(vae_name, mode, vram_budget_gb, prefetch_blocks, pin_memory,
-        transfer_dtype="auto"):
+def _build_vae(vae_name):
+    """The VAE core's Load VAE would give for ``vae_name``: a file in models/vae, or a name
+    core's loader builds itself (taesd*, video TAEs, pixel_space)."""
     import comfy.sd
     import comfy.utils
     import folder_paths
 
-    cfg = check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype)
-    cfg.label = vae_name
     if vae_name in folder_paths.get_filename_list("vae"):
         path = folder_paths.get_full_path_or_raise("vae", vae_name)
         sd = comfy.utils.load_torch_file(path)
         vae = comfy.sd.VAE(sd=sd, **_load_kwargs(comfy.sd.VAE))
         vae.throw_exception_if_invalid() if hasattr(vae, "throw_exception_if_invalid") else None
     else:
-        # a name core's Load VAE builds itself (taesd*, video TAEs, pixel_space): its loader makes it
         core = _core_node("VAELoader")
         if core is None or vae_name not in _vae_names():
             folder_paths.get_full_path_or_raise("vae", vae_name)  # core's error for a missing file
         vae = core().load_vae(vae_name)[0]
+    patcher = getattr(vae, "patcher", None)
+    # Newest ComfyUI builds every VAE under Dynamic VRAM (VAE() takes no disable_dynamic). Its
+    # non-dynamic copy, which PinStream manages, is rebuilt from cached_patcher_init; core's
+    # Load VAE sets one for files only, so set ours for every name.
+    if patcher is not None and hasattr(patcher, "cached_patcher_init") and patcher.cached_patcher_init is None:
+        patcher.cached_patcher_init = (_rebuild_vae_patcher, (vae_name,))
+    return vae
+
+
+def _rebuild_vae_patcher(vae_name, **_options):
+    """cached_patcher_init factory (ComfyUI calls it with disable_dynamic=True, or with no
+    options for a per-device copy): the same VAE, built again from its name."""
+    return _build_vae(vae_name).patcher
+
+
+def run_load_vae(vae_name, mode, vram_budget_gb, prefetch_blocks, pin_memory,
+        transfer_dtype="auto"):
+    cfg = check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype)
+    cfg.label = vae_name
+    vae = _build_vae(vae_name)
     if getattr(vae, "patcher", None) is None or not any(True for _ in vae.patcher.model.parameters()):
         return (vae,), f"PinStream {vae_name}: this VAE has no weights to offload; passed through unchanged"
     patcher, msg = apply_offload(vae.patcher, cfg)

@@ -117,15 +117,23 @@ def load_comfyui(models_dir: str | None = None, *, skip: bool = True, threads: i
         import comfy.cli_args
 
         args = comfy.cli_args.args
+        dynamic = os.environ.get("PINSTREAM_COMFY_DYNAMIC_VRAM") == "1"
         # must be set BEFORE comfy.model_management is imported
-        args.cpu = True
-        args.disable_pinned_memory = True  # (0.3.75 flag) keep host tensors pageable
-        args.disable_async_offload = True
         args.deterministic = deterministic  # True -> torch.use_deterministic_algorithms(True, warn_only=True)
         args.disable_all_custom_nodes = True
         args.disable_api_nodes = True
-        if hasattr(args, "disable_dynamic_vram"):  # newest ComfyUI: Dynamic VRAM is CUDA-only anyway
-            args.disable_dynamic_vram = True
+        if dynamic:
+            # GPU machine: ComfyUI as main.py starts it with Dynamic VRAM on (CUDA, comfy-aimdo).
+            if not hasattr(args, "disable_dynamic_vram"):
+                raise RuntimeError(f"PINSTREAM_COMFY_DYNAMIC_VRAM=1 but ComfyUI at {root} has no Dynamic VRAM")
+            args.disable_dynamic_vram = False
+            _aimdo_init(args)
+        else:
+            args.cpu = True
+            args.disable_pinned_memory = True  # (0.3.75 flag) keep host tensors pageable
+            args.disable_async_offload = True
+            if hasattr(args, "disable_dynamic_vram"):  # newest ComfyUI: Dynamic VRAM is CUDA-only anyway
+                args.disable_dynamic_vram = True
 
         import comfy.lora
         import comfy.model_base
@@ -144,7 +152,10 @@ def load_comfyui(models_dir: str | None = None, *, skip: bool = True, threads: i
         return _skip_or_raise(f"ComfyUI at {root} found but cannot be imported ({e!r}); "
                               f"pip install -r tests/comfy/requirements-comfyui-test.txt", skip)
 
-    if str(mm.get_torch_device()) != "cpu":
+    dynamic_active = False
+    if dynamic:
+        dynamic_active = _aimdo_enable(args, mm)
+    elif str(mm.get_torch_device()) != "cpu":
         raise RuntimeError(f"ComfyUI chose device {mm.get_torch_device()} although args.cpu=True "
                            f"(comfy.model_management imported before load_comfyui()?)")
 
@@ -185,8 +196,13 @@ def load_comfyui(models_dir: str | None = None, *, skip: bool = True, threads: i
         "wan_vae_dim_detected": 'sd["decoder.head.0.gamma"]' in vae_src,
         # Flux hidden_size read from img_in.weight (0.3.75) instead of hard-coded 3072 (0.3.64)
         "flux_width_detected": 'dit_config["hidden_size"] = w.shape[0]' in det_src,
+        # Flux num_heads = hidden_size // sum(axes_dim) (0.33) instead of hard-coded 24 (0.3.x, 0.8)
+        "flux_heads_detected": 'dit_config["num_heads"] = dit_config["hidden_size"] // sum(' in det_src,
         "dynamic_vram": hasattr(comfy.model_patcher, "ModelPatcherDynamic"),
         "v3_node_api": has_v3,
+        "tiny_umt5_detected": _tiny_umt5_detection(comfy.sd),
+        # PINSTREAM_COMFY_DYNAMIC_VRAM=1 on a CUDA machine: core loaders build ModelPatcherDynamic
+        "dynamic_vram_active": dynamic_active,
     }
 
     _NS = types.SimpleNamespace(
@@ -217,6 +233,75 @@ def load_comfyui(models_dir: str | None = None, *, skip: bool = True, threads: i
     comfy.utils.PROGRESS_BAR_ENABLED = False  # no tqdm noise from the samplers
     logging.getLogger().setLevel(logging.WARNING)
     return _NS
+
+
+def _aimdo_init(args) -> None:
+    """comfy-aimdo's process-wide init, as ComfyUI's main.py runs it before torch allocates
+    (three protocol generations of comfy-aimdo)."""
+    import comfy_aimdo.control
+
+    headroom = None if getattr(args, "reserve_vram", None) is None else int(args.reserve_vram * 1024 ** 3)
+    try:
+        comfy_aimdo.control.init(simple_vram_headroom=headroom,
+                                 nvml_pressure=not getattr(args, "disable_nvml_pressure", False))
+    except TypeError:
+        try:
+            comfy_aimdo.control.init(simple_vram_headroom=headroom)
+        except TypeError:
+            comfy_aimdo.control.init()
+
+
+def _aimdo_enable(args, mm) -> bool:
+    """main.py's switch: comfy-aimdo on every torch device, then core loaders build
+    ModelPatcherDynamic. Raises when it cannot be switched on (the caller asked for it)."""
+    import comfy.memory_management
+    import comfy.model_patcher
+    import comfy_aimdo.control
+
+    devices = mm.get_all_torch_devices()
+    try:
+        ok = comfy_aimdo.control.init_devices((d.index, int(getattr(args, "vram_headroom", 0) * 1024 ** 3))
+                                              for d in devices)
+    except TypeError:
+        ok = comfy_aimdo.control.init_devices(d.index for d in devices)
+    if not ok:
+        raise RuntimeError(f"comfy-aimdo could not start on {devices}; Dynamic VRAM is off")
+    comfy.model_patcher.CoreModelPatcher = comfy.model_patcher.ModelPatcherDynamic
+    comfy.memory_management.aimdo_enabled = True
+    return True
+
+
+_UMT5_PROBE_KEY = "encoder.block.23.layer.1.DenseReluDense.wi_1.weight"
+
+
+def _tiny_umt5_detection(sd_module) -> bool:
+    """Let ComfyUI recognise the tiny umt5-xxl fixture (checkpoints.write_umt5_xxl).
+
+    Up to 0.8, ``comfy.sd.detect_te_model`` calls a file T5_XXL from the input width of
+    its last block's ``wi_1`` (4096), which the fixture has. Newer releases (0.33 here) look
+    at its row count instead, d_ff 10240 for umt5-xxl; a fixture that wide would be 24 x 3
+    matrices of 10240 x 4096, so there, and only for the fixture's own shape (fewer than
+    5120 rows, 4096 columns), detection is told T5_XXL. Real checkpoints, and every other
+    model, pass through unchanged. Returns whether ComfyUI detected the fixture by itself.
+    """
+    import torch
+
+    orig = sd_module.detect_te_model
+    probe = {_UMT5_PROBE_KEY: torch.empty(8, 4096, device="meta")}
+    if orig(probe) == sd_module.TEModel.T5_XXL:
+        return True
+    if getattr(orig, "_pinstream_tiny_umt5", False):
+        return False
+
+    def detect_te_model(sd):
+        w = sd.get(_UMT5_PROBE_KEY) if hasattr(sd, "get") else None
+        if w is not None and w.ndim == 2 and w.shape[1] == 4096 and w.shape[0] < 5120:
+            return sd_module.TEModel.T5_XXL
+        return orig(sd)
+
+    detect_te_model._pinstream_tiny_umt5 = True
+    sd_module.detect_te_model = detect_te_model
+    return False
 
 
 def refresh_model_lists(ns) -> None:

@@ -166,15 +166,20 @@ def tiny_text_encoder_configs(monkeypatch):
     standard ones); the node calls ComfyUI's loaders, which get the override here."""
     import copy
     import functools
+    import inspect
 
     sd = ns.sd
     monkeypatch.setattr(sd, "load_checkpoint_guess_config", functools.partial(
         sd.load_checkpoint_guess_config, te_model_options=copy.deepcopy(ck.CLIP_L_TE_OPTIONS)))
     real_load_clip = sd.load_clip
+    real_sig = inspect.signature(real_load_clip)
 
-    def load_clip(*args, model_options=None, **kwargs):  # the override, merged with the caller's options
-        return real_load_clip(*args, model_options={**copy.deepcopy(ck.UMT5_MODEL_OPTIONS), **(model_options or {})},
-                              **kwargs)
+    @functools.wraps(real_load_clip)  # callers that inspect the signature see the real one
+    def load_clip(*args, **kwargs):  # the override, merged with the caller's options (positional or not)
+        bound = real_sig.bind(*args, **kwargs)
+        bound.arguments["model_options"] = {**copy.deepcopy(ck.UMT5_MODEL_OPTIONS),
+                                            **(bound.arguments.get("model_options") or {})}
+        return real_load_clip(*bound.args, **bound.kwargs)
 
     monkeypatch.setattr(sd, "load_clip", load_clip)
 

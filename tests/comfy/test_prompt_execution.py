@@ -104,7 +104,11 @@ def new_executor():
     if "cache_type" in params and hasattr(execution, "CacheType"):
         kw["cache_type"] = execution.CacheType.CLASSIC  # main.py's default
     if "cache_args" in params:
-        kw["cache_args"] = {"lru": getattr(ns.args, "cache_lru", 0), "ram": getattr(ns.args, "cache_ram", 0)}
+        # As main.py builds them for the classic cache: newer releases read "ram" and
+        # "ram_inactive" as numbers (--cache-ram became a list and only feeds the RAM-pressure cache).
+        ram = getattr(ns.args, "cache_ram", 0)
+        kw["cache_args"] = {"lru": getattr(ns.args, "cache_lru", 0),
+                            "ram": ram if isinstance(ram, (int, float)) else 0, "ram_inactive": 0}
     elif "cache_size" in params:
         kw["cache_size"] = getattr(ns.args, "cache_lru", 0)
     return execution.PromptExecutor(server, **kw), server
