@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# PinStream beside ComfyUI's real Dynamic VRAM, on the GPU machine.
+#
+#   bench/dynamic_vram_check.sh [--stage DIR]... [--no-run] [--dry-run]
+#
+# 1. --stage DIR (repeatable): install each wheel in DIR whose distribution this Python lacks
+#    (pip --no-index --no-deps --target into $SITE, put first on PYTHONPATH), and unpack a
+#    ComfyUI release tarball found there (comfyui-*.tar.gz) into $COMFY. Both folders stay on
+#    a warm machine, so a second call can bring the rest (a call carries at most 64 MiB).
+# 2. Build the extension with CUDA (install.py --cuda on) unless it is already built.
+# 3. Unless --no-run: pytest tests/comfy/test_dynamic_vram_cuda.py with
+#    PINSTREAM_COMFY_DYNAMIC_VRAM=1 and COMFYUI_PATH=$COMFY (a ComfyUI with Dynamic VRAM), the
+#    log under $OUT.
+#
+# --dry-run (any machine, CI): steps 1 and 3 without installing or building; the test module
+# runs without PINSTREAM_COMFY_DYNAMIC_VRAM, so its cases are collected and skipped.
+# Environment: OUT (default out/dynamic-vram), PYTHON (python3), SITE (/tmp/pinstream-dyn-site),
+# COMFY (/tmp/pinstream-dyn-comfyui; COMFYUI_PATH wins when set and no tarball was staged).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+OUT=${OUT:-out/dynamic-vram}
+SITE=${SITE:-${TMPDIR:-/tmp}/pinstream-dyn-site}
+COMFY=${COMFY:-${TMPDIR:-/tmp}/pinstream-dyn-comfyui}
+stages=() run=1 dry=0
+while (( $# )); do
+  case $1 in
+    --stage) [[ $# -ge 2 ]] || { echo "--stage needs a folder" >&2; exit 2; }; stages+=("$2"); shift 2 ;;
+    --no-run) run=0; shift ;;
+    --dry-run) dry=1; shift ;;
+    -h|--help) sed -n 2,19p "$0"; exit 0 ;;
+    *) echo "unknown option $1 (allowed: --stage DIR, --no-run, --dry-run)" >&2; exit 2 ;;
+  esac
+done
+mkdir -p "$OUT" "$SITE"
+log=$OUT/dynamic_vram.log
+: > "$log"
+say() { echo "$*" | tee -a "$log"; }
+
+have_dist() {  # distribution installed for $PY (outside $SITE as well as inside)?
+  PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" "$PY" - "$1" <<'EOF'
+import importlib.metadata as md, re, sys
+name = re.sub(r"[-_.]+", "-", sys.argv[1]).lower()
+try:
+    md.version(name)
+except md.PackageNotFoundError:
+    sys.exit(1)
+EOF
+}
+
+for d in "${stages[@]}"; do
+  [[ -d $d ]] || { say "stage $d: no such folder"; exit 2; }
+  for w in "$d"/*.whl; do
+    [[ -e $w ]] || continue
+    dist=$(basename "$w"); dist=${dist%%-*}
+    if have_dist "$dist"; then say "stage: $dist present, $(basename "$w") not needed"; continue; fi
+    if (( dry )); then say "stage: would install $(basename "$w")"; continue; fi
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$w" \
+      && say "stage: installed $(basename "$w")" || say "stage: FAILED to install $(basename "$w")"
+  done
+  for t in "$d"/comfyui-*.tar.gz; do
+    [[ -e $t ]] || continue
+    rm -rf "$COMFY" && mkdir -p "$COMFY" && tar -xzf "$t" -C "$COMFY" && say "stage: ComfyUI from $t in $COMFY"
+    export COMFYUI_PATH=$COMFY
+  done
+done
+export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+[[ -z ${COMFYUI_PATH:-} && -d $COMFY ]] && export COMFYUI_PATH=$COMFY
+
+if (( ! dry )); then
+  if ! "$PY" -c "import pinstream._C as c; assert (c.cuda_built() if callable(c.cuda_built) else c.cuda_built)" 2>/dev/null; then
+    say "build: install.py --cuda on"
+    timeout 240 "$PY" install.py --cuda on >> "$log" 2>&1 || { say "build FAILED (see $log)"; exit 1; }
+  fi
+fi
+(( run )) || { say "staged; run again without --no-run to test"; exit 0; }
+
+say "ComfyUI: ${COMFYUI_PATH:-none}"
+if (( dry )); then
+  "$PY" -m pytest tests/comfy/test_dynamic_vram_cuda.py -q -rs -p no:cacheprovider 2>&1 | tee -a "$log"
+else
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee -a "$log"
+  PINSTREAM_COMFY_DYNAMIC_VRAM=1 timeout 300 "$PY" -m pytest tests/comfy/test_dynamic_vram_cuda.py -q -rs -s \
+    -p no:cacheprovider 2>&1 | tee -a "$log"
+fi
+rc=${PIPESTATUS[0]}
+say "pytest exit status $rc"
+exit "$rc"
