@@ -214,8 +214,9 @@ def test_clip_loader_umt5_same_conditioning(mode, tiny_text_encoder_configs):
     mm.unload_all_models()
 
 
-@pytest.mark.parametrize("kind", ["wan_vae", "taesd"])
-def test_vae_loader_same_decode(kind):
+def core_vae_and_latent(kind):
+    """Core's VAE for the tiny test file ``kind`` and a latent of its shape (skips where this
+    ComfyUI cannot build the tiny Wan VAE)."""
     try:
         core = pl.load_vae(ns, f(kind))
     except RuntimeError as e:
@@ -223,7 +224,12 @@ def test_vae_loader_same_decode(kind):
             pytest.skip("this ComfyUI builds the Wan VAE at full width (dim 96) only; the tiny test VAE has dim 8")
         raise
     shape = (1, 16, 2, 4, 4) if kind == "wan_vae" else (1, 4, 8, 8)
-    lat = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    return core, torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("kind", ["wan_vae", "taesd"])
+def test_vae_loader_same_decode(kind):
+    core, lat = core_vae_and_latent(kind)
     ref = pl.vae_decode(ns, core, lat)
     mm.unload_all_models()
     (vae,), msg = N.run_load_vae(name_of("vae", f(kind)), "model_offload", 0.0, 1, True)
