@@ -158,6 +158,7 @@ def restore_host_originals(st: PinStreamState, model) -> bool:
 def _offload(module, config: OffloadConfig, *, mode: str, budget_gb, load_device, engine: str,
              free=None, progress=None):
     import pinstream
+    from pinstream.engine import available_pin_bytes
 
     dev = torch.device(load_device)
     handle = pinstream.offload(
@@ -172,9 +173,23 @@ def _offload(module, config: OffloadConfig, *, mode: str, budget_gb, load_device
         link_gbps=0.0 if engine == "host" else None,
         free_device_bytes=free,
         progress=progress,
+        pin_cap_bytes=available_pin_bytes(comfy_pinned_bytes()),
     )
     handle.unload()  # nothing on the device until ComfyUI asks for it
     return handle
+
+
+def comfy_pinned_bytes() -> int:
+    """Host memory ComfyUI itself has pinned for its own models (model_management's
+    TOTAL_PINNED_MEMORY, 0.3.7x and newer): PinStream's pinning cap leaves room for it, so
+    the two together stay within one cap."""
+    mm = sys.modules.get("comfy.model_management")
+    if mm is None or getattr(mm, "MAX_PINNED_MEMORY", 0) <= 0:
+        return 0
+    try:
+        return max(0, int(getattr(mm, "TOTAL_PINNED_MEMORY", 0)))
+    except (TypeError, ValueError):
+        return 0
 
 
 def _rebuild_handle(st: PinStreamState, model):

@@ -178,6 +178,8 @@ def _free_device_bytes(dev: torch.device) -> int:
 # diffusers' model CPU offload but without device-to-host copies.
 _LOADED_MODEL_OFFLOAD: dict[str, list] = {}
 _REGISTRY_LOCK = threading.Lock()
+# Every handle not yet detached: the pinning cap is shared by all the models of a process.
+_LIVE_HANDLES: "weakref.WeakSet[OffloadHandle]" = weakref.WeakSet()
 
 
 class OffloadHandle:
@@ -552,6 +554,8 @@ class OffloadHandle:
         self._hide_all()
         self._rt.close(restore_pageable=True)
         self._detached = True
+        with _REGISTRY_LOCK:
+            _LIVE_HANDLES.discard(self)
         self._pass_owner = None
         if getattr(self.module, "_pinstream_handle", None) is self:
             try:
@@ -667,8 +671,10 @@ def offload(
     blocks        explicit block module names, overriding discovery
     free_device_bytes, host_ram_bytes
                   override what ``auto`` sees (planning for another machine, tests)
-    pin_cap_bytes most host bytes to pin (default: PINSTREAM_PIN_CAP_GB, else 95% of
-                  RAM on Linux and 45% on Windows, like ComfyUI); the rest stays pageable
+    pin_cap_bytes most host bytes this model may pin; the rest stays pageable. Default:
+                  what the process-wide cap leaves (:func:`available_pin_bytes`), i.e.
+                  PINSTREAM_PIN_CAP_GB, else 95% of RAM on Linux and 45% on Windows (like
+                  ComfyUI), less what the other live PinStream models have pinned
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"PinStream: offload() needs a torch nn.Module, got {type(module).__name__}")
@@ -737,7 +743,7 @@ def offload(
             requires_grad[t] = t.requires_grad
 
     rt = _C.Runtime(
-        pin_cap_bytes=int(pin_cap_bytes if pin_cap_bytes is not None else default_pin_cap_bytes()),
+        pin_cap_bytes=int(pin_cap_bytes if pin_cap_bytes is not None else available_pin_bytes()),
         device=str(dev),
         engine=engine_kind,
         prefetch=prefetch,
@@ -794,7 +800,27 @@ def offload(
         module._pinstream_handle = handle
     except Exception:  # noqa: BLE001 - a module that refuses attributes still works
         pass
+    with _REGISTRY_LOCK:
+        _LIVE_HANDLES.add(handle)
     return handle
+
+
+def pinned_bytes_in_use() -> int:
+    """Host bytes pinned by this process's PinStream models (the handles not detached)."""
+    with _REGISTRY_LOCK:
+        handles = list(_LIVE_HANDLES)
+    return sum(int(h._rt.pinned_bytes) for h in handles if not h._detached)
+
+
+def available_pin_bytes(pinned_elsewhere: int = 0) -> int:
+    """What the pinning cap (:func:`default_pin_cap_bytes`, one for the whole process) leaves
+    for another model: the cap less the bytes the live PinStream models have pinned and
+    ``pinned_elsewhere`` (pinned memory PinStream does not own, such as ComfyUI's own
+    pins). -1 when there is no cap (RAM unknown)."""
+    cap = default_pin_cap_bytes()
+    if cap < 0:
+        return -1
+    return max(0, cap - pinned_bytes_in_use() - max(0, int(pinned_elsewhere)))
 
 
 def _pin_ranks(_C, unit_tensors, rest, resolved, prefetch) -> list:
@@ -818,7 +844,8 @@ def _pin_ranks(_C, unit_tensors, rest, resolved, prefetch) -> list:
 
 
 def default_pin_cap_bytes() -> int:
-    """Pinning cap: PINSTREAM_PIN_CAP_GB, else 95% of RAM (45% on Windows)."""
+    """Pinning cap for all of a process's models together: PINSTREAM_PIN_CAP_GB, else 95% of
+    RAM (45% on Windows)."""
     raw = os.environ.get("PINSTREAM_PIN_CAP_GB", "").strip()
     if raw:
         try:
