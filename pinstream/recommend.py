@@ -1189,6 +1189,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+DYNAMIC_VRAM_OFF_FLAGS = ("--disable-dynamic-vram", "--highvram", "--gpu-only", "--novram", "--cpu")
+
+
+def dynamic_vram_note(flags: "FlagCheck", machine) -> str | None:
+    """A note when the checked ComfyUI will run Dynamic VRAM (its parser has
+    --disable-dynamic-vram, none of the flags that turn it off is given, and there is a GPU)."""
+    if flags.comfyui is None or machine.gpu is None:
+        return None
+    try:
+        parser = comfyui_parser_flags(flags.comfyui)
+    except Exception:  # noqa: BLE001 - the flag check already reported a broken ComfyUI
+        return None
+    if "--disable-dynamic-vram" not in parser:
+        return None
+    if any(f in flags.args for f in DYNAMIC_VRAM_OFF_FLAGS):
+        return None
+    return ("this ComfyUI runs the models of its own loaders under Dynamic VRAM (NVIDIA): the PinStream "
+            "loaders opt out for the models they manage, and 'PinStream Offload' on a core loader's model "
+            "manages the non-dynamic copy ComfyUI rebuilds; add --disable-dynamic-vram to turn it off for all")
+
+
 def recommend(ns: argparse.Namespace, extra_args: list, *, detect_gpu_fn=None, detect_ram_fn=None) -> dict:
     """The recommendation as the JSON-ready dict."""
     try:
@@ -1249,6 +1270,9 @@ def recommend(ns: argparse.Namespace, extra_args: list, *, detect_gpu_fn=None, d
         raise RecommendError(str(e)) from None
     warnings.extend(flags.warnings)
     notes.extend(flags.notes)
+    dynamic = dynamic_vram_note(flags, machine)
+    if dynamic:
+        notes.append(dynamic)
     if device is not None and comfyui_device(flags.args) != device:
         warnings.append(
             f"planned for GPU {device} (your --cuda-device/--default-device), but that flag was dropped: "

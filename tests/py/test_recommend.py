@@ -1174,3 +1174,24 @@ def test_cpu_plan_counts_16_bit_weights_twice(tmp_path, capsys):
     # --model-gb gives no dtype: 16-bit assumed.
     r = ok(["--no-gpu", "--ram-gb", "64", "--model-gb", "10", "--json"], capsys)
     assert r["ram_needed_gb"] == 24 and any("16-bit weights are assumed" in n for n in r["notes"])
+
+
+def test_dynamic_vram_note_only_where_that_comfyui_runs_it(monkeypatch):
+    parsers = {"/new": {"--disable-dynamic-vram": {}, "--highvram": {}}, "/old": {"--highvram": {}}}
+    monkeypatch.setattr(rec, "comfyui_parser_flags", lambda root: parsers[root])
+    gpu = rec.GpuInfo(name="planned", vram_gb=12.0, free_vram_gb=12.0, source="--vram-gb")
+
+    class M:
+        def __init__(self, g):
+            self.gpu = g
+
+    def note(root, args, g=gpu):
+        return rec.dynamic_vram_note(rec.FlagCheck(args, [], [], "parser", root), M(g))
+
+    assert "Dynamic VRAM" in note("/new", ["--lowvram"])
+    assert "--disable-dynamic-vram" in note("/new", [])
+    for off in rec.DYNAMIC_VRAM_OFF_FLAGS:
+        assert note("/new", ["--lowvram", off]) is None, off
+    assert note("/old", []) is None  # a release without Dynamic VRAM
+    assert note(None, []) is None  # built-in table: no ComfyUI to ask
+    assert note("/new", [], g=None) is None  # no GPU
