@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # PinStream beside ComfyUI's real Dynamic VRAM, on the GPU machine.
 #
-#   bench/dynamic_vram_check.sh [--stage DIR]... [--no-run] [--dry-run]
+#   bench/dynamic_vram_check.sh [--stage DIR]... [--no-run] [--comfy-suite] [--dry-run]
 #
 # 1. --stage DIR (repeatable): install each wheel in DIR whose distribution this Python lacks
 #    (pip --no-index --no-deps --target into $SITE, put first on PYTHONPATH), and unpack a
@@ -10,7 +10,8 @@
 # 2. Build the extension with CUDA (install.py --cuda on) unless it is already built.
 # 3. Unless --no-run: pytest tests/comfy/test_dynamic_vram_cuda.py with
 #    PINSTREAM_COMFY_DYNAMIC_VRAM=1 and COMFYUI_PATH=$COMFY (a ComfyUI with Dynamic VRAM), the
-#    log under $OUT.
+#    log under $OUT. With --comfy-suite, first the whole tests/comfy suite on CUDA with the
+#    legacy memory manager (PINSTREAM_COMFY_CUDA=1; log $OUT/comfy_cuda.log).
 #
 # --dry-run (any machine, CI): steps 1 and 3 without installing or building; the test module
 # runs without PINSTREAM_COMFY_DYNAMIC_VRAM, so its cases are collected and skipped.
@@ -23,14 +24,15 @@ PY=${PYTHON:-python3}
 OUT=${OUT:-out/dynamic-vram}
 SITE=${SITE:-${TMPDIR:-/tmp}/pinstream-dyn-site}
 COMFY=${COMFY:-${TMPDIR:-/tmp}/pinstream-dyn-comfyui}
-stages=() run=1 dry=0
+stages=() run=1 dry=0 suite=0
 while (( $# )); do
   case $1 in
     --stage) [[ $# -ge 2 ]] || { echo "--stage needs a folder" >&2; exit 2; }; stages+=("$2"); shift 2 ;;
     --no-run) run=0; shift ;;
+    --comfy-suite) suite=1; shift ;;
     --dry-run) dry=1; shift ;;
-    -h|--help) sed -n 2,19p "$0"; exit 0 ;;
-    *) echo "unknown option $1 (allowed: --stage DIR, --no-run, --dry-run)" >&2; exit 2 ;;
+    -h|--help) sed -n 2,21p "$0"; exit 0 ;;
+    *) echo "unknown option $1 (allowed: --stage DIR, --no-run, --comfy-suite, --dry-run)" >&2; exit 2 ;;
   esac
 done
 mkdir -p "$OUT" "$SITE"
@@ -77,13 +79,28 @@ fi
 (( run )) || { say "staged; run again without --no-run to test"; exit 0; }
 
 say "ComfyUI: ${COMFYUI_PATH:-none}"
+suite_rc=0
+if (( suite )); then
+  slog=$OUT/comfy_cuda.log
+  if (( dry )); then
+    say "suite: would run tests/comfy with PINSTREAM_COMFY_CUDA=1 (log $slog)"
+  else
+    say "suite: tests/comfy on CUDA, legacy memory manager (log $slog)"
+    PINSTREAM_COMFY_CUDA=1 timeout 300 "$PY" -m pytest tests/comfy -q -rfs -p no:cacheprovider --maxfail=30 \
+      > "$slog" 2>&1
+    suite_rc=$?
+    tail -25 "$slog" | tee -a "$log"
+    say "suite exit status $suite_rc"
+  fi
+fi
 if (( dry )); then
   "$PY" -m pytest tests/comfy/test_dynamic_vram_cuda.py -q -rs -p no:cacheprovider 2>&1 | tee -a "$log"
 else
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee -a "$log"
-  PINSTREAM_COMFY_DYNAMIC_VRAM=1 timeout 300 "$PY" -m pytest tests/comfy/test_dynamic_vram_cuda.py -q -rs -s \
+  PINSTREAM_COMFY_DYNAMIC_VRAM=1 timeout 200 "$PY" -m pytest tests/comfy/test_dynamic_vram_cuda.py -q -rs -s \
     -p no:cacheprovider 2>&1 | tee -a "$log"
 fi
 rc=${PIPESTATUS[0]}
 say "pytest exit status $rc"
+(( rc == 0 )) && rc=$suite_rc
 exit "$rc"

@@ -75,6 +75,10 @@ def load_comfyui(models_dir: str | None = None, *, skip: bool = True, threads: i
                  deterministic: bool = False):
     """Import ComfyUI in-process on the CPU and return a namespace.
 
+    On a GPU machine: PINSTREAM_COMFY_CUDA=1 runs it on CUDA with the legacy memory manager
+    (pinned memory and async offload at ComfyUI's defaults, Dynamic VRAM off);
+    PINSTREAM_COMFY_DYNAMIC_VRAM=1 runs it as main.py does with Dynamic VRAM on.
+
     ns.root, ns.how_found, ns.version (str), ns.version_tuple,
     ns.cli_args / ns.args, ns.model_management, ns.model_patcher, ns.model_base,
     ns.model_detection, ns.supported_models, ns.sd, ns.samplers, ns.sample,
@@ -118,6 +122,7 @@ def load_comfyui(models_dir: str | None = None, *, skip: bool = True, threads: i
 
         args = comfy.cli_args.args
         dynamic = os.environ.get("PINSTREAM_COMFY_DYNAMIC_VRAM") == "1"
+        cuda = dynamic or os.environ.get("PINSTREAM_COMFY_CUDA") == "1"
         # must be set BEFORE comfy.model_management is imported
         args.deterministic = deterministic  # True -> torch.use_deterministic_algorithms(True, warn_only=True)
         args.disable_all_custom_nodes = True
@@ -128,6 +133,11 @@ def load_comfyui(models_dir: str | None = None, *, skip: bool = True, threads: i
                 raise RuntimeError(f"PINSTREAM_COMFY_DYNAMIC_VRAM=1 but ComfyUI at {root} has no Dynamic VRAM")
             args.disable_dynamic_vram = False
             _aimdo_init(args)
+        elif cuda:
+            # GPU machine, the legacy memory manager: pinned memory and async offload left at
+            # ComfyUI's defaults, as users run it; Dynamic VRAM off where the release has it.
+            if hasattr(args, "disable_dynamic_vram"):
+                args.disable_dynamic_vram = True
         else:
             args.cpu = True
             args.disable_pinned_memory = True  # (0.3.75 flag) keep host tensors pageable
@@ -153,9 +163,11 @@ def load_comfyui(models_dir: str | None = None, *, skip: bool = True, threads: i
                               f"pip install -r tests/comfy/requirements-comfyui-test.txt", skip)
 
     dynamic_active = False
+    if cuda and str(mm.get_torch_device()) == "cpu":
+        raise RuntimeError("PINSTREAM_COMFY_CUDA / PINSTREAM_COMFY_DYNAMIC_VRAM need a CUDA device; ComfyUI chose the CPU")
     if dynamic:
         dynamic_active = _aimdo_enable(args, mm)
-    elif str(mm.get_torch_device()) != "cpu":
+    elif not cuda and str(mm.get_torch_device()) != "cpu":
         raise RuntimeError(f"ComfyUI chose device {mm.get_torch_device()} although args.cpu=True "
                            f"(comfy.model_management imported before load_comfyui()?)")
 
@@ -203,6 +215,7 @@ def load_comfyui(models_dir: str | None = None, *, skip: bool = True, threads: i
         "tiny_umt5_detected": _tiny_umt5_detection(comfy.sd),
         # PINSTREAM_COMFY_DYNAMIC_VRAM=1 on a CUDA machine: core loaders build ModelPatcherDynamic
         "dynamic_vram_active": dynamic_active,
+        "device": str(mm.get_torch_device()),
     }
 
     _NS = types.SimpleNamespace(

@@ -29,8 +29,12 @@ from comfy_nodes import patcher as P
 ns, pl, mm = T.ns, T.pl, T.mm
 tiny_text_encoder_configs = T.tiny_text_encoder_configs  # a fixture of test_nodes, used here too
 
-pytestmark = pytest.mark.skipif(not ns.has_dynamic_vram,
-                                reason=f"ComfyUI {ns.version} has no Dynamic VRAM (ModelPatcherDynamic)")
+pytestmark = [
+    pytest.mark.skipif(not ns.has_dynamic_vram,
+                       reason=f"ComfyUI {ns.version} has no Dynamic VRAM (ModelPatcherDynamic)"),
+    pytest.mark.skipif(ns.features.get("device", "cpu") != "cpu",
+                       reason="the stand-in is for the CPU; on a GPU test_dynamic_vram_cuda.py runs the real one"),
+]
 
 
 def _stand_in():

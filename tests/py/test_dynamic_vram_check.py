@@ -34,13 +34,14 @@ def test_bad_options_are_refused(tmp_path):
     p = _run("--stage", tmp_path=tmp_path)
     assert p.returncode == 2 and "--stage needs a folder" in p.stderr
     p = _run("--fast", tmp_path=tmp_path)
-    assert p.returncode == 2 and "unknown option --fast" in p.stderr and "--dry-run" in p.stderr
+    assert p.returncode == 2 and "unknown option --fast" in p.stderr and "--comfy-suite" in p.stderr
     p = _run("--stage", str(tmp_path / "nowhere"), "--dry-run", tmp_path=tmp_path)
     assert p.returncode == 2 and "no such folder" in p.stdout
 
 
 def test_dry_run_collects_the_cuda_module(tmp_path):
-    p = _run("--dry-run", tmp_path=tmp_path, timeout=300)
+    p = _run("--dry-run", "--comfy-suite", tmp_path=tmp_path, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
+    assert "would run tests/comfy with PINSTREAM_COMFY_CUDA=1" in p.stdout
     assert "pytest exit status 0" in p.stdout
     assert "skipped" in p.stdout  # collected; its cases need Dynamic VRAM on CUDA
