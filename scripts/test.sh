@@ -3,7 +3,8 @@
 # (the CUDA engine is compiled by nvcc when the toolkit is present), then runs
 #   1. GoogleTest (core, host engine; CUDA tests skip without a GPU)
 #   2. the core and host engine under ASan+UBSan, then under TSan
-#   3. pytest (binding, engine, ComfyUI nodes against real ComfyUI, recommend, start.sh)
+#   3. pytest (binding, engine, ComfyUI nodes against real ComfyUI 0.3.75, recommend, start.sh),
+#      then the ComfyUI node tests again against ComfyUI 0.30.0 (Dynamic VRAM era)
 #   4. the GPU check's dry run (host engine, tiny sizes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,6 +62,11 @@ sanitized_pytest thread libtsan.so OMP_NUM_THREADS=1 TSAN_OPTIONS=halt_on_error=
 
 step "pytest"
 "$PY" -m pytest tests/py tests/comfy -q -p no:cacheprovider
+
+if [[ -f build-comfyui-0.30.0/comfyui_version.py ]]; then
+  step "ComfyUI node tests again, against ComfyUI 0.30.0 (Dynamic VRAM era)"
+  COMFYUI_PATH="$PWD/build-comfyui-0.30.0" "$PY" -m pytest tests/comfy -q -p no:cacheprovider
+fi
 
 if [[ -f bench/gpu_check.sh ]]; then
   step "GPU check dry run"

