@@ -101,14 +101,21 @@ def new_executor():
     server = FakeServer()
     params = inspect.signature(execution.PromptExecutor.__init__).parameters
     kw = {}
+    # main.py's default cache: releases with --cache-classic (0.1x and newer) default to the
+    # RAM-pressure cache, with headrooms from the machine's RAM; older ones to the classic one.
+    ram_pressure = hasattr(ns.args, "cache_classic") and hasattr(getattr(execution, "CacheType", None),
+                                                                    "RAM_PRESSURE")
     if "cache_type" in params and hasattr(execution, "CacheType"):
-        kw["cache_type"] = execution.CacheType.CLASSIC  # main.py's default
+        kw["cache_type"] = execution.CacheType.RAM_PRESSURE if ram_pressure else execution.CacheType.CLASSIC
     if "cache_args" in params:
-        # As main.py builds them for the classic cache: newer releases read "ram" and
-        # "ram_inactive" as numbers (--cache-ram became a list and only feeds the RAM-pressure cache).
         ram = getattr(ns.args, "cache_ram", 0)
-        kw["cache_args"] = {"lru": getattr(ns.args, "cache_lru", 0),
-                            "ram": ram if isinstance(ram, (int, float)) else 0, "ram_inactive": 0}
+        if ram_pressure:  # as main.py's prompt_worker computes them (GB)
+            total_gb = mm.total_ram / 1024.0
+            kw["cache_args"] = {"lru": 0, "ram": min(10.0, max(2.0, total_gb * 0.10)),
+                                "ram_inactive": min(128.0, total_gb)}
+        else:  # newer releases read "ram" and "ram_inactive" as numbers
+            kw["cache_args"] = {"lru": getattr(ns.args, "cache_lru", 0),
+                                "ram": ram if isinstance(ram, (int, float)) else 0, "ram_inactive": 0}
     elif "cache_size" in params:
         kw["cache_size"] = getattr(ns.args, "cache_lru", 0)
     return execution.PromptExecutor(server, **kw), server
