@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .patcher import OffloadConfig, UnsupportedModel, collect_stats, make_pinstream, managed_states
+from .patcher import (OffloadConfig, UnsupportedModel, collect_stats, comfy_pinned_bytes, make_pinstream,
+                      managed_states)
 
 log = logging.getLogger("PinStream")
 
@@ -331,10 +332,16 @@ def _gb(n) -> str:
     return f"{n / 1024**3:.2f} GiB"
 
 
-def format_stats(rows: list) -> str:
+def format_stats(rows: list, pins: dict | None = None) -> str:
     if not rows:
         return "PinStream: no model is managed by PinStream in this session."
     lines = []
+    if pins is not None:
+        cap = pins["cap_bytes"]
+        lines.append(
+            f"pinned host memory: PinStream {_gb(pins['pinstream_bytes'])}"
+            + (f" of its {_gb(cap)} cap (PINSTREAM_PIN_CAP_GB)" if cap >= 0 else " (no cap: RAM unknown)")
+            + (f", ComfyUI's own {_gb(pins['comfyui_bytes'])}" if pins["comfyui_bytes"] else ""))
     for r in rows:
         if r["mode"] == "passthrough":
             lines.append(f"{r['label']}: passed through ({r['reason']})")
@@ -358,7 +365,11 @@ def run_stats(anything=None):
         rows.append(row)
         # The next report's "last run" counts from here.
         st.last_stats = st.handle.stats()
-    text = format_stats(rows)
+    from pinstream.engine import default_pin_cap_bytes, pinned_bytes_in_use
+
+    pins = {"pinstream_bytes": pinned_bytes_in_use(), "cap_bytes": default_pin_cap_bytes(),
+            "comfyui_bytes": comfy_pinned_bytes()}
+    text = format_stats(rows, pins)
     return (text,), text
 
 

@@ -357,6 +357,11 @@ def test_stats_node_reports_each_managed_model():
     assert label in text and "sequential" in text
     for word in ("resident", "streamed last run", "GB/s", "stall", "pinned"):
         assert word in text
+    from pinstream import engine as E
+
+    first = text.splitlines()[0]  # the process's pinned memory against the cap
+    assert first.startswith("pinned host memory: PinStream ")
+    assert N._gb(E.pinned_bytes_in_use()) in first and N._gb(E.default_pin_cap_bytes()) in first
     row = [r for r in (P.collect_stats(s) for s in P.managed_states()) if r["label"] == label][-1]
     assert row["bytes_streamed_last_run"] == 0  # counted from the report above
     _sample("wan21_t2v", model)
