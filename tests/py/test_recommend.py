@@ -808,30 +808,22 @@ def test_bad_input_exits_2(env, argv, message, tmp_path, monkeypatch, capsys):
     assert "Traceback" not in err + out
 
 
+def run_module(argv, **env_extra):
+    """``python -m pinstream.recommend ARGV`` in a process of its own, with no GPU_TIER,
+    GPU_MEMORY_MODE or COMFYUI_PATH from this environment unless given here."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GPU_TIER", "GPU_MEMORY_MODE", "COMFYUI_PATH")}
+    env.update(env_extra, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "pinstream.recommend", *argv], capture_output=True, text=True,
+                          env=env, timeout=60, check=False)
+
+
 def test_bad_input_json_and_process_level(tmp_path):
     bad = _truncated(tmp_path)
-    env = {k: v for k, v in os.environ.items() if k not in ("GPU_TIER", "GPU_MEMORY_MODE", "COMFYUI_PATH")}
-    env["PYTHONPATH"] = str(ROOT)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pinstream.recommend", "--model", bad, "--vram-gb", "8", "--ram-gb", "8", "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    proc = run_module(["--model", bad, "--vram-gb", "8", "--ram-gb", "8", "--json"])
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "truncated" in json.loads(proc.stdout)["error"]
-    env["GPU_TIER"] = "HUGE"
-    proc = subprocess.run(
-        [sys.executable, "-m", "pinstream.recommend", "--ram-gb", "8"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    proc = run_module(["--ram-gb", "8"], GPU_TIER="HUGE")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "HUGE" in proc.stderr
 
 
@@ -850,28 +842,12 @@ def test_cli_args_probe_script_is_self_contained():
 
 
 def test_huge_sizes_exit_2_without_traceback_process_level():
-    env = {k: v for k, v in os.environ.items() if k not in ("GPU_TIER", "GPU_MEMORY_MODE", "COMFYUI_PATH")}
-    env["PYTHONPATH"] = str(ROOT)
     for argv in (["--vram-gb", "1e308"], ["--vram-gb", "8", "--ram-gb", "1e308"], ["--model-gb", "1e308"]):
-        proc = subprocess.run(
-            [sys.executable, "-m", "pinstream.recommend", *argv],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=60,
-            check=False,
-        )
+        proc = run_module(argv)
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr and "must be at most 1000000 GB" in proc.stderr
     # The limit itself is accepted.
-    proc = subprocess.run(
-        [sys.executable, "-m", "pinstream.recommend", "--vram-gb", "8", "--ram-gb", "1000000", "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    proc = run_module(["--vram-gb", "8", "--ram-gb", "1000000", "--json"])
     assert proc.returncode == 0, proc.stderr
 
 
