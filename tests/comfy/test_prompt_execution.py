@@ -313,28 +313,25 @@ def test_prompt_equals_core_and_a_mode_change_reexecutes_the_loader(pack, files,
     executor, server = new_executor()
     ref = reference_latent(executor, server, files)
 
-    # PinStream loader, sequential: text encoding and the empty latent come from the cache.
-    run_prompt(executor, server, wan_t2v_prompt(files, ps_loader(files, "sequential"), "ps_sequential"))
-    assert_succeeded(executor, server)
-    ran = server.executed_nodes()
-    assert {"1", "6", "7", "8"} <= set(ran) and not {"2", "3", "4", "5"} & set(ran), ran
-    out = saved_latent(executor)
-    assert torch.equal(out, ref), f"sequential: max diff {(out - ref).abs().max().item()}"
-    line = stats_line(stats_text(executor), files["unet"])
-    assert ": sequential (" in line, line
+    def run_mode(mode):
+        """The graph with the PinStream loader in ``mode``: only the loader and what is
+        downstream of it run (text encoding and the empty latent come from the cache), and
+        the latent equals core's."""
+        run_prompt(executor, server, wan_t2v_prompt(files, ps_loader(files, mode), f"ps_{mode}"))
+        assert_succeeded(executor, server)
+        ran = server.executed_nodes()
+        assert {"1", "6", "7", "8"} <= set(ran) and not {"2", "3", "4", "5"} & set(ran), ran
+        out = saved_latent(executor)
+        assert torch.equal(out, ref), f"{mode}: max diff {(out - ref).abs().max().item()}"
+        line = stats_line(stats_text(executor), files["unet"])
+        assert f": {mode} (" in line, line
+
+    run_mode("sequential")
     executed = {d["node"]: d["output"] for d in server.of("executed")}
     assert "sequential" in str(executed["8"]["text"])  # the ui the browser gets
-
     # Same graph, another mode: the loader's inputs changed, so it runs again, and so does
     # everything downstream of it; nothing upstream of the sampler but the loader does.
-    run_prompt(executor, server, wan_t2v_prompt(files, ps_loader(files, "model_offload"), "ps_model_offload"))
-    assert_succeeded(executor, server)
-    ran = server.executed_nodes()
-    assert {"1", "6", "7", "8"} <= set(ran) and not {"2", "3", "4", "5"} & set(ran), ran
-    out = saved_latent(executor)
-    assert torch.equal(out, ref), f"model_offload: max diff {(out - ref).abs().max().item()}"
-    line = stats_line(stats_text(executor), files["unet"])
-    assert ": model_offload (" in line, line
+    run_mode("model_offload")
 
     # The identical prompt again: everything is served from the cache.
     run_prompt(executor, server, wan_t2v_prompt(files, ps_loader(files, "model_offload"), "ps_model_offload"))
