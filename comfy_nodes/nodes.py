@@ -365,7 +365,7 @@ def run_stats(anything=None):
         rows.append(row)
         # The next report's "last run" counts from here.
         st.last_stats = st.handle.stats()
-    from pinstream.engine import default_pin_cap_bytes, pinned_bytes_in_use
+    from pinstream.pin_cap import default_pin_cap_bytes, pinned_bytes_in_use
 
     pins = {"pinstream_bytes": pinned_bytes_in_use(), "cap_bytes": default_pin_cap_bytes(),
             "comfyui_bytes": comfy_pinned_bytes()}

@@ -155,27 +155,29 @@ def restore_host_originals(st: PinStreamState, model) -> bool:
     return restored
 
 
+def _offload_args(config: OffloadConfig, *, mode: str, budget_gb, free=None) -> dict:
+    """How a node's configuration calls pinstream.offload (besides module, device, engine)."""
+    return dict(mode=mode, budget_gb=budget_gb, prefetch=int(config.prefetch_blocks),
+                pin_memory=bool(config.pin_memory), transfer_dtype=config.transfer_dtype, free_device_bytes=free)
+
+
 def _offload(module, config: OffloadConfig, *, mode: str, budget_gb, load_device, engine: str,
              free=None, progress=None):
+    """A new handle; nothing goes to the device until ComfyUI asks for it."""
     import pinstream
-    from pinstream.engine import available_pin_bytes
+    from pinstream.pin_cap import available_pin_bytes
 
-    dev = torch.device(load_device)
     handle = pinstream.offload(
         module,
-        mode=mode,
-        budget_gb=budget_gb,
-        prefetch=int(config.prefetch_blocks),
-        device=str(dev),
+        device=str(torch.device(load_device)),
         engine=engine,
-        pin_memory=bool(config.pin_memory),
-        transfer_dtype=config.transfer_dtype,
         link_gbps=0.0 if engine == "host" else None,
-        free_device_bytes=free,
         progress=progress,
         pin_cap_bytes=available_pin_bytes(comfy_pinned_bytes()),
+        load=False,
+        **_offload_args(config, mode=mode, budget_gb=budget_gb, free=free),
     )
-    handle.unload()  # nothing on the device until ComfyUI asks for it
+    handle._settings["pinned_elsewhere"] = comfy_pinned_bytes()
     return handle
 
 
@@ -192,21 +194,6 @@ def comfy_pinned_bytes() -> int:
         return 0
 
 
-def _rebuild_handle(st: PinStreamState, model):
-    """The same plan built again from the host copy as it is now (an fp8 transfer
-    handle after a weight patch changed the weights its codes were made from)."""
-    old = st.handle
-    mode = old.mode
-    budget = mode.budget_bytes / GIB if mode.name == "budget" and mode.budget_bytes else None
-    device = old.device
-    old.detach()
-    new = _offload(target_module(model), st.config, mode=mode.name, budget_gb=budget, load_device=device,
-                   engine=st.engine)
-    new.mode.reason = mode.reason
-    new._first = old._first  # it may still grow back to the plan the node made
-    return new
-
-
 class PinStreamPatcherMixin:
     """Methods that turn a ModelPatcher (or a subclass of it) into a PinStream patcher."""
 
@@ -221,8 +208,7 @@ class PinStreamPatcherMixin:
     def clone(self, *args, **kwargs):
         # Some patchers (ComfyUI-GGUF's) force their own class onto the clone; keep ours.
         n = super().clone(*args, **kwargs)
-        if not isinstance(n, PinStreamPatcherMixin):
-            n.__class__ = pinstream_class(type(n))
+        adopt(n)
         return n
 
     def _extra_modules(self):
@@ -250,7 +236,7 @@ class PinStreamPatcherMixin:
             return super().loaded_size()
         if not h.loaded:
             return 0
-        return int(h.runtime.device_bytes) + (self._extra_bytes() if self.model.device == self.load_device else 0)
+        return h.device_bytes + (self._extra_bytes() if self.model.device == self.load_device else 0)
 
     def current_loaded_device(self):
         return self.model.device
@@ -258,19 +244,19 @@ class PinStreamPatcherMixin:
     # ---- host memory, for releases whose memory manager budgets RAM and pins ----------
     def pinned_memory_size(self):
         h = self._handle()
-        return int(h.runtime.pinned_bytes) if h is not None and not h._detached else 0
+        return h.pinned_bytes if h is not None else 0
 
     def loaded_ram_size(self):
         h = self._handle()
-        return int(h.runtime.host_bytes) if h is not None and not h._detached else 0
+        return h.host_bytes if h is not None else 0
 
     def get_ram_usage(self):
         # What the model holds in host memory (the RAM cache weighs it): PinStream keeps a
         # host copy of every weight, plus the non-block part while it is unloaded.
         h = self._handle()
-        if h is None or h._detached:
+        if h is None or h.detached:
             return super().get_ram_usage()
-        return int(h.runtime.host_bytes) + self._extra_bytes()
+        return h.host_bytes + self._extra_bytes()
 
     def partially_unload_ram(self, *args, **kwargs):
         # The pinned copy is the model's only host copy: it is released with the model.
@@ -350,7 +336,7 @@ class PinStreamPatcherMixin:
         if st.handle.mode.transfer_dtype != "auto" and (changed or st.backups):
             # The fp8 transfer codes are made from the host copy when a handle is built:
             # rebuild it, so the blocks stream the patched weights.
-            st.handle = _rebuild_handle(st, self.model)
+            st.handle = st.handle.rebuild()
         st.applied_patches = want
 
     # ---- hook weight patches (CreateHookLora, scheduled LoRA) -------------------------
@@ -369,7 +355,18 @@ class PinStreamPatcherMixin:
         if self.hook_backup or (hooks is not None and self.get_combined_hook_patches(hooks=hooks)):
             h.unload()
 
+    def _device_copy_for_hooks(self, hooks) -> None:
+        """Where every weight has its own device memory, hook patches go to the device copy
+        as ComfyUI writes them (and come out of it again): a model ComfyUI unloaded between
+        two batches is loaded first, so the patches never land in the host copy, which the
+        later unpatch on the device copy would not restore."""
+        h = self._handle()
+        if (h is not None and not h.loaded and hooks is not None and not h.streams_blocks
+                and h.mode.transfer_dtype == "auto" and self.get_combined_hook_patches(hooks=hooks)):
+            h.load()
+
     def patch_hooks(self, hooks):
+        self._device_copy_for_hooks(hooks)
         self._host_copy_for_hooks(hooks)
         return super().patch_hooks(hooks)
 
@@ -441,6 +438,11 @@ class PinStreamPatcherMixin:
         if h is None:
             return super().partially_unload(device_to, memory_to_free, force_patch_weights)
         freed = self.loaded_size()
+        # As ComfyUI's own does when it moves patched weights: hook weight patches come
+        # out first (their backups go back in), so the next run applies them again
+        # instead of finding current_hooks still set on weights that no longer have them.
+        if self.hook_backup:
+            self.unpatch_hooks()
         h.unload()
         for t in self._extra_modules():
             t.data = t.data.to(self.offload_device)
@@ -463,11 +465,6 @@ class PinStreamPatcherMixin:
             self.model.model_loaded_weight_memory = 0
         # Object patches are restored by ComfyUI's own code; weights stay PinStream's.
         return super().unpatch_model(device_to, unpatch_weights=False)
-
-    def detach(self, unpatch_all=True):
-        if self._handle() is None:
-            return super().detach(unpatch_all)
-        return super().detach(unpatch_all)
 
     def pinstream_stats(self) -> dict:
         return collect_stats(self.pinstream)
@@ -517,18 +514,39 @@ def pinstream_class(base_cls):
     return cls
 
 
+def adopted_patchers(model) -> weakref.WeakSet:
+    """The patchers of ``model`` that go through PinStream (weakly: a patcher ComfyUI drops
+    leaves by itself): the one handed to PinStream, the ones ComfyUI held loaded then, and
+    every clone made of them since."""
+    s = model.__dict__.get("pinstream_patchers")
+    if s is None:
+        s = weakref.WeakSet()
+        model.__dict__["pinstream_patchers"] = s
+    return s
+
+
+def adopt(patcher) -> None:
+    """``patcher`` goes through PinStream from now on (its class gains PinStream's methods;
+    clones keep them)."""
+    if not isinstance(patcher, PinStreamPatcherMixin):
+        patcher.__class__ = pinstream_class(type(patcher))
+    adopted_patchers(patcher.model).add(patcher)
+
+
 def make_pinstream(patcher, config: OffloadConfig, *, progress=None, engine: str = "auto"):
     """Return a PinStream clone of ``patcher`` (patches, options and callbacks kept).
 
     Raises ValueError (with what to do) when the weights cannot be managed; callers
-    turn that into a pass-through with a message.
+    turn that into a pass-through with a message. A model PinStream already manages gets
+    the new configuration by replacing its handle; if that fails, it keeps running as it
+    was (the error is raised).
     """
-    mm, mp_mod = _comfy()
+    mm, _mp_mod = _comfy()
     if hasattr(patcher, "is_dynamic") and patcher.is_dynamic():
         delegate = getattr(patcher, "get_non_dynamic_delegate", None)
         if delegate is None:
             raise UnsupportedModel("this model is managed by ComfyUI's Dynamic VRAM and offers no non-dynamic delegate; "
-                             "load it with a PinStream loader or start ComfyUI with --disable-dynamic-vram")
+                                   "load it with a PinStream loader or start ComfyUI with --disable-dynamic-vram")
         try:
             patcher = delegate()
         except Exception as e:  # noqa: BLE001 - e.g. a model built without the recipe to rebuild it
@@ -543,14 +561,7 @@ def make_pinstream(patcher, config: OffloadConfig, *, progress=None, engine: str
         raise UnsupportedModel(reason)
     # ComfyUI may hold this model loaded, through this patcher or a clone, with its weight
     # patches applied in place: unload it, so the weights PinStream takes are the file's.
-    _unload_from_memory_manager(mm, patcher.model)
-    state = getattr(patcher.model, "pinstream_state", None)
-    if state is not None and state.handle is not None:
-        # Already managed: a new configuration replaces the old one, starting from the
-        # weights as loaded (the previous clone's LoRA must not stay in them).
-        restore_host_originals(state, patcher.model)
-        state.handle.detach()
-        state.handle = None
+    held = _unload_from_memory_manager(mm, patcher.model)
     mode, _transfer = normalize_mode(config.mode)
     load_device = patcher.load_device
     dev = torch.device(load_device)
@@ -563,14 +574,35 @@ def make_pinstream(patcher, config: OffloadConfig, *, progress=None, engine: str
             free = int(budget * GIB)
         elif dev.type == "cuda":
             free = int(mm.get_free_memory(dev)) - int(mm.minimum_inference_memory())
-    handle = _offload(module, config, mode=mode, budget_gb=budget if mode in ("budget", "auto") else None,
-                      load_device=load_device, engine=engine, free=free, progress=progress)
+    budget_gb = budget if mode in ("budget", "auto") else None
+    state = getattr(patcher.model, "pinstream_state", None)
+    if state is not None and state.handle is not None and not state.handle.detached:
+        # Already managed: the new configuration replaces the old one, starting from the
+        # weights as loaded (the previous clone's LoRA must not stay in them). The old
+        # handle stays until the new one is made; if that fails, the model is offloaded
+        # again as it was, and stays managed.
+        restore_host_originals(state, patcher.model)
+        from pinstream import handle_of
+
+        try:
+            handle = state.handle.rebuild(progress=progress,
+                                          **_offload_args(config, mode=mode, budget_gb=budget_gb, free=free))
+        except BaseException:
+            state.handle = handle_of(module)
+            state.error = None if state.handle is not None else "re-offload failed"
+            raise
+    else:
+        handle = _offload(module, config, mode=mode, budget_gb=budget_gb, load_device=load_device,
+                          engine=engine, free=free, progress=progress)
     state = PinStreamState(config=config, handle=handle, engine=engine)
     patcher.model.pinstream_state = state
-    # Every patcher of this model goes through PinStream from now on: the clone returned,
-    # the one passed in (its other uses in the workflow) and clones made of it before.
-    _adopt_patchers_of(patcher.model, mp_mod.ModelPatcher)
-    patcher.__class__ = pinstream_class(type(patcher))
+    # Every patcher of this model PinStream can name goes through it from now on: the
+    # clone returned, the one passed in (its other uses in the workflow), the patchers it
+    # was cloned from (the loader's output, on other branches), and the ones ComfyUI held
+    # loaded. A clone made before of one of these and idle since cannot be named: if it
+    # is used, the forward finds the weights moved and says so.
+    for p in [*_lineage(patcher), *held]:
+        adopt(p)
     new = patcher.clone()
     _MANAGED.add(state)
     plan = handle.plan
@@ -578,28 +610,31 @@ def make_pinstream(patcher, config: OffloadConfig, *, progress=None, engine: str
     return new
 
 
-def _unload_from_memory_manager(mm, model) -> None:
+def _lineage(patcher) -> list:
+    """``patcher`` and the patchers it was cloned from (ComfyUI's ``parent``), of the same
+    model."""
+    out, seen = [], set()
+    while patcher is not None and id(patcher) not in seen and getattr(patcher, "model", None) is not None:
+        seen.add(id(patcher))
+        out.append(patcher)
+        parent = getattr(patcher, "parent", None)
+        patcher = parent if getattr(parent, "model", None) is patcher.model else None
+    return out
+
+
+def _unload_from_memory_manager(mm, model) -> list:
     """Unload every entry of ComfyUI's loaded-model list that holds ``model`` (its
-    patcher puts the weights it patched in place back as they were loaded)."""
+    patcher puts the weights it patched in place back as they were loaded); returns those
+    patchers."""
     loaded = getattr(mm, "current_loaded_models", None)
+    held = []
     if not loaded:
-        return
+        return held
     for i in reversed(range(len(loaded))):
         entry = loaded[i]
         p = entry.model
         if p is not None and getattr(p, "model", None) is model:
             entry.model_unload()
             loaded.pop(i)
-
-
-def _adopt_patchers_of(model, patcher_base) -> None:
-    """Give every live ModelPatcher of ``model`` PinStream's class: a clone made before
-    the model was handed to PinStream (another branch of the workflow from the same
-    loader) would otherwise load and patch the weights PinStream manages on its own."""
-    import gc
-
-    for obj in gc.get_objects():
-        cls = type(obj)  # not isinstance(): that asks some objects for a __class__ property
-        if (issubclass(cls, patcher_base) and not issubclass(cls, PinStreamPatcherMixin)
-                and getattr(obj, "model", None) is model):
-            obj.__class__ = pinstream_class(type(obj))
+            held.append(p)
+    return held

@@ -13,12 +13,13 @@ from .modes import ALIASES, MODES, ModeError, normalize_mode
 
 __version__ = "0.1.0"
 
-__all__ = ["ALIASES", "MODES", "ModeError", "OffloadHandle", "__version__", "normalize_mode", "offload"]
+__all__ = ["ALIASES", "MODES", "ModeError", "OffloadHandle", "__version__", "handle_of", "normalize_mode",
+           "offload"]
 
 
 def __getattr__(name):
     # Lazy: importing pinstream must not import torch (recommend, start.sh).
-    if name in ("offload", "OffloadHandle"):
+    if name in ("offload", "OffloadHandle", "handle_of"):
         from . import engine
 
         return getattr(engine, name)

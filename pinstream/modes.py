@@ -51,6 +51,28 @@ class ModeError(ValueError):
     """A mode, budget or prefetch value that PinStream cannot use."""
 
 
+@dataclass
+class ResolvedMode:
+    """What mode a handle runs, and why (for auto: the decision and its inputs)."""
+
+    name: str
+    requested: str
+    reason: str
+    budget_bytes: int | None = None
+    transfer_dtype: str = "auto"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __eq__(self, other) -> bool:  # handle.mode == "sequential"
+        if isinstance(other, str):
+            return self.name == other
+        return isinstance(other, ResolvedMode) and self.name == other.name
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+
 def allowed_names() -> str:
     return ", ".join(MODES) + " (aliases: " + ", ".join(ALIASES) + ")"
 

@@ -23,9 +23,6 @@ Status StreamingRuntime::RegisterBlock(const void* host, uint64_t bytes,
     return Status::FailedPrecondition(
         "blocks must be registered before plan(); this runtime is already planned");
   }
-  if (host == nullptr && bytes > 0) {
-    return Status::InvalidArgument("block host pointer is null");
-  }
   Block b;
   b.host = host;
   b.bytes = bytes;
@@ -33,6 +30,28 @@ Status StreamingRuntime::RegisterBlock(const void* host, uint64_t bytes,
   b.streamable = streamable;
   blocks_.push_back(b);
   *id = static_cast<int>(blocks_.size()) - 1;
+  return Status::Ok();
+}
+
+Status StreamingRuntime::AttachHost(int block, const void* host) {
+  PINSTREAM_RETURN_IF_ERROR(CheckBlock(block, "attach_host"));
+  if (loaded_) return Status::FailedPrecondition("attach_host while loaded; unload() first");
+  blocks_[block].host = host;
+  return Status::Ok();
+}
+
+Status StreamingRuntime::DropBlocksFrom(int first) {
+  if (closed_) return Status::Closed("runtime is closed");
+  if (loaded_) return Status::FailedPrecondition("drop_blocks while loaded; unload() first");
+  if (first < 0 || first > num_blocks()) {
+    return Status::InvalidArgument("drop_blocks: first block " + std::to_string(first) +
+                                   " out of range [0, " + std::to_string(num_blocks()) + "]");
+  }
+  if (first == num_blocks()) return Status::Ok();
+  blocks_.resize(static_cast<size_t>(first));
+  planned_ = false;
+  plan_ = ResidencyPlan();
+  streamed_.clear();
   return Status::Ok();
 }
 
@@ -131,18 +150,35 @@ Status StreamingRuntime::Plan(PlanPolicy policy, uint64_t budget_bytes,
   return Status::Ok();
 }
 
+Status StreamingRuntime::TakeEvent(EventId* e) {
+  if (!spare_events_.empty()) {
+    *e = spare_events_.back();
+    spare_events_.pop_back();
+    return Status::Ok();
+  }
+  return engine_->CreateEvent(e);
+}
+
+Status StreamingRuntime::WaitForResidents(void* compute_queue) {
+  if (residents_event_ < 0 || (residents_waited_ && residents_waited_by_ == compute_queue)) {
+    return Status::Ok();
+  }
+  PINSTREAM_RETURN_IF_ERROR(engine_->ComputeWaitFor(residents_event_, compute_queue));
+  residents_waited_ = true;
+  residents_waited_by_ = compute_queue;
+  return Status::Ok();
+}
+
 Status StreamingRuntime::Load(void* compute_queue) {
   if (closed_) return Status::Closed("runtime is closed");
   if (!planned_) return Status::FailedPrecondition("load() before plan()");
   if (loaded_) return Status::Ok();
-  auto take_event = [this](EventId* e) -> Status {
-    if (!spare_events_.empty()) {
-      *e = spare_events_.back();
-      spare_events_.pop_back();
-      return Status::Ok();
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    if (blocks_[i].host == nullptr && blocks_[i].bytes > 0) {
+      return Status::FailedPrecondition("load(): block " + std::to_string(i) +
+                                        " has no host bytes attached");
     }
-    return engine_->CreateEvent(e);
-  };
+  }
   uint64_t done = 0;
   auto fail = [&](const Status& s, uint64_t want, const std::string& what) {
     engine_->Synchronize();  // uploads already queued must land before freeing
@@ -157,6 +193,10 @@ Status StreamingRuntime::Load(void* compute_queue) {
                       : s);
   };
   loaded_ = true;  // FreeDevice() below undoes partial work
+  if (residents_event_ < 0) {
+    Status s = TakeEvent(&residents_event_);
+    if (!s.ok()) return fail(s, 0, "an event");
+  }
   for (size_t i = 0; i < blocks_.size(); ++i) {
     Block& b = blocks_[i];
     if (!b.resident && !b.split) continue;
@@ -170,11 +210,6 @@ Status StreamingRuntime::Load(void* compute_queue) {
                                     std::to_string(i));
     }
     done += footprint;
-    if (b.resident_event < 0) {
-      s = take_event(&b.resident_event);
-      if (!s.ok()) return fail(s, 0, "an event");
-    }
-    b.resident_waited = false;
     if (head > 0) {
       s = b.split ? engine_->EnqueueCopy(b.resident_loc.ptr, b.host, head, static_cast<int>(i))
                   : EnqueueUpload(b, static_cast<int>(i), b.resident_loc.ptr);
@@ -183,28 +218,25 @@ Status StreamingRuntime::Load(void* compute_queue) {
       stats_.uploads += 1;
       stats_.block_uploads[i] += 1;
     }
-    s = engine_->RecordCopyEvent(b.resident_event);
-    if (!s.ok()) return fail(s, 0, "resident upload event");
   }
+  Status s = engine_->RecordCopyEvent(residents_event_);
+  if (!s.ok()) return fail(s, 0, "resident upload event");
+  residents_waited_ = false;
   slots_.resize(plan_.slot_count());
   for (SlotMem& slot : slots_) {
-    Status s = allocator_->Allocate(std::max<uint64_t>(plan_.slot_bytes(), 1),
-                                    &slot.loc.allocation, &slot.loc.ptr);
+    s = allocator_->Allocate(std::max<uint64_t>(plan_.slot_bytes(), 1), &slot.loc.allocation,
+                             &slot.loc.ptr);
     if (!s.ok()) return fail(s, plan_.slot_bytes(), "a streaming slot");
     done += plan_.slot_bytes();
     if (slot.upload_event < 0) {
-      s = take_event(&slot.upload_event);
-      if (s.ok()) s = take_event(&slot.release_event);
+      s = TakeEvent(&slot.upload_event);
+      if (s.ok()) s = TakeEvent(&slot.release_event);
       if (!s.ok()) return fail(s, 0, "slot events");
     }
   }
   ring_ = SlotRing(plan_.slot_count(), num_blocks());
-  for (Block& b : blocks_) {
-    if (!b.resident && !b.split) continue;
-    Status s = engine_->ComputeWaitFor(b.resident_event, compute_queue);
-    if (!s.ok()) return fail(s, 0, "resident upload");
-    b.resident_waited = true;
-  }
+  s = WaitForResidents(compute_queue);
+  if (!s.ok()) return fail(s, 0, "resident upload");
   return Status::Ok();
 }
 
@@ -213,9 +245,6 @@ void StreamingRuntime::FreeDevice() {
   for (Block& b : blocks_) {
     if (b.resident_loc.allocation >= 0) allocator_->Free(b.resident_loc.allocation);
     b.resident_loc = DeviceLocation();
-    if (b.resident_event >= 0) spare_events_.push_back(b.resident_event);
-    b.resident_event = -1;
-    b.resident_waited = false;
     b.acquired = 0;
   }
   for (SlotMem& slot : slots_) {
@@ -224,6 +253,7 @@ void StreamingRuntime::FreeDevice() {
     if (slot.release_event >= 0) spare_events_.push_back(slot.release_event);
   }
   slots_.clear();
+  residents_waited_ = false;
   ring_ = SlotRing(0, num_blocks());
   loaded_ = false;
 }
@@ -247,10 +277,10 @@ int StreamingRuntime::outstanding() const {
   return n;
 }
 
-Status StreamingRuntime::BeginPass() {
+Status StreamingRuntime::BeginPass(void* compute_queue) {
   if (closed_) return Status::Closed("runtime is closed");
   learner_.BeginPass();
-  return Status::Ok();
+  return loaded_ ? WaitForResidents(compute_queue) : Status::Ok();
 }
 
 Status StreamingRuntime::Upload(int slot, int block) {
@@ -306,21 +336,16 @@ Status StreamingRuntime::Acquire(int block, void* compute_queue,
   stats_.acquires += 1;
   learner_.Observe(block);
   Block& b = blocks_[block];
+  if (b.resident || b.split) {
+    // its bytes (a split block: its head) came with the resident uploads
+    PINSTREAM_RETURN_IF_ERROR(WaitForResidents(compute_queue));
+  }
   if (b.resident) {
-    if (!b.resident_waited) {
-      Status s = engine_->ComputeWaitFor(b.resident_event, compute_queue);
-      if (!s.ok()) return s;
-      b.resident_waited = true;
-    }
     stats_.hits += 1;
     b.acquired += 1;
     *where = b.resident_loc;
     Prefetch(block);
     return Status::Ok();
-  }
-  if (b.split && !b.resident_waited) {  // its head (Load() has waited already)
-    PINSTREAM_RETURN_IF_ERROR(engine_->ComputeWaitFor(b.resident_event, compute_queue));
-    b.resident_waited = true;
   }
   int slot = ring_.SlotOf(block);
   if (slot >= 0 && ring_.Valid(slot)) {

@@ -5,11 +5,14 @@
 // memory comes from a DeviceAllocator, copies go through a CopyEngine.
 //
 // Life of a runtime:
-//   RegisterBlock (each unit of weights; non-streamable units always resident)
+//   RegisterBlock (each unit of weights; non-streamable units always resident;
+//                 its host bytes may be attached later, once the plan has said
+//                 how they should be held: layout -> plan -> pack)
 //   Plan (policy, budget, prefetch)       -> ResidencyPlan
+//   AttachHost (for units registered without their bytes)
 //   Load (allocate, upload resident units; done lazily by the first Acquire)
 //   per forward pass:
-//     BeginPass
+//     BeginPass  (the compute queue of this pass waits for the resident uploads)
 //     Acquire(b) / Release(b) around each block's compute
 //     EndPass    (also releases blocks left acquired by an exception)
 //   Unload (device memory freed; the host copies are the truth again)
@@ -60,8 +63,15 @@ class StreamingRuntime {
 
   // Registers `bytes` at `host` (kept alive by the caller) as one unit.
   // streamable=false: always resident (the non-block part of a model).
+  // host may be null: AttachHost gives the bytes before Load.
   Status RegisterBlock(const void* host, uint64_t bytes, bool streamable,
                        int* id);
+  // The host bytes of a unit registered without them (or moved since).
+  // Allowed while nothing is loaded.
+  Status AttachHost(int block, const void* host);
+  // Forgets the units [first, num_blocks()) (a registration that failed half
+  // way); the plan, if any, is dropped with them. Allowed while nothing is loaded.
+  Status DropBlocksFrom(int first);
   // Offsets strictly inside `block`, ascending (its tensor boundaries), where
   // a budget plan may cut it into a resident head and a streamed rest. Not
   // for transformed blocks (they stream whole).
@@ -81,7 +91,10 @@ class StreamingRuntime {
   // Frees all device memory. Fails while a block is acquired.
   Status Unload();
 
-  Status BeginPass();
+  // Starts a pass whose compute runs on `compute_queue`: the queue waits (on
+  // the device, no host wait) for the resident uploads, so a pass on another
+  // queue than the one Load() ran on never reads weights still in flight.
+  Status BeginPass(void* compute_queue = nullptr);
   Status Acquire(int block, void* compute_queue, DeviceLocation* where);
   Status Release(int block, void* compute_queue);
   // Releases every block still acquired and closes the pass.
@@ -104,6 +117,8 @@ class StreamingRuntime {
   uint64_t block_bytes(int block) const { return blocks_[block].bytes; }
   bool streamable(int block) const { return blocks_[block].streamable; }
   bool resident(int block) const { return blocks_[block].resident; }
+  // Goes through the ring each pass (a split block's rest included).
+  bool streamed(int block) const { return streamed_[block] != 0; }
   // Split by the plan: a resident head of split_bytes(block), the rest streamed.
   bool split(int block) const { return blocks_[block].split; }
   uint64_t split_bytes(int block) const { return blocks_[block].prefix; }
@@ -129,8 +144,6 @@ class StreamingRuntime {
     std::vector<uint64_t> cuts;    // where a plan may split it
     int plan_index = -1;           // index in the plan's block list
     DeviceLocation resident_loc;   // when resident and loaded
-    EventId resident_event = -1;
-    bool resident_waited = false;
     int acquired = 0;              // acquisitions not yet released
   };
   struct SlotMem {
@@ -140,6 +153,9 @@ class StreamingRuntime {
   };
 
   Status CheckBlock(int block, const char* what) const;
+  Status TakeEvent(EventId* e);
+  // Makes `compute_queue` wait for the resident uploads once per recording.
+  Status WaitForResidents(void* compute_queue);
   // Device footprint: the layout, plus the staging area of a transformed block.
   uint64_t Footprint(const Block& b) const;
   // Queues the upload of `b` to `dst` (and its transform), without events;
@@ -155,6 +171,11 @@ class StreamingRuntime {
   std::vector<Block> blocks_;
   std::vector<SlotMem> slots_;
   std::vector<EventId> spare_events_;
+  // Recorded on the copy queue after the resident uploads of a Load; the last
+  // compute queue that waited on this recording (waiting again is a no-op).
+  EventId residents_event_ = -1;
+  void* residents_waited_by_ = nullptr;
+  bool residents_waited_ = false;
   std::vector<uint8_t> streamed_;  // per block: 1 when it goes through the ring
   ResidencyPlan plan_;
   ScheduleLearner learner_;

@@ -24,7 +24,7 @@ CudaCopyEngine::~CudaCopyEngine() {
 
 Status CudaCopyEngine::CreateEvent(EventId* id) {
   CudaEvent e;
-  PINSTREAM_RETURN_IF_ERROR(CudaEvent::Create(/*timing=*/false, &e));
+  PINSTREAM_RETURN_IF_ERROR(CudaEvent::Create(options_.device, /*timing=*/false, &e));
   events_.push_back(std::move(e));
   *id = static_cast<EventId>(events_.size()) - 1;
   return Status::Ok();
@@ -32,7 +32,8 @@ Status CudaCopyEngine::CreateEvent(EventId* id) {
 
 Status CudaCopyEngine::AllocateHostBuffer(uint64_t bytes, bool pin,
                                           std::unique_ptr<HostBuffer>* out) {
-  PINSTREAM_CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
+  CudaDeviceScope scope(options_.device);
+  PINSTREAM_CUDA_RETURN_IF_ERROR(scope.status());
   return PinnedHostBuffer::Make(bytes, pin ? options_.pin_mode : PinMode::kPageable, out);
 }
 
@@ -45,7 +46,7 @@ Status CudaCopyEngine::TakeTimingPair(int* start, int* end) {
   for (int* slot : {start, end}) {
     if (free_timing_.empty()) {
       CudaEvent e;
-      PINSTREAM_RETURN_IF_ERROR(CudaEvent::Create(/*timing=*/true, &e));
+      PINSTREAM_RETURN_IF_ERROR(CudaEvent::Create(options_.device, /*timing=*/true, &e));
       timing_events_.push_back(std::move(e));
       free_timing_.push_back(static_cast<int>(timing_events_.size()) - 1);
     }
@@ -109,6 +110,9 @@ Status CudaCopyEngine::EnqueueTransform(const BlockTransform* transform,
                                         const void* staging, void* out) {
   // On the copy stream, right behind the upload: the compute stream's wait on
   // the block's event (recorded after this) covers the finished dequantization.
+  // Kernels launch on the current device: make it the stream's.
+  CudaDeviceScope scope(options_.device);
+  PINSTREAM_CUDA_RETURN_IF_ERROR(scope.status());
   const auto* src = static_cast<const uint8_t*>(staging);
   auto* dst = static_cast<uint8_t*>(out);
   for (const TransformJob& job : transform->jobs) {

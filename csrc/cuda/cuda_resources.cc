@@ -1,16 +1,28 @@
 // Copyright PinStream authors. SPDX-License-Identifier: Apache-2.0
 #include "cuda/cuda_resources.h"
 
-#include <sys/mman.h>
-
 #include <utility>
 
 #include "cuda/cuda_check.h"
 
 namespace pinstream {
 
+CudaDeviceScope::CudaDeviceScope(int device) {
+  if (cudaGetDevice(&previous_) != cudaSuccess) {
+    cudaGetLastError();
+    previous_ = -1;
+  }
+  if (previous_ != device) status_ = cudaSetDevice(device);
+}
+
+CudaDeviceScope::~CudaDeviceScope() {
+  int now = -1;
+  if (previous_ >= 0 && cudaGetDevice(&now) == cudaSuccess && now != previous_) cudaSetDevice(previous_);
+}
+
 Status CudaStream::Create(int device, CudaStream* out) {
-  PINSTREAM_CUDA_RETURN_IF_ERROR(cudaSetDevice(device));
+  CudaDeviceScope scope(device);
+  PINSTREAM_CUDA_RETURN_IF_ERROR(scope.status());
   cudaStream_t s = nullptr;
   PINSTREAM_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   *out = CudaStream();
@@ -33,7 +45,9 @@ CudaStream& CudaStream::operator=(CudaStream&& other) noexcept {
   return *this;
 }
 
-Status CudaEvent::Create(bool timing, CudaEvent* out) {
+Status CudaEvent::Create(int device, bool timing, CudaEvent* out) {
+  CudaDeviceScope scope(device);
+  PINSTREAM_CUDA_RETURN_IF_ERROR(scope.status());
   cudaEvent_t e = nullptr;
   PINSTREAM_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(
       &e, timing ? cudaEventDefault : cudaEventDisableTiming));
@@ -57,43 +71,29 @@ CudaEvent& CudaEvent::operator=(CudaEvent&& other) noexcept {
   return *this;
 }
 
-namespace {
-constexpr uint64_t kPage = 4096;
-
-void* MapPages(uint64_t bytes) {
-  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
-                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  return p == MAP_FAILED ? nullptr : p;
-}
-}  // namespace
-
 Status PinnedHostBuffer::Make(uint64_t bytes, PinMode mode,
                               std::unique_ptr<HostBuffer>* out) {
-  const uint64_t mapped = (bytes + kPage - 1) / kPage * kPage + (bytes == 0 ? kPage : 0);
   std::string why;
   if (mode == PinMode::kAuto || mode == PinMode::kRegister) {
-    void* p = MapPages(mapped);
-    if (p == nullptr) {
-      return Status::OutOfMemory("mmap of " + FormatBytes(mapped) + " host bytes failed");
-    }
-    cudaError_t err = cudaHostRegister(p, mapped, cudaHostRegisterDefault);
+    PageMapping pages;
+    PINSTREAM_RETURN_IF_ERROR(PageMapping::Map(bytes, &pages));
+    cudaError_t err = cudaHostRegister(pages.data(), pages.mapped(), cudaHostRegisterDefault);
     if (err == cudaSuccess) {
-      out->reset(new PinnedHostBuffer(p, bytes, mapped, Kind::kRegistered,
-                                      "cudaHostRegister"));
+      void* p = pages.data();
+      out->reset(new PinnedHostBuffer(std::move(pages), p, bytes, Kind::kRegistered, "cudaHostRegister"));
       return Status::Ok();
     }
-    cudaGetLastError();  // clear the sticky-free error state
-    munmap(p, mapped);
+    cudaGetLastError();  // clear the error state
     why = std::string("cudaHostRegister: ") + cudaGetErrorString(err);
     if (mode == PinMode::kRegister) {
-      return Status::OutOfMemory("pinning " + FormatBytes(mapped) + " failed (" + why + ")");
+      return Status::OutOfMemory("pinning " + FormatBytes(pages.mapped()) + " failed (" + why + ")");
     }
   }
   if (mode == PinMode::kAuto || mode == PinMode::kHostAlloc) {
     void* p = nullptr;
     cudaError_t err = cudaHostAlloc(&p, bytes == 0 ? 1 : bytes, cudaHostAllocDefault);
     if (err == cudaSuccess) {
-      out->reset(new PinnedHostBuffer(p, bytes, 0, Kind::kHostAlloc, "cudaHostAlloc"));
+      out->reset(new PinnedHostBuffer(PageMapping(), p, bytes, Kind::kHostAlloc, "cudaHostAlloc"));
       return Status::Ok();
     }
     cudaGetLastError();
@@ -103,11 +103,10 @@ Status PinnedHostBuffer::Make(uint64_t bytes, PinMode mode,
                                  " failed (" + why + ")");
     }
   }
-  void* p = MapPages(mapped);
-  if (p == nullptr) {
-    return Status::OutOfMemory("mmap of " + FormatBytes(mapped) + " host bytes failed");
-  }
-  out->reset(new PinnedHostBuffer(p, bytes, mapped, Kind::kPageable,
+  PageMapping pages;
+  PINSTREAM_RETURN_IF_ERROR(PageMapping::Map(bytes, &pages));
+  void* p = pages.data();
+  out->reset(new PinnedHostBuffer(std::move(pages), p, bytes, Kind::kPageable,
                                   why.empty() ? "pageable" : "pageable (" + why + ")"));
   return Status::Ok();
 }
@@ -116,13 +115,11 @@ PinnedHostBuffer::~PinnedHostBuffer() {
   switch (kind_) {
     case Kind::kRegistered:
       cudaHostUnregister(data_);
-      munmap(data_, mapped_);
-      break;
+      break;  // pages_ unmaps
     case Kind::kHostAlloc:
       cudaFreeHost(data_);
       break;
     case Kind::kPageable:
-      munmap(data_, mapped_);
       break;
   }
 }
@@ -132,11 +129,13 @@ CudaDeviceAllocator::CudaDeviceAllocator(int device)
       blocks_(new std::unordered_map<int64_t, std::pair<void*, uint64_t>>()) {}
 
 CudaDeviceAllocator::~CudaDeviceAllocator() {
+  CudaDeviceScope scope(device_);
   for (auto& kv : *blocks_) cudaFree(kv.second.first);
 }
 
 Status CudaDeviceAllocator::Allocate(uint64_t bytes, int64_t* id, void** ptr) {
-  PINSTREAM_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  CudaDeviceScope scope(device_);
+  PINSTREAM_CUDA_RETURN_IF_ERROR(scope.status());
   void* p = nullptr;
   Status s = PINSTREAM_CUDA_STATUS(cudaMalloc(&p, bytes == 0 ? 1 : bytes));
   if (!s.ok()) {
@@ -154,6 +153,7 @@ Status CudaDeviceAllocator::Allocate(uint64_t bytes, int64_t* id, void** ptr) {
 void CudaDeviceAllocator::Free(int64_t id) {
   auto it = blocks_->find(id);
   if (it == blocks_->end()) return;
+  CudaDeviceScope scope(device_);
   cudaFree(it->second.first);
   allocated_ -= it->second.second;
   blocks_->erase(it);

@@ -15,9 +15,27 @@
 #include <string>
 
 #include "core/copy_engine.h"
+#include "core/page_mapping.h"
 #include "core/status.h"
 
 namespace pinstream {
+
+// Makes `device` current for the scope and puts the caller's device back at
+// its end, so no PinStream call changes which device the host application
+// (torch, ComfyUI) has current.
+class CudaDeviceScope {
+ public:
+  explicit CudaDeviceScope(int device);
+  ~CudaDeviceScope();
+  CudaDeviceScope(const CudaDeviceScope&) = delete;
+  CudaDeviceScope& operator=(const CudaDeviceScope&) = delete;
+  // The cudaSetDevice result (cudaSuccess when the device was made current).
+  cudaError_t status() const { return status_; }
+
+ private:
+  int previous_ = -1;
+  cudaError_t status_ = cudaSuccess;
+};
 
 // A non-blocking stream (it does not synchronize with the legacy stream).
 class CudaStream {
@@ -38,8 +56,9 @@ class CudaStream {
 class CudaEvent {
  public:
   CudaEvent() = default;
-  // timing=false gives the cheaper cudaEventDisableTiming kind.
-  static Status Create(bool timing, CudaEvent* out);
+  // timing=false gives the cheaper cudaEventDisableTiming kind. The event
+  // belongs to `device` (it can be recorded only on that device's streams).
+  static Status Create(int device, bool timing, CudaEvent* out);
   ~CudaEvent();
   CudaEvent(CudaEvent&& other) noexcept;
   CudaEvent& operator=(CudaEvent&& other) noexcept;
@@ -73,12 +92,11 @@ class PinnedHostBuffer final : public HostBuffer {
 
  private:
   enum class Kind { kRegistered, kHostAlloc, kPageable };
-  PinnedHostBuffer(void* data, uint64_t size, uint64_t mapped, Kind kind,
-                   std::string how)
-      : data_(data), size_(size), mapped_(mapped), kind_(kind), how_(std::move(how)) {}
+  PinnedHostBuffer(PageMapping pages, void* data, uint64_t size, Kind kind, std::string how)
+      : pages_(std::move(pages)), data_(data), size_(size), kind_(kind), how_(std::move(how)) {}
+  PageMapping pages_;  // registered / pageable kinds: our own pages
   void* data_;
   uint64_t size_;
-  uint64_t mapped_;  // bytes mmapped (registered / pageable kinds)
   Kind kind_;
   std::string how_;
 };

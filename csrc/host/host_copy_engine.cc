@@ -1,17 +1,93 @@
 // Copyright PinStream authors. SPDX-License-Identifier: Apache-2.0
 #include "host/host_copy_engine.h"
 
-#include <sys/mman.h>
-
-#include <cstdlib>
 #include <cstring>
 
 namespace pinstream {
 
 namespace {
 using Clock = std::chrono::steady_clock;
-constexpr size_t kPage = 4096;
 }  // namespace
+
+// A deferred compute queue: a worker thread running waits, records and work
+// in order. It shares the engine's mutex and events.
+class HostComputeQueue {
+ public:
+  enum class Kind { kWait, kRecord, kWork };
+  struct Op {
+    Kind kind = Kind::kWork;
+    EventId event = -1;
+    uint64_t generation = 0;
+    std::function<void()> work;
+  };
+
+  HostComputeQueue(HostCopyEngine* engine, int max_delay_us, uint64_t seed)
+      : engine_(engine), max_delay_us_(max_delay_us), rng_(seed) {
+    thread_ = std::thread([this] { Loop(); });
+  }
+  ~HostComputeQueue() {
+    if (thread_.joinable()) thread_.join();
+  }
+
+  // Called with the engine's mutex held.
+  void Push(Op op) {
+    queue_.push_back(std::move(op));
+    cv_.notify_one();
+  }
+  bool Idle() const { return queue_.empty() && !running_; }
+  void RequestStop() {
+    stop_ = true;
+    cv_.notify_all();
+  }
+  void Join() {
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  void Loop() {
+    std::unique_lock<std::mutex> lock(engine_->mu_);
+    for (;;) {
+      cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stopped, and nothing left
+      Op op = std::move(queue_.front());
+      queue_.pop_front();
+      running_ = true;
+      switch (op.kind) {
+        case Kind::kWait: {
+          const auto start = Clock::now();
+          engine_->done_cv_.wait(lock, [&] { return engine_->events_[op.event].completed >= op.generation; });
+          engine_->stall_ms_ += std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+          break;
+        }
+        case Kind::kRecord: {
+          HostCopyEngine::Event& e = engine_->events_[op.event];
+          if (e.completed < op.generation) e.completed = op.generation;
+          engine_->work_cv_.notify_all();  // the copy worker may wait on it
+          break;
+        }
+        case Kind::kWork: {
+          const int delay = max_delay_us_ > 0 ? static_cast<int>(rng_() % (max_delay_us_ + 1)) : 0;
+          lock.unlock();
+          if (delay > 0) std::this_thread::sleep_for(std::chrono::microseconds(delay));
+          op.work();
+          lock.lock();
+          break;
+        }
+      }
+      running_ = false;
+      engine_->done_cv_.notify_all();
+    }
+  }
+
+  HostCopyEngine* engine_;
+  std::deque<Op> queue_;
+  std::condition_variable cv_;
+  bool running_ = false;
+  bool stop_ = false;
+  const int max_delay_us_;
+  std::mt19937_64 rng_;
+  std::thread thread_;
+};
 
 HostCopyEngine::HostCopyEngine(HostEngineOptions options)
     : options_(options), rng_(options.seed) {
@@ -21,11 +97,52 @@ HostCopyEngine::HostCopyEngine(HostEngineOptions options)
 HostCopyEngine::~HostCopyEngine() {
   {
     std::unique_lock<std::mutex> lock(mu_);
-    done_cv_.wait(lock, [this] { return done_ == enqueued_; });
+    done_cv_.wait(lock, [this] {
+      if (done_ != enqueued_) return false;
+      for (const auto& q : compute_queues_) {
+        if (!q->Idle()) return false;
+      }
+      return true;
+    });
     stop_ = true;
+    for (auto& q : compute_queues_) q->RequestStop();
   }
   work_cv_.notify_all();
+  for (auto& q : compute_queues_) q->Join();
   worker_.join();
+}
+
+void* HostCopyEngine::CreateComputeQueue(int max_delay_us, uint64_t seed) {
+  auto q = std::make_unique<HostComputeQueue>(this, max_delay_us, seed);
+  std::lock_guard<std::mutex> lock(mu_);
+  compute_queues_.push_back(std::move(q));
+  return compute_queues_.back().get();
+}
+
+HostComputeQueue* HostCopyEngine::FindQueue(void* compute_queue) const {
+  for (const auto& q : compute_queues_) {
+    if (q.get() == compute_queue) return q.get();
+  }
+  return nullptr;
+}
+
+Status HostCopyEngine::EnqueueCompute(void* compute_queue, std::function<void()> work) {
+  std::lock_guard<std::mutex> lock(mu_);
+  HostComputeQueue* q = FindQueue(compute_queue);
+  if (q == nullptr) return Status::InvalidArgument("enqueue_compute: not a deferred compute queue of this engine");
+  HostComputeQueue::Op op;
+  op.kind = HostComputeQueue::Kind::kWork;
+  op.work = std::move(work);
+  q->Push(std::move(op));
+  return Status::Ok();
+}
+
+Status HostCopyEngine::SynchronizeCompute(void* compute_queue) {
+  std::unique_lock<std::mutex> lock(mu_);
+  HostComputeQueue* q = FindQueue(compute_queue);
+  if (q == nullptr) return Status::InvalidArgument("synchronize_compute: not a deferred compute queue of this engine");
+  done_cv_.wait(lock, [q] { return q->Idle(); });
+  return Status::Ok();
 }
 
 Status HostCopyEngine::CreateEvent(EventId* id) {
@@ -44,6 +161,14 @@ Status HostCopyEngine::CheckEvent(EventId event) const {
 
 Status HostCopyEngine::AllocateHostBuffer(uint64_t bytes, bool pin,
                                           std::unique_ptr<HostBuffer>* out) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (fail_allocations_ > 0) {
+      --fail_allocations_;
+      return Status::OutOfMemory("host engine: allocation of " + FormatBytes(bytes) +
+                                 " failed (injected fault)");
+    }
+  }
   return AlignedHostBuffer::Make(bytes, pin, out);
 }
 
@@ -88,10 +213,26 @@ Status HostCopyEngine::RecordCopyEvent(EventId event) {
   return Status::Ok();
 }
 
-Status HostCopyEngine::ComputeWaitFor(EventId event, void* /*compute_queue*/) {
+Status HostCopyEngine::ComputeWaitFor(EventId event, void* compute_queue) {
   std::unique_lock<std::mutex> lock(mu_);
   PINSTREAM_RETURN_IF_ERROR(CheckEvent(event));
   const uint64_t target = events_[event].recorded;
+  if (compute_queue != nullptr) {
+    HostComputeQueue* q = FindQueue(compute_queue);
+    if (q == nullptr) return Status::InvalidArgument("compute_wait_for: unknown compute queue");
+    // A failure already known is reported now; one still in flight shows up as
+    // the poisoned bytes the compute then reads (a device fault on a GPU).
+    if (target != 0 && events_[event].failed == target && events_[event].completed >= target) {
+      return Status::DeviceError("host engine: an upload before event " + std::to_string(event) +
+                                 " failed");
+    }
+    HostComputeQueue::Op op;
+    op.kind = HostComputeQueue::Kind::kWait;
+    op.event = event;
+    op.generation = target;
+    q->Push(std::move(op));
+    return Status::Ok();
+  }
   if (events_[event].completed < target) {
     const auto start = Clock::now();
     // Yield briefly before sleeping: an upload that is about to finish costs
@@ -111,11 +252,21 @@ Status HostCopyEngine::ComputeWaitFor(EventId event, void* /*compute_queue*/) {
   return Status::Ok();
 }
 
-Status HostCopyEngine::RecordComputeEvent(EventId event, void* /*compute_queue*/) {
+Status HostCopyEngine::RecordComputeEvent(EventId event, void* compute_queue) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     PINSTREAM_RETURN_IF_ERROR(CheckEvent(event));
     Event& e = events_[event];
+    if (compute_queue != nullptr) {
+      HostComputeQueue* q = FindQueue(compute_queue);
+      if (q == nullptr) return Status::InvalidArgument("record_compute_event: unknown compute queue");
+      HostComputeQueue::Op op;
+      op.kind = HostComputeQueue::Kind::kRecord;
+      op.event = event;
+      op.generation = ++e.recorded;  // completes when the queue reaches it
+      q->Push(std::move(op));
+      return Status::Ok();
+    }
     e.completed = ++e.recorded;  // the host thread's compute is already done
   }
   // The worker may be blocked in a kWait on this event.
@@ -178,6 +329,11 @@ void HostCopyEngine::CollectTimings(EngineTimings* out, bool wait) {
 void HostCopyEngine::FailNextCopies(int count) {
   std::lock_guard<std::mutex> lock(mu_);
   fail_next_ = count;
+}
+
+void HostCopyEngine::FailNextHostAllocations(int count) {
+  std::lock_guard<std::mutex> lock(mu_);
+  fail_allocations_ = count;
 }
 
 void HostCopyEngine::DelayNextCopies(int count, int us) {
@@ -269,9 +425,7 @@ void HostCopyEngine::WorkerLoop() {
 
 HostArena::HostArena(uint64_t capacity_bytes) : capacity_(capacity_bytes) {}
 
-HostArena::~HostArena() {
-  for (auto& kv : blocks_) std::free(kv.second.first);
-}
+HostArena::~HostArena() = default;
 
 Status HostArena::Allocate(uint64_t bytes, int64_t* id, void** ptr) {
   std::lock_guard<std::mutex> lock(mu_);
@@ -280,14 +434,11 @@ Status HostArena::Allocate(uint64_t bytes, int64_t* id, void** ptr) {
                                " requested, " + FormatBytes(capacity_ - allocated_) +
                                " free of " + FormatBytes(capacity_));
   }
-  const uint64_t rounded = (bytes + kPage - 1) / kPage * kPage;
-  void* p = std::aligned_alloc(kPage, rounded == 0 ? kPage : rounded);
-  if (p == nullptr) {
-    return Status::OutOfMemory("host arena: allocation of " + FormatBytes(bytes) + " failed");
-  }
+  PageMapping pages;
+  PINSTREAM_RETURN_IF_ERROR(PageMapping::Map(bytes, &pages));
   *id = next_id_++;
-  *ptr = p;
-  blocks_[*id] = {p, bytes};
+  *ptr = pages.data();
+  blocks_.emplace(*id, std::move(pages));
   allocated_ += bytes;
   if (allocated_ > peak_) peak_ = allocated_;
   return Status::Ok();
@@ -297,8 +448,7 @@ void HostArena::Free(int64_t id) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = blocks_.find(id);
   if (it == blocks_.end()) return;
-  std::free(it->second.first);
-  allocated_ -= it->second.second;
+  allocated_ -= it->second.size();
   blocks_.erase(it);
 }
 
@@ -324,19 +474,10 @@ void HostArena::set_capacity(uint64_t bytes) {
 
 Status AlignedHostBuffer::Make(uint64_t bytes, bool pinned,
                                std::unique_ptr<HostBuffer>* out) {
-  // Pages of our own (mmap): freed chunks go back to the OS at once instead of
-  // fragmenting the malloc heap across load/unload cycles.
-  const uint64_t rounded = bytes == 0 ? kPage : (bytes + kPage - 1) / kPage * kPage;
-  void* p = mmap(nullptr, rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) {
-    return Status::OutOfMemory("host buffer of " + FormatBytes(bytes) + " could not be allocated");
-  }
-  out->reset(new AlignedHostBuffer(p, bytes, pinned));
+  PageMapping pages;
+  PINSTREAM_RETURN_IF_ERROR(PageMapping::Map(bytes, &pages));
+  out->reset(new AlignedHostBuffer(std::move(pages), pinned));
   return Status::Ok();
-}
-
-AlignedHostBuffer::~AlignedHostBuffer() {
-  munmap(data_, size_ == 0 ? kPage : (size_ + kPage - 1) / kPage * kPage);
 }
 
 }  // namespace pinstream

@@ -6,9 +6,18 @@
 // an acquire that did not wait for its upload reads stale or poisoned bytes,
 // and a slot overwritten before its release corrupts a block that is running.
 //
-// The compute queue is the calling thread: ComputeWaitFor blocks it until the
-// event completes (that wait is the "stall"), RecordComputeEvent completes at
-// once (all compute before it has run).
+// Two kinds of compute queue:
+//   * nullptr: the calling thread. ComputeWaitFor blocks it until the event
+//     completes (that wait is the "stall"); RecordComputeEvent completes at
+//     once (all compute before it has run). What the Python engine uses.
+//   * a deferred queue (CreateComputeQueue): a worker thread of its own, like
+//     a CUDA stream. ComputeWaitFor and RecordComputeEvent only queue a wait or
+//     a record; EnqueueCompute queues work (a test's "kernel" that reads a
+//     slot). A compute event then completes later, on the worker, when the
+//     work before it has run, so the rule "a slot is overwritten only after
+//     the compute that reads it is done" is exercised for real: without the
+//     copy queue's wait on the release event, a later upload overwrites a slot
+//     that queued compute has not read yet.
 //
 // Options emulate a PCIe link (bandwidth, latency) and inject faults for
 // tests: random per-copy delays (seeded), poisoning the destination while a
@@ -20,6 +29,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -29,6 +39,7 @@
 #include <vector>
 
 #include "core/copy_engine.h"
+#include "core/page_mapping.h"
 
 namespace pinstream {
 
@@ -39,6 +50,8 @@ struct HostEngineOptions {
   uint64_t seed = 0;
   bool poison = false;  // fill the destination with 0xA5 while in flight
 };
+
+class HostComputeQueue;
 
 class HostCopyEngine final : public CopyEngine {
  public:
@@ -62,10 +75,21 @@ class HostCopyEngine final : public CopyEngine {
                           void* out) override;
   void CollectTimings(EngineTimings* out, bool wait) override;
 
-  // Fault injection (tests): the next `count` copies fail / take `us` longer.
+  // Fault injection (tests): the next `count` copies fail / take `us` longer;
+  // the next `count` host buffer allocations fail with kOutOfMemory.
   void FailNextCopies(int count);
   void DelayNextCopies(int count, int us);
+  void FailNextHostAllocations(int count);
   uint64_t copies_done() const;
+
+  // A deferred compute queue (see above), owned by the engine; pass it as the
+  // `compute_queue` argument. Each piece of queued work first sleeps a random
+  // 0..max_delay_us (seeded), so compute lags behind the host thread.
+  void* CreateComputeQueue(int max_delay_us = 0, uint64_t seed = 0);
+  // Queues `work` on a deferred queue, after everything queued there before.
+  Status EnqueueCompute(void* compute_queue, std::function<void()> work);
+  // Host waits until a deferred queue has run everything queued on it.
+  Status SynchronizeCompute(void* compute_queue);
 
  private:
   enum class OpKind { kCopy, kRecord, kWait, kTransform };
@@ -85,7 +109,9 @@ class HostCopyEngine final : public CopyEngine {
     uint64_t failed = 0;     // generation that completed with a failed copy
   };
 
+  friend class HostComputeQueue;
   void WorkerLoop();
+  HostComputeQueue* FindQueue(void* compute_queue) const;
   // Called with mu_ held: queues `op` and wakes the worker only if it sleeps.
   void Push(const Op& op);
   void RunCopy(const Op& op, std::unique_lock<std::mutex>* lock);
@@ -95,7 +121,7 @@ class HostCopyEngine final : public CopyEngine {
   const HostEngineOptions options_;
   mutable std::mutex mu_;
   std::condition_variable work_cv_;  // the worker waits here for ops
-  std::condition_variable done_cv_;  // callers wait here for completions
+  std::condition_variable done_cv_;  // callers and compute queues wait here for completions
   bool worker_idle_ = false;         // worker is blocked on work_cv_
   std::deque<Op> queue_;
   std::vector<Event> events_;
@@ -108,8 +134,10 @@ class HostCopyEngine final : public CopyEngine {
   int fail_next_ = 0;
   int delay_next_ = 0;
   int delay_us_ = 0;
+  int fail_allocations_ = 0;
   bool stop_ = false;
   std::mt19937_64 rng_;
+  std::vector<std::unique_ptr<HostComputeQueue>> compute_queues_;
   std::thread worker_;  // last: started after every member is ready
 };
 
@@ -132,7 +160,7 @@ class HostArena final : public DeviceAllocator {
 
  private:
   mutable std::mutex mu_;
-  std::unordered_map<int64_t, std::pair<void*, uint64_t>> blocks_;
+  std::unordered_map<int64_t, PageMapping> blocks_;
   int64_t next_id_ = 0;
   uint64_t capacity_;
   uint64_t allocated_ = 0;
@@ -145,19 +173,16 @@ class AlignedHostBuffer final : public HostBuffer {
   // pinned=false marks the buffer as pageable (the pinning cap's accounting);
   // the host engine copies from both the same way.
   static Status Make(uint64_t bytes, bool pinned, std::unique_ptr<HostBuffer>* out);
-  ~AlignedHostBuffer() override;
-  void* data() const override { return data_; }
-  uint64_t size() const override { return size_; }
+  void* data() const override { return pages_.data(); }
+  uint64_t size() const override { return pages_.size(); }
   bool pinned() const override { return pinned_; }
   std::string how() const override {
     return pinned_ ? "host engine (page-aligned)" : "host engine (pageable: over the pinning cap)";
   }
 
  private:
-  AlignedHostBuffer(void* data, uint64_t size, bool pinned)
-      : data_(data), size_(size), pinned_(pinned) {}
-  void* data_;
-  uint64_t size_;
+  AlignedHostBuffer(PageMapping pages, bool pinned) : pages_(std::move(pages)), pinned_(pinned) {}
+  PageMapping pages_;
   bool pinned_;
 };
 

@@ -357,7 +357,7 @@ def test_stats_node_reports_each_managed_model():
     assert label in text and "sequential" in text
     for word in ("resident", "streamed last run", "GB/s", "stall", "pinned"):
         assert word in text
-    from pinstream import engine as E
+    from pinstream import pin_cap as E
 
     first = text.splitlines()[0]  # the process's pinned memory against the cap
     assert first.startswith("pinned host memory: PinStream ")

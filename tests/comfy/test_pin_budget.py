@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_nodes as T  # its helpers: files, names, ComfyUI
 
 from comfy_nodes import patcher as P
-from pinstream import engine as E
+from pinstream import pin_cap as E
 
 ns, mm = T.ns, T.mm
 GIB = 1024 ** 3

@@ -170,9 +170,11 @@ def stats_text(executor, node_id="8"):
 @pytest.fixture(scope="module")
 def files():
     unet = ck.write_wan21_t2v()
+    unet_b = ck.write_wan21_t2v(name="tiny_wan2.1_t2v_b.safetensors", seed=ck.SEEDS["wan_t2v"] + 1)
     te = ck.write_umt5_xxl()
     harness.refresh_model_lists(ns)
-    return {"unet": pl._name_in(ns, "diffusion_models", unet), "te": pl._name_in(ns, "text_encoders", te)}
+    return {"unet": pl._name_in(ns, "diffusion_models", unet), "unet_b": pl._name_in(ns, "diffusion_models", unet_b),
+            "te": pl._name_in(ns, "text_encoders", te)}
 
 
 @pytest.fixture(scope="module")
@@ -428,3 +430,41 @@ def test_classic_stats_node_accepts_any_connection(pack, files, monkeypatch):
     prompt = wan_t2v_prompt(files, ps_loader(files, "sequential"), "unused")
     ok, error, outputs, node_errors = validate(prompt)
     assert ok and sorted(outputs) == ["7", "8"], (error, node_errors)
+
+
+def test_prompts_alternating_two_files_keep_memory_flat(pack, files, tiny_umt5, output_dir, clean_models):
+    """A queue of prompts alternating two files through the PinStream loader: each prompt
+    drops the previous prompt's model. With the cycle collector off (a busy server never
+    idles long enough for ComfyUI's periodic gc.collect()), PinStream's host memory stays
+    at what the cached models hold, instead of growing by a model per prompt."""
+    from pinstream import _C, pin_cap
+
+    executor, server = new_executor()
+    refs = {}
+    for key in ("unet", "unet_b"):
+        prompt = wan_t2v_prompt(dict(files, unet=files[key]), core_loader(dict(files, unet=files[key])), f"core_{key}")
+        run_prompt(executor, server, prompt)
+        assert_succeeded(executor, server)
+        refs[key] = saved_latent(executor)
+    assert not torch.equal(refs["unet"], refs["unet_b"])
+    gc.collect()
+    base = _C.live_bytes()["host"]
+    gc.disable()
+    try:
+        held = []
+        for i in range(8):
+            key = ("unet", "unet_b")[i % 2]
+            chosen = dict(files, unet=files[key])
+            run_prompt(executor, server, wan_t2v_prompt(chosen, ps_loader(chosen, "sequential"), f"ps_{i}"))
+            assert_succeeded(executor, server)
+            assert torch.equal(saved_latent(executor), refs[key]), i
+            held.append(_C.live_bytes()["host"] - base)
+        models = [h for h in pin_cap.live_handles()]
+        one = max(h.host_bytes for h in models)
+    finally:
+        gc.enable()
+    assert len(models) <= 2, len(models)
+    # at most the models the cache still holds (this prompt's, and the previous one's
+    # until the next prompt replaces it): the same after eight prompts as after two
+    assert max(held) <= 2 * one + 4096, [h / 2**20 for h in held]
+    assert held[-1] <= held[1] + 4096, [h / 2**20 for h in held]

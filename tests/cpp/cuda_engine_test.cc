@@ -8,12 +8,14 @@
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <random>
 
 #include "core/streaming_runtime.h"
 #include "cuda/cuda_check.h"
 #include "cuda/cuda_copy_engine.h"
 #include "cuda/kernels.h"
+#include "cuda_test_kernels.h"
 #include "cuda_test_util.h"
 #include "test_util.h"
 
@@ -81,7 +83,7 @@ TEST(CudaEngine, StreamsBlocksAndEveryAcquireSeesItsBytes) {
     const int passes = 4;
     ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&sums), sizeof(unsigned long long) * n * passes), cudaSuccess);
     for (int p = 0; p < passes; ++p) {
-      ASSERT_TRUE(rt.BeginPass().ok());
+      ASSERT_TRUE(rt.BeginPass(compute).ok());
       for (int b = 0; b < n; ++b) {
         DeviceLocation loc;
         ASSERT_TRUE(rt.Acquire(b, compute, &loc).ok());
@@ -149,7 +151,7 @@ TEST(CudaEngine, SplitBlocksSeeTheirHeadAndTheirRest) {
   ASSERT_EQ(cudaMemset(sums, 0, sizeof(unsigned long long) * 2 * n * passes), cudaSuccess);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);  // the memset ran on the legacy stream
   for (int p = 0; p < passes; ++p) {
-    ASSERT_TRUE(rt.BeginPass().ok());
+    ASSERT_TRUE(rt.BeginPass(compute).ok());
     for (int b = 0; b < n; ++b) {
       DeviceLocation loc;
       ASSERT_TRUE(rt.Acquire(b, compute, &loc).ok());
@@ -179,6 +181,136 @@ TEST(CudaEngine, SplitBlocksSeeTheirHeadAndTheirRest) {
   ASSERT_TRUE(rt.Close().ok());
   cudaFree(sums);
   cudaStreamDestroy(compute);
+}
+
+// The rule the GPU depends on: a slot is overwritten only after the compute
+// stream is done with it. Each block's compute spins for ~1 ms before it
+// checksums its slot, with a ring of two slots (prefetch 1): the copy stream
+// runs far ahead and would refill the slot under the running block if it did
+// not wait on the block's release event.
+TEST(CudaEngine, SlowComputeWithTwoSlotsNeverSeesItsSlotRefilled) {
+  REQUIRE_GPU();
+  const uint64_t seed = testing_util::TestSeed(99);
+  std::unique_ptr<CudaCopyEngine> engine;
+  CudaEngineOptions opt;
+  ASSERT_TRUE(CudaCopyEngine::Create(opt, &engine).ok());
+  CudaDeviceAllocator alloc(0);
+  StreamingRuntime rt(engine.get(), &alloc);
+  const int n = 8;
+  const uint64_t bytes = 4ull << 20;
+  std::vector<std::unique_ptr<HostBuffer>> host;
+  std::vector<unsigned long long> want;
+  for (int i = 0; i < n; ++i) {
+    std::unique_ptr<HostBuffer> b;
+    ASSERT_TRUE(engine->AllocateHostBuffer(bytes, /*pin=*/true, &b).ok());
+    std::mt19937_64 fill(seed + i);
+    auto* p = static_cast<uint8_t*>(b->data());
+    for (uint64_t k = 0; k < bytes; ++k) p[k] = static_cast<uint8_t>(fill());
+    want.push_back(HostChecksum(p, bytes));
+    int id;
+    ASSERT_TRUE(rt.RegisterBlock(p, bytes, true, &id).ok());
+    host.push_back(std::move(b));
+  }
+  ASSERT_TRUE(rt.Plan(PlanPolicy::kStreamAll, PlanRequest::kUnlimited, 1).ok());
+  ASSERT_EQ(rt.plan().slot_count(), 2);
+  int clock_khz = 0;
+  ASSERT_EQ(cudaDeviceGetAttribute(&clock_khz, cudaDevAttrClockRate, 0), cudaSuccess);
+  const long long spin = static_cast<long long>(clock_khz);  // about 1 ms
+  cudaStream_t compute;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&compute, cudaStreamNonBlocking), cudaSuccess);
+  const int passes = 3;
+  unsigned long long* sums;
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&sums), sizeof(unsigned long long) * n * passes), cudaSuccess);
+  for (int p = 0; p < passes; ++p) {
+    ASSERT_TRUE(rt.BeginPass(compute).ok());
+    for (int b = 0; b < n; ++b) {
+      DeviceLocation loc;
+      ASSERT_TRUE(rt.Acquire(b, compute, &loc).ok());
+      ASSERT_TRUE(LaunchSpin(spin, compute).ok());
+      ASSERT_TRUE(LaunchChecksum(loc.ptr, bytes, sums + p * n + b, compute).ok());
+      ASSERT_TRUE(rt.Release(b, compute).ok());
+    }
+    ASSERT_TRUE(rt.EndPass(compute).ok());
+  }
+  std::vector<unsigned long long> got(n * passes);
+  ASSERT_EQ(cudaStreamSynchronize(compute), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(got.data(), sums, got.size() * sizeof(got[0]), cudaMemcpyDeviceToHost), cudaSuccess);
+  for (int p = 0; p < passes; ++p) {
+    for (int b = 0; b < n; ++b) ASSERT_EQ(got[p * n + b], want[b]) << "pass " << p << " block " << b;
+  }
+  ASSERT_TRUE(rt.Close().ok());
+  cudaFree(sums);
+  cudaStreamDestroy(compute);
+}
+
+// Resident weights loaded while one stream was current are read by a pass on
+// another stream: that pass must wait for the resident uploads too.
+TEST(CudaEngine, APassOnAnotherStreamWaitsForTheResidentUploads) {
+  REQUIRE_GPU();
+  std::unique_ptr<CudaCopyEngine> engine;
+  CudaEngineOptions opt;
+  ASSERT_TRUE(CudaCopyEngine::Create(opt, &engine).ok());
+  CudaDeviceAllocator alloc(0);
+  StreamingRuntime rt(engine.get(), &alloc);
+  const uint64_t bytes = 64ull << 20;  // the upload takes a few ms
+  std::unique_ptr<HostBuffer> b;
+  ASSERT_TRUE(engine->AllocateHostBuffer(bytes, /*pin=*/true, &b).ok());
+  auto* p = static_cast<uint8_t*>(b->data());
+  std::mt19937_64 fill(5);
+  for (uint64_t k = 0; k < bytes; ++k) p[k] = static_cast<uint8_t>(fill());
+  const unsigned long long want = HostChecksum(p, bytes);
+  int id;
+  ASSERT_TRUE(rt.RegisterBlock(p, bytes, /*streamable=*/false, &id).ok());
+  ASSERT_TRUE(rt.Plan(PlanPolicy::kAllResident, PlanRequest::kUnlimited, 1).ok());
+  cudaStream_t load_stream, pass_stream;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&load_stream, cudaStreamNonBlocking), cudaSuccess);
+  ASSERT_EQ(cudaStreamCreateWithFlags(&pass_stream, cudaStreamNonBlocking), cudaSuccess);
+  unsigned long long* sum;
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&sum), sizeof(unsigned long long)), cudaSuccess);
+  ASSERT_TRUE(rt.Load(load_stream).ok());
+  ASSERT_TRUE(rt.BeginPass(pass_stream).ok());
+  ASSERT_TRUE(LaunchChecksum(rt.resident_location(id).ptr, bytes, sum, pass_stream).ok());
+  ASSERT_TRUE(rt.EndPass(pass_stream).ok());
+  unsigned long long got = 0;
+  ASSERT_EQ(cudaStreamSynchronize(pass_stream), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(&got, sum, sizeof(got), cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(got, want);
+  ASSERT_TRUE(rt.Close().ok());
+  cudaFree(sum);
+  cudaStreamDestroy(load_stream);
+  cudaStreamDestroy(pass_stream);
+}
+
+// No engine call leaves another device current than the caller's.
+TEST(CudaEngine, CallsLeaveTheCurrentDeviceAsTheyFoundIt) {
+  REQUIRE_GPU();
+  int count = 0;
+  ASSERT_EQ(cudaGetDeviceCount(&count), cudaSuccess);
+  const int target = count - 1;  // another device where there are two
+  ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
+  auto current = [] {
+    int d = -1;
+    cudaGetDevice(&d);
+    return d;
+  };
+  std::unique_ptr<CudaCopyEngine> engine;
+  CudaEngineOptions opt;
+  opt.device = target;
+  ASSERT_TRUE(CudaCopyEngine::Create(opt, &engine).ok());
+  EXPECT_EQ(current(), 0);
+  CudaDeviceAllocator alloc(target);
+  StreamingRuntime rt(engine.get(), &alloc);
+  std::unique_ptr<HostBuffer> b;
+  ASSERT_TRUE(engine->AllocateHostBuffer(1 << 20, true, &b).ok());
+  EXPECT_EQ(current(), 0);
+  std::memset(b->data(), 3, 1 << 20);
+  int id;
+  ASSERT_TRUE(rt.RegisterBlock(b->data(), 1 << 20, true, &id).ok());
+  ASSERT_TRUE(rt.Plan(PlanPolicy::kStreamAll, PlanRequest::kUnlimited, 1).ok());
+  ASSERT_TRUE(rt.Load(nullptr).ok());
+  EXPECT_EQ(current(), 0);
+  ASSERT_TRUE(rt.Close().ok());
+  EXPECT_EQ(current(), 0);
 }
 
 }  // namespace

@@ -235,8 +235,8 @@ TEST(Fp8Cuda, LargeBlockAndThroughput) {
   CudaStream stream;
   ASSERT_TRUE(CudaStream::Create(0, &stream).ok());
   CudaEvent start, stop;
-  ASSERT_TRUE(CudaEvent::Create(true, &start).ok());
-  ASSERT_TRUE(CudaEvent::Create(true, &stop).ok());
+  ASSERT_TRUE(CudaEvent::Create(0, true, &start).ok());
+  ASSERT_TRUE(CudaEvent::Create(0, true, &stop).ok());
   for (FloatDtype dtype : {FloatDtype::kBFloat16, FloatDtype::kFloat16, FloatDtype::kFloat32}) {
     const int iters = 20;
     ASSERT_TRUE(LaunchDequantizeE4M3(dq, dscales, rows, cols, dtype, dout, stream.get()).ok());

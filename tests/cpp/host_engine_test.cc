@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "core/streaming_runtime.h"
+#include "deferred_compute_util.h"
 #include "test_util.h"
 
 namespace pinstream {
@@ -51,17 +52,50 @@ TEST(HostCopyEngine, UnknownEventIsAnError) {
 }
 
 TEST(HostCopyEngine, CopyQueueWaitsForComputeRelease) {
-  // A copy queued after CopyWaitFor(release) must not start before the
-  // compute side records the release.
+  // A slot still read by queued compute: the copy that refills it is queued
+  // behind CopyWaitFor(release), and the release is recorded on the compute
+  // queue after that compute. The compute sees the old bytes to the end.
   HostCopyEngine engine;
+  void* compute = engine.CreateComputeQueue();
   EventId rel;
   ASSERT_TRUE(engine.CreateEvent(&rel).ok());
-  ASSERT_TRUE(engine.RecordComputeEvent(rel, nullptr).ok());
-  std::vector<uint8_t> src(4096, 1), dst(4096, 0);
+  std::vector<uint8_t> src(4096, 1), slot(4096, 0);
+  std::atomic<bool> saw_old{false};
+  ASSERT_TRUE(engine.EnqueueCompute(compute, [&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    saw_old = slot == std::vector<uint8_t>(4096, 0);
+  }).ok());
+  ASSERT_TRUE(engine.RecordComputeEvent(rel, compute).ok());
   ASSERT_TRUE(engine.CopyWaitFor(rel).ok());
-  ASSERT_TRUE(engine.EnqueueCopy(dst.data(), src.data(), src.size(), 0).ok());
+  ASSERT_TRUE(engine.EnqueueCopy(slot.data(), src.data(), src.size(), 0).ok());
   ASSERT_TRUE(engine.Synchronize().ok());
-  EXPECT_EQ(dst, src);
+  ASSERT_TRUE(engine.SynchronizeCompute(compute).ok());
+  EXPECT_TRUE(saw_old) << "the copy overwrote the slot while its compute ran";
+  EXPECT_EQ(slot, src);
+}
+
+TEST(HostCopyEngine, DeferredComputeWaitsOnTheQueueNotOnTheHost) {
+  HostEngineOptions opt;
+  opt.latency_us = 30000;  // the upload takes 30 ms
+  HostCopyEngine engine(opt);
+  void* compute = engine.CreateComputeQueue();
+  std::vector<uint8_t> src(4096, 5), dst(4096, 0);
+  EventId up, done;
+  ASSERT_TRUE(engine.CreateEvent(&up).ok());
+  ASSERT_TRUE(engine.CreateEvent(&done).ok());
+  const auto start = std::chrono::steady_clock::now();
+  ASSERT_TRUE(engine.EnqueueCopy(dst.data(), src.data(), src.size(), 0).ok());
+  ASSERT_TRUE(engine.RecordCopyEvent(up).ok());
+  ASSERT_TRUE(engine.ComputeWaitFor(up, compute).ok());
+  std::atomic<bool> saw{false};
+  ASSERT_TRUE(engine.EnqueueCompute(compute, [&] { saw = dst == src; }).ok());
+  ASSERT_TRUE(engine.RecordComputeEvent(done, compute).ok());
+  const double queued_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_LT(queued_ms, 20.0) << "queuing a compute wait must not block the host";
+  ASSERT_TRUE(engine.ComputeWaitFor(done, nullptr).ok());  // the host waits for the queue's record
+  EXPECT_TRUE(saw);
+  EXPECT_TRUE(engine.EnqueueCompute(nullptr, [] {}).code() == Status::Code::kInvalidArgument);
 }
 
 TEST(HostCopyEngine, EmulatedBandwidthIsHonoured) {
@@ -159,6 +193,62 @@ TEST(HostCopyEngine, RandomDelaysNeverExposeWrongBytes) {
           << "seed " << seed << " trial " << trial;
     }
   }
+}
+
+// Deferred compute on a two-slot ring: each block's compute holds its slot for
+// a while after the host thread has moved on; prefetched uploads must wait for
+// the release recorded behind it.
+TEST(HostCopyEngine, DeferredComputeNeverSeesItsSlotRefilled) {
+  const uint64_t seed = testing_util::TestSeed(2024);
+  std::mt19937_64 rng(seed);
+  FakeModel m = FakeModel::Make(std::vector<uint64_t>(9, 5000), rng());
+  HostEngineOptions opt;
+  opt.poison = true;
+  opt.max_random_delay_us = 50;
+  opt.seed = rng();
+  HostCopyEngine engine(opt);
+  HostArena arena;
+  StreamingRuntime rt(&engine, &arena);
+  ASSERT_TRUE(RegisterAll(&rt, m).ok());
+  ASSERT_TRUE(rt.Plan(PlanPolicy::kStreamAll, PlanRequest::kUnlimited, 1).ok());
+  void* compute = engine.CreateComputeQueue(100, rng());
+  testing_util::DeferredErrors errors;
+  for (int pass = 0; pass < 4; ++pass) {
+    ASSERT_EQ(testing_util::QueueDeferredPass(&rt, &engine, compute, m, {0, 1, 2, 3, 4, 5, 6, 7, 8}, &errors,
+                                              [&](int) { return 200; }),
+              "");
+  }
+  ASSERT_TRUE(engine.SynchronizeCompute(compute).ok());
+  EXPECT_EQ(errors.first(), "") << "seed " << seed;
+  ASSERT_TRUE(rt.Close().ok());
+}
+
+// Resident weights loaded for one compute queue and read by a pass on another:
+// BeginPass makes that queue wait for the resident uploads as well.
+TEST(HostCopyEngine, APassOnAnotherQueueWaitsForTheResidentUploads) {
+  FakeModel m = FakeModel::Make({6000, 3000}, 77);
+  HostEngineOptions opt;
+  opt.poison = true;
+  HostCopyEngine engine(opt);
+  HostArena arena;
+  StreamingRuntime rt(&engine, &arena);
+  int id;
+  ASSERT_TRUE(rt.RegisterBlock(m.host[0].data(), m.host[0].size(), /*streamable=*/false, &id).ok());
+  ASSERT_TRUE(rt.RegisterBlock(m.host[1].data(), m.host[1].size(), true, &id).ok());
+  ASSERT_TRUE(rt.Plan(PlanPolicy::kStreamAll, PlanRequest::kUnlimited, 1).ok());
+  void* load_queue = engine.CreateComputeQueue();
+  void* pass_queue = engine.CreateComputeQueue();
+  engine.DelayNextCopies(1, 40000);  // the resident upload lands 40 ms later
+  ASSERT_TRUE(rt.Load(load_queue).ok());
+  ASSERT_TRUE(rt.BeginPass(pass_queue).ok());
+  const DeviceLocation loc = rt.resident_location(0);
+  std::atomic<bool> ok{false};
+  ASSERT_TRUE(engine.EnqueueCompute(pass_queue, [&] { ok = testing_util::SameBytes(loc, m.host[0]); }).ok());
+  ASSERT_TRUE(rt.EndPass(pass_queue).ok());
+  ASSERT_TRUE(engine.SynchronizeCompute(pass_queue).ok());
+  EXPECT_TRUE(ok) << "the pass read the resident block before its upload landed";
+  ASSERT_TRUE(engine.SynchronizeCompute(load_queue).ok());
+  ASSERT_TRUE(rt.Close().ok());
 }
 
 }  // namespace

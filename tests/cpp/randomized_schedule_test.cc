@@ -3,13 +3,18 @@
 // Randomized schedule tester: random models, orders (repeats, skips,
 // reorders), budgets, prefetch depths and copy delays, all from one seed
 // (PINSTREAM_SEED reproduces a run; PINSTREAM_CASES sets the case count).
-// Every acquire must see exactly its block's bytes.
+// Every acquire must see exactly its block's bytes. Half the cases run their
+// compute deferred on a queue of its own (a worker thread, like a CUDA
+// stream) that lags behind the host thread, so each slot is still being read
+// when the next uploads are queued: a refill that did not wait for the
+// block's release shows up as wrong bytes in the lagging compute.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cstdlib>
 
 #include "core/streaming_runtime.h"
+#include "deferred_compute_util.h"
 #include "host/host_copy_engine.h"
 #include "test_util.h"
 
@@ -30,6 +35,7 @@ TEST(RandomizedSchedule, EveryAcquireSeesItsBlock) {
   std::mt19937_64 rng(seed);
   int refused = 0;
   int split_cases = 0;
+  int deferred_cases = 0;
   uint64_t acquires = 0;
   for (int c = 0; c < cases; ++c) {
     const uint64_t case_seed = rng();
@@ -54,6 +60,9 @@ TEST(RandomizedSchedule, EveryAcquireSeesItsBlock) {
     // generator so that the other draws of a case stay as they were
     std::mt19937_64 rc(case_seed ^ 0x9E3779B97F4A7C15ULL);
     const bool cut = rc() % 2 == 0;
+    const bool deferred = rc() % 2 == 0;
+    const int compute_delay_us = static_cast<int>(rc() % 80);
+    const uint64_t compute_seed = rc();
     for (int i = 0; i < n; ++i) {
       ASSERT_TRUE(rt.RegisterBlock(m.host[i].data(), sizes[i], true, &id).ok());
       if (!cut) continue;
@@ -89,6 +98,9 @@ TEST(RandomizedSchedule, EveryAcquireSeesItsBlock) {
     }
     if (fixed > 0) base.insert(base.begin(), n);  // the non-block part runs first
     const int passes = 1 + static_cast<int>(r() % 5);
+    void* queue = deferred ? engine.CreateComputeQueue(compute_delay_us, compute_seed) : nullptr;
+    testing_util::DeferredErrors errors;
+    deferred_cases += deferred ? 1 : 0;
     for (int p = 0; p < passes; ++p) {
       std::vector<int> order;
       for (int b : base) {
@@ -96,8 +108,20 @@ TEST(RandomizedSchedule, EveryAcquireSeesItsBlock) {
       }
       if (r() % 5 == 0) std::shuffle(order.begin(), order.end(), r);
       acquires += order.size();
-      ASSERT_EQ(RunPass(&rt, m, order), "")
-          << "seed " << seed << " case " << c << " (case seed " << case_seed << ")";
+      if (deferred) {
+        ASSERT_EQ(testing_util::QueueDeferredPass(&rt, &engine, queue, m, order, &errors,
+                                                  [&](int) { return static_cast<int>(rc() % 40); }),
+                  "")
+            << "seed " << seed << " case " << c << " (case seed " << case_seed << ")";
+      } else {
+        ASSERT_EQ(RunPass(&rt, m, order), "")
+            << "seed " << seed << " case " << c << " (case seed " << case_seed << ")";
+      }
+    }
+    if (deferred) {
+      ASSERT_TRUE(engine.SynchronizeCompute(queue).ok());
+      ASSERT_EQ(errors.first(), "") << "seed " << seed << " case " << c << " (case seed " << case_seed
+                                    << ", deferred compute)";
     }
     ASSERT_LE(arena.peak_bytes(), rt.plan().device_bytes() + 4096ULL * 64);
     ASSERT_TRUE(rt.Close().ok());
@@ -105,12 +129,15 @@ TEST(RandomizedSchedule, EveryAcquireSeesItsBlock) {
   }
   RecordProperty("seed", std::to_string(seed));
   RecordProperty("cases", std::to_string(cases));
-  std::printf("randomized schedule: seed %llu, %d cases (%d with split blocks), %d budgets refused, "
-              "%llu acquires checked\n",
-              static_cast<unsigned long long>(seed), cases, split_cases, refused,
+  std::printf("randomized schedule: seed %llu, %d cases (%d with split blocks, %d with deferred compute), "
+              "%d budgets refused, %llu acquires checked\n",
+              static_cast<unsigned long long>(seed), cases, split_cases, deferred_cases, refused,
               static_cast<unsigned long long>(acquires));
   EXPECT_LT(refused, cases);
-  if (cases >= 200) EXPECT_GT(split_cases, 0);
+  if (cases >= 200) {
+    EXPECT_GT(split_cases, 0);
+    EXPECT_GT(deferred_cases, 0);
+  }
 }
 
 }  // namespace

@@ -445,7 +445,7 @@ def test_detach_move_keeps_each_tensor_kind():
     """The move detach makes back to a GPU keeps inference tensors inference tensors and
     normal ones normal, in the same Parameter objects. A dtype stands in for the device
     here: ``Module.to`` converts both the same way, and strips the inference kind the same way."""
-    from pinstream.engine import _to_keeping_inference
+    from pinstream.wrappers import to_keeping_inference
 
     with torch.inference_mode():
         frozen = nn.Linear(4, 4)
@@ -458,7 +458,7 @@ def test_detach_move_keeps_each_tensor_kind():
         probe = nn.Linear(2, 2)
     assert not probe.to(torch.float64).weight.is_inference()
 
-    _to_keeping_inference(m, torch.float64)
+    to_keeping_inference(m, torch.float64)
     assert frozen.weight is held and held.dtype == torch.float64 and held.is_inference()
     assert frozen.table.is_inference() and frozen.table.dtype == torch.float64
     assert torch.equal(frozen.table, torch.arange(3.0, dtype=torch.float64))

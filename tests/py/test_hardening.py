@@ -98,7 +98,7 @@ def test_pinning_cap_leaves_the_rest_pageable_with_one_warning():
 
 
 def test_pin_cap_env_var(monkeypatch):
-    from pinstream.engine import default_pin_cap_bytes
+    from pinstream.pin_cap import default_pin_cap_bytes
 
     monkeypatch.setenv("PINSTREAM_PIN_CAP_GB", "1.5")
     assert default_pin_cap_bytes() == int(1.5 * GIB)
@@ -293,3 +293,26 @@ def test_over_the_pinning_cap_streamed_blocks_are_pinned_first():
     with torch.no_grad():
         assert torch.equal(m(x), ref)
     h.detach()
+
+
+@pytest.mark.parametrize("mode", ["sequential", "budget", "full_load"])
+def test_weights_moved_behind_pinstreams_back_are_reported(mode):
+    """Code that moves an offloaded weight itself (module.to(), a ComfyUI patcher PinStream
+    was not given) would have its copy silently replaced at the next re-pointing, and
+    whatever it patched into it lost: the next forward says so instead."""
+    m = _net(n=4, dim=64)
+    x = torch.randn(2, 64)
+    with torch.no_grad():
+        ref = m(x)
+    size = sum(p.numel() * p.element_size() for p in m.parameters())
+    budget = 0.6 * size / GIB if mode == "budget" else None
+    h = pinstream.offload(m, mode=mode, budget_gb=budget, device="cpu", engine="host")
+    with torch.no_grad():
+        assert torch.equal(m(x), ref)
+        w = m.blocks[1][0].weight
+        w.data = w.data.clone()  # what Module.to(other device) does to each weight
+        with pytest.raises(RuntimeError, match=r"blocks\.1\.0\.weight of this model was moved .* not manage"):
+            m(x)
+    h.detach()
+    with torch.no_grad():
+        assert torch.equal(m(x), ref)

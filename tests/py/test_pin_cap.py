@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import pinstream
-from pinstream import engine as E
+from pinstream import pin_cap as E
 
 GIB = 1024 ** 3
 
@@ -27,11 +27,11 @@ def _offload(m, **kw):
 
 @pytest.fixture
 def no_live_handles():
-    for h in list(E._LIVE_HANDLES):
+    for h in E.live_handles():
         h.detach()
     assert E.pinned_bytes_in_use() == 0
     yield
-    for h in list(E._LIVE_HANDLES):
+    for h in E.live_handles():
         h.detach()
 
 

@@ -263,13 +263,13 @@ def test_detach_moves_wrapper_inner_tensors_before_module_to(monkeypatch):
     cuda) and swaps in a copy rebuilt from its inner tensors, which then says cpu; so detach
     must move the inner tensors first. The CUDA cases above check the outcome on a GPU;
     here the order is checked on the host engine."""
-    from pinstream.engine import _WrapperSlot
+    from pinstream.wrappers import WrapperSlot
 
     m = Net("own", seed=3)
     h = pinstream.offload(m, mode="sequential", engine="host", device="cpu")
     calls = []
-    real_follow = _WrapperSlot.follow_outer_device
-    monkeypatch.setattr(_WrapperSlot, "follow_outer_device", lambda self: (calls.append("follow"), real_follow(self)))
+    real_follow = WrapperSlot.follow_outer_device
+    monkeypatch.setattr(WrapperSlot, "follow_outer_device", lambda self: (calls.append("follow"), real_follow(self)))
     real_to = m.to
     monkeypatch.setattr(m, "to", lambda *a, **k: (calls.append("to"), real_to(*a, **k))[1])
     h._original_device = torch.device("meta")  # stands for the GPU the model came from

@@ -1,0 +1,783 @@
+// Copyright PinStream authors. SPDX-License-Identifier: Apache-2.0
+#include "torch/torch_runtime.h"
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
+#include <ATen/Parallel.h>
+#include <c10/core/DeviceGuard.h>
+#include <torch/cuda.h>
+
+#include <algorithm>
+#include <stdexcept>
+
+#include "core/fp8_block.h"
+#include "core/pack_layout.h"
+#include "torch/errors.h"
+#include "torch/live_bytes.h"
+
+#ifdef PINSTREAM_WITH_CUDA
+#include <c10/cuda/CUDAStream.h>
+
+#include "cuda/cuda_copy_engine.h"
+#endif
+
+namespace pinstream {
+
+PlanPolicy ParsePolicy(const std::string& p) {
+  if (p == "all_resident") return PlanPolicy::kAllResident;
+  if (p == "stream_all") return PlanPolicy::kStreamAll;
+  if (p == "budget") return PlanPolicy::kBudget;
+  throw std::invalid_argument("PinStream: unknown plan policy '" + p +
+                              "'; allowed: all_resident, stream_all, budget");
+}
+
+// A host buffer of the engine, counted in the process's live bytes and in its
+// runtime's while it lives.
+class TorchRuntime::AccountedBuffer {
+ public:
+  AccountedBuffer(std::unique_ptr<HostBuffer> buf, int64_t bytes, std::shared_ptr<std::atomic<int64_t>> counter)
+      : buf_(std::move(buf)), bytes_(bytes), counter_(std::move(counter)) {
+    *counter_ += bytes_;
+    Live().host += bytes_;
+    if (buf_->pinned()) Live().pinned += bytes_;
+  }
+  ~AccountedBuffer() {
+    *counter_ -= bytes_;
+    Live().host -= bytes_;
+    if (buf_->pinned()) Live().pinned -= bytes_;
+  }
+  HostBuffer* get() const { return buf_.get(); }
+
+ private:
+  std::unique_ptr<HostBuffer> buf_;
+  int64_t bytes_;
+  std::shared_ptr<std::atomic<int64_t>> counter_;
+};
+
+namespace {
+
+// The runtime's device current for a call (CUDA); the caller's comes back.
+class DeviceScope {
+ public:
+  explicit DeviceScope(const at::Device& device) {
+    if (device.is_cuda()) guard_.reset_device(device);
+  }
+
+ private:
+  c10::OptionalDeviceGuard guard_;
+};
+
+int64_t Int(uint64_t v) { return static_cast<int64_t>(v); }
+
+// A weight as the fp8 transfer format sees it.
+TransferTensor TransferOf(const at::Tensor& t, uint64_t offset) {
+  TransferTensor tt;
+  tt.offset = offset;
+  tt.bytes = static_cast<uint64_t>(t.numel()) * t.element_size();
+  const at::ScalarType st = t.scalar_type();
+  if ((st == at::kFloat || st == at::kHalf || st == at::kBFloat16) && t.dim() >= 2 && t.numel() > 0) {
+    tt.quantize = true;
+    tt.dtype = st == at::kFloat ? FloatDtype::kFloat32 : st == at::kHalf ? FloatDtype::kFloat16 : FloatDtype::kBFloat16;
+    tt.rows = t.size(0);
+    tt.cols = t.numel() / tt.rows;
+  }
+  return tt;
+}
+
+}  // namespace
+
+TorchRuntime::TorchRuntime(const RuntimeOptions& o)
+    : device_(o.device), chunk_bytes_(o.chunk_bytes), pin_cap_bytes_(o.pin_cap_bytes) {
+  if (o.prefetch < 0) {
+    throw std::invalid_argument("PinStream: prefetch must be >= 0, got " + std::to_string(o.prefetch));
+  }
+  if (o.chunk_bytes <= 0) throw std::invalid_argument("PinStream: chunk_bytes must be > 0");
+  if (o.pin_mode != "auto" && o.pin_mode != "register" && o.pin_mode != "hostalloc" && o.pin_mode != "pageable") {
+    throw std::invalid_argument("PinStream: unknown pin_mode '" + o.pin_mode +
+                                "'; allowed: auto, register, hostalloc, pageable");
+  }
+  std::string kind = o.engine;
+  if (kind == "auto") kind = device_.is_cuda() ? "cuda" : "host";
+  if (kind == "host") {
+    HostEngineOptions opt;
+    opt.bandwidth_bytes_per_s = o.link_gbps > 0 ? o.link_gbps * 1e9 : 0;
+    opt.latency_us = o.latency_us;
+    opt.max_random_delay_us = o.random_delay_us;
+    opt.seed = o.seed;
+    opt.poison = o.poison;
+    auto host = std::make_unique<HostCopyEngine>(opt);
+    host_engine_ = host.get();
+    engine_ = std::move(host);
+    alloc_device_ = at::Device(at::kCPU);
+  } else if (kind == "cuda") {
+#ifdef PINSTREAM_WITH_CUDA
+    if (!device_.is_cuda()) {
+      throw std::invalid_argument("PinStream: engine 'cuda' needs a cuda device, got '" + o.device + "'");
+    }
+    if (!torch::cuda::is_available()) {
+      throw std::runtime_error("PinStream: engine 'cuda' requested but torch sees no CUDA device; "
+                               "use engine='host' on a machine without a GPU");
+    }
+    if (!device_.has_index()) device_ = at::Device(at::kCUDA, 0);
+    if (device_.index() >= static_cast<int>(torch::cuda::device_count())) {
+      throw std::invalid_argument("PinStream: device '" + device_.str() + "' does not exist; this machine has " +
+                                  std::to_string(torch::cuda::device_count()) + " CUDA device(s)");
+    }
+    CudaEngineOptions opt;
+    opt.device = device_.index();
+    opt.timing = o.timing;
+    opt.pin_mode = o.pin_mode == "register"    ? PinMode::kRegister
+                   : o.pin_mode == "hostalloc" ? PinMode::kHostAlloc
+                   : o.pin_mode == "pageable"  ? PinMode::kPageable
+                                               : PinMode::kAuto;
+    std::unique_ptr<CudaCopyEngine> cuda;
+    ThrowIfError(CudaCopyEngine::Create(opt, &cuda));
+    engine_ = std::move(cuda);
+    alloc_device_ = device_;
+#else
+    throw std::runtime_error(
+        "PinStream: engine 'cuda' requested but this build has no CUDA engine (built without nvcc); "
+        "rebuild with `python install.py` on a machine with the CUDA toolkit, or use engine='host'");
+#endif
+  } else {
+    throw std::invalid_argument("PinStream: unknown engine '" + o.engine + "'; allowed: auto, cuda, host");
+  }
+  allocator_ = std::make_unique<TorchDeviceAllocator>(
+      alloc_device_, static_cast<uint64_t>(std::max<int64_t>(o.device_capacity_bytes, 0)));
+  core_ = std::make_unique<StreamingRuntime>(engine_.get(), allocator_.get());
+  ++Live().runtimes;  // last: only a runtime that was constructed is counted
+}
+
+TorchRuntime::~TorchRuntime() {
+  // A runtime goes with its model: its weights keep pointing at their host copy (no
+  // pageable copy of a model that is being dropped), and that memory goes with the
+  // last tensor that uses it.
+  try {
+    std::lock_guard<std::mutex> lock(mu_);
+    CloseLocked(/*restore_pageable=*/false);
+  } catch (...) {
+  }
+  core_.reset();  // before the allocator and engine it uses
+  --Live().runtimes;
+}
+
+std::string TorchRuntime::engine_name() const { return engine_->name(); }
+
+void TorchRuntime::CheckOpen() const {
+  if (closed_) throw std::runtime_error("PinStream: runtime is closed; offload the model again");
+  if (registering_) {
+    throw std::runtime_error("PinStream: register_blocks() is running in another thread; "
+                             "call this after it returns");
+  }
+}
+
+void TorchRuntime::CheckId(int block) const {
+  if (block < 0 || block >= static_cast<int>(blocks_.size())) {
+    throw std::out_of_range("PinStream: block id " + std::to_string(block) + " out of range [0, " +
+                            std::to_string(blocks_.size()) + ")");
+  }
+}
+
+HostCopyEngine* TorchRuntime::HostOnly(const char* what) const {
+  if (host_engine_ == nullptr) throw std::runtime_error(std::string("PinStream: ") + what + " needs the host engine");
+  return host_engine_;
+}
+
+void* TorchRuntime::ComputeQueue() const {
+#ifdef PINSTREAM_WITH_CUDA
+  if (alloc_device_.is_cuda()) return c10::cuda::getCurrentCUDAStream(alloc_device_.index()).stream();
+#endif
+  return nullptr;
+}
+
+void TorchRuntime::SyncCompute() const {
+#ifdef PINSTREAM_WITH_CUDA
+  if (alloc_device_.is_cuda()) c10::cuda::getCurrentCUDAStream(alloc_device_.index()).synchronize();
+#endif
+}
+
+// ---- registration: layout -> plan -> pack ----------------------------------------------
+
+std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
+  const size_t n = req.blocks.size();
+  struct Pending {
+    BlockLayout layout;
+    std::unique_ptr<BlockTransform> transform;
+    std::vector<TransferTensor> transfer;
+    uint64_t transfer_bytes = 0;
+    LinkUse use = LinkUse::kOnce;
+  };
+  std::vector<BlockTensors> infos(n);
+  std::vector<Pending> pending(n);
+  std::vector<ChunkGroup> groups;
+  std::vector<bool> pin;  // per chunk group, then per fp8 block's transfer buffer
+  std::vector<size_t> fp8_candidate(n, 0);
+  int first = 0;
+  // ---- 1. validate, lay out, register the sizes, plan (under the lock) ----
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    CheckOpen();
+    auto count_error = [&](const char* what, size_t got) {
+      return std::invalid_argument("PinStream: " + std::string(what) + " has " + std::to_string(got) +
+                                   " entries for " + std::to_string(n) + " blocks");
+    };
+    if (!req.names.empty() && req.names.size() != n) throw count_error("names", req.names.size());
+    if (!req.fp8.empty() && req.fp8.size() != n) throw count_error("fp8", req.fp8.size());
+    if (!req.streamable.empty() && req.streamable.size() != n) throw count_error("streamable", req.streamable.size());
+    if (core_->planned()) throw std::runtime_error("PinStream: register blocks before plan()");
+    std::unordered_set<const c10::TensorImpl*> here;
+    for (size_t b = 0; b < n; ++b) {
+      const auto& tensors = req.blocks[b];
+      if (!req.names.empty() && req.names[b].size() != tensors.size()) {
+        throw std::invalid_argument("PinStream: names of block " + std::to_string(b) + " has " +
+                                    std::to_string(req.names[b].size()) + " entries for its " +
+                                    std::to_string(tensors.size()) + " tensors");
+      }
+      BlockTensors& info = infos[b];
+      info.streamable = req.streamable.empty() ? true : static_cast<bool>(req.streamable[b]);
+      info.fp8 = !req.fp8.empty() && req.fp8[b];
+      std::vector<uint64_t> nbytes;
+      for (size_t k = 0; k < tensors.size(); ++k) {
+        const at::Tensor& t = tensors[k];
+        if (!t.defined()) throw std::invalid_argument("PinStream: undefined tensor in block " + std::to_string(b));
+        if (t.is_sparse() || t.layout() != at::kStrided) {
+          throw std::invalid_argument("PinStream: only dense strided tensors can be packed; block " +
+                                      std::to_string(b) + " has a " + c10::str(t.layout()) + " tensor");
+        }
+        if (t.is_quantized()) {
+          throw std::invalid_argument("PinStream: quantized torch tensors cannot be packed (block " +
+                                      std::to_string(b) + ")");
+        }
+        const c10::TensorImpl* impl = t.unsafeGetTensorImpl();
+        if (seen_.count(impl) != 0 || !here.insert(impl).second) {
+          throw std::invalid_argument("PinStream: a tensor appears twice (tied weights) in block " +
+                                      std::to_string(b) + "; shared tensors must stay outside streamed blocks");
+        }
+        PackedTensor pt;
+        pt.param = t;
+        pt.inference = IsInferenceWeight(t);
+        if (!req.names.empty()) pt.name = req.names[b][k];
+        pt.nbytes = t.numel() * static_cast<int64_t>(t.element_size());
+        // fp8 blocks quantize row-major matrices; exact blocks keep the weight's layout
+        pt.strides = PackedStrides(t, /*contiguous=*/info.fp8);
+        nbytes.push_back(static_cast<uint64_t>(pt.nbytes));
+        info.tensors.push_back(std::move(pt));
+      }
+      Pending& p = pending[b];
+      p.layout = LayoutBlock(nbytes);
+      info.bytes = Int(p.layout.bytes);
+      for (size_t k = 0; k < info.tensors.size(); ++k) info.tensors[k].offset = Int(p.layout.offsets[k]);
+      if (info.fp8) {
+        for (size_t k = 0; k < info.tensors.size(); ++k) {
+          p.transfer.push_back(TransferOf(info.tensors[k].param, p.layout.offsets[k]));
+        }
+        p.transform = std::make_unique<BlockTransform>();
+        p.transfer_bytes = MakeFp8Transform(p.transfer, p.transform.get());
+      }
+    }
+    first = core_->num_blocks();
+    Status s;
+    for (size_t b = 0; b < n && s.ok(); ++b) {
+      const BlockTensors& info = infos[b];
+      Pending& p = pending[b];
+      int id = -1;
+      s = core_->RegisterBlock(nullptr, info.fp8 ? p.transfer_bytes : p.layout.bytes, info.streamable, &id);
+      if (s.ok() && info.fp8) s = core_->SetTransform(id, p.layout.bytes, p.transform.get());
+      // its tensor boundaries: where a budget plan may keep a head resident
+      if (s.ok() && !info.fp8 && info.streamable && !p.layout.Cuts().empty()) s = core_->SetCuts(id, p.layout.Cuts());
+    }
+    if (s.ok() && req.plan) {
+      try {
+        s = core_->Plan(ParsePolicy(req.policy),
+                        req.budget_bytes < 0 ? PlanRequest::kUnlimited : static_cast<uint64_t>(req.budget_bytes),
+                        req.prefetch);
+      } catch (...) {
+        core_->DropBlocksFrom(first);
+        throw;
+      }
+    }
+    if (!s.ok()) {
+      core_->DropBlocksFrom(first);
+      ThrowIfError(s);
+    }
+    // Pin what the plan uploads most often first; without a plan, in order.
+    std::vector<uint64_t> sizes;
+    for (const BlockTensors& info : infos) sizes.push_back(static_cast<uint64_t>(info.bytes));
+    groups = GroupIntoChunks(sizes, static_cast<uint64_t>(chunk_bytes_));
+    for (size_t b = 0; b < n; ++b) {
+      const int id = first + static_cast<int>(b);
+      pending[b].use = req.plan ? UseOfBlock(infos[b].streamable, core_->resident(id), core_->split(id)) : LinkUse::kOnce;
+    }
+    std::vector<PinCandidate> candidates;
+    for (const ChunkGroup& g : groups) {
+      PinCandidate c{g.bytes, LinkUse::kNever};
+      for (size_t b = g.first_block; b < g.end_block; ++b) {
+        // an fp8 block's exact host copy never crosses the link: its transfer form does
+        if (!infos[b].fp8) c.use = std::min(c.use, pending[b].use);
+      }
+      candidates.push_back(c);
+    }
+    for (size_t b = 0; b < n; ++b) {
+      if (!infos[b].fp8) continue;
+      fp8_candidate[b] = candidates.size();
+      candidates.push_back(PinCandidate{pending[b].transfer_bytes, pending[b].use});
+    }
+    pin = ChoosePinned(candidates, pin_cap_bytes_ < 0 ? -1 : std::max<int64_t>(0, pin_cap_bytes_ - pinned_bytes_));
+    registering_ = true;
+  }
+
+  // ---- 2. pack: copy each block into its chunk, re-point it there (no lock) ----
+  std::vector<Chunk> new_chunks;
+  std::vector<int64_t> chunk_of(n, -1), chunk_offset(n, 0);
+  std::vector<std::shared_ptr<AccountedBuffer>> new_transfer(n);
+  std::unordered_set<std::string> how;
+  size_t packed = 0;  // blocks [0, packed) point at their host copy
+  const int threads = std::max(1, at::get_num_threads());
+  try {
+    for (size_t g = 0; g < groups.size(); ++g) {
+      const int64_t size = Int(groups[g].bytes);
+      std::unique_ptr<HostBuffer> buf;
+      ThrowIfError(engine_->AllocateHostBuffer(static_cast<uint64_t>(size), pin[g], &buf));
+      how.insert(buf->how());
+      const bool pinned = buf->pinned();
+      void* data = buf->data();
+      auto owner = std::make_shared<AccountedBuffer>(std::move(buf), size, live_host_bytes_);
+      at::Tensor chunk = at::from_blob(data, {size}, [owner](void*) mutable { owner.reset(); },
+                                       at::TensorOptions().dtype(at::kByte));
+      new_chunks.push_back(Chunk{chunk, pinned});
+      int64_t off = 0;
+      for (size_t b = groups[g].first_block; b < groups[g].end_block; ++b) {
+        BlockTensors& info = infos[b];
+        chunk_of[b] = static_cast<int64_t>(new_chunks.size()) - 1;
+        chunk_offset[b] = off;
+        info.pinned = pinned;
+        for (PackedTensor& pt : info.tensors) {
+          AliasAs(chunk, off + pt.offset, pt.param.scalar_type(), pt.param.sizes(), pt.strides, false).copy_(pt.param);
+          pt.host_view = AliasAs(chunk, off + pt.offset, pt.param.scalar_type(), pt.param.sizes(), pt.strides,
+                                 pt.inference);
+        }
+        if (info.fp8) {
+          // Sent as fp8: the exact host copy stays the truth (weights point at it
+          // between uses); the link carries codes + per-row scales.
+          Pending& p = pending[b];
+          std::unique_ptr<HostBuffer> tbuf;
+          ThrowIfError(engine_->AllocateHostBuffer(std::max<uint64_t>(p.transfer_bytes, 1),
+                                                   pin[fp8_candidate[b]], &tbuf));
+          how.insert(tbuf->how());
+          auto* out = static_cast<uint8_t*>(tbuf->data());
+          new_transfer[b] = std::make_shared<AccountedBuffer>(std::move(tbuf), Int(p.transfer_bytes), live_host_bytes_);
+          std::vector<const void*> srcs;
+          for (const PackedTensor& pt : info.tensors) srcs.push_back(pt.host_view.data_ptr());
+          ThrowIfError(QuantizeFp8Block(p.transfer, srcs, *p.transform, out, threads, &info.fp8_error));
+        }
+        // recorded: now its weights move to the host copy (the original storage goes)
+        for (PackedTensor& pt : info.tensors) pt.param.set_data(pt.host_view);
+        packed = b + 1;
+        off += info.bytes;
+        if (req.progress) req.progress(packed, n);
+      }
+    }
+  } catch (...) {
+    // All or nothing: the packed blocks' weights get ordinary memory again.
+    for (size_t b = 0; b < packed; ++b) infos[b].Detach(/*restore_pageable=*/true);
+    infos.clear();
+    new_chunks.clear();
+    new_transfer.clear();
+    std::lock_guard<std::mutex> lock(mu_);
+    core_->DropBlocksFrom(first);
+    registering_ = false;
+    throw;
+  }
+
+  // ---- 3. commit (under the lock) ----
+  std::vector<int> ids;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    const int base_chunk = static_cast<int>(chunks_.size());
+    for (size_t b = 0; b < n; ++b) {
+      const int id = first + static_cast<int>(b);
+      const void* host = infos[b].fp8 ? new_transfer[b]->get()->data()
+                                      : new_chunks[chunk_of[b]].bytes.data_ptr<uint8_t>() + chunk_offset[b];
+      ThrowIfError(core_->AttachHost(id, host));
+      for (const PackedTensor& pt : infos[b].tensors) seen_.insert(pt.param.unsafeGetTensorImpl());
+      ids.push_back(id);
+      infos[b].chunk = base_chunk + static_cast<int>(chunk_of[b]);
+      blocks_.push_back(std::move(infos[b]));
+      if (new_transfer[b]) {
+        transfer_buffers_.push_back(new_transfer[b]);
+        transforms_.push_back(std::move(pending[b].transform));
+        const int64_t tb = Int(pending[b].transfer_bytes);
+        host_bytes_ += tb;
+        (new_transfer[b]->get()->pinned() ? pinned_bytes_ : pageable_bytes_) += tb;
+      }
+    }
+    for (Chunk& c : new_chunks) {
+      const int64_t size = c.bytes.numel();
+      host_bytes_ += size;
+      (c.pinned ? pinned_bytes_ : pageable_bytes_) += size;
+      chunks_.push_back(std::move(c));
+    }
+    pin_how_.insert(how.begin(), how.end());
+    registering_ = false;
+  }
+#if defined(__GLIBC__)
+  // The original tensors' storage was freed above; hand the heap pages back to
+  // the OS so the process does not hold a second copy's worth of RSS.
+  malloc_trim(0);
+#endif
+  return ids;
+}
+
+// ---- plan, load, passes ------------------------------------------------------------------
+
+PlanInfo TorchRuntime::Plan(const std::string& policy, int64_t budget_bytes, int prefetch) {
+  std::lock_guard<std::mutex> lock(mu_);
+  CheckOpen();
+  if (prefetch < 0) throw std::invalid_argument("PinStream: prefetch must be >= 0, got " + std::to_string(prefetch));
+  const PlanPolicy p = ParsePolicy(policy);
+  if (core_->loaded()) UnloadLocked();
+  ThrowIfError(core_->Plan(p, budget_bytes < 0 ? PlanRequest::kUnlimited : static_cast<uint64_t>(budget_bytes),
+                           prefetch));
+  return PlanInfoLocked();
+}
+
+PlanInfo TorchRuntime::CurrentPlan() {
+  std::lock_guard<std::mutex> lock(mu_);
+  CheckOpen();
+  if (!core_->planned()) throw std::runtime_error("PinStream: no plan yet; call plan() first");
+  return PlanInfoLocked();
+}
+
+void TorchRuntime::Load() {
+  std::lock_guard<std::mutex> lock(mu_);
+  CheckOpen();
+  DeviceScope scope(alloc_device_);
+  ThrowIfError(core_->Load(ComputeQueue()));
+  PointResidentBlocks();
+}
+
+void TorchRuntime::Unload() {
+  std::lock_guard<std::mutex> lock(mu_);
+  CheckOpen();
+  DeviceScope scope(alloc_device_);
+  UnloadLocked();
+}
+
+void TorchRuntime::BeginPass() {
+  std::lock_guard<std::mutex> lock(mu_);
+  CheckOpen();
+  DeviceScope scope(alloc_device_);
+  // A pass still open (a forward interrupted by a BaseException such as
+  // KeyboardInterrupt skips the hooks that end it, leaving blocks acquired):
+  // end it first, as end_pass() would have.
+  if (touched_ >= 0 || core_->learner().in_pass() || core_->outstanding() > 0) ThrowIfError(EndPassLocked());
+  CheckPlacementLocked();
+  ThrowIfError(core_->BeginPass(ComputeQueue()));
+}
+
+void TorchRuntime::CheckPlacement() {
+  std::lock_guard<std::mutex> lock(mu_);
+  CheckOpen();
+  CheckPlacementLocked();
+}
+
+void TorchRuntime::CheckPlacementLocked() const {
+  // Weights moved behind PinStream's back would be overwritten by its next re-pointing
+  // (and whatever was patched into them lost): say so instead.
+  for (const BlockTensors& info : blocks_) {
+    info.CheckUnchanged();
+    if (const PackedTensor* pt = info.Displaced()) {
+      const std::string who = pt->name.empty() ? std::string("a weight") : pt->name;
+      throw std::runtime_error(
+          "PinStream: " + who + " of this model was moved (it is now on " + pt->param.device().str() +
+          ") by code PinStream does not manage: module.to()/.cuda() on the model, or a ComfyUI patcher of it "
+          "made before it was handed to PinStream (a clone used on another branch). PinStream places this "
+          "model's weights itself: offload the model before it branches (put the PinStream node right after "
+          "the loader), or detach() the handle before moving the model");
+    }
+  }
+}
+
+void TorchRuntime::Acquire(int block) {
+  std::lock_guard<std::mutex> lock(mu_);
+  CheckOpen();
+  DeviceScope scope(alloc_device_);
+  AcquireLocked(block);
+}
+
+void TorchRuntime::AcquireLocked(int block) {
+  CheckId(block);
+  const bool was_loaded = core_->loaded();
+  DeviceLocation loc;
+  Status s = core_->Acquire(block, ComputeQueue(), &loc);
+  ApplyEvictions();
+  ThrowIfError(s);
+  if (!was_loaded) PointResidentBlocks();
+  blocks_[block].PointAtDevice(loc, *allocator_);
+}
+
+void TorchRuntime::Release(int block, bool missing_ok) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (missing_ok && closed_) return;
+  CheckOpen();
+  DeviceScope scope(alloc_device_);
+  ReleaseLocked(block, missing_ok);
+}
+
+void TorchRuntime::ReleaseLocked(int block, bool missing_ok) {
+  CheckId(block);
+  if (missing_ok && !core_->acquired(block)) return;
+  BlockTensors& info = blocks_[block];
+  if (!core_->resident(block) || info.fp8) WriteBack(&info);
+  ThrowIfError(core_->Release(block, ComputeQueue()));
+  // An fp8 block's device copy is an approximation: between uses its weights
+  // show the exact host copy (state_dict, LoRA patching, saving).
+  if (info.fp8 && !core_->acquired(block)) info.PointAtHost();
+}
+
+void TorchRuntime::Touch(int block) {
+  std::lock_guard<std::mutex> lock(mu_);
+  CheckOpen();
+  if (touched_ == block) return;
+  DeviceScope scope(alloc_device_);
+  if (touched_ >= 0) {
+    const int prev = touched_;
+    touched_ = -1;
+    ReleaseLocked(prev, /*missing_ok=*/true);
+  }
+  AcquireLocked(block);
+  touched_ = block;
+}
+
+void TorchRuntime::ReleaseTouched(int block) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (touched_ != block || closed_) return;
+  CheckOpen();
+  DeviceScope scope(alloc_device_);
+  touched_ = -1;
+  ReleaseLocked(block, /*missing_ok=*/true);
+}
+
+void TorchRuntime::EndPass() {
+  std::lock_guard<std::mutex> lock(mu_);
+  touched_ = -1;
+  if (closed_) return;
+  CheckOpen();
+  DeviceScope scope(alloc_device_);
+  ThrowIfError(EndPassLocked());
+}
+
+// Releases the blocks still acquired and closes the pass. Between passes a
+// block that is not wholly resident shows its host copy: its slot is refilled
+// by later uploads, so tensors taken now (state_dict(), detach()) must not
+// alias it (a split block's head too; the next acquire points it back). An
+// fp8 block's device copy is an approximation: it too shows the host copy.
+Status TorchRuntime::EndPassLocked() {
+  touched_ = -1;
+  Status s = core_->EndPass(ComputeQueue());
+  ApplyEvictions();
+  for (int i = 0; i < static_cast<int>(blocks_.size()); ++i) {
+    BlockTensors& info = blocks_[i];
+    if (!info.on_device() || core_->acquired(i)) continue;
+    if (info.fp8 || !core_->resident(i)) {
+      WriteBack(&info);  // blocks the pass left acquired were not released here
+      info.PointAtHost();
+    }
+  }
+  return s;
+}
+
+void TorchRuntime::Synchronize() {
+  std::lock_guard<std::mutex> lock(mu_);
+  CheckOpen();
+  DeviceScope scope(alloc_device_);
+  ThrowIfError(core_->Synchronize());
+}
+
+void TorchRuntime::WriteBack(BlockTensors* info) {
+  if (info->WriteBackIfModified()) ++writebacks_;
+}
+
+void TorchRuntime::ApplyEvictions() {
+  core_->TakeEvicted(&evicted_);
+  for (int b : evicted_) blocks_[b].PointAtHost();
+}
+
+void TorchRuntime::PointResidentBlocks() {
+  for (int i = 0; i < static_cast<int>(blocks_.size()); ++i) {
+    // fp8 blocks point at their device copy only while acquired.
+    if (core_->resident(i) && !blocks_[i].fp8) blocks_[i].PointAtDevice(core_->resident_location(i), *allocator_);
+  }
+}
+
+void TorchRuntime::UnloadLocked() {
+  touched_ = -1;
+  if (!core_->loaded()) return;
+  // Before anything changes: pointing a converted tensor back at its host copy
+  // would silently undo the conversion.
+  for (const BlockTensors& info : blocks_) {
+    if (info.on_device()) info.CheckUnchanged();
+  }
+  SyncCompute();
+  for (BlockTensors& info : blocks_) {
+    WriteBack(&info);
+    info.PointAtHost();
+    info.ClearViews();
+  }
+  ThrowIfError(core_->Unload());
+  ApplyEvictions();
+}
+
+// ---- stats and close ------------------------------------------------------------------------
+
+PlanInfo TorchRuntime::PlanInfoLocked() const {
+  const ResidencyPlan& p = core_->plan();
+  PlanInfo d;
+  d.policy = PlanPolicyName(p.policy());
+  d.prefetch = p.prefetch();
+  d.num_blocks = core_->num_blocks();
+  d.resident_blocks = p.num_resident();
+  d.streamed_blocks = p.num_streamed();
+  d.split_blocks = p.num_split();
+  for (int i = 0; i < core_->num_blocks(); ++i) d.split_bytes.push_back(core_->planned() ? core_->split_bytes(i) : 0);
+  d.slot_count = p.slot_count();
+  d.slot_bytes = p.slot_bytes();
+  d.fixed_bytes = p.fixed_bytes();
+  d.resident_block_bytes = p.resident_block_bytes();
+  d.streamed_block_bytes = p.streamed_block_bytes();
+  d.device_bytes = p.device_bytes();
+  d.describe = p.Describe();
+  return d;
+}
+
+RuntimeStats TorchRuntime::GetStats() {
+  std::lock_guard<std::mutex> lock(mu_);
+  RuntimeStats d;
+  d.engine = engine_->name();
+  d.device = device_.str();
+  d.closed = closed_;
+  if (!closed_ && !registering_) {
+    DeviceScope scope(alloc_device_);
+    d.core = core_->GetStats(/*wait=*/true);
+  }
+  d.writebacks = writebacks_;
+  for (const BlockTensors& b : blocks_) {
+    d.block_pinned.push_back(b.pinned);
+    if (!b.fp8) continue;
+    ++d.fp8_blocks;
+    d.fp8_error.Merge(b.fp8_error);
+    d.fp8_block_error.push_back(b.fp8_error);
+  }
+  d.device_bytes = allocator_->allocated_bytes();
+  d.peak_device_bytes = allocator_->peak_bytes();
+  d.host_bytes = host_bytes_;
+  d.pinned_bytes = pinned_bytes_;
+  d.pageable_bytes = pageable_bytes_;
+  d.live_host_bytes = live_host_bytes_->load();
+  d.pin_how.assign(pin_how_.begin(), pin_how_.end());
+  std::sort(d.pin_how.begin(), d.pin_how.end());
+  d.loaded = !closed_ && core_->loaded();
+  d.planned = !closed_ && core_->planned();
+  if (d.planned) d.plan = PlanInfoLocked();
+  return d;
+}
+
+void TorchRuntime::ResetStats() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (closed_ || registering_) return;
+  core_->ResetStats();
+  allocator_->ResetPeak();
+  writebacks_ = 0;
+}
+
+void TorchRuntime::Close(bool restore_pageable) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (registering_) CheckOpen();  // throws: a registration is running
+  DeviceScope scope(alloc_device_);
+  CloseLocked(restore_pageable);
+}
+
+void TorchRuntime::CloseLocked(bool restore_pageable) {
+  if (closed_) return;
+  touched_ = -1;
+  if (core_->loaded()) {
+    SyncCompute();
+    core_->EndPass(ComputeQueue());
+    for (BlockTensors& info : blocks_) {
+      WriteBack(&info);
+      info.PointAtHost();
+      info.ClearViews();
+    }
+  }
+  core_->Close();
+  // Chunk by chunk: each host chunk goes as soon as its blocks' weights have memory of
+  // their own again, so restoring holds one chunk more than the model, not two copies.
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    blocks_[i].Detach(restore_pageable);
+    const int c = blocks_[i].chunk;
+    if (c >= 0 && (i + 1 == blocks_.size() || blocks_[i + 1].chunk != c)) chunks_[c] = Chunk();
+  }
+  blocks_.clear();
+  chunks_.clear();
+  transfer_buffers_.clear();
+  transforms_.clear();
+  seen_.clear();
+  closed_ = true;
+#if defined(__GLIBC__)
+  malloc_trim(0);  // hand freed heap pages back: RSS returns to its baseline
+#endif
+}
+
+// ---- small accessors and fault injection -----------------------------------------------
+
+void TorchRuntime::FailNextCopies(int count) { HostOnly("fail_next_copies")->FailNextCopies(count); }
+void TorchRuntime::DelayNextCopies(int count, int us) { HostOnly("delay_next_copies")->DelayNextCopies(count, us); }
+void TorchRuntime::FailNextHostAllocations(int count) {
+  HostOnly("fail_next_host_allocations")->FailNextHostAllocations(count);
+}
+
+void TorchRuntime::SetDeviceCapacity(int64_t bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  allocator_->set_capacity(static_cast<uint64_t>(std::max<int64_t>(bytes, 0)));
+}
+
+int TorchRuntime::num_blocks() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return static_cast<int>(blocks_.size());
+}
+int64_t TorchRuntime::device_bytes() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return static_cast<int64_t>(allocator_->allocated_bytes());
+}
+int64_t TorchRuntime::host_bytes() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return host_bytes_;
+}
+int64_t TorchRuntime::pinned_bytes() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return pinned_bytes_;
+}
+bool TorchRuntime::closed() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return closed_;
+}
+bool TorchRuntime::loaded() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return !closed_ && core_->loaded();
+}
+std::vector<int64_t> TorchRuntime::block_bytes() {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<int64_t> out;
+  for (const BlockTensors& b : blocks_) out.push_back(b.bytes);
+  return out;
+}
+std::vector<bool> TorchRuntime::resident_blocks() {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<bool> out;
+  for (int i = 0; i < static_cast<int>(blocks_.size()); ++i) out.push_back(core_->planned() && core_->resident(i));
+  return out;
+}
+
+}  // namespace pinstream

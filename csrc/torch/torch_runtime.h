@@ -1,0 +1,229 @@
+// Copyright PinStream authors. SPDX-License-Identifier: Apache-2.0
+//
+// TorchRuntime: the core's StreamingRuntime on torch tensors, and the only
+// place that knows both. It owns the copy engine (CUDA or host), the device
+// allocator (torch's, so memory accounting sees the slots), the host chunks the
+// weights are packed into, and the weights' re-pointing:
+//
+//   RegisterBlocks   layout -> plan -> pack: each unit's tensors are laid out
+//                    (csrc/core/pack_layout.h), the plan is made once from that
+//                    layout, the host chunks are pinned in the order the plan
+//                    uploads them (within the pinning cap), then each block's
+//                    tensors are copied into their chunk and re-pointed there
+//                    (the original storage is released: one host copy).
+//                    All or nothing: a failure puts every weight back in
+//                    ordinary memory of its own and leaves no block registered,
+//                    so a retry on the same runtime works.
+//   Acquire/Release  around a block's compute (forward hooks); Touch for a
+//                    Sequential block whose children run one by one.
+//   EndPass          between passes every block that is not wholly resident
+//                    (and every fp8 block) shows its host copy.
+//
+// Thread safety and lock order: every public method takes the runtime's mutex
+// for its whole duration, and is called without the Python GIL (the binding
+// releases it first), so the two locks are never taken in the other order.
+// The progress callback of RegisterBlocks runs without the mutex. Every CUDA
+// entry point makes the runtime's device current for its duration and puts the
+// caller's back.
+#ifndef PINSTREAM_TORCH_TORCH_RUNTIME_H_
+#define PINSTREAM_TORCH_TORCH_RUNTIME_H_
+
+#include <ATen/ATen.h>
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+#include "core/copy_engine.h"
+#include "core/streaming_runtime.h"
+#include "host/host_copy_engine.h"
+#include "torch/block_tensors.h"
+#include "torch/torch_device_allocator.h"
+
+namespace pinstream {
+
+struct RuntimeOptions {
+  std::string device = "cpu";
+  std::string engine = "auto";  // auto | cuda | host
+  int prefetch = 1;
+  int64_t budget_bytes = -1;
+  // host engine: emulated link and faults
+  double link_gbps = 0;
+  double latency_us = 0;
+  int random_delay_us = 0;
+  uint64_t seed = 0;
+  bool poison = false;
+  int64_t device_capacity_bytes = 0;  // 0: no cap of our own
+  std::string pin_mode = "auto";      // auto | register | hostalloc | pageable
+  int64_t chunk_bytes = 256LL << 20;
+  bool timing = true;
+  int64_t pin_cap_bytes = -1;  // most host bytes this runtime pins; -1: no cap
+};
+
+struct RegisterRequest {
+  std::vector<std::vector<at::Tensor>> blocks;
+  std::vector<bool> streamable;                 // empty: every block streamable
+  std::vector<bool> fp8;                        // empty: none sent as fp8
+  std::vector<std::vector<std::string>> names;  // empty, or per block per tensor
+  // Plan at registration (layout -> plan -> pack); otherwise plan() comes later
+  // and the chunks are pinned in registration order.
+  bool plan = false;
+  std::string policy = "budget";
+  int64_t budget_bytes = -1;
+  int prefetch = 1;
+  // Called after each block is packed (done, total), without the mutex. An
+  // exception it throws aborts the registration (all or nothing).
+  std::function<void(size_t, size_t)> progress;
+};
+
+struct PlanInfo {
+  std::string policy;
+  int prefetch = 0;
+  int num_blocks = 0;
+  int resident_blocks = 0;
+  int streamed_blocks = 0;
+  int split_blocks = 0;
+  std::vector<uint64_t> split_bytes;  // per unit: the resident head of a split block, else 0
+  int slot_count = 0;
+  uint64_t slot_bytes = 0;
+  uint64_t fixed_bytes = 0;
+  uint64_t resident_block_bytes = 0;
+  uint64_t streamed_block_bytes = 0;
+  uint64_t device_bytes = 0;
+  std::string describe;
+};
+
+struct RuntimeStats {
+  std::string engine;
+  std::string device;
+  Stats core;
+  uint64_t writebacks = 0;
+  std::vector<bool> block_pinned;
+  int64_t fp8_blocks = 0;
+  std::vector<QuantError> fp8_block_error;
+  QuantError fp8_error;
+  uint64_t device_bytes = 0;
+  uint64_t peak_device_bytes = 0;
+  int64_t host_bytes = 0;
+  int64_t pinned_bytes = 0;
+  int64_t pageable_bytes = 0;
+  int64_t live_host_bytes = 0;
+  std::vector<std::string> pin_how;
+  bool loaded = false;
+  bool closed = false;
+  bool planned = false;
+  PlanInfo plan;
+};
+
+// The plan policy named `name` (all_resident, stream_all, budget); throws
+// std::invalid_argument naming the allowed ones.
+PlanPolicy ParsePolicy(const std::string& name);
+
+class TorchRuntime {
+ public:
+  // Throws std::invalid_argument for a bad option, std::runtime_error when the
+  // engine cannot be made (no CUDA build, no GPU).
+  explicit TorchRuntime(const RuntimeOptions& options);
+  ~TorchRuntime();
+  TorchRuntime(const TorchRuntime&) = delete;
+  TorchRuntime& operator=(const TorchRuntime&) = delete;
+
+  std::vector<int> RegisterBlocks(const RegisterRequest& request);
+  PlanInfo Plan(const std::string& policy, int64_t budget_bytes, int prefetch);
+  PlanInfo CurrentPlan();
+  void Load();
+  void Unload();
+  void BeginPass();
+  // Fails (std::runtime_error naming the weight) when a weight was converted, replaced or
+  // moved by code PinStream does not manage. BeginPass checks it too.
+  void CheckPlacement();
+  void Acquire(int block);
+  // missing_ok: a forward hook's release after its acquire raised (the
+  // post-hook runs anyway) is not a second error.
+  void Release(int block, bool missing_ok);
+  // Acquires `block`, releasing the block touched before it: for hooks on the
+  // children of a block that is iterated rather than called.
+  void Touch(int block);
+  void ReleaseTouched(int block);
+  void EndPass();
+  void Synchronize();
+  RuntimeStats GetStats();
+  void ResetStats();
+  void Close(bool restore_pageable);
+
+  // Fault injection (host engine only).
+  void FailNextCopies(int count);
+  void DelayNextCopies(int count, int us);
+  void FailNextHostAllocations(int count);
+  void SetDeviceCapacity(int64_t bytes);
+
+  std::string engine_name() const;
+  std::string device_name() const { return device_.str(); }
+  int num_blocks();
+  int64_t device_bytes();
+  int64_t host_bytes();
+  int64_t pinned_bytes();
+  bool closed();
+  bool loaded();
+  std::vector<int64_t> block_bytes();
+  std::vector<bool> resident_blocks();
+
+ private:
+  struct Chunk {
+    at::Tensor bytes;  // uint8 over the host buffer; the weights' host views alias it
+    bool pinned = false;
+  };
+  class AccountedBuffer;  // a host buffer counted in the live bytes while it lives
+
+  void CheckOpen() const;
+  void CheckId(int block) const;
+  HostCopyEngine* HostOnly(const char* what) const;
+  void* ComputeQueue() const;
+  void SyncCompute() const;
+  PlanInfo PlanInfoLocked() const;
+  void AcquireLocked(int block);
+  void ReleaseLocked(int block, bool missing_ok);
+  Status EndPassLocked();
+  void CheckPlacementLocked() const;
+  void UnloadLocked();
+  void CloseLocked(bool restore_pageable);
+  void ApplyEvictions();
+  void PointResidentBlocks();
+  void WriteBack(BlockTensors* info);
+
+  std::mutex mu_;
+  at::Device device_{at::kCPU};
+  at::Device alloc_device_{at::kCPU};
+  int64_t chunk_bytes_;
+  int64_t pin_cap_bytes_;
+  std::unique_ptr<CopyEngine> engine_;
+  HostCopyEngine* host_engine_ = nullptr;
+  std::unique_ptr<TorchDeviceAllocator> allocator_;
+  std::unique_ptr<StreamingRuntime> core_;
+  std::vector<BlockTensors> blocks_;
+  std::vector<Chunk> chunks_;
+  std::vector<std::shared_ptr<AccountedBuffer>> transfer_buffers_;  // fp8 codes + scales
+  std::vector<std::unique_ptr<BlockTransform>> transforms_;
+  // all host bytes of this runtime still alive (the chunks outlive it while a
+  // weight still points at them after close(restore_pageable=false))
+  std::shared_ptr<std::atomic<int64_t>> live_host_bytes_ = std::make_shared<std::atomic<int64_t>>(0);
+  std::unordered_set<const c10::TensorImpl*> seen_;
+  std::unordered_set<std::string> pin_how_;
+  std::vector<int> evicted_;
+  int64_t host_bytes_ = 0;
+  int64_t pinned_bytes_ = 0;
+  int64_t pageable_bytes_ = 0;
+  uint64_t writebacks_ = 0;
+  int touched_ = -1;
+  bool registering_ = false;
+  bool closed_ = false;
+};
+
+}  // namespace pinstream
+
+#endif  // PINSTREAM_TORCH_TORCH_RUNTIME_H_

@@ -1,0 +1,277 @@
+"""OffloadHandle: a model under PinStream, made by :func:`pinstream.offload`.
+
+The module owns its handle (``module._pinstream_handle``); the handle refers to the
+module only weakly and its hooks never refer to it, so there is no reference cycle:
+when the last reference to the model goes, the handle goes with it, at once, and so do
+its pinned host memory and its device memory.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+
+import torch
+from torch import nn
+
+from . import pin_cap
+from .discovery import BlockDiscovery
+from .hooks import PassHooks
+from .modes import ResolvedMode
+from .replan import Replanning
+from .wrappers import show_all, to_keeping_inference
+
+GIB = 1024**3
+
+# Model-offload handles holding device memory, per device: loading one offloads the
+# others (one large model on the device at a time), like diffusers' model CPU offload
+# but without device-to-host copies.
+_LOADED_MODEL_OFFLOAD: dict[str, list] = {}
+_LOADED_LOCK = threading.Lock()
+
+
+class OffloadHandle(Replanning):
+    """A model under PinStream. Created by :func:`pinstream.offload`."""
+
+    def __init__(self, module: nn.Module, *, mode: ResolvedMode, runtime, discovery: BlockDiscovery,
+                 block_ids: list[int], fixed_id: int | None, device: torch.device,
+                 original_device: torch.device, prefetch: int, model_bytes: int, plan: dict,
+                 original_requires_grad: dict, wrappers: dict | None = None, settings: dict | None = None):
+        self._module = weakref.ref(module)
+        self.mode = mode
+        self.device = device
+        self.prefetch = prefetch
+        self.discovery = discovery
+        self.model_bytes = model_bytes
+        self.plan = plan
+        self._rt = runtime
+        self._block_ids = block_ids
+        self._fixed_id = fixed_id
+        self._original_device = original_device
+        self._detached = False
+        self._requires_grad = original_requires_grad
+        self.oom_retries = 0
+        # wrapper-subclass weights by unit: block index, or None for the resident rest
+        self._wrappers: dict = wrappers or {}
+        self._params = list(original_requires_grad)
+        # The plan offload() made: fit_device_bytes() never plans above it.
+        self._first = (mode, plan, prefetch)
+        self._fit_target: int | None = None  # the allowance the plan was last fitted to
+        # how offload() was called (rebuild() offloads again the same way)
+        self._settings = dict(settings or {})
+        self._hooks = PassHooks(self)
+        self._install_hooks(per_block=mode.name in ("sequential", "budget") or mode.transfer_dtype == "fp8_e4m3")
+
+    def _install_hooks(self, per_block: bool) -> None:
+        whole = self.mode.name in ("model_offload", "full_load") and self.mode.transfer_dtype == "auto" and not per_block
+        self._hooks.install(self.module, rt=self._rt, whole_model=whole, per_block=per_block,
+                            block_ids=self._block_ids, blocks=self.discovery.blocks, wrappers=self._wrappers)
+
+    # ---- what it is --------------------------------------------------------------------
+    @property
+    def module(self) -> nn.Module:
+        m = self._module()
+        if m is None:
+            raise RuntimeError("PinStream: the model of this handle no longer exists")
+        return m
+
+    @property
+    def detached(self) -> bool:
+        return self._detached
+
+    @property
+    def loaded(self) -> bool:
+        return not self._detached and self._rt.loaded
+
+    @property
+    def device_bytes(self) -> int:
+        """Device bytes this model holds now (slots and resident blocks)."""
+        return 0 if self._detached else int(self._rt.device_bytes)
+
+    @property
+    def pinned_bytes(self) -> int:
+        """Host bytes of its copy that are pinned."""
+        return 0 if self._detached else int(self._rt.pinned_bytes)
+
+    @property
+    def host_bytes(self) -> int:
+        """Host bytes of its copy, pinned or not."""
+        return 0 if self._detached else int(self._rt.host_bytes)
+
+    @property
+    def runtime(self):
+        """The native runtime (pinstream._C.Runtime): for benchmarks and tests."""
+        return self._rt
+
+    # ---- wrapper-subclass weights (see pinstream.wrappers) -------------------------------
+    def _after_load(self) -> None:
+        """The resident part's wrappers (all of them when no block hooks run) say device."""
+        for key, slots in self._wrappers.items():
+            show_all(slots, key is None or not self._hooks.per_block)
+
+    def _hide_all(self) -> None:
+        for slots in self._wrappers.values():
+            show_all(slots, False)
+
+    # ---- checks the hooks make -----------------------------------------------------------
+    def _check_no_grad(self, args, kwargs) -> None:
+        """Autograd keeps the weights a forward uses for its backward; streamed weights
+        live in device slots that later blocks refill, so the gradients would be wrong.
+        Called only while grad mode is on."""
+        if not self.streams_blocks:
+            return  # nothing streams: every weight keeps its own device memory
+        if not (any(p.requires_grad for p in self._params)
+                or any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+                or any(isinstance(a, torch.Tensor) and a.requires_grad for a in kwargs.values())):
+            return
+        raise RuntimeError(
+            f"PinStream: gradients cannot be computed through a model offloaded in {self.mode.name} mode: "
+            "its streamed weights live in device slots that are reused by later blocks, so autograd cannot "
+            "keep them for backward. Run the forward under torch.no_grad() or torch.inference_mode(), or "
+            "use mode full_load or model_offload for training or gradients")
+
+    def _before_load_state_dict(self, _module, _state_dict, _prefix, local_metadata, *_rest) -> None:
+        """load_state_dict() pre-hook: the new values must land in the host copy (the
+        truth between uses), so the device copies and prefetched slots go first; the next
+        forward uploads the new values."""
+        if self._detached:
+            return
+        if local_metadata.get("assign_to_params_buffers"):
+            raise RuntimeError("PinStream: load_state_dict(assign=True) would replace the tensors of an "
+                               "offloaded model; use assign=False, or detach() the handle, load, then offload again")
+        if self.mode.transfer_dtype != "auto":
+            raise RuntimeError(f"PinStream: load_state_dict() on a model offloaded with transfer_dtype "
+                               f"{self.mode.transfer_dtype!r}: its transfer codes were made from the weights at "
+                               "offload(); detach() the handle, load, then offload again")
+        self.unload()
+
+    # ---- load and unload -----------------------------------------------------------------
+    def load(self) -> None:
+        """Upload the plan's resident part now; no-op if loaded. A model_offload model
+        first unloads the other model_offload models on its device."""
+        self._check_open()
+        if self._rt.loaded:
+            return
+        key = str(self.device)
+        if self.mode.name == "model_offload":
+            with _LOADED_LOCK:
+                others = [h for h in (r() for r in _LOADED_MODEL_OFFLOAD.get(key, [])) if h is not None and h is not self]
+                _LOADED_MODEL_OFFLOAD[key] = [weakref.ref(self)]
+            for other in others:
+                other.unload()
+        self._load_with_retry()
+
+    def unload(self) -> None:
+        """Free the device copy. Weights point at the pinned host copy again; no
+        device-to-host copy happens unless weights were modified on the device."""
+        if self._detached:
+            return
+        self._hooks.end_open_pass(self._rt, "unload()")
+        self._hide_all()
+        self._rt.unload()
+
+    # ---- stats ---------------------------------------------------------------------------
+    def stats(self) -> dict:
+        """Runtime counters plus what this handle is: mode (and why), sizes, plan."""
+        s = self._rt.stats() if not self._detached else {}
+        s.update(
+            mode=self.mode.name,
+            mode_reason=self.mode.reason,
+            requested_mode=self.mode.requested,
+            prefetch=self.prefetch,
+            model_bytes=self.model_bytes,
+            num_blocks=len(self.discovery.blocks),
+            largest_block_bytes=self.discovery.largest_block_bytes,
+            nonblock_bytes=self.discovery.nonblock_bytes,
+            detached=self._detached,
+        )
+        plan = s.get("plan") or self.plan
+        if plan:
+            s["resident_bytes"] = int(plan["fixed_bytes"] + plan["resident_block_bytes"])
+            s["streamed_bytes"] = int(plan["streamed_block_bytes"])
+        s["stall_pct"] = 0.0
+        return s
+
+    def reset_stats(self) -> None:
+        if not self._detached:
+            self._rt.reset_stats()
+
+    def _check_open(self) -> None:
+        if self._detached:
+            raise RuntimeError("PinStream: this handle was detached; call pinstream.offload() again")
+
+    # ---- detach and rebuild --------------------------------------------------------------
+    def detach(self) -> nn.Module:
+        """Remove PinStream: hooks off, device and pinned memory freed, weights back
+        in ordinary memory on the device the module was on, with the same values."""
+        module = self._module()
+        if self._detached:
+            return module
+        self._hooks.remove()
+        self._hooks.pass_owner = None
+        self._hide_all()
+        self._rt.close(restore_pageable=True)
+        self._detached = True
+        pin_cap.untrack(self)
+        if module is not None and getattr(module, "_pinstream_handle", None) is self:
+            try:
+                del module._pinstream_handle
+            except AttributeError:
+                pass
+        with _LOADED_LOCK:
+            for key, refs in list(_LOADED_MODEL_OFFLOAD.items()):
+                _LOADED_MODEL_OFFLOAD[key] = [r for r in refs if r() is not None and r() is not self]
+        if module is None:
+            return None
+        # Wrappers first: Module.to() rebuilds a wrapper that already says the target
+        # device from its inner tensors, so those must be there before it runs.
+        for slots in self._wrappers.values():
+            for slot in slots:
+                slot.follow_outer_device()
+        if self._original_device.type != "cpu":
+            to_keeping_inference(module, self._original_device)
+        for p, rg in self._requires_grad.items():
+            if p.requires_grad != rg:  # (an inference tensor refuses even a no-op requires_grad_(True))
+                p.requires_grad_(rg)
+        return module
+
+    def rebuild(self, **changes) -> "OffloadHandle":
+        """The same model offloaded again from its weights as they are now (for example
+        after a weight patch changed the weights an fp8 transfer form was made from), with
+        ``changes`` to how :func:`pinstream.offload` is called (mode, budget_gb, ...).
+        This handle is detached first; when the new offload fails, the model is offloaded
+        again as it was (a handle with this one's settings is made) and the error is
+        raised. The new handle keeps the plan this one started from, so
+        :meth:`fit_device_bytes` may still grow back to it."""
+        from .engine import offload
+
+        self._check_open()
+        module = self.module
+        settings = dict(self._settings)
+        settings.pop("pin_cap_bytes", None)  # what the cap leaves is asked again, after the detach
+        pinned_elsewhere = settings.pop("pinned_elsewhere", 0)
+        # as it runs now (auto's decision, a plan fitted to an allowance)
+        settings["mode"] = self.mode.name
+        settings["budget_gb"] = self.mode.budget_bytes / GIB if self.mode.name == "budget" else None
+        settings["prefetch"] = self.prefetch
+        settings["load"] = False  # the next use loads it
+        same = not changes
+        wanted = {**settings, **changes}
+        first, reason = self._first, self.mode.reason
+        self.detach()
+        try:
+            new = offload(module, pin_cap_bytes=pin_cap.available_pin_bytes(pinned_elsewhere), **wanted)
+        except BaseException:
+            if not same:
+                back = offload(module, pin_cap_bytes=pin_cap.available_pin_bytes(pinned_elsewhere), **settings)
+                back.mode.reason, back._first = reason, first
+                back._settings["pinned_elsewhere"] = pinned_elsewhere
+            raise
+        new._settings["pinned_elsewhere"] = pinned_elsewhere
+        if same:
+            new.mode.reason, new._first = reason, first
+        return new
+
+    def __repr__(self) -> str:
+        return (f"OffloadHandle(mode={self.mode.name}, device={self.device}, blocks={len(self._block_ids)}, "
+                f"model={self.model_bytes / GIB:.2f} GiB, detached={self._detached})")

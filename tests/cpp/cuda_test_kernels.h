@@ -1,0 +1,19 @@
+// Copyright PinStream authors. SPDX-License-Identifier: Apache-2.0
+//
+// Kernels for the CUDA tests only.
+#ifndef PINSTREAM_TESTS_CPP_CUDA_TEST_KERNELS_H_
+#define PINSTREAM_TESTS_CPP_CUDA_TEST_KERNELS_H_
+
+#include <cuda_runtime_api.h>
+
+#include "core/status.h"
+
+namespace pinstream {
+
+// One thread that busy-waits `cycles` SM clock cycles: a block whose compute
+// is slow, so the compute stream lags far behind the copy stream.
+Status LaunchSpin(long long cycles, cudaStream_t stream);
+
+}  // namespace pinstream
+
+#endif  // PINSTREAM_TESTS_CPP_CUDA_TEST_KERNELS_H_
