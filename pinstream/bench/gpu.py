@@ -305,7 +305,7 @@ def _fill_random_(module, dtype, dim: int, seed: int = 0) -> None:
 def build_wan(cfg: Config, device: str = "cpu", seed: int = 0):
     """The Wan-shaped transformer, built on the meta device and materialised with
     random values straight on ``device`` (no second copy, no slow init)."""
-    from ..models import WanTransformer
+    from ..demo_model import WanTransformer
 
     model = WanTransformer(**cfg.wan, dtype=cfg.dtype, device="meta")
     model.to_empty(device=device)
@@ -318,7 +318,7 @@ def build_wan(cfg: Config, device: str = "cpu", seed: int = 0):
 
 
 def build_block(cfg: Config, device: str, seed: int = 1):
-    from ..models import WanAttentionBlock
+    from ..demo_model import WanAttentionBlock
 
     w = cfg.wan
     blk = WanAttentionBlock(w["dim"], w["ffn_dim"], w["num_heads"], "t2v", True, True, 1e-6,
@@ -358,7 +358,7 @@ def tokens_of_grid(grid) -> int:
 def block_inputs(cfg: Config, seq_len: int, device: str, seed: int = 2):
     import torch
 
-    from ..models import wan_rope_freqs
+    from ..demo_model import wan_rope_freqs
 
     g = torch.Generator().manual_seed(seed)
     d = cfg.wan["dim"]

@@ -15,7 +15,7 @@ from torch import nn
 
 import pinstream
 from pinstream import modes
-from pinstream.models import build, example_inputs
+from fixtures.models import build, example_inputs
 
 GIB = 1024**3
 FAMILIES = ["wan", "unet", "t5", "flux"]

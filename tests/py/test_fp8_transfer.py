@@ -13,7 +13,7 @@ import torch
 import pinstream
 from pinstream import modes
 from pinstream.discovery import discover_blocks
-from pinstream.models import build, example_inputs
+from fixtures.models import build, example_inputs
 
 
 def _first(out):
