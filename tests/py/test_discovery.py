@@ -11,6 +11,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from fixtures import models as M
+
 from pinstream.discovery import BlockDiscovery, DiscoveryError, discover_blocks
 
 

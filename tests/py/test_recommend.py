@@ -25,9 +25,9 @@ except ImportError:  # pytest run from elsewhere than the repository root
     import pinstream
 from pinstream import comfyui_locate
 from pinstream import recommend as rec
+from pinstream import safetensors_header as sth
 from pinstream.recommend import comfyui_flags as rec_flags
 from pinstream.recommend import machine as rec_machine
-from pinstream import safetensors_header as sth
 
 ROOT = Path(pinstream.__file__).resolve().parent.parent
 
