@@ -36,11 +36,11 @@ def _fmt_bytes(n: float) -> str:
 
 
 def parse_args(argv):
-    from .models import PRESETS
+    from .demo_model import WAN_PRESETS
 
     ap = argparse.ArgumentParser(prog="python -m pinstream demo", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    wan_presets = sorted(PRESETS["wan"]) if isinstance(PRESETS, dict) and "wan" in PRESETS else ["demo"]
+    wan_presets = sorted(WAN_PRESETS)
     ap.add_argument("--preset", default="demo", help=f"model size preset ({', '.join(wan_presets)}); default demo")
     ap.add_argument("--layers", type=int, default=None, help="override the number of blocks")
     ap.add_argument("--steps", type=int, default=4, help="denoising steps per run (default 4)")
@@ -76,7 +76,7 @@ def parse_args(argv):
 def _build(args, device, dtype):
     import torch
 
-    from .models import WanTransformer
+    from .demo_model import WanTransformer
 
     torch.manual_seed(args.seed)
     overrides = {"dtype": dtype}

@@ -40,7 +40,7 @@ sanitized_pytest() {
   local pkg="$PWD/build-py$san/pkg"
   mkdir -p "$pkg/pinstream"
   for f in pinstream/*.py; do ln -sf "$PWD/$f" "$pkg/pinstream/"; done
-  ln -sfn "$PWD/pinstream/bench" "$pkg/pinstream/bench"
+  for f in pinstream/*/__init__.py; do ln -sfn "$PWD/${f%/__init__.py}" "$pkg/${f%/__init__.py}"; done
   cmake -S . -B "build-py$san" -G Ninja -DPINSTREAM_SANITIZE=$san -DPINSTREAM_CUDA=OFF -DPINSTREAM_TESTS=OFF \
         -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPINSTREAM_PYTHON_OUTPUT_DIR="$pkg/pinstream" \
         -DCMAKE_PREFIX_PATH="$("$PY" -c 'import torch; print(torch.utils.cmake_prefix_path)')" >/dev/null

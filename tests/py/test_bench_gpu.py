@@ -210,7 +210,7 @@ def test_summary_lists_every_target(dry_run):
 def test_plot_writes_three_pngs(dry_run, tmp_path):
     pytest.importorskip("matplotlib")
     out, _r, _log = dry_run
-    from pinstream.bench import plot
+    from bench import plot
 
     assert plot.main([str(out / "results.json"), "--out", str(tmp_path)]) == 0
     for name in ("step_vs_budget.png", "bandwidth_vs_block.png", "time_breakdown.png"):
@@ -226,7 +226,7 @@ def _run(system, mode, step_ms, peak_gib, budget_gb=None, prefetch=None, seq=100
 
 
 def test_targets_compare_at_equal_vram():
-    from pinstream.bench.gpu import evaluate_targets
+    from bench.report import evaluate_targets
 
     runs = [
         _run("pinstream", "full_load", 100, 30),
@@ -293,8 +293,8 @@ def test_a_broken_runtime_still_leaves_results(tmp_path, monkeypatch):
     """PinStream failing (here: its native runtime) is recorded; the copy baselines of
     the link section and the baselines on the same model still run, and the JSON and
     the summary are written."""
+    from bench import gpu
     from pinstream import engine
-    from pinstream.bench import gpu
     from pinstream.native import NativeUnavailable
 
     def broken():

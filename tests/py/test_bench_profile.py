@@ -1,4 +1,4 @@
-"""The GPU check's traced steps (pinstream/bench/profile.py): the device-time breakdown
+"""The GPU check's traced steps (bench/profile.py): the device-time breakdown
 of a Chrome trace as Kineto writes it for CUDA activity, the profiler driver (on the
 CPU here: it must trace the step after the warm-up, not an empty cycle), and how the
 check reports profiles and the best possible speed-up of a comparison."""
@@ -10,8 +10,8 @@ import pytest
 import torch
 from test_bench_gpu import _run  # one run record, as the benchmark writes it
 
-from pinstream.bench import profile as prof
-from pinstream.bench.gpu import evaluate_targets, summary_text
+from bench import profile as prof
+from bench.report import evaluate_targets, summary_text
 
 
 def _kernel(ts, dur, stream=7, name="ampere_bf16_gemm"):
@@ -182,7 +182,7 @@ def test_summary_lists_the_traced_steps():
 
 
 def test_time_breakdown_segments_add_up_to_the_step():
-    from pinstream.bench.plot import SEGMENTS, breakdown
+    from bench.plot import SEGMENTS, breakdown
 
     trace = {"traceEvents": [_kernel(0.0, 100.0), _copy(50.0, 150.0, 10**6), _memset(250.0, 10.0),
                              _kernel(300.0, 50.0)]}

@@ -10,7 +10,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from pinstream import models as M
+from fixtures import models as M
+
 from pinstream.discovery import BlockDiscovery, DiscoveryError, discover_blocks
 
 

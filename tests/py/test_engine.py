@@ -11,11 +11,11 @@ import os
 import psutil
 import pytest
 import torch
+from fixtures.models import build, example_inputs
 from torch import nn
 
 import pinstream
 from pinstream import modes
-from pinstream.models import build, example_inputs
 
 GIB = 1024**3
 FAMILIES = ["wan", "unet", "t5", "flux"]

@@ -9,11 +9,11 @@ transfer must equal the reference model bit for bit.
 
 import pytest
 import torch
+from fixtures.models import build, example_inputs
 
 import pinstream
 from pinstream import modes
 from pinstream.discovery import discover_blocks
-from pinstream.models import build, example_inputs
 
 
 def _first(out):

@@ -1,4 +1,4 @@
-"""Tests of pinstream.models: real key layouts, shapes, determinism, block isolation."""
+"""Tests of the tiny models (tests/fixtures/models): real key layouts, shapes, determinism, block isolation."""
 
 import sys
 from pathlib import Path
@@ -9,7 +9,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from pinstream import models as M
+from fixtures import models as M
 
 
 def _sd_keys(model):

@@ -26,6 +26,8 @@ except ImportError:  # pytest run from elsewhere than the repository root
 from pinstream import comfyui_locate
 from pinstream import recommend as rec
 from pinstream import safetensors_header as sth
+from pinstream.recommend import comfyui_flags as rec_flags
+from pinstream.recommend import machine as rec_machine
 
 ROOT = Path(pinstream.__file__).resolve().parent.parent
 
@@ -619,19 +621,19 @@ def test_nvidia_smi_detection(tmp_path, monkeypatch):
     smi.write_text('#!/bin/sh\necho "$@" > "$(dirname "$0")/args"\necho \'NVIDIA GeForce RTX 3060, 12288, 11000\'\n')
     smi.chmod(smi.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", str(tmp_path) + os.pathsep + os.environ["PATH"])
-    gpu = rec._nvidia_smi()
+    gpu = rec_machine._nvidia_smi()
     assert gpu.name == "NVIDIA GeForce RTX 3060"
     assert gpu.vram_gb == 12.0 and gpu.free_vram_gb == pytest.approx(11000 / 1024)
     assert rec.tier_for_vram(gpu.vram_gb) == "CONSUMER_12GB"
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,0")
-    rec._nvidia_smi()
+    rec_machine._nvidia_smi()
     assert "-i 1" in (tmp_path / "args").read_text()
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert rec._nvidia_smi() is None
+    assert rec_machine._nvidia_smi() is None
     # nvidia-smi installed, no GPU at all: a CPU machine, not a failure.
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     smi.write_text("#!/bin/sh\necho 'No devices were found'\nexit 6\n")
-    assert rec._nvidia_smi() is None
+    assert rec_machine._nvidia_smi() is None
 
 
 @pytest.mark.parametrize(
@@ -834,8 +836,8 @@ def test_help_exits_0(capsys):
 
 def test_cli_args_probe_script_is_self_contained():
     # The probe runs with `python -I`: it must not need this package on sys.path.
-    assert "pinstream" not in rec._PARSER_PROBE
-    assert textwrap.dedent(rec._PARSER_PROBE) == rec._PARSER_PROBE
+    assert "pinstream" not in rec_flags._PARSER_PROBE
+    assert textwrap.dedent(rec_flags._PARSER_PROBE) == rec_flags._PARSER_PROBE
 
 
 # =========================================================================== fixes
@@ -1007,11 +1009,11 @@ esac
 def test_cuda_device_picks_the_gpu_comfyui_uses(tmp_path, monkeypatch, capsys):
     _fake_smi(tmp_path, TWO_GPUS)
     monkeypatch.setenv("PATH", str(tmp_path) + os.pathsep + os.environ["PATH"])
-    assert rec._nvidia_smi().name == "NVIDIA GeForce RTX 3060"
-    assert rec._nvidia_smi(1).name == "NVIDIA A100-SXM4-80GB"
+    assert rec_machine._nvidia_smi().name == "NVIDIA GeForce RTX 3060"
+    assert rec_machine._nvidia_smi(1).name == "NVIDIA A100-SXM4-80GB"
     # ComfyUI's main.py replaces CUDA_VISIBLE_DEVICES with N: N is queried as is.
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
-    assert rec._nvidia_smi(1).name == "NVIDIA A100-SXM4-80GB"
+    assert rec_machine._nvidia_smi(1).name == "NVIDIA A100-SXM4-80GB"
     assert "-i 1" in (tmp_path / "args").read_text()
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert rec.comfyui_device(["--port", "1", "--cuda-device", "1"]) == 1
@@ -1042,8 +1044,8 @@ def test_failing_nvidia_smi_is_not_a_cpu_machine(body, needle, tmp_path, monkeyp
     _fake_smi(tmp_path, body)
     monkeypatch.setenv("PATH", str(tmp_path) + os.pathsep + os.environ["PATH"])
     with pytest.raises(rec.GpuDetectError, match=needle):
-        rec._nvidia_smi()
-    monkeypatch.setattr(rec, "_torch_gpu", lambda device=None: None)
+        rec_machine._nvidia_smi()
+    monkeypatch.setattr(rec_machine, "_torch_gpu", lambda device=None: None)
     rc = rec.main(["--ram-gb", "64"], detect_ram_fn=fixed_ram())
     out, err = capsys.readouterr()
     assert rc == 2 and "Traceback" not in err
@@ -1055,7 +1057,7 @@ def test_failing_nvidia_smi_is_not_a_cpu_machine(body, needle, tmp_path, monkeyp
     assert r["tier"] == "PROSUMER_24GB" and has_warning(r, needle, "GPU_TIER")
     monkeypatch.delenv("GPU_TIER")
     # torch still reads the GPU: it is used, with a warning.
-    monkeypatch.setattr(rec, "_torch_gpu", lambda device=None: rec.GpuInfo("NVIDIA L4", 22.0, 21.0, "torch"))
+    monkeypatch.setattr(rec_machine, "_torch_gpu", lambda device=None: rec.GpuInfo("NVIDIA L4", 22.0, 21.0, "torch"))
     r = ok(["--ram-gb", "64", "--json"], capsys, gpu=rec.detect_gpu)
     assert r["gpu"]["name"] == "NVIDIA L4" and has_warning(r, needle, "through torch")
 
@@ -1154,7 +1156,7 @@ def test_cpu_plan_counts_16_bit_weights_twice(tmp_path, capsys):
 
 def test_dynamic_vram_note_only_where_that_comfyui_runs_it(monkeypatch):
     parsers = {"/new": {"--disable-dynamic-vram": {}, "--highvram": {}}, "/old": {"--highvram": {}}}
-    monkeypatch.setattr(rec, "comfyui_parser_flags", lambda root: parsers[root])
+    monkeypatch.setattr(rec_flags, "comfyui_parser_flags", lambda root: parsers[root])
     gpu = rec.GpuInfo(name="planned", vram_gb=12.0, free_vram_gb=12.0, source="--vram-gb")
 
     class M:

@@ -2,7 +2,7 @@
 apply them. Each one is a context manager: on entry the model runs under that
 system, on exit the system is removed again where it can be (accelerate and
 diffusers consume the model: build a new one afterwards). Timing and
-bookkeeping live in :mod:`pinstream.bench.gpu`; nothing here measures.
+bookkeeping live in :mod:`bench.baseline_runs`; nothing here measures.
 
 * :func:`naive_swap`       WanVideoWrapper-style block swap (block.to() per block)
 * :func:`accelerate_cpu_offload`  accelerate.cpu_offload (diffusers' sequential offload)

@@ -25,7 +25,7 @@ import json
 import sys
 from pathlib import Path
 
-from .gpu import run_label
+from .report import run_label
 
 GIB = 1024**3
 
