@@ -191,7 +191,9 @@ def choose_auto(
     * a model without repeated blocks cannot stream: model_offload, which uploads the
       whole model while it runs; the reason then warns that it does not fit.
     """
-    g = lambda b: f"{b / GIB:.2f} GiB"
+    def g(b):
+        return f"{b / GIB:.2f} GiB"
+
     reserve = auto_reserve_bytes(free_device_bytes)
     usable = auto_usable_bytes(free_device_bytes)
     headroom = activation_headroom_bytes(model_bytes)

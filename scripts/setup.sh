@@ -11,7 +11,7 @@ ci=0
 PY=${PYTHON:-python3}
 
 apt_pkgs=(g++ cmake ninja-build)
-if (( ci )); then apt_pkgs+=(libgtest-dev libgmock-dev); fi
+if (( ci )); then apt_pkgs+=(libgtest-dev libgmock-dev clang-format); fi
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if (( ${#missing[@]} )); then

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test PinStream has, from a fresh machine: installs what it needs, builds
 # (the CUDA engine is compiled by nvcc when the toolkit is present), then runs
-#   1. GoogleTest (core, host engine; CUDA tests skip without a GPU)
+#   0. the linters (ruff, clang-format --dry-run)
+#   1. GoogleTest (core, host engine, the torch layer; CUDA tests skip without a GPU)
 #   2. the core and host engine under ASan+UBSan, then under TSan
 #   3. pytest (binding, engine, ComfyUI nodes against real ComfyUI 0.3.75, recommend, start.sh),
 #      then the ComfyUI node tests again against ComfyUI 0.30.0 (Dynamic VRAM era)
@@ -15,6 +16,11 @@ step() { echo; echo "=== $* ($(( $(date +%s) - start )) s)"; }
 
 step "setup and build"
 bash scripts/setup.sh --ci
+
+step "lint: ruff, clang-format"
+"$PY" -m ruff check .
+git ls-files 'csrc/*.h' 'csrc/*.cc' 'csrc/*.cpp' 'csrc/*.cu' 'tests/cpp/*.h' 'tests/cpp/*.cc' 'tests/cpp/*.cu' \
+  | xargs clang-format --dry-run --Werror
 
 step "GoogleTest (Release build; seed $PINSTREAM_SEED)"
 ctest --test-dir build --output-on-failure -j2

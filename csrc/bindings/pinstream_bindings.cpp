@@ -147,20 +147,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "PinStream native runtime: streams weight blocks from pinned host memory to the device";
   py::register_exception<pinstream::OutOfMemoryError>(m, "OutOfMemoryError", PyExc_MemoryError);
   m.def("cuda_built", &pinstream::CudaBuilt, "True when the CUDA engine was compiled in");
-  m.def("plan_residency", &pinstream::PlanResidency, py::arg("block_bytes"), py::arg("fixed_bytes"),
-        py::arg("policy"), py::arg("budget_bytes"), py::arg("prefetch"),
-        py::arg("tensor_bytes") = std::vector<std::vector<uint64_t>>(),
+  m.def("plan_residency", &pinstream::PlanResidency, py::arg("block_bytes"), py::arg("fixed_bytes"), py::arg("policy"),
+        py::arg("budget_bytes"), py::arg("prefetch"), py::arg("tensor_bytes") = std::vector<std::vector<uint64_t>>(),
         "Which blocks a plan keeps wholly resident (True) for these sizes; with tensor_bytes "
         "(each block's tensor sizes) packed as registered, split blocks included (False)");
-  m.def("live_bytes", [] {
-    pinstream::LiveBytes& live = pinstream::Live();
-    py::dict d;
-    d["host"] = live.host.load();
-    d["pinned"] = live.pinned.load();
-    d["device"] = live.device.load();
-    d["runtimes"] = live.runtimes.load();
-    return d;
-  }, "Bytes held by all PinStream runtimes in this process (host chunks, pinned, device)");
+  m.def(
+      "live_bytes",
+      [] {
+        pinstream::LiveBytes& live = pinstream::Live();
+        py::dict d;
+        d["host"] = live.host.load();
+        d["pinned"] = live.pinned.load();
+        d["device"] = live.device.load();
+        d["runtimes"] = live.runtimes.load();
+        return d;
+      },
+      "Bytes held by all PinStream runtimes in this process (host chunks, pinned, device)");
   py::class_<TorchRuntime>(m, "Runtime")
       .def(py::init([](const std::string& device, const std::string& engine, int prefetch, int64_t budget_bytes,
                        double link_gbps, double latency_us, int random_delay_us, uint64_t seed, bool poison,
@@ -184,10 +186,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              py::gil_scoped_release nogil;
              return std::make_unique<TorchRuntime>(o);
            }),
-           py::arg("device") = "cpu", py::arg("engine") = "auto", py::arg("prefetch") = 1,
-           py::arg("budget_bytes") = -1, py::arg("link_gbps") = 0.0, py::arg("latency_us") = 0.0,
-           py::arg("random_delay_us") = 0, py::arg("seed") = 0, py::arg("poison") = false,
-           py::arg("device_capacity_bytes") = 0, py::arg("pin_mode") = "auto",
+           py::arg("device") = "cpu", py::arg("engine") = "auto", py::arg("prefetch") = 1, py::arg("budget_bytes") = -1,
+           py::arg("link_gbps") = 0.0, py::arg("latency_us") = 0.0, py::arg("random_delay_us") = 0, py::arg("seed") = 0,
+           py::arg("poison") = false, py::arg("device_capacity_bytes") = 0, py::arg("pin_mode") = "auto",
            py::arg("chunk_bytes") = 256LL << 20, py::arg("timing") = true, py::arg("pin_cap_bytes") = -1)
       .def_property_readonly("engine", &TorchRuntime::engine_name)
       .def_property_readonly("device", &TorchRuntime::device_name)
@@ -200,61 +201,67 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_property_readonly("loaded", &TorchRuntime::loaded, nogil())
       .def_property_readonly("block_bytes", &TorchRuntime::block_bytes, nogil())
       .def_property_readonly("resident_blocks", &TorchRuntime::resident_blocks, nogil())
-      .def("register_blocks",
-           [](TorchRuntime& rt, const std::vector<std::vector<at::Tensor>>& blocks, const std::vector<bool>& streamable,
-              const py::object& progress, const std::vector<bool>& fp8,
-              const std::vector<std::vector<std::string>>& names, const py::object& policy, int64_t budget_bytes,
-              int prefetch) {
-             pinstream::RegisterRequest req;
-             req.blocks = blocks;
-             req.streamable = streamable;
-             req.fp8 = fp8;
-             req.names = names;
-             return pinstream::RegisterBlocks(rt, std::move(req), progress, policy, budget_bytes, prefetch);
-           },
-           py::arg("blocks"), py::arg("streamable") = std::vector<bool>(), py::arg("progress") = py::none(),
-           py::arg("fp8") = std::vector<bool>(), py::arg("names") = std::vector<std::vector<std::string>>(),
-           py::arg("policy") = py::none(), py::arg("budget_bytes") = -1, py::arg("prefetch") = 1,
-           "Packs each block's tensors into pinned host memory and re-points them there (all or nothing). With "
-           "`policy` the plan is made from the layout first and the memory pinned in the order it uploads; names "
-           "(per block, per tensor) are used in error messages")
-      .def("register_block",
-           [](TorchRuntime& rt, const std::vector<at::Tensor>& tensors, bool streamable) {
-             pinstream::RegisterRequest req;
-             req.blocks = {tensors};
-             req.streamable = {streamable};
-             return pinstream::RegisterBlocks(rt, std::move(req), py::none(), py::none(), -1, 1)[0];
-           },
-           py::arg("tensors"), py::arg("streamable") = true)
-      .def("plan",
-           [](TorchRuntime& rt, const std::string& policy, int64_t budget_bytes, int prefetch) {
-             pinstream::PlanInfo p;
-             {
-               py::gil_scoped_release nogil;
-               p = rt.Plan(policy, budget_bytes, prefetch);
-             }
-             return pinstream::ToDict(p);
-           },
-           py::arg("policy") = "budget", py::arg("budget_bytes") = -1, py::arg("prefetch") = 1)
-      .def("current_plan",
-           [](TorchRuntime& rt) {
-             pinstream::PlanInfo p;
-             {
-               py::gil_scoped_release nogil;
-               p = rt.CurrentPlan();
-             }
-             return pinstream::ToDict(p);
-           },
-           "The plan in force (the one register_blocks(policy=...) or plan() made)")
+      .def(
+          "register_blocks",
+          [](TorchRuntime& rt, const std::vector<std::vector<at::Tensor>>& blocks, const std::vector<bool>& streamable,
+             const py::object& progress, const std::vector<bool>& fp8,
+             const std::vector<std::vector<std::string>>& names, const py::object& policy, int64_t budget_bytes,
+             int prefetch) {
+            pinstream::RegisterRequest req;
+            req.blocks = blocks;
+            req.streamable = streamable;
+            req.fp8 = fp8;
+            req.names = names;
+            return pinstream::RegisterBlocks(rt, std::move(req), progress, policy, budget_bytes, prefetch);
+          },
+          py::arg("blocks"), py::arg("streamable") = std::vector<bool>(), py::arg("progress") = py::none(),
+          py::arg("fp8") = std::vector<bool>(), py::arg("names") = std::vector<std::vector<std::string>>(),
+          py::arg("policy") = py::none(), py::arg("budget_bytes") = -1, py::arg("prefetch") = 1,
+          "Packs each block's tensors into pinned host memory and re-points them there (all or nothing). With "
+          "`policy` the plan is made from the layout first and the memory pinned in the order it uploads; names "
+          "(per block, per tensor) are used in error messages")
+      .def(
+          "register_block",
+          [](TorchRuntime& rt, const std::vector<at::Tensor>& tensors, bool streamable) {
+            pinstream::RegisterRequest req;
+            req.blocks = {tensors};
+            req.streamable = {streamable};
+            return pinstream::RegisterBlocks(rt, std::move(req), py::none(), py::none(), -1, 1)[0];
+          },
+          py::arg("tensors"), py::arg("streamable") = true)
+      .def(
+          "plan",
+          [](TorchRuntime& rt, const std::string& policy, int64_t budget_bytes, int prefetch) {
+            pinstream::PlanInfo p;
+            {
+              py::gil_scoped_release nogil;
+              p = rt.Plan(policy, budget_bytes, prefetch);
+            }
+            return pinstream::ToDict(p);
+          },
+          py::arg("policy") = "budget", py::arg("budget_bytes") = -1, py::arg("prefetch") = 1)
+      .def(
+          "current_plan",
+          [](TorchRuntime& rt) {
+            pinstream::PlanInfo p;
+            {
+              py::gil_scoped_release nogil;
+              p = rt.CurrentPlan();
+            }
+            return pinstream::ToDict(p);
+          },
+          "The plan in force (the one register_blocks(policy=...) or plan() made)")
       .def("load", &TorchRuntime::Load, nogil())
       .def("unload", &TorchRuntime::Unload, nogil())
       .def("begin_pass", &TorchRuntime::BeginPass, nogil())
       .def("check_placement", &TorchRuntime::CheckPlacement, nogil(),
            "raise when a weight was converted, replaced or moved by code PinStream does not manage")
       .def("acquire", &TorchRuntime::Acquire, py::arg("block"), nogil())
-      .def("release", [](TorchRuntime& rt, int block) { rt.Release(block, false); }, py::arg("block"), nogil())
-      .def("release_if_acquired", [](TorchRuntime& rt, int block) { rt.Release(block, true); }, py::arg("block"),
-           nogil(), "release() for forward hooks: a block whose acquire failed is skipped")
+      .def(
+          "release", [](TorchRuntime& rt, int block) { rt.Release(block, false); }, py::arg("block"), nogil())
+      .def(
+          "release_if_acquired", [](TorchRuntime& rt, int block) { rt.Release(block, true); }, py::arg("block"),
+          nogil(), "release() for forward hooks: a block whose acquire failed is skipped")
       .def("end_pass", &TorchRuntime::EndPass, nogil())
       .def("touch", &TorchRuntime::Touch, py::arg("block"), nogil(),
            "acquire `block`, releasing the block touched before it (for hooks on a block's children)")

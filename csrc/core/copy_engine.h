@@ -49,8 +49,7 @@ struct BlockTransform {
 };
 
 // The dequantization a kDequantize job asks for, on `staging` -> `out`.
-inline Fp8DequantParams DequantParamsFor(const TransformJob& job, const uint8_t* staging,
-                                         uint8_t* out) {
+inline Fp8DequantParams DequantParamsFor(const TransformJob& job, const uint8_t* staging, uint8_t* out) {
   Fp8DequantParams p;
   p.q = staging + job.src_offset;
   p.format = job.format;
@@ -92,9 +91,9 @@ class DeviceAllocator {
 // Timing gathered by an engine since the last collection.
 struct EngineTimings {
   struct Copy {
-    int tag;        // the block id given to EnqueueCopy
+    int tag;  // the block id given to EnqueueCopy
     uint64_t bytes;
-    double ms;      // time the copy took on the copy queue
+    double ms;  // time the copy took on the copy queue
   };
   std::vector<Copy> copies;
   double stall_ms = 0;  // time the compute queue waited in ComputeWaitFor
@@ -108,23 +107,20 @@ class CopyEngine {
   // Not on the hot path.
   virtual Status CreateEvent(EventId* id) = 0;
   // pin=false asks for ordinary pageable memory (over the pinning cap).
-  virtual Status AllocateHostBuffer(uint64_t bytes, bool pin,
-                                    std::unique_ptr<HostBuffer>* out) = 0;
+  virtual Status AllocateHostBuffer(uint64_t bytes, bool pin, std::unique_ptr<HostBuffer>* out) = 0;
   // Host waits until every queued copy has finished.
   virtual Status Synchronize() = 0;
 
   // Hot path: none of these makes the host wait, except ComputeWaitFor on an
   // engine whose compute queue is the host thread itself (the host engine).
-  virtual Status EnqueueCopy(void* device_dst, const void* host_src,
-                             uint64_t bytes, int tag) = 0;
+  virtual Status EnqueueCopy(void* device_dst, const void* host_src, uint64_t bytes, int tag) = 0;
   virtual Status RecordCopyEvent(EventId event) = 0;
   virtual Status ComputeWaitFor(EventId event, void* compute_queue) = 0;
   virtual Status RecordComputeEvent(EventId event, void* compute_queue) = 0;
   virtual Status CopyWaitFor(EventId event) = 0;
   // On the copy queue, after the copy into `staging`: runs `transform`, writing
   // the block's device layout at `out` (fp8 dequantization, raw copies).
-  virtual Status EnqueueTransform(const BlockTransform* transform, const void* staging,
-                                  void* out) = 0;
+  virtual Status EnqueueTransform(const BlockTransform* transform, const void* staging, void* out) = 0;
 
   // Moves finished timings into `out` (appending). With wait=false only the
   // timings already complete are taken (no host wait).

@@ -84,18 +84,14 @@ constexpr std::array<float, 256> MakeTable(Fn value) {
   return t;
 }
 
-constexpr std::array<float, 256> kE4M3Table =
-    MakeTable([](int c) constexpr { return E4M3Value(c); });
-constexpr std::array<float, 256> kE5M2Table =
-    MakeTable([](int c) constexpr { return E5M2Value(c); });
+constexpr std::array<float, 256> kE4M3Table = MakeTable([](int c) constexpr { return E4M3Value(c); });
+constexpr std::array<float, 256> kE5M2Table = MakeTable([](int c) constexpr { return E5M2Value(c); });
 
 // ---- narrowing stores (canonical NaN) ----
 
 struct StoreF32 {
   using T = float;
-  static float Convert(float x) {
-    return std::isnan(x) ? FromBits(kCanonicalNanFloat32) : x;
-  }
+  static float Convert(float x) { return std::isnan(x) ? FromBits(kCanonicalNanFloat32) : x; }
 };
 struct StoreF16 {
   using T = uint16_t;
@@ -138,32 +134,26 @@ struct LoadBF16 {
   static float Get(uint16_t x) { return BFloat16ToFloatInline(x); }
 };
 
-bool IsAligned(const void* p, size_t alignment) {
-  return reinterpret_cast<uintptr_t>(p) % alignment == 0;
-}
+bool IsAligned(const void* p, size_t alignment) { return reinterpret_cast<uintptr_t>(p) % alignment == 0; }
 
 Status CheckShape(int64_t rows, int64_t cols, const char* what) {
   if (rows < 0 || cols < 0) {
-    return Status::InvalidArgument(std::string(what) + ": shape [" +
-                                   std::to_string(rows) + ", " + std::to_string(cols) +
-                                   "] has a negative size");
+    return Status::InvalidArgument(std::string(what) + ": shape [" + std::to_string(rows) + ", " +
+                                   std::to_string(cols) + "] has a negative size");
   }
   if (cols != 0 && rows > std::numeric_limits<int64_t>::max() / cols) {
-    return Status::InvalidArgument(std::string(what) + ": shape [" +
-                                   std::to_string(rows) + ", " + std::to_string(cols) +
-                                   "] has more than 2^63 elements");
+    return Status::InvalidArgument(std::string(what) + ": shape [" + std::to_string(rows) + ", " +
+                                   std::to_string(cols) + "] has more than 2^63 elements");
   }
   return Status::Ok();
 }
 
 Status CheckPointer(const void* p, size_t alignment, const char* what, const char* name) {
   if (p == nullptr) {
-    return Status::InvalidArgument(std::string(what) + ": " + name +
-                                   " is null for a non-empty matrix");
+    return Status::InvalidArgument(std::string(what) + ": " + name + " is null for a non-empty matrix");
   }
   if (!IsAligned(p, alignment)) {
-    return Status::InvalidArgument(std::string(what) + ": " + name + " is not aligned to " +
-                                   std::to_string(alignment) +
+    return Status::InvalidArgument(std::string(what) + ": " + name + " is not aligned to " + std::to_string(alignment) +
                                    " bytes (its element size); align the buffer offset");
   }
   return Status::Ok();
@@ -175,19 +165,19 @@ inline uint8_t EncodeE4M3Inline(float x) {
   const uint32_t u = Bits(x);
   const uint8_t sign = static_cast<uint8_t>((u >> 24) & 0x80u);
   uint32_t a = u & 0x7FFFFFFFu;
-  if (a > 0x7F800000u) return sign | 0x7F;           // NaN
-  if (a > 0x43E80000u) return sign | 0x7E;           // |x| > 464 or inf: saturate
-  if (a >= 0x3C800000u) {                            // |x| >= 2^-6: e4m3 normal
+  if (a > 0x7F800000u) return sign | 0x7F;  // NaN
+  if (a > 0x43E80000u) return sign | 0x7E;  // |x| > 464 or inf: saturate
+  if (a >= 0x3C800000u) {                   // |x| >= 2^-6: e4m3 normal
     // Rebias the exponent (127 -> 7) and round the 23-bit mantissa to 3 bits
     // (RNE; a carry moves into the exponent). 464 rounds to 448 (0x7E).
     const uint32_t mant_odd = (a >> 20) & 1u;
     a += (static_cast<uint32_t>(7 - 127) << 23) + 0x7FFFFu + mant_odd;
     return sign | static_cast<uint8_t>(a >> 20);
   }
-  if (a < 0x00800000u) return sign;                  // fp32 zero/subnormal: < 2^-126
+  if (a < 0x00800000u) return sign;  // fp32 zero/subnormal: < 2^-126
   // e4m3 subnormal: code = RNE(|x| / 2^-9) in 0..8 (8 is the smallest normal).
-  const int e = static_cast<int>(a >> 23) - 127;     // -126..-7
-  const uint32_t m = (a & 0x7FFFFFu) | 0x800000u;    // |x| = m * 2^(e-23)
+  const int e = static_cast<int>(a >> 23) - 127;   // -126..-7
+  const uint32_t m = (a & 0x7FFFFFu) | 0x800000u;  // |x| = m * 2^(e-23)
   return sign | static_cast<uint8_t>(ShiftRightRne(m, 14 - e));
 }
 
@@ -199,8 +189,7 @@ struct ErrorSums {
 
   void Add(float original, float dequantized) {
     if (!std::isfinite(original)) return;
-    const double e = std::fabs(static_cast<double>(original) -
-                               static_cast<double>(dequantized));
+    const double e = std::fabs(static_cast<double>(original) - static_cast<double>(dequantized));
     if (e > max_abs || std::isnan(e)) max_abs = e;
     sum_abs += e;
     ++count;
@@ -215,8 +204,8 @@ struct ErrorSums {
 };
 
 template <typename Load>
-void QuantizeTyped(const typename Load::T* src, int64_t rows, int64_t cols, uint8_t* q,
-                   float* scales, ErrorSums* sums) {
+void QuantizeTyped(const typename Load::T* src, int64_t rows, int64_t cols, uint8_t* q, float* scales,
+                   ErrorSums* sums) {
   for (int64_t r = 0; r < rows; ++r) {
     const typename Load::T* row = src + r * cols;
     uint8_t* qrow = q + r * cols;
@@ -238,8 +227,8 @@ void QuantizeTyped(const typename Load::T* src, int64_t rows, int64_t cols, uint
 }
 
 template <typename Load>
-void MeasureTyped(const typename Load::T* src, int64_t rows, int64_t cols, const uint8_t* q,
-                  const float* scales, ErrorSums* sums) {
+void MeasureTyped(const typename Load::T* src, int64_t rows, int64_t cols, const uint8_t* q, const float* scales,
+                  ErrorSums* sums) {
   for (int64_t r = 0; r < rows; ++r) {
     const float scale = scales[r];
     for (int64_t c = 0; c < cols; ++c) {
@@ -251,8 +240,7 @@ void MeasureTyped(const typename Load::T* src, int64_t rows, int64_t cols, const
 
 template <typename Store>
 void DequantizeTyped(const Fp8DequantParams& p) {
-  const std::array<float, 256>& table =
-      p.format == Fp8Format::kE4M3 ? kE4M3Table : kE5M2Table;
+  const std::array<float, 256>& table = p.format == Fp8Format::kE4M3 ? kE4M3Table : kE5M2Table;
   auto* out = static_cast<typename Store::T*>(p.out);
   const float uniform = p.scale_layout == ScaleLayout::kScalar ? p.scales[0] : 1.0f;
   for (int64_t r = 0; r < p.rows; ++r) {
@@ -270,17 +258,22 @@ void DequantizeTyped(const Fp8DequantParams& p) {
 
 const char* DtypeName(FloatDtype dtype) {
   switch (dtype) {
-    case FloatDtype::kFloat32: return "float32";
-    case FloatDtype::kFloat16: return "float16";
-    case FloatDtype::kBFloat16: return "bfloat16";
+    case FloatDtype::kFloat32:
+      return "float32";
+    case FloatDtype::kFloat16:
+      return "float16";
+    case FloatDtype::kBFloat16:
+      return "bfloat16";
   }
   return "unknown dtype";
 }
 
 const char* Fp8FormatName(Fp8Format format) {
   switch (format) {
-    case Fp8Format::kE4M3: return "float8_e4m3fn";
-    case Fp8Format::kE5M2: return "float8_e5m2";
+    case Fp8Format::kE4M3:
+      return "float8_e4m3fn";
+    case Fp8Format::kE5M2:
+      return "float8_e5m2";
   }
   return "unknown fp8 format";
 }
@@ -302,15 +295,15 @@ uint16_t FloatToHalf(float x) {
   const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
   uint32_t a = u & 0x7FFFFFFFu;
   if (a > 0x7F800000u) return kCanonicalNanFloat16;
-  if (a >= 0x477FF000u) return sign | 0x7C00u;       // |x| >= 65520: inf
-  if (a >= 0x38800000u) {                            // |x| >= 2^-14: normal
+  if (a >= 0x477FF000u) return sign | 0x7C00u;  // |x| >= 65520: inf
+  if (a >= 0x38800000u) {                       // |x| >= 2^-14: normal
     const uint32_t mant_odd = (a >> 13) & 1u;
     a += (static_cast<uint32_t>(15 - 127) << 23) + 0xFFFu + mant_odd;
     return sign | static_cast<uint16_t>(a >> 13);
   }
-  if (a < 0x00800000u) return sign;                  // fp32 zero/subnormal
+  if (a < 0x00800000u) return sign;  // fp32 zero/subnormal
   // fp16 subnormal: RNE(|x| / 2^-24) in 0..0x400 (0x400 is the smallest normal).
-  const int e = static_cast<int>(a >> 23) - 127;     // -126..-15
+  const int e = static_cast<int>(a >> 23) - 127;  // -126..-15
   const uint32_t m = (a & 0x7FFFFFu) | 0x800000u;
   return sign | static_cast<uint16_t>(ShiftRightRne(m, -1 - e));
 }
@@ -321,8 +314,10 @@ float HalfToFloat(uint16_t bits) { return HalfToFloatInline(bits); }
 
 float LoadAsFloat(const void* data, FloatDtype dtype, int64_t i) {
   switch (dtype) {
-    case FloatDtype::kFloat32: return static_cast<const float*>(data)[i];
-    case FloatDtype::kFloat16: return HalfToFloat(static_cast<const uint16_t*>(data)[i]);
+    case FloatDtype::kFloat32:
+      return static_cast<const float*>(data)[i];
+    case FloatDtype::kFloat16:
+      return HalfToFloat(static_cast<const uint16_t*>(data)[i]);
     case FloatDtype::kBFloat16:
       return BFloat16ToFloat(static_cast<const uint16_t*>(data)[i]);
   }
@@ -332,15 +327,14 @@ float LoadAsFloat(const void* data, FloatDtype dtype, int64_t i) {
 void QuantError::Merge(const QuantError& other) {
   if (other.max_abs > max_abs || std::isnan(other.max_abs)) max_abs = other.max_abs;
   const int64_t total = count + other.count;
-  mean_abs = total > 0 ? (mean_abs * static_cast<double>(count) +
-                          other.mean_abs * static_cast<double>(other.count)) /
+  mean_abs = total > 0 ? (mean_abs * static_cast<double>(count) + other.mean_abs * static_cast<double>(other.count)) /
                              static_cast<double>(total)
                        : 0.0;
   count = total;
 }
 
-Status QuantizeRows(const void* src, FloatDtype src_dtype, int64_t rows, int64_t cols,
-                    uint8_t* q_out, float* scales_out, QuantError* error) {
+Status QuantizeRows(const void* src, FloatDtype src_dtype, int64_t rows, int64_t cols, uint8_t* q_out,
+                    float* scales_out, QuantError* error) {
   const char* what = "QuantizeRows";
   PINSTREAM_RETURN_IF_ERROR(CheckShape(rows, cols, what));
   if (rows > 0) PINSTREAM_RETURN_IF_ERROR(CheckPointer(scales_out, 4, what, "scales_out"));
@@ -355,42 +349,35 @@ Status QuantizeRows(const void* src, FloatDtype src_dtype, int64_t rows, int64_t
       QuantizeTyped<LoadF32>(static_cast<const float*>(src), rows, cols, q_out, scales_out, s);
       break;
     case FloatDtype::kFloat16:
-      QuantizeTyped<LoadF16>(static_cast<const uint16_t*>(src), rows, cols, q_out,
-                             scales_out, s);
+      QuantizeTyped<LoadF16>(static_cast<const uint16_t*>(src), rows, cols, q_out, scales_out, s);
       break;
     case FloatDtype::kBFloat16:
-      QuantizeTyped<LoadBF16>(static_cast<const uint16_t*>(src), rows, cols, q_out,
-                              scales_out, s);
+      QuantizeTyped<LoadBF16>(static_cast<const uint16_t*>(src), rows, cols, q_out, scales_out, s);
       break;
   }
   if (error != nullptr) *error = sums.Result();
   return Status::Ok();
 }
 
-Status MeasureQuantError(const void* original, FloatDtype original_dtype, int64_t rows,
-                         int64_t cols, const uint8_t* q, const float* scales,
-                         QuantError* error) {
+Status MeasureQuantError(const void* original, FloatDtype original_dtype, int64_t rows, int64_t cols, const uint8_t* q,
+                         const float* scales, QuantError* error) {
   const char* what = "MeasureQuantError";
   PINSTREAM_RETURN_IF_ERROR(CheckShape(rows, cols, what));
   if (error == nullptr) return Status::InvalidArgument("MeasureQuantError: error is null");
   ErrorSums sums;
   if (rows > 0 && cols > 0) {
-    PINSTREAM_RETURN_IF_ERROR(
-        CheckPointer(original, DtypeSize(original_dtype), what, "original"));
+    PINSTREAM_RETURN_IF_ERROR(CheckPointer(original, DtypeSize(original_dtype), what, "original"));
     PINSTREAM_RETURN_IF_ERROR(CheckPointer(q, 1, what, "q"));
     PINSTREAM_RETURN_IF_ERROR(CheckPointer(scales, 4, what, "scales"));
     switch (original_dtype) {
       case FloatDtype::kFloat32:
-        MeasureTyped<LoadF32>(static_cast<const float*>(original), rows, cols, q, scales,
-                              &sums);
+        MeasureTyped<LoadF32>(static_cast<const float*>(original), rows, cols, q, scales, &sums);
         break;
       case FloatDtype::kFloat16:
-        MeasureTyped<LoadF16>(static_cast<const uint16_t*>(original), rows, cols, q, scales,
-                              &sums);
+        MeasureTyped<LoadF16>(static_cast<const uint16_t*>(original), rows, cols, q, scales, &sums);
         break;
       case FloatDtype::kBFloat16:
-        MeasureTyped<LoadBF16>(static_cast<const uint16_t*>(original), rows, cols, q,
-                               scales, &sums);
+        MeasureTyped<LoadBF16>(static_cast<const uint16_t*>(original), rows, cols, q, scales, &sums);
         break;
     }
   }
@@ -411,8 +398,7 @@ Status ValidateDequantParams(const Fp8DequantParams& p) {
   const auto out_begin = reinterpret_cast<uintptr_t>(p.out);
   const auto n = static_cast<uintptr_t>(p.rows * p.cols);
   if (q_begin < out_begin + n * DtypeSize(p.out_dtype) && out_begin < q_begin + n) {
-    return Status::InvalidArgument(
-        "fp8 dequantize: q and out overlap; dequantize from a separate staging buffer");
+    return Status::InvalidArgument("fp8 dequantize: q and out overlap; dequantize from a separate staging buffer");
   }
   return Status::Ok();
 }
@@ -421,15 +407,21 @@ Status DequantizeFp8(const Fp8DequantParams& p) {
   PINSTREAM_RETURN_IF_ERROR(ValidateDequantParams(p));
   if (p.rows == 0 || p.cols == 0) return Status::Ok();
   switch (p.out_dtype) {
-    case FloatDtype::kFloat32: DequantizeTyped<StoreF32>(p); break;
-    case FloatDtype::kFloat16: DequantizeTyped<StoreF16>(p); break;
-    case FloatDtype::kBFloat16: DequantizeTyped<StoreBF16>(p); break;
+    case FloatDtype::kFloat32:
+      DequantizeTyped<StoreF32>(p);
+      break;
+    case FloatDtype::kFloat16:
+      DequantizeTyped<StoreF16>(p);
+      break;
+    case FloatDtype::kBFloat16:
+      DequantizeTyped<StoreBF16>(p);
+      break;
   }
   return Status::Ok();
 }
 
-Status DequantizeRows(const uint8_t* q, const float* scales, int64_t rows, int64_t cols,
-                      FloatDtype out_dtype, void* out) {
+Status DequantizeRows(const uint8_t* q, const float* scales, int64_t rows, int64_t cols, FloatDtype out_dtype,
+                      void* out) {
   return DequantizeFp8(E4M3PerRowParams(q, scales, rows, cols, out_dtype, out));
 }
 

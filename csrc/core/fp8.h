@@ -81,9 +81,7 @@ enum class FloatDtype {
 };
 
 // Bytes per element of `dtype`.
-inline int DtypeSize(FloatDtype dtype) {
-  return dtype == FloatDtype::kFloat32 ? 4 : 2;
-}
+inline int DtypeSize(FloatDtype dtype) { return dtype == FloatDtype::kFloat32 ? 4 : 2; }
 // "float32", "float16" or "bfloat16" (torch's names), for messages.
 const char* DtypeName(FloatDtype dtype);
 
@@ -149,14 +147,12 @@ struct QuantError {
 // receives the QuantError of this matrix. Rows are independent: callers may
 // split a matrix into row ranges and quantize them in parallel.
 // Fails (InvalidArgument) on negative sizes or null pointers with data.
-Status QuantizeRows(const void* src, FloatDtype src_dtype, int64_t rows,
-                    int64_t cols, uint8_t* q_out, float* scales_out,
-                    QuantError* error = nullptr);
+Status QuantizeRows(const void* src, FloatDtype src_dtype, int64_t rows, int64_t cols, uint8_t* q_out,
+                    float* scales_out, QuantError* error = nullptr);
 
 // The QuantError of an existing quantization (e4m3 codes, per-row scales)
 // against `original`, as QuantizeRows would report it.
-Status MeasureQuantError(const void* original, FloatDtype original_dtype,
-                         int64_t rows, int64_t cols, const uint8_t* q,
+Status MeasureQuantError(const void* original, FloatDtype original_dtype, int64_t rows, int64_t cols, const uint8_t* q,
                          const float* scales, QuantError* error);
 
 // One dequantization: `rows` x `cols` fp8 codes, row-major, to `out` (same
@@ -183,8 +179,8 @@ Status DequantizeFp8(const Fp8DequantParams& p);
 
 // Shorthand for our own blocks: e4m3 codes with per-row scales.
 // The parameters of the common case: e4m3 codes with one scale per row.
-inline Fp8DequantParams E4M3PerRowParams(const uint8_t* q, const float* scales, int64_t rows,
-                                         int64_t cols, FloatDtype out_dtype, void* out) {
+inline Fp8DequantParams E4M3PerRowParams(const uint8_t* q, const float* scales, int64_t rows, int64_t cols,
+                                         FloatDtype out_dtype, void* out) {
   Fp8DequantParams p;
   p.q = q;
   p.format = Fp8Format::kE4M3;
@@ -197,8 +193,8 @@ inline Fp8DequantParams E4M3PerRowParams(const uint8_t* q, const float* scales, 
   return p;
 }
 
-Status DequantizeRows(const uint8_t* q, const float* scales, int64_t rows,
-                      int64_t cols, FloatDtype out_dtype, void* out);
+Status DequantizeRows(const uint8_t* q, const float* scales, int64_t rows, int64_t cols, FloatDtype out_dtype,
+                      void* out);
 
 }  // namespace pinstream
 

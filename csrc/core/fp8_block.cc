@@ -67,11 +67,10 @@ Status QuantizeFp8Block(const std::vector<TransferTensor>& tensors, const std::v
       const Item& it = items[static_cast<size_t>(k)];
       const TransformJob& job = transform.jobs[it.tensor];
       const int esize = DtypeSize(job.out_dtype);
-      item_status[k] = QuantizeRows(static_cast<const uint8_t*>(srcs[it.tensor]) + it.row0 * job.cols * esize,
-                                    job.out_dtype, it.row1 - it.row0, job.cols,
-                                    out + job.src_offset + it.row0 * job.cols,
-                                    reinterpret_cast<float*>(out + job.scales_offset) + it.row0,
-                                    &item_errors[k]);
+      item_status[k] =
+          QuantizeRows(static_cast<const uint8_t*>(srcs[it.tensor]) + it.row0 * job.cols * esize, job.out_dtype,
+                       it.row1 - it.row0, job.cols, out + job.src_offset + it.row0 * job.cols,
+                       reinterpret_cast<float*>(out + job.scales_offset) + it.row0, &item_errors[k]);
     }
   });
   QuantError block_error;

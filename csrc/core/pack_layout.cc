@@ -26,8 +26,7 @@ BlockLayout LayoutBlock(const std::vector<uint64_t>& tensor_bytes) {
   return layout;
 }
 
-std::vector<ChunkGroup> GroupIntoChunks(const std::vector<uint64_t>& block_bytes,
-                                        uint64_t chunk_bytes) {
+std::vector<ChunkGroup> GroupIntoChunks(const std::vector<uint64_t>& block_bytes, uint64_t chunk_bytes) {
   std::vector<ChunkGroup> groups;
   for (size_t b = 0; b < block_bytes.size();) {
     ChunkGroup g;
@@ -53,9 +52,8 @@ std::vector<bool> ChoosePinned(const std::vector<PinCandidate>& candidates, int6
   std::vector<bool> pin(candidates.size(), false);
   std::vector<size_t> order(candidates.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-    return candidates[a].use < candidates[b].use;
-  });
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return candidates[a].use < candidates[b].use; });
   for (size_t i : order) {
     const PinCandidate& c = candidates[i];
     if (c.use == LinkUse::kNever) continue;

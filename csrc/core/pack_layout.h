@@ -40,12 +40,11 @@ BlockLayout LayoutBlock(const std::vector<uint64_t>& tensor_bytes);
 struct ChunkGroup {
   size_t first_block = 0;  // blocks [first_block, end_block)
   size_t end_block = 0;
-  uint64_t bytes = 0;      // the sum of their sizes
+  uint64_t bytes = 0;  // the sum of their sizes
 };
 
 // Consecutive blocks per chunk while their sum stays within `chunk_bytes`.
-std::vector<ChunkGroup> GroupIntoChunks(const std::vector<uint64_t>& block_bytes,
-                                        uint64_t chunk_bytes);
+std::vector<ChunkGroup> GroupIntoChunks(const std::vector<uint64_t>& block_bytes, uint64_t chunk_bytes);
 
 // How often a piece of host memory crosses the link under a plan.
 enum class LinkUse : uint8_t {

@@ -20,16 +20,14 @@ std::string FormatBytes(unsigned long long bytes) {
   return buf;
 }
 
-uint64_t AlignUp(uint64_t value, uint64_t alignment) {
-  return (value + alignment - 1) / alignment * alignment;
-}
+uint64_t AlignUp(uint64_t value, uint64_t alignment) { return (value + alignment - 1) / alignment * alignment; }
 
 Status CheckCuts(const std::vector<uint64_t>& cuts, uint64_t bytes, const std::string& what) {
   uint64_t prev = 0;
   for (uint64_t c : cuts) {
     if (c <= prev || c >= bytes) {
-      return Status::InvalidArgument(what + ": cuts must ascend strictly inside (0, " +
-                                     std::to_string(bytes) + "), got " + std::to_string(c));
+      return Status::InvalidArgument(what + ": cuts must ascend strictly inside (0, " + std::to_string(bytes) +
+                                     "), got " + std::to_string(c));
     }
     prev = c;
   }
@@ -38,9 +36,12 @@ Status CheckCuts(const std::vector<uint64_t>& cuts, uint64_t bytes, const std::s
 
 const char* PlanPolicyName(PlanPolicy policy) {
   switch (policy) {
-    case PlanPolicy::kAllResident: return "all_resident";
-    case PlanPolicy::kStreamAll: return "stream_all";
-    case PlanPolicy::kBudget: return "budget";
+    case PlanPolicy::kAllResident:
+      return "all_resident";
+    case PlanPolicy::kStreamAll:
+      return "stream_all";
+    case PlanPolicy::kBudget:
+      return "budget";
   }
   return "?";
 }
@@ -49,9 +50,7 @@ namespace {
 
 // Saturating add: budgets may be "unlimited".
 uint64_t SatAdd(uint64_t a, uint64_t b) {
-  return a > std::numeric_limits<uint64_t>::max() - b
-             ? std::numeric_limits<uint64_t>::max()
-             : a + b;
+  return a > std::numeric_limits<uint64_t>::max() - b ? std::numeric_limits<uint64_t>::max() : a + b;
 }
 
 struct Candidate {
@@ -76,9 +75,8 @@ void EvenlySpaced(int m, int r, std::vector<int>* picks) {
 // With every block of size > slot_bytes resident and the ring sized for
 // slot_bytes, spends what is left of the budget on extra resident blocks,
 // evenly spaced, keeping at least one block streamed.
-Candidate Evaluate(const std::vector<uint64_t>& sizes, uint64_t fixed,
-                   uint64_t budget, int prefetch, uint64_t slot_bytes,
-                   bool stream_all) {
+Candidate Evaluate(const std::vector<uint64_t>& sizes, uint64_t fixed, uint64_t budget, int prefetch,
+                   uint64_t slot_bytes, bool stream_all) {
   Candidate c;
   const int n = static_cast<int>(sizes.size());
   c.resident.assign(n, 0);
@@ -178,8 +176,7 @@ struct SplitOption {
 };
 
 // Per block, its options in ascending suffix (and so ascending reduction).
-std::vector<std::vector<SplitOption>> SplitOptions(const PlanRequest& req,
-                                                   const std::vector<uint64_t>& sizes) {
+std::vector<std::vector<SplitOption>> SplitOptions(const PlanRequest& req, const std::vector<uint64_t>& sizes) {
   std::vector<std::vector<SplitOption>> out(sizes.size());
   for (size_t i = 0; i < sizes.size(); ++i) {
     const std::vector<uint64_t>& cuts = req.block_cuts[i];
@@ -190,8 +187,7 @@ std::vector<std::vector<SplitOption>> SplitOptions(const PlanRequest& req,
       const uint64_t kept = AlignUp(*it, req.alignment);
       if (kept >= sizes[i]) continue;
       o.reduction = sizes[i] - kept;
-      if (!out[i].empty() && (o.suffix <= out[i].back().suffix ||
-                              o.reduction <= out[i].back().reduction)) {
+      if (!out[i].empty() && (o.suffix <= out[i].back().suffix || o.reduction <= out[i].back().reduction)) {
         continue;  // alignment made it no better than a larger cut
       }
       out[i].push_back(o);
@@ -208,9 +204,8 @@ std::vector<std::vector<SplitOption>> SplitOptions(const PlanRequest& req,
 // blocks (whole or a rest no larger than a slot), block after block in
 // `order`: each gives the most it can until the last one, which gives the
 // least that is enough.
-Candidate EvaluateSplit(const std::vector<std::vector<SplitOption>>& options,
-                        const std::vector<uint64_t>& sizes, uint64_t fixed,
-                        uint64_t budget, int prefetch, uint64_t slot_bytes,
+Candidate EvaluateSplit(const std::vector<std::vector<SplitOption>>& options, const std::vector<uint64_t>& sizes,
+                        uint64_t fixed, uint64_t budget, int prefetch, uint64_t slot_bytes,
                         const std::vector<int>& order) {
   Candidate c;
   const int n = static_cast<int>(sizes.size());
@@ -231,14 +226,12 @@ Candidate EvaluateSplit(const std::vector<std::vector<SplitOption>>& options,
     if (need == 0) break;
     const std::vector<SplitOption>& opts = options[i];
     // options fitting a slot: a prefix of opts (ascending suffix)
-    const size_t k = static_cast<size_t>(
-        std::partition_point(opts.begin(), opts.end(), fits) - opts.begin());
+    const size_t k = static_cast<size_t>(std::partition_point(opts.begin(), opts.end(), fits) - opts.begin());
     if (k == 0) continue;
     const SplitOption* pick = &opts[k - 1];
     if (pick->reduction >= need) {
-      pick = &*std::lower_bound(
-          opts.begin(), opts.begin() + static_cast<std::ptrdiff_t>(k), need,
-          [](const SplitOption& o, uint64_t v) { return o.reduction < v; });
+      pick = &*std::lower_bound(opts.begin(), opts.begin() + static_cast<std::ptrdiff_t>(k), need,
+                                [](const SplitOption& o, uint64_t v) { return o.reduction < v; });
     }
     c.resident[i] = 0;
     c.prefix[i] = pick->cut;
@@ -253,15 +246,13 @@ Candidate EvaluateSplit(const std::vector<std::vector<SplitOption>>& options,
   c.slots = std::min(streamed, prefetch + 1);
   c.resident_bytes = total - reduced;
   c.streamed_bytes = streamed_bytes;
-  c.valid = SatAdd(SatAdd(fixed, c.resident_bytes),
-                   c.slot_bytes * static_cast<uint64_t>(c.slots)) <= budget;
+  c.valid = SatAdd(SatAdd(fixed, c.resident_bytes), c.slot_bytes * static_cast<uint64_t>(c.slots)) <= budget;
   return c;
 }
 
 // The split plan keeping the most bytes resident, over slot sizes taken from
 // the blocks' possible rests (at most 512 of them, evenly picked).
-Candidate BestSplit(const PlanRequest& req, const std::vector<uint64_t>& sizes,
-                    uint64_t fixed) {
+Candidate BestSplit(const PlanRequest& req, const std::vector<uint64_t>& sizes, uint64_t fixed) {
   const std::vector<std::vector<SplitOption>> options = SplitOptions(req, sizes);
   std::vector<uint64_t> slot_sizes;
   for (const auto& opts : options) {
@@ -296,21 +287,18 @@ std::vector<uint64_t> AlignedSizes(const PlanRequest& req) {
 
 Status Validate(const PlanRequest& req) {
   if (req.prefetch < 0) {
-    return Status::InvalidArgument("prefetch must be >= 0, got " +
-                                   std::to_string(req.prefetch));
+    return Status::InvalidArgument("prefetch must be >= 0, got " + std::to_string(req.prefetch));
   }
   if (req.alignment == 0) {
     return Status::InvalidArgument("alignment must be > 0");
   }
   if (!req.block_cuts.empty()) {
     if (req.block_cuts.size() != req.block_bytes.size()) {
-      return Status::InvalidArgument(
-          "block_cuts has " + std::to_string(req.block_cuts.size()) + " entries for " +
-          std::to_string(req.block_bytes.size()) + " blocks");
+      return Status::InvalidArgument("block_cuts has " + std::to_string(req.block_cuts.size()) + " entries for " +
+                                     std::to_string(req.block_bytes.size()) + " blocks");
     }
     for (size_t i = 0; i < req.block_cuts.size(); ++i) {
-      PINSTREAM_RETURN_IF_ERROR(
-          CheckCuts(req.block_cuts[i], req.block_bytes[i], "block " + std::to_string(i)));
+      PINSTREAM_RETURN_IF_ERROR(CheckCuts(req.block_cuts[i], req.block_bytes[i], "block " + std::to_string(i)));
     }
   }
   return Status::Ok();
@@ -336,10 +324,12 @@ uint64_t ResidencyPlan::MinimumBudget(const PlanRequest& request) {
     uint64_t forced = 0;
     int m = 0;
     for (uint64_t b : sizes) {
-      if (b > s) forced += b; else ++m;
+      if (b > s)
+        forced += b;
+      else
+        ++m;
     }
-    const uint64_t cost =
-        SatAdd(SatAdd(fixed, forced), s * static_cast<uint64_t>(std::min(m, slots_max)));
+    const uint64_t cost = SatAdd(SatAdd(fixed, forced), s * static_cast<uint64_t>(std::min(m, slots_max)));
     best = std::min(best, cost);
   }
   return best;
@@ -366,24 +356,19 @@ Status ResidencyPlan::Make(const PlanRequest& request, ResidencyPlan* out) {
     for (uint64_t s : sizes) largest = std::max(largest, s);
     std::string why;
     if (request.policy == PlanPolicy::kAllResident) {
-      why = "every block resident (non-block " + FormatBytes(fixed) +
-            " + blocks " + FormatBytes(total_blocks) + ")";
+      why = "every block resident (non-block " + FormatBytes(fixed) + " + blocks " + FormatBytes(total_blocks) + ")";
     } else {
-      why = "prefetch " + std::to_string(request.prefetch) + ": non-block " +
-            FormatBytes(fixed) + " + " +
+      why = "prefetch " + std::to_string(request.prefetch) + ": non-block " + FormatBytes(fixed) + " + " +
             std::to_string(std::min(n, request.prefetch + 1)) +
-            " slot(s) of the largest streamed block (largest block " +
-            FormatBytes(largest) + ")";
+            " slot(s) of the largest streamed block (largest block " + FormatBytes(largest) + ")";
     }
-    return Status::InvalidArgument(
-        "budget " + FormatBytes(request.budget_bytes) +
-        " is below the minimum " + FormatBytes(minimum) + " for " + why +
-        "; raise the budget, lower prefetch, or use sequential mode");
+    return Status::InvalidArgument("budget " + FormatBytes(request.budget_bytes) + " is below the minimum " +
+                                   FormatBytes(minimum) + " for " + why +
+                                   "; raise the budget, lower prefetch, or use sequential mode");
   }
 
   if (request.policy == PlanPolicy::kAllResident || n == 0 ||
-      (request.policy == PlanPolicy::kBudget &&
-       SatAdd(fixed, total_blocks) <= request.budget_bytes)) {
+      (request.policy == PlanPolicy::kBudget && SatAdd(fixed, total_blocks) <= request.budget_bytes)) {
     plan.resident_.assign(n, 1);
     plan.resident_block_bytes_ = total_blocks;
     *out = std::move(plan);
@@ -396,16 +381,14 @@ Status ResidencyPlan::Make(const PlanRequest& request, ResidencyPlan* out) {
   distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
   Candidate best;
   for (uint64_t slot : distinct) {
-    Candidate c = Evaluate(sizes, fixed, request.budget_bytes, request.prefetch,
-                           slot, stream_all);
+    Candidate c = Evaluate(sizes, fixed, request.budget_bytes, request.prefetch, slot, stream_all);
     if (!c.valid) continue;
     if (!best.valid || c.resident_bytes > best.resident_bytes) best = std::move(c);
     if (stream_all) break;  // only the largest slot size streams everything
   }
   if (!best.valid) {
     // Unreachable when the budget is >= the minimum; kept as a guard.
-    return Status::InvalidArgument("no residency plan fits budget " +
-                                   FormatBytes(request.budget_bytes));
+    return Status::InvalidArgument("no residency plan fits budget " + FormatBytes(request.budget_bytes));
   }
   if (request.policy == PlanPolicy::kBudget && !request.block_cuts.empty()) {
     Candidate split = BestSplit(request, sizes, fixed);
@@ -435,16 +418,12 @@ int ResidencyPlan::num_split() const {
 
 std::string ResidencyPlan::Describe() const {
   const int splits = num_split();
-  return std::string(PlanPolicyName(policy_)) + ": " +
-         std::to_string(num_resident()) + " of " + std::to_string(num_blocks()) +
-         " blocks resident" +
-         (splits > 0 ? ", " + std::to_string(splits) + " split (head resident, rest streamed)"
-                     : std::string()) +
-         " (" + FormatBytes(resident_block_bytes_) + "), " +
-         std::to_string(num_streamed()) + " streamed (" +
-         FormatBytes(streamed_block_bytes_) + "), ring " +
-         std::to_string(slot_count_) + " x " + FormatBytes(slot_bytes_) +
-         ", non-block " + FormatBytes(fixed_bytes_) + ", device total " +
+  return std::string(PlanPolicyName(policy_)) + ": " + std::to_string(num_resident()) + " of " +
+         std::to_string(num_blocks()) + " blocks resident" +
+         (splits > 0 ? ", " + std::to_string(splits) + " split (head resident, rest streamed)" : std::string()) + " (" +
+         FormatBytes(resident_block_bytes_) + "), " + std::to_string(num_streamed()) + " streamed (" +
+         FormatBytes(streamed_block_bytes_) + "), ring " + std::to_string(slot_count_) + " x " +
+         FormatBytes(slot_bytes_) + ", non-block " + FormatBytes(fixed_bytes_) + ", device total " +
          FormatBytes(device_bytes()) + ", prefetch " + std::to_string(prefetch_);
 }
 

@@ -96,9 +96,7 @@ class ResidencyPlan {
   uint64_t resident_block_bytes() const { return resident_block_bytes_; }
   uint64_t streamed_block_bytes() const { return streamed_block_bytes_; }
   // fixed + resident blocks + slots: what the plan holds on the device.
-  uint64_t device_bytes() const {
-    return fixed_bytes_ + resident_block_bytes_ + slot_bytes_ * slot_count_;
-  }
+  uint64_t device_bytes() const { return fixed_bytes_ + resident_block_bytes_ + slot_bytes_ * slot_count_; }
   int prefetch() const { return prefetch_; }
   PlanPolicy policy() const { return policy_; }
   // One line, e.g. "budget: 12 of 40 blocks resident (8.40 GiB), ...".

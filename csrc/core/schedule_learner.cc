@@ -55,8 +55,7 @@ void ScheduleLearner::EndPass() {
   pos_ = 0;
 }
 
-void ScheduleLearner::Predict(int k, const std::vector<uint8_t>& eligible,
-                              std::vector<int>* out) const {
+void ScheduleLearner::Predict(int k, const std::vector<uint8_t>& eligible, std::vector<int>* out) const {
   out->clear();
   const size_t n = order_.size();
   if (!learned_ || n == 0 || k <= 0) return;
@@ -64,8 +63,7 @@ void ScheduleLearner::Predict(int k, const std::vector<uint8_t>& eligible,
   const size_t start = in_pass_ ? pos_ : 0;
   for (size_t step = 0; step < n && static_cast<int>(out->size()) < k; ++step) {
     const int b = order_[(start + step) % n];
-    if (!eligible.empty() &&
-        (b < 0 || static_cast<size_t>(b) >= eligible.size() || !eligible[b])) {
+    if (!eligible.empty() && (b < 0 || static_cast<size_t>(b) >= eligible.size() || !eligible[b])) {
       continue;
     }
     if (std::find(out->begin(), out->end(), b) != out->end()) continue;

@@ -39,8 +39,7 @@ class ScheduleLearner {
   // run after the current point, skipping blocks for which eligible[block] is
   // 0 (e.g. resident blocks). Wraps into the next pass at most once around the
   // order. `eligible` may be empty (every block eligible).
-  void Predict(int k, const std::vector<uint8_t>& eligible,
-               std::vector<int>* out) const;
+  void Predict(int k, const std::vector<uint8_t>& eligible, std::vector<int>* out) const;
 
   bool learned() const { return learned_; }
   bool in_pass() const { return in_pass_; }
@@ -52,7 +51,7 @@ class ScheduleLearner {
  private:
   std::vector<int> order_;
   std::vector<int> current_;
-  size_t pos_ = 0;        // index in order_ of the next expected block
+  size_t pos_ = 0;  // index in order_ of the next expected block
   bool learned_ = false;
   bool in_pass_ = false;
   bool deviated_ = false;  // this pass ran a block out of the learned order

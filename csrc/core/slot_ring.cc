@@ -5,8 +5,7 @@
 
 namespace pinstream {
 
-SlotRing::SlotRing(int num_slots, int num_blocks)
-    : slots_(num_slots), block_slot_(num_blocks, -1) {}
+SlotRing::SlotRing(int num_slots, int num_blocks) : slots_(num_slots), block_slot_(num_blocks, -1) {}
 
 int SlotRing::ChooseVictim(const std::vector<int>& keep, bool allow_keep) const {
   int best = -1;
@@ -15,8 +14,7 @@ int SlotRing::ChooseVictim(const std::vector<int>& keep, bool allow_keep) const 
     const Slot& slot = slots_[s];
     if (slot.users > 0) continue;
     if (slot.block < 0) return s;  // empty: nothing to evict
-    const bool kept =
-        std::find(keep.begin(), keep.end(), slot.block) != keep.end();
+    const bool kept = std::find(keep.begin(), keep.end(), slot.block) != keep.end();
     if (!kept) {
       if (best < 0 || slot.last_use < slots_[best].last_use) best = s;
     } else if (best_kept < 0 || slot.last_use < slots_[best_kept].last_use) {

@@ -11,14 +11,14 @@ namespace pinstream {
 
 struct Stats {
   uint64_t acquires = 0;
-  uint64_t bytes_uploaded = 0;   // every host-to-device byte, resident loads too
-  uint64_t uploads = 0;          // number of block uploads
-  uint64_t hits = 0;             // acquires served without a new upload
-  uint64_t misses = 0;           // acquires that had to start their own upload
-  uint64_t prefetches = 0;       // uploads started ahead of need
+  uint64_t bytes_uploaded = 0;  // every host-to-device byte, resident loads too
+  uint64_t uploads = 0;         // number of block uploads
+  uint64_t hits = 0;            // acquires served without a new upload
+  uint64_t misses = 0;          // acquires that had to start their own upload
+  uint64_t prefetches = 0;      // uploads started ahead of need
   uint64_t upload_failures = 0;
-  double stall_ms = 0;           // compute queue waiting for uploads
-  double upload_ms = 0;          // sum of copy-queue time of timed uploads
+  double stall_ms = 0;   // compute queue waiting for uploads
+  double upload_ms = 0;  // sum of copy-queue time of timed uploads
   uint64_t timed_upload_bytes = 0;
   uint64_t passes = 0;
   uint64_t relearns = 0;

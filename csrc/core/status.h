@@ -16,30 +16,20 @@ class Status {
  public:
   enum class Code {
     kOk = 0,
-    kInvalidArgument,  // the caller asked for something impossible
-    kOutOfMemory,      // device or pinned memory could not be allocated
+    kInvalidArgument,     // the caller asked for something impossible
+    kOutOfMemory,         // device or pinned memory could not be allocated
     kFailedPrecondition,  // call made in the wrong state (e.g. before Plan)
-    kDeviceError,      // a CUDA call or emulated copy failed
-    kClosed,           // the runtime was closed
+    kDeviceError,         // a CUDA call or emulated copy failed
+    kClosed,              // the runtime was closed
   };
 
   Status() = default;
   static Status Ok() { return Status(); }
-  static Status InvalidArgument(std::string msg) {
-    return Status(Code::kInvalidArgument, std::move(msg));
-  }
-  static Status OutOfMemory(std::string msg) {
-    return Status(Code::kOutOfMemory, std::move(msg));
-  }
-  static Status FailedPrecondition(std::string msg) {
-    return Status(Code::kFailedPrecondition, std::move(msg));
-  }
-  static Status DeviceError(std::string msg) {
-    return Status(Code::kDeviceError, std::move(msg));
-  }
-  static Status Closed(std::string msg) {
-    return Status(Code::kClosed, std::move(msg));
-  }
+  static Status InvalidArgument(std::string msg) { return Status(Code::kInvalidArgument, std::move(msg)); }
+  static Status OutOfMemory(std::string msg) { return Status(Code::kOutOfMemory, std::move(msg)); }
+  static Status FailedPrecondition(std::string msg) { return Status(Code::kFailedPrecondition, std::move(msg)); }
+  static Status DeviceError(std::string msg) { return Status(Code::kDeviceError, std::move(msg)); }
+  static Status Closed(std::string msg) { return Status(Code::kClosed, std::move(msg)); }
 
   bool ok() const { return code_ == Code::kOk; }
   Code code() const { return code_; }
@@ -56,12 +46,23 @@ inline std::string Status::ToString() const {
   if (ok()) return "OK";
   const char* name = "error";
   switch (code_) {
-    case Code::kInvalidArgument: name = "invalid argument"; break;
-    case Code::kOutOfMemory: name = "out of memory"; break;
-    case Code::kFailedPrecondition: name = "failed precondition"; break;
-    case Code::kDeviceError: name = "device error"; break;
-    case Code::kClosed: name = "closed"; break;
-    case Code::kOk: break;
+    case Code::kInvalidArgument:
+      name = "invalid argument";
+      break;
+    case Code::kOutOfMemory:
+      name = "out of memory";
+      break;
+    case Code::kFailedPrecondition:
+      name = "failed precondition";
+      break;
+    case Code::kDeviceError:
+      name = "device error";
+      break;
+    case Code::kClosed:
+      name = "closed";
+      break;
+    case Code::kOk:
+      break;
   }
   return std::string(name) + ": " + message_;
 }
@@ -71,10 +72,10 @@ std::string FormatBytes(unsigned long long bytes);
 
 }  // namespace pinstream
 
-#define PINSTREAM_RETURN_IF_ERROR(expr)          \
-  do {                                           \
-    ::pinstream::Status _ps_status = (expr);     \
-    if (!_ps_status.ok()) return _ps_status;     \
+#define PINSTREAM_RETURN_IF_ERROR(expr)      \
+  do {                                       \
+    ::pinstream::Status _ps_status = (expr); \
+    if (!_ps_status.ok()) return _ps_status; \
   } while (0)
 
 #endif  // PINSTREAM_CORE_STATUS_H_

@@ -16,12 +16,10 @@ StreamingRuntime::StreamingRuntime(CopyEngine* engine, DeviceAllocator* allocato
 
 StreamingRuntime::~StreamingRuntime() { Close(); }
 
-Status StreamingRuntime::RegisterBlock(const void* host, uint64_t bytes,
-                                       bool streamable, int* id) {
+Status StreamingRuntime::RegisterBlock(const void* host, uint64_t bytes, bool streamable, int* id) {
   if (closed_) return Status::Closed("runtime is closed; create a new one");
   if (loaded_ || planned_) {
-    return Status::FailedPrecondition(
-        "blocks must be registered before plan(); this runtime is already planned");
+    return Status::FailedPrecondition("blocks must be registered before plan(); this runtime is already planned");
   }
   Block b;
   b.host = host;
@@ -44,8 +42,8 @@ Status StreamingRuntime::DropBlocksFrom(int first) {
   if (closed_) return Status::Closed("runtime is closed");
   if (loaded_) return Status::FailedPrecondition("drop_blocks while loaded; unload() first");
   if (first < 0 || first > num_blocks()) {
-    return Status::InvalidArgument("drop_blocks: first block " + std::to_string(first) +
-                                   " out of range [0, " + std::to_string(num_blocks()) + "]");
+    return Status::InvalidArgument("drop_blocks: first block " + std::to_string(first) + " out of range [0, " +
+                                   std::to_string(num_blocks()) + "]");
   }
   if (first == num_blocks()) return Status::Ok();
   blocks_.resize(static_cast<size_t>(first));
@@ -58,14 +56,12 @@ Status StreamingRuntime::DropBlocksFrom(int first) {
 Status StreamingRuntime::SetCuts(int block, std::vector<uint64_t> cuts) {
   PINSTREAM_RETURN_IF_ERROR(CheckBlock(block, "set_cuts"));
   if (planned_) return Status::FailedPrecondition("set_cuts after plan()");
-  PINSTREAM_RETURN_IF_ERROR(
-      CheckCuts(cuts, blocks_[block].bytes, "set_cuts: block " + std::to_string(block)));
+  PINSTREAM_RETURN_IF_ERROR(CheckCuts(cuts, blocks_[block].bytes, "set_cuts: block " + std::to_string(block)));
   blocks_[block].cuts = std::move(cuts);
   return Status::Ok();
 }
 
-Status StreamingRuntime::SetTransform(int block, uint64_t device_bytes,
-                                      const BlockTransform* transform) {
+Status StreamingRuntime::SetTransform(int block, uint64_t device_bytes, const BlockTransform* transform) {
   PINSTREAM_RETURN_IF_ERROR(CheckBlock(block, "set_transform"));
   if (planned_) return Status::FailedPrecondition("set_transform after plan()");
   blocks_[block].device_bytes = device_bytes;
@@ -80,8 +76,7 @@ uint64_t StreamingRuntime::Footprint(const Block& b) const {
 
 Status StreamingRuntime::EnqueueUpload(const Block& b, int id, void* dst) {
   if (b.split) {
-    return engine_->EnqueueCopy(dst, static_cast<const uint8_t*>(b.host) + b.prefix,
-                                b.bytes - b.prefix, id);
+    return engine_->EnqueueCopy(dst, static_cast<const uint8_t*>(b.host) + b.prefix, b.bytes - b.prefix, id);
   }
   if (b.transform == nullptr) {
     return b.bytes > 0 ? engine_->EnqueueCopy(dst, b.host, b.bytes, id) : Status::Ok();
@@ -94,15 +89,13 @@ Status StreamingRuntime::EnqueueUpload(const Block& b, int id, void* dst) {
 Status StreamingRuntime::CheckBlock(int block, const char* what) const {
   if (closed_) return Status::Closed("runtime is closed");
   if (block < 0 || block >= num_blocks()) {
-    return Status::InvalidArgument(std::string(what) + ": block id " +
-                                   std::to_string(block) + " out of range [0, " +
+    return Status::InvalidArgument(std::string(what) + ": block id " + std::to_string(block) + " out of range [0, " +
                                    std::to_string(num_blocks()) + ")");
   }
   return Status::Ok();
 }
 
-Status StreamingRuntime::Plan(PlanPolicy policy, uint64_t budget_bytes,
-                              int prefetch) {
+Status StreamingRuntime::Plan(PlanPolicy policy, uint64_t budget_bytes, int prefetch) {
   if (closed_) return Status::Closed("runtime is closed");
   if (loaded_) {
     return Status::FailedPrecondition("plan() while loaded; unload() first");
@@ -175,8 +168,7 @@ Status StreamingRuntime::Load(void* compute_queue) {
   if (loaded_) return Status::Ok();
   for (size_t i = 0; i < blocks_.size(); ++i) {
     if (blocks_[i].host == nullptr && blocks_[i].bytes > 0) {
-      return Status::FailedPrecondition("load(): block " + std::to_string(i) +
-                                        " has no host bytes attached");
+      return Status::FailedPrecondition("load(): block " + std::to_string(i) + " has no host bytes attached");
     }
   }
   uint64_t done = 0;
@@ -185,11 +177,10 @@ Status StreamingRuntime::Load(void* compute_queue) {
     Drain(false);
     FreeDevice();
     return Status(s.code() == Status::Code::kOutOfMemory
-                      ? Status::OutOfMemory(
-                            "could not allocate " + FormatBytes(want) + " for " +
-                            what + " after " + FormatBytes(done) + " of the plan's " +
-                            FormatBytes(plan_.device_bytes()) + " (" + s.message() +
-                            "); nothing stays loaded. Lower the budget or use sequential mode")
+                      ? Status::OutOfMemory("could not allocate " + FormatBytes(want) + " for " + what + " after " +
+                                            FormatBytes(done) + " of the plan's " + FormatBytes(plan_.device_bytes()) +
+                                            " (" + s.message() +
+                                            "); nothing stays loaded. Lower the budget or use sequential mode")
                       : s);
   };
   loaded_ = true;  // FreeDevice() below undoes partial work
@@ -203,11 +194,9 @@ Status StreamingRuntime::Load(void* compute_queue) {
     // a split block's resident head: its first `prefix` bytes, as they are
     const uint64_t footprint = b.split ? AlignUp(b.prefix, kAlignment) : Footprint(b);
     const uint64_t head = b.split ? b.prefix : b.bytes;
-    Status s = allocator_->Allocate(std::max<uint64_t>(footprint, 1), &b.resident_loc.allocation,
-                                    &b.resident_loc.ptr);
+    Status s = allocator_->Allocate(std::max<uint64_t>(footprint, 1), &b.resident_loc.allocation, &b.resident_loc.ptr);
     if (!s.ok()) {
-      return fail(s, footprint, (b.split ? "the resident head of block " : "resident block ") +
-                                    std::to_string(i));
+      return fail(s, footprint, (b.split ? "the resident head of block " : "resident block ") + std::to_string(i));
     }
     done += footprint;
     if (head > 0) {
@@ -224,8 +213,7 @@ Status StreamingRuntime::Load(void* compute_queue) {
   residents_waited_ = false;
   slots_.resize(plan_.slot_count());
   for (SlotMem& slot : slots_) {
-    s = allocator_->Allocate(std::max<uint64_t>(plan_.slot_bytes(), 1), &slot.loc.allocation,
-                             &slot.loc.ptr);
+    s = allocator_->Allocate(std::max<uint64_t>(plan_.slot_bytes(), 1), &slot.loc.allocation, &slot.loc.ptr);
     if (!s.ok()) return fail(s, plan_.slot_bytes(), "a streaming slot");
     done += plan_.slot_bytes();
     if (slot.upload_event < 0) {
@@ -261,9 +249,8 @@ void StreamingRuntime::FreeDevice() {
 Status StreamingRuntime::Unload() {
   if (!loaded_) return Status::Ok();
   if (outstanding() > 0) {
-    return Status::FailedPrecondition(
-        "unload() while " + std::to_string(outstanding()) +
-        " block(s) are acquired; release them or end the pass first");
+    return Status::FailedPrecondition("unload() while " + std::to_string(outstanding()) +
+                                      " block(s) are acquired; release them or end the pass first");
   }
   Status s = engine_->Synchronize();
   Drain(false);
@@ -328,8 +315,7 @@ void StreamingRuntime::Prefetch(int current) {
   }
 }
 
-Status StreamingRuntime::Acquire(int block, void* compute_queue,
-                                 DeviceLocation* where) {
+Status StreamingRuntime::Acquire(int block, void* compute_queue, DeviceLocation* where) {
   PINSTREAM_RETURN_IF_ERROR(CheckBlock(block, "acquire"));
   if (!loaded_) PINSTREAM_RETURN_IF_ERROR(Load(compute_queue));
   ++tick_;
@@ -354,11 +340,10 @@ Status StreamingRuntime::Acquire(int block, void* compute_queue,
     learner_.Predict(plan_.prefetch(), streamed_, &window_);
     slot = ring_.ChooseVictim(window_, /*allow_keep=*/true);
     if (slot < 0) {
-      return Status::FailedPrecondition(
-          "acquire(" + std::to_string(block) + "): all " +
-          std::to_string(ring_.num_slots()) +
-          " streaming slots hold blocks that are acquired and not released; "
-          "blocks must be released before more than prefetch + 1 are acquired");
+      return Status::FailedPrecondition("acquire(" + std::to_string(block) + "): all " +
+                                        std::to_string(ring_.num_slots()) +
+                                        " streaming slots hold blocks that are acquired and not released; "
+                                        "blocks must be released before more than prefetch + 1 are acquired");
     }
     PINSTREAM_RETURN_IF_ERROR(Upload(slot, block));
     stats_.misses += 1;
@@ -388,8 +373,7 @@ Status StreamingRuntime::Release(int block, void* compute_queue) {
   PINSTREAM_RETURN_IF_ERROR(CheckBlock(block, "release"));
   Block& b = blocks_[block];
   if (b.acquired <= 0) {
-    return Status::FailedPrecondition("release(" + std::to_string(block) +
-                                      ") of a block that is not acquired");
+    return Status::FailedPrecondition("release(" + std::to_string(block) + ") of a block that is not acquired");
   }
   b.acquired -= 1;
   if (b.resident) return Status::Ok();

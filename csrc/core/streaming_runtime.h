@@ -64,8 +64,7 @@ class StreamingRuntime {
   // Registers `bytes` at `host` (kept alive by the caller) as one unit.
   // streamable=false: always resident (the non-block part of a model).
   // host may be null: AttachHost gives the bytes before Load.
-  Status RegisterBlock(const void* host, uint64_t bytes, bool streamable,
-                       int* id);
+  Status RegisterBlock(const void* host, uint64_t bytes, bool streamable, int* id);
   // The host bytes of a unit registered without them (or moved since).
   // Allowed while nothing is loaded.
   Status AttachHost(int block, const void* host);
@@ -127,24 +126,22 @@ class StreamingRuntime {
   int outstanding() const;
   bool acquired(int block) const { return blocks_[block].acquired > 0; }
   // Location of a resident block once loaded.
-  DeviceLocation resident_location(int block) const {
-    return blocks_[block].resident_loc;
-  }
+  DeviceLocation resident_location(int block) const { return blocks_[block].resident_loc; }
 
  private:
   struct Block {
     const void* host = nullptr;
-    uint64_t bytes = 0;             // bytes crossing the link
-    uint64_t device_bytes = 0;      // device layout (== bytes without a transform)
+    uint64_t bytes = 0;         // bytes crossing the link
+    uint64_t device_bytes = 0;  // device layout (== bytes without a transform)
     const BlockTransform* transform = nullptr;
     bool streamable = true;
     bool resident = false;
-    bool split = false;            // resident head of `prefix` bytes, the rest streamed
+    bool split = false;  // resident head of `prefix` bytes, the rest streamed
     uint64_t prefix = 0;
-    std::vector<uint64_t> cuts;    // where a plan may split it
-    int plan_index = -1;           // index in the plan's block list
-    DeviceLocation resident_loc;   // when resident and loaded
-    int acquired = 0;              // acquisitions not yet released
+    std::vector<uint64_t> cuts;   // where a plan may split it
+    int plan_index = -1;          // index in the plan's block list
+    DeviceLocation resident_loc;  // when resident and loaded
+    int acquired = 0;             // acquisitions not yet released
   };
   struct SlotMem {
     DeviceLocation loc;

@@ -10,8 +10,7 @@ namespace {
 constexpr size_t kMaxPendingTimings = 4096;
 }  // namespace
 
-Status CudaCopyEngine::Create(const CudaEngineOptions& options,
-                              std::unique_ptr<CudaCopyEngine>* out) {
+Status CudaCopyEngine::Create(const CudaEngineOptions& options, std::unique_ptr<CudaCopyEngine>* out) {
   std::unique_ptr<CudaCopyEngine> engine(new CudaCopyEngine(options));
   PINSTREAM_RETURN_IF_ERROR(CudaStream::Create(options.device, &engine->stream_));
   *out = std::move(engine);
@@ -30,8 +29,7 @@ Status CudaCopyEngine::CreateEvent(EventId* id) {
   return Status::Ok();
 }
 
-Status CudaCopyEngine::AllocateHostBuffer(uint64_t bytes, bool pin,
-                                          std::unique_ptr<HostBuffer>* out) {
+Status CudaCopyEngine::AllocateHostBuffer(uint64_t bytes, bool pin, std::unique_ptr<HostBuffer>* out) {
   CudaDeviceScope scope(options_.device);
   PINSTREAM_CUDA_RETURN_IF_ERROR(scope.status());
   return PinnedHostBuffer::Make(bytes, pin ? options_.pin_mode : PinMode::kPageable, out);
@@ -56,20 +54,15 @@ Status CudaCopyEngine::TakeTimingPair(int* start, int* end) {
   return Status::Ok();
 }
 
-Status CudaCopyEngine::EnqueueCopy(void* device_dst, const void* host_src,
-                                   uint64_t bytes, int tag) {
+Status CudaCopyEngine::EnqueueCopy(void* device_dst, const void* host_src, uint64_t bytes, int tag) {
   int start = -1, end = -1;
-  const bool timed = options_.timing && pending_.size() < kMaxPendingTimings &&
-                     TakeTimingPair(&start, &end).ok();
+  const bool timed = options_.timing && pending_.size() < kMaxPendingTimings && TakeTimingPair(&start, &end).ok();
   if (timed) {
-    PINSTREAM_CUDA_RETURN_IF_ERROR(
-        cudaEventRecord(timing_events_[start].get(), stream_.get()));
+    PINSTREAM_CUDA_RETURN_IF_ERROR(cudaEventRecord(timing_events_[start].get(), stream_.get()));
   }
-  PINSTREAM_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(
-      device_dst, host_src, bytes, cudaMemcpyHostToDevice, stream_.get()));
+  PINSTREAM_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(device_dst, host_src, bytes, cudaMemcpyHostToDevice, stream_.get()));
   if (timed) {
-    PINSTREAM_CUDA_RETURN_IF_ERROR(
-        cudaEventRecord(timing_events_[end].get(), stream_.get()));
+    PINSTREAM_CUDA_RETURN_IF_ERROR(cudaEventRecord(timing_events_[end].get(), stream_.get()));
     pending_.push_back(Pending{tag, bytes, start, end});
   }
   return Status::Ok();
@@ -83,8 +76,7 @@ Status CudaCopyEngine::RecordCopyEvent(EventId event) {
 Status CudaCopyEngine::ComputeWaitFor(EventId event, void* compute_queue) {
   cudaStream_t q = static_cast<cudaStream_t>(compute_queue);
   int start = -1, end = -1;
-  const bool timed = options_.timing && pending_.size() < kMaxPendingTimings &&
-                     TakeTimingPair(&start, &end).ok();
+  const bool timed = options_.timing && pending_.size() < kMaxPendingTimings && TakeTimingPair(&start, &end).ok();
   if (timed) PINSTREAM_CUDA_RETURN_IF_ERROR(cudaEventRecord(timing_events_[start].get(), q));
   PINSTREAM_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(q, events_[event].get(), 0));
   if (timed) {
@@ -95,19 +87,16 @@ Status CudaCopyEngine::ComputeWaitFor(EventId event, void* compute_queue) {
 }
 
 Status CudaCopyEngine::RecordComputeEvent(EventId event, void* compute_queue) {
-  PINSTREAM_CUDA_RETURN_IF_ERROR(cudaEventRecord(
-      events_[event].get(), static_cast<cudaStream_t>(compute_queue)));
+  PINSTREAM_CUDA_RETURN_IF_ERROR(cudaEventRecord(events_[event].get(), static_cast<cudaStream_t>(compute_queue)));
   return Status::Ok();
 }
 
 Status CudaCopyEngine::CopyWaitFor(EventId event) {
-  PINSTREAM_CUDA_RETURN_IF_ERROR(
-      cudaStreamWaitEvent(stream_.get(), events_[event].get(), 0));
+  PINSTREAM_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(stream_.get(), events_[event].get(), 0));
   return Status::Ok();
 }
 
-Status CudaCopyEngine::EnqueueTransform(const BlockTransform* transform,
-                                        const void* staging, void* out) {
+Status CudaCopyEngine::EnqueueTransform(const BlockTransform* transform, const void* staging, void* out) {
   // On the copy stream, right behind the upload: the compute stream's wait on
   // the block's event (recorded after this) covers the finished dequantization.
   // Kernels launch on the current device: make it the stream's.
@@ -118,9 +107,8 @@ Status CudaCopyEngine::EnqueueTransform(const BlockTransform* transform,
   for (const TransformJob& job : transform->jobs) {
     if (job.kind == TransformJob::Kind::kCopy) {
       if (job.bytes > 0) {
-        PINSTREAM_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst + job.dst_offset, src + job.src_offset,
-                                                       job.bytes, cudaMemcpyDeviceToDevice,
-                                                       stream_.get()));
+        PINSTREAM_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst + job.dst_offset, src + job.src_offset, job.bytes,
+                                                       cudaMemcpyDeviceToDevice, stream_.get()));
       }
       continue;
     }

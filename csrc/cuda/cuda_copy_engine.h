@@ -22,29 +22,25 @@ namespace pinstream {
 
 struct CudaEngineOptions {
   int device = 0;
-  bool timing = true;      // per-copy and stall timing events
+  bool timing = true;  // per-copy and stall timing events
   PinMode pin_mode = PinMode::kAuto;
 };
 
 class CudaCopyEngine final : public CopyEngine {
  public:
-  static Status Create(const CudaEngineOptions& options,
-                       std::unique_ptr<CudaCopyEngine>* out);
+  static Status Create(const CudaEngineOptions& options, std::unique_ptr<CudaCopyEngine>* out);
   ~CudaCopyEngine() override;
 
   std::string name() const override { return "cuda"; }
   Status CreateEvent(EventId* id) override;
-  Status AllocateHostBuffer(uint64_t bytes, bool pin,
-                            std::unique_ptr<HostBuffer>* out) override;
+  Status AllocateHostBuffer(uint64_t bytes, bool pin, std::unique_ptr<HostBuffer>* out) override;
   Status Synchronize() override;
-  Status EnqueueCopy(void* device_dst, const void* host_src, uint64_t bytes,
-                     int tag) override;
+  Status EnqueueCopy(void* device_dst, const void* host_src, uint64_t bytes, int tag) override;
   Status RecordCopyEvent(EventId event) override;
   Status ComputeWaitFor(EventId event, void* compute_queue) override;
   Status RecordComputeEvent(EventId event, void* compute_queue) override;
   Status CopyWaitFor(EventId event) override;
-  Status EnqueueTransform(const BlockTransform* transform, const void* staging,
-                          void* out) override;
+  Status EnqueueTransform(const BlockTransform* transform, const void* staging, void* out) override;
   void CollectTimings(EngineTimings* out, bool wait) override;
 
   cudaStream_t copy_stream() const { return stream_.get(); }
@@ -53,9 +49,9 @@ class CudaCopyEngine final : public CopyEngine {
  private:
   explicit CudaCopyEngine(const CudaEngineOptions& options) : options_(options) {}
   struct Pending {
-    int tag;         // block id, or -1 for a stall measurement
+    int tag;  // block id, or -1 for a stall measurement
     uint64_t bytes;
-    int start;       // indices into timing_events_
+    int start;  // indices into timing_events_
     int end;
   };
   Status TakeTimingPair(int* start, int* end);

@@ -34,8 +34,7 @@ CudaStream::~CudaStream() {
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
 }
 
-CudaStream::CudaStream(CudaStream&& other) noexcept
-    : stream_(std::exchange(other.stream_, nullptr)) {}
+CudaStream::CudaStream(CudaStream&& other) noexcept : stream_(std::exchange(other.stream_, nullptr)) {}
 
 CudaStream& CudaStream::operator=(CudaStream&& other) noexcept {
   if (this != &other) {
@@ -49,8 +48,7 @@ Status CudaEvent::Create(int device, bool timing, CudaEvent* out) {
   CudaDeviceScope scope(device);
   PINSTREAM_CUDA_RETURN_IF_ERROR(scope.status());
   cudaEvent_t e = nullptr;
-  PINSTREAM_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(
-      &e, timing ? cudaEventDefault : cudaEventDisableTiming));
+  PINSTREAM_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&e, timing ? cudaEventDefault : cudaEventDisableTiming));
   *out = CudaEvent();
   out->event_ = e;
   return Status::Ok();
@@ -60,8 +58,7 @@ CudaEvent::~CudaEvent() {
   if (event_ != nullptr) cudaEventDestroy(event_);
 }
 
-CudaEvent::CudaEvent(CudaEvent&& other) noexcept
-    : event_(std::exchange(other.event_, nullptr)) {}
+CudaEvent::CudaEvent(CudaEvent&& other) noexcept : event_(std::exchange(other.event_, nullptr)) {}
 
 CudaEvent& CudaEvent::operator=(CudaEvent&& other) noexcept {
   if (this != &other) {
@@ -71,8 +68,7 @@ CudaEvent& CudaEvent::operator=(CudaEvent&& other) noexcept {
   return *this;
 }
 
-Status PinnedHostBuffer::Make(uint64_t bytes, PinMode mode,
-                              std::unique_ptr<HostBuffer>* out) {
+Status PinnedHostBuffer::Make(uint64_t bytes, PinMode mode, std::unique_ptr<HostBuffer>* out) {
   std::string why;
   if (mode == PinMode::kAuto || mode == PinMode::kRegister) {
     PageMapping pages;
@@ -99,8 +95,7 @@ Status PinnedHostBuffer::Make(uint64_t bytes, PinMode mode,
     cudaGetLastError();
     why += std::string(why.empty() ? "" : "; ") + "cudaHostAlloc: " + cudaGetErrorString(err);
     if (mode == PinMode::kHostAlloc) {
-      return Status::OutOfMemory("pinned allocation of " + FormatBytes(bytes) +
-                                 " failed (" + why + ")");
+      return Status::OutOfMemory("pinned allocation of " + FormatBytes(bytes) + " failed (" + why + ")");
     }
   }
   PageMapping pages;
@@ -125,8 +120,7 @@ PinnedHostBuffer::~PinnedHostBuffer() {
 }
 
 CudaDeviceAllocator::CudaDeviceAllocator(int device)
-    : device_(device),
-      blocks_(new std::unordered_map<int64_t, std::pair<void*, uint64_t>>()) {}
+    : device_(device), blocks_(new std::unordered_map<int64_t, std::pair<void*, uint64_t>>()) {}
 
 CudaDeviceAllocator::~CudaDeviceAllocator() {
   CudaDeviceScope scope(device_);

@@ -11,8 +11,8 @@
 
 #include <cstdint>
 #include <memory>
-#include <unordered_map>
 #include <string>
+#include <unordered_map>
 
 #include "core/copy_engine.h"
 #include "core/page_mapping.h"
@@ -72,18 +72,17 @@ class CudaEvent {
 
 // How to obtain pinned host memory.
 enum class PinMode {
-  kAuto,      // register our own page-aligned memory, else cudaHostAlloc, else pageable
-  kRegister,  // only cudaHostRegister (in place)
-  kHostAlloc, // only cudaHostAlloc
-  kPageable,  // no pinning (copies become synchronous)
+  kAuto,       // register our own page-aligned memory, else cudaHostAlloc, else pageable
+  kRegister,   // only cudaHostRegister (in place)
+  kHostAlloc,  // only cudaHostAlloc
+  kPageable,   // no pinning (copies become synchronous)
 };
 
 // Host memory for one chunk of packed weights. Pinned where the system allows;
 // `how()` says how it was obtained and, for pageable fallback, why.
 class PinnedHostBuffer final : public HostBuffer {
  public:
-  static Status Make(uint64_t bytes, PinMode mode,
-                     std::unique_ptr<HostBuffer>* out);
+  static Status Make(uint64_t bytes, PinMode mode, std::unique_ptr<HostBuffer>* out);
   ~PinnedHostBuffer() override;
   void* data() const override { return data_; }
   uint64_t size() const override { return size_; }

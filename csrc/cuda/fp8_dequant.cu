@@ -24,15 +24,14 @@ __device__ __forceinline__ float MulRn(float a, float b) {
 // and rebias; subnormal codes: mantissa * 2^(1 - bias - mantissa_bits), exact.
 template <Fp8Format F>
 __device__ __forceinline__ float Decode(uint32_t code) {
-  constexpr float kE4M3Subnormal = 0.001953125f;      // 2^-9
+  constexpr float kE4M3Subnormal = 0.001953125f;        // 2^-9
   constexpr float kE5M2Subnormal = 1.52587890625e-05f;  // 2^-16
   const uint32_t mag = code & 0x7Fu;
   const uint32_t sign = (code & 0x80u) << 24;
   uint32_t bits;
   if (F == Fp8Format::kE4M3) {
     if (mag == 0x7Fu) return __uint_as_float(kCanonicalNanFloat32);
-    bits = mag >= 8u ? (mag << 20) + (120u << 23)
-                     : __float_as_uint(MulRn(__uint2float_rn(mag), kE4M3Subnormal));
+    bits = mag >= 8u ? (mag << 20) + (120u << 23) : __float_as_uint(MulRn(__uint2float_rn(mag), kE4M3Subnormal));
   } else {
     if (mag > 0x7Cu) return __uint_as_float(kCanonicalNanFloat32);
     bits = mag == 0x7Cu ? 0x7F800000u
@@ -85,11 +84,11 @@ __device__ __forceinline__ void Store16(uint32_t* dst, const uint32_t (&r)[16]) 
 
 struct KernelArgs {
   const uint8_t* q;
-  const float* scales;    // per row, one value (uniform), or null (factor 1)
+  const float* scales;  // per row, one value (uniform), or null (factor 1)
   int64_t cols;
-  int64_t n;              // rows * cols
+  int64_t n;  // rows * cols
   void* out;
-  int64_t chunks;         // 16-code chunks done by the vector loop (0: unaligned)
+  int64_t chunks;  // 16-code chunks done by the vector loop (0: unaligned)
   // Grid strides of the two loops in (rows, cols), so that each thread moves
   // its row cursor without dividing: chunk loop = threads * 16 elements,
   // scalar loop = threads elements.
@@ -173,8 +172,7 @@ void Launch(const KernelArgs& a, int blocks, cudaStream_t stream) {
 }
 
 template <typename Out>
-void LaunchForOut(const Fp8DequantParams& p, const KernelArgs& a, int blocks,
-                  cudaStream_t stream) {
+void LaunchForOut(const Fp8DequantParams& p, const KernelArgs& a, int blocks, cudaStream_t stream) {
   const bool per_row = p.scale_layout == ScaleLayout::kPerRow;
   if (p.format == Fp8Format::kE4M3) {
     per_row ? Launch<Out, Fp8Format::kE4M3, true>(a, blocks, stream)
@@ -197,8 +195,7 @@ Status LaunchDequantizeFp8(const Fp8DequantParams& p, cudaStream_t stream) {
   int device = 0;
   int sms = 0;
   PINSTREAM_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
-  PINSTREAM_CUDA_RETURN_IF_ERROR(
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  PINSTREAM_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
 
   KernelArgs a{};
   a.q = p.q;
@@ -235,9 +232,8 @@ Status LaunchDequantizeFp8(const Fp8DequantParams& p, cudaStream_t stream) {
   return Status::Ok();
 }
 
-Status LaunchDequantizeE4M3(const uint8_t* q, const float* scales, int64_t rows,
-                            int64_t cols, FloatDtype out_dtype, void* out,
-                            cudaStream_t stream) {
+Status LaunchDequantizeE4M3(const uint8_t* q, const float* scales, int64_t rows, int64_t cols, FloatDtype out_dtype,
+                            void* out, cudaStream_t stream) {
   return LaunchDequantizeFp8(E4M3PerRowParams(q, scales, rows, cols, out_dtype, out), stream);
 }
 

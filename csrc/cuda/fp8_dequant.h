@@ -44,9 +44,8 @@ namespace pinstream {
 Status LaunchDequantizeFp8(const Fp8DequantParams& p, cudaStream_t stream);
 
 // Shorthand for our quantized blocks: e4m3 codes, one fp32 scale per row.
-Status LaunchDequantizeE4M3(const uint8_t* q, const float* scales, int64_t rows,
-                            int64_t cols, FloatDtype out_dtype, void* out,
-                            cudaStream_t stream);
+Status LaunchDequantizeE4M3(const uint8_t* q, const float* scales, int64_t rows, int64_t cols, FloatDtype out_dtype,
+                            void* out, cudaStream_t stream);
 
 }  // namespace pinstream
 

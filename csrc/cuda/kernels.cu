@@ -11,12 +11,10 @@ __host__ __device__ inline unsigned long long Mix(uint64_t index, uint8_t byte) 
   return (static_cast<unsigned long long>(byte) + 1ULL) * (index % 65521ULL + 1ULL);
 }
 
-__global__ void ChecksumKernel(const uint8_t* data, uint64_t bytes,
-                               unsigned long long* out) {
+__global__ void ChecksumKernel(const uint8_t* data, uint64_t bytes, unsigned long long* out) {
   unsigned long long local = 0;
   const uint64_t stride = static_cast<uint64_t>(blockDim.x) * gridDim.x;
-  for (uint64_t i = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x;
-       i < bytes; i += stride) {
+  for (uint64_t i = blockIdx.x * static_cast<uint64_t>(blockDim.x) + threadIdx.x; i < bytes; i += stride) {
     local += Mix(i, data[i]);
   }
   // Warp reduction, then one atomic per warp.
@@ -28,15 +26,13 @@ __global__ void ChecksumKernel(const uint8_t* data, uint64_t bytes,
 
 }  // namespace
 
-Status LaunchChecksum(const void* data, uint64_t bytes, unsigned long long* out,
-                      cudaStream_t stream) {
+Status LaunchChecksum(const void* data, uint64_t bytes, unsigned long long* out, cudaStream_t stream) {
   PINSTREAM_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(out, 0, sizeof(*out), stream));
   if (bytes == 0) return Status::Ok();
   const int threads = 256;
   const uint64_t want = (bytes + threads - 1) / threads;
   const int blocks = static_cast<int>(want < 1024 ? want : 1024);
-  ChecksumKernel<<<blocks, threads, 0, stream>>>(static_cast<const uint8_t*>(data),
-                                                 bytes, out);
+  ChecksumKernel<<<blocks, threads, 0, stream>>>(static_cast<const uint8_t*>(data), bytes, out);
   PINSTREAM_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return Status::Ok();
 }

@@ -15,8 +15,7 @@ namespace pinstream {
 
 // Position-weighted checksum of `bytes` bytes at `data` into *out (device
 // memory, 8 bytes, zeroed by the call). Matches HostChecksum bit for bit.
-Status LaunchChecksum(const void* data, uint64_t bytes, unsigned long long* out,
-                      cudaStream_t stream);
+Status LaunchChecksum(const void* data, uint64_t bytes, unsigned long long* out, cudaStream_t stream);
 
 // Host reference of the same checksum.
 unsigned long long HostChecksum(const void* data, uint64_t bytes);

@@ -89,8 +89,7 @@ class HostComputeQueue {
   std::thread thread_;
 };
 
-HostCopyEngine::HostCopyEngine(HostEngineOptions options)
-    : options_(options), rng_(options.seed) {
+HostCopyEngine::HostCopyEngine(HostEngineOptions options) : options_(options), rng_(options.seed) {
   worker_ = std::thread([this] { WorkerLoop(); });
 }
 
@@ -159,14 +158,12 @@ Status HostCopyEngine::CheckEvent(EventId event) const {
   return Status::Ok();
 }
 
-Status HostCopyEngine::AllocateHostBuffer(uint64_t bytes, bool pin,
-                                          std::unique_ptr<HostBuffer>* out) {
+Status HostCopyEngine::AllocateHostBuffer(uint64_t bytes, bool pin, std::unique_ptr<HostBuffer>* out) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (fail_allocations_ > 0) {
       --fail_allocations_;
-      return Status::OutOfMemory("host engine: allocation of " + FormatBytes(bytes) +
-                                 " failed (injected fault)");
+      return Status::OutOfMemory("host engine: allocation of " + FormatBytes(bytes) + " failed (injected fault)");
     }
   }
   return AlignedHostBuffer::Make(bytes, pin, out);
@@ -187,8 +184,7 @@ Status HostCopyEngine::Synchronize() {
   return Status::Ok();
 }
 
-Status HostCopyEngine::EnqueueCopy(void* device_dst, const void* host_src,
-                                   uint64_t bytes, int tag) {
+Status HostCopyEngine::EnqueueCopy(void* device_dst, const void* host_src, uint64_t bytes, int tag) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     Op op{OpKind::kCopy};
@@ -223,8 +219,7 @@ Status HostCopyEngine::ComputeWaitFor(EventId event, void* compute_queue) {
     // A failure already known is reported now; one still in flight shows up as
     // the poisoned bytes the compute then reads (a device fault on a GPU).
     if (target != 0 && events_[event].failed == target && events_[event].completed >= target) {
-      return Status::DeviceError("host engine: an upload before event " + std::to_string(event) +
-                                 " failed");
+      return Status::DeviceError("host engine: an upload before event " + std::to_string(event) + " failed");
     }
     HostComputeQueue::Op op;
     op.kind = HostComputeQueue::Kind::kWait;
@@ -246,8 +241,7 @@ Status HostCopyEngine::ComputeWaitFor(EventId event, void* compute_queue) {
     stall_ms_ += std::chrono::duration<double, std::milli>(Clock::now() - start).count();
   }
   if (target != 0 && events_[event].failed == target) {
-    return Status::DeviceError("host engine: an upload before event " +
-                               std::to_string(event) + " failed");
+    return Status::DeviceError("host engine: an upload before event " + std::to_string(event) + " failed");
   }
   return Status::Ok();
 }
@@ -286,8 +280,7 @@ Status HostCopyEngine::CopyWaitFor(EventId event) {
   return Status::Ok();
 }
 
-Status HostCopyEngine::EnqueueTransform(const BlockTransform* transform,
-                                        const void* staging, void* out) {
+Status HostCopyEngine::EnqueueTransform(const BlockTransform* transform, const void* staging, void* out) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     Op op{OpKind::kTransform};
@@ -368,13 +361,12 @@ void HostCopyEngine::RunCopy(const Op& op, std::unique_lock<std::mutex>* lock) {
   if (options_.bandwidth_bytes_per_s > 0) {
     total_us += static_cast<double>(op.bytes) * 1e6 / options_.bandwidth_bytes_per_s;
   }
-  const auto deadline = start + std::chrono::duration_cast<Clock::duration>(
-                                    std::chrono::duration<double, std::micro>(total_us));
+  const auto deadline =
+      start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double, std::micro>(total_us));
   if (options_.poison && op.bytes > 0) std::memset(op.dst, 0xA5, op.bytes);
   if (total_us > 0) std::this_thread::sleep_until(deadline);
   if (!fail && op.bytes > 0) std::memcpy(op.dst, op.src, op.bytes);
-  const double ms =
-      std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+  const double ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
   lock->lock();
   ++copies_done_;
   if (fail) {
@@ -430,9 +422,8 @@ HostArena::~HostArena() = default;
 Status HostArena::Allocate(uint64_t bytes, int64_t* id, void** ptr) {
   std::lock_guard<std::mutex> lock(mu_);
   if (capacity_ != 0 && allocated_ + bytes > capacity_) {
-    return Status::OutOfMemory("host arena: " + FormatBytes(bytes) +
-                               " requested, " + FormatBytes(capacity_ - allocated_) +
-                               " free of " + FormatBytes(capacity_));
+    return Status::OutOfMemory("host arena: " + FormatBytes(bytes) + " requested, " +
+                               FormatBytes(capacity_ - allocated_) + " free of " + FormatBytes(capacity_));
   }
   PageMapping pages;
   PINSTREAM_RETURN_IF_ERROR(PageMapping::Map(bytes, &pages));
@@ -472,8 +463,7 @@ void HostArena::set_capacity(uint64_t bytes) {
   capacity_ = bytes;
 }
 
-Status AlignedHostBuffer::Make(uint64_t bytes, bool pinned,
-                               std::unique_ptr<HostBuffer>* out) {
+Status AlignedHostBuffer::Make(uint64_t bytes, bool pinned, std::unique_ptr<HostBuffer>* out) {
   PageMapping pages;
   PINSTREAM_RETURN_IF_ERROR(PageMapping::Map(bytes, &pages));
   out->reset(new AlignedHostBuffer(std::move(pages), pinned));

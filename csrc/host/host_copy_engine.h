@@ -62,17 +62,14 @@ class HostCopyEngine final : public CopyEngine {
 
   std::string name() const override { return "host"; }
   Status CreateEvent(EventId* id) override;
-  Status AllocateHostBuffer(uint64_t bytes, bool pin,
-                            std::unique_ptr<HostBuffer>* out) override;
+  Status AllocateHostBuffer(uint64_t bytes, bool pin, std::unique_ptr<HostBuffer>* out) override;
   Status Synchronize() override;
-  Status EnqueueCopy(void* device_dst, const void* host_src, uint64_t bytes,
-                     int tag) override;
+  Status EnqueueCopy(void* device_dst, const void* host_src, uint64_t bytes, int tag) override;
   Status RecordCopyEvent(EventId event) override;
   Status ComputeWaitFor(EventId event, void* compute_queue) override;
   Status RecordComputeEvent(EventId event, void* compute_queue) override;
   Status CopyWaitFor(EventId event) override;
-  Status EnqueueTransform(const BlockTransform* transform, const void* staging,
-                          void* out) override;
+  Status EnqueueTransform(const BlockTransform* transform, const void* staging, void* out) override;
   void CollectTimings(EngineTimings* out, bool wait) override;
 
   // Fault injection (tests): the next `count` copies fail / take `us` longer;

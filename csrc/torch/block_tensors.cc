@@ -73,20 +73,18 @@ void BlockTensors::CheckUnchanged() const {
     }
     const std::string who = pt.name.empty() ? std::string("a weight") : pt.name;
     if (pt.param.scalar_type() != pt.host_view.scalar_type()) {
-      throw std::runtime_error("PinStream: " + who + " was converted to " +
-                               std::string(c10::toString(pt.param.scalar_type())) +
-                               " while offloaded by PinStream (stored as " +
-                               std::string(c10::toString(pt.host_view.scalar_type())) +
-                               "); detach() the handle, convert, then offload again");
+      throw std::runtime_error(
+          "PinStream: " + who + " was converted to " + std::string(c10::toString(pt.param.scalar_type())) +
+          " while offloaded by PinStream (stored as " + std::string(c10::toString(pt.host_view.scalar_type())) +
+          "); detach() the handle, convert, then offload again");
     }
-    throw std::runtime_error("PinStream: " + who + " was replaced by a tensor of shape " +
-                             c10::str(pt.param.sizes()) + " while offloaded by PinStream (stored as " +
-                             c10::str(pt.host_view.sizes()) + "); detach() the handle, change it, then offload again");
+    throw std::runtime_error("PinStream: " + who + " was replaced by a tensor of shape " + c10::str(pt.param.sizes()) +
+                             " while offloaded by PinStream (stored as " + c10::str(pt.host_view.sizes()) +
+                             "); detach() the handle, change it, then offload again");
   }
 }
 
-const std::vector<at::Tensor>& BlockTensors::ViewsAt(const DeviceLocation& loc,
-                                                     const TorchDeviceAllocator& allocator) {
+const std::vector<at::Tensor>& BlockTensors::ViewsAt(const DeviceLocation& loc, const TorchDeviceAllocator& allocator) {
   for (auto& entry : view_cache_) {
     if (entry.first == loc.allocation) return entry.second;
   }

@@ -29,10 +29,10 @@
 namespace pinstream {
 
 struct PackedTensor {
-  at::Tensor param;        // the caller's tensor (same TensorImpl as its Parameter)
-  std::string name;        // its name in the model, for error messages (may be empty)
-  at::Tensor host_view;    // its bytes in the host chunk
-  int64_t offset = 0;      // within the block
+  at::Tensor param;      // the caller's tensor (same TensorImpl as its Parameter)
+  std::string name;      // its name in the model, for error messages (may be empty)
+  at::Tensor host_view;  // its bytes in the host chunk
+  int64_t offset = 0;    // within the block
   int64_t nbytes = 0;
   // Its layout in the block: the weight's own strides when it is dense (a
   // transposed weight stays transposed, so kernels and results are the same
@@ -60,12 +60,12 @@ std::vector<int64_t> PackedStrides(const at::Tensor& t, bool contiguous);
 class BlockTensors {
  public:
   std::vector<PackedTensor> tensors;
-  int64_t bytes = 0;         // packed size (its device layout)
+  int64_t bytes = 0;  // packed size (its device layout)
   bool streamable = true;
-  bool fp8 = false;          // sent as fp8 codes + scales
+  bool fp8 = false;  // sent as fp8 codes + scales
   QuantError fp8_error;
-  bool pinned = false;       // its host chunk is pinned
-  int chunk = -1;            // index of its host chunk in the runtime
+  bool pinned = false;  // its host chunk is pinned
+  int chunk = -1;       // index of its host chunk in the runtime
 
   bool on_device() const { return location_ >= 0; }
 

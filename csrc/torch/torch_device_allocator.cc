@@ -30,9 +30,9 @@ Status TorchDeviceAllocator::Allocate(uint64_t bytes, int64_t* id, void** ptr) {
       PINSTREAM_RETURN_IF_ERROR(PageMapping::Map(bytes, &pages));
       const uint64_t mapped = pages.mapped();
       void* p = pages.Release();
-      t = at::from_blob(p, {static_cast<int64_t>(bytes)},
-                        [mapped](void* q) { PageMapping::Unmap(q, mapped); },
-                        at::TensorOptions().dtype(at::kByte));
+      t = at::from_blob(
+          p, {static_cast<int64_t>(bytes)}, [mapped](void* q) { PageMapping::Unmap(q, mapped); },
+          at::TensorOptions().dtype(at::kByte));
     } else {
       t = at::empty({static_cast<int64_t>(bytes)}, at::TensorOptions().dtype(at::kByte).device(device_));
     }
@@ -41,8 +41,7 @@ Status TorchDeviceAllocator::Allocate(uint64_t bytes, int64_t* id, void** ptr) {
     tensors_.emplace(*id, std::move(t));
     Live().device += static_cast<int64_t>(bytes);
   } catch (const c10::OutOfMemoryError& e) {
-    return Status::OutOfMemory("device allocation of " + FormatBytes(bytes) +
-                               " failed: " + e.what_without_backtrace());
+    return Status::OutOfMemory("device allocation of " + FormatBytes(bytes) + " failed: " + e.what_without_backtrace());
   } catch (const c10::Error& e) {
     return Status::DeviceError(std::string("device allocation failed: ") + e.what_without_backtrace());
   }

@@ -29,8 +29,7 @@ PlanPolicy ParsePolicy(const std::string& p) {
   if (p == "all_resident") return PlanPolicy::kAllResident;
   if (p == "stream_all") return PlanPolicy::kStreamAll;
   if (p == "budget") return PlanPolicy::kBudget;
-  throw std::invalid_argument("PinStream: unknown plan policy '" + p +
-                              "'; allowed: all_resident, stream_all, budget");
+  throw std::invalid_argument("PinStream: unknown plan policy '" + p + "'; allowed: all_resident, stream_all, budget");
 }
 
 // A host buffer of the engine, counted in the process's live bytes and in its
@@ -117,8 +116,9 @@ TorchRuntime::TorchRuntime(const RuntimeOptions& o)
       throw std::invalid_argument("PinStream: engine 'cuda' needs a cuda device, got '" + o.device + "'");
     }
     if (!torch::cuda::is_available()) {
-      throw std::runtime_error("PinStream: engine 'cuda' requested but torch sees no CUDA device; "
-                               "use engine='host' on a machine without a GPU");
+      throw std::runtime_error(
+          "PinStream: engine 'cuda' requested but torch sees no CUDA device; "
+          "use engine='host' on a machine without a GPU");
     }
     if (!device_.has_index()) device_ = at::Device(at::kCUDA, 0);
     if (device_.index() >= static_cast<int>(torch::cuda::device_count())) {
@@ -168,8 +168,9 @@ std::string TorchRuntime::engine_name() const { return engine_->name(); }
 void TorchRuntime::CheckOpen() const {
   if (closed_) throw std::runtime_error("PinStream: runtime is closed; offload the model again");
   if (registering_) {
-    throw std::runtime_error("PinStream: register_blocks() is running in another thread; "
-                             "call this after it returns");
+    throw std::runtime_error(
+        "PinStream: register_blocks() is running in another thread; "
+        "call this after it returns");
   }
 }
 
@@ -220,8 +221,8 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
     std::lock_guard<std::mutex> lock(mu_);
     CheckOpen();
     auto count_error = [&](const char* what, size_t got) {
-      return std::invalid_argument("PinStream: " + std::string(what) + " has " + std::to_string(got) +
-                                   " entries for " + std::to_string(n) + " blocks");
+      return std::invalid_argument("PinStream: " + std::string(what) + " has " + std::to_string(got) + " entries for " +
+                                   std::to_string(n) + " blocks");
     };
     if (!req.names.empty() && req.names.size() != n) throw count_error("names", req.names.size());
     if (!req.fp8.empty() && req.fp8.size() != n) throw count_error("fp8", req.fp8.size());
@@ -252,8 +253,8 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
         }
         const c10::TensorImpl* impl = t.unsafeGetTensorImpl();
         if (seen_.count(impl) != 0 || !here.insert(impl).second) {
-          throw std::invalid_argument("PinStream: a tensor appears twice (tied weights) in block " +
-                                      std::to_string(b) + "; shared tensors must stay outside streamed blocks");
+          throw std::invalid_argument("PinStream: a tensor appears twice (tied weights) in block " + std::to_string(b) +
+                                      "; shared tensors must stay outside streamed blocks");
         }
         PackedTensor pt;
         pt.param = t;
@@ -308,7 +309,8 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
     groups = GroupIntoChunks(sizes, static_cast<uint64_t>(chunk_bytes_));
     for (size_t b = 0; b < n; ++b) {
       const int id = first + static_cast<int>(b);
-      pending[b].use = req.plan ? UseOfBlock(infos[b].streamable, core_->resident(id), core_->split(id)) : LinkUse::kOnce;
+      pending[b].use =
+          req.plan ? UseOfBlock(infos[b].streamable, core_->resident(id), core_->split(id)) : LinkUse::kOnce;
     }
     std::vector<PinCandidate> candidates;
     for (const ChunkGroup& g : groups) {
@@ -344,8 +346,8 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
       const bool pinned = buf->pinned();
       void* data = buf->data();
       auto owner = std::make_shared<AccountedBuffer>(std::move(buf), size, live_host_bytes_);
-      at::Tensor chunk = at::from_blob(data, {size}, [owner](void*) mutable { owner.reset(); },
-                                       at::TensorOptions().dtype(at::kByte));
+      at::Tensor chunk = at::from_blob(
+          data, {size}, [owner](void*) mutable { owner.reset(); }, at::TensorOptions().dtype(at::kByte));
       new_chunks.push_back(Chunk{chunk, pinned});
       int64_t off = 0;
       for (size_t b = groups[g].first_block; b < groups[g].end_block; ++b) {
@@ -355,16 +357,16 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
         info.pinned = pinned;
         for (PackedTensor& pt : info.tensors) {
           AliasAs(chunk, off + pt.offset, pt.param.scalar_type(), pt.param.sizes(), pt.strides, false).copy_(pt.param);
-          pt.host_view = AliasAs(chunk, off + pt.offset, pt.param.scalar_type(), pt.param.sizes(), pt.strides,
-                                 pt.inference);
+          pt.host_view =
+              AliasAs(chunk, off + pt.offset, pt.param.scalar_type(), pt.param.sizes(), pt.strides, pt.inference);
         }
         if (info.fp8) {
           // Sent as fp8: the exact host copy stays the truth (weights point at it
           // between uses); the link carries codes + per-row scales.
           Pending& p = pending[b];
           std::unique_ptr<HostBuffer> tbuf;
-          ThrowIfError(engine_->AllocateHostBuffer(std::max<uint64_t>(p.transfer_bytes, 1),
-                                                   pin[fp8_candidate[b]], &tbuf));
+          ThrowIfError(
+              engine_->AllocateHostBuffer(std::max<uint64_t>(p.transfer_bytes, 1), pin[fp8_candidate[b]], &tbuf));
           how.insert(tbuf->how());
           auto* out = static_cast<uint8_t*>(tbuf->data());
           new_transfer[b] = std::make_shared<AccountedBuffer>(std::move(tbuf), Int(p.transfer_bytes), live_host_bytes_);
@@ -438,8 +440,8 @@ PlanInfo TorchRuntime::Plan(const std::string& policy, int64_t budget_bytes, int
   if (prefetch < 0) throw std::invalid_argument("PinStream: prefetch must be >= 0, got " + std::to_string(prefetch));
   const PlanPolicy p = ParsePolicy(policy);
   if (core_->loaded()) UnloadLocked();
-  ThrowIfError(core_->Plan(p, budget_bytes < 0 ? PlanRequest::kUnlimited : static_cast<uint64_t>(budget_bytes),
-                           prefetch));
+  ThrowIfError(
+      core_->Plan(p, budget_bytes < 0 ? PlanRequest::kUnlimited : static_cast<uint64_t>(budget_bytes), prefetch));
   return PlanInfoLocked();
 }
 

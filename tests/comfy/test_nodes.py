@@ -310,6 +310,39 @@ def test_unload_releases_device_then_pinned_memory():
     assert live["host"] == base["host"] and live["device"] == base["device"]
 
 
+def _count_copies_in_unload(handles) -> list:
+    """Watches each handle's unload: the number of tensor copies (aten::copy_, which a
+    write-back of weights changed on the device is) each unload made, in a list."""
+    counts = []
+    for h in handles:
+        def unload(_original=h.unload):
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                _original()
+            counts.append(sum(1 for e in prof.events() if e.name == "aten::copy_"))
+
+        h.unload = unload
+    return counts
+
+
+def test_the_copy_counter_sees_a_write_back():
+    """The control of the two-experts test: a weight changed on the device outside
+    inference mode is written back by unload, and the counter sees that copy."""
+    (model,), _ = _ps_unet("wan21_t2v", "model_offload")
+    h = model.pinstream.handle
+    copies = _count_copies_in_unload([h])
+    with torch.inference_mode(False), torch.no_grad():
+        m = torch.nn.Linear(4, 4)
+        import pinstream
+
+        hm = pinstream.offload(m, mode="full_load", device="cpu", engine="host")
+        copies_m = _count_copies_in_unload([hm])
+        m.weight.add_(1.0)  # a normal tensor: its version counter moves
+        hm.unload()
+        hm.detach()
+    h.unload()
+    assert len(copies_m) == 1 and copies_m[0] >= 1 and copies == [0], (copies_m, copies)
+
+
 def test_two_experts_switch_without_device_to_host_copies():
     hi_path, lo_path = f("wan22_t2v")
     core_hi, core_lo = pl.load_unet(ns, hi_path), pl.load_unet(ns, lo_path)
@@ -320,14 +353,15 @@ def test_two_experts_switch_without_device_to_host_copies():
     for mode in ("model_offload", "sequential"):
         (hi,), _ = N.run_load_diffusion_model(name_of("diffusion_models", hi_path), "default", mode, 0.0, 1, True)
         (lo,), _ = N.run_load_diffusion_model(name_of("diffusion_models", lo_path), "default", mode, 0.0, 1, True)
+        copies = _count_copies_in_unload([hi.pinstream.handle, lo.pinstream.handle])
         for _ in range(2):
             out = pl.sample_two_experts(ns, hi, lo, pos, neg, pl.wan_latent(32, 32, 5), steps=4, switch_at=2)
             assert torch.equal(out, ref), mode
-        for m in (hi, lo):
-            st = m.pinstream.handle.stats()
-            assert st["writebacks"] == 0  # no switch copied weights back to the host
-            assert st["acquires"] > 0 or mode == "model_offload"
         mm.unload_all_models()
+        # every switch unloaded an expert, and none copied a weight back to the host
+        assert len(copies) >= 2 and sum(copies) == 0, (mode, copies)
+        for m in (hi, lo):
+            assert m.pinstream.handle.stats()["acquires"] > 0 or mode == "model_offload"
 
 
 def test_auto_under_a_small_budget_streams(monkeypatch):

@@ -13,7 +13,6 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import test_clones as C  # hooked sampling
 import test_nodes as T  # files, sampling, references
 
 from comfy_nodes import nodes as N

@@ -75,8 +75,8 @@ TEST(CudaEngine, StreamsBlocksAndEveryAcquireSeesItsBytes) {
     }
     const int prefetch = static_cast<int>(rng() % 4);
     ASSERT_TRUE(rt.Plan(trial % 2 ? PlanPolicy::kStreamAll : PlanPolicy::kBudget,
-                        trial % 2 ? PlanRequest::kUnlimited : (24ull << 20) + (prefetch + 1) * (9ull << 20),
-                        prefetch).ok());
+                        trial % 2 ? PlanRequest::kUnlimited : (24ull << 20) + (prefetch + 1) * (9ull << 20), prefetch)
+                    .ok());
     cudaStream_t compute;
     ASSERT_EQ(cudaStreamCreateWithFlags(&compute, cudaStreamNonBlocking), cudaSuccess);
     unsigned long long* sums;
@@ -94,12 +94,10 @@ TEST(CudaEngine, StreamsBlocksAndEveryAcquireSeesItsBytes) {
     }
     std::vector<unsigned long long> got(n * passes);
     ASSERT_EQ(cudaStreamSynchronize(compute), cudaSuccess);
-    ASSERT_EQ(cudaMemcpy(got.data(), sums, got.size() * sizeof(got[0]), cudaMemcpyDeviceToHost),
-              cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(got.data(), sums, got.size() * sizeof(got[0]), cudaMemcpyDeviceToHost), cudaSuccess);
     for (int p = 0; p < passes; ++p) {
       for (int b = 0; b < n; ++b) {
-        ASSERT_EQ(got[p * n + b], want[b]) << "seed " << seed << " trial " << trial
-                                           << " pass " << p << " block " << b;
+        ASSERT_EQ(got[p * n + b], want[b]) << "seed " << seed << " trial " << trial << " pass " << p << " block " << b;
       }
     }
     Stats st = rt.GetStats(true);
@@ -146,8 +144,7 @@ TEST(CudaEngine, SplitBlocksSeeTheirHeadAndTheirRest) {
   ASSERT_EQ(cudaStreamCreateWithFlags(&compute, cudaStreamNonBlocking), cudaSuccess);
   const int passes = 3;
   unsigned long long* sums;
-  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&sums), sizeof(unsigned long long) * 2 * n * passes),
-            cudaSuccess);
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&sums), sizeof(unsigned long long) * 2 * n * passes), cudaSuccess);
   ASSERT_EQ(cudaMemset(sums, 0, sizeof(unsigned long long) * 2 * n * passes), cudaSuccess);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);  // the memset ran on the legacy stream
   for (int p = 0; p < passes; ++p) {
@@ -174,8 +171,7 @@ TEST(CudaEngine, SplitBlocksSeeTheirHeadAndTheirRest) {
       if (head > 0) {
         ASSERT_EQ(got[2 * (p * n + b)], HostChecksum(data[b], head)) << "pass " << p << " block " << b;
       }
-      ASSERT_EQ(got[2 * (p * n + b) + 1], HostChecksum(data[b] + head, bytes - head))
-          << "pass " << p << " block " << b;
+      ASSERT_EQ(got[2 * (p * n + b) + 1], HostChecksum(data[b] + head, bytes - head)) << "pass " << p << " block " << b;
     }
   }
   ASSERT_TRUE(rt.Close().ok());

@@ -49,12 +49,11 @@ const char* LayoutName(ScaleLayout l) {
 
 // Runs one case on both paths and compares the output bytes. `q_offset` and
 // `out_offset` (bytes) move the device pointers off 16-byte alignment.
-void CheckCase(Fp8Format format, ScaleLayout layout, FloatDtype dtype, int64_t rows,
-               int64_t cols, uint64_t seed, int q_offset, int out_offset) {
-  SCOPED_TRACE(std::string(Fp8FormatName(format)) + " " + LayoutName(layout) + " -> " +
-               DtypeName(dtype) + " [" + std::to_string(rows) + ", " + std::to_string(cols) +
-               "] q+" + std::to_string(q_offset) + " out+" + std::to_string(out_offset) +
-               " seed " + std::to_string(seed));
+void CheckCase(Fp8Format format, ScaleLayout layout, FloatDtype dtype, int64_t rows, int64_t cols, uint64_t seed,
+               int q_offset, int out_offset) {
+  SCOPED_TRACE(std::string(Fp8FormatName(format)) + " " + LayoutName(layout) + " -> " + DtypeName(dtype) + " [" +
+               std::to_string(rows) + ", " + std::to_string(cols) + "] q+" + std::to_string(q_offset) + " out+" +
+               std::to_string(out_offset) + " seed " + std::to_string(seed));
   const int64_t n = rows * cols;
   const int esize = DtypeSize(dtype);
   std::mt19937_64 rng(seed);
@@ -89,8 +88,7 @@ void CheckCase(Fp8Format format, ScaleLayout layout, FloatDtype dtype, int64_t r
   auto* dout = static_cast<uint8_t*>(arena.Get(n * esize + 64));
   ASSERT_TRUE(dq && dscales && dout);
   ASSERT_EQ(cudaMemcpy(dq + q_offset, q.data(), n, cudaMemcpyHostToDevice), cudaSuccess);
-  ASSERT_EQ(cudaMemcpy(dscales, scales.data(), scales.size() * 4, cudaMemcpyHostToDevice),
-            cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(dscales, scales.data(), scales.size() * 4, cudaMemcpyHostToDevice), cudaSuccess);
   ASSERT_EQ(cudaMemset(dout, 0xA5, n * esize + 64), cudaSuccess);
   // cudaMemset and the pageable cudaMemcpy run on the legacy default stream,
   // which a cudaStreamNonBlocking stream does not wait for: without this the
@@ -116,11 +114,11 @@ void CheckCase(Fp8Format format, ScaleLayout layout, FloatDtype dtype, int64_t r
         uint32_t gb = 0, wb = 0;
         std::memcpy(&gb, g + i * esize, esize);
         std::memcpy(&wb, w + i * esize, esize);
-        const float scale = layout == ScaleLayout::kPerRow ? scales[i / cols]
-                            : layout == ScaleLayout::kScalar ? scales[0] : 1.0f;
-        FAIL() << "first mismatch at element " << i << " (row " << i / cols << ", col "
-               << i % cols << "): code 0x" << std::hex << int{q[i]} << " scale " << scale
-               << ": gpu 0x" << gb << ", cpu 0x" << wb;
+        const float scale = layout == ScaleLayout::kPerRow   ? scales[i / cols]
+                            : layout == ScaleLayout::kScalar ? scales[0]
+                                                             : 1.0f;
+        FAIL() << "first mismatch at element " << i << " (row " << i / cols << ", col " << i % cols << "): code 0x"
+               << std::hex << int{q[i]} << " scale " << scale << ": gpu 0x" << gb << ", cpu 0x" << wb;
       }
     }
   }
@@ -160,8 +158,8 @@ TEST(Fp8Cuda, EveryCodeDecodesExactly) {
     std::vector<float> got(256);
     ASSERT_EQ(cudaMemcpy(got.data(), dout, 256 * 4, cudaMemcpyDeviceToHost), cudaSuccess);
     for (int c = 0; c < 256; ++c) {
-      const float want = format == Fp8Format::kE4M3 ? DecodeE4M3(static_cast<uint8_t>(c))
-                                                    : DecodeE5M2(static_cast<uint8_t>(c));
+      const float want =
+          format == Fp8Format::kE4M3 ? DecodeE4M3(static_cast<uint8_t>(c)) : DecodeE5M2(static_cast<uint8_t>(c));
       uint32_t gb, wb;
       std::memcpy(&gb, &got[c], 4);
       std::memcpy(&wb, &want, 4);
@@ -182,15 +180,13 @@ TEST(Fp8Cuda, MatchesCpuReferenceBitForBit) {
   };
   // Odd column counts put row ends inside 16-code chunks; 1 column makes
   // every code its own row; the tail of n % 16 codes takes the scalar loop.
-  const Shape shapes[] = {{1, 1},   {1, 15},  {1, 17},   {3, 5},    {7, 16},
-                          {5, 33},  {64, 1},  {13, 100}, {31, 257}, {1, 100003},
-                          {96, 4095}, {2, 16 * 1000 + 9}};
+  const Shape shapes[] = {{1, 1},  {1, 15},   {1, 17},   {3, 5},      {7, 16},    {5, 33},
+                          {64, 1}, {13, 100}, {31, 257}, {1, 100003}, {96, 4095}, {2, 16 * 1000 + 9}};
   int k = 0;
   for (const Shape& sh : shapes) {
     for (Fp8Format format : {Fp8Format::kE4M3, Fp8Format::kE5M2}) {
       for (ScaleLayout layout : {ScaleLayout::kPerRow, ScaleLayout::kScalar, ScaleLayout::kNone}) {
-        for (FloatDtype dtype :
-             {FloatDtype::kFloat32, FloatDtype::kFloat16, FloatDtype::kBFloat16}) {
+        for (FloatDtype dtype : {FloatDtype::kFloat32, FloatDtype::kFloat16, FloatDtype::kBFloat16}) {
           CheckCase(format, layout, dtype, sh.rows, sh.cols, seed + k++, 0, 0);
           if (HasFatalFailure()) return;
         }
@@ -207,8 +203,7 @@ TEST(Fp8Cuda, UnalignedPointersTakeTheScalarPathAndStillMatch) {
     for (int out_offset : {0, 4, 2}) {
       for (FloatDtype dtype : {FloatDtype::kFloat32, FloatDtype::kFloat16, FloatDtype::kBFloat16}) {
         if (out_offset % DtypeSize(dtype) != 0) continue;
-        CheckCase(Fp8Format::kE4M3, ScaleLayout::kPerRow, dtype, 19, 37, seed + k++, q_offset,
-                  out_offset);
+        CheckCase(Fp8Format::kE4M3, ScaleLayout::kPerRow, dtype, 19, 37, seed + k++, q_offset, out_offset);
         if (HasFatalFailure()) return;
       }
     }
@@ -219,8 +214,8 @@ TEST(Fp8Cuda, LargeBlockAndThroughput) {
   REQUIRE_GPU();
   // A 5120 x 13824 Linear weight (Wan 14B FFN size): 70.8 M codes.
   const int64_t rows = 5120, cols = 13824;
-  CheckCase(Fp8Format::kE4M3, ScaleLayout::kPerRow, FloatDtype::kBFloat16, rows, cols,
-            testing_util::TestSeed(11), 0, 0);
+  CheckCase(Fp8Format::kE4M3, ScaleLayout::kPerRow, FloatDtype::kBFloat16, rows, cols, testing_util::TestSeed(11), 0,
+            0);
   if (HasFatalFailure()) return;
 
   DeviceArena arena;
@@ -251,8 +246,8 @@ TEST(Fp8Cuda, LargeBlockAndThroughput) {
     const double bytes = static_cast<double>(n) * (1 + DtypeSize(dtype)) + rows * 4.0;
     const double per_ms = ms / iters;
     std::printf("[fp8 dequant] e4m3 [%lld, %lld] -> %s: %.3f ms, %.1f GB/s (read + written)\n",
-                static_cast<long long>(rows), static_cast<long long>(cols), DtypeName(dtype),
-                per_ms, bytes / (per_ms * 1e6));
+                static_cast<long long>(rows), static_cast<long long>(cols), DtypeName(dtype), per_ms,
+                bytes / (per_ms * 1e6));
   }
 }
 

@@ -43,137 +43,102 @@ struct FloatToHalfBits {
 
 // x.to(torch.float8_e4m3fn) for |x| <= 464 (torch and we agree there).
 const FloatToCode kTorchE4M3Encode[] = {
-    {0x00000000u, 0x00}, {0x80000000u, 0x80}, {0x3F800000u, 0x38}, {0xBF800000u, 0xB8},
-    {0x43E00000u, 0x7E}, {0xC3E00000u, 0xFE}, {0x43E80000u, 0x7E}, {0xC3E80000u, 0xFE},
-    {0x43E40000u, 0x7E}, {0x3C800000u, 0x08}, {0x3B000000u, 0x01}, {0x3A800000u, 0x00},
-    {0x3B400000u, 0x02}, {0x3BA00000u, 0x02}, {0x3F880000u, 0x38}, {0x3F980000u, 0x3A},
-    {0x3E99999Au, 0x2A}, {0xBF333333u, 0xB3}, {0x42C80000u, 0x6C}, {0x40490FD0u, 0x45},
-    {0x3C400000u, 0x06}, {0x3A800001u, 0x01}, {0x3F880001u, 0x39}, {0x3F87FFFFu, 0x38},
-    {0x3C288BDCu, 0x05}, {0xBD450BF4u, 0x94}, {0x3CFC0DE9u, 0x10}, {0xC0C42C23u, 0xCC},
-    {0x42DD93F0u, 0x6E}, {0xC2822FE6u, 0xE8}, {0x3D30EB02u, 0x13}, {0x4096F132u, 0x49},
-    {0xBB5D0234u, 0x82}, {0xBB9653A7u, 0x82}, {0xBBEE83BBu, 0x84}, {0x421313F6u, 0x61},
-    {0x3BA6A8CDu, 0x03}, {0x3FF9CD1Cu, 0x40}, {0x3DC25408u, 0x1C}, {0xC265D34Du, 0xE6},
-    {0xC350A1E8u, 0xF5}, {0x3D532996u, 0x15}, {0x3BD94E93u, 0x03}, {0xBF0CE40Fu, 0xB1},
-    {0x409F1506u, 0x4A}, {0x39C6265Du, 0x00}, {0x3D395618u, 0x14}, {0x4306F6C5u, 0x70},
-    {0x3CEFA062u, 0x0F}, {0xBAAC4E7Bu, 0x81}, {0xC0996E67u, 0xCA}, {0xC1C62F41u, 0xDC},
-    {0x40EBD557u, 0x4F}, {0x40C7C713u, 0x4C}, {0xBCFB3F03u, 0x90}, {0xC3605767u, 0xF6},
-    {0xC231C568u, 0xE3}, {0x41889733u, 0x59}, {0x40BB6464u, 0x4C}, {0xC308A0DAu, 0xF1},
+    {0x00000000u, 0x00}, {0x80000000u, 0x80}, {0x3F800000u, 0x38}, {0xBF800000u, 0xB8}, {0x43E00000u, 0x7E},
+    {0xC3E00000u, 0xFE}, {0x43E80000u, 0x7E}, {0xC3E80000u, 0xFE}, {0x43E40000u, 0x7E}, {0x3C800000u, 0x08},
+    {0x3B000000u, 0x01}, {0x3A800000u, 0x00}, {0x3B400000u, 0x02}, {0x3BA00000u, 0x02}, {0x3F880000u, 0x38},
+    {0x3F980000u, 0x3A}, {0x3E99999Au, 0x2A}, {0xBF333333u, 0xB3}, {0x42C80000u, 0x6C}, {0x40490FD0u, 0x45},
+    {0x3C400000u, 0x06}, {0x3A800001u, 0x01}, {0x3F880001u, 0x39}, {0x3F87FFFFu, 0x38}, {0x3C288BDCu, 0x05},
+    {0xBD450BF4u, 0x94}, {0x3CFC0DE9u, 0x10}, {0xC0C42C23u, 0xCC}, {0x42DD93F0u, 0x6E}, {0xC2822FE6u, 0xE8},
+    {0x3D30EB02u, 0x13}, {0x4096F132u, 0x49}, {0xBB5D0234u, 0x82}, {0xBB9653A7u, 0x82}, {0xBBEE83BBu, 0x84},
+    {0x421313F6u, 0x61}, {0x3BA6A8CDu, 0x03}, {0x3FF9CD1Cu, 0x40}, {0x3DC25408u, 0x1C}, {0xC265D34Du, 0xE6},
+    {0xC350A1E8u, 0xF5}, {0x3D532996u, 0x15}, {0x3BD94E93u, 0x03}, {0xBF0CE40Fu, 0xB1}, {0x409F1506u, 0x4A},
+    {0x39C6265Du, 0x00}, {0x3D395618u, 0x14}, {0x4306F6C5u, 0x70}, {0x3CEFA062u, 0x0F}, {0xBAAC4E7Bu, 0x81},
+    {0xC0996E67u, 0xCA}, {0xC1C62F41u, 0xDC}, {0x40EBD557u, 0x4F}, {0x40C7C713u, 0x4C}, {0xBCFB3F03u, 0x90},
+    {0xC3605767u, 0xF6}, {0xC231C568u, 0xE3}, {0x41889733u, 0x59}, {0x40BB6464u, 0x4C}, {0xC308A0DAu, 0xF1},
     {0xC1341C52u, 0xD3}, {0x3993A09Du, 0x00}, {0x3C38F509u, 0x06}, {0xBA5FD547u, 0x80},
 };
 // torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).float()
 const uint32_t kTorchE4M3Decode[256] = {
-    0x00000000u, 0x3B000000u, 0x3B800000u, 0x3BC00000u, 0x3C000000u, 0x3C200000u,
-    0x3C400000u, 0x3C600000u, 0x3C800000u, 0x3C900000u, 0x3CA00000u, 0x3CB00000u,
-    0x3CC00000u, 0x3CD00000u, 0x3CE00000u, 0x3CF00000u, 0x3D000000u, 0x3D100000u,
-    0x3D200000u, 0x3D300000u, 0x3D400000u, 0x3D500000u, 0x3D600000u, 0x3D700000u,
-    0x3D800000u, 0x3D900000u, 0x3DA00000u, 0x3DB00000u, 0x3DC00000u, 0x3DD00000u,
-    0x3DE00000u, 0x3DF00000u, 0x3E000000u, 0x3E100000u, 0x3E200000u, 0x3E300000u,
-    0x3E400000u, 0x3E500000u, 0x3E600000u, 0x3E700000u, 0x3E800000u, 0x3E900000u,
-    0x3EA00000u, 0x3EB00000u, 0x3EC00000u, 0x3ED00000u, 0x3EE00000u, 0x3EF00000u,
-    0x3F000000u, 0x3F100000u, 0x3F200000u, 0x3F300000u, 0x3F400000u, 0x3F500000u,
-    0x3F600000u, 0x3F700000u, 0x3F800000u, 0x3F900000u, 0x3FA00000u, 0x3FB00000u,
-    0x3FC00000u, 0x3FD00000u, 0x3FE00000u, 0x3FF00000u, 0x40000000u, 0x40100000u,
-    0x40200000u, 0x40300000u, 0x40400000u, 0x40500000u, 0x40600000u, 0x40700000u,
-    0x40800000u, 0x40900000u, 0x40A00000u, 0x40B00000u, 0x40C00000u, 0x40D00000u,
-    0x40E00000u, 0x40F00000u, 0x41000000u, 0x41100000u, 0x41200000u, 0x41300000u,
-    0x41400000u, 0x41500000u, 0x41600000u, 0x41700000u, 0x41800000u, 0x41900000u,
-    0x41A00000u, 0x41B00000u, 0x41C00000u, 0x41D00000u, 0x41E00000u, 0x41F00000u,
-    0x42000000u, 0x42100000u, 0x42200000u, 0x42300000u, 0x42400000u, 0x42500000u,
-    0x42600000u, 0x42700000u, 0x42800000u, 0x42900000u, 0x42A00000u, 0x42B00000u,
-    0x42C00000u, 0x42D00000u, 0x42E00000u, 0x42F00000u, 0x43000000u, 0x43100000u,
-    0x43200000u, 0x43300000u, 0x43400000u, 0x43500000u, 0x43600000u, 0x43700000u,
-    0x43800000u, 0x43900000u, 0x43A00000u, 0x43B00000u, 0x43C00000u, 0x43D00000u,
-    0x43E00000u, 0x7FF00000u, 0x80000000u, 0xBB000000u, 0xBB800000u, 0xBBC00000u,
-    0xBC000000u, 0xBC200000u, 0xBC400000u, 0xBC600000u, 0xBC800000u, 0xBC900000u,
-    0xBCA00000u, 0xBCB00000u, 0xBCC00000u, 0xBCD00000u, 0xBCE00000u, 0xBCF00000u,
-    0xBD000000u, 0xBD100000u, 0xBD200000u, 0xBD300000u, 0xBD400000u, 0xBD500000u,
-    0xBD600000u, 0xBD700000u, 0xBD800000u, 0xBD900000u, 0xBDA00000u, 0xBDB00000u,
-    0xBDC00000u, 0xBDD00000u, 0xBDE00000u, 0xBDF00000u, 0xBE000000u, 0xBE100000u,
-    0xBE200000u, 0xBE300000u, 0xBE400000u, 0xBE500000u, 0xBE600000u, 0xBE700000u,
-    0xBE800000u, 0xBE900000u, 0xBEA00000u, 0xBEB00000u, 0xBEC00000u, 0xBED00000u,
-    0xBEE00000u, 0xBEF00000u, 0xBF000000u, 0xBF100000u, 0xBF200000u, 0xBF300000u,
-    0xBF400000u, 0xBF500000u, 0xBF600000u, 0xBF700000u, 0xBF800000u, 0xBF900000u,
-    0xBFA00000u, 0xBFB00000u, 0xBFC00000u, 0xBFD00000u, 0xBFE00000u, 0xBFF00000u,
-    0xC0000000u, 0xC0100000u, 0xC0200000u, 0xC0300000u, 0xC0400000u, 0xC0500000u,
-    0xC0600000u, 0xC0700000u, 0xC0800000u, 0xC0900000u, 0xC0A00000u, 0xC0B00000u,
-    0xC0C00000u, 0xC0D00000u, 0xC0E00000u, 0xC0F00000u, 0xC1000000u, 0xC1100000u,
-    0xC1200000u, 0xC1300000u, 0xC1400000u, 0xC1500000u, 0xC1600000u, 0xC1700000u,
-    0xC1800000u, 0xC1900000u, 0xC1A00000u, 0xC1B00000u, 0xC1C00000u, 0xC1D00000u,
-    0xC1E00000u, 0xC1F00000u, 0xC2000000u, 0xC2100000u, 0xC2200000u, 0xC2300000u,
-    0xC2400000u, 0xC2500000u, 0xC2600000u, 0xC2700000u, 0xC2800000u, 0xC2900000u,
-    0xC2A00000u, 0xC2B00000u, 0xC2C00000u, 0xC2D00000u, 0xC2E00000u, 0xC2F00000u,
-    0xC3000000u, 0xC3100000u, 0xC3200000u, 0xC3300000u, 0xC3400000u, 0xC3500000u,
-    0xC3600000u, 0xC3700000u, 0xC3800000u, 0xC3900000u, 0xC3A00000u, 0xC3B00000u,
+    0x00000000u, 0x3B000000u, 0x3B800000u, 0x3BC00000u, 0x3C000000u, 0x3C200000u, 0x3C400000u, 0x3C600000u, 0x3C800000u,
+    0x3C900000u, 0x3CA00000u, 0x3CB00000u, 0x3CC00000u, 0x3CD00000u, 0x3CE00000u, 0x3CF00000u, 0x3D000000u, 0x3D100000u,
+    0x3D200000u, 0x3D300000u, 0x3D400000u, 0x3D500000u, 0x3D600000u, 0x3D700000u, 0x3D800000u, 0x3D900000u, 0x3DA00000u,
+    0x3DB00000u, 0x3DC00000u, 0x3DD00000u, 0x3DE00000u, 0x3DF00000u, 0x3E000000u, 0x3E100000u, 0x3E200000u, 0x3E300000u,
+    0x3E400000u, 0x3E500000u, 0x3E600000u, 0x3E700000u, 0x3E800000u, 0x3E900000u, 0x3EA00000u, 0x3EB00000u, 0x3EC00000u,
+    0x3ED00000u, 0x3EE00000u, 0x3EF00000u, 0x3F000000u, 0x3F100000u, 0x3F200000u, 0x3F300000u, 0x3F400000u, 0x3F500000u,
+    0x3F600000u, 0x3F700000u, 0x3F800000u, 0x3F900000u, 0x3FA00000u, 0x3FB00000u, 0x3FC00000u, 0x3FD00000u, 0x3FE00000u,
+    0x3FF00000u, 0x40000000u, 0x40100000u, 0x40200000u, 0x40300000u, 0x40400000u, 0x40500000u, 0x40600000u, 0x40700000u,
+    0x40800000u, 0x40900000u, 0x40A00000u, 0x40B00000u, 0x40C00000u, 0x40D00000u, 0x40E00000u, 0x40F00000u, 0x41000000u,
+    0x41100000u, 0x41200000u, 0x41300000u, 0x41400000u, 0x41500000u, 0x41600000u, 0x41700000u, 0x41800000u, 0x41900000u,
+    0x41A00000u, 0x41B00000u, 0x41C00000u, 0x41D00000u, 0x41E00000u, 0x41F00000u, 0x42000000u, 0x42100000u, 0x42200000u,
+    0x42300000u, 0x42400000u, 0x42500000u, 0x42600000u, 0x42700000u, 0x42800000u, 0x42900000u, 0x42A00000u, 0x42B00000u,
+    0x42C00000u, 0x42D00000u, 0x42E00000u, 0x42F00000u, 0x43000000u, 0x43100000u, 0x43200000u, 0x43300000u, 0x43400000u,
+    0x43500000u, 0x43600000u, 0x43700000u, 0x43800000u, 0x43900000u, 0x43A00000u, 0x43B00000u, 0x43C00000u, 0x43D00000u,
+    0x43E00000u, 0x7FF00000u, 0x80000000u, 0xBB000000u, 0xBB800000u, 0xBBC00000u, 0xBC000000u, 0xBC200000u, 0xBC400000u,
+    0xBC600000u, 0xBC800000u, 0xBC900000u, 0xBCA00000u, 0xBCB00000u, 0xBCC00000u, 0xBCD00000u, 0xBCE00000u, 0xBCF00000u,
+    0xBD000000u, 0xBD100000u, 0xBD200000u, 0xBD300000u, 0xBD400000u, 0xBD500000u, 0xBD600000u, 0xBD700000u, 0xBD800000u,
+    0xBD900000u, 0xBDA00000u, 0xBDB00000u, 0xBDC00000u, 0xBDD00000u, 0xBDE00000u, 0xBDF00000u, 0xBE000000u, 0xBE100000u,
+    0xBE200000u, 0xBE300000u, 0xBE400000u, 0xBE500000u, 0xBE600000u, 0xBE700000u, 0xBE800000u, 0xBE900000u, 0xBEA00000u,
+    0xBEB00000u, 0xBEC00000u, 0xBED00000u, 0xBEE00000u, 0xBEF00000u, 0xBF000000u, 0xBF100000u, 0xBF200000u, 0xBF300000u,
+    0xBF400000u, 0xBF500000u, 0xBF600000u, 0xBF700000u, 0xBF800000u, 0xBF900000u, 0xBFA00000u, 0xBFB00000u, 0xBFC00000u,
+    0xBFD00000u, 0xBFE00000u, 0xBFF00000u, 0xC0000000u, 0xC0100000u, 0xC0200000u, 0xC0300000u, 0xC0400000u, 0xC0500000u,
+    0xC0600000u, 0xC0700000u, 0xC0800000u, 0xC0900000u, 0xC0A00000u, 0xC0B00000u, 0xC0C00000u, 0xC0D00000u, 0xC0E00000u,
+    0xC0F00000u, 0xC1000000u, 0xC1100000u, 0xC1200000u, 0xC1300000u, 0xC1400000u, 0xC1500000u, 0xC1600000u, 0xC1700000u,
+    0xC1800000u, 0xC1900000u, 0xC1A00000u, 0xC1B00000u, 0xC1C00000u, 0xC1D00000u, 0xC1E00000u, 0xC1F00000u, 0xC2000000u,
+    0xC2100000u, 0xC2200000u, 0xC2300000u, 0xC2400000u, 0xC2500000u, 0xC2600000u, 0xC2700000u, 0xC2800000u, 0xC2900000u,
+    0xC2A00000u, 0xC2B00000u, 0xC2C00000u, 0xC2D00000u, 0xC2E00000u, 0xC2F00000u, 0xC3000000u, 0xC3100000u, 0xC3200000u,
+    0xC3300000u, 0xC3400000u, 0xC3500000u, 0xC3600000u, 0xC3700000u, 0xC3800000u, 0xC3900000u, 0xC3A00000u, 0xC3B00000u,
     0xC3C00000u, 0xC3D00000u, 0xC3E00000u, 0xFFF00000u,
 };
 // The same for torch.float8_e5m2.
 const uint32_t kTorchE5M2Decode[256] = {
-    0x00000000u, 0x37800000u, 0x38000000u, 0x38400000u, 0x38800000u, 0x38A00000u,
-    0x38C00000u, 0x38E00000u, 0x39000000u, 0x39200000u, 0x39400000u, 0x39600000u,
-    0x39800000u, 0x39A00000u, 0x39C00000u, 0x39E00000u, 0x3A000000u, 0x3A200000u,
-    0x3A400000u, 0x3A600000u, 0x3A800000u, 0x3AA00000u, 0x3AC00000u, 0x3AE00000u,
-    0x3B000000u, 0x3B200000u, 0x3B400000u, 0x3B600000u, 0x3B800000u, 0x3BA00000u,
-    0x3BC00000u, 0x3BE00000u, 0x3C000000u, 0x3C200000u, 0x3C400000u, 0x3C600000u,
-    0x3C800000u, 0x3CA00000u, 0x3CC00000u, 0x3CE00000u, 0x3D000000u, 0x3D200000u,
-    0x3D400000u, 0x3D600000u, 0x3D800000u, 0x3DA00000u, 0x3DC00000u, 0x3DE00000u,
-    0x3E000000u, 0x3E200000u, 0x3E400000u, 0x3E600000u, 0x3E800000u, 0x3EA00000u,
-    0x3EC00000u, 0x3EE00000u, 0x3F000000u, 0x3F200000u, 0x3F400000u, 0x3F600000u,
-    0x3F800000u, 0x3FA00000u, 0x3FC00000u, 0x3FE00000u, 0x40000000u, 0x40200000u,
-    0x40400000u, 0x40600000u, 0x40800000u, 0x40A00000u, 0x40C00000u, 0x40E00000u,
-    0x41000000u, 0x41200000u, 0x41400000u, 0x41600000u, 0x41800000u, 0x41A00000u,
-    0x41C00000u, 0x41E00000u, 0x42000000u, 0x42200000u, 0x42400000u, 0x42600000u,
-    0x42800000u, 0x42A00000u, 0x42C00000u, 0x42E00000u, 0x43000000u, 0x43200000u,
-    0x43400000u, 0x43600000u, 0x43800000u, 0x43A00000u, 0x43C00000u, 0x43E00000u,
-    0x44000000u, 0x44200000u, 0x44400000u, 0x44600000u, 0x44800000u, 0x44A00000u,
-    0x44C00000u, 0x44E00000u, 0x45000000u, 0x45200000u, 0x45400000u, 0x45600000u,
-    0x45800000u, 0x45A00000u, 0x45C00000u, 0x45E00000u, 0x46000000u, 0x46200000u,
-    0x46400000u, 0x46600000u, 0x46800000u, 0x46A00000u, 0x46C00000u, 0x46E00000u,
-    0x47000000u, 0x47200000u, 0x47400000u, 0x47600000u, 0x7F800000u, 0x7FE00000u,
-    0x7FC00000u, 0x7FE00000u, 0x80000000u, 0xB7800000u, 0xB8000000u, 0xB8400000u,
-    0xB8800000u, 0xB8A00000u, 0xB8C00000u, 0xB8E00000u, 0xB9000000u, 0xB9200000u,
-    0xB9400000u, 0xB9600000u, 0xB9800000u, 0xB9A00000u, 0xB9C00000u, 0xB9E00000u,
-    0xBA000000u, 0xBA200000u, 0xBA400000u, 0xBA600000u, 0xBA800000u, 0xBAA00000u,
-    0xBAC00000u, 0xBAE00000u, 0xBB000000u, 0xBB200000u, 0xBB400000u, 0xBB600000u,
-    0xBB800000u, 0xBBA00000u, 0xBBC00000u, 0xBBE00000u, 0xBC000000u, 0xBC200000u,
-    0xBC400000u, 0xBC600000u, 0xBC800000u, 0xBCA00000u, 0xBCC00000u, 0xBCE00000u,
-    0xBD000000u, 0xBD200000u, 0xBD400000u, 0xBD600000u, 0xBD800000u, 0xBDA00000u,
-    0xBDC00000u, 0xBDE00000u, 0xBE000000u, 0xBE200000u, 0xBE400000u, 0xBE600000u,
-    0xBE800000u, 0xBEA00000u, 0xBEC00000u, 0xBEE00000u, 0xBF000000u, 0xBF200000u,
-    0xBF400000u, 0xBF600000u, 0xBF800000u, 0xBFA00000u, 0xBFC00000u, 0xBFE00000u,
-    0xC0000000u, 0xC0200000u, 0xC0400000u, 0xC0600000u, 0xC0800000u, 0xC0A00000u,
-    0xC0C00000u, 0xC0E00000u, 0xC1000000u, 0xC1200000u, 0xC1400000u, 0xC1600000u,
-    0xC1800000u, 0xC1A00000u, 0xC1C00000u, 0xC1E00000u, 0xC2000000u, 0xC2200000u,
-    0xC2400000u, 0xC2600000u, 0xC2800000u, 0xC2A00000u, 0xC2C00000u, 0xC2E00000u,
-    0xC3000000u, 0xC3200000u, 0xC3400000u, 0xC3600000u, 0xC3800000u, 0xC3A00000u,
-    0xC3C00000u, 0xC3E00000u, 0xC4000000u, 0xC4200000u, 0xC4400000u, 0xC4600000u,
-    0xC4800000u, 0xC4A00000u, 0xC4C00000u, 0xC4E00000u, 0xC5000000u, 0xC5200000u,
-    0xC5400000u, 0xC5600000u, 0xC5800000u, 0xC5A00000u, 0xC5C00000u, 0xC5E00000u,
-    0xC6000000u, 0xC6200000u, 0xC6400000u, 0xC6600000u, 0xC6800000u, 0xC6A00000u,
-    0xC6C00000u, 0xC6E00000u, 0xC7000000u, 0xC7200000u, 0xC7400000u, 0xC7600000u,
+    0x00000000u, 0x37800000u, 0x38000000u, 0x38400000u, 0x38800000u, 0x38A00000u, 0x38C00000u, 0x38E00000u, 0x39000000u,
+    0x39200000u, 0x39400000u, 0x39600000u, 0x39800000u, 0x39A00000u, 0x39C00000u, 0x39E00000u, 0x3A000000u, 0x3A200000u,
+    0x3A400000u, 0x3A600000u, 0x3A800000u, 0x3AA00000u, 0x3AC00000u, 0x3AE00000u, 0x3B000000u, 0x3B200000u, 0x3B400000u,
+    0x3B600000u, 0x3B800000u, 0x3BA00000u, 0x3BC00000u, 0x3BE00000u, 0x3C000000u, 0x3C200000u, 0x3C400000u, 0x3C600000u,
+    0x3C800000u, 0x3CA00000u, 0x3CC00000u, 0x3CE00000u, 0x3D000000u, 0x3D200000u, 0x3D400000u, 0x3D600000u, 0x3D800000u,
+    0x3DA00000u, 0x3DC00000u, 0x3DE00000u, 0x3E000000u, 0x3E200000u, 0x3E400000u, 0x3E600000u, 0x3E800000u, 0x3EA00000u,
+    0x3EC00000u, 0x3EE00000u, 0x3F000000u, 0x3F200000u, 0x3F400000u, 0x3F600000u, 0x3F800000u, 0x3FA00000u, 0x3FC00000u,
+    0x3FE00000u, 0x40000000u, 0x40200000u, 0x40400000u, 0x40600000u, 0x40800000u, 0x40A00000u, 0x40C00000u, 0x40E00000u,
+    0x41000000u, 0x41200000u, 0x41400000u, 0x41600000u, 0x41800000u, 0x41A00000u, 0x41C00000u, 0x41E00000u, 0x42000000u,
+    0x42200000u, 0x42400000u, 0x42600000u, 0x42800000u, 0x42A00000u, 0x42C00000u, 0x42E00000u, 0x43000000u, 0x43200000u,
+    0x43400000u, 0x43600000u, 0x43800000u, 0x43A00000u, 0x43C00000u, 0x43E00000u, 0x44000000u, 0x44200000u, 0x44400000u,
+    0x44600000u, 0x44800000u, 0x44A00000u, 0x44C00000u, 0x44E00000u, 0x45000000u, 0x45200000u, 0x45400000u, 0x45600000u,
+    0x45800000u, 0x45A00000u, 0x45C00000u, 0x45E00000u, 0x46000000u, 0x46200000u, 0x46400000u, 0x46600000u, 0x46800000u,
+    0x46A00000u, 0x46C00000u, 0x46E00000u, 0x47000000u, 0x47200000u, 0x47400000u, 0x47600000u, 0x7F800000u, 0x7FE00000u,
+    0x7FC00000u, 0x7FE00000u, 0x80000000u, 0xB7800000u, 0xB8000000u, 0xB8400000u, 0xB8800000u, 0xB8A00000u, 0xB8C00000u,
+    0xB8E00000u, 0xB9000000u, 0xB9200000u, 0xB9400000u, 0xB9600000u, 0xB9800000u, 0xB9A00000u, 0xB9C00000u, 0xB9E00000u,
+    0xBA000000u, 0xBA200000u, 0xBA400000u, 0xBA600000u, 0xBA800000u, 0xBAA00000u, 0xBAC00000u, 0xBAE00000u, 0xBB000000u,
+    0xBB200000u, 0xBB400000u, 0xBB600000u, 0xBB800000u, 0xBBA00000u, 0xBBC00000u, 0xBBE00000u, 0xBC000000u, 0xBC200000u,
+    0xBC400000u, 0xBC600000u, 0xBC800000u, 0xBCA00000u, 0xBCC00000u, 0xBCE00000u, 0xBD000000u, 0xBD200000u, 0xBD400000u,
+    0xBD600000u, 0xBD800000u, 0xBDA00000u, 0xBDC00000u, 0xBDE00000u, 0xBE000000u, 0xBE200000u, 0xBE400000u, 0xBE600000u,
+    0xBE800000u, 0xBEA00000u, 0xBEC00000u, 0xBEE00000u, 0xBF000000u, 0xBF200000u, 0xBF400000u, 0xBF600000u, 0xBF800000u,
+    0xBFA00000u, 0xBFC00000u, 0xBFE00000u, 0xC0000000u, 0xC0200000u, 0xC0400000u, 0xC0600000u, 0xC0800000u, 0xC0A00000u,
+    0xC0C00000u, 0xC0E00000u, 0xC1000000u, 0xC1200000u, 0xC1400000u, 0xC1600000u, 0xC1800000u, 0xC1A00000u, 0xC1C00000u,
+    0xC1E00000u, 0xC2000000u, 0xC2200000u, 0xC2400000u, 0xC2600000u, 0xC2800000u, 0xC2A00000u, 0xC2C00000u, 0xC2E00000u,
+    0xC3000000u, 0xC3200000u, 0xC3400000u, 0xC3600000u, 0xC3800000u, 0xC3A00000u, 0xC3C00000u, 0xC3E00000u, 0xC4000000u,
+    0xC4200000u, 0xC4400000u, 0xC4600000u, 0xC4800000u, 0xC4A00000u, 0xC4C00000u, 0xC4E00000u, 0xC5000000u, 0xC5200000u,
+    0xC5400000u, 0xC5600000u, 0xC5800000u, 0xC5A00000u, 0xC5C00000u, 0xC5E00000u, 0xC6000000u, 0xC6200000u, 0xC6400000u,
+    0xC6600000u, 0xC6800000u, 0xC6A00000u, 0xC6C00000u, 0xC6E00000u, 0xC7000000u, 0xC7200000u, 0xC7400000u, 0xC7600000u,
     0xFF800000u, 0xFFE00000u, 0xFFC00000u, 0xFFE00000u,
 };
 // x.to(torch.float16)
 const FloatToHalfBits kTorchFloat16[] = {
-    {0x3F800000u, 0x3C00}, {0x477FE000u, 0x7BFF}, {0x477FEFFDu, 0x7BFF}, {0x477FF000u, 0x7C00},
-    {0x47800000u, 0x7C00}, {0x33800000u, 0x0001}, {0x33000000u, 0x0000}, {0x33400000u, 0x0001},
-    {0x38800000u, 0x0400}, {0x3F801000u, 0x3C00}, {0x3F803000u, 0x3C02}, {0x80000000u, 0x8000},
-    {0x2EDBE6FFu, 0x0000}, {0x7F61B1E6u, 0x7C00}, {0x387FE000u, 0x0400}, {0x3DCCCCCDu, 0x2E66},
-    {0xBDCCCCCDu, 0xAE66}, {0x39CEF845u, 0x0E78}, {0xB88B9733u, 0x845D}, {0x36642F22u, 0x0039},
-    {0xC15B01D2u, 0xCAD8}, {0xBA645A49u, 0x9323}, {0x328A5C4Fu, 0x0000}, {0x3595F98Fu, 0x0013},
-    {0xB9C6252Du, 0x8E31}, {0x34234B69u, 0x0003}, {0x3DDC3989u, 0x2EE2}, {0xBB3723F6u, 0x99B9},
-    {0xC5121C81u, 0xE891}, {0xC1D2051Du, 0xCE90}, {0xC2D27126u, 0xD694}, {0x4227F4D0u, 0x5140},
-    {0x4312AE71u, 0x5895},
+    {0x3F800000u, 0x3C00}, {0x477FE000u, 0x7BFF}, {0x477FEFFDu, 0x7BFF}, {0x477FF000u, 0x7C00}, {0x47800000u, 0x7C00},
+    {0x33800000u, 0x0001}, {0x33000000u, 0x0000}, {0x33400000u, 0x0001}, {0x38800000u, 0x0400}, {0x3F801000u, 0x3C00},
+    {0x3F803000u, 0x3C02}, {0x80000000u, 0x8000}, {0x2EDBE6FFu, 0x0000}, {0x7F61B1E6u, 0x7C00}, {0x387FE000u, 0x0400},
+    {0x3DCCCCCDu, 0x2E66}, {0xBDCCCCCDu, 0xAE66}, {0x39CEF845u, 0x0E78}, {0xB88B9733u, 0x845D}, {0x36642F22u, 0x0039},
+    {0xC15B01D2u, 0xCAD8}, {0xBA645A49u, 0x9323}, {0x328A5C4Fu, 0x0000}, {0x3595F98Fu, 0x0013}, {0xB9C6252Du, 0x8E31},
+    {0x34234B69u, 0x0003}, {0x3DDC3989u, 0x2EE2}, {0xBB3723F6u, 0x99B9}, {0xC5121C81u, 0xE891}, {0xC1D2051Du, 0xCE90},
+    {0xC2D27126u, 0xD694}, {0x4227F4D0u, 0x5140}, {0x4312AE71u, 0x5895},
 };
 // x.to(torch.bfloat16)
 const FloatToHalfBits kTorchBFloat16[] = {
-    {0x3F800000u, 0x3F80}, {0x3F808000u, 0x3F80}, {0x3F818000u, 0x3F82}, {0x3F808001u, 0x3F81},
-    {0x7F7FFFFFu, 0x7F80}, {0x7F7F8000u, 0x7F80}, {0x7F7F7FFFu, 0x7F7F}, {0x000116C2u, 0x0001},
-    {0x80000000u, 0x8000}, {0x3DCCCCCDu, 0x3DCD}, {0xC0533333u, 0xC053}, {0x00008000u, 0x0000},
-    {0x00018000u, 0x0002}, {0x2EDEA483u, 0x2EDF}, {0xBDFB2942u, 0xBDFB}, {0x4E9F598Eu, 0x4E9F},
-    {0x5533709Cu, 0x5533}, {0x0B11FB4Fu, 0x0B12}, {0x940356CAu, 0x9403}, {0x61B76DCDu, 0x61B7},
-    {0x353E20C0u, 0x353E}, {0xB3B472EEu, 0xB3B4}, {0x24F56CA2u, 0x24F5}, {0xEBAD4CBDu, 0xEBAD},
-    {0x40AD9A49u, 0x40AE}, {0x2E4DD90Bu, 0x2E4E}, {0x648F73FCu, 0x648F}, {0x801F81EEu, 0x8020},
-    {0xA7244C62u, 0xA724},
+    {0x3F800000u, 0x3F80}, {0x3F808000u, 0x3F80}, {0x3F818000u, 0x3F82}, {0x3F808001u, 0x3F81}, {0x7F7FFFFFu, 0x7F80},
+    {0x7F7F8000u, 0x7F80}, {0x7F7F7FFFu, 0x7F7F}, {0x000116C2u, 0x0001}, {0x80000000u, 0x8000}, {0x3DCCCCCDu, 0x3DCD},
+    {0xC0533333u, 0xC053}, {0x00008000u, 0x0000}, {0x00018000u, 0x0002}, {0x2EDEA483u, 0x2EDF}, {0xBDFB2942u, 0xBDFB},
+    {0x4E9F598Eu, 0x4E9F}, {0x5533709Cu, 0x5533}, {0x0B11FB4Fu, 0x0B12}, {0x940356CAu, 0x9403}, {0x61B76DCDu, 0x61B7},
+    {0x353E20C0u, 0x353E}, {0xB3B472EEu, 0xB3B4}, {0x24F56CA2u, 0x24F5}, {0xEBAD4CBDu, 0xEBAD}, {0x40AD9A49u, 0x40AE},
+    {0x2E4DD90Bu, 0x2E4E}, {0x648F73FCu, 0x648F}, {0x801F81EEu, 0x8020}, {0xA7244C62u, 0xA724},
 };
 
 // ---- references written independently of fp8.cc --------------------------
@@ -204,8 +169,7 @@ uint16_t ReferenceBFloat16(float x) {
   const double a = std::fabs(static_cast<double>(x));
   const double vlo = std::fabs(static_cast<double>(FromBits(lo)));
   const uint32_t hi_mag = (lo & 0x7FFFFFFFu) + 0x10000u;
-  const double vhi = hi_mag == 0x7F800000u ? std::ldexp(1.0, 128)
-                                           : static_cast<double>(FromBits(hi_mag));
+  const double vhi = hi_mag == 0x7F800000u ? std::ldexp(1.0, 128) : static_cast<double>(FromBits(hi_mag));
   const uint32_t hi = (lo & 0x80000000u) | hi_mag;
   const double dlo = a - vlo, dhi = vhi - a;
   if (dlo < dhi) return static_cast<uint16_t>(lo >> 16);
@@ -225,7 +189,7 @@ float RoundToFloat(double x) {
 
 TEST(Fp8E4M3, DecodeSpotValues) {
   EXPECT_EQ(DecodeE4M3(0x00), 0.0f);
-  EXPECT_EQ(Bits(DecodeE4M3(0x80)), 0x80000000u);  // -0
+  EXPECT_EQ(Bits(DecodeE4M3(0x80)), 0x80000000u);     // -0
   EXPECT_EQ(DecodeE4M3(0x01), std::ldexp(1.0f, -9));  // smallest subnormal
   EXPECT_EQ(DecodeE4M3(0x07), 7 * std::ldexp(1.0f, -9));
   EXPECT_EQ(DecodeE4M3(0x08), std::ldexp(1.0f, -6));  // smallest normal
@@ -294,8 +258,7 @@ TEST(Fp8E4M3, TiesRoundToEvenAndNeighboursToNearest) {
       const auto hi = static_cast<uint8_t>((c + 1) | sign);
       // The midpoint of two fp8 neighbours is exact in fp32.
       const float mid = (DecodeE4M3(lo) + DecodeE4M3(hi)) / 2;
-      ASSERT_EQ(static_cast<double>(mid),
-                (static_cast<double>(DecodeE4M3(lo)) + DecodeE4M3(hi)) / 2);
+      ASSERT_EQ(static_cast<double>(mid), (static_cast<double>(DecodeE4M3(lo)) + DecodeE4M3(hi)) / 2);
       EXPECT_EQ(EncodeE4M3(mid), c % 2 == 0 ? lo : hi) << "midpoint of codes " << c;
       const float toward_lo = std::nextafter(mid, DecodeE4M3(lo));
       const float toward_hi = std::nextafter(mid, DecodeE4M3(hi));
@@ -313,11 +276,11 @@ TEST(Fp8E4M3, TiesRoundToEvenAndNeighboursToNearest) {
 
 TEST(Fp8E4M3, SubnormalsAndTinyValues) {
   const float q = std::ldexp(1.0f, -9);  // subnormal step
-  EXPECT_EQ(EncodeE4M3(q / 2), 0x00);     // tie of 0 and 1 -> 0
+  EXPECT_EQ(EncodeE4M3(q / 2), 0x00);    // tie of 0 and 1 -> 0
   EXPECT_EQ(EncodeE4M3(std::nextafter(q / 2, 1.0f)), 0x01);
   EXPECT_EQ(EncodeE4M3(3 * q / 2), 0x02);  // tie of 1 and 2 -> 2
   EXPECT_EQ(EncodeE4M3(5 * q / 2), 0x02);  // tie of 2 and 3 -> 2
-  EXPECT_EQ(EncodeE4M3(7.5f * q), 0x08);  // tie of 7 and 8 (smallest normal) -> 8
+  EXPECT_EQ(EncodeE4M3(7.5f * q), 0x08);   // tie of 7 and 8 (smallest normal) -> 8
   EXPECT_EQ(EncodeE4M3(std::ldexp(1.0f, -6)), 0x08);
   EXPECT_EQ(EncodeE4M3(-q / 4), 0x80);  // negative values that round to zero keep the sign
   EXPECT_EQ(EncodeE4M3(std::numeric_limits<float>::denorm_min()), 0x00);
@@ -329,8 +292,7 @@ TEST(Fp8E4M3, SubnormalsAndTinyValues) {
 TEST(Fp8E4M3, SaturatesInsteadOfOverflowing) {
   const float inf = std::numeric_limits<float>::infinity();
   // (448, 464] rounds to 448 in torch too; above that torch gives NaN, we 448.
-  for (float x : {448.0f, 449.0f, 463.99f, 464.0f, 464.01f, 470.0f, 479.9f, 480.0f, 1e6f,
-                  3.4e38f, inf}) {
+  for (float x : {448.0f, 449.0f, 463.99f, 464.0f, 464.01f, 470.0f, 479.9f, 480.0f, 1e6f, 3.4e38f, inf}) {
     EXPECT_EQ(EncodeE4M3(x), 0x7E) << x;
     EXPECT_EQ(EncodeE4M3(-x), 0xFE) << -x;
   }
@@ -411,8 +373,8 @@ TEST(Fp8HalfConversions, Float16HandComputed) {
   EXPECT_EQ(FloatToHalf(std::ldexp(3.0f, -25)), 0x0002);  // tie of 1 and 2 -> 2
   EXPECT_EQ(FloatToHalf(std::ldexp(1.5f, -25)), 0x0001);
   EXPECT_EQ(FloatToHalf(std::ldexp(1.0f, -14) - std::ldexp(1.0f, -25)), 0x0400);  // carry
-  EXPECT_EQ(FloatToHalf(1.0f + std::ldexp(1.0f, -11)), 0x3C00);      // tie, even
-  EXPECT_EQ(FloatToHalf(1.0f + std::ldexp(3.0f, -11)), 0x3C02);      // tie, odd -> up
+  EXPECT_EQ(FloatToHalf(1.0f + std::ldexp(1.0f, -11)), 0x3C00);                   // tie, even
+  EXPECT_EQ(FloatToHalf(1.0f + std::ldexp(3.0f, -11)), 0x3C02);                   // tie, odd -> up
   EXPECT_EQ(FloatToHalf(-0.0f), 0x8000);
   EXPECT_EQ(FloatToHalf(std::numeric_limits<float>::infinity()), 0x7C00);
   EXPECT_EQ(FloatToHalf(std::numeric_limits<float>::quiet_NaN()), kCanonicalNanFloat16);
@@ -487,11 +449,9 @@ TEST(Fp8Quantize, PerRowScalesAndErrorBound) {
   std::vector<uint8_t> q(rows * cols);
   std::vector<float> scales(rows);
   QuantError err;
-  ASSERT_TRUE(QuantizeRows(w.data(), FloatDtype::kFloat32, rows, cols, q.data(),
-                           scales.data(), &err).ok());
+  ASSERT_TRUE(QuantizeRows(w.data(), FloatDtype::kFloat32, rows, cols, q.data(), scales.data(), &err).ok());
   std::vector<float> back(rows * cols);
-  ASSERT_TRUE(DequantizeRows(q.data(), scales.data(), rows, cols, FloatDtype::kFloat32,
-                             back.data()).ok());
+  ASSERT_TRUE(DequantizeRows(q.data(), scales.data(), rows, cols, FloatDtype::kFloat32, back.data()).ok());
   double max_abs = 0, sum_abs = 0, worst_ratio = 0;
   for (int64_t r = 0; r < rows; ++r) {
     float amax = 0;
@@ -516,8 +476,7 @@ TEST(Fp8Quantize, PerRowScalesAndErrorBound) {
   EXPECT_EQ(err.max_abs, max_abs);
   EXPECT_NEAR(err.mean_abs, sum_abs / (rows * cols), 1e-12 * max_abs);
   QuantError measured;
-  ASSERT_TRUE(MeasureQuantError(w.data(), FloatDtype::kFloat32, rows, cols, q.data(),
-                                scales.data(), &measured).ok());
+  ASSERT_TRUE(MeasureQuantError(w.data(), FloatDtype::kFloat32, rows, cols, q.data(), scales.data(), &measured).ok());
   EXPECT_EQ(measured.max_abs, err.max_abs);
   EXPECT_EQ(measured.mean_abs, err.mean_abs);
   EXPECT_EQ(measured.count, err.count);
@@ -532,8 +491,8 @@ TEST(Fp8Quantize, UsesDivisionByTheScale) {
   for (size_t i = 1; i < row.size(); ++i) row[i] = u(rng);
   std::vector<uint8_t> q(row.size());
   float scale = 0;
-  ASSERT_TRUE(QuantizeRows(row.data(), FloatDtype::kFloat32, 1, static_cast<int64_t>(row.size()),
-                           q.data(), &scale).ok());
+  ASSERT_TRUE(
+      QuantizeRows(row.data(), FloatDtype::kFloat32, 1, static_cast<int64_t>(row.size()), q.data(), &scale).ok());
   ASSERT_EQ(scale, 3.0f);
   for (size_t i = 0; i < row.size(); ++i) {
     volatile float divided = row[i] / scale;  // volatile: one rounded fp32 division
@@ -574,7 +533,7 @@ TEST(Fp8Quantize, NanAndInfinityDoNotSetTheScale) {
   EXPECT_EQ(scales[0], 2.0f / 448.0f);  // from the finite values only
   EXPECT_EQ(q[0], 0x7F);
   EXPECT_EQ(q[1], 0x7E);
-  EXPECT_EQ(q[2], 0xFE);  // -inf saturates to -448 * scale
+  EXPECT_EQ(q[2], 0xFE);       // -inf saturates to -448 * scale
   EXPECT_EQ(scales[1], 1.0f);  // nothing finite
   EXPECT_EQ(q[4], 0x7F);
   EXPECT_EQ(q[5], 0xFF);
@@ -654,8 +613,7 @@ TEST(Fp8Quantize, HalfSourcesEqualTheirFloatValues) {
     std::vector<float> s1(rows), s2(rows);
     QuantError e1, e2;
     ASSERT_TRUE(QuantizeRows(c.src, c.dtype, rows, cols, q1.data(), s1.data(), &e1).ok());
-    ASSERT_TRUE(QuantizeRows(c.same->data(), FloatDtype::kFloat32, rows, cols, q2.data(),
-                             s2.data(), &e2).ok());
+    ASSERT_TRUE(QuantizeRows(c.same->data(), FloatDtype::kFloat32, rows, cols, q2.data(), s2.data(), &e2).ok());
     EXPECT_EQ(q1, q2) << DtypeName(c.dtype);
     EXPECT_EQ(s1, s2) << DtypeName(c.dtype);
     EXPECT_EQ(e1.max_abs, e2.max_abs);
@@ -689,8 +647,9 @@ TEST(Fp8Dequantize, EveryLayoutFormatAndDtype) {
         p.out = out.data();
         ASSERT_TRUE(DequantizeFp8(p).ok());
         for (int64_t r = 0; r < rows; ++r) {
-          const float s = layout == ScaleLayout::kPerRow ? scales[r]
-                          : layout == ScaleLayout::kScalar ? scales[7] : 1.0f;
+          const float s = layout == ScaleLayout::kPerRow   ? scales[r]
+                          : layout == ScaleLayout::kScalar ? scales[7]
+                                                           : 1.0f;
           for (int64_t c = 0; c < cols; ++c) {
             const int64_t i = r * cols + c;
             const float d = format == Fp8Format::kE4M3 ? DecodeE4M3(q[i]) : DecodeE5M2(q[i]);
@@ -705,10 +664,9 @@ TEST(Fp8Dequantize, EveryLayoutFormatAndDtype) {
               got = reinterpret_cast<const uint16_t*>(out.data())[i];
               want = dtype == FloatDtype::kFloat16 ? FloatToHalf(v) : ReferenceBFloat16(v);
             }
-            ASSERT_EQ(got, want) << Fp8FormatName(format) << " layout "
-                                 << static_cast<int>(layout) << " " << DtypeName(dtype)
-                                 << " row " << r << " col " << c << " code "
-                                 << int{q[i]} << " scale " << s;
+            ASSERT_EQ(got, want) << Fp8FormatName(format) << " layout " << static_cast<int>(layout) << " "
+                                 << DtypeName(dtype) << " row " << r << " col " << c << " code " << int{q[i]}
+                                 << " scale " << s;
           }
         }
         if (dtype != FloatDtype::kFloat32) {  // nothing written past the end
@@ -726,21 +684,15 @@ TEST(Fp8Dequantize, RejectsBadArguments) {
   uint8_t q[64] = {};
   alignas(16) float scales[4] = {1, 1, 1, 1};
   alignas(16) uint16_t out[64];
-  EXPECT_EQ(DequantizeRows(q, scales, -1, 4, FloatDtype::kBFloat16, out).code(),
-            Status::Code::kInvalidArgument);
-  EXPECT_EQ(DequantizeRows(nullptr, scales, 2, 4, FloatDtype::kBFloat16, out).code(),
-            Status::Code::kInvalidArgument);
-  EXPECT_EQ(DequantizeRows(q, nullptr, 2, 4, FloatDtype::kBFloat16, out).code(),
-            Status::Code::kInvalidArgument);
-  Status misaligned = DequantizeRows(q, scales, 2, 4, FloatDtype::kBFloat16,
-                                     reinterpret_cast<uint8_t*>(out) + 1);
+  EXPECT_EQ(DequantizeRows(q, scales, -1, 4, FloatDtype::kBFloat16, out).code(), Status::Code::kInvalidArgument);
+  EXPECT_EQ(DequantizeRows(nullptr, scales, 2, 4, FloatDtype::kBFloat16, out).code(), Status::Code::kInvalidArgument);
+  EXPECT_EQ(DequantizeRows(q, nullptr, 2, 4, FloatDtype::kBFloat16, out).code(), Status::Code::kInvalidArgument);
+  Status misaligned = DequantizeRows(q, scales, 2, 4, FloatDtype::kBFloat16, reinterpret_cast<uint8_t*>(out) + 1);
   EXPECT_EQ(misaligned.code(), Status::Code::kInvalidArgument);
   EXPECT_NE(misaligned.message().find("aligned"), std::string::npos) << misaligned.message();
-  Status overlap = DequantizeRows(reinterpret_cast<uint8_t*>(out) + 8, scales, 2, 4,
-                                  FloatDtype::kBFloat16, out);
+  Status overlap = DequantizeRows(reinterpret_cast<uint8_t*>(out) + 8, scales, 2, 4, FloatDtype::kBFloat16, out);
   EXPECT_NE(overlap.message().find("overlap"), std::string::npos) << overlap.message();
-  EXPECT_EQ(DequantizeRows(q, scales, int64_t{1} << 40, int64_t{1} << 40,
-                           FloatDtype::kFloat32, out).code(),
+  EXPECT_EQ(DequantizeRows(q, scales, int64_t{1} << 40, int64_t{1} << 40, FloatDtype::kFloat32, out).code(),
             Status::Code::kInvalidArgument);
   // Empty matrices are fine, even with null pointers; kNone needs no scales.
   EXPECT_TRUE(DequantizeRows(nullptr, nullptr, 0, 4, FloatDtype::kFloat32, nullptr).ok());
@@ -751,8 +703,7 @@ TEST(Fp8Dequantize, RejectsBadArguments) {
   p.cols = 4;
   p.out = out;
   EXPECT_TRUE(DequantizeFp8(p).ok());
-  EXPECT_EQ(QuantizeRows(nullptr, FloatDtype::kFloat32, 2, 2, q, scales).code(),
-            Status::Code::kInvalidArgument);
+  EXPECT_EQ(QuantizeRows(nullptr, FloatDtype::kFloat32, 2, 2, q, scales).code(), Status::Code::kInvalidArgument);
   EXPECT_TRUE(QuantizeRows(nullptr, FloatDtype::kFloat32, 0, 2, nullptr, nullptr).ok());
 }
 

@@ -61,10 +61,13 @@ TEST(HostCopyEngine, CopyQueueWaitsForComputeRelease) {
   ASSERT_TRUE(engine.CreateEvent(&rel).ok());
   std::vector<uint8_t> src(4096, 1), slot(4096, 0);
   std::atomic<bool> saw_old{false};
-  ASSERT_TRUE(engine.EnqueueCompute(compute, [&] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(30));
-    saw_old = slot == std::vector<uint8_t>(4096, 0);
-  }).ok());
+  ASSERT_TRUE(engine
+                  .EnqueueCompute(compute,
+                                  [&] {
+                                    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+                                    saw_old = slot == std::vector<uint8_t>(4096, 0);
+                                  })
+                  .ok());
   ASSERT_TRUE(engine.RecordComputeEvent(rel, compute).ok());
   ASSERT_TRUE(engine.CopyWaitFor(rel).ok());
   ASSERT_TRUE(engine.EnqueueCopy(slot.data(), src.data(), src.size(), 0).ok());
@@ -90,8 +93,7 @@ TEST(HostCopyEngine, DeferredComputeWaitsOnTheQueueNotOnTheHost) {
   std::atomic<bool> saw{false};
   ASSERT_TRUE(engine.EnqueueCompute(compute, [&] { saw = dst == src; }).ok());
   ASSERT_TRUE(engine.RecordComputeEvent(done, compute).ok());
-  const double queued_ms =
-      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  const double queued_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   EXPECT_LT(queued_ms, 20.0) << "queuing a compute wait must not block the host";
   ASSERT_TRUE(engine.ComputeWaitFor(done, nullptr).ok());  // the host waits for the queue's record
   EXPECT_TRUE(saw);
@@ -106,8 +108,7 @@ TEST(HostCopyEngine, EmulatedBandwidthIsHonoured) {
   const auto start = std::chrono::steady_clock::now();
   ASSERT_TRUE(engine.EnqueueCopy(dst.data(), src.data(), src.size(), 0).ok());
   ASSERT_TRUE(engine.Synchronize().ok());
-  const double ms = std::chrono::duration<double, std::milli>(
-                        std::chrono::steady_clock::now() - start).count();
+  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   EXPECT_GE(ms, 19.0);  // 2 MiB at 100 MiB/s = 20 ms
 }
 
@@ -186,10 +187,8 @@ TEST(HostCopyEngine, RandomDelaysNeverExposeWrongBytes) {
     std::vector<int> order;
     for (int i = 0; i < n; ++i) order.push_back(i);
     for (int pass = 0; pass < 5; ++pass) {
-      ASSERT_EQ(RunPass(&rt, m, order, [&](int) {
-                  std::this_thread::sleep_for(std::chrono::microseconds(rng() % 200));
-                }),
-                "")
+      ASSERT_EQ(
+          RunPass(&rt, m, order, [&](int) { std::this_thread::sleep_for(std::chrono::microseconds(rng() % 200)); }), "")
           << "seed " << seed << " trial " << trial;
     }
   }

@@ -51,8 +51,11 @@ TEST(PackLayout, UseFollowsThePlan) {
 }
 
 TEST(PackLayout, PinsWhatCrossesTheLinkMostOftenFirst) {
-  std::vector<PinCandidate> c = {{100, LinkUse::kOnce}, {100, LinkUse::kEveryPass}, {100, LinkUse::kEveryPass},
-                                 {100, LinkUse::kNever}, {50, LinkUse::kOnce}};
+  std::vector<PinCandidate> c = {{100, LinkUse::kOnce},
+                                 {100, LinkUse::kEveryPass},
+                                 {100, LinkUse::kEveryPass},
+                                 {100, LinkUse::kNever},
+                                 {50, LinkUse::kOnce}};
   EXPECT_EQ(ChoosePinned(c, 250), (std::vector<bool>{false, true, true, false, true}));
   // no cap: all but what never crosses the link
   EXPECT_EQ(ChoosePinned(c, -1), (std::vector<bool>{true, true, true, false, true}));

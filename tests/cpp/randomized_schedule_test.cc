@@ -76,7 +76,7 @@ TEST(RandomizedSchedule, EveryAcquireSeesItsBlock) {
     }
     const int prefetch = static_cast<int>(r() % 4);
     const int pol = static_cast<int>(r() % 3);
-    const PlanPolicy policy = pol == 0 ? PlanPolicy::kBudget
+    const PlanPolicy policy = pol == 0   ? PlanPolicy::kBudget
                               : pol == 1 ? PlanPolicy::kStreamAll
                                          : PlanPolicy::kAllResident;
     uint64_t total = fixed_bytes.size();
@@ -114,8 +114,7 @@ TEST(RandomizedSchedule, EveryAcquireSeesItsBlock) {
                   "")
             << "seed " << seed << " case " << c << " (case seed " << case_seed << ")";
       } else {
-        ASSERT_EQ(RunPass(&rt, m, order), "")
-            << "seed " << seed << " case " << c << " (case seed " << case_seed << ")";
+        ASSERT_EQ(RunPass(&rt, m, order), "") << "seed " << seed << " case " << c << " (case seed " << case_seed << ")";
       }
     }
     if (deferred) {
@@ -129,10 +128,11 @@ TEST(RandomizedSchedule, EveryAcquireSeesItsBlock) {
   }
   RecordProperty("seed", std::to_string(seed));
   RecordProperty("cases", std::to_string(cases));
-  std::printf("randomized schedule: seed %llu, %d cases (%d with split blocks, %d with deferred compute), "
-              "%d budgets refused, %llu acquires checked\n",
-              static_cast<unsigned long long>(seed), cases, split_cases, deferred_cases, refused,
-              static_cast<unsigned long long>(acquires));
+  std::printf(
+      "randomized schedule: seed %llu, %d cases (%d with split blocks, %d with deferred compute), "
+      "%d budgets refused, %llu acquires checked\n",
+      static_cast<unsigned long long>(seed), cases, split_cases, deferred_cases, refused,
+      static_cast<unsigned long long>(acquires));
   EXPECT_LT(refused, cases);
   if (cases >= 200) {
     EXPECT_GT(split_cases, 0);

@@ -14,8 +14,7 @@ namespace {
 
 constexpr uint64_t kMiB = 1024 * 1024;
 
-PlanRequest Uniform(int n, uint64_t size, uint64_t budget, int prefetch,
-                    PlanPolicy policy = PlanPolicy::kBudget) {
+PlanRequest Uniform(int n, uint64_t size, uint64_t budget, int prefetch, PlanPolicy policy = PlanPolicy::kBudget) {
   PlanRequest r;
   r.policy = policy;
   r.block_bytes.assign(n, size);
@@ -90,7 +89,8 @@ TEST(ResidencyPlan, ResidentBlocksAreSpreadEvenly) {
   ASSERT_TRUE(ResidencyPlan::Make(r, &p).ok());
   ASSERT_EQ(p.num_resident(), 3);
   std::vector<int> res;
-  for (int i = 0; i < 12; ++i) if (p.resident(i)) res.push_back(i);
+  for (int i = 0; i < 12; ++i)
+    if (p.resident(i)) res.push_back(i);
   EXPECT_EQ(res, (std::vector<int>{2, 6, 10}));
 }
 
@@ -231,8 +231,7 @@ TEST(ResidencyPlan, SplitBlocksStreamLessOfAWanModelThanWholeBlocks) {
         EXPECT_NE(std::find(cuts.begin(), cuts.end(), split.resident_prefix(i)), cuts.end());
         EXPECT_FALSE(split.resident(i));
       }
-      EXPECT_NE(split.Describe().find("split (head resident, rest streamed)"), std::string::npos)
-          << split.Describe();
+      EXPECT_NE(split.Describe().find("split (head resident, rest streamed)"), std::string::npos) << split.Describe();
     }
   }
 }
@@ -301,8 +300,7 @@ TEST(ResidencyPlanProperty, InvariantsHoldForRandomRequests) {
     const uint64_t minimum = ResidencyPlan::MinimumBudget(r);
     ResidencyPlan p;
     Status s = ResidencyPlan::Make(r, &p);
-    ASSERT_EQ(s.ok(), r.budget_bytes >= minimum)
-        << "seed " << seed << " iter " << iter << ": " << s.ToString();
+    ASSERT_EQ(s.ok(), r.budget_bytes >= minimum) << "seed " << seed << " iter " << iter << ": " << s.ToString();
     if (!s.ok()) {
       ++refused;
       ASSERT_NE(s.message().find("minimum"), std::string::npos);

@@ -12,8 +12,7 @@ void RunPass(ScheduleLearner* l, const std::vector<int>& order) {
   l->EndPass();
 }
 
-std::vector<int> Predict(const ScheduleLearner& l, int k,
-                         const std::vector<uint8_t>& eligible = {}) {
+std::vector<int> Predict(const ScheduleLearner& l, int k, const std::vector<uint8_t>& eligible = {}) {
   std::vector<int> out;
   l.Predict(k, eligible, &out);
   return out;

@@ -54,8 +54,7 @@ inline bool SameBytes(const DeviceLocation& loc, const std::vector<uint8_t>& wan
 // Runs `order` as one pass; returns an empty string or the first error.
 // `compute` (optional) runs between acquire and release.
 template <typename ComputeFn>
-std::string RunPass(StreamingRuntime* rt, const FakeModel& model,
-                    const std::vector<int>& order, ComputeFn compute) {
+std::string RunPass(StreamingRuntime* rt, const FakeModel& model, const std::vector<int>& order, ComputeFn compute) {
   Status s = rt->BeginPass();
   if (!s.ok()) return s.ToString();
   for (int b : order) {
@@ -77,8 +76,7 @@ std::string RunPass(StreamingRuntime* rt, const FakeModel& model,
   return "";
 }
 
-inline std::string RunPass(StreamingRuntime* rt, const FakeModel& model,
-                           const std::vector<int>& order) {
+inline std::string RunPass(StreamingRuntime* rt, const FakeModel& model, const std::vector<int>& order) {
   return RunPass(rt, model, order, [](int) {});
 }
 

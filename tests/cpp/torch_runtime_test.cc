@@ -231,8 +231,8 @@ TEST(TorchRuntime, OnlyConstructedRuntimesAreCounted) {
 TEST(TorchRuntime, ThePlanDecidesWhatIsPinnedFirst) {
   auto blocks = MakeBlocks(6, /*rows=*/256);  // 65,792 bytes each
   RuntimeOptions o = HostOptions();
-  o.chunk_bytes = 70000;                      // one block per chunk
-  o.pin_cap_bytes = 3 * 66048;                // three blocks' chunks
+  o.chunk_bytes = 70000;        // one block per chunk
+  o.pin_cap_bytes = 3 * 66048;  // three blocks' chunks
   TorchRuntime rt(o);
   RegisterRequest req;
   req.blocks = blocks;

