@@ -131,8 +131,9 @@ TITLE_HEIGHT = 30
 MULTILINE = {"CLIPTextEncode"}
 SHOWS_TEXT = {"PinStreamLoadCheckpoint", "PinStreamLoadDiffusionModel", "PinStreamLoadCLIP", "PinStreamLoadVAE",
               "PinStreamOffloadModel", "PinStreamOffloadCLIP"}
-WIDTH = {"PinStreamStats": 640, "CLIPTextEncode": 400, "SaveImage": 420, "SaveAnimatedWEBP": 420, "LoadImage": 360}
-EXTRA_HEIGHT = {"PinStreamStats": 280, "SaveImage": 360, "SaveAnimatedWEBP": 300, "LoadImage": 300,
+WIDTH = {"PinStreamStats": 640, "CLIPTextEncode": 400, "SaveImage": 420, "SaveAnimatedWEBP": 420, "PreviewImage": 420,
+         "LoadImage": 360}
+EXTRA_HEIGHT = {"PinStreamStats": 280, "SaveImage": 360, "SaveAnimatedWEBP": 300, "PreviewImage": 360, "LoadImage": 300,
                 "CLIPTextEncode": 60}
 PLAN_TEXT_HEIGHT = 110  # a loader's plan line, wrapped in a 380-wide node
 GAP_X, GAP_Y = 60, 40
@@ -153,11 +154,13 @@ def node_size(typ, widgets):
     return [width, height]
 
 
-def build(title, nodes, note):
+def build(title, nodes, note, with_models=True):
     """nodes: list of (key, type, widgets, {input_name: (src_key, src_slot)}).
 
     Laid out left to right by depth (a node's column is one more than its deepest input's),
-    each column stacked top to bottom, with no two nodes (title bars included) overlapping."""
+    each column stacked top to bottom, with no two nodes (title bars included) overlapping.
+    with_models: put properties.models (from MODELS) on the loaders (off for graphs of
+    local test files, which have no download)."""
     ids = {key: i + 1 for i, (key, *_rest) in enumerate(nodes)}
     links, out_links = [], {}
     for key, typ, _w, conns in nodes:
@@ -188,7 +191,7 @@ def build(title, nodes, note):
         outputs = [{"name": n, "type": t, "links": out_links.get((ids[key], s), []), "slot_index": s}
                    for s, (n, t) in enumerate(OUTPUTS[typ])]
         properties = {"Node name for S&R": typ}
-        models = models_of(typ, widgets)
+        models = models_of(typ, widgets) if with_models else None
         if models:
             properties["models"] = models
         ui_nodes.append({

@@ -27,8 +27,8 @@ export const WIDGET_NAME = "pinstream_text";
 const FONT_PX = 12;
 const LINE_PX = 16;
 const CHAR_PX = FONT_PX * 0.62; // monospace advance, a little generous
-const MIN_WIDTH = 360; // the width a node gets for its text, at least...
-const MAX_WIDTH = 640; // ...and at most: longer lines wrap (the node does not grow over its neighbours)
+const MIN_WIDTH = 360; // the width the Stats node widens to, at least...
+const MAX_WIDTH = 640; // ...and at most: longer lines wrap
 const MAX_ROWS = 30; // taller texts scroll
 
 function textOf(message) {
@@ -52,6 +52,7 @@ function styleTextArea(el) {
 
 function makeWidget(node) {
   const ComfyWidgets = window.comfyAPI?.widgets?.ComfyWidgets;
+  const before = [node.size[0], node.size[1]]; // frontends enlarge a node for a new text box; fitNode sizes it
   let widget = null;
   if (ComfyWidgets?.STRING) {
     widget = ComfyWidgets.STRING(node, WIDGET_NAME, ["STRING", { multiline: true }], app)?.widget ?? null;
@@ -74,8 +75,11 @@ function makeWidget(node) {
   widget.options = widget.options ?? {};
   widget.options.serialize = false;
   widget.options.read_only = true;
-  widget.options.minNodeSize = [MIN_WIDTH, 0];
   styleTextArea(widget.element ?? widget.inputEl);
+  if (node.size[0] !== before[0] || node.size[1] !== before[1]) {
+    if (typeof node.setSize === "function") node.setSize(before);
+    else node.size = before;
+  }
   return widget;
 }
 
@@ -87,23 +91,29 @@ function rowsAt(lines, width) {
 
 function fitNode(node, widget, text) {
   const lines = text.split("\n");
-  const longest = Math.max(...lines.map((l) => l.length));
-  const want = Math.min(MAX_WIDTH, Math.max(MIN_WIDTH, Math.ceil(longest * CHAR_PX) + 32));
-  const width = Math.max(node.size[0], want);
+  const others = (node.widgets ?? []).filter((w) => w !== widget).length;
+  // A node with widgets of its own (a loader) keeps the width it has, and its text wraps;
+  // a node with none (Stats) widens for its longest line, up to MAX_WIDTH.
+  let width = node.size[0];
+  if (!others) {
+    const longest = Math.max(...lines.map((l) => l.length));
+    width = Math.max(width, Math.min(MAX_WIDTH, Math.max(MIN_WIDTH, Math.ceil(longest * CHAR_PX) + 32)));
+  }
   const textHeight = Math.min(rowsAt(lines, width), MAX_ROWS) * LINE_PX + 12;
   if (widget.options) {
     widget.options.getMinHeight = () => textHeight;
     widget.options.getMaxHeight = () => textHeight + 4 * LINE_PX;
   }
   // LiteGraph's size is the node body (the title bar is above it): the slots and the other
-  // widgets, then the text box.
-  const others = (node.widgets ?? []).filter((w) => w !== widget).length;
-  const slots = Math.max(node.inputs?.length ?? 0, node.outputs?.length ?? 0);
-  let height = (slots + others) * 24 + 12 + textHeight + 8;
-  if (typeof node.computeSize === "function") height = Math.max(height, node.computeSize([width, 0])[1]);
-  const size = [width, height];
-  if (typeof node.setSize === "function") node.setSize(size);
-  else node.size = size;
+  // widgets, then the text box. The node only grows.
+  const sockets = (node.inputs ?? []).filter((i) => !i.widget).length; // not the widgets' own input slots
+  const slots = Math.max(sockets, node.outputs?.length ?? 0);
+  const height = (slots + others) * 24 + 12 + textHeight + 8;
+  const size = [width, Math.max(height, node.size[1])];
+  if (size[0] !== node.size[0] || size[1] !== node.size[1]) {
+    if (typeof node.setSize === "function") node.setSize(size);
+    else node.size = size;
+  }
   if (app.canvas?.setDirty) app.canvas.setDirty(true, true);
   else app.graph?.setDirtyCanvas?.(true, true);
 }
