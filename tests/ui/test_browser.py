@@ -15,7 +15,8 @@ Per release:
    from the page (app.queuePrompt): the text each PinStream node returned is read back from the
    node's text box (the widget's value and the <textarea> in the page), which must show it whole,
    read-only, at a 12 px font; the text is neither saved in the workflow nor sent with the prompt,
-   and it shows again after switching to another workflow tab and back.
+   and it shows again after switching to another workflow tab and back, and in the Nodes 2.0
+   renderer where the frontend has it.
 A screenshot of the page after the run goes to build-ui-artifacts/.
 
 Skips only when Playwright's Python package or a Chromium is missing (scripts/setup.sh --ci
@@ -286,6 +287,23 @@ def check_text_comes_back_after_a_tab_switch(page, shown):
         check_shown(again[node_id])
 
 
+def check_nodes_2_renderer(page, shown):
+    """Frontends with Nodes 2.0 (Vue nodes, a setting): there the frontend draws each widget
+    itself; switched on after the run, every PinStream text is in a visible read-only <textarea>.
+    Returns whether this frontend has the setting."""
+    has = page.evaluate("() => app.extensionManager?.setting?.get?.('Comfy.VueNodes.Enabled') !== undefined")
+    if not has:
+        return False
+    page.evaluate("async () => { await app.extensionManager.setting.set('Comfy.VueNodes.Enabled', true); }")
+    try:
+        page.wait_for_function("""(texts) => texts.every(t => Array.from(document.querySelectorAll('textarea'))
+                                   .some(el => el.value === t && el.readOnly && el.offsetParent !== null))""",
+                               arg=[r["value"] for r in shown.values()], timeout=15_000)
+    finally:
+        page.evaluate("async () => { await app.extensionManager.setting.set('Comfy.VueNodes.Enabled', false); }")
+    return True
+
+
 def check_shown(r):
     t = r["textarea"]
     assert t is not None and t["tag"] == "TEXTAREA" and t["inPage"] and t["shown"], r
@@ -348,6 +366,8 @@ def test_pinstream_nodes_show_their_text_in_the_browser(release, models_dir, bro
             prompt = page.evaluate("async () => (await app.graphToPrompt()).output")
             assert all(WIDGET not in node["inputs"] for node in prompt.values()), prompt
             check_text_comes_back_after_a_tab_switch(page, shown)
+            nodes_2 = check_nodes_2_renderer(page, shown)
+            print(f"[ui] ComfyUI {release.version}: Nodes 2.0 renderer {'checked' if nodes_2 else 'not in this frontend'}")
         except BaseException:
             page.screenshot(path=str(shot))
             print(f"\n[ui] failed; screenshot {shot}\n--- server log ---\n{server.log_tail()}")

@@ -4,7 +4,8 @@
 //
 // ComfyUI serves this file because the pack's __init__.py exports WEB_DIRECTORY = "web"
 // (read by nodes.load_custom_node for classic and V3 packs alike); /extensions lists it
-// and the frontend imports it. It uses only what every 1.x frontend has:
+// and the frontend imports it. It uses only what every 1.x frontend has (checked with 1.32 and
+// 1.47, in the canvas renderer and in Nodes 2.0, where the frontend draws the box itself):
 // app.registerExtension, a node type's onExecuted, ComfyWidgets.STRING (from
 // window.comfyAPI, else node.addDOMWidget), and the onNodeOutputsUpdated hook of newer
 // frontends, which hands back the outputs when a workflow tab is shown again.
@@ -71,6 +72,7 @@ function makeWidget(node) {
     return null;
   }
   // Display only: not saved in the workflow, not sent with the prompt, not editable.
+  widget.label = "PinStream"; // the caption Nodes 2.0 shows above the box
   widget.serialize = false;
   widget.options = widget.options ?? {};
   widget.options.serialize = false;
