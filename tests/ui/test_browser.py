@@ -15,8 +15,8 @@ Per release:
    from the page (app.queuePrompt): the text each PinStream node returned is read back from the
    node's text box (the widget's value and the <textarea> in the page), which must show it whole,
    read-only, at a 12 px font; the text is neither saved in the workflow nor sent with the prompt,
-   and it shows again after switching to another workflow tab and back, and in the Nodes 2.0
-   renderer where the frontend has it.
+   and it shows again after switching to another workflow tab and back, in the Nodes 2.0
+   renderer where the frontend has it, and after a page reload and a second (cached) run.
 A screenshot of the page after the run goes to build-ui-artifacts/.
 
 Skips only when Playwright's Python package or a Chromium is missing (scripts/setup.sh --ci
@@ -304,6 +304,31 @@ def check_nodes_2_renderer(page, shown):
     return True
 
 
+def check_text_after_a_page_reload(page, server, shown):
+    """A reloaded page queues the same graph again; every node comes from the server's cache.
+    The Stats nodes (output nodes) send their text again; the loaders do where the server marks
+    them has_intermediate_output (ComfyUI after 0.8), so their plan shows again too."""
+    info = server.get_json("/api/object_info/PinStreamLoadDiffusionModel")["PinStreamLoadDiffusionModel"]
+    resent = "has_intermediate_output" in info  # the server has the flag (it reports it for every node)
+    assert not resent or info["has_intermediate_output"] is True, info  # and the loaders set it
+    page.reload()
+    page.wait_for_function(READY_JS, timeout=90_000)
+    dismiss(page)
+    page.evaluate("(wf) => app.loadGraphData(wf)", run_graph())
+    page.wait_for_timeout(300)
+    page.evaluate("() => app.queuePrompt(0, 1)")
+    expect = [i for i, r in shown.items() if r["type"] == "PinStreamStats" or resent]
+    page.wait_for_function("""(ids) => ids.every(id => {
+        const w = (app.graph.getNodeById(id)?.widgets ?? []).find(w => w.name === '%s');
+        return w && typeof w.value === 'string' && w.value.length > 0; })""" % WIDGET, arg=expect, timeout=60_000)
+    again = {r["id"]: r for r in page.evaluate(SHOWN_JS, expect)}
+    for node_id in expect:
+        check_shown(again[node_id])
+        if shown[node_id]["type"] != "PinStreamStats":
+            assert again[node_id]["value"] == shown[node_id]["value"], again[node_id]
+    return resent
+
+
 def check_shown(r):
     t = r["textarea"]
     assert t is not None and t["tag"] == "TEXTAREA" and t["inPage"] and t["shown"], r
@@ -367,7 +392,9 @@ def test_pinstream_nodes_show_their_text_in_the_browser(release, models_dir, bro
             assert all(WIDGET not in node["inputs"] for node in prompt.values()), prompt
             check_text_comes_back_after_a_tab_switch(page, shown)
             nodes_2 = check_nodes_2_renderer(page, shown)
-            print(f"[ui] ComfyUI {release.version}: Nodes 2.0 renderer {'checked' if nodes_2 else 'not in this frontend'}")
+            resent = check_text_after_a_page_reload(page, server, shown)
+            print(f"[ui] ComfyUI {release.version}: Nodes 2.0 renderer {'checked' if nodes_2 else 'not in this frontend'}"
+                  f"; after a reload the loaders' text {'is sent again' if resent else 'is not sent again (cached)'}")
         except BaseException:
             page.screenshot(path=str(shot))
             print(f"\n[ui] failed; screenshot {shot}\n--- server log ---\n{server.log_tail()}")
