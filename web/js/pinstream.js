@@ -2,13 +2,13 @@
 // loaders' and offload nodes' one-line plan, the Stats node's report) inside the node,
 // in a read-only multiline text box sized to the text.
 //
-// ComfyUI serves this file because the pack's __init__.py exports WEB_DIRECTORY = "web"
+// ComfyUI serves this file because the pack's __init__.py exports WEB_DIRECTORY = "./web"
 // (read by nodes.load_custom_node for classic and V3 packs alike); /extensions lists it
 // and the frontend imports it. It uses only what every 1.x frontend has (checked with 1.32 and
 // 1.47, in the canvas renderer and in Nodes 2.0, where the frontend draws the box itself):
 // app.registerExtension, a node type's onExecuted, ComfyWidgets.STRING (from
-// window.comfyAPI, else node.addDOMWidget), and the onNodeOutputsUpdated hook of newer
-// frontends, which hands back the outputs when a workflow tab is shown again.
+// window.comfyAPI, else node.addDOMWidget), and the onNodeOutputsUpdated hook, which hands
+// back the outputs when a workflow tab is shown again (the nodes are rebuilt without the text).
 
 import { app } from "../../../scripts/app.js";
 
@@ -141,7 +141,7 @@ app.registerExtension({
       showText(this, textOf(message));
     };
   },
-  // Newer frontends: outputs handed back for the nodes of the graph being shown.
+  // Outputs handed back for the nodes of the graph being shown (a workflow tab switched to).
   onNodeOutputsUpdated(outputs) {
     const graph = app.rootGraph ?? app.graph;
     for (const [id, output] of Object.entries(outputs ?? {})) {
