@@ -57,6 +57,8 @@ def make_class(spec: NodeSpec):
         "CATEGORY": "PinStream",
         "DESCRIPTION": spec.description,
         "OUTPUT_NODE": spec.output_node,
+        # Newer ComfyUI (after 0.8) sends a cached node's text again when the page was reloaded.
+        "HAS_INTERMEDIATE_OUTPUT": not spec.output_node,
         "run": run,
     })
 

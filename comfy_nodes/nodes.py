@@ -106,7 +106,7 @@ OFFLOAD_INPUTS = [
               "the model resident as fits in vram_budget_gb (whole blocks, or a block's first tensors), the rest "
               "streamed.", "auto", options=lambda: MODES),
     InputSpec("vram_budget_gb", "float", "VRAM for this model in GiB: required by budget mode; caps auto's decision. "
-              "0 = no budget (auto uses the free VRAM).", 0.0, min=0.0, max=1024.0, step=0.1),
+              "0 = no budget (auto uses the free VRAM).", 0.0, min=0.0, max=1024.0, step=0.01),
     InputSpec("prefetch_blocks", "int", "Blocks uploaded ahead of the one running (sequential and budget). 1-2 hides "
               "the transfer when a block's compute is at least its upload time; each costs one block of VRAM.",
               1, min=0, max=16, step=1),

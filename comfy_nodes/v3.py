@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from comfy_api.latest import ComfyExtension, io, ui
 
 from .nodes import SPECS, NodeSpec
@@ -27,7 +29,19 @@ def _input(spec):
     return io.AnyType.Input(spec.name, **common)
 
 
+def _schema_fields() -> set:
+    try:
+        return {f.name for f in dataclasses.fields(io.Schema)}
+    except TypeError:
+        return set()
+
+
 def make_node(spec: NodeSpec):
+    extra = {}
+    if not spec.output_node and "has_intermediate_output" in _schema_fields():
+        # The loaders' plan line is shown again (from the cache) after the page is reloaded.
+        extra["has_intermediate_output"] = True
+
     def define_schema(cls):
         return io.Schema(
             node_id=spec.node_id,
@@ -37,6 +51,7 @@ def make_node(spec: NodeSpec):
             inputs=[_input(s) for s in spec.inputs],
             outputs=[_OUT[t].Output(display_name=n) for t, n in spec.outputs],
             is_output_node=spec.output_node,
+            **extra,
         )
 
     def execute(cls, **kwargs):

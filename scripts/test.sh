@@ -6,7 +6,8 @@
 #   2. the core and host engine under ASan+UBSan, then under TSan
 #   3. pytest (binding, engine, ComfyUI nodes against real ComfyUI 0.3.75, recommend, start.sh),
 #      then the ComfyUI node tests again against ComfyUI 0.30.0 (Dynamic VRAM era)
-#   4. the GPU check's dry run (host engine, tiny sizes)
+#   4. the browser test: a real ComfyUI server and web UI, headless Chromium (tests/ui)
+#   5. the GPU check's dry run (host engine, tiny sizes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -73,6 +74,9 @@ if [[ -f build-comfyui-0.30.0/comfyui_version.py ]]; then
   step "ComfyUI node tests again, against ComfyUI 0.30.0 (Dynamic VRAM era)"
   COMFYUI_PATH="$PWD/build-comfyui-0.30.0" "$PY" -m pytest tests/comfy -q -p no:cacheprovider
 fi
+
+step "browser test: PinStream in ComfyUI's web UI (headless Chromium; screenshots in build-ui-artifacts/)"
+PINSTREAM_UI_REQUIRED=1 "$PY" -m pytest tests/ui -q -p no:cacheprovider -rs
 
 if [[ -f bench/gpu_check.sh ]]; then
   step "GPU check dry run"

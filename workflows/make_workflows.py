@@ -39,6 +39,7 @@ OUTPUTS = {
     "CLIPVisionLoader": [("CLIP_VISION", "CLIP_VISION")],
     "CLIPVisionEncode": [("CLIP_VISION_OUTPUT", "CLIP_VISION_OUTPUT")],
     "WanImageToVideo": [("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent", "LATENT")],
+    "PreviewImage": [],
 }
 
 # Linked inputs of each node, in order: (name, type).
@@ -55,6 +56,7 @@ INPUTS = {
     "VAEDecode": [("samples", "LATENT"), ("vae", "VAE")],
     "SaveImage": [("images", "IMAGE")],
     "SaveAnimatedWEBP": [("images", "IMAGE")],
+    "PreviewImage": [("images", "IMAGE")],
     "CLIPVisionEncode": [("clip_vision", "CLIP_VISION"), ("image", "IMAGE")],
     "WanImageToVideo": [("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("vae", "VAE"),
                         ("clip_vision_output", "CLIP_VISION_OUTPUT"), ("start_image", "IMAGE")],
@@ -64,8 +66,101 @@ NEG_WAN = ("bright colors, overexposed, static, blurred details, subtitles, wors
             "JPEG artifacts, ugly, deformed, extra fingers, poorly drawn hands, still picture")
 
 
-def build(title, nodes, note):
-    """nodes: list of (key, type, widgets, {input_name: (src_key, src_slot)})."""
+# The model files the workflows load: file name -> (models folder, download URL). The URLs
+# are the ones ComfyUI's own workflow templates (github.com/Comfy-Org/workflow_templates)
+# give for these files, so ComfyUI's missing-models dialog offers the same downloads.
+HF = "https://huggingface.co"
+WAN21 = f"{HF}/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
+WAN22 = f"{HF}/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files"
+FLUX_TE = f"{HF}/comfyanonymous/flux_text_encoders/resolve/main"
+MODELS = {
+    "sd_xl_base_1.0.safetensors": (
+        "checkpoints",
+        f"{HF}/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors?download=true"),
+    "flux1-dev.safetensors": ("diffusion_models", f"{HF}/Comfy-Org/flux1-dev/resolve/main/flux1-dev.safetensors"),
+    "t5xxl_fp16.safetensors": ("text_encoders", f"{FLUX_TE}/t5xxl_fp16.safetensors"),
+    "clip_l.safetensors": ("text_encoders", f"{FLUX_TE}/clip_l.safetensors"),
+    "ae.safetensors": ("vae",
+                       f"{HF}/Comfy-Org/Lumina_Image_2.0_Repackaged/resolve/main/split_files/vae/ae.safetensors"),
+    "wan2.1_t2v_14B_bf16.safetensors": ("diffusion_models",
+                                        f"{WAN21}/diffusion_models/wan2.1_t2v_14B_bf16.safetensors"),
+    "wan2.1_i2v_720p_14B_bf16.safetensors": ("diffusion_models",
+                                             f"{WAN21}/diffusion_models/wan2.1_i2v_720p_14B_bf16.safetensors"),
+    "umt5_xxl_fp8_e4m3fn_scaled.safetensors": ("text_encoders",
+                                               f"{WAN21}/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors"),
+    "wan_2.1_vae.safetensors": ("vae", f"{WAN21}/vae/wan_2.1_vae.safetensors"),
+    "clip_vision_h.safetensors": ("clip_vision", f"{WAN21}/clip_vision/clip_vision_h.safetensors"),
+    "wan2.2_i2v_high_noise_14B_fp16.safetensors": (
+        "diffusion_models", f"{WAN22}/diffusion_models/wan2.2_i2v_high_noise_14B_fp16.safetensors"),
+    "wan2.2_i2v_low_noise_14B_fp16.safetensors": (
+        "diffusion_models", f"{WAN22}/diffusion_models/wan2.2_i2v_low_noise_14B_fp16.safetensors"),
+}
+
+# Loader nodes: which widget values name a model file, and the folder ComfyUI looks in.
+LOADER_FILES = {
+    "PinStreamLoadCheckpoint": ("checkpoints", (0,)),
+    "PinStreamLoadDiffusionModel": ("diffusion_models", (0,)),
+    "PinStreamLoadCLIP": ("text_encoders", (0,)),
+    "PinStreamLoadVAE": ("vae", (0,)),
+    "DualCLIPLoader": ("text_encoders", (0, 1)),
+    "VAELoader": ("vae", (0,)),
+    "CLIPVisionLoader": ("clip_vision", (0,)),
+}
+
+
+def models_of(typ, widgets):
+    """properties.models of a loader node: name, url and directory of each file it loads."""
+    if typ not in LOADER_FILES:
+        return None
+    directory, slots = LOADER_FILES[typ]
+    out = []
+    for i in slots:
+        name = widgets[i]
+        folder, url = MODELS[name]  # a loader file without a download URL is an error here
+        assert folder == directory, (name, folder, directory)
+        out.append({"name": name, "url": url, "directory": directory})
+    return out
+
+
+# Node sizes. LiteGraph draws a node's body (its title bar, NODE_TITLE_HEIGHT = 30, sits above
+# `pos`) at least as tall as its slots and widgets: 20 per slot row, 24 per widget (54 for a
+# multiline text box), plus a margin; a node saved smaller is enlarged when the workflow loads,
+# over whatever lies below it. The sizes here are at least that, plus room for what the node
+# shows after a run: the PinStream loaders' one-line plan, the Stats report, image previews.
+TITLE_HEIGHT = 30
+MULTILINE = {"CLIPTextEncode"}
+SHOWS_TEXT = {"PinStreamLoadCheckpoint", "PinStreamLoadDiffusionModel", "PinStreamLoadCLIP", "PinStreamLoadVAE",
+              "PinStreamOffloadModel", "PinStreamOffloadCLIP"}
+WIDTH = {"PinStreamStats": 640, "CLIPTextEncode": 400, "SaveImage": 420, "SaveAnimatedWEBP": 420, "PreviewImage": 420,
+         "LoadImage": 360}
+EXTRA_HEIGHT = {"PinStreamStats": 280, "SaveImage": 360, "SaveAnimatedWEBP": 300, "PreviewImage": 360, "LoadImage": 300,
+                "CLIPTextEncode": 60}
+PLAN_TEXT_HEIGHT = 110  # a loader's plan line, wrapped in a 380-wide node
+GAP_X, GAP_Y = 60, 40
+
+
+def min_body_height(typ, n_widgets):
+    """LiteGraph's computeSize height for a node with these slots and widgets."""
+    slots = max(len(INPUTS.get(typ, [])), len(OUTPUTS[typ]), 1)
+    per_widget = 54 if typ in MULTILINE else 24
+    return 20 * slots + per_widget * n_widgets + (14 if n_widgets else 6)
+
+
+def node_size(typ, widgets):
+    width = WIDTH.get(typ, 380 if typ.startswith("PinStream") else 320)
+    height = min_body_height(typ, len(widgets)) + EXTRA_HEIGHT.get(typ, 0)
+    if typ in SHOWS_TEXT:
+        height += PLAN_TEXT_HEIGHT
+    return [width, height]
+
+
+def build(title, nodes, note, with_models=True):
+    """nodes: list of (key, type, widgets, {input_name: (src_key, src_slot)}).
+
+    Laid out left to right by depth (a node's column is one more than its deepest input's),
+    each column stacked top to bottom, with no two nodes (title bars included) overlapping.
+    with_models: put properties.models (from MODELS) on the loaders (off for graphs of
+    local test files, which have no download)."""
     ids = {key: i + 1 for i, (key, *_rest) in enumerate(nodes)}
     links, out_links = [], {}
     for key, typ, _w, conns in nodes:
@@ -75,22 +170,34 @@ def build(title, nodes, note):
             in_slot = [n for n, _ in INPUTS[typ]].index(in_name)
             links.append([lid, ids[src], slot, ids[key], in_slot, src_type])
             out_links.setdefault((ids[src], slot), []).append(lid)
-    ui_nodes = []
     col = {}
+    for key, _typ, _widgets, conns in nodes:
+        col[key] = 0 if not conns else 1 + max(col[src] for src, _ in conns.values())
+    sizes = {key: node_size(typ, widgets) for key, typ, widgets, _ in nodes}
+    col_x, x = {}, 40
+    for c in range(max(col.values()) + 1):
+        col_x[c] = x
+        x += max((sizes[k][0] for k in col if col[k] == c), default=0) + GAP_X
+    next_y = {}
+    ui_nodes = []
     for order, (key, typ, widgets, conns) in enumerate(nodes):
-        depth = 0 if not conns else 1 + max(col[src] for src, _ in conns.values())
-        col[key] = depth
-        row = sum(1 for k in col if col[k] == depth) - 1
+        c = col[key]
+        y = next_y.get(c, 40 + TITLE_HEIGHT)
+        next_y[c] = y + sizes[key][1] + GAP_Y + TITLE_HEIGHT
         inputs = []
         for in_name, in_type in INPUTS.get(typ, []):
             link = next((lnk[0] for lnk in links if lnk[3] == ids[key] and lnk[4] == len(inputs)), None)
             inputs.append({"name": in_name, "type": in_type, "link": link})
         outputs = [{"name": n, "type": t, "links": out_links.get((ids[key], s), []), "slot_index": s}
                    for s, (n, t) in enumerate(OUTPUTS[typ])]
+        properties = {"Node name for S&R": typ}
+        models = models_of(typ, widgets) if with_models else None
+        if models:
+            properties["models"] = models
         ui_nodes.append({
-            "id": ids[key], "type": typ, "pos": [40 + 360 * depth, 60 + 260 * row], "size": [320, 200],
+            "id": ids[key], "type": typ, "pos": [col_x[c], y], "size": sizes[key],
             "flags": {}, "order": order, "mode": 0, "inputs": inputs, "outputs": outputs,
-            "properties": {"Node name for S&R": typ}, "widgets_values": widgets,
+            "properties": properties, "widgets_values": widgets,
         })
     return {
         "last_node_id": len(ui_nodes), "last_link_id": len(links), "nodes": ui_nodes, "links": links,

@@ -504,8 +504,8 @@ def test_tensor_subclass_weights_managed_or_passed_through_with_a_reason():
 
 def test_exports_v3_or_classic_never_both():
     ex = comfy_nodes.exports()
-    if comfy_nodes.has_v3_api():
-        assert set(ex) == {"comfy_entrypoint"}
+    assert set(ex) == ({"comfy_entrypoint"} if comfy_nodes.use_v3() else
+                       {"NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"})
     classic = comfy_nodes.exports(prefer_v3=False)
     assert set(classic) == {"NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"}
     for node_id, cls in classic["NODE_CLASS_MAPPINGS"].items():

@@ -27,6 +27,7 @@ import asyncio
 import copy
 import gc
 import inspect
+import math
 import os
 import sys
 import uuid
@@ -294,10 +295,13 @@ def test_comfyui_loader_registers_the_pack(pack):
     assert pack["extras_loaded"] is True
     module = pack["module"]
     assert module is not None
-    from comfy_nodes import has_v3_api
+    from comfy_nodes import use_v3
 
+    # V3 only where submission validates V3 combo values: from ComfyUI 0.8.0 on (0.3.64 and
+    # 0.3.75 check a combo only in the classic form, so they get the classic nodes).
+    assert use_v3() == (ns.version_tuple >= (0, 8, 0)), ns.version
     exported = {k for k in ("comfy_entrypoint", "NODE_CLASS_MAPPINGS") if hasattr(module, k)}
-    assert exported == ({"comfy_entrypoint"} if has_v3_api() else {"NODE_CLASS_MAPPINGS"})
+    assert exported == ({"comfy_entrypoint"} if use_v3() else {"NODE_CLASS_MAPPINGS"})
     for node_id, display in PS_IDS.items():
         cls = nodes.NODE_CLASS_MAPPINGS.get(node_id)
         assert cls is not None, (node_id, sorted(k for k in nodes.NODE_CLASS_MAPPINGS if "PinStream" in k))
@@ -305,9 +309,76 @@ def test_comfyui_loader_registers_the_pack(pack):
         assert cls.RELATIVE_PYTHON_MODULE == f"custom_nodes.{REPO_ROOT.name}"
         # registered from the copy the loader imported, not from the tests' own import
         assert cls.__module__.startswith(str(REPO_ROOT).replace(".", "_x_")), cls.__module__
-        if has_v3_api():
+        assert hasattr(cls, "GET_SCHEMA") == use_v3()
+        if use_v3():
             assert cls.GET_SCHEMA().node_id == node_id
     assert "EmptyHunyuanLatentVideo" in nodes.NODE_CLASS_MAPPINGS
+    # The frontend extension: ComfyUI serves web/ under /extensions/<folder name>/ for either
+    # export style (server.py lists EXTENSION_WEB_DIRS' *.js at /extensions).
+    web = Path(nodes.EXTENSION_WEB_DIRS[REPO_ROOT.name])
+    assert web == REPO_ROOT / "web" and (web / "js" / "pinstream.js").is_file()
+
+
+def test_a_bad_mode_is_rejected_at_submission(pack, files):
+    """A mode that does not exist is refused by ComfyUI's prompt validation (what POST /prompt
+    runs before queueing), naming the input, the value and the allowed modes; nothing runs."""
+    prompt = wan_t2v_prompt(files, ps_loader(files, "turbo"), "unused")
+    ok, error, outputs, node_errors = validate(prompt)
+    assert not ok and "1" in node_errors, (error, node_errors)
+    errs = node_errors["1"]["errors"]
+    bad = [e for e in errs if e["type"] == "value_not_in_list"]
+    assert bad, errs
+    details = bad[0]["details"]
+    assert "mode" in details and "'turbo'" in details, details
+    for mode in ("auto", "full_load", "model_offload", "sequential", "budget"):
+        assert mode in details, details
+
+
+def test_v3_nodes_are_exported_only_where_submission_checks_their_combos(pack, files, monkeypatch):
+    """Why the pack picks: the V3 classes, registered in place of what the pack exported, let a
+    bad mode through submission exactly where v3_combo_values_validated() says ComfyUI does not
+    check V3 combos (0.3.64, 0.3.75), and are refused where it does (0.8.0, 0.30.0)."""
+    import importlib
+
+    from comfy_nodes import has_v3_api, v3_combo_values_validated
+
+    if not has_v3_api():
+        pytest.skip(f"ComfyUI {ns.version} has no V3 node API")
+    v3 = importlib.import_module(str(REPO_ROOT).replace(".", "_x_") + ".comfy_nodes.v3")
+    for cls in v3.NODES:
+        monkeypatch.setitem(nodes.NODE_CLASS_MAPPINGS, cls.GET_SCHEMA().node_id, cls)
+    ok, error, outputs, node_errors = validate(wan_t2v_prompt(files, ps_loader(files, "turbo"), "unused"))
+    assert ok == (not v3_combo_values_validated()), (ns.version, error, node_errors)
+    ok, error, outputs, node_errors = validate(wan_t2v_prompt(files, ps_loader(files, "sequential"), "unused"))
+    assert ok, (error, node_errors)
+
+
+def _js_round(value, step):
+    """The frontend's FLOAT widget: a typed value is rounded to the widget's `round`, which
+    defaults to its step (Math.round(v / round) * round)."""
+    return math.floor(value / step + 0.5) * step
+
+
+def test_vram_budget_takes_hundredths(pack, files):
+    import importlib
+
+    from comfy_nodes import has_v3_api
+    from comfy_nodes.nodes import check_offload_inputs
+
+    prefix = str(REPO_ROOT).replace(".", "_x_")
+    classes = [importlib.import_module(prefix + ".comfy_nodes.classic").NODE_CLASS_MAPPINGS[PS_LOADER]]
+    if has_v3_api():
+        classes.append(next(c for c in importlib.import_module(prefix + ".comfy_nodes.v3").NODES
+                            if c.GET_SCHEMA().node_id == PS_LOADER))
+    for cls in classes:
+        kind, opts = cls.INPUT_TYPES()["required"]["vram_budget_gb"]
+        assert kind == "FLOAT" and opts["step"] == 0.01, (cls, opts)
+        step = opts.get("round") or opts["step"]
+        assert _js_round(0.05, step) == pytest.approx(0.05, abs=1e-12), (cls, step)
+    ok, error, outputs, node_errors = validate(wan_t2v_prompt(files, ps_loader(files, "budget", budget=0.05),
+                                                              "unused"))
+    assert ok, (error, node_errors)
+    assert check_offload_inputs("budget", 0.05, 1, True).vram_budget_gb == 0.05
 
 
 def test_prompt_equals_core_and_a_mode_change_reexecutes_the_loader(pack, files, tiny_umt5, output_dir,

@@ -164,3 +164,92 @@ def test_committed_workflows_match_the_generator():
 
     for name, wf in make_workflows.WORKFLOWS.items():
         assert json.loads((ROOT / "workflows" / name).read_text()) == json.loads(json.dumps(wf)), name
+
+
+# ---- what the frontend makes of them: model downloads, layout -----------------------------------
+
+# Loaders and the models folder their file widgets read (folder_paths names).
+LOADER_FOLDERS = {
+    "PinStreamLoadCheckpoint": "checkpoints", "PinStreamLoadDiffusionModel": "diffusion_models",
+    "PinStreamLoadCLIP": "text_encoders", "PinStreamLoadVAE": "vae", "CheckpointLoaderSimple": "checkpoints",
+    "UNETLoader": "diffusion_models", "CLIPLoader": "text_encoders", "DualCLIPLoader": "text_encoders",
+    "VAELoader": "vae", "CLIPVisionLoader": "clip_vision",
+}
+TITLE_HEIGHT = 30  # LiteGraph.NODE_TITLE_HEIGHT: a node's title bar is drawn above its pos
+
+
+def _file_widget_values(node):
+    values = list(node["widgets_values"])
+    return [values[i] for i, (_name, kind, *_rest) in enumerate(_widgets(node["type"]))
+            if kind == "COMBO" and _is_file_option(values[i])]
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_loader_nodes_name_their_models_with_a_download(path):
+    """properties.models on every loader: ComfyUI's missing-models dialog lists these (name,
+    folder, URL) and offers a download when the URL is on huggingface.co and the name ends in
+    .safetensors (the frontend's isModelDownloadable)."""
+    from urllib.parse import urlparse
+
+    wf = json.loads(path.read_text())
+    loaders = [n for n in wf["nodes"] if n["type"] in LOADER_FOLDERS]
+    assert loaders
+    for node in loaders:
+        files = _file_widget_values(node)
+        models = node["properties"].get("models")
+        assert models, f"{node['type']} #{node['id']} carries no properties.models"
+        assert [m["name"] for m in models] == files, (node["type"], models, files)
+        for m in models:
+            assert set(m) == {"name", "url", "directory"}, m
+            assert m["directory"] == LOADER_FOLDERS[node["type"]], (node["type"], m)
+            assert m["directory"] in ns.folder_paths.folder_names_and_paths, m
+            url = urlparse(m["url"])
+            assert url.scheme == "https" and url.netloc == "huggingface.co", m
+            assert "/resolve/main/" in url.path and url.path.endswith("/" + m["name"]), m
+            assert m["name"].endswith(".safetensors"), m
+
+
+def _boxes(wf):
+    return {n["id"]: (n["pos"][0], n["pos"][1] - TITLE_HEIGHT, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
+            for n in wf["nodes"]}
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_no_two_nodes_overlap(path):
+    """Each node's box, from its saved pos and size plus the title bar above pos, is clear of
+    every other node's."""
+    boxes = _boxes(json.loads(path.read_text()))
+    ids = sorted(boxes)
+    for i, a in enumerate(ids):
+        for b in ids[i + 1:]:
+            ax0, ay0, ax1, ay1 = boxes[a]
+            bx0, by0, bx1, by1 = boxes[b]
+            assert ax1 <= bx0 or bx1 <= ax0 or ay1 <= by0 or by1 <= ay0, f"{path.name}: nodes {a} and {b} overlap"
+
+
+def _multiline(node_type):
+    cls = PS_NODES.get(node_type) or ns.nodes.NODE_CLASS_MAPPINGS.get(node_type) or V3.get(node_type)
+    spec = cls.INPUT_TYPES() if hasattr(cls, "INPUT_TYPES") else {}
+    return {name for section in spec.values() if isinstance(section, dict) for name, value in section.items()
+            if len(value) > 1 and isinstance(value[1], dict) and value[1].get("multiline")}
+
+
+def _litegraph_min_height(node):
+    """LiteGraph's computeSize height for the node: 20 per slot row, 24 per widget (54 for a
+    multiline text box), plus a margin (measured in the 1.32 and 1.47 frontends). A node saved
+    smaller is enlarged when the workflow loads, over whatever lies below it."""
+    multiline = _multiline(node["type"])
+    widgets = _widgets(node["type"])
+    n = sum(54 if name in multiline else 24 for name, *_ in widgets)
+    n += 24 * sum(1 for name, *_ in widgets if name in SEED_NAMES)  # control_after_generate
+    n += 24 * (node["type"] == "LoadImage")  # its upload button
+    slots = max(len(node.get("inputs", [])), len(node.get("outputs", [])), 1)
+    return 20 * slots + n + (14 if n else 6)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_saved_sizes_hold_each_nodes_slots_and_widgets(path):
+    for node in json.loads(path.read_text())["nodes"]:
+        need = _litegraph_min_height(node)
+        assert node["size"][1] >= need, \
+            f"{path.name}: {node['type']} #{node['id']} is {node['size'][1]} tall, needs {need}"
