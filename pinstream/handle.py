@@ -189,7 +189,6 @@ class OffloadHandle(Replanning):
         if plan:
             s["resident_bytes"] = int(plan["fixed_bytes"] + plan["resident_block_bytes"])
             s["streamed_bytes"] = int(plan["streamed_block_bytes"])
-        s["stall_pct"] = 0.0
         return s
 
     def reset_stats(self) -> None:
