@@ -28,6 +28,7 @@ CLIP_TYPES = ["stable_diffusion", "stable_cascade", "sd3", "stable_audio", "moch
               "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image", "hunyuan_image", "flux2",
               "ovis"]
 CLIP_DEVICES = ["default", "cpu"]
+TRANSFER_DTYPES = ["auto", "compressed", "fp8_e4m3"]
 
 
 @dataclass
@@ -112,10 +113,12 @@ OFFLOAD_INPUTS = [
               1, min=0, max=16, step=1),
     InputSpec("pin_memory", "bool", "Keep the weights in pinned (page-locked) RAM: uploads run at full link speed "
               "and overlap compute. Turn off only when the system refuses to pin (then uploads are slower).", True),
-    InputSpec("transfer_dtype", "combo", "auto: blocks cross the link as stored (exact). fp8_e4m3: blocks cross as "
+    InputSpec("transfer_dtype", "combo", "auto: blocks cross the link as stored (exact). compressed: the weights are held "
+              "in pinned RAM and sent coded, about two thirds of bf16's bytes, and decoded on the GPU right after the "
+              "upload: exact (the same bits), less RAM and fewer bytes on the link. fp8_e4m3: blocks cross as "
               "fp8 with per-row scales and are dequantized on the GPU: about half the bytes of bf16, so streaming is "
               "up to twice as fast when the link is the bottleneck; lossy (the error is shown by PinStream Stats).",
-              "auto", options=lambda: ["auto", "fp8_e4m3"]),
+              "auto", options=lambda: list(TRANSFER_DTYPES)),
 ]
 
 
@@ -139,8 +142,8 @@ def check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory, tran
         raise ValueError(f"prefetch_blocks must be a whole number from 0 to 16, got {prefetch_blocks!r}")
     if not isinstance(pin_memory, bool):
         raise ValueError(f"pin_memory must be true or false, got {pin_memory!r}")
-    if transfer_dtype not in ("auto", "fp8_e4m3"):
-        raise ValueError(f"transfer_dtype must be auto or fp8_e4m3, got {transfer_dtype!r}")
+    if transfer_dtype not in TRANSFER_DTYPES:
+        raise ValueError(f"transfer_dtype must be one of {', '.join(TRANSFER_DTYPES)}, got {transfer_dtype!r}")
     return OffloadConfig(mode=mode, vram_budget_gb=budget, prefetch_blocks=prefetch_blocks, pin_memory=pin_memory,
                          transfer_dtype=transfer_dtype)
 
@@ -354,7 +357,12 @@ def format_stats(rows: list, pins: dict | None = None) -> str:
             + (f" (+{_gb(r['pageable_bytes'])} pageable)" if r["pageable_bytes"] else "")
             + f", on device now {_gb(r['device_bytes'])} [{r['engine']} engine]"
             + (f"\n  fp8 transfer: weight error max {r['fp8_max_abs_error']:.3g}, mean {r['fp8_mean_abs_error']:.3g}"
-               if r.get("transfer_dtype") == "fp8_e4m3" else ""))
+               if r.get("transfer_dtype") == "fp8_e4m3" else "")
+            + (f"\n  compressed (exact): {r['coded_ratio']:.2f} of the stored bytes, {r['coded_tensors']} tensors coded, "
+               f"{r['stored_tensors']} as stored"
+               + (" (" + "; ".join(f"{n}: {why}" for why, n in r["stored_why"].items()) + ")" if r["stored_why"] else "")
+               + f", decode {r['decode_ms_last_run']:.1f} ms last run at {r['decode_gbps']:.1f} GB/s"
+               if r.get("transfer_dtype") == "compressed" else ""))
     return "\n".join(lines)
 
 

@@ -141,15 +141,22 @@ def restore_host_originals(st: PinStreamState, model) -> bool:
     Returns whether any weight was put back."""
     from comfy.model_patcher import get_key_weight
 
-    st.handle.unload()
+    h = st.handle
+    h.unload()
     restored = bool(st.backups)
+    coded = {}
     with torch.no_grad():
         for key, original in st.backups.items():
             weight, _set, _conv = get_key_weight(model, key)
             if original is None:  # a GGUF weight: its patches were attached, not written
                 weight.patches = []
                 continue
+            if h.is_coded(weight):
+                coded[weight] = original  # its only host copy is coded: coded again below
+                continue
             weight.copy_(original)  # a QuantizedTensor copies its data and scale in place
+    if coded:
+        h.write_host_values(coded)
     st.backups.clear()
     st.applied_patches = None
     return restored
@@ -298,6 +305,8 @@ class PinStreamPatcherMixin:
         # until every patch is written the host copy matches no patcher (a failure half
         # way must not pass for the plain weights or for another clone's)
         st.applied_patches = _PATCHING
+        h = st.handle
+        coded = {}  # weights held in the exact coded form: their new values, coded at the end
         with torch.no_grad():
             move_patches = _module_function(type(self), "move_patch_to_device")  # ComfyUI-GGUF's
             for key in self.patches:
@@ -315,10 +324,13 @@ class PinStreamPatcherMixin:
                     weight.patches = [(patches, key)]
                     st.backups[key] = None
                     continue
-                st.backups[key] = weight.detach().clone()
+                is_coded = h.is_coded(weight)
+                # a coded weight's values, decoded on the host (a new tensor): its backup too
+                current = h.host_value(weight) if is_coded else weight
+                st.backups[key] = current if is_coded else weight.detach().clone()
                 temp_dtype = (mm.lora_compute_dtype(self.load_device) if hasattr(mm, "lora_compute_dtype")
                               else torch.float32)
-                temp = mm.cast_to_device(weight, self.load_device, temp_dtype, copy=True)
+                temp = mm.cast_to_device(current, self.load_device, temp_dtype, copy=True)
                 if convert_func is not None:
                     temp = convert_func(temp, inplace=True)
                 out = comfy.lora.calculate_weight(self.patches[key], temp, key)
@@ -332,8 +344,13 @@ class PinStreamPatcherMixin:
                         new = None
                 if new is None:
                     new = comfy.float.stochastic_rounding(out, weight.dtype, seed=string_to_seed(key))
-                weight.copy_(new.to(weight.device))
-        if st.handle.mode.transfer_dtype != "auto" and (changed or st.backups):
+                if is_coded:
+                    coded[weight] = new
+                else:
+                    weight.copy_(new.to(weight.device))
+            if coded:
+                h.write_host_values(coded)
+        if st.handle.mode.transfer_dtype == "fp8_e4m3" and (changed or st.backups):
             # The fp8 transfer codes are made from the host copy when a handle is built:
             # rebuild it, so the blocks stream the patched weights.
             st.handle = st.handle.rebuild()
@@ -365,7 +382,17 @@ class PinStreamPatcherMixin:
                 and h.mode.transfer_dtype == "auto" and self.get_combined_hook_patches(hooks=hooks)):
             h.load()
 
+    def _refuse_hooks_on_coded(self, hooks) -> None:
+        h = self._handle()
+        if (h is not None and h.mode.transfer_dtype == "compressed" and hooks is not None
+                and self.get_combined_hook_patches(hooks=hooks)):
+            raise ValueError("PinStream: hook LoRA (Create Hook LoRA, scheduled LoRA) on a model held in the exact "
+                             "coded form (transfer_dtype compressed) is not supported: its weights have no plain host "
+                             "copy for ComfyUI to patch in place. Use transfer_dtype auto for this model, or a LoRA "
+                             "loader (LoraLoader), which works with compressed")
+
     def patch_hooks(self, hooks):
+        self._refuse_hooks_on_coded(hooks)
         self._device_copy_for_hooks(hooks)
         self._host_copy_for_hooks(hooks)
         return super().patch_hooks(hooks)
@@ -496,6 +523,12 @@ def collect_stats(st: PinStreamState) -> dict:
         "transfer_dtype": h.mode.transfer_dtype,
         "fp8_max_abs_error": s.get("fp8_max_abs_error", 0.0),
         "fp8_mean_abs_error": s.get("fp8_mean_abs_error", 0.0),
+        "coded_ratio": s.get("exact_ratio", 1.0),
+        "coded_tensors": s.get("exact_coded_tensors", 0),
+        "stored_tensors": s.get("exact_stored_tensors", 0),
+        "stored_why": dict(s.get("exact_skips", {})),
+        "decode_ms_last_run": s.get("transform_ms", 0.0) - run.get("transform_ms", 0.0),
+        "decode_gbps": s.get("decode_gbps", 0.0),
     }
 
 

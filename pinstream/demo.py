@@ -2,9 +2,10 @@
 
 Builds a random-weight Wan DiT (real block layout: self-attention, cross-attention,
 FFN, modulation), runs a few Euler denoising steps under full_load, model_offload,
-sequential and budget with prefetch 1 and 2, and prints one row per run: step
-time, peak device bytes, bytes streamed per step, achieved upload bandwidth,
-stall %, and max |difference| from full_load.
+sequential and budget with prefetch 1 and 2 (and, with 16-bit weights, sequential and
+budget with the weights held and sent in the exact coded form), and prints one row per
+run: step time, peak device bytes, bytes streamed per step, pinned host bytes, achieved
+upload bandwidth, stall %, and max |difference| from full_load.
 
 Without a GPU it runs the host engine: the "device" is a separate host arena and
 the copy queue a worker thread behind an emulated link (--link-gbps).
@@ -57,8 +58,10 @@ def parse_args(argv):
     ap.add_argument("--engine", default="auto", choices=["auto", "cuda", "host"])
     ap.add_argument("--link-gbps", type=float, default=16.0,
                     help="host engine: emulated link bandwidth in GB/s (default 16, about PCIe 4.0 x16 pinned)")
-    ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                    help="weights dtype (default: bfloat16 on cuda, float32 on cpu)")
+    ap.add_argument("--dtype", default=None, choices=sorted(_DTYPES),
+                    help="weights dtype (default: bfloat16 on cuda, float32 on cpu); with bf16 or fp16 the demo also "
+                         "runs sequential and budget with transfer_dtype compressed")
+    ap.add_argument("--no-compressed", action="store_true", help="skip the compressed (exact coded) runs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", dest="json_path", default=None, help="also write the results as JSON to this path")
     args = ap.parse_args(argv)
@@ -71,6 +74,10 @@ def parse_args(argv):
     if args.link_gbps <= 0:
         ap.error("--link-gbps must be > 0")
     return args
+
+
+_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+           "float16": "float16", "fp16": "float16"}
 
 
 def _build(args, device, dtype):
@@ -122,7 +129,7 @@ def run_demo(args) -> dict:
 
     dev = torch.device(args.device) if args.device else (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
     engine = args.engine if args.engine != "auto" else ("cuda" if dev.type == "cuda" else "host")
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    dtype = getattr(torch, _DTYPES[args.dtype]) if args.dtype else (torch.bfloat16 if dev.type == "cuda" else torch.float32)
     rss0 = _rss()
     model, x, ctx = _build(args, dev, dtype)
     model_bytes = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
@@ -148,11 +155,16 @@ def run_demo(args) -> dict:
             combos.extend((mode, p, "auto") for p in args.prefetch)
     if not args.no_fp8 and "sequential" in args.modes:
         combos.append(("sequential", args.prefetch[0], "fp8_e4m3"))
+    if not args.no_compressed and dtype in (torch.bfloat16, torch.float16):
+        combos.extend((mode, args.prefetch[0], "compressed") for mode in ("sequential", "budget") if mode in args.modes)
+    elif not args.no_compressed:
+        print("(the compressed runs code 16-bit weights: run with --dtype bf16 or fp16 to include them)", flush=True)
     for mode, prefetch, transfer in combos:
         kw = {}
         if mode == "budget":
-            kw["budget_gb"] = max(args.budget_fraction * model_bytes,
-                                  disc.nonblock_bytes + (prefetch + 2) * largest) / GIB
+            # a coded block's slot also holds its coded bytes while they are decoded
+            slot = largest * (2 if transfer == "compressed" else 1)
+            kw["budget_gb"] = max(args.budget_fraction * model_bytes, disc.nonblock_bytes + (prefetch + 2) * slot) / GIB
         gc.collect()
         if dev.type == "cuda":
             torch.cuda.empty_cache()
@@ -192,10 +204,14 @@ def run_demo(args) -> dict:
             "upload_gbps": float(st["upload_gbps"]),
             "stall_pct": stall_percent(st["stall_ms"], wall),
             "max_abs_diff": diff,
+            "host_pinned_bytes": int(st["pinned_bytes"]),
         }
+        if transfer == "compressed":
+            row["coded_ratio"] = float(st["exact_ratio"])
+            row["decode_gbps"] = float(st["decode_gbps"])
         runs.append(row)
         handle.detach()
-        print(f"  ran {row['mode']:<13} prefetch {prefetch}{' fp8' if transfer != 'auto' else ''}: "
+        print(f"  ran {row['mode']:<13} prefetch {prefetch}{'' if transfer == 'auto' else ' ' + transfer}: "
               f"{row['step_ms']:.1f} ms/step", flush=True)
     return {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
@@ -208,16 +224,18 @@ def run_demo(args) -> dict:
 
 
 def format_table(result: dict) -> str:
-    head = f"{'mode':<18}{'prefetch':>8}{'step ms':>10}{'peak device':>14}{'streamed/step':>15}{'upload GB/s':>13}{'stall %':>9}{'max |diff|':>12}"
+    head = (f"{'mode':<24}{'prefetch':>8}{'step ms':>10}{'peak device':>14}{'streamed/step':>15}{'pinned host':>13}"
+            f"{'upload GB/s':>13}{'stall %':>9}{'max |diff|':>12}")
     lines = [f"device: {result['device']}   engine: {result['engine']}",
              f"model {_fmt_bytes(result['model_bytes'])}, largest block {_fmt_bytes(result['largest_block_bytes'])}, "
              f"host RSS overhead after offload {_fmt_bytes(result['host_rss_overhead_bytes'])}",
              head, "-" * len(head)]
     for r in result["runs"]:
-        name = r["mode"] + (" (fp8)" if r.get("transfer_dtype", "auto") != "auto" else "")
-        lines.append(f"{name:<18}{r['prefetch']:>8}{r['step_ms']:>10.1f}{_fmt_bytes(r['peak_device_bytes']):>14}"
-                     f"{_fmt_bytes(r['bytes_streamed_per_step']):>15}{r['upload_gbps']:>13.2f}{r['stall_pct']:>9.1f}"
-                     f"{r['max_abs_diff']:>12.3g}")
+        transfer = r.get("transfer_dtype", "auto")
+        name = r["mode"] + {"auto": "", "fp8_e4m3": " (fp8)", "compressed": " (compressed)"}[transfer]
+        lines.append(f"{name:<24}{r['prefetch']:>8}{r['step_ms']:>10.1f}{_fmt_bytes(r['peak_device_bytes']):>14}"
+                     f"{_fmt_bytes(r['bytes_streamed_per_step']):>15}{_fmt_bytes(r['host_pinned_bytes']):>13}"
+                     f"{r['upload_gbps']:>13.2f}{r['stall_pct']:>9.1f}{r['max_abs_diff']:>12.3g}")
     return "\n".join(lines)
 
 
@@ -225,12 +243,16 @@ def main(argv: list | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     result = run_demo(args)
     print(format_table(result))
-    lossless = all(r["max_abs_diff"] == 0.0 for r in result["runs"] if r.get("transfer_dtype", "auto") == "auto")
+    lossless = all(r["max_abs_diff"] == 0.0 for r in result["runs"] if r.get("transfer_dtype", "auto") != "fp8_e4m3")
     print("every lossless run is bit-identical to full_load" if lossless
           else "WARNING: a lossless run differs from full_load")
     for r in result["runs"]:
-        if r.get("transfer_dtype", "auto") != "auto":
+        if r.get("transfer_dtype") == "fp8_e4m3":
             print(f"fp8 transfer (lossy, opt-in): {r['bytes_streamed_per_step'] / 2**20:.1f} MiB streamed per step, "
+                  f"max |difference| from full_load {r['max_abs_diff']:.3g}")
+        if r.get("transfer_dtype") == "compressed":
+            print(f"compressed (exact), {r['mode']}: {r['coded_ratio']:.3f} of the stored bytes in pinned RAM and on "
+                  f"the link ({_fmt_bytes(r['host_pinned_bytes'])} pinned), decoded at {r['decode_gbps']:.2f} GB/s, "
                   f"max |difference| from full_load {r['max_abs_diff']:.3g}")
     if args.json_path:
         with open(args.json_path, "w") as f:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from . import modes as _modes
 from . import pin_cap
@@ -171,7 +172,7 @@ def offload(
     engine: str = "auto",
     *,
     blocks: Sequence[str] | None = None,
-    transfer_dtype: str = "auto",  # "fp8_e4m3": blocks sent as fp8, dequantized on the device
+    transfer_dtype: str = "auto",  # "fp8_e4m3" (lossy) or "compressed" (exact coded form)
     pin_memory: bool = True,
     link_gbps: float | None = None,
     latency_us: float = 0.0,
@@ -237,10 +238,12 @@ def offload(
     if transfer_dtype != "auto":
         resolved.transfer_dtype = transfer_dtype
     fp8 = resolved.transfer_dtype == "fp8_e4m3"
+    coded = resolved.transfer_dtype == "compressed"
     if fp8 and not discovery.has_blocks:
         raise _modes.ModeError("transfer_dtype 'fp8_e4m3' applies to a model's blocks, and this model has none; "
                                "use transfer_dtype 'auto'")
     unit_tensors, rest, name_of = _units(module, discovery, all_tensors)
+    wrapped = {id(x) for t in outer_tensors if is_traceable_wrapper_subclass(t) for x in storage_tensors(t)}
     requires_grad = {t: t.requires_grad for t in outer_tensors if isinstance(t, nn.Parameter)}
 
     rt = _C.Runtime(
@@ -262,12 +265,16 @@ def offload(
         # pass, then resident blocks and the non-block part (once). All or nothing: a
         # failure leaves every weight where it was. fp8 transfer (opt-in, lossy): blocks
         # cross the link as e4m3 codes with per-row scales and are dequantized on the device.
+        # compressed (exact): every unit, the non-block part too, is held and sent in the
+        # exact coded form only; wrapper-subclass weights (their inner tensors) stay as stored.
+        coded_units = [coded and not any(id(t) in wrapped for t in ts) for ts in unit_tensors + [rest]]
         ids = rt.register_blocks(unit_tensors + [rest], [True] * len(unit_tensors) + [False], progress,
                                  [fp8] * len(unit_tensors) + [False],
                                  [[name_of.get(id(t), "") for t in ts] for ts in unit_tensors + [rest]],
                                  policy=_POLICY[resolved.name],
                                  budget_bytes=int(resolved.budget_bytes) if resolved.name == "budget" else -1,
-                                 prefetch=prefetch)
+                                 prefetch=prefetch, exact=coded_units)
+        where = {id(t): (ids[u], k) for u, ts in enumerate(unit_tensors + [rest]) for k, t in enumerate(ts)}
         unit_of = {id(t): i for i, ts in enumerate(unit_tensors) for t in ts}
         wrappers: dict = {}
         for slot in wrapper_slots(module):
@@ -279,6 +286,10 @@ def offload(
             model_bytes=model_bytes, plan=rt.current_plan(), original_requires_grad=requires_grad,
             settings=settings,
         )
+        handle._where = where
+        handle._coded_units = {ids[u] for u, c in enumerate(coded_units) if c}
+        if coded:
+            handle._install_coded_state_dict(name_of)
         if resolved.name == "full_load" and load:
             handle._load_with_retry()
     except BaseException:

@@ -59,11 +59,14 @@ class OffloadHandle(Replanning):
         self._fit_target: int | None = None  # the allowance the plan was last fitted to
         # how offload() was called (rebuild() offloads again the same way)
         self._settings = dict(settings or {})
+        self._where: dict = {}  # id(registered tensor) -> (block, index) in the runtime
+        self._coded_units: set = set()  # blocks held in the exact coded form only
         self._hooks = PassHooks(self)
         self._install_hooks(per_block=mode.name in ("sequential", "budget") or mode.transfer_dtype == "fp8_e4m3")
 
     def _install_hooks(self, per_block: bool) -> None:
-        whole = self.mode.name in ("model_offload", "full_load") and self.mode.transfer_dtype == "auto" and not per_block
+        whole = (self.mode.name in ("model_offload", "full_load") and self.mode.transfer_dtype != "fp8_e4m3"
+                 and not per_block)
         self._hooks.install(self.module, rt=self._rt, whole_model=whole, per_block=per_block,
                             block_ids=self._block_ids, blocks=self.discovery.blocks, wrappers=self._wrappers)
 
@@ -102,6 +105,47 @@ class OffloadHandle(Replanning):
     def runtime(self):
         """The native runtime (pinstream._C.Runtime): for benchmarks and tests."""
         return self._rt
+
+    # ---- host values (a coded weight's only host copy is its coded form) -----------------
+    def is_coded(self, weight: torch.Tensor) -> bool:
+        """Whether ``weight`` (a registered tensor) is held in the exact coded form."""
+        w = self._where.get(id(weight))
+        return w is not None and w[0] in self._coded_units
+
+    def host_value(self, weight: torch.Tensor) -> torch.Tensor:
+        """The exact values of ``weight`` on the host: its host copy (an alias), or for a
+        coded weight a new tensor decoded from the coded form."""
+        self._check_open()
+        w = self._where.get(id(weight))
+        if w is None:
+            raise KeyError("PinStream: this tensor is not one of the model's weights PinStream holds")
+        return self._rt.host_value(*w)
+
+    def write_host_values(self, values: dict) -> None:
+        """New values {weight: tensor of its shape and dtype} into the host copy (a coded
+        weight's block is coded again). Unloads first: the next use uploads them."""
+        self._check_open()
+        by_block: dict = {}
+        for weight, value in values.items():
+            w = self._where.get(id(weight))
+            if w is None:
+                raise KeyError("PinStream: this tensor is not one of the model's weights PinStream holds")
+            by_block.setdefault(w[0], []).append((w[1], value.detach().to("cpu")))
+        self.unload()
+        for block, items in by_block.items():
+            self._rt.write_host_values(block, items)
+        self.plan = self._rt.current_plan()  # a coded block's size may have changed
+
+    def _install_coded_state_dict(self, name_of: dict) -> None:
+        from .coded import install_state_dict_hook
+
+        module = self.module
+        names = {}
+        for name, t in list(module.named_parameters(remove_duplicate=False)) + list(module.named_buffers()):
+            w = self._where.get(id(t))
+            if w is not None and w[0] in self._coded_units:
+                names[name] = w
+        self._hooks.keep(install_state_dict_hook(module, self._rt, names))
 
     # ---- wrapper-subclass weights (see pinstream.wrappers) -------------------------------
     def _after_load(self) -> None:

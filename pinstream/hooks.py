@@ -142,6 +142,10 @@ class PassHooks:
             self._removables.append(block.register_forward_pre_hook(pre))
             self._removables.append(block.register_forward_hook(post, always_call=True))
 
+    def keep(self, removable) -> None:
+        """A hook installed elsewhere, removed with these."""
+        self._removables.append(removable)
+
     def remove(self) -> None:
         for r in self._removables:
             r.remove()

@@ -32,9 +32,14 @@ ALIASES = {
     "model_cpu_offload_and_qfloat8": ("model_offload", "fp8_e4m3"),
     "model_full_load_and_qfloat8": ("full_load", "fp8_e4m3"),
     "sequential_cpu_offload_and_qfloat8": ("sequential", "fp8_e4m3"),
+    "model_cpu_offload_and_compressed": ("model_offload", "compressed"),
+    "model_full_load_and_compressed": ("full_load", "compressed"),
+    "sequential_cpu_offload_and_compressed": ("sequential", "compressed"),
 }
 
-TRANSFER_DTYPES = ("auto", "fp8_e4m3")
+# auto: as stored. fp8_e4m3: blocks cross the link as fp8 with per-row scales (lossy).
+# compressed: every unit held and sent in the exact coded form (bit-identical results).
+TRANSFER_DTYPES = ("auto", "fp8_e4m3", "compressed")
 
 GIB = 1024**3
 

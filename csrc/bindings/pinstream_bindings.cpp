@@ -68,6 +68,20 @@ py::dict ToDict(const RuntimeStats& s) {
   d["fp8_block_error"] = errs;
   d["fp8_max_abs_error"] = s.fp8_error.max_abs;
   d["fp8_mean_abs_error"] = s.fp8_error.mean_abs;
+  d["exact_blocks"] = s.exact_blocks;
+  d["exact_coded_tensors"] = s.exact_coded_tensors;
+  d["exact_stored_tensors"] = s.exact_stored_tensors;
+  d["exact_plain_bytes"] = s.exact_plain_bytes;
+  d["exact_transfer_bytes"] = s.exact_transfer_bytes;
+  d["exact_ratio"] = s.exact_plain_bytes > 0
+                         ? static_cast<double>(s.exact_transfer_bytes) / static_cast<double>(s.exact_plain_bytes)
+                         : 1.0;
+  py::dict skips;
+  for (const auto& kv : s.exact_skips) skips[py::str(kv.first)] = kv.second;
+  d["exact_skips"] = skips;
+  d["transform_ms"] = c.transform_ms;
+  d["transform_bytes"] = c.transform_bytes;
+  d["decode_gbps"] = c.transform_ms > 0 ? static_cast<double>(c.transform_bytes) / (c.transform_ms * 1e6) : 0.0;
   d["device_bytes"] = s.device_bytes;
   d["peak_device_bytes"] = s.peak_device_bytes;
   d["host_bytes"] = s.host_bytes;
@@ -206,20 +220,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           [](TorchRuntime& rt, const std::vector<std::vector<at::Tensor>>& blocks, const std::vector<bool>& streamable,
              const py::object& progress, const std::vector<bool>& fp8,
              const std::vector<std::vector<std::string>>& names, const py::object& policy, int64_t budget_bytes,
-             int prefetch) {
+             int prefetch, const std::vector<bool>& exact) {
             pinstream::RegisterRequest req;
             req.blocks = blocks;
             req.streamable = streamable;
             req.fp8 = fp8;
+            req.exact = exact;
             req.names = names;
             return pinstream::RegisterBlocks(rt, std::move(req), progress, policy, budget_bytes, prefetch);
           },
           py::arg("blocks"), py::arg("streamable") = std::vector<bool>(), py::arg("progress") = py::none(),
           py::arg("fp8") = std::vector<bool>(), py::arg("names") = std::vector<std::vector<std::string>>(),
           py::arg("policy") = py::none(), py::arg("budget_bytes") = -1, py::arg("prefetch") = 1,
+          py::arg("exact") = std::vector<bool>(),
           "Packs each block's tensors into pinned host memory and re-points them there (all or nothing). With "
           "`policy` the plan is made from the layout first and the memory pinned in the order it uploads; names "
-          "(per block, per tensor) are used in error messages")
+          "(per block, per tensor) are used in error messages; `exact` blocks are held in the exact coded form only")
       .def(
           "register_block",
           [](TorchRuntime& rt, const std::vector<at::Tensor>& tensors, bool streamable) {
@@ -251,6 +267,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
             return pinstream::ToDict(p);
           },
           "The plan in force (the one register_blocks(policy=...) or plan() made)")
+      .def("host_value", &TorchRuntime::HostValue, py::arg("block"), py::arg("index"), nogil(),
+           "tensor `index` of `block` on the host: its host view, or decoded from a coded block's bytes")
+      .def("write_host_values", &TorchRuntime::WriteHostValues, py::arg("block"), py::arg("values"), nogil(),
+           "new values [(index, tensor)] for tensors of `block`: into its host copy, a coded block coded again")
       .def("load", &TorchRuntime::Load, nogil())
       .def("unload", &TorchRuntime::Unload, nogil())
       .def("begin_pass", &TorchRuntime::BeginPass, nogil())

@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "core/exact_codec.h"
 #include "core/fp8.h"
 #include "core/status.h"
 
@@ -29,12 +30,12 @@ namespace pinstream {
 using EventId = int;
 
 // What to do with a block's bytes after they reach the device, when they were
-// sent in a transfer format (fp8): each job writes one tensor of the block's
-// device layout from the staging area the upload filled.
+// sent in a transfer format (fp8, exact coding): each job writes one tensor of
+// the block's device layout from the staging area the upload filled.
 struct TransformJob {
-  enum class Kind { kDequantize, kCopy };
+  enum class Kind { kDequantize, kCopy, kDecodeExact };
   Kind kind = Kind::kCopy;
-  uint64_t src_offset = 0;     // in staging: codes (dequantize) or raw bytes (copy)
+  uint64_t src_offset = 0;     // in staging: codes (dequantize), the coded tensor (decode) or raw bytes (copy)
   uint64_t scales_offset = 0;  // in staging: fp32 scales, one per row
   uint64_t dst_offset = 0;     // in the block's device layout
   uint64_t bytes = 0;          // copy only
@@ -42,6 +43,7 @@ struct TransformJob {
   int64_t cols = 0;
   FloatDtype out_dtype = FloatDtype::kBFloat16;
   Fp8Format format = Fp8Format::kE4M3;
+  ExactLayout exact;  // decode: the coded tensor's layout (exact.bytes of it at src_offset)
 };
 
 struct BlockTransform {
@@ -97,6 +99,10 @@ struct EngineTimings {
   };
   std::vector<Copy> copies;
   double stall_ms = 0;  // time the compute queue waited in ComputeWaitFor
+  // transforms (fp8 dequantize, exact decode): time on the copy queue, and the
+  // bytes of device layout they wrote
+  double transform_ms = 0;
+  uint64_t transform_bytes = 0;
 };
 
 class CopyEngine {

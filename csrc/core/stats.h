@@ -23,6 +23,8 @@ struct Stats {
   uint64_t passes = 0;
   uint64_t relearns = 0;
   uint64_t skips = 0;
+  double transform_ms = 0;       // copy-queue time of transforms (fp8 dequantize, exact decode)
+  uint64_t transform_bytes = 0;  // device-layout bytes they wrote
   // Per block: last upload time (ms, -1 when never timed) and upload count.
   std::vector<double> block_upload_ms;
   std::vector<uint64_t> block_uploads;

@@ -69,6 +69,20 @@ Status StreamingRuntime::SetTransform(int block, uint64_t device_bytes, const Bl
   return Status::Ok();
 }
 
+Status StreamingRuntime::ReplaceTransfer(int block, const void* host, uint64_t bytes, const BlockTransform* transform) {
+  PINSTREAM_RETURN_IF_ERROR(CheckBlock(block, "replace_transfer"));
+  if (loaded_) return Status::FailedPrecondition("replace_transfer while loaded; unload() first");
+  Block& b = blocks_[block];
+  if (b.transform == nullptr)
+    return Status::InvalidArgument("replace_transfer: block " + std::to_string(block) + " is sent as stored");
+  b.host = host;
+  b.bytes = bytes;
+  b.transform = transform;
+  if (!planned_) return Status::Ok();
+  planned_ = false;
+  return Plan(last_policy_, last_budget_, last_prefetch_);
+}
+
 uint64_t StreamingRuntime::Footprint(const Block& b) const {
   if (b.transform == nullptr) return b.bytes;
   return AlignUp(b.device_bytes, kAlignment) + b.bytes;
@@ -128,6 +142,9 @@ Status StreamingRuntime::Plan(PlanPolicy policy, uint64_t budget_bytes, int pref
   ResidencyPlan plan;
   PINSTREAM_RETURN_IF_ERROR(ResidencyPlan::Make(req, &plan));
   plan_ = std::move(plan);
+  last_policy_ = policy;
+  last_budget_ = budget_bytes;
+  last_prefetch_ = prefetch;
   streamed_.assign(blocks_.size(), 0);
   for (size_t i = 0; i < blocks_.size(); ++i) {
     Block& b = blocks_[i];
@@ -410,8 +427,10 @@ Status StreamingRuntime::Synchronize() {
 }
 
 void StreamingRuntime::Drain(bool wait) {
-  timings_.copies.clear();
+  timings_.copies.clear();  // keeps its capacity: no allocation per pass
   timings_.stall_ms = 0;
+  timings_.transform_ms = 0;
+  timings_.transform_bytes = 0;
   engine_->CollectTimings(&timings_, wait);
   for (const EngineTimings::Copy& c : timings_.copies) {
     stats_.upload_ms += c.ms;
@@ -421,6 +440,8 @@ void StreamingRuntime::Drain(bool wait) {
     }
   }
   stats_.stall_ms += timings_.stall_ms;
+  stats_.transform_ms += timings_.transform_ms;
+  stats_.transform_bytes += timings_.transform_bytes;
 }
 
 Stats StreamingRuntime::GetStats(bool wait) {

@@ -82,6 +82,11 @@ class StreamingRuntime {
 
   // Decides residency. Allowed only while nothing is loaded.
   Status Plan(PlanPolicy policy, uint64_t budget_bytes, int prefetch);
+  // New transfer bytes for a transformed block (its values were re-encoded):
+  // `host` holds `bytes` of them, `transform` writes the same device layout.
+  // Allowed while nothing is loaded; the plan is made again with the last
+  // Plan()'s policy, budget and prefetch (the block's footprint changed).
+  Status ReplaceTransfer(int block, const void* host, uint64_t bytes, const BlockTransform* transform);
 
   // Allocates device memory for the plan and queues the resident uploads;
   // the compute queue then waits for them (no host wait on a CUDA engine).
@@ -175,6 +180,9 @@ class StreamingRuntime {
   bool residents_waited_ = false;
   std::vector<uint8_t> streamed_;  // per block: 1 when it goes through the ring
   ResidencyPlan plan_;
+  PlanPolicy last_policy_ = PlanPolicy::kBudget;
+  uint64_t last_budget_ = PlanRequest::kUnlimited;
+  int last_prefetch_ = 1;
   ScheduleLearner learner_;
   SlotRing ring_;
   Stats stats_;

@@ -2,12 +2,14 @@
 #include "cuda/cuda_copy_engine.h"
 
 #include "cuda/cuda_check.h"
+#include "cuda/exact_decode.h"
 #include "cuda/fp8_dequant.h"
 
 namespace pinstream {
 
 namespace {
 constexpr size_t kMaxPendingTimings = 4096;
+constexpr int kTransformTag = -2;  // a timing pair around a block's transforms (-1: a compute wait)
 }  // namespace
 
 Status CudaCopyEngine::Create(const CudaEngineOptions& options, std::unique_ptr<CudaCopyEngine>* out) {
@@ -37,6 +39,16 @@ Status CudaCopyEngine::AllocateHostBuffer(uint64_t bytes, bool pin, std::unique_
 
 Status CudaCopyEngine::Synchronize() {
   PINSTREAM_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_.get()));
+  if (decode_errors_.get() != nullptr) {
+    int errors = 0;
+    PINSTREAM_CUDA_RETURN_IF_ERROR(cudaMemcpy(&errors, decode_errors_.get(), sizeof(int), cudaMemcpyDeviceToHost));
+    if (errors != 0) {
+      PINSTREAM_CUDA_RETURN_IF_ERROR(cudaMemset(decode_errors_.get(), 0, sizeof(int)));
+      return Status::DeviceError("exact decode: " + std::to_string(errors) +
+                                 " chunk(s) of coded weights were corrupt and were not decoded; the host copy is "
+                                 "damaged: detach and offload the model again");
+    }
+  }
   return Status::Ok();
 }
 
@@ -104,15 +116,37 @@ Status CudaCopyEngine::EnqueueTransform(const BlockTransform* transform, const v
   PINSTREAM_CUDA_RETURN_IF_ERROR(scope.status());
   const auto* src = static_cast<const uint8_t*>(staging);
   auto* dst = static_cast<uint8_t*>(out);
+  int start = -1, end = -1;
+  const bool timed = options_.timing && pending_.size() < kMaxPendingTimings && TakeTimingPair(&start, &end).ok();
+  if (timed) PINSTREAM_CUDA_RETURN_IF_ERROR(cudaEventRecord(timing_events_[start].get(), stream_.get()));
+  uint64_t written = 0;
   for (const TransformJob& job : transform->jobs) {
-    if (job.kind == TransformJob::Kind::kCopy) {
-      if (job.bytes > 0) {
-        PINSTREAM_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst + job.dst_offset, src + job.src_offset, job.bytes,
-                                                       cudaMemcpyDeviceToDevice, stream_.get()));
-      }
-      continue;
+    switch (job.kind) {
+      case TransformJob::Kind::kCopy:
+        if (job.bytes > 0) {
+          PINSTREAM_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst + job.dst_offset, src + job.src_offset, job.bytes,
+                                                         cudaMemcpyDeviceToDevice, stream_.get()));
+        }
+        written += job.bytes;
+        break;
+      case TransformJob::Kind::kDequantize:
+        PINSTREAM_RETURN_IF_ERROR(LaunchDequantizeFp8(DequantParamsFor(job, src, dst), stream_.get()));
+        written += static_cast<uint64_t>(job.rows * job.cols) * DtypeSize(job.out_dtype);
+        break;
+      case TransformJob::Kind::kDecodeExact:
+        if (decode_errors_.get() == nullptr) {
+          PINSTREAM_RETURN_IF_ERROR(CudaDeviceBuffer::Create(options_.device, sizeof(int), &decode_errors_));
+          PINSTREAM_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(decode_errors_.get(), 0, sizeof(int), stream_.get()));
+        }
+        PINSTREAM_RETURN_IF_ERROR(LaunchExactDecode(src + job.src_offset, job.exact, dst + job.dst_offset,
+                                                    static_cast<int*>(decode_errors_.get()), stream_.get()));
+        written += job.exact.plain_bytes();
+        break;
     }
-    PINSTREAM_RETURN_IF_ERROR(LaunchDequantizeFp8(DequantParamsFor(job, src, dst), stream_.get()));
+  }
+  if (timed) {
+    PINSTREAM_CUDA_RETURN_IF_ERROR(cudaEventRecord(timing_events_[end].get(), stream_.get()));
+    pending_.push_back(Pending{kTransformTag, written, start, end});
   }
   return Status::Ok();
 }
@@ -136,6 +170,9 @@ void CudaCopyEngine::CollectTimings(EngineTimings* out, bool wait) {
     }
     if (it->tag >= 0) {
       out->copies.push_back(EngineTimings::Copy{it->tag, it->bytes, ms});
+    } else if (it->tag == kTransformTag) {
+      out->transform_ms += ms;
+      out->transform_bytes += it->bytes;
     } else {
       out->stall_ms += ms;
     }

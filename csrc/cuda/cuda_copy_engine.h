@@ -62,6 +62,7 @@ class CudaCopyEngine final : public CopyEngine {
   std::vector<CudaEvent> timing_events_;
   std::vector<int> free_timing_;
   std::deque<Pending> pending_;
+  CudaDeviceBuffer decode_errors_;  // corrupt chunks the exact decoder found (one int)
 };
 
 }  // namespace pinstream

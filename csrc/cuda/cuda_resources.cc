@@ -119,6 +119,39 @@ PinnedHostBuffer::~PinnedHostBuffer() {
   }
 }
 
+Status CudaDeviceBuffer::Create(int device, uint64_t bytes, CudaDeviceBuffer* out) {
+  CudaDeviceScope scope(device);
+  PINSTREAM_CUDA_RETURN_IF_ERROR(scope.status());
+  void* p = nullptr;
+  PINSTREAM_CUDA_RETURN_IF_ERROR(cudaMalloc(&p, bytes == 0 ? 1 : bytes));
+  out->Reset();
+  out->ptr_ = p;
+  out->device_ = device;
+  return Status::Ok();
+}
+
+void CudaDeviceBuffer::Reset() {
+  if (ptr_ != nullptr) {
+    CudaDeviceScope scope(device_);
+    cudaFree(ptr_);
+  }
+  ptr_ = nullptr;
+}
+
+CudaDeviceBuffer::~CudaDeviceBuffer() { Reset(); }
+
+CudaDeviceBuffer::CudaDeviceBuffer(CudaDeviceBuffer&& other) noexcept
+    : ptr_(std::exchange(other.ptr_, nullptr)), device_(other.device_) {}
+
+CudaDeviceBuffer& CudaDeviceBuffer::operator=(CudaDeviceBuffer&& other) noexcept {
+  if (this != &other) {
+    Reset();
+    ptr_ = std::exchange(other.ptr_, nullptr);
+    device_ = other.device_;
+  }
+  return *this;
+}
+
 CudaDeviceAllocator::CudaDeviceAllocator(int device)
     : device_(device), blocks_(new std::unordered_map<int64_t, std::pair<void*, uint64_t>>()) {}
 

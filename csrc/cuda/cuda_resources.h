@@ -100,6 +100,24 @@ class PinnedHostBuffer final : public HostBuffer {
   std::string how_;
 };
 
+// One cudaMalloc'ed buffer, freed by its destructor.
+class CudaDeviceBuffer {
+ public:
+  CudaDeviceBuffer() = default;
+  static Status Create(int device, uint64_t bytes, CudaDeviceBuffer* out);
+  ~CudaDeviceBuffer();
+  CudaDeviceBuffer(CudaDeviceBuffer&& other) noexcept;
+  CudaDeviceBuffer& operator=(CudaDeviceBuffer&& other) noexcept;
+  CudaDeviceBuffer(const CudaDeviceBuffer&) = delete;
+  CudaDeviceBuffer& operator=(const CudaDeviceBuffer&) = delete;
+  void* get() const { return ptr_; }
+
+ private:
+  void Reset();
+  void* ptr_ = nullptr;
+  int device_ = 0;
+};
+
 // cudaMalloc-backed DeviceAllocator (the bindings use torch's allocator
 // instead, so that the framework's memory accounting sees our slots).
 class CudaDeviceAllocator final : public DeviceAllocator {

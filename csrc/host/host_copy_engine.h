@@ -124,6 +124,8 @@ class HostCopyEngine final : public CopyEngine {
   std::vector<Event> events_;
   std::vector<EngineTimings::Copy> timings_;
   double stall_ms_ = 0;
+  double transform_ms_ = 0;
+  uint64_t transform_bytes_ = 0;
   uint64_t enqueued_ = 0;
   uint64_t done_ = 0;
   uint64_t copies_done_ = 0;

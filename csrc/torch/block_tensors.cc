@@ -7,6 +7,9 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "core/exact_block.h"
+#include "torch/errors.h"
+
 namespace pinstream {
 
 // Tensors made under torch.inference_mode() (ComfyUI runs every prompt, loaders
@@ -139,8 +142,18 @@ const PackedTensor* BlockTensors::Displaced() const {
   return nullptr;
 }
 
+at::Tensor BlockTensors::HostValue(size_t k, int threads) const {
+  const PackedTensor& pt = tensors.at(k);
+  if (!exact) return pt.host_view;
+  at::Tensor out = at::empty_strided(pt.host_view.sizes(), pt.strides,
+                                     at::TensorOptions().dtype(pt.host_view.scalar_type()).device(at::kCPU));
+  ThrowIfError(ReadExactTensor(transfer, transfer_bytes, transform->jobs.at(static_cast<size_t>(pt.job)),
+                               out.data_ptr(), threads));
+  return out;
+}
+
 bool BlockTensors::WriteBackIfModified() {
-  if (location_ < 0) return false;
+  if (location_ < 0 || exact) return false;
   bool dirty = false;
   for (const PackedTensor& pt : tensors) dirty |= VersionOf(pt.param) != pt.version;
   if (!dirty) return false;
@@ -152,10 +165,11 @@ bool BlockTensors::WriteBackIfModified() {
 }
 
 void BlockTensors::Detach(bool restore_pageable) {
-  for (PackedTensor& pt : tensors) {
+  for (size_t k = 0; k < tensors.size(); ++k) {
+    PackedTensor& pt = tensors[k];
     if (restore_pageable) {
-      c10::InferenceMode guard(pt.inference);  // the copy of the weight's kind (AliasAs)
-      pt.param.set_data(pt.host_view.clone());
+      c10::InferenceMode guard(pt.inference);  // memory of the weight's kind (AliasAs)
+      pt.param.set_data(exact ? HostValue(k, 1) : pt.host_view.clone());
     }
     pt.host_view = at::Tensor();
   }

@@ -22,6 +22,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/copy_engine.h"
 #include "core/fp8.h"
 #include "core/streaming_runtime.h"
 #include "torch/torch_device_allocator.h"
@@ -38,6 +39,7 @@ struct PackedTensor {
   // transposed weight stays transposed, so kernels and results are the same
   // as unmanaged), else contiguous.
   std::vector<int64_t> strides;
+  int job = -1;            // a coded block's tensor: its job in the block's transform
   int64_t version = 0;     // version counter when pointed at the device
   bool inference = false;  // made under torch.inference_mode(): no version counter
 };
@@ -64,8 +66,15 @@ class BlockTensors {
   bool streamable = true;
   bool fp8 = false;  // sent as fp8 codes + scales
   QuantError fp8_error;
-  bool pinned = false;  // its host chunk is pinned
+  bool pinned = false;  // its host chunk (a coded block: its transfer bytes) is pinned
   int chunk = -1;       // index of its host chunk in the runtime
+  // Sent in the exact coded form, which is its only host copy: between uses its
+  // weights point at the shared placeholder (torch/placeholder.h).
+  bool exact = false;
+  const uint8_t* transfer = nullptr;  // a coded block's transfer bytes
+  uint64_t transfer_bytes = 0;
+  const BlockTransform* transform = nullptr;
+  int transfer_buffer = -1;  // its transfer buffer (fp8, coded) in the runtime
 
   bool on_device() const { return location_ >= 0; }
 
@@ -77,8 +86,11 @@ class BlockTensors {
   void PointAtDevice(const DeviceLocation& loc, const TorchDeviceAllocator& allocator);
   void PointAtHost();
   // Copies tensors changed in place on the device back to the host copy;
-  // returns whether it did.
+  // returns whether it did. (Not for coded blocks: nothing to write into.)
   bool WriteBackIfModified();
+  // The values of tensor `k` on the host: its host view, or for a coded block
+  // a new tensor decoded from the transfer bytes.
+  at::Tensor HostValue(size_t k, int threads) const;
   // The first weight whose storage is not where PinStream put it (code PinStream
   // does not manage moved it: module.to(), another patcher), or nullptr.
   const PackedTensor* Displaced() const;

@@ -12,10 +12,12 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "core/exact_block.h"
 #include "core/fp8_block.h"
 #include "core/pack_layout.h"
 #include "torch/errors.h"
 #include "torch/live_bytes.h"
+#include "torch/placeholder.h"
 
 #ifdef PINSTREAM_WITH_CUDA
 #include <c10/cuda/CUDAStream.h>
@@ -201,22 +203,44 @@ void TorchRuntime::SyncCompute() const {
 
 // ---- registration: layout -> plan -> pack ----------------------------------------------
 
+namespace {
+
+// The bytes of a packed tensor on the host, in memory order: the weight itself
+// when it is on the CPU with its packed strides, else a copy with them.
+at::Tensor HostBytesOf(const PackedTensor& pt) {
+  const at::Tensor& t = pt.param;
+  if (t.device().is_cpu() && t.strides() == at::IntArrayRef(pt.strides)) return t;
+  at::Tensor out = at::empty_strided(t.sizes(), pt.strides, t.options().device(at::kCPU));
+  out.copy_(t);
+  return out;
+}
+
+bool FloatingOfAtMostTwoBytes(const at::Tensor& t) {
+  return c10::isFloatingType(t.scalar_type()) && t.element_size() <= 2;
+}
+
+}  // namespace
+
 std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
   const size_t n = req.blocks.size();
   struct Pending {
     BlockLayout layout;
     std::unique_ptr<BlockTransform> transform;
-    std::vector<TransferTensor> transfer;
+    std::vector<TransferTensor> fp8;                // fp8 blocks
+    std::vector<std::unique_ptr<ExactCode>> codes;  // coded blocks: per tensor, null = as stored
+    std::vector<ExactTensor> exact;
     uint64_t transfer_bytes = 0;
     LinkUse use = LinkUse::kOnce;
+    size_t transfer_candidate = 0;  // its transfer buffer among the pin candidates
   };
   std::vector<BlockTensors> infos(n);
   std::vector<Pending> pending(n);
-  std::vector<ChunkGroup> groups;
-  std::vector<bool> pin;  // per chunk group, then per fp8 block's transfer buffer
-  std::vector<size_t> fp8_candidate(n, 0);
+  std::vector<size_t> plain;       // blocks packed into chunks
+  std::vector<ChunkGroup> groups;  // over `plain`
+  std::vector<bool> pin;           // per chunk group, then per transfer buffer
+  const int threads = std::max(1, at::get_num_threads());
   int first = 0;
-  // ---- 1. validate, lay out, register the sizes, plan (under the lock) ----
+  // ---- 1. validate, lay out, code, register the sizes, plan (under the lock) ----
   {
     std::lock_guard<std::mutex> lock(mu_);
     CheckOpen();
@@ -226,6 +250,7 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
     };
     if (!req.names.empty() && req.names.size() != n) throw count_error("names", req.names.size());
     if (!req.fp8.empty() && req.fp8.size() != n) throw count_error("fp8", req.fp8.size());
+    if (!req.exact.empty() && req.exact.size() != n) throw count_error("exact", req.exact.size());
     if (!req.streamable.empty() && req.streamable.size() != n) throw count_error("streamable", req.streamable.size());
     if (core_->planned()) throw std::runtime_error("PinStream: register blocks before plan()");
     std::unordered_set<const c10::TensorImpl*> here;
@@ -239,6 +264,10 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
       BlockTensors& info = infos[b];
       info.streamable = req.streamable.empty() ? true : static_cast<bool>(req.streamable[b]);
       info.fp8 = !req.fp8.empty() && req.fp8[b];
+      info.exact = !req.exact.empty() && req.exact[b];
+      if (info.fp8 && info.exact) {
+        throw std::invalid_argument("PinStream: block " + std::to_string(b) + " cannot be sent both as fp8 and coded");
+      }
       std::vector<uint64_t> nbytes;
       for (size_t k = 0; k < tensors.size(); ++k) {
         const at::Tensor& t = tensors[k];
@@ -261,7 +290,7 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
         pt.inference = IsInferenceWeight(t);
         if (!req.names.empty()) pt.name = req.names[b][k];
         pt.nbytes = t.numel() * static_cast<int64_t>(t.element_size());
-        // fp8 blocks quantize row-major matrices; exact blocks keep the weight's layout
+        // fp8 blocks quantize row-major matrices; other blocks keep the weight's layout
         pt.strides = PackedStrides(t, /*contiguous=*/info.fp8);
         nbytes.push_back(static_cast<uint64_t>(pt.nbytes));
         info.tensors.push_back(std::move(pt));
@@ -272,10 +301,35 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
       for (size_t k = 0; k < info.tensors.size(); ++k) info.tensors[k].offset = Int(p.layout.offsets[k]);
       if (info.fp8) {
         for (size_t k = 0; k < info.tensors.size(); ++k) {
-          p.transfer.push_back(TransferOf(info.tensors[k].param, p.layout.offsets[k]));
+          p.fp8.push_back(TransferOf(info.tensors[k].param, p.layout.offsets[k]));
         }
         p.transform = std::make_unique<BlockTransform>();
-        p.transfer_bytes = MakeFp8Transform(p.transfer, p.transform.get());
+        p.transfer_bytes = MakeFp8Transform(p.fp8, p.transform.get());
+      } else if (info.exact) {
+        // Coded where coding pays: the code (sizes) now, the bytes when packing.
+        for (size_t k = 0; k < info.tensors.size(); ++k) {
+          PackedTensor& pt = info.tensors[k];
+          std::unique_ptr<ExactCode> code;
+          std::string skip = ExactSkipReason(FloatingOfAtMostTwoBytes(pt.param),
+                                             static_cast<int>(pt.param.element_size()), pt.param.numel());
+          if (skip.empty()) {
+            const at::Tensor host = HostBytesOf(pt);
+            code = std::make_unique<ExactCode>();
+            ThrowIfError(AnalyzeExact(host.data_ptr(), static_cast<int>(pt.param.element_size()), pt.param.numel(),
+                                      threads, code.get()));
+            if (!code->pays()) {
+              skip = "coding would not pay (" + std::to_string(code->layout.bytes) + " coded bytes for " +
+                     std::to_string(code->layout.plain_bytes()) + " stored)";
+              code.reset();
+            }
+          }
+          if (!skip.empty()) ++exact_skips_[skip];
+          p.exact.push_back(ExactTensor{p.layout.offsets[k], static_cast<uint64_t>(pt.nbytes), code.get()});
+          p.codes.push_back(std::move(code));
+        }
+        p.transform = std::make_unique<BlockTransform>();
+        p.transfer_bytes = MakeExactTransform(p.exact, p.transform.get());
+        for (size_t k = 0; k < info.tensors.size(); ++k) info.tensors[k].job = static_cast<int>(k);
       }
     }
     first = core_->num_blocks();
@@ -283,11 +337,13 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
     for (size_t b = 0; b < n && s.ok(); ++b) {
       const BlockTensors& info = infos[b];
       Pending& p = pending[b];
+      const bool transformed = info.fp8 || info.exact;
       int id = -1;
-      s = core_->RegisterBlock(nullptr, info.fp8 ? p.transfer_bytes : p.layout.bytes, info.streamable, &id);
-      if (s.ok() && info.fp8) s = core_->SetTransform(id, p.layout.bytes, p.transform.get());
+      s = core_->RegisterBlock(nullptr, transformed ? p.transfer_bytes : p.layout.bytes, info.streamable, &id);
+      if (s.ok() && transformed) s = core_->SetTransform(id, p.layout.bytes, p.transform.get());
       // its tensor boundaries: where a budget plan may keep a head resident
-      if (s.ok() && !info.fp8 && info.streamable && !p.layout.Cuts().empty()) s = core_->SetCuts(id, p.layout.Cuts());
+      if (s.ok() && !transformed && info.streamable && !p.layout.Cuts().empty())
+        s = core_->SetCuts(id, p.layout.Cuts());
     }
     if (s.ok() && req.plan) {
       try {
@@ -305,85 +361,129 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
     }
     // Pin what the plan uploads most often first; without a plan, in order.
     std::vector<uint64_t> sizes;
-    for (const BlockTensors& info : infos) sizes.push_back(static_cast<uint64_t>(info.bytes));
-    groups = GroupIntoChunks(sizes, static_cast<uint64_t>(chunk_bytes_));
     for (size_t b = 0; b < n; ++b) {
       const int id = first + static_cast<int>(b);
       pending[b].use =
           req.plan ? UseOfBlock(infos[b].streamable, core_->resident(id), core_->split(id)) : LinkUse::kOnce;
+      if (!infos[b].exact) {
+        plain.push_back(b);
+        sizes.push_back(static_cast<uint64_t>(infos[b].bytes));
+      }
+    }
+    // Chunks never mix fp8 blocks (their exact copy never crosses the link, so it is
+    // not pinned) with blocks sent as stored.
+    for (size_t i = 0; i < plain.size();) {
+      size_t j = i;
+      while (j < plain.size() && infos[plain[j]].fp8 == infos[plain[i]].fp8) ++j;
+      std::vector<uint64_t> run(sizes.begin() + static_cast<std::ptrdiff_t>(i),
+                                sizes.begin() + static_cast<std::ptrdiff_t>(j));
+      for (ChunkGroup g : GroupIntoChunks(run, static_cast<uint64_t>(chunk_bytes_))) {
+        g.first_block += i;
+        g.end_block += i;
+        groups.push_back(g);
+      }
+      i = j;
     }
     std::vector<PinCandidate> candidates;
     for (const ChunkGroup& g : groups) {
       PinCandidate c{g.bytes, LinkUse::kNever};
-      for (size_t b = g.first_block; b < g.end_block; ++b) {
+      for (size_t i = g.first_block; i < g.end_block; ++i) {
         // an fp8 block's exact host copy never crosses the link: its transfer form does
-        if (!infos[b].fp8) c.use = std::min(c.use, pending[b].use);
+        if (!infos[plain[i]].fp8) c.use = std::min(c.use, pending[plain[i]].use);
       }
       candidates.push_back(c);
     }
     for (size_t b = 0; b < n; ++b) {
-      if (!infos[b].fp8) continue;
-      fp8_candidate[b] = candidates.size();
+      if (!infos[b].fp8 && !infos[b].exact) continue;
+      pending[b].transfer_candidate = candidates.size();
       candidates.push_back(PinCandidate{pending[b].transfer_bytes, pending[b].use});
     }
     pin = ChoosePinned(candidates, pin_cap_bytes_ < 0 ? -1 : std::max<int64_t>(0, pin_cap_bytes_ - pinned_bytes_));
     registering_ = true;
   }
 
-  // ---- 2. pack: copy each block into its chunk, re-point it there (no lock) ----
+  // ---- 2. pack each block, in order, and re-point it there (no lock) ----
   std::vector<Chunk> new_chunks;
   std::vector<int64_t> chunk_of(n, -1), chunk_offset(n, 0);
   std::vector<std::shared_ptr<AccountedBuffer>> new_transfer(n);
   std::unordered_set<std::string> how;
-  size_t packed = 0;  // blocks [0, packed) point at their host copy
-  const int threads = std::max(1, at::get_num_threads());
+  std::vector<bool> packed(n, false);  // its weights point at their host copy
+  std::vector<size_t> group_of(n, 0);
+  for (size_t g = 0; g < groups.size(); ++g) {
+    for (size_t i = groups[g].first_block; i < groups[g].end_block; ++i) group_of[plain[i]] = g;
+  }
+  auto transfer_buffer = [&](size_t b) {
+    Pending& p = pending[b];
+    std::unique_ptr<HostBuffer> tbuf;
+    ThrowIfError(
+        engine_->AllocateHostBuffer(std::max<uint64_t>(p.transfer_bytes, 1), pin[p.transfer_candidate], &tbuf));
+    how.insert(tbuf->how());
+    new_transfer[b] = std::make_shared<AccountedBuffer>(std::move(tbuf), Int(p.transfer_bytes), live_host_bytes_);
+    return static_cast<uint8_t*>(new_transfer[b]->get()->data());
+  };
   try {
-    for (size_t g = 0; g < groups.size(); ++g) {
-      const int64_t size = Int(groups[g].bytes);
-      std::unique_ptr<HostBuffer> buf;
-      ThrowIfError(engine_->AllocateHostBuffer(static_cast<uint64_t>(size), pin[g], &buf));
-      how.insert(buf->how());
-      const bool pinned = buf->pinned();
-      void* data = buf->data();
-      auto owner = std::make_shared<AccountedBuffer>(std::move(buf), size, live_host_bytes_);
-      at::Tensor chunk = at::from_blob(
-          data, {size}, [owner](void*) mutable { owner.reset(); }, at::TensorOptions().dtype(at::kByte));
-      new_chunks.push_back(Chunk{chunk, pinned});
-      int64_t off = 0;
-      for (size_t b = groups[g].first_block; b < groups[g].end_block; ++b) {
-        BlockTensors& info = infos[b];
+    int64_t off = 0;
+    for (size_t b = 0; b < n; ++b) {
+      BlockTensors& info = infos[b];
+      Pending& p = pending[b];
+      if (info.exact) {
+        // The coded form is the only host copy: encode, then the weights point at
+        // the placeholder until a pass points them at their device copy.
+        uint8_t* out = transfer_buffer(b);
+        info.pinned = new_transfer[b]->get()->pinned();
+        info.transfer = out;
+        info.transfer_bytes = p.transfer_bytes;
+        info.transform = p.transform.get();
+        for (size_t k = 0; k < info.tensors.size(); ++k) {
+          PackedTensor& pt = info.tensors[k];
+          const at::Tensor host = HostBytesOf(pt);
+          ThrowIfError(EncodeExactTensor(host.data_ptr(), p.exact[k], p.transform->jobs[k], out, threads));
+          pt.host_view = CodedPlaceholder(pt.param.scalar_type(), pt.param.sizes(), pt.strides, pt.inference);
+        }
+      } else {
+        const size_t g = group_of[b];
+        if (plain[groups[g].first_block] == b) {  // the first block of a new chunk
+          const int64_t size = Int(groups[g].bytes);
+          std::unique_ptr<HostBuffer> buf;
+          ThrowIfError(engine_->AllocateHostBuffer(static_cast<uint64_t>(size), pin[g], &buf));
+          how.insert(buf->how());
+          const bool pinned = buf->pinned();
+          void* data = buf->data();
+          auto owner = std::make_shared<AccountedBuffer>(std::move(buf), size, live_host_bytes_);
+          at::Tensor chunk = at::from_blob(
+              data, {size}, [owner](void*) mutable { owner.reset(); }, at::TensorOptions().dtype(at::kByte));
+          new_chunks.push_back(Chunk{chunk, pinned});
+          off = 0;
+        }
+        const at::Tensor& chunk = new_chunks.back().bytes;
         chunk_of[b] = static_cast<int64_t>(new_chunks.size()) - 1;
         chunk_offset[b] = off;
-        info.pinned = pinned;
+        info.pinned = new_chunks.back().pinned;
         for (PackedTensor& pt : info.tensors) {
           AliasAs(chunk, off + pt.offset, pt.param.scalar_type(), pt.param.sizes(), pt.strides, false).copy_(pt.param);
           pt.host_view =
               AliasAs(chunk, off + pt.offset, pt.param.scalar_type(), pt.param.sizes(), pt.strides, pt.inference);
         }
+        off += info.bytes;
         if (info.fp8) {
           // Sent as fp8: the exact host copy stays the truth (weights point at it
           // between uses); the link carries codes + per-row scales.
-          Pending& p = pending[b];
-          std::unique_ptr<HostBuffer> tbuf;
-          ThrowIfError(
-              engine_->AllocateHostBuffer(std::max<uint64_t>(p.transfer_bytes, 1), pin[fp8_candidate[b]], &tbuf));
-          how.insert(tbuf->how());
-          auto* out = static_cast<uint8_t*>(tbuf->data());
-          new_transfer[b] = std::make_shared<AccountedBuffer>(std::move(tbuf), Int(p.transfer_bytes), live_host_bytes_);
+          uint8_t* out = transfer_buffer(b);
           std::vector<const void*> srcs;
           for (const PackedTensor& pt : info.tensors) srcs.push_back(pt.host_view.data_ptr());
-          ThrowIfError(QuantizeFp8Block(p.transfer, srcs, *p.transform, out, threads, &info.fp8_error));
+          ThrowIfError(QuantizeFp8Block(p.fp8, srcs, *p.transform, out, threads, &info.fp8_error));
         }
-        // recorded: now its weights move to the host copy (the original storage goes)
-        for (PackedTensor& pt : info.tensors) pt.param.set_data(pt.host_view);
-        packed = b + 1;
-        off += info.bytes;
-        if (req.progress) req.progress(packed, n);
       }
+      // recorded: now its weights move to the host copy (the original storage goes)
+      for (PackedTensor& pt : info.tensors) pt.param.set_data(pt.host_view);
+      packed[b] = true;
+      if (req.progress) req.progress(b + 1, n);
     }
   } catch (...) {
     // All or nothing: the packed blocks' weights get ordinary memory again.
-    for (size_t b = 0; b < packed; ++b) infos[b].Detach(/*restore_pageable=*/true);
+    for (size_t b = 0; b < n; ++b) {
+      if (packed[b]) infos[b].Detach(/*restore_pageable=*/true);
+    }
     infos.clear();
     new_chunks.clear();
     new_transfer.clear();
@@ -400,20 +500,24 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
     const int base_chunk = static_cast<int>(chunks_.size());
     for (size_t b = 0; b < n; ++b) {
       const int id = first + static_cast<int>(b);
-      const void* host = infos[b].fp8 ? new_transfer[b]->get()->data()
-                                      : new_chunks[chunk_of[b]].bytes.data_ptr<uint8_t>() + chunk_offset[b];
+      const void* host = new_transfer[b] ? new_transfer[b]->get()->data()
+                                         : new_chunks[chunk_of[b]].bytes.data_ptr<uint8_t>() + chunk_offset[b];
       ThrowIfError(core_->AttachHost(id, host));
       for (const PackedTensor& pt : infos[b].tensors) seen_.insert(pt.param.unsafeGetTensorImpl());
       ids.push_back(id);
-      infos[b].chunk = base_chunk + static_cast<int>(chunk_of[b]);
-      blocks_.push_back(std::move(infos[b]));
+      if (chunk_of[b] >= 0) infos[b].chunk = base_chunk + static_cast<int>(chunk_of[b]);
       if (new_transfer[b]) {
+        infos[b].transfer_buffer = static_cast<int>(transfer_buffers_.size());
         transfer_buffers_.push_back(new_transfer[b]);
-        transforms_.push_back(std::move(pending[b].transform));
         const int64_t tb = Int(pending[b].transfer_bytes);
         host_bytes_ += tb;
         (new_transfer[b]->get()->pinned() ? pinned_bytes_ : pageable_bytes_) += tb;
+        transforms_.push_back(std::move(pending[b].transform));
       }
+      if (infos[b].exact) {
+        for (const auto& code : pending[b].codes) (code ? exact_coded_tensors_ : exact_stored_tensors_) += 1;
+      }
+      blocks_.push_back(std::move(infos[b]));
     }
     for (Chunk& c : new_chunks) {
       const int64_t size = c.bytes.numel();
@@ -430,6 +534,89 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
   malloc_trim(0);
 #endif
   return ids;
+}
+
+at::Tensor TorchRuntime::HostValue(int block, int index) {
+  std::lock_guard<std::mutex> lock(mu_);
+  CheckOpen();
+  CheckId(block);
+  const BlockTensors& info = blocks_[block];
+  if (index < 0 || index >= static_cast<int>(info.tensors.size())) {
+    throw std::out_of_range("PinStream: tensor " + std::to_string(index) + " of block " + std::to_string(block) +
+                            " out of range [0, " + std::to_string(info.tensors.size()) + ")");
+  }
+  return info.HostValue(static_cast<size_t>(index), std::max(1, at::get_num_threads()));
+}
+
+void TorchRuntime::WriteHostValues(int block, const std::vector<std::pair<int, at::Tensor>>& values) {
+  std::lock_guard<std::mutex> lock(mu_);
+  CheckOpen();
+  CheckId(block);
+  DeviceScope scope(alloc_device_);
+  if (core_->loaded()) UnloadLocked();  // the next load uploads the new values
+  BlockTensors& info = blocks_[block];
+  for (const auto& kv : values) {
+    if (kv.first < 0 || kv.first >= static_cast<int>(info.tensors.size())) {
+      throw std::out_of_range("PinStream: tensor " + std::to_string(kv.first) + " of block " + std::to_string(block) +
+                              " out of range [0, " + std::to_string(info.tensors.size()) + ")");
+    }
+    const PackedTensor& pt = info.tensors[static_cast<size_t>(kv.first)];
+    if (kv.second.sizes() != pt.host_view.sizes() || kv.second.scalar_type() != pt.host_view.scalar_type()) {
+      throw std::invalid_argument("PinStream: new values for " + (pt.name.empty() ? std::string("a weight") : pt.name) +
+                                  " must have its shape " + c10::str(pt.host_view.sizes()) + " and dtype " +
+                                  std::string(c10::toString(pt.host_view.scalar_type())));
+    }
+  }
+  if (!info.exact) {
+    for (const auto& kv : values) info.tensors[static_cast<size_t>(kv.first)].host_view.copy_(kv.second);
+    return;
+  }
+  // A coded block is coded again as a whole: its new transfer bytes replace the old.
+  const int threads = std::max(1, at::get_num_threads());
+  std::vector<at::Tensor> now(info.tensors.size());
+  for (size_t k = 0; k < info.tensors.size(); ++k) now[k] = info.HostValue(k, threads);
+  for (const auto& kv : values) now[static_cast<size_t>(kv.first)].copy_(kv.second);
+  std::vector<std::unique_ptr<ExactCode>> codes;
+  std::vector<ExactTensor> exact;
+  for (size_t k = 0; k < info.tensors.size(); ++k) {
+    const PackedTensor& pt = info.tensors[k];
+    std::unique_ptr<ExactCode> code;
+    if (info.transform->jobs[k].kind == TransformJob::Kind::kDecodeExact) {
+      code = std::make_unique<ExactCode>();
+      ThrowIfError(AnalyzeExact(now[k].data_ptr(), static_cast<int>(pt.param.element_size()), pt.param.numel(), threads,
+                                code.get()));
+      if (!code->pays()) code.reset();  // stays a tensor as stored from now on
+    }
+    exact.push_back(ExactTensor{static_cast<uint64_t>(pt.offset), static_cast<uint64_t>(pt.nbytes), code.get()});
+    codes.push_back(std::move(code));
+  }
+  auto transform = std::make_unique<BlockTransform>();
+  const uint64_t bytes = MakeExactTransform(exact, transform.get());
+  const bool pin = info.pinned;
+  std::unique_ptr<HostBuffer> tbuf;
+  ThrowIfError(engine_->AllocateHostBuffer(std::max<uint64_t>(bytes, 1), pin, &tbuf));
+  auto buffer = std::make_shared<AccountedBuffer>(std::move(tbuf), Int(bytes), live_host_bytes_);
+  auto* out = static_cast<uint8_t*>(buffer->get()->data());
+  for (size_t k = 0; k < info.tensors.size(); ++k) {
+    ThrowIfError(EncodeExactTensor(now[k].data_ptr(), exact[k], transform->jobs[k], out, threads));
+  }
+  ThrowIfError(core_->ReplaceTransfer(block, out, bytes, transform.get()));
+  const bool was_pinned = transfer_buffers_[info.transfer_buffer]->get()->pinned();
+  host_bytes_ += Int(bytes) - Int(info.transfer_bytes);
+  (was_pinned ? pinned_bytes_ : pageable_bytes_) -= Int(info.transfer_bytes);
+  (buffer->get()->pinned() ? pinned_bytes_ : pageable_bytes_) += Int(bytes);
+  transfer_buffers_[info.transfer_buffer] = buffer;
+  const BlockTransform* old = info.transform;
+  for (auto& t : transforms_) {
+    if (t.get() == old) {
+      t = std::move(transform);
+      info.transform = t.get();
+      break;
+    }
+  }
+  info.transfer = out;
+  info.transfer_bytes = bytes;
+  info.pinned = buffer->get()->pinned();
 }
 
 // ---- plan, load, passes ------------------------------------------------------------------
@@ -667,6 +854,11 @@ RuntimeStats TorchRuntime::GetStats() {
   d.writebacks = writebacks_;
   for (const BlockTensors& b : blocks_) {
     d.block_pinned.push_back(b.pinned);
+    if (b.exact) {
+      ++d.exact_blocks;
+      for (const PackedTensor& pt : b.tensors) d.exact_plain_bytes += static_cast<uint64_t>(pt.nbytes);
+      d.exact_transfer_bytes += b.transfer_bytes;
+    }
     if (!b.fp8) continue;
     ++d.fp8_blocks;
     d.fp8_error.Merge(b.fp8_error);
@@ -678,6 +870,9 @@ RuntimeStats TorchRuntime::GetStats() {
   d.pinned_bytes = pinned_bytes_;
   d.pageable_bytes = pageable_bytes_;
   d.live_host_bytes = live_host_bytes_->load();
+  d.exact_coded_tensors = exact_coded_tensors_;
+  d.exact_stored_tensors = exact_stored_tensors_;
+  d.exact_skips.assign(exact_skips_.begin(), exact_skips_.end());
   d.pin_how.assign(pin_how_.begin(), pin_how_.end());
   std::sort(d.pin_how.begin(), d.pin_how.end());
   d.loaded = !closed_ && core_->loaded();

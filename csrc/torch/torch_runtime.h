@@ -33,6 +33,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -67,8 +68,11 @@ struct RuntimeOptions {
 
 struct RegisterRequest {
   std::vector<std::vector<at::Tensor>> blocks;
-  std::vector<bool> streamable;                 // empty: every block streamable
-  std::vector<bool> fp8;                        // empty: none sent as fp8
+  std::vector<bool> streamable;  // empty: every block streamable
+  std::vector<bool> fp8;         // empty: none sent as fp8
+  // empty: none coded. Coded blocks are held in the exact coded form only
+  // (csrc/core/exact_block.h): their weights point at a placeholder between uses.
+  std::vector<bool> exact;
   std::vector<std::vector<std::string>> names;  // empty, or per block per tensor
   // Plan at registration (layout -> plan -> pack); otherwise plan() comes later
   // and the chunks are pinned in registration order.
@@ -105,6 +109,13 @@ struct RuntimeStats {
   uint64_t writebacks = 0;
   std::vector<bool> block_pinned;
   int64_t fp8_blocks = 0;
+  // coded blocks: tensors coded and sent as stored (and why), stored and coded bytes
+  int64_t exact_blocks = 0;
+  int64_t exact_coded_tensors = 0;
+  int64_t exact_stored_tensors = 0;
+  uint64_t exact_plain_bytes = 0;
+  uint64_t exact_transfer_bytes = 0;
+  std::vector<std::pair<std::string, int64_t>> exact_skips;
   std::vector<QuantError> fp8_block_error;
   QuantError fp8_error;
   uint64_t device_bytes = 0;
@@ -135,6 +146,13 @@ class TorchRuntime {
 
   std::vector<int> RegisterBlocks(const RegisterRequest& request);
   PlanInfo Plan(const std::string& policy, int64_t budget_bytes, int prefetch);
+  // The values of tensor `index` of `block` on the host: its host view (an
+  // alias), or for a coded block a new tensor decoded from the coded form.
+  at::Tensor HostValue(int block, int index);
+  // New values for tensors of `block` (index, values of the same shape and
+  // dtype), written into its host copy; a coded block is coded again and the
+  // plan made again for its new size. Unloads first: the next load uploads them.
+  void WriteHostValues(int block, const std::vector<std::pair<int, at::Tensor>>& values);
   PlanInfo CurrentPlan();
   void Load();
   void Unload();
@@ -219,6 +237,9 @@ class TorchRuntime {
   int64_t pinned_bytes_ = 0;
   int64_t pageable_bytes_ = 0;
   uint64_t writebacks_ = 0;
+  std::map<std::string, int64_t> exact_skips_;  // why tensors of coded blocks are sent as stored
+  int64_t exact_coded_tensors_ = 0;
+  int64_t exact_stored_tensors_ = 0;
   int touched_ = -1;
   bool registering_ = false;
   bool closed_ = false;

@@ -444,7 +444,7 @@ def test_bad_node_inputs_give_clear_errors():
     for args, match in cases:
         with pytest.raises(ValueError, match=match):
             N.run_load_diffusion_model(name, "default", *args)
-    with pytest.raises(ValueError, match="transfer_dtype must be auto or fp8_e4m3"):
+    with pytest.raises(ValueError, match="transfer_dtype must be one of auto, compressed, fp8_e4m3"):
         N.run_load_diffusion_model(name, "default", "sequential", 0.0, 1, True, "int4")
     with pytest.raises(ValueError, match="weight_dtype"):
         N.run_load_diffusion_model(name, "int3", "auto", 0.0, 1, True)
