@@ -148,14 +148,14 @@ else
     timeout "$(cap 150)" ctest --test-dir build --output-on-failure -j4
     rc=$?; (( rc == 0 )) && note ctest ok || note ctest "FAILED (exit $rc)"
   fi
-  # compute-sanitizer memcheck over the CUDA engine and fp8 kernel tests (not the throughput
+  # compute-sanitizer memcheck over the CUDA engine, fp8 and exact decode kernel tests (not the throughput
   # one: 70 M codes under memcheck take minutes); where the machine's runtime supports it
   if (( with_tests )) && command -v compute-sanitizer >/dev/null; then
     step "compute-sanitizer memcheck (CUDA engine and fp8 kernel tests)"
     # its output goes into gpu_check.log (bounded): the device call brings back at most 8 files
     san=${TMPDIR:-/tmp}/pinstream-compute-sanitizer.log
     timeout "$(cap 45)" compute-sanitizer --tool memcheck --error-exitcode 3 \
-      build/pinstream_cuda_tests --gtest_filter='CudaEngine.*:Fp8Cuda.*:-Fp8Cuda.LargeBlockAndThroughput' \
+      build/pinstream_cuda_tests --gtest_filter='CudaEngine.*:Fp8Cuda.*:ExactCuda.*:-Fp8Cuda.LargeBlockAndThroughput:ExactCuda.Throughput' \
       > "$san" 2>&1
     rc=$?
     grep -E "^========|FAILED|PASSED" "$san" | head -n 120
