@@ -1,14 +1,15 @@
-"""`python -m pinstream bench overhead|plot|gpu`."""
+"""`python -m pinstream bench overhead|plot|gpu|compress`."""
 
 from __future__ import annotations
 
 import sys
 
-USAGE = """usage: python -m pinstream bench {overhead,plot,gpu} [options]
+USAGE = """usage: python -m pinstream bench {overhead,plot,gpu,compress} [options]
 
   overhead            host-side cost of acquire+release per block through forward hooks
   plot RESULTS.json   PNG charts of a GPU check's results (needs matplotlib)
-  gpu                 the GPU benchmarks of bench/gpu_check.sh (--dry-run: tiny sizes, host engine)"""
+  gpu                 the GPU benchmarks of bench/gpu_check.sh (--dry-run: tiny sizes, host engine)
+  compress            the exact coded form on the CPU: ratio, encode and decode rate, other codings"""
 
 
 def main(argv=None) -> int:
@@ -23,6 +24,8 @@ def main(argv=None) -> int:
         from .plot import main as run
     elif cmd == "gpu":
         from .gpu import main as run
+    elif cmd == "compress":
+        from .compress import main as run
     else:
         print(f"unknown bench {cmd!r}\n{USAGE}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "core/exact_codec.h"
 #include "core/pack_layout.h"
 #include "torch/errors.h"
 #include "torch/live_bytes.h"
@@ -144,6 +145,54 @@ std::vector<bool> PlanResidency(const std::vector<uint64_t>& block_bytes, uint64
   return out;
 }
 
+py::tuple LayoutTuple(const ExactLayout& l) {
+  return py::make_tuple(l.elem_bytes, l.count, l.num_chunks, l.lengths_offset, l.chunks_offset, l.stream_offset,
+                        l.stream_words, l.raw_offset, l.bytes);
+}
+
+ExactLayout LayoutOf(const py::tuple& t) {
+  if (t.size() != 9) throw std::invalid_argument("PinStream: an exact layout is a 9-tuple");
+  ExactLayout l;
+  l.elem_bytes = t[0].cast<int>();
+  l.count = t[1].cast<int64_t>();
+  l.num_chunks = t[2].cast<int64_t>();
+  l.lengths_offset = t[3].cast<uint64_t>();
+  l.chunks_offset = t[4].cast<uint64_t>();
+  l.stream_offset = t[5].cast<uint64_t>();
+  l.stream_words = t[6].cast<uint64_t>();
+  l.raw_offset = t[7].cast<uint64_t>();
+  l.bytes = t[8].cast<uint64_t>();
+  return l;
+}
+
+// The exact codec on one host tensor (benchmarks, tests): (coded bytes, layout, top-byte entropy).
+py::tuple ExactCodeTensor(const at::Tensor& t, int threads) {
+  if (!t.device().is_cpu() || !t.is_contiguous() || (t.element_size() != 1 && t.element_size() != 2)) {
+    throw std::invalid_argument("PinStream: exact_code takes a contiguous CPU tensor of 1- or 2-byte elements");
+  }
+  ExactCode code;
+  at::Tensor out;
+  {
+    py::gil_scoped_release nogil;
+    ThrowIfError(AnalyzeExact(t.data_ptr(), static_cast<int>(t.element_size()), t.numel(), threads, &code));
+    out = at::empty({static_cast<int64_t>(code.layout.bytes)}, at::TensorOptions().dtype(at::kByte));
+    ThrowIfError(EncodeExact(t.data_ptr(), code, out.data_ptr<uint8_t>(), threads));
+  }
+  return py::make_tuple(out, LayoutTuple(code.layout), code.top_entropy_bits);
+}
+
+at::Tensor ExactDecodeTensor(const at::Tensor& coded, const py::tuple& layout, int threads) {
+  const ExactLayout l = LayoutOf(layout);
+  if (!coded.device().is_cpu() || !coded.is_contiguous() || coded.scalar_type() != at::kByte) {
+    throw std::invalid_argument("PinStream: exact_decode takes the contiguous CPU uint8 tensor exact_code gave");
+  }
+  at::Tensor out = at::empty({static_cast<int64_t>(l.plain_bytes())}, at::TensorOptions().dtype(at::kByte));
+  py::gil_scoped_release nogil;
+  ThrowIfError(DecodeExact(coded.data_ptr<uint8_t>(), static_cast<uint64_t>(coded.numel()), l, out.data_ptr<uint8_t>(),
+                           threads));
+  return out;
+}
+
 bool CudaBuilt() {
 #ifdef PINSTREAM_WITH_CUDA
   return true;
@@ -165,6 +214,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("budget_bytes"), py::arg("prefetch"), py::arg("tensor_bytes") = std::vector<std::vector<uint64_t>>(),
         "Which blocks a plan keeps wholly resident (True) for these sizes; with tensor_bytes "
         "(each block's tensor sizes) packed as registered, split blocks included (False)");
+  m.def("exact_code", &pinstream::ExactCodeTensor, py::arg("tensor"), py::arg("threads") = 1,
+        "(coded uint8 tensor, layout, top-byte entropy bits) of a contiguous CPU tensor of 1- or 2-byte elements");
+  m.def("exact_decode", &pinstream::ExactDecodeTensor, py::arg("coded"), py::arg("layout"), py::arg("threads") = 1,
+        "the stored bytes (uint8) of a tensor exact_code coded");
   m.def(
       "live_bytes",
       [] {
