@@ -362,6 +362,11 @@ def format_stats(rows: list, pins: dict | None = None) -> str:
                f"{r['stored_tensors']} as stored"
                + (" (" + "; ".join(f"{n}: {why}" for why, n in r["stored_why"].items()) + ")" if r["stored_why"] else "")
                + f", decode {r['decode_ms_last_run']:.1f} ms last run at {r['decode_gbps']:.1f} GB/s"
+               + (f"\n  coded-weights cache {r['cache_dir']}: {r['cache_hits']} tensors read, {r['cache_stored']} "
+                  f"written" + (f", {r['cache_rebuilt']} stale or corrupt entries coded again" if r['cache_rebuilt']
+                                else "")
+                  + (f"; not writable ({r['cache_error']})" if r['cache_error'] else "")
+                  if r.get("cache_dir") else "\n  coded-weights cache off")
                if r.get("transfer_dtype") == "compressed" else ""))
     return "\n".join(lines)
 

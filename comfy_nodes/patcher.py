@@ -529,6 +529,11 @@ def collect_stats(st: PinStreamState) -> dict:
         "stored_why": dict(s.get("exact_skips", {})),
         "decode_ms_last_run": s.get("transform_ms", 0.0) - run.get("transform_ms", 0.0),
         "decode_gbps": s.get("decode_gbps", 0.0),
+        "cache_dir": s.get("cache_dir", ""),
+        "cache_hits": s.get("cache_hits", 0),
+        "cache_stored": s.get("cache_stored", 0),
+        "cache_rebuilt": s.get("cache_rebuilt", 0),
+        "cache_error": s.get("cache_error", ""),
     }
 
 

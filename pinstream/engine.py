@@ -35,6 +35,22 @@ _POLICY = {"full_load": "all_resident", "model_offload": "all_resident", "sequen
            "budget": "budget"}
 
 
+_CACHE_WARNED: set = set()  # cache directories already reported as not writable
+
+
+def exact_cache_dir(cache_dir: str | None = None) -> str:
+    """Where the coded form of compressed weights is cached ("" = no cache)."""
+    import os
+
+    if cache_dir is not None:
+        return str(cache_dir)
+    env = os.environ.get("PINSTREAM_CACHE_DIR")
+    if env is not None:
+        return env.strip()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "pinstream", "exact")
+
+
 def handle_of(module: nn.Module) -> OffloadHandle | None:
     """The live handle of a module offloaded by PinStream, else None."""
     h = getattr(module, "_pinstream_handle", None)
@@ -184,6 +200,7 @@ def offload(
     timing: bool = True,
     pin_cap_bytes: int | None = None,
     load: bool = True,
+    cache_dir: str | None = None,
 ) -> OffloadHandle:
     """Run ``module`` under a PinStream mode; returns an :class:`OffloadHandle`.
 
@@ -203,6 +220,9 @@ def offload(
                   i.e. PINSTREAM_PIN_CAP_GB, else 95% of RAM on Linux and 45% on Windows (like
                   ComfyUI), less what the other live PinStream models have pinned
     load          full_load: upload the model now (False: at its first use, or load())
+    cache_dir     compressed: where coded tensors are cached on local disk, so offloading the
+                  same weights again codes nothing (default: PINSTREAM_CACHE_DIR, else
+                  $XDG_CACHE_HOME/pinstream/exact or ~/.cache/pinstream/exact; "" turns it off)
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"PinStream: offload() needs a torch nn.Module, got {type(module).__name__}")
@@ -257,6 +277,7 @@ def offload(
         pin_mode="auto" if pin_memory else "pageable",
         chunk_bytes=int(chunk_bytes),
         timing=timing,
+        cache_dir=exact_cache_dir(cache_dir) if coded else "",
     )
     handle = None
     try:
@@ -298,6 +319,11 @@ def offload(
         rt.close(restore_pageable=True)
         raise
     st = rt.stats()
+    if st.get("cache_error") and st["cache_dir"] not in _CACHE_WARNED:
+        _CACHE_WARNED.add(st["cache_dir"])
+        warnings.warn(f"PinStream: the coded-weights cache cannot be written ({st['cache_error']}); coding goes on in "
+                      f"memory and is done again at the next offload. Set PINSTREAM_CACHE_DIR to a writable local "
+                      f"directory, or to an empty value to turn the cache off.", RuntimeWarning, stacklevel=2)
     if st["pageable_bytes"] > 0:
         warnings.warn(
             f"PinStream: {st['pageable_bytes'] / GIB:.2f} GiB of {model_bytes / GIB:.2f} GiB could not be pinned "

@@ -80,6 +80,12 @@ py::dict ToDict(const RuntimeStats& s) {
   py::dict skips;
   for (const auto& kv : s.exact_skips) skips[py::str(kv.first)] = kv.second;
   d["exact_skips"] = skips;
+  d["cache_dir"] = s.cache_dir;
+  d["cache_hits"] = s.cache_hits;
+  d["cache_misses"] = s.cache_misses;
+  d["cache_stored"] = s.cache_stored;
+  d["cache_rebuilt"] = s.cache_rebuilt;
+  d["cache_error"] = s.cache_error;
   d["transform_ms"] = c.transform_ms;
   d["transform_bytes"] = c.transform_bytes;
   d["decode_gbps"] = c.transform_ms > 0 ? static_cast<double>(c.transform_bytes) / (c.transform_ms * 1e6) : 0.0;
@@ -234,7 +240,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def(py::init([](const std::string& device, const std::string& engine, int prefetch, int64_t budget_bytes,
                        double link_gbps, double latency_us, int random_delay_us, uint64_t seed, bool poison,
                        int64_t device_capacity_bytes, const std::string& pin_mode, int64_t chunk_bytes, bool timing,
-                       int64_t pin_cap_bytes) {
+                       int64_t pin_cap_bytes, const std::string& cache_dir) {
              pinstream::RuntimeOptions o;
              o.device = device;
              o.engine = engine;
@@ -250,13 +256,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              o.chunk_bytes = chunk_bytes;
              o.timing = timing;
              o.pin_cap_bytes = pin_cap_bytes;
+             o.cache_dir = cache_dir;
              py::gil_scoped_release nogil;
              return std::make_unique<TorchRuntime>(o);
            }),
            py::arg("device") = "cpu", py::arg("engine") = "auto", py::arg("prefetch") = 1, py::arg("budget_bytes") = -1,
            py::arg("link_gbps") = 0.0, py::arg("latency_us") = 0.0, py::arg("random_delay_us") = 0, py::arg("seed") = 0,
            py::arg("poison") = false, py::arg("device_capacity_bytes") = 0, py::arg("pin_mode") = "auto",
-           py::arg("chunk_bytes") = 256LL << 20, py::arg("timing") = true, py::arg("pin_cap_bytes") = -1)
+           py::arg("chunk_bytes") = 256LL << 20, py::arg("timing") = true, py::arg("pin_cap_bytes") = -1,
+           py::arg("cache_dir") = "")
       .def_property_readonly("engine", &TorchRuntime::engine_name)
       .def_property_readonly("device", &TorchRuntime::device_name)
       .def_property_readonly("num_blocks", &TorchRuntime::num_blocks, nogil())

@@ -149,6 +149,7 @@ TorchRuntime::TorchRuntime(const RuntimeOptions& o)
   allocator_ = std::make_unique<TorchDeviceAllocator>(
       alloc_device_, static_cast<uint64_t>(std::max<int64_t>(o.device_capacity_bytes, 0)));
   core_ = std::make_unique<StreamingRuntime>(engine_.get(), allocator_.get());
+  cache_ = std::make_unique<ExactCache>(o.cache_dir);
   ++Live().runtimes;  // last: only a runtime that was constructed is counted
 }
 
@@ -228,6 +229,8 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
     std::unique_ptr<BlockTransform> transform;
     std::vector<TransferTensor> fp8;                // fp8 blocks
     std::vector<std::unique_ptr<ExactCode>> codes;  // coded blocks: per tensor, null = as stored
+    std::vector<uint64_t> keys;                     // their cache keys
+    std::vector<bool> cached;                       // found in the cache (the bytes come from it)
     std::vector<ExactTensor> exact;
     uint64_t transfer_bytes = 0;
     LinkUse use = LinkUse::kOnce;
@@ -312,11 +315,18 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
           std::unique_ptr<ExactCode> code;
           std::string skip = ExactSkipReason(FloatingOfAtMostTwoBytes(pt.param),
                                              static_cast<int>(pt.param.element_size()), pt.param.numel());
+          uint64_t key = 0;
+          bool cached = false;
           if (skip.empty()) {
             const at::Tensor host = HostBytesOf(pt);
+            const int esize = static_cast<int>(pt.param.element_size());
             code = std::make_unique<ExactCode>();
-            ThrowIfError(AnalyzeExact(host.data_ptr(), static_cast<int>(pt.param.element_size()), pt.param.numel(),
-                                      threads, code.get()));
+            if (cache_->enabled()) {
+              key = ExactCache::KeyOf(ContentHash(host.data_ptr(), static_cast<uint64_t>(pt.nbytes), threads), esize,
+                                      pt.param.numel());
+              cached = cache_->Find(key, esize, pt.param.numel(), &code->layout);
+            }
+            if (!cached) ThrowIfError(AnalyzeExact(host.data_ptr(), esize, pt.param.numel(), threads, code.get()));
             if (!code->pays()) {
               skip = "coding would not pay (" + std::to_string(code->layout.bytes) + " coded bytes for " +
                      std::to_string(code->layout.plain_bytes()) + " stored)";
@@ -324,6 +334,8 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
             }
           }
           if (!skip.empty()) ++exact_skips_[skip];
+          p.keys.push_back(key);
+          p.cached.push_back(cached && code);
           p.exact.push_back(ExactTensor{p.layout.offsets[k], static_cast<uint64_t>(pt.nbytes), code.get()});
           p.codes.push_back(std::move(code));
         }
@@ -436,8 +448,25 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
         info.transform = p.transform.get();
         for (size_t k = 0; k < info.tensors.size(); ++k) {
           PackedTensor& pt = info.tensors[k];
-          const at::Tensor host = HostBytesOf(pt);
-          ThrowIfError(EncodeExactTensor(host.data_ptr(), p.exact[k], p.transform->jobs[k], out, threads));
+          const TransformJob& job = p.transform->jobs[k];
+          bool done = p.cached[k] && cache_->Read(p.keys[k], job.exact, out + job.src_offset);
+          if (!done) {
+            const at::Tensor host = HostBytesOf(pt);
+            if (p.cached[k]) {  // the entry went bad since it was found: code it here
+              ExactCode fresh;
+              ThrowIfError(AnalyzeExact(host.data_ptr(), static_cast<int>(pt.param.element_size()), pt.param.numel(),
+                                        threads, &fresh));
+              if (fresh.layout.bytes != job.exact.bytes) {
+                throw std::runtime_error("PinStream: a cached coded tensor of " + pt.name +
+                                         " does not match the weights; clear the cache directory " + cache_->dir());
+              }
+              *p.codes[k] = std::move(fresh);
+            }
+            ThrowIfError(EncodeExactTensor(host.data_ptr(), p.exact[k], job, out, threads));
+            if (job.kind == TransformJob::Kind::kDecodeExact && cache_->enabled()) {
+              cache_->Store(p.keys[k], job.exact, out + job.src_offset);
+            }
+          }
           pt.host_view = CodedPlaceholder(pt.param.scalar_type(), pt.param.sizes(), pt.strides, pt.inference);
         }
       } else {
@@ -873,6 +902,12 @@ RuntimeStats TorchRuntime::GetStats() {
   d.exact_coded_tensors = exact_coded_tensors_;
   d.exact_stored_tensors = exact_stored_tensors_;
   d.exact_skips.assign(exact_skips_.begin(), exact_skips_.end());
+  d.cache_dir = cache_->dir();
+  d.cache_hits = cache_->hits();
+  d.cache_misses = cache_->misses();
+  d.cache_stored = cache_->stored();
+  d.cache_rebuilt = cache_->rebuilt();
+  d.cache_error = cache_->first_error();
   d.pin_how.assign(pin_how_.begin(), pin_how_.end());
   std::sort(d.pin_how.begin(), d.pin_how.end());
   d.loaded = !closed_ && core_->loaded();

@@ -41,6 +41,7 @@
 #include <vector>
 
 #include "core/copy_engine.h"
+#include "core/exact_cache.h"
 #include "core/streaming_runtime.h"
 #include "host/host_copy_engine.h"
 #include "torch/block_tensors.h"
@@ -64,6 +65,7 @@ struct RuntimeOptions {
   int64_t chunk_bytes = 256LL << 20;
   bool timing = true;
   int64_t pin_cap_bytes = -1;  // most host bytes this runtime pins; -1: no cap
+  std::string cache_dir;       // coded tensors cached here (empty: no cache)
 };
 
 struct RegisterRequest {
@@ -116,6 +118,9 @@ struct RuntimeStats {
   uint64_t exact_plain_bytes = 0;
   uint64_t exact_transfer_bytes = 0;
   std::vector<std::pair<std::string, int64_t>> exact_skips;
+  std::string cache_dir;
+  uint64_t cache_hits = 0, cache_misses = 0, cache_stored = 0, cache_rebuilt = 0;
+  std::string cache_error;
   std::vector<QuantError> fp8_block_error;
   QuantError fp8_error;
   uint64_t device_bytes = 0;
@@ -223,6 +228,7 @@ class TorchRuntime {
   HostCopyEngine* host_engine_ = nullptr;
   std::unique_ptr<TorchDeviceAllocator> allocator_;
   std::unique_ptr<StreamingRuntime> core_;
+  std::unique_ptr<ExactCache> cache_;
   std::vector<BlockTensors> blocks_;
   std::vector<Chunk> chunks_;
   std::vector<std::shared_ptr<AccountedBuffer>> transfer_buffers_;  // fp8 codes + scales

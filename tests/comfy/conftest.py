@@ -4,6 +4,13 @@ import os
 
 import pytest
 
+# The coded-weights cache of compressed models goes to a folder of this test run, not the
+# user's ~/.cache (a test that wants its own passes cache_dir).
+if "PINSTREAM_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["PINSTREAM_CACHE_DIR"] = tempfile.mkdtemp(prefix="pinstream-cache-")
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _torch_threads():

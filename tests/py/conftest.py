@@ -12,6 +12,13 @@ from pathlib import Path
 
 import pytest
 
+# The coded-weights cache of compressed models goes to a folder of this test run, not the
+# user's ~/.cache (a test that wants its own passes cache_dir).
+if "PINSTREAM_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["PINSTREAM_CACHE_DIR"] = tempfile.mkdtemp(prefix="pinstream-cache-")
+
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))

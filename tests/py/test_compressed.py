@@ -190,3 +190,72 @@ def test_the_coded_seed_mode_names_select_compressed():
     assert h.mode.name == "sequential" and h.mode.transfer_dtype == "compressed"
     assert h.stats()["exact_coded_tensors"] > 0
     h.detach()
+
+
+def _cache_files(d):
+    return sorted(p for p in d.iterdir() if p.suffix == ".psx")
+
+
+def test_a_second_offload_reads_the_coded_form_from_the_cache(tmp_path):
+    m = _net(torch.bfloat16)
+    x = torch.randn(2, 256, dtype=torch.bfloat16)
+    with torch.no_grad():
+        ref = m(x)
+    h = _offload(m, "sequential", "host", "cpu", cache_dir=str(tmp_path))
+    st = h.stats()
+    assert st["cache_dir"] == str(tmp_path) and st["cache_hits"] == 0
+    assert st["cache_stored"] == st["exact_coded_tensors"] == len(_cache_files(tmp_path))
+    h.detach()
+    h = _offload(m, "sequential", "host", "cpu", cache_dir=str(tmp_path))
+    st = h.stats()
+    assert st["cache_hits"] == st["exact_coded_tensors"] and st["cache_stored"] == 0
+    with torch.no_grad():
+        assert torch.equal(m(x), ref)
+    h.detach()
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "other_format"])
+def test_corrupt_and_stale_cache_entries_are_coded_again_never_used(tmp_path, damage):
+    m = _net(torch.bfloat16)
+    x = torch.randn(2, 256, dtype=torch.bfloat16)
+    with torch.no_grad():
+        ref = m(x)
+    _offload(m, "sequential", "host", "cpu", cache_dir=str(tmp_path)).detach()
+    victim = _cache_files(tmp_path)[0]
+    data = bytearray(victim.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0x55  # a bit of its coded bytes
+    elif damage == "truncate":
+        data = data[: len(data) - 7]
+    else:
+        data[8] ^= 0x7F  # the format version in the header
+    victim.write_bytes(bytes(data))
+    h = _offload(m, "sequential", "host", "cpu", cache_dir=str(tmp_path))
+    st = h.stats()
+    assert st["cache_rebuilt"] == 1 and st["cache_hits"] == st["exact_coded_tensors"] - 1
+    assert st["cache_stored"] == 1  # coded again, and written back
+    with torch.no_grad():
+        assert torch.equal(m(x), ref)
+    h.detach()
+
+
+def test_an_unwritable_cache_is_reported_once_and_coding_goes_on(tmp_path):
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("a file where the cache directory should be")
+    m = _net(torch.bfloat16)
+    x = torch.randn(2, 256, dtype=torch.bfloat16)
+    with torch.no_grad():
+        ref = m(x)
+    cache = str(blocker / "exact")
+    with pytest.warns(RuntimeWarning, match="cannot be written"):
+        h = _offload(m, "sequential", "host", "cpu", cache_dir=cache)
+    assert h.stats()["cache_error"]
+    with torch.no_grad():
+        assert torch.equal(m(x), ref)
+    h.detach()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # reported once: no second warning for the same directory
+        h = _offload(m, "sequential", "host", "cpu", cache_dir=cache)
+    h.detach()
