@@ -141,7 +141,12 @@ def _resolve_mode(mode, budget_gb, *, free_device_bytes, model_bytes, discovery:
             prefetch=prefetch,
             has_blocks=discovery.has_blocks,
         )
-        return ResolvedMode(choice.mode, requested, "auto: " + choice.reason, choice.budget_bytes, transfer)
+        reason = "auto: " + choice.reason
+        if transfer == "auto" and choice.mode in ("sequential", "budget"):
+            # compressed would move a third fewer bytes, but it costs decode time on the copy
+            # stream; auto picks it only once that cost is measured on this device
+            reason += "; transfer as stored (compressed not chosen: its decode time on this device is not measured)"
+        return ResolvedMode(choice.mode, requested, reason, choice.budget_bytes, transfer)
     if name == "budget":
         if budget_gb is None:
             raise _modes.ModeError("mode 'budget' needs budget_gb (the VRAM budget in GiB, > 0)")

@@ -259,3 +259,12 @@ def test_an_unwritable_cache_is_reported_once_and_coding_goes_on(tmp_path):
         warnings.simplefilter("error")  # reported once: no second warning for the same directory
         h = _offload(m, "sequential", "host", "cpu", cache_dir=cache)
     h.detach()
+
+
+def test_auto_says_why_it_did_not_choose_compressed():
+    m = _net(torch.bfloat16)
+    size = sum(p.numel() * p.element_size() for p in m.parameters())
+    h = pinstream.offload(m, mode="auto", budget_gb=0.5 * size / GIB, device="cpu", engine="host")
+    assert h.mode.name in ("sequential", "budget") and h.mode.transfer_dtype == "auto"
+    assert "compressed not chosen" in h.mode.reason
+    h.detach()
