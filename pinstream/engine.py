@@ -184,6 +184,39 @@ def _units(module: nn.Module, discovery: BlockDiscovery, all_tensors: list):
     return unit_tensors, rest, name_of
 
 
+def _engine_kind(engine: str, dev: torch.device) -> str:
+    if engine not in ("auto", "cuda", "host"):
+        raise _modes.ModeError(f"engine must be auto, cuda or host; got {engine!r}")
+    kind = engine if engine != "auto" else ("cuda" if dev.type == "cuda" else "host")
+    if kind == "cuda" and dev.type != "cuda":
+        raise _modes.ModeError(f"engine 'cuda' needs a cuda device, got {dev}")
+    return kind
+
+
+def _wrappers_by_unit(module: nn.Module, unit_tensors: list) -> dict:
+    """Wrapper-subclass weights by the unit their inner tensors are in (None: the rest)."""
+    unit_of = {id(t): i for i, ts in enumerate(unit_tensors) for t in ts}
+    wrappers: dict = {}
+    for slot in wrapper_slots(module):
+        units = {unit_of.get(x) for x in slot.inner_ids}
+        wrappers.setdefault(units.pop() if len(units) == 1 else None, []).append(slot)
+    return wrappers
+
+
+def _warn_about_host_memory(st: dict, model_bytes: int) -> None:
+    if st.get("cache_error") and st["cache_dir"] not in _CACHE_WARNED:
+        _CACHE_WARNED.add(st["cache_dir"])
+        warnings.warn(f"PinStream: the coded-weights cache cannot be written ({st['cache_error']}); coding goes on in "
+                      f"memory and is done again at the next offload. Set PINSTREAM_CACHE_DIR to a writable local "
+                      f"directory, or to an empty value to turn the cache off.", RuntimeWarning, stacklevel=3)
+    if st["pageable_bytes"] > 0:
+        warnings.warn(
+            f"PinStream: {st['pageable_bytes'] / GIB:.2f} GiB of {model_bytes / GIB:.2f} GiB could not be pinned "
+            f"({', '.join(st['pin_how'])}); those uploads are synchronous and slower. Raise the pinning cap "
+            f"(PINSTREAM_PIN_CAP_GB) or the memlock limit (ulimit -l) to pin it all.",
+            RuntimeWarning, stacklevel=3)
+
+
 def offload(
     module: nn.Module,
     mode: str = "auto",
@@ -237,13 +270,7 @@ def offload(
     if transfer_dtype not in _modes.TRANSFER_DTYPES:
         raise _modes.ModeError(f"transfer_dtype must be one of {', '.join(_modes.TRANSFER_DTYPES)}; got {transfer_dtype!r}")
     dev = _resolve_device(device)
-    if engine not in ("auto", "cuda", "host"):
-        raise _modes.ModeError(f"engine must be auto, cuda or host; got {engine!r}")
-    engine_kind = engine if engine != "auto" else ("cuda" if dev.type == "cuda" else "host")
-    if engine_kind == "cuda" and dev.type != "cuda":
-        raise _modes.ModeError(f"engine 'cuda' needs a cuda device, got {dev}")
-    if engine_kind == "host" and dev.type == "cuda" and engine == "auto":
-        engine_kind = "cuda"
+    engine_kind = _engine_kind(engine, dev)
     _C = load_native()
     if handle_of(module) is not None:
         raise RuntimeError("PinStream: this module is already offloaded; call handle.detach() first")
@@ -301,14 +328,9 @@ def offload(
                                  budget_bytes=int(resolved.budget_bytes) if resolved.name == "budget" else -1,
                                  prefetch=prefetch, exact=coded_units)
         where = {id(t): (ids[u], k) for u, ts in enumerate(unit_tensors + [rest]) for k, t in enumerate(ts)}
-        unit_of = {id(t): i for i, ts in enumerate(unit_tensors) for t in ts}
-        wrappers: dict = {}
-        for slot in wrapper_slots(module):
-            units = {unit_of.get(x) for x in slot.inner_ids}
-            wrappers.setdefault(units.pop() if len(units) == 1 else None, []).append(slot)
         handle = OffloadHandle(
             module, mode=resolved, runtime=rt, discovery=discovery, block_ids=ids[:-1], fixed_id=ids[-1],
-            wrappers=wrappers, device=dev, original_device=original_device, prefetch=prefetch,
+            wrappers=_wrappers_by_unit(module, unit_tensors), device=dev, original_device=original_device, prefetch=prefetch,
             model_bytes=model_bytes, plan=rt.current_plan(), original_requires_grad=requires_grad,
             settings=settings,
         )
@@ -323,18 +345,7 @@ def offload(
             handle._hooks.remove()
         rt.close(restore_pageable=True)
         raise
-    st = rt.stats()
-    if st.get("cache_error") and st["cache_dir"] not in _CACHE_WARNED:
-        _CACHE_WARNED.add(st["cache_dir"])
-        warnings.warn(f"PinStream: the coded-weights cache cannot be written ({st['cache_error']}); coding goes on in "
-                      f"memory and is done again at the next offload. Set PINSTREAM_CACHE_DIR to a writable local "
-                      f"directory, or to an empty value to turn the cache off.", RuntimeWarning, stacklevel=2)
-    if st["pageable_bytes"] > 0:
-        warnings.warn(
-            f"PinStream: {st['pageable_bytes'] / GIB:.2f} GiB of {model_bytes / GIB:.2f} GiB could not be pinned "
-            f"({', '.join(st['pin_how'])}); those uploads are synchronous and slower. Raise the pinning cap "
-            f"(PINSTREAM_PIN_CAP_GB) or the memlock limit (ulimit -l) to pin it all.",
-            RuntimeWarning, stacklevel=2)
+    _warn_about_host_memory(rt.stats(), model_bytes)
     try:
         module._pinstream_handle = handle  # the module owns its handle
     except Exception:  # noqa: BLE001 - a module that refuses attributes still works
