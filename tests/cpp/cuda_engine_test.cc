@@ -277,6 +277,21 @@ TEST(CudaEngine, APassOnAnotherStreamWaitsForTheResidentUploads) {
   cudaStreamDestroy(pass_stream);
 }
 
+// Which kernel image this device runs: real code built for its architecture, or
+// PTX compiled by the driver at first use (printed for the GPU check's log).
+TEST(CudaEngine, KernelImageForThisDevice) {
+  REQUIRE_GPU();
+  int major = 0, minor = 0;
+  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0), cudaSuccess);
+  int binary = 0, ptx = 0;
+  ASSERT_TRUE(KernelImage(&binary, &ptx).ok());
+  const int device = major * 10 + minor;
+  std::printf("kernel image: device sm_%d; binary built for sm_%d, PTX version %d (%s)\n", device, binary, ptx,
+              binary == device ? "real code for this architecture" : "JIT-compiled PTX");
+  EXPECT_GT(binary, 0);
+}
+
 // No engine call leaves another device current than the caller's.
 TEST(CudaEngine, CallsLeaveTheCurrentDeviceAsTheyFoundIt) {
   REQUIRE_GPU();

@@ -14,6 +14,10 @@ namespace pinstream {
 // is slow, so the compute stream lags far behind the copy stream.
 Status LaunchSpin(long long cycles, cudaStream_t stream);
 
+// The image the device runs for these kernels: the architecture its binary
+// was built for (major * 10 + minor) and the PTX version.
+Status KernelImage(int* binary_version, int* ptx_version);
+
 }  // namespace pinstream
 
 #endif  // PINSTREAM_TESTS_CPP_CUDA_TEST_KERNELS_H_
