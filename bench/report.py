@@ -217,6 +217,13 @@ def summary_text(results: dict) -> str:
         lines.append(f"model offload: load {mo['load_s']:.3f} s, unload {mo['unload_s'] * 1000:.1f} ms; "
                      f".to(device) {_fmt(mo.get('baseline_load_s'), 3)} s, "
                      f".to('cpu') {_fmt(mo.get('baseline_unload_s'), 3)} s")
+    cz = results.get("fp8", {}).get("compressed")
+    if cz:
+        lines.append(f"compressed (exact) transfer, sequential prefetch 2: ratio {cz.get('coded_ratio', 1.0):.3f}, "
+                     f"bytes/step x{cz.get('bytes_ratio', 1.0):.2f}, step x{cz.get('step_ratio', 1.0):.2f}"
+                     + (f" (x{cz['short_step_ratio']:.2f} at the short length)" if "short_step_ratio" in cz else "")
+                     + f", pinned host x{cz.get('pinned_ratio', 1.0):.2f}, decode {cz.get('decode_gbps', 0.0):.1f} GB/s, "
+                     f"output equal to as stored: {cz.get('equal_to_stored')}")
     f8 = results.get("fp8", {})
     if "auto" in f8 and "fp8_e4m3" in f8:
         a, q = f8["auto"], f8["fp8_e4m3"]
