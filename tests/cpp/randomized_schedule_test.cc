@@ -12,7 +12,11 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
+#include <memory>
 
+#include "core/exact_block.h"
+#include "core/fp8.h"
 #include "core/streaming_runtime.h"
 #include "deferred_compute_util.h"
 #include "host/host_copy_engine.h"
@@ -36,6 +40,7 @@ TEST(RandomizedSchedule, EveryAcquireSeesItsBlock) {
   int refused = 0;
   int split_cases = 0;
   int deferred_cases = 0;
+  int coded_cases = 0;
   uint64_t acquires = 0;
   for (int c = 0; c < cases; ++c) {
     const uint64_t case_seed = rng();
@@ -52,6 +57,34 @@ TEST(RandomizedSchedule, EveryAcquireSeesItsBlock) {
     const int fixed = static_cast<int>(r() % 3);
     std::vector<uint8_t> fixed_bytes(fixed * 100 + 1, 0x5A);
     m.host.reserve(n + 1);
+    // A third of the cases send some blocks in the exact coded form (bf16-like
+    // values, decoded by the engine after the upload), from a generator of their own.
+    std::mt19937_64 rx(case_seed ^ 0x5851F42D4C957F2DULL);
+    const bool some_coded = rx() % 3 == 0;
+    std::vector<std::unique_ptr<ExactCode>> codes;
+    std::vector<std::vector<uint8_t>> transfer(n);
+    std::vector<std::unique_ptr<BlockTransform>> transforms(n);
+    for (int i = 0; i < n && some_coded; ++i) {
+      if (rx() % 2 != 0) continue;
+      std::normal_distribution<float> normal(0.f, 0.03f);
+      const uint64_t pairs = sizes[i] / 2;
+      for (uint64_t k = 0; k < pairs; ++k) {
+        const uint16_t v = FloatToBFloat16(normal(rx));
+        std::memcpy(&m.host[i][2 * k], &v, 2);
+      }
+      std::vector<ExactTensor> parts;
+      codes.push_back(std::make_unique<ExactCode>());
+      ASSERT_TRUE(AnalyzeExact(m.host[i].data(), 2, static_cast<int64_t>(pairs), 1, codes.back().get()).ok());
+      parts.push_back(ExactTensor{0, 2 * pairs, codes.back()->pays() ? codes.back().get() : nullptr});
+      if (sizes[i] % 2 != 0) parts.push_back(ExactTensor{2 * pairs, 1, nullptr});  // an odd last byte, as stored
+      transforms[i] = std::make_unique<BlockTransform>();
+      transfer[i].resize(std::max<uint64_t>(MakeExactTransform(parts, transforms[i].get()), 1));
+      for (size_t k = 0; k < parts.size(); ++k) {
+        ASSERT_TRUE(EncodeExactTensor(m.host[i].data() + parts[k].offset, parts[k], transforms[i]->jobs[k],
+                                      transfer[i].data(), 1)
+                        .ok());
+      }
+    }
     HostCopyEngine engine(opt);
     HostArena arena;
     StreamingRuntime rt(&engine, &arena);
@@ -63,7 +96,14 @@ TEST(RandomizedSchedule, EveryAcquireSeesItsBlock) {
     const bool deferred = rc() % 2 == 0;
     const int compute_delay_us = static_cast<int>(rc() % 80);
     const uint64_t compute_seed = rc();
+    int coded_blocks = 0;
     for (int i = 0; i < n; ++i) {
+      if (transforms[i]) {  // coded: the transfer bytes cross, the transform writes the block
+        ASSERT_TRUE(rt.RegisterBlock(transfer[i].data(), transfer[i].size(), true, &id).ok());
+        ASSERT_TRUE(rt.SetTransform(id, sizes[i], transforms[i].get()).ok());
+        ++coded_blocks;
+        continue;
+      }
       ASSERT_TRUE(rt.RegisterBlock(m.host[i].data(), sizes[i], true, &id).ok());
       if (!cut) continue;
       std::vector<uint64_t> cuts;
@@ -90,6 +130,7 @@ TEST(RandomizedSchedule, EveryAcquireSeesItsBlock) {
     }
     ASSERT_LE(rt.plan().device_bytes(), budget == PlanRequest::kUnlimited ? ~0ULL : budget);
     split_cases += rt.plan().num_split() > 0 ? 1 : 0;
+    coded_cases += coded_blocks > 0 ? 1 : 0;
     // A base order with repeats, then per-pass skips and occasional reorders.
     std::vector<int> base;
     for (int i = 0; i < n; ++i) {
@@ -129,14 +170,16 @@ TEST(RandomizedSchedule, EveryAcquireSeesItsBlock) {
   RecordProperty("seed", std::to_string(seed));
   RecordProperty("cases", std::to_string(cases));
   std::printf(
-      "randomized schedule: seed %llu, %d cases (%d with split blocks, %d with deferred compute), "
+      "randomized schedule: seed %llu, %d cases (%d with split blocks, %d with deferred compute, %d with coded "
+      "blocks), "
       "%d budgets refused, %llu acquires checked\n",
-      static_cast<unsigned long long>(seed), cases, split_cases, deferred_cases, refused,
+      static_cast<unsigned long long>(seed), cases, split_cases, deferred_cases, coded_cases, refused,
       static_cast<unsigned long long>(acquires));
   EXPECT_LT(refused, cases);
   if (cases >= 200) {
     EXPECT_GT(split_cases, 0);
     EXPECT_GT(deferred_cases, 0);
+    EXPECT_GT(coded_cases, 0);
   }
 }
 
