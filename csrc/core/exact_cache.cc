@@ -43,11 +43,8 @@ uint64_t HashPart(const uint8_t* p, uint64_t n, uint64_t seed) {
 struct Header {
   char magic[8];
   uint32_t version;
-  uint32_t elem_bytes;
   uint64_t key;
-  int64_t count;
-  int64_t num_chunks;
-  uint64_t lengths_offset, chunks_offset, stream_offset, stream_words, raw_offset, bytes;
+  ExactLayout layout;
   uint64_t checksum;  // ContentHash of the coded bytes
 };
 
@@ -112,27 +109,13 @@ bool ExactCache::Find(uint64_t key, int elem_bytes, int64_t count, ExactLayout* 
     ++misses_;
     return false;
   }
+  // The header here; the coded bytes' checksum when Read takes them (once).
   Header h;
   bool ok = std::fread(&h, sizeof(h), 1, f) == 1 && std::memcmp(h.magic, kMagic, 8) == 0 &&
-            h.version == kExactFormatVersion && h.key == key && h.elem_bytes == static_cast<uint32_t>(elem_bytes) &&
-            h.count == count;
-  ExactLayout l;
-  if (ok) {
-    l.elem_bytes = elem_bytes;
-    l.count = h.count;
-    l.num_chunks = h.num_chunks;
-    l.lengths_offset = h.lengths_offset;
-    l.chunks_offset = h.chunks_offset;
-    l.stream_offset = h.stream_offset;
-    l.stream_words = h.stream_words;
-    l.raw_offset = h.raw_offset;
-    l.bytes = h.bytes;
-    ok = CheckExactLayout(l, l.bytes).ok();
-  }
-  if (ok) {  // the coded bytes are all there and their checksum holds
-    std::vector<uint8_t> buf(l.bytes);
-    ok = std::fread(buf.data(), 1, buf.size(), f) == buf.size() && std::fgetc(f) == EOF &&
-         ContentHash(buf.data(), buf.size(), 1) == h.checksum;
+            h.version == kExactFormatVersion && h.key == key && h.layout.elem_bytes == elem_bytes &&
+            h.layout.count == count && CheckExactLayout(h.layout, h.layout.bytes).ok();
+  if (ok) {  // the coded bytes are all there
+    ok = std::fseek(f, 0, SEEK_END) == 0 && std::ftell(f) == static_cast<long>(sizeof(h) + h.layout.bytes);
   }
   std::fclose(f);
   std::lock_guard<std::mutex> lock(mu_);
@@ -142,7 +125,7 @@ bool ExactCache::Find(uint64_t key, int elem_bytes, int64_t count, ExactLayout* 
     ++misses_;
     return false;
   }
-  *layout = l;
+  *layout = h.layout;
   return true;
 }
 
@@ -151,7 +134,7 @@ bool ExactCache::Read(uint64_t key, const ExactLayout& layout, uint8_t* out) {
   FILE* f = std::fopen(path.c_str(), "rb");
   bool ok = f != nullptr;
   Header h;
-  if (ok) ok = std::fread(&h, sizeof(h), 1, f) == 1 && h.key == key && h.bytes == layout.bytes;
+  if (ok) ok = std::fread(&h, sizeof(h), 1, f) == 1 && h.key == key && h.layout.bytes == layout.bytes;
   if (ok) ok = std::fread(out, 1, layout.bytes, f) == layout.bytes && ContentHash(out, layout.bytes, 1) == h.checksum;
   if (f != nullptr) std::fclose(f);
   std::lock_guard<std::mutex> lock(mu_);
@@ -174,18 +157,11 @@ void ExactCache::Store(uint64_t key, const ExactLayout& l, const uint8_t* coded)
     return;
   }
   Header h;
+  std::memset(&h, 0, sizeof(h));  // the padding too: an entry's bytes are defined
   std::memcpy(h.magic, kMagic, 8);
   h.version = kExactFormatVersion;
-  h.elem_bytes = static_cast<uint32_t>(l.elem_bytes);
   h.key = key;
-  h.count = l.count;
-  h.num_chunks = l.num_chunks;
-  h.lengths_offset = l.lengths_offset;
-  h.chunks_offset = l.chunks_offset;
-  h.stream_offset = l.stream_offset;
-  h.stream_words = l.stream_words;
-  h.raw_offset = l.raw_offset;
-  h.bytes = l.bytes;
+  h.layout = l;
   h.checksum = ContentHash(coded, l.bytes, 1);
   // written under a temporary name, then renamed: a reader never sees half an entry
   const std::string path = PathOf(key);

@@ -34,12 +34,14 @@ class ExactCache {
   // The key of a tensor: its content hash, element size, count and the format version.
   static uint64_t KeyOf(uint64_t content_hash, int elem_bytes, int64_t count);
 
-  // Whether a valid entry for `key` (a tensor of `elem_bytes` x `count`) is
-  // there; then `layout` is its coded layout. A stale or corrupt entry is
-  // removed (counted in rebuilt()).
+  // Whether an entry for `key` (a tensor of `elem_bytes` x `count`) is there
+  // with a matching header and all its bytes; then `layout` is its coded
+  // layout. A stale or short entry is removed (counted in rebuilt()); the
+  // checksum of the coded bytes is checked by Read, which reads them once.
   bool Find(uint64_t key, int elem_bytes, int64_t count, ExactLayout* layout);
   // Reads the entry Find accepted into `out` (layout.bytes); false (and the
-  // entry removed) if it changed meanwhile.
+  // entry removed, counted in rebuilt()) if its checksum fails: the caller
+  // codes the tensor itself.
   bool Read(uint64_t key, const ExactLayout& layout, uint8_t* out);
   // Writes an entry; a failure is remembered (first_error()) and not retried
   // for this cache.
