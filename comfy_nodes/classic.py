@@ -33,6 +33,9 @@ def _input(spec):
     if spec.kind == "bool":
         opts["default"] = spec.default
         return ("BOOLEAN", opts)
+    if spec.kind == "string":
+        opts.update(multiline=True, default=spec.default or "")
+        return ("STRING", opts)
     return (_TYPES[spec.kind], opts)
 
 
@@ -51,7 +54,7 @@ def make_class(spec: NodeSpec):
 
     return type(spec.node_id, (), {
         "INPUT_TYPES": classmethod(INPUT_TYPES),
-        "RETURN_TYPES": tuple(t for t, _ in spec.outputs),
+        "RETURN_TYPES": tuple(_TYPES["any"] if t == "*" else t for t, _ in spec.outputs),
         "RETURN_NAMES": tuple(n for _, n in spec.outputs),
         "FUNCTION": "run",
         "CATEGORY": "PinStream",

@@ -34,7 +34,7 @@ TRANSFER_DTYPES = ["auto", "compressed", "fp8_e4m3"]
 @dataclass
 class InputSpec:
     name: str
-    kind: str  # combo, float, int, bool, model, clip, any
+    kind: str  # combo, float, int, bool, string, model, clip, any
     tooltip: str
     default: object = None
     options: Callable[[], list] | None = None
@@ -331,6 +331,25 @@ def run_offload_clip(clip, mode, vram_budget_gb, prefetch_blocks, pin_memory,
     return (new,), msg
 
 
+def run_offload_pipeline(pipeline, modes, vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype="auto"):
+    """PinStream Offload (Pipeline): see comfy_nodes/pipeline_offload.py."""
+    from pinstream.native import native_available, native_error
+
+    from .pipeline_offload import offload_pipeline
+
+    cfg = check_offload_inputs("auto", vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype)
+    if not isinstance(modes, str):
+        raise ValueError(f"modes must be text (component=mode, ...), got {type(modes).__name__}")
+    if not native_available():
+        msg = (f"PinStream: native runtime not built ({native_error()}); the pipeline passed through unchanged. "
+               "Run `python install.py` in the PinStream folder and restart ComfyUI.")
+        log.warning(msg)
+        return (pipeline,), msg
+    out, lines = offload_pipeline(pipeline, modes, cfg.vram_budget_gb, cfg.prefetch_blocks, cfg.pin_memory,
+                                  cfg.transfer_dtype, progress=_progress())
+    return (out,), "\n".join(lines)
+
+
 def _gb(n) -> str:
     return f"{n / 1024**3:.2f} GiB"
 
@@ -428,6 +447,22 @@ SPECS = [
              "Applies a PinStream offload mode to a text encoder from any loader.",
              _config_inputs([InputSpec("clip", "clip", "The text encoder to manage.")]), [("CLIP", "CLIP")],
              run_offload_clip),
+    NodeSpec("PinStreamOffloadPipeline", "PinStream Offload (Pipeline)",
+             "Puts each torch module of a pipeline under a PinStream mode of its own: a dict like FlashPortrait's "
+             "pipe, a diffusers pipeline (its components) or a plain torch module; accelerate's offload hooks are "
+             "removed first. Returns the same object; the pipeline's own sampler runs it.",
+             [InputSpec("pipeline", "any", "The pipeline to manage: FlashPortrait's FLASH_PORTRAIT_PIPE, a diffusers "
+                        "pipeline (also one under accelerate's CPU offload, whose hooks are removed), or any torch "
+                        "module. The weights are taken from wherever they are; copies on the GPU are freed."),
+              InputSpec("modes", "string", "One component=mode per line or comma, e.g. 'transformer=budget:20, "
+                        "text_encoder=model_offload'. Modes: auto, full_load, model_offload, sequential, budget:GiB, "
+                        "skip (left as it is). Components not named: the transformer/unet streams (budget within "
+                        "vram_budget_gb when it is set, else sequential); encoders and the VAE model_offload. The "
+                        "node's text lists the components it found.", ""),
+              InputSpec("vram_budget_gb", "float", "VRAM for the denoiser (transformer/unet) in GiB when the modes do "
+                        "not name its budget; 0 = stream it in sequential mode.", 0.0, min=0.0, max=1024.0,
+                        step=0.01)] + OFFLOAD_INPUTS[2:],
+             [("*", "pipeline")], run_offload_pipeline),
     NodeSpec("PinStreamStats", "PinStream Stats",
              "Shows, for every model PinStream manages: mode (and why), resident and streamed bytes, bytes "
              "streamed in the last run, upload bandwidth, stall and pinned RAM.",

@@ -8,7 +8,7 @@ from comfy_api.latest import ComfyExtension, io, ui
 
 from .nodes import SPECS, NodeSpec
 
-_OUT = {"MODEL": io.Model, "CLIP": io.Clip, "VAE": io.Vae, "STRING": io.String}
+_OUT = {"MODEL": io.Model, "CLIP": io.Clip, "VAE": io.Vae, "STRING": io.String, "*": io.AnyType}
 
 
 def _input(spec):
@@ -22,6 +22,8 @@ def _input(spec):
         return io.Int.Input(spec.name, default=spec.default, min=spec.min, max=spec.max, step=spec.step, **common)
     if spec.kind == "bool":
         return io.Boolean.Input(spec.name, default=spec.default, **common)
+    if spec.kind == "string":
+        return io.String.Input(spec.name, multiline=True, default=spec.default or "", **common)
     if spec.kind == "model":
         return io.Model.Input(spec.name, **common)
     if spec.kind == "clip":

@@ -21,6 +21,7 @@ export const PINSTREAM_NODES = [
   "PinStreamLoadVAE",
   "PinStreamOffloadModel",
   "PinStreamOffloadCLIP",
+  "PinStreamOffloadPipeline",
   "PinStreamStats",
 ];
 export const WIDGET_NAME = "pinstream_text";
