@@ -8,6 +8,8 @@
 #      then the ComfyUI node tests again against ComfyUI 0.30.0 (Dynamic VRAM era)
 #   4. the browser test: a real ComfyUI server and web UI, headless Chromium (tests/ui)
 #   5. the GPU check's dry run (host engine, tiny sizes)
+#   6. the wheel: built from build/'s objects, installed into a fresh venv with no compiler,
+#      CMake or nvcc, pinstream._C imported from it with the CUDA engine, the tiny demo run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -91,4 +93,7 @@ if [[ -f bench/gpu_check.sh ]]; then
   (( n <= 8 )) || { echo "the GPU check's dry run left $n files; a device call brings back 8" >&2; ls -la "$dry_out"; exit 1; }
   rm -rf "$dry_out"
 fi
+
+step "wheel: built reusing build/, installed without compiler, CMake or nvcc into a fresh venv (tests/wheel)"
+bash tests/wheel/check_wheel.sh --build-dir build
 step "all tests passed"
