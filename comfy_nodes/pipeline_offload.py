@@ -235,6 +235,19 @@ def _group_offloaded(module: nn.Module) -> bool:
         return False
 
 
+def _drop_restored_forwards(module: nn.Module) -> None:
+    """accelerate's hook removal puts each module's own forward back as an instance
+    attribute (``module.forward = module._old_forward``, a method bound to the module): a
+    reference cycle, so the module, and the memory PinStream gives it, would outlive its
+    last reference until the next garbage collection. Where that attribute is just the
+    class's forward, it goes (the class's is the same method)."""
+    for m in module.modules():
+        bound = m.__dict__.get("forward")
+        if (bound is not None and getattr(bound, "__self__", None) is m
+                and getattr(bound, "__func__", None) is getattr(type(m), "forward", None)):
+            del m.__dict__["forward"]
+
+
 def remove_offload_hooks(found: Found) -> list[str]:
     """accelerate's hooks off every component (weights back where they were before the
     offload, values from the weights map), diffusers' offload state reset. Returns the
@@ -249,6 +262,7 @@ def remove_offload_hooks(found: Found) -> list[str]:
         from accelerate.hooks import remove_hook_from_module
 
         remove_hook_from_module(module, recurse=True)
+        _drop_restored_forwards(module)
         hooked.append(name)
     for pipe in found.pipelines:
         if getattr(pipe, "_all_hooks", None):

@@ -301,14 +301,17 @@ def test_flash_portrait_pipe_modes_interrupt_unload_and_drop(reference, no_gc):
     del handles, out
     gone = weakref.ref(pipe["transformer"])
     pipeline = weakref.ref(pipe["pipeline"])
+    others = {n: weakref.ref(pipe[n]) for n in ("vae", "text_encoder", "clip_image_encoder", "portrait_encoder")}
     del pipe
-    assert pipeline() is None  # by reference counting
+    # by reference counting (accelerate's hook removal leaves each module's forward bound to
+    # it as an instance attribute, a cycle: the node takes those out)
+    assert pipeline() is None and not [n for n, r in others.items() if r() is not None]
     if gone() is not None:
         # diffusers' own cycle: maybe_free_model_hooks, at the end of every run of its
         # pipelines, gives its CacheMixin models (its Wan transformer; not FlashPortrait's) a
-        # HookRegistry that sets module.forward to a bound method of the module. Unmanaged
-        # models have it too; it goes at the next collection.
-        assert "_diffusers_hook" in vars(gone()) and "forward" in vars(gone())
+        # HookRegistry that refers back to the module. Unmanaged models have it too; it goes
+        # at the next collection.
+        assert "_diffusers_hook" in vars(gone())
         gc.collect()
     assert gone() is None
     live = _C.live_bytes()
