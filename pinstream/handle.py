@@ -232,6 +232,8 @@ class OffloadHandle(Replanning):
         plan = s.get("plan") or self.plan
         if plan:
             s["resident_bytes"] = int(plan["fixed_bytes"] + plan["resident_block_bytes"])
+            # blocks held on the device in their coded form, decoded into a slot per use
+            s["resident_coded_bytes"] = int(plan.get("coded_block_bytes", 0))
             s["streamed_bytes"] = int(plan["streamed_block_bytes"])
         return s
 

@@ -116,4 +116,4 @@ class Replanning:
     def streams_blocks(self) -> bool:
         """Whether the plan sends any block (or the rest of a split one) through the
         ring of reused device slots."""
-        return bool(self.plan.get("streamed_blocks") or self.plan.get("split_blocks"))
+        return bool(self.plan.get("streamed_blocks") or self.plan.get("split_blocks") or self.plan.get("coded_blocks"))

@@ -29,6 +29,13 @@ py::dict ToDict(const PlanInfo& p) {
   d["resident_blocks"] = p.resident_blocks;
   d["streamed_blocks"] = p.streamed_blocks;
   d["split_blocks"] = p.split_blocks;
+  d["coded_blocks"] = p.coded_blocks;
+  d["coded_block_bytes"] = p.coded_block_bytes;
+  d["staging_bytes"] = p.staging_bytes;
+  d["copy_ms_per_pass"] = p.copy_ms_per_pass;
+  d["link_gbps"] = p.link_gbps;
+  d["transform_gbps"] = p.transform_gbps;
+  d["rates_measured"] = p.rates_measured;
   d["split_bytes"] = p.split_bytes;
   d["slot_count"] = p.slot_count;
   d["slot_bytes"] = p.slot_bytes;
@@ -52,6 +59,7 @@ py::dict ToDict(const RuntimeStats& s) {
   d["misses"] = c.misses;
   d["prefetches"] = c.prefetches;
   d["upload_failures"] = c.upload_failures;
+  d["coded_refills"] = c.coded_refills;
   d["stall_ms"] = c.stall_ms;
   d["upload_ms"] = c.upload_ms;
   d["timed_upload_bytes"] = c.timed_upload_bytes;

@@ -278,6 +278,182 @@ Candidate BestSplit(const PlanRequest& req, const std::vector<uint64_t>& sizes, 
   return best;
 }
 
+// ---- plans with transformed blocks: resident as stored, resident coded, streamed ----
+
+enum Residency : uint8_t { kStreamed = 0, kCoded = 1, kStored = 2 };
+
+// One block's costs under each residency.
+struct BlockCosts {
+  bool can_code = false;     // transformed, and its transfer form is smaller than its layout
+  uint64_t stream_ring = 0;  // slot bytes when streamed: its footprint
+  uint64_t coded_ring = 0;   // slot bytes when resident coded: its layout
+  uint64_t stored = 0;       // device bytes resident as stored
+  uint64_t coded = 0;        // device bytes resident coded
+  double stream_s = 0;       // copy-queue seconds per pass when streamed
+  double coded_s = 0;        // ... when resident coded
+};
+
+std::vector<BlockCosts> CostsOf(const PlanRequest& req, const std::vector<uint64_t>& sizes) {
+  std::vector<BlockCosts> out(sizes.size());
+  const double link = req.link_bytes_per_second, xform = req.transform_bytes_per_second;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    BlockCosts& c = out[i];
+    c.stream_ring = sizes[i];
+    const uint64_t layout = req.block_layout_bytes[i], transfer = req.block_transfer_bytes[i];
+    if (layout == 0 && transfer == 0) {  // sent as stored
+      c.stored = sizes[i];
+      c.stream_s = static_cast<double>(req.block_bytes[i]) / link;
+      continue;
+    }
+    c.stored = sizes[i];  // its layout: what a slot holds too
+    c.coded = AlignUp(transfer, req.alignment);
+    c.coded_ring = c.stored;
+    c.coded_s = static_cast<double>(layout) / xform;
+    c.stream_s = static_cast<double>(transfer) / link + c.coded_s;
+    c.can_code = c.coded < c.stored;
+  }
+  return out;
+}
+
+struct Candidate3 {
+  bool valid = false;
+  std::vector<uint8_t> state;
+  uint64_t slot_bytes = 0;
+  int slots = 0;
+  uint64_t device_bytes = 0;
+  double seconds = 0;
+};
+
+// The residency each block starts from with slots of `slot`: the cheapest in
+// device bytes that the slot allows. Returns the bytes those starts hold and
+// the number of blocks that use the ring.
+uint64_t StartStates(const std::vector<BlockCosts>& costs, uint64_t slot, std::vector<uint8_t>* state,
+                     int* ring_users) {
+  uint64_t held = 0;
+  *ring_users = 0;
+  state->assign(costs.size(), kStored);
+  for (size_t i = 0; i < costs.size(); ++i) {
+    const BlockCosts& c = costs[i];
+    if (c.stream_ring <= slot) {
+      (*state)[i] = kStreamed;
+    } else if (c.can_code && c.coded_ring <= slot) {
+      (*state)[i] = kCoded;
+      held += c.coded;
+    } else {
+      held += c.stored;
+      continue;
+    }
+    ++*ring_users;
+  }
+  return held;
+}
+
+// With slots of `slot`, spends the budget left after the starts on the moves
+// that save the most copy-queue time per device byte (ties: blocks spread
+// evenly through the pass, by `rank`).
+Candidate3 Evaluate3(const std::vector<BlockCosts>& costs, const std::vector<int>& rank, uint64_t fixed,
+                     uint64_t staging, uint64_t budget, int prefetch, uint64_t slot) {
+  Candidate3 c;
+  int users = 0;
+  const uint64_t held = StartStates(costs, slot, &c.state, &users);
+  if (users == 0) return c;
+  const uint64_t ring = slot * static_cast<uint64_t>(std::min(users, prefetch + 1));
+  const uint64_t base = SatAdd(SatAdd(SatAdd(fixed, held), ring), staging);
+  if (base > budget) return c;
+  uint64_t left = budget - base;
+  struct Move {
+    int block;
+    uint8_t from, to;
+    uint64_t cost;
+    double gain;
+  };
+  std::vector<Move> moves;
+  for (int i = 0; i < static_cast<int>(costs.size()); ++i) {
+    const BlockCosts& b = costs[i];
+    if (c.state[i] == kStored) continue;
+    if (c.state[i] == kStreamed) {
+      if (b.can_code && b.coded_ring <= slot) moves.push_back({i, kStreamed, kCoded, b.coded, b.stream_s - b.coded_s});
+      moves.push_back({i, kStreamed, kStored, b.stored, b.stream_s});
+    }
+    if (b.can_code) moves.push_back({i, kCoded, kStored, b.stored - b.coded, b.coded_s});
+  }
+  std::sort(moves.begin(), moves.end(), [&rank](const Move& a, const Move& b) {
+    const double ea = a.gain * static_cast<double>(b.cost), eb = b.gain * static_cast<double>(a.cost);
+    if (ea != eb) return ea > eb;
+    if (rank[a.block] != rank[b.block]) return rank[a.block] < rank[b.block];
+    return a.to < b.to;
+  });
+  // A move applies only from its block's current residency: a second sweep
+  // takes the coded -> stored moves of blocks the first one coded.
+  for (int sweep = 0; sweep < 2; ++sweep) {
+    for (const Move& m : moves) {
+      if (c.state[m.block] != m.from || m.cost > left) continue;
+      c.state[m.block] = m.to;
+      left -= m.cost;
+    }
+  }
+  uint64_t device = fixed;
+  users = 0;
+  for (size_t i = 0; i < costs.size(); ++i) {
+    const BlockCosts& b = costs[i];
+    switch (c.state[i]) {
+      case kStored:
+        device += b.stored;
+        break;
+      case kCoded:
+        device += b.coded;
+        c.seconds += b.coded_s;
+        c.slot_bytes = std::max(c.slot_bytes, b.coded_ring);
+        ++users;
+        break;
+      default:
+        c.seconds += b.stream_s;
+        c.slot_bytes = std::max(c.slot_bytes, b.stream_ring);
+        ++users;
+    }
+  }
+  c.slots = std::min(users, prefetch + 1);
+  c.device_bytes = SatAdd(SatAdd(device, c.slot_bytes * static_cast<uint64_t>(c.slots)), staging);
+  c.valid = c.device_bytes <= budget;
+  return c;
+}
+
+// Slot sizes worth trying: every block's ring need, at most 128 of them
+// (evenly picked), largest first.
+std::vector<uint64_t> SlotSizes3(const std::vector<BlockCosts>& costs) {
+  std::vector<uint64_t> sizes;
+  for (const BlockCosts& c : costs) {
+    sizes.push_back(c.stream_ring);
+    if (c.can_code) sizes.push_back(c.coded_ring);
+  }
+  std::sort(sizes.begin(), sizes.end(), std::greater<uint64_t>());
+  sizes.erase(std::unique(sizes.begin(), sizes.end()), sizes.end());
+  constexpr size_t kMax = 128;
+  if (sizes.size() > kMax) {
+    std::vector<uint64_t> picked;
+    for (size_t j = 0; j < kMax; ++j) picked.push_back(sizes[j * sizes.size() / kMax]);
+    sizes.swap(picked);
+  }
+  return sizes;
+}
+
+// The smallest budget a three-residency plan runs in (every block as cheap as a
+// slot size allows).
+uint64_t Minimum3(const std::vector<BlockCosts>& costs, uint64_t fixed, uint64_t staging, int prefetch) {
+  uint64_t best = std::numeric_limits<uint64_t>::max();
+  std::vector<uint8_t> state;
+  for (uint64_t slot : SlotSizes3(costs)) {
+    int users = 0;
+    const uint64_t held = StartStates(costs, slot, &state, &users);
+    if (users == 0) continue;
+    const uint64_t ring = slot * static_cast<uint64_t>(std::min(users, prefetch + 1));
+    best = std::min(best, SatAdd(SatAdd(SatAdd(fixed, held), ring), staging));
+  }
+  return best;
+}
+
+bool HasLayouts(const PlanRequest& req) { return !req.block_layout_bytes.empty(); }
+
 std::vector<uint64_t> AlignedSizes(const PlanRequest& req) {
   std::vector<uint64_t> sizes;
   sizes.reserve(req.block_bytes.size());
@@ -291,6 +467,23 @@ Status Validate(const PlanRequest& req) {
   }
   if (req.alignment == 0) {
     return Status::InvalidArgument("alignment must be > 0");
+  }
+  if (req.block_layout_bytes.size() != req.block_transfer_bytes.size() ||
+      (HasLayouts(req) && req.block_layout_bytes.size() != req.block_bytes.size())) {
+    return Status::InvalidArgument("block_layout_bytes and block_transfer_bytes need one entry per block (" +
+                                   std::to_string(req.block_bytes.size()) + "), got " +
+                                   std::to_string(req.block_layout_bytes.size()) + " and " +
+                                   std::to_string(req.block_transfer_bytes.size()));
+  }
+  for (size_t i = 0; i < req.block_layout_bytes.size(); ++i) {
+    if (req.block_transfer_bytes[i] != 0 && req.block_layout_bytes[i] != req.block_bytes[i]) {
+      return Status::InvalidArgument("block " + std::to_string(i) + ": a transformed block's block_bytes (" +
+                                     std::to_string(req.block_bytes[i]) + ") must be its layout bytes (" +
+                                     std::to_string(req.block_layout_bytes[i]) + ")");
+    }
+  }
+  if (!(req.link_bytes_per_second > 0) || !(req.transform_bytes_per_second > 0)) {
+    return Status::InvalidArgument("link and transform rates must be > 0 bytes/s");
   }
   if (!req.block_cuts.empty()) {
     if (req.block_cuts.size() != req.block_bytes.size()) {
@@ -309,14 +502,19 @@ Status Validate(const PlanRequest& req) {
 uint64_t ResidencyPlan::MinimumBudget(const PlanRequest& request) {
   const std::vector<uint64_t> sizes = AlignedSizes(request);
   const uint64_t fixed = AlignUp(request.fixed_bytes, request.alignment);
+  const uint64_t staging = AlignUp(request.staging_bytes, request.alignment);
   uint64_t total = fixed;
   for (uint64_t s : sizes) total = SatAdd(total, s);
+  total = SatAdd(total, staging);
   if (request.policy == PlanPolicy::kAllResident || sizes.empty()) return total;
   const int slots_max = request.prefetch + 1;
   const int n = static_cast<int>(sizes.size());
   if (request.policy == PlanPolicy::kStreamAll) {
     const uint64_t largest = *std::max_element(sizes.begin(), sizes.end());
-    return SatAdd(fixed, largest * static_cast<uint64_t>(std::min(n, slots_max)));
+    return SatAdd(SatAdd(fixed, largest * static_cast<uint64_t>(std::min(n, slots_max))), staging);
+  }
+  if (HasLayouts(request)) {
+    return std::min(total, Minimum3(CostsOf(request, sizes), fixed, staging, request.prefetch));
   }
   // Budget: smallest over slot sizes of fixed + blocks above it + ring.
   uint64_t best = total;
@@ -349,6 +547,7 @@ Status ResidencyPlan::Make(const PlanRequest& request, ResidencyPlan* out) {
   plan.policy_ = request.policy;
   plan.resident_.assign(n, 0);
   plan.prefix_.assign(n, 0);
+  plan.staging_bytes_ = AlignUp(request.staging_bytes, request.alignment);
 
   const uint64_t minimum = MinimumBudget(request);
   if (request.budget_bytes < minimum) {
@@ -367,10 +566,52 @@ Status ResidencyPlan::Make(const PlanRequest& request, ResidencyPlan* out) {
                                    "; raise the budget, lower prefetch, or use sequential mode");
   }
 
+  const uint64_t total_stored = total_blocks;
   if (request.policy == PlanPolicy::kAllResident || n == 0 ||
-      (request.policy == PlanPolicy::kBudget && SatAdd(fixed, total_blocks) <= request.budget_bytes)) {
+      (request.policy == PlanPolicy::kBudget &&
+       SatAdd(SatAdd(fixed, total_stored), plan.staging_bytes_) <= request.budget_bytes)) {
     plan.resident_.assign(n, 1);
-    plan.resident_block_bytes_ = total_blocks;
+    plan.resident_block_bytes_ = total_stored;
+    *out = std::move(plan);
+    return Status::Ok();
+  }
+  if (request.policy == PlanPolicy::kBudget && HasLayouts(request)) {
+    const std::vector<BlockCosts> costs = CostsOf(request, sizes);
+    std::vector<int> rank(n);
+    const std::vector<int> order = SpreadOrder(n);
+    for (int j = 0; j < n; ++j) rank[order[j]] = j;
+    Candidate3 best;
+    for (uint64_t slot : SlotSizes3(costs)) {
+      Candidate3 c = Evaluate3(costs, rank, fixed, plan.staging_bytes_, request.budget_bytes, request.prefetch, slot);
+      if (!c.valid) continue;
+      if (!best.valid || c.seconds < best.seconds * (1 - 1e-9) ||
+          (c.seconds <= best.seconds * (1 + 1e-9) && c.device_bytes < best.device_bytes)) {
+        best = std::move(c);
+      }
+    }
+    if (!best.valid)
+      return Status::InvalidArgument("no residency plan fits budget " + FormatBytes(request.budget_bytes));
+    plan.coded_.assign(n, 0);
+    for (int i = 0; i < n; ++i) {
+      switch (best.state[i]) {
+        case kStored:
+          plan.resident_[i] = 1;
+          plan.resident_block_bytes_ += costs[i].stored;
+          break;
+        case kCoded:
+          plan.coded_[i] = 1;
+          plan.coded_block_bytes_ += costs[i].coded;
+          break;
+        default:  // what crosses the link: the transfer form of a transformed block
+          plan.streamed_block_bytes_ +=
+              request.block_transfer_bytes[i] != 0 ? request.block_transfer_bytes[i] : request.block_bytes[i];
+      }
+    }
+    plan.slot_bytes_ = best.slot_bytes;
+    plan.slot_count_ = best.slots;
+    plan.copy_seconds_ = best.seconds;
+    plan.link_rate_ = request.link_bytes_per_second;
+    plan.transform_rate_ = request.transform_bytes_per_second;
     *out = std::move(plan);
     return Status::Ok();
   }
@@ -410,6 +651,12 @@ int ResidencyPlan::num_resident() const {
   return r;
 }
 
+int ResidencyPlan::num_coded() const {
+  int r = 0;
+  for (uint8_t v : coded_) r += v;
+  return r;
+}
+
 int ResidencyPlan::num_split() const {
   int r = 0;
   for (uint64_t p : prefix_) r += p != 0 ? 1 : 0;
@@ -417,14 +664,26 @@ int ResidencyPlan::num_split() const {
 }
 
 std::string ResidencyPlan::Describe() const {
-  const int splits = num_split();
-  return std::string(PlanPolicyName(policy_)) + ": " + std::to_string(num_resident()) + " of " +
-         std::to_string(num_blocks()) + " blocks resident" +
-         (splits > 0 ? ", " + std::to_string(splits) + " split (head resident, rest streamed)" : std::string()) + " (" +
-         FormatBytes(resident_block_bytes_) + "), " + std::to_string(num_streamed()) + " streamed (" +
-         FormatBytes(streamed_block_bytes_) + "), ring " + std::to_string(slot_count_) + " x " +
-         FormatBytes(slot_bytes_) + ", non-block " + FormatBytes(fixed_bytes_) + ", device total " +
-         FormatBytes(device_bytes()) + ", prefetch " + std::to_string(prefetch_);
+  const int splits = num_split(), coded = num_coded();
+  std::string out =
+      std::string(PlanPolicyName(policy_)) + ": " + std::to_string(num_resident()) + " of " +
+      std::to_string(num_blocks()) + " blocks resident" +
+      (splits > 0 ? ", " + std::to_string(splits) + " split (head resident, rest streamed)" : std::string()) + " (" +
+      FormatBytes(resident_block_bytes_) + "), ";
+  if (coded > 0) {
+    out += std::to_string(coded) + " resident coded (" + FormatBytes(coded_block_bytes_) +
+           ", decoded into a slot at each use), ";
+  }
+  out += std::to_string(num_streamed() - coded) + " streamed (" + FormatBytes(streamed_block_bytes_) + "), ring " +
+         std::to_string(slot_count_) + " x " + FormatBytes(slot_bytes_) + ", non-block " + FormatBytes(fixed_bytes_) +
+         ", device total " + FormatBytes(device_bytes()) + ", prefetch " + std::to_string(prefetch_);
+  if (copy_seconds_ > 0) {
+    char buf[192];
+    std::snprintf(buf, sizeof(buf), "; copy queue %.1f ms per pass at link %.1f GB/s, decode %.1f GB/s",
+                  copy_seconds_ * 1e3, link_rate_ / 1e9, transform_rate_ / 1e9);
+    out += buf;
+  }
+  return out;
 }
 
 }  // namespace pinstream

@@ -17,6 +17,8 @@ struct Stats {
   uint64_t misses = 0;          // acquires that had to start their own upload
   uint64_t prefetches = 0;      // uploads started ahead of need
   uint64_t upload_failures = 0;
+  // slots filled from a resident coded block: a transform on the device, no upload
+  uint64_t coded_refills = 0;
   double stall_ms = 0;   // compute queue waiting for uploads
   double upload_ms = 0;  // sum of copy-queue time of timed uploads
   uint64_t timed_upload_bytes = 0;

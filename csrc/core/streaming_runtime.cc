@@ -83,21 +83,26 @@ Status StreamingRuntime::ReplaceTransfer(int block, const void* host, uint64_t b
   return Plan(last_policy_, last_budget_, last_prefetch_);
 }
 
-uint64_t StreamingRuntime::Footprint(const Block& b) const {
-  if (b.transform == nullptr) return b.bytes;
-  return AlignUp(b.device_bytes, kAlignment) + b.bytes;
-}
+uint64_t StreamingRuntime::Footprint(const Block& b) const { return b.transform ? b.device_bytes : b.bytes; }
 
 Status StreamingRuntime::EnqueueUpload(const Block& b, int id, void* dst) {
+  if (b.coded) return engine_->EnqueueTransform(b.transform, b.coded_loc.ptr, dst);
   if (b.split) {
     return engine_->EnqueueCopy(dst, static_cast<const uint8_t*>(b.host) + b.prefix, b.bytes - b.prefix, id);
   }
   if (b.transform == nullptr) {
     return b.bytes > 0 ? engine_->EnqueueCopy(dst, b.host, b.bytes, id) : Status::Ok();
   }
-  void* staging = static_cast<uint8_t*>(dst) + AlignUp(b.device_bytes, kAlignment);
-  if (b.bytes > 0) PINSTREAM_RETURN_IF_ERROR(engine_->EnqueueCopy(staging, b.host, b.bytes, id));
-  return engine_->EnqueueTransform(b.transform, staging, dst);
+  // one staging buffer serves every transformed upload: the copy queue runs
+  // each upload and its transform before the next upload overwrites it
+  if (b.bytes > 0) PINSTREAM_RETURN_IF_ERROR(engine_->EnqueueCopy(staging_.ptr, b.host, b.bytes, id));
+  return engine_->EnqueueTransform(b.transform, staging_.ptr, dst);
+}
+
+void StreamingRuntime::SetRates(double link_bytes_per_second, double transform_bytes_per_second) {
+  link_rate_ = link_bytes_per_second > 0 ? link_bytes_per_second : PlanRequest::kNominalLinkBytesPerSecond;
+  transform_rate_ =
+      transform_bytes_per_second > 0 ? transform_bytes_per_second : PlanRequest::kNominalTransformBytesPerSecond;
 }
 
 Status StreamingRuntime::CheckBlock(int block, const char* what) const {
@@ -120,18 +125,26 @@ Status StreamingRuntime::Plan(PlanPolicy policy, uint64_t budget_bytes, int pref
   req.prefetch = prefetch;
   req.alignment = kAlignment;
   uint64_t fixed = 0;
-  bool any_cuts = false;
+  bool any_cuts = false, any_transform = false;
+  for (const Block& b : blocks_) any_transform |= b.transform != nullptr;
   for (Block& b : blocks_) {
     b.plan_index = -1;
     if (b.streamable) {
       b.plan_index = static_cast<int>(req.block_bytes.size());
       req.block_bytes.push_back(Footprint(b));
       any_cuts |= b.transform == nullptr && !b.cuts.empty();
+      if (any_transform) {
+        req.block_layout_bytes.push_back(b.transform ? b.device_bytes : 0);
+        req.block_transfer_bytes.push_back(b.transform ? b.bytes : 0);
+      }
     } else {
       fixed += AlignUp(Footprint(b), req.alignment);
     }
+    if (b.transform) req.staging_bytes = std::max(req.staging_bytes, AlignUp(b.bytes, req.alignment));
   }
-  if (any_cuts) {
+  req.link_bytes_per_second = link_rate_;
+  req.transform_bytes_per_second = transform_rate_;
+  if (any_cuts && !any_transform) {
     for (const Block& b : blocks_) {
       if (b.streamable) {
         req.block_cuts.push_back(b.transform == nullptr ? b.cuts : std::vector<uint64_t>());
@@ -149,6 +162,7 @@ Status StreamingRuntime::Plan(PlanPolicy policy, uint64_t budget_bytes, int pref
   for (size_t i = 0; i < blocks_.size(); ++i) {
     Block& b = blocks_[i];
     b.resident = !b.streamable || plan_.resident(b.plan_index);
+    b.coded = b.streamable && plan_.coded(b.plan_index);
     b.split = b.streamable && plan_.split(b.plan_index);
     b.prefix = b.split ? plan_.resident_prefix(b.plan_index) : 0;
     streamed_[i] = b.resident ? 0 : 1;
@@ -205,29 +219,14 @@ Status StreamingRuntime::Load(void* compute_queue) {
     Status s = TakeEvent(&residents_event_);
     if (!s.ok()) return fail(s, 0, "an event");
   }
-  for (size_t i = 0; i < blocks_.size(); ++i) {
-    Block& b = blocks_[i];
-    if (!b.resident && !b.split) continue;
-    // a split block's resident head: its first `prefix` bytes, as they are
-    const uint64_t footprint = b.split ? AlignUp(b.prefix, kAlignment) : Footprint(b);
-    const uint64_t head = b.split ? b.prefix : b.bytes;
-    Status s = allocator_->Allocate(std::max<uint64_t>(footprint, 1), &b.resident_loc.allocation, &b.resident_loc.ptr);
-    if (!s.ok()) {
-      return fail(s, footprint, (b.split ? "the resident head of block " : "resident block ") + std::to_string(i));
-    }
-    done += footprint;
-    if (head > 0) {
-      s = b.split ? engine_->EnqueueCopy(b.resident_loc.ptr, b.host, head, static_cast<int>(i))
-                  : EnqueueUpload(b, static_cast<int>(i), b.resident_loc.ptr);
-      if (!s.ok()) return fail(s, 0, "resident upload");
-      stats_.bytes_uploaded += head;
-      stats_.uploads += 1;
-      stats_.block_uploads[i] += 1;
-    }
+  {
+    std::string what;
+    uint64_t want = 0;
+    Status s = LoadResidents(&done, &what, &want);
+    if (!s.ok()) return fail(s, want, what);
   }
-  Status s = engine_->RecordCopyEvent(residents_event_);
-  if (!s.ok()) return fail(s, 0, "resident upload event");
   residents_waited_ = false;
+  Status s;
   slots_.resize(plan_.slot_count());
   for (SlotMem& slot : slots_) {
     s = allocator_->Allocate(std::max<uint64_t>(plan_.slot_bytes(), 1), &slot.loc.allocation, &slot.loc.ptr);
@@ -245,11 +244,57 @@ Status StreamingRuntime::Load(void* compute_queue) {
   return Status::Ok();
 }
 
+Status StreamingRuntime::LoadResidents(uint64_t* done, std::string* what, uint64_t* want) {
+  if (plan_.staging_bytes() > 0) {
+    Status s = allocator_->Allocate(plan_.staging_bytes(), &staging_.allocation, &staging_.ptr);
+    if (!s.ok()) {
+      *want = plan_.staging_bytes();
+      *what = "the staging buffer of transformed blocks";
+      return s;
+    }
+    *done += plan_.staging_bytes();
+  }
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    Block& b = blocks_[i];
+    if (!b.resident && !b.split && !b.coded) continue;
+    // a split block's resident head: its first `prefix` bytes, as they are;
+    // a transformed block: its layout (as stored) or its transfer form (coded)
+    const uint64_t footprint = AlignUp(b.split ? b.prefix : b.coded ? b.bytes : Footprint(b), kAlignment);
+    DeviceLocation& loc = b.coded ? b.coded_loc : b.resident_loc;
+    Status s = allocator_->Allocate(std::max<uint64_t>(footprint, 1), &loc.allocation, &loc.ptr);
+    if (!s.ok()) {
+      *want = footprint;
+      *what = (b.split   ? "the resident head of block "
+               : b.coded ? "resident coded block "
+                         : "resident block ") +
+              std::to_string(i);
+      return s;
+    }
+    *done += footprint;
+    const uint64_t head = b.split ? b.prefix : b.bytes;
+    if (head == 0) continue;
+    s = b.split || b.coded ? engine_->EnqueueCopy(loc.ptr, b.host, head, static_cast<int>(i))
+                           : EnqueueUpload(b, static_cast<int>(i), loc.ptr);
+    if (!s.ok()) {
+      *what = "resident upload";
+      return s;
+    }
+    stats_.bytes_uploaded += head;
+    stats_.uploads += 1;
+    stats_.block_uploads[i] += 1;
+  }
+  Status s = engine_->RecordCopyEvent(residents_event_);
+  if (!s.ok()) *what = "resident upload event";
+  return s;
+}
+
 void StreamingRuntime::FreeDevice() {
   // Callers have synchronized the copy queue, or nothing was queued.
   for (Block& b : blocks_) {
     if (b.resident_loc.allocation >= 0) allocator_->Free(b.resident_loc.allocation);
+    if (b.coded_loc.allocation >= 0) allocator_->Free(b.coded_loc.allocation);
     b.resident_loc = DeviceLocation();
+    b.coded_loc = DeviceLocation();
     b.acquired = 0;
   }
   for (SlotMem& slot : slots_) {
@@ -258,6 +303,8 @@ void StreamingRuntime::FreeDevice() {
     if (slot.release_event >= 0) spare_events_.push_back(slot.release_event);
   }
   slots_.clear();
+  if (staging_.allocation >= 0) allocator_->Free(staging_.allocation);
+  staging_ = DeviceLocation();
   residents_waited_ = false;
   ring_ = SlotRing(0, num_blocks());
   loaded_ = false;
@@ -303,6 +350,10 @@ Status StreamingRuntime::Upload(int slot, int block) {
     return s;
   }
   ring_.MarkValid(slot);
+  if (b.coded) {
+    stats_.coded_refills += 1;
+    return Status::Ok();
+  }
   stats_.uploads += 1;
   stats_.bytes_uploaded += b.bytes - b.prefix;
   stats_.block_uploads[block] += 1;

@@ -76,12 +76,15 @@ class StreamingRuntime {
   // for transformed blocks (they stream whole).
   Status SetCuts(int block, std::vector<uint64_t> cuts);
   // Marks `block` as sent in a transfer format: its `bytes` at `host` are the
-  // transfer bytes, copied into a staging area behind `device_bytes` of device
-  // layout, which `transform` (kept alive by the caller) then writes.
+  // transfer bytes, copied into the runtime's staging buffer, from which
+  // `transform` (kept alive by the caller) writes `device_bytes` of device layout.
   Status SetTransform(int block, uint64_t device_bytes, const BlockTransform* transform);
 
   // Decides residency. Allowed only while nothing is loaded.
   Status Plan(PlanPolicy policy, uint64_t budget_bytes, int prefetch);
+  // The link and transform rates (bytes/s) the next plans weigh residencies
+  // with (see ResidencyPlan); <= 0 keeps the nominal rate.
+  void SetRates(double link_bytes_per_second, double transform_bytes_per_second);
   // New transfer bytes for a transformed block (its values were re-encoded):
   // `host` holds `bytes` of them, `transform` writes the same device layout.
   // Allowed while nothing is loaded; the plan is made again with the last
@@ -121,6 +124,8 @@ class StreamingRuntime {
   uint64_t block_bytes(int block) const { return blocks_[block].bytes; }
   bool streamable(int block) const { return blocks_[block].streamable; }
   bool resident(int block) const { return blocks_[block].resident; }
+  // Held on the device in its transfer form, transformed into a slot at each use.
+  bool coded(int block) const { return blocks_[block].coded; }
   // Goes through the ring each pass (a split block's rest included).
   bool streamed(int block) const { return streamed_[block] != 0; }
   // Split by the plan: a resident head of split_bytes(block), the rest streamed.
@@ -141,11 +146,13 @@ class StreamingRuntime {
     const BlockTransform* transform = nullptr;
     bool streamable = true;
     bool resident = false;
+    bool coded = false;  // resident in its transfer form at coded_loc
     bool split = false;  // resident head of `prefix` bytes, the rest streamed
     uint64_t prefix = 0;
     std::vector<uint64_t> cuts;   // where a plan may split it
     int plan_index = -1;          // index in the plan's block list
     DeviceLocation resident_loc;  // when resident and loaded
+    DeviceLocation coded_loc;     // when resident coded and loaded
     int acquired = 0;             // acquisitions not yet released
   };
   struct SlotMem {
@@ -158,11 +165,16 @@ class StreamingRuntime {
   Status TakeEvent(EventId* e);
   // Makes `compute_queue` wait for the resident uploads once per recording.
   Status WaitForResidents(void* compute_queue);
-  // Device footprint: the layout, plus the staging area of a transformed block.
+  // Device bytes as stored: the layout (of a transformed block too).
   uint64_t Footprint(const Block& b) const;
   // Queues the upload of `b` to `dst` (and its transform), without events;
-  // of a split block, the streamed rest only.
+  // of a split block, the streamed rest only; of a resident coded block, its
+  // transform from the coded copy on the device (no upload).
   Status EnqueueUpload(const Block& b, int id, void* dst);
+  // Allocates the staging buffer (with transformed units) and the resident
+  // units, and queues their uploads (a split block's head, resident coded
+  // blocks' transfer forms; transformed ones as stored through the staging buffer).
+  Status LoadResidents(uint64_t* done, std::string* what, uint64_t* want);
   Status Upload(int slot, int block);
   void Prefetch(int current);
   void FreeDevice();
@@ -172,6 +184,7 @@ class StreamingRuntime {
   DeviceAllocator* allocator_;
   std::vector<Block> blocks_;
   std::vector<SlotMem> slots_;
+  DeviceLocation staging_;  // where transformed units' transfer bytes land before their transform
   std::vector<EventId> spare_events_;
   // Recorded on the copy queue after the resident uploads of a Load; the last
   // compute queue that waited on this recording (waiting again is a no-op).
@@ -183,6 +196,8 @@ class StreamingRuntime {
   PlanPolicy last_policy_ = PlanPolicy::kBudget;
   uint64_t last_budget_ = PlanRequest::kUnlimited;
   int last_prefetch_ = 1;
+  double link_rate_ = PlanRequest::kNominalLinkBytesPerSecond;
+  double transform_rate_ = PlanRequest::kNominalTransformBytesPerSecond;
   ScheduleLearner learner_;
   SlotRing ring_;
   Stats stats_;

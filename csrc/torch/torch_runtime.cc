@@ -375,8 +375,9 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
     std::vector<uint64_t> sizes;
     for (size_t b = 0; b < n; ++b) {
       const int id = first + static_cast<int>(b);
-      pending[b].use =
-          req.plan ? UseOfBlock(infos[b].streamable, core_->resident(id), core_->split(id)) : LinkUse::kOnce;
+      pending[b].use = req.plan
+                           ? UseOfBlock(infos[b].streamable, core_->resident(id) || core_->coded(id), core_->split(id))
+                           : LinkUse::kOnce;
       if (!infos[b].exact) {
         plain.push_back(b);
         sizes.push_back(static_cast<uint64_t>(infos[b].bytes));
@@ -656,6 +657,7 @@ PlanInfo TorchRuntime::Plan(const std::string& policy, int64_t budget_bytes, int
   if (prefetch < 0) throw std::invalid_argument("PinStream: prefetch must be >= 0, got " + std::to_string(prefetch));
   const PlanPolicy p = ParsePolicy(policy);
   if (core_->loaded()) UnloadLocked();
+  UseMeasuredRates();
   ThrowIfError(
       core_->Plan(p, budget_bytes < 0 ? PlanRequest::kUnlimited : static_cast<uint64_t>(budget_bytes), prefetch));
   return PlanInfoLocked();
@@ -830,6 +832,17 @@ void TorchRuntime::PointResidentBlocks() {
   }
 }
 
+void TorchRuntime::UseMeasuredRates() {
+  // Tiny timings say more about launch overheads than about rates: only from
+  // 256 MiB of uploads and 64 MiB of transforms on.
+  const Stats st = core_->GetStats(false);
+  const bool link = st.timed_upload_bytes >= (256ULL << 20) && st.upload_ms > 0;
+  const bool xform = st.transform_bytes >= (64ULL << 20) && st.transform_ms > 0;
+  core_->SetRates(link ? static_cast<double>(st.timed_upload_bytes) / (st.upload_ms * 1e-3) : 0,
+                  xform ? static_cast<double>(st.transform_bytes) / (st.transform_ms * 1e-3) : 0);
+  rates_measured_ = link && xform;
+}
+
 void TorchRuntime::UnloadLocked() {
   touched_ = -1;
   if (!core_->loaded()) return;
@@ -857,8 +870,15 @@ PlanInfo TorchRuntime::PlanInfoLocked() const {
   d.prefetch = p.prefetch();
   d.num_blocks = core_->num_blocks();
   d.resident_blocks = p.num_resident();
-  d.streamed_blocks = p.num_streamed();
+  d.streamed_blocks = p.num_streamed() - p.num_coded();
   d.split_blocks = p.num_split();
+  d.coded_blocks = p.num_coded();
+  d.coded_block_bytes = p.coded_block_bytes();
+  d.staging_bytes = p.staging_bytes();
+  d.copy_ms_per_pass = p.copy_seconds_per_pass() * 1e3;
+  d.link_gbps = p.link_rate() / 1e9;
+  d.transform_gbps = p.transform_rate() / 1e9;
+  d.rates_measured = rates_measured_;
   for (int i = 0; i < core_->num_blocks(); ++i) d.split_bytes.push_back(core_->planned() ? core_->split_bytes(i) : 0);
   d.slot_count = p.slot_count();
   d.slot_bytes = p.slot_bytes();

@@ -94,13 +94,20 @@ struct PlanInfo {
   int resident_blocks = 0;
   int streamed_blocks = 0;
   int split_blocks = 0;
+  int coded_blocks = 0;               // resident coded: transfer form on the device, decoded into a slot per use
   std::vector<uint64_t> split_bytes;  // per unit: the resident head of a split block, else 0
   int slot_count = 0;
   uint64_t slot_bytes = 0;
   uint64_t fixed_bytes = 0;
   uint64_t resident_block_bytes = 0;
   uint64_t streamed_block_bytes = 0;
+  uint64_t coded_block_bytes = 0;
+  uint64_t staging_bytes = 0;
   uint64_t device_bytes = 0;
+  double copy_ms_per_pass = 0;  // predicted, for plans with transformed blocks
+  double link_gbps = 0;         // the rates the plan weighed residencies with
+  double transform_gbps = 0;
+  bool rates_measured = false;  // measured by this runtime, else nominal
   std::string describe;
 };
 
@@ -217,6 +224,9 @@ class TorchRuntime {
   void CloseLocked(bool restore_pageable);
   void ApplyEvictions();
   void PointResidentBlocks();
+  // Gives the core the link and transform rates measured so far (nominal until
+  // enough bytes were timed) for the next plan.
+  void UseMeasuredRates();
   void WriteBack(BlockTensors* info);
 
   std::mutex mu_;
@@ -249,6 +259,7 @@ class TorchRuntime {
   int touched_ = -1;
   bool registering_ = false;
   bool closed_ = false;
+  bool rates_measured_ = false;
 };
 
 }  // namespace pinstream

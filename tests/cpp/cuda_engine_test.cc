@@ -11,6 +11,8 @@
 #include <cstring>
 #include <random>
 
+#include "core/exact_block.h"
+#include "core/fp8.h"
 #include "core/streaming_runtime.h"
 #include "cuda/cuda_check.h"
 #include "cuda/cuda_copy_engine.h"
@@ -102,6 +104,86 @@ TEST(CudaEngine, StreamsBlocksAndEveryAcquireSeesItsBytes) {
     }
     Stats st = rt.GetStats(true);
     EXPECT_GT(st.upload_ms, 0.0);
+    ASSERT_TRUE(rt.Close().ok());
+    cudaFree(sums);
+    cudaStreamDestroy(compute);
+  }
+}
+
+// Exact coded blocks under budgets that hold some as stored, some resident coded
+// (decoded device to device into a slot at each use) and stream the rest through
+// the shared staging buffer: every acquire must see the block's plain bytes.
+TEST(CudaEngine, CodedBlocksResidentCodedStoredAndStreamedSeeTheirBytes) {
+  REQUIRE_GPU();
+  const uint64_t seed = testing_util::TestSeed(4711);
+  std::mt19937_64 rng(seed);
+  std::unique_ptr<CudaCopyEngine> engine;
+  ASSERT_TRUE(CudaCopyEngine::Create(CudaEngineOptions(), &engine).ok());
+  const int n = 10;
+  const uint64_t plain = 4ull << 20;
+  std::vector<std::vector<uint8_t>> values(n, std::vector<uint8_t>(plain));
+  std::vector<std::unique_ptr<ExactCode>> codes;
+  std::vector<std::unique_ptr<BlockTransform>> transforms;
+  std::vector<std::unique_ptr<HostBuffer>> host;
+  std::vector<unsigned long long> want;
+  std::normal_distribution<float> normal(0.f, 0.02f);
+  for (int i = 0; i < n; ++i) {
+    for (uint64_t k = 0; k < plain / 2; ++k) {
+      const uint16_t v = FloatToBFloat16(normal(rng));
+      std::memcpy(&values[i][2 * k], &v, 2);
+    }
+    want.push_back(HostChecksum(values[i].data(), plain));
+    codes.push_back(std::make_unique<ExactCode>());
+    ASSERT_TRUE(AnalyzeExact(values[i].data(), 2, static_cast<int64_t>(plain / 2), 4, codes.back().get()).ok());
+    std::vector<ExactTensor> parts{ExactTensor{0, plain, codes.back().get()}};
+    transforms.push_back(std::make_unique<BlockTransform>());
+    const uint64_t bytes = MakeExactTransform(parts, transforms.back().get());
+    std::unique_ptr<HostBuffer> b;
+    ASSERT_TRUE(engine->AllocateHostBuffer(bytes, /*pin=*/true, &b).ok());
+    ASSERT_TRUE(
+        EncodeExactTensor(values[i].data(), parts[0], transforms.back()->jobs[0], static_cast<uint8_t*>(b->data()), 4)
+            .ok());
+    host.push_back(std::move(b));
+  }
+  const uint64_t coded = host[0]->size();
+  for (uint64_t budget : {3 * plain + 2 * coded + 4 * coded, 3 * plain + 2 * coded + 10 * coded,
+                          3 * plain + 2 * coded + 10 * coded + 3 * plain}) {
+    CudaDeviceAllocator alloc(0);
+    StreamingRuntime rt(engine.get(), &alloc);
+    for (int i = 0; i < n; ++i) {
+      int id;
+      ASSERT_TRUE(rt.RegisterBlock(host[i]->data(), host[i]->size(), true, &id).ok());
+      ASSERT_TRUE(rt.SetTransform(id, plain, transforms[i].get()).ok());
+    }
+    ASSERT_TRUE(rt.Plan(PlanPolicy::kBudget, budget, 2).ok());
+    EXPECT_GT(rt.plan().num_coded(), 0) << rt.plan().Describe();
+    cudaStream_t compute;
+    ASSERT_EQ(cudaStreamCreateWithFlags(&compute, cudaStreamNonBlocking), cudaSuccess);
+    unsigned long long* sums;
+    const int passes = 3;
+    ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&sums), sizeof(unsigned long long) * n * passes), cudaSuccess);
+    for (int p = 0; p < passes; ++p) {
+      ASSERT_TRUE(rt.BeginPass(compute).ok());
+      for (int b = 0; b < n; ++b) {
+        DeviceLocation loc;
+        ASSERT_TRUE(rt.Acquire(b, compute, &loc).ok());
+        ASSERT_TRUE(LaunchChecksum(loc.ptr, plain, sums + p * n + b, compute).ok());
+        ASSERT_TRUE(rt.Release(b, compute).ok());
+      }
+      ASSERT_TRUE(rt.EndPass(compute).ok());
+    }
+    std::vector<unsigned long long> got(n * passes);
+    ASSERT_EQ(cudaStreamSynchronize(compute), cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(got.data(), sums, got.size() * sizeof(got[0]), cudaMemcpyDeviceToHost), cudaSuccess);
+    for (int p = 0; p < passes; ++p) {
+      for (int b = 0; b < n; ++b) {
+        ASSERT_EQ(got[p * n + b], want[b])
+            << "seed " << seed << " " << rt.plan().Describe() << " pass " << p << " block " << b;
+      }
+    }
+    Stats st = rt.GetStats(true);
+    EXPECT_GT(st.coded_refills, 0u);
+    EXPECT_LE(alloc.peak_bytes(), rt.plan().device_bytes());
     ASSERT_TRUE(rt.Close().ok());
     cudaFree(sums);
     cudaStreamDestroy(compute);

@@ -41,6 +41,7 @@ TEST(RandomizedSchedule, EveryAcquireSeesItsBlock) {
   int split_cases = 0;
   int deferred_cases = 0;
   int coded_cases = 0;
+  int resident_coded_cases = 0;  // a plan kept some coded blocks on the device in their coded form
   uint64_t acquires = 0;
   for (int c = 0; c < cases; ++c) {
     const uint64_t case_seed = rng();
@@ -131,6 +132,7 @@ TEST(RandomizedSchedule, EveryAcquireSeesItsBlock) {
     ASSERT_LE(rt.plan().device_bytes(), budget == PlanRequest::kUnlimited ? ~0ULL : budget);
     split_cases += rt.plan().num_split() > 0 ? 1 : 0;
     coded_cases += coded_blocks > 0 ? 1 : 0;
+    resident_coded_cases += rt.plan().num_coded() > 0 ? 1 : 0;
     // A base order with repeats, then per-pass skips and occasional reorders.
     std::vector<int> base;
     for (int i = 0; i < n; ++i) {
@@ -171,15 +173,15 @@ TEST(RandomizedSchedule, EveryAcquireSeesItsBlock) {
   RecordProperty("cases", std::to_string(cases));
   std::printf(
       "randomized schedule: seed %llu, %d cases (%d with split blocks, %d with deferred compute, %d with coded "
-      "blocks), "
-      "%d budgets refused, %llu acquires checked\n",
-      static_cast<unsigned long long>(seed), cases, split_cases, deferred_cases, coded_cases, refused,
-      static_cast<unsigned long long>(acquires));
+      "blocks, %d of them resident coded), %d budgets refused, %llu acquires checked\n",
+      static_cast<unsigned long long>(seed), cases, split_cases, deferred_cases, coded_cases, resident_coded_cases,
+      refused, static_cast<unsigned long long>(acquires));
   EXPECT_LT(refused, cases);
   if (cases >= 200) {
     EXPECT_GT(split_cases, 0);
     EXPECT_GT(deferred_cases, 0);
     EXPECT_GT(coded_cases, 0);
+    EXPECT_GT(resident_coded_cases, 0);
   }
 }
 

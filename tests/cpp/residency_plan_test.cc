@@ -354,5 +354,152 @@ TEST(ResidencyPlanProperty, InvariantsHoldForRandomRequests) {
   RecordProperty("seed", std::to_string(seed));
 }
 
+// n transformed blocks of `layout` bytes sent as `transfer` bytes (through
+// one staging buffer of `transfer` bytes), alignment 1.
+PlanRequest Coded(int n, uint64_t layout, uint64_t transfer, uint64_t budget, int prefetch,
+                  PlanPolicy policy = PlanPolicy::kBudget) {
+  PlanRequest r = Uniform(n, layout, budget, prefetch, policy);
+  r.block_layout_bytes.assign(n, layout);
+  r.block_transfer_bytes.assign(n, transfer);
+  r.staging_bytes = transfer;
+  return r;
+}
+
+TEST(ResidencyPlanCoded, WithFastDecodeTheBudgetHoldsBlocksCodedFirst) {
+  // 20 blocks of 1000 bytes coded to 680; a ring of 2 slots and the staging
+  // buffer. 8000 bytes left after them hold 11 coded blocks (7480), or 8
+  // stored; the 520 bytes left over then turn one coded block into a stored one.
+  const uint64_t ring_and_staging = 2 * 1000 + 680;
+  PlanRequest r = Coded(20, 1000, 680, ring_and_staging + 8000, 1);
+  ResidencyPlan p;
+  ASSERT_TRUE(ResidencyPlan::Make(r, &p).ok());
+  EXPECT_EQ(p.num_coded(), 10) << p.Describe();
+  EXPECT_EQ(p.num_resident(), 1) << p.Describe();
+  EXPECT_EQ(p.coded_block_bytes(), 10u * 680);
+  EXPECT_LE(p.device_bytes(), r.budget_bytes);
+  EXPECT_NE(p.Describe().find("10 resident coded"), std::string::npos) << p.Describe();
+  // The copy queue's time: 9 uploads + 19 decodes, less than any stored-first plan
+  // (8 stored, 12 streamed: 12 uploads + 12 decodes).
+  const double up = 680 / r.link_bytes_per_second, dec = 1000 / r.transform_bytes_per_second;
+  EXPECT_NEAR(p.copy_seconds_per_pass(), 9 * up + 19 * dec, 1e-15);
+  EXPECT_LT(p.copy_seconds_per_pass(), 12 * (up + dec));
+  // Resident coded blocks go through the ring of layout-sized slots.
+  EXPECT_EQ(p.num_streamed(), 19);
+  EXPECT_EQ(p.slot_bytes(), 1000u);
+  EXPECT_EQ(p.device_bytes(), r.budget_bytes - 200);
+}
+
+TEST(ResidencyPlanCoded, WithSlowDecodeTheBudgetHoldsBlocksAsStored) {
+  // Decode no faster than the link: holding a block coded saves less per byte
+  // than holding it as stored (which also saves its decode).
+  PlanRequest r = Coded(20, 1000, 680, 2 * 1000 + 680 + 8000, 1);
+  r.transform_bytes_per_second = r.link_bytes_per_second;
+  ResidencyPlan p;
+  ASSERT_TRUE(ResidencyPlan::Make(r, &p).ok());
+  EXPECT_EQ(p.num_coded(), 0) << p.Describe();
+  EXPECT_EQ(p.num_resident(), 8) << p.Describe();
+  EXPECT_LE(p.device_bytes(), r.budget_bytes);
+}
+
+TEST(ResidencyPlanCoded, OnceEveryBlockFitsCodedTheRestTurnsCodedIntoStored) {
+  // All 20 coded (13600) plus a ring of 2 x 1000 and the staging buffer, plus
+  // room for 5 blocks to become stored (5 x 320).
+  PlanRequest r = Coded(20, 1000, 680, 20 * 680 + 2 * 1000 + 680 + 5 * 320, 1);
+  ResidencyPlan p;
+  ASSERT_TRUE(ResidencyPlan::Make(r, &p).ok());
+  EXPECT_EQ(p.num_coded(), 15) << p.Describe();
+  EXPECT_EQ(p.num_resident(), 5) << p.Describe();
+  EXPECT_EQ(p.streamed_block_bytes(), 0u);
+  EXPECT_EQ(p.slot_bytes(), 1000u);
+  EXPECT_EQ(p.device_bytes(), r.budget_bytes);
+  // the stored ones are spread through the pass, not bunched at its start
+  int first_stored = -1, last_stored = -1;
+  for (int i = 0; i < 20; ++i) {
+    if (p.resident(i)) last_stored = i, first_stored = first_stored < 0 ? i : first_stored;
+  }
+  EXPECT_GE(last_stored - first_stored, 10);
+}
+
+TEST(ResidencyPlanCoded, ResidentAsStoredCostsTheLayoutPlusOneStagingBuffer) {
+  PlanRequest r = Coded(10, 1000, 680, PlanRequest::kUnlimited, 1, PlanPolicy::kAllResident);
+  ResidencyPlan p;
+  ASSERT_TRUE(ResidencyPlan::Make(r, &p).ok());
+  EXPECT_EQ(p.num_resident(), 10);
+  EXPECT_EQ(p.device_bytes(), 10u * 1000 + 680);  // not 10 x (1000 + 680)
+  EXPECT_EQ(ResidencyPlan::MinimumBudget(r), 10u * 1000 + 680);
+  // a budget that holds every block as stored keeps them all so
+  r = Coded(10, 1000, 680, 10 * 1000 + 680, 1);
+  ASSERT_TRUE(ResidencyPlan::Make(r, &p).ok());
+  EXPECT_EQ(p.num_resident(), 10);
+  EXPECT_EQ(p.slot_count(), 0);
+}
+
+TEST(ResidencyPlanCoded, MinimumBudgetRunsAndAnythingLessIsRefused) {
+  for (uint64_t transfer : {300u, 680u, 990u}) {
+    PlanRequest r = Coded(12, 1000, transfer, 0, 2);
+    const uint64_t minimum = ResidencyPlan::MinimumBudget(r);
+    EXPECT_EQ(minimum, 3 * 1000 + transfer) << transfer;  // 3 slots and the staging buffer
+    r.budget_bytes = minimum;
+    ResidencyPlan p;
+    ASSERT_TRUE(ResidencyPlan::Make(r, &p).ok()) << transfer;
+    EXPECT_LE(p.device_bytes(), minimum);
+    r.budget_bytes = minimum - 1;
+    EXPECT_EQ(ResidencyPlan::Make(r, &p).code(), Status::Code::kInvalidArgument);
+  }
+}
+
+TEST(ResidencyPlanCoded, AWanModelCodedMovesFarLessThanAsStored) {
+  // The Wan-14B shape in bf16 coded at 0.677 (bench compress, Wan-like init):
+  // at 10 GiB, blocks held coded on the device leave about half the link bytes
+  // of the best as-stored plan; at 20 GiB the whole model fits, coded, and
+  // nothing crosses the link per pass.
+  constexpr uint64_t kGiB = 1024 * kMiB;
+  for (uint64_t budget_gib : {10, 20}) {
+    SCOPED_TRACE("budget " + std::to_string(budget_gib) + " GiB");
+    PlanRequest stored = WanRequest(budget_gib * kGiB, 1, true);
+    PlanRequest coded = WanRequest(budget_gib * kGiB, 1, false);
+    const uint64_t layout = coded.block_bytes[0];
+    const uint64_t transfer = static_cast<uint64_t>(0.677 * static_cast<double>(layout));
+    coded.block_layout_bytes.assign(40, layout);
+    coded.block_transfer_bytes.assign(40, transfer);
+    coded.staging_bytes = transfer;
+    ResidencyPlan as_stored, p;
+    ASSERT_TRUE(ResidencyPlan::Make(stored, &as_stored).ok());
+    ASSERT_TRUE(ResidencyPlan::Make(coded, &p).ok());
+    EXPECT_LE(p.device_bytes(), budget_gib * kGiB);
+    std::printf(
+        "budget %2d GiB: link bytes per pass %.2f GiB coded (%d resident coded, %d stored) vs %.2f GiB as stored\n",
+        static_cast<int>(budget_gib), p.streamed_block_bytes() / 1073741824.0, p.num_coded(), p.num_resident(),
+        as_stored.streamed_block_bytes() / 1073741824.0);
+    if (budget_gib == 10) {
+      EXPECT_GT(p.num_coded(), 10) << p.Describe();
+      EXPECT_LT(static_cast<double>(p.streamed_block_bytes()),
+                0.6 * static_cast<double>(as_stored.streamed_block_bytes()));
+    } else {
+      EXPECT_EQ(p.streamed_block_bytes(), 0u) << p.Describe();
+    }
+  }
+}
+
+TEST(ResidencyPlanCoded, MixedAndMalformedRequests) {
+  // blocks sent as stored (layout and transfer 0) beside coded ones: never coded
+  PlanRequest r = Coded(6, 1000, 600, 0, 1);
+  r.block_layout_bytes[0] = 0;
+  r.block_transfer_bytes[0] = 0;
+  r.budget_bytes = 2 * 1000 + 600 + 3000;
+  ResidencyPlan p;
+  ASSERT_TRUE(ResidencyPlan::Make(r, &p).ok());
+  EXPECT_FALSE(p.coded(0));
+  EXPECT_LE(p.device_bytes(), r.budget_bytes);
+  r.block_bytes[1] = 1600;  // a transformed block's slot is its layout
+  EXPECT_EQ(ResidencyPlan::Make(r, &p).code(), Status::Code::kInvalidArgument);
+  r.block_bytes[1] = 1000;
+  r.block_transfer_bytes.pop_back();
+  EXPECT_EQ(ResidencyPlan::Make(r, &p).code(), Status::Code::kInvalidArgument);
+  r = Coded(6, 1000, 600, 10000, 1);
+  r.transform_bytes_per_second = 0;
+  EXPECT_EQ(ResidencyPlan::Make(r, &p).code(), Status::Code::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace pinstream

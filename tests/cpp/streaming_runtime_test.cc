@@ -3,6 +3,12 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
+#include <memory>
+#include <random>
+
+#include "core/exact_block.h"
+#include "core/fp8.h"
 #include "host/host_copy_engine.h"
 #include "test_util.h"
 
@@ -268,6 +274,97 @@ TEST(StreamingRuntime, StatsCountStallAndUploadTimes) {
   EXPECT_GT(s.stall_ms, 0.5);   // nothing computes, so the queue waits
   EXPECT_GT(s.upload_ms, 3.0);  // >= 4 copies of ~1 ms
   for (int b = 0; b < 4; ++b) EXPECT_GT(s.block_upload_ms[b], 0.5);
+}
+
+// Blocks of bf16-like values sent in the exact coded form: each block's
+// transfer bytes and the transform that decodes them into its layout.
+struct CodedModel {
+  FakeModel m;
+  std::vector<std::unique_ptr<ExactCode>> codes;
+  std::vector<std::vector<uint8_t>> transfer;
+  std::vector<std::unique_ptr<BlockTransform>> transforms;
+
+  static CodedModel Make(int n, uint64_t bytes, uint64_t seed) {
+    CodedModel c;
+    c.m = FakeModel::Make(std::vector<uint64_t>(n, bytes), seed);
+    std::mt19937_64 r(seed);
+    std::normal_distribution<float> normal(0.f, 0.03f);
+    for (int i = 0; i < n; ++i) {
+      for (uint64_t k = 0; k < bytes / 2; ++k) {
+        const uint16_t v = FloatToBFloat16(normal(r));
+        std::memcpy(&c.m.host[i][2 * k], &v, 2);
+      }
+      c.codes.push_back(std::make_unique<ExactCode>());
+      EXPECT_TRUE(AnalyzeExact(c.m.host[i].data(), 2, static_cast<int64_t>(bytes / 2), 1, c.codes.back().get()).ok());
+      EXPECT_TRUE(c.codes.back()->pays());
+      std::vector<ExactTensor> parts{ExactTensor{0, bytes, c.codes.back().get()}};
+      c.transforms.push_back(std::make_unique<BlockTransform>());
+      c.transfer.emplace_back(MakeExactTransform(parts, c.transforms.back().get()));
+      EXPECT_TRUE(
+          EncodeExactTensor(c.m.host[i].data(), parts[0], c.transforms.back()->jobs[0], c.transfer.back().data(), 1)
+              .ok());
+    }
+    return c;
+  }
+  Status Register(StreamingRuntime* rt) const {
+    for (size_t i = 0; i < transfer.size(); ++i) {
+      int id = -1;
+      PINSTREAM_RETURN_IF_ERROR(rt->RegisterBlock(transfer[i].data(), transfer[i].size(), true, &id));
+      PINSTREAM_RETURN_IF_ERROR(rt->SetTransform(id, m.host[i].size(), transforms[i].get()));
+    }
+    return Status::Ok();
+  }
+};
+
+TEST(StreamingRuntimeCoded, ResidentCodedBlocksAreDecodedIntoASlotAtEachUseWithoutUploads) {
+  const int n = 12;
+  const uint64_t bytes = 64 * 1024;
+  CodedModel c = CodedModel::Make(n, bytes, 7);
+  uint64_t coded = 0, total_coded = 0;
+  for (const auto& t : c.transfer) coded = std::max<uint64_t>(coded, t.size()), total_coded += t.size();
+  ASSERT_LT(coded, bytes * 3 / 4);
+  HostCopyEngine engine;
+  HostArena arena;
+  StreamingRuntime rt(&engine, &arena);
+  ASSERT_TRUE(c.Register(&rt).ok());
+  // ring of 2 layouts, the staging buffer, and room for every block coded
+  const uint64_t budget = 2 * bytes + (n + 1) * AlignUp(coded, 512);
+  ASSERT_TRUE(rt.Plan(PlanPolicy::kBudget, budget, 1).ok());
+  ASSERT_EQ(rt.plan().num_coded(), n) << rt.plan().Describe();
+  for (int pass = 0; pass < 3; ++pass) ASSERT_EQ(RunPass(&rt, c.m, Range(n)), "") << "pass " << pass;
+  Stats s = rt.GetStats(true);
+  EXPECT_EQ(s.uploads, static_cast<uint64_t>(n));  // each transfer form once, at load
+  EXPECT_EQ(s.bytes_uploaded, total_coded);
+  EXPECT_GE(s.coded_refills, 3u * n);  // a decode into a slot per use
+  EXPECT_LE(arena.peak_bytes(), rt.plan().device_bytes());
+  ASSERT_TRUE(rt.Close().ok());
+  EXPECT_EQ(arena.allocated_bytes(), 0u);
+}
+
+TEST(StreamingRuntimeCoded, ResidentAsStoredHoldsTheLayoutOnlyAndStreamedOnesShareTheStaging) {
+  const int n = 6;
+  const uint64_t bytes = 32 * 1024;
+  CodedModel c = CodedModel::Make(n, bytes, 9);
+  HostCopyEngine engine;
+  HostArena arena;
+  {
+    StreamingRuntime rt(&engine, &arena);
+    ASSERT_TRUE(c.Register(&rt).ok());
+    ASSERT_TRUE(rt.Plan(PlanPolicy::kAllResident, PlanRequest::kUnlimited, 1).ok());
+    ASSERT_EQ(RunPass(&rt, c.m, Range(n)), "");
+    // every layout and one staging buffer: not a staging area per block
+    EXPECT_LE(arena.peak_bytes(), n * bytes + AlignUp(c.transfer[0].size(), 512));
+    EXPECT_EQ(arena.peak_bytes(), rt.plan().device_bytes());
+  }
+  arena.ResetPeak();
+  {
+    StreamingRuntime rt(&engine, &arena);
+    ASSERT_TRUE(c.Register(&rt).ok());
+    ASSERT_TRUE(rt.Plan(PlanPolicy::kStreamAll, PlanRequest::kUnlimited, 2).ok());
+    for (int pass = 0; pass < 2; ++pass) ASSERT_EQ(RunPass(&rt, c.m, Range(n)), "");
+    EXPECT_EQ(arena.peak_bytes(), 3 * bytes + AlignUp(c.transfer[0].size(), 512));
+  }
+  EXPECT_EQ(arena.allocated_bytes(), 0u);
 }
 
 }  // namespace

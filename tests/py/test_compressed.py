@@ -268,3 +268,57 @@ def test_auto_says_why_it_did_not_choose_compressed():
     assert h.mode.name in ("sequential", "budget") and h.mode.transfer_dtype == "auto"
     assert "compressed not chosen" in h.mode.reason
     h.detach()
+
+
+def test_a_budget_keeps_blocks_coded_on_the_device_and_decodes_them_at_each_use(target):
+    engine, device = target
+    m = _net(torch.bfloat16, n=8).to(device)
+    x = torch.randn(4, 256, dtype=torch.bfloat16, device=device)
+    with torch.no_grad():
+        ref = m(x)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    size = sum(p.numel() * p.element_size() for p in m.parameters())
+    budget = int(0.55 * size)
+    h = pinstream.offload(m, mode="budget", budget_gb=budget / GIB, device=device, engine=engine,
+                          transfer_dtype="compressed")
+    plan = h.plan
+    # held coded (a third smaller) rather than as stored: more of the model stays on the device
+    assert plan["coded_blocks"] > 0 and plan["coded_block_bytes"] > 0, plan["describe"]
+    assert "resident coded" in plan["describe"] and plan["device_bytes"] <= budget
+    assert plan["streamed_block_bytes"] < 0.55 * size  # what crosses the link per pass: coded bytes
+    with torch.no_grad():
+        for _ in range(3):
+            assert torch.equal(m(x), ref)
+    st = h.stats()
+    assert st["coded_refills"] >= 3 * plan["coded_blocks"]  # decoded device to device, no upload
+    assert st["peak_device_bytes"] <= budget
+    assert st["resident_coded_bytes"] == plan["coded_block_bytes"]
+    sd = m.state_dict()
+    assert all(torch.equal(sd[k], v) for k, v in before.items())
+    h.detach()
+    with torch.no_grad():
+        assert torch.equal(m(x), ref)
+
+
+def test_auto_codes_where_the_measured_rates_make_the_copy_queue_faster(monkeypatch):
+    from pinstream import calibrate
+
+    m = _net(torch.bfloat16)
+    x = torch.randn(4, 256, dtype=torch.bfloat16)
+    with torch.no_grad():
+        ref = m(x)
+    size = sum(p.numel() * p.element_size() for p in m.parameters())
+    monkeypatch.setattr(calibrate, "rates", lambda *a: calibrate.Rates(link_gbps=25.0, decode_gbps=500.0))
+    h = pinstream.offload(m, mode="auto", budget_gb=0.5 * size / GIB, device="cpu", engine="host")
+    assert h.mode.transfer_dtype == "compressed", h.mode.reason
+    assert "compressed (exact) chosen" in h.mode.reason and "decode 500.0 GB/s" in h.mode.reason
+    with torch.no_grad():
+        assert torch.equal(m(x), ref)
+    assert h.stats()["exact_coded_tensors"] > 0
+    h.detach()
+    # the same model where decoding is slower than the link saves: as stored, and the reason says why
+    monkeypatch.setattr(calibrate, "rates", lambda *a: calibrate.Rates(link_gbps=25.0, decode_gbps=30.0))
+    h = pinstream.offload(m, mode="auto", budget_gb=0.5 * size / GIB, device="cpu", engine="host")
+    assert h.mode.transfer_dtype == "auto" and "compressed not chosen" in h.mode.reason
+    assert "1.51x the time per streamed byte" in h.mode.reason or "x the time per streamed byte" in h.mode.reason
+    h.detach()
