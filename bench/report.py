@@ -224,6 +224,14 @@ def summary_text(results: dict) -> str:
                      + (f" (x{cz['short_step_ratio']:.2f} at the short length)" if "short_step_ratio" in cz else "")
                      + f", pinned host x{cz.get('pinned_ratio', 1.0):.2f}, decode {cz.get('decode_gbps', 0.0):.1f} GB/s, "
                      f"output equal to as stored: {cz.get('equal_to_stored')}")
+    bz = results.get("fp8", {}).get("budget", {})
+    if "auto" in bz and "compressed" in bz:
+        a, c = bz["auto"], bz["compressed"]
+        lines.append(f"compressed (exact) transfer, budget {bz['budget_gb']:.2f} GiB (45% of the slice): "
+                     f"{c['resident_coded_blocks']} blocks resident coded, {c['resident_blocks']} as stored, "
+                     f"{c['streamed_blocks']} streamed (as stored: {a['resident_blocks']} resident); bytes/step "
+                     f"x{c['bytes_ratio']:.2f}, step x{c['step_ratio']:.2f}, output equal to as stored: "
+                     f"{c['equal_to_stored']}")
     f8 = results.get("fp8", {})
     if "auto" in f8 and "fp8_e4m3" in f8:
         a, q = f8["auto"], f8["fp8_e4m3"]

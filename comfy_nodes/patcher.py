@@ -524,6 +524,7 @@ def collect_stats(st: PinStreamState) -> dict:
         "fp8_max_abs_error": s.get("fp8_max_abs_error", 0.0),
         "fp8_mean_abs_error": s.get("fp8_mean_abs_error", 0.0),
         "coded_ratio": s.get("exact_ratio", 1.0),
+        "resident_coded_bytes": s.get("resident_coded_bytes", 0),
         "coded_tensors": s.get("exact_coded_tensors", 0),
         "stored_tensors": s.get("exact_stored_tensors", 0),
         "stored_why": dict(s.get("exact_skips", {})),

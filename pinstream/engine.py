@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
+from . import calibrate
 from . import modes as _modes
 from . import pin_cap
 from .discovery import BlockDiscovery, discover_blocks, format_bytes, storage_tensors
@@ -115,7 +116,9 @@ def _free_device_bytes(dev: torch.device) -> int:
 
 
 def _resolve_mode(mode, budget_gb, *, free_device_bytes, model_bytes, discovery: BlockDiscovery,
-                  host_ram_bytes, prefetch) -> ResolvedMode:
+                  host_ram_bytes, prefetch, coding=None) -> ResolvedMode:
+    """``coding``: called when auto streams with transfer_dtype auto, returns whether to
+    send the weights compressed and why (pinstream.calibrate.choose_compressed)."""
     requested = mode
     name, transfer = _modes.normalize_mode(mode)
     if name == "auto":
@@ -142,10 +145,13 @@ def _resolve_mode(mode, budget_gb, *, free_device_bytes, model_bytes, discovery:
             has_blocks=discovery.has_blocks,
         )
         reason = "auto: " + choice.reason
-        if transfer == "auto" and choice.mode in ("sequential", "budget"):
-            # compressed would move a third fewer bytes, but it costs decode time on the copy
-            # stream; auto picks it only once that cost is measured on this device
-            reason += "; transfer as stored (compressed not chosen: its decode time on this device is not measured)"
+        if transfer == "auto" and choice.mode in ("sequential", "budget") and coding is not None:
+            # compressed moves about a third fewer bytes but decodes on the copy queue: auto
+            # codes only where the measured rates make the copy queue faster with it
+            use, why = coding()
+            reason += "; " + why
+            if use:
+                transfer = "compressed"
         return ResolvedMode(choice.mode, requested, reason, choice.budget_bytes, transfer)
     if name == "budget":
         if budget_gb is None:
@@ -285,8 +291,13 @@ def offload(
         free_device_bytes = _free_device_bytes(dev)
     if host_ram_bytes is None:
         host_ram_bytes = pin_cap.host_ram_bytes()
+    link = float(link_gbps if link_gbps is not None else (DEFAULT_HOST_LINK_GBPS if engine_kind == "host" else 0.0))
+
+    def coding():
+        return calibrate.choose_compressed(calibrate.coded_ratio(all_tensors), calibrate.rates(dev, engine_kind, link))
+
     resolved = _resolve_mode(mode, budget_gb, free_device_bytes=free_device_bytes, model_bytes=model_bytes,
-                             discovery=discovery, host_ram_bytes=host_ram_bytes, prefetch=prefetch)
+                             discovery=discovery, host_ram_bytes=host_ram_bytes, prefetch=prefetch, coding=coding)
     if transfer_dtype != "auto":
         resolved.transfer_dtype = transfer_dtype
     fp8 = resolved.transfer_dtype == "fp8_e4m3"
@@ -303,7 +314,7 @@ def offload(
         device=str(dev),
         engine=engine_kind,
         prefetch=prefetch,
-        link_gbps=float(link_gbps if link_gbps is not None else (DEFAULT_HOST_LINK_GBPS if engine_kind == "host" else 0.0)),
+        link_gbps=link,
         latency_us=float(latency_us),
         device_capacity_bytes=int(device_capacity_bytes),
         pin_mode="auto" if pin_memory else "pageable",
