@@ -29,8 +29,11 @@ What it does, in order:
    FlashPortrait's pipeline create their tensors there). A component run whole
    (``model_offload``, ``full_load``) is loaded by the first use of any of its
    submodules, so entry points other than ``forward`` (``vae.decode``,
-   ``portrait_encoder.get_adapter_proj``) work too. ``model_offload`` components take
-   turns on the device, as PinStream's other ``model_offload`` models do.
+   ``portrait_encoder.get_adapter_proj``) work too.
+4. **The components take turns on the device.** Before a component loads, the others
+   leave it (except ``full_load`` ones, kept there by choice): the encoders, then the
+   denoiser's budget, then the VAE, each with the room the others left. A switch costs an
+   upload of the resident part, never a device-to-host copy.
 
 Each component is listed by PinStream Stats as ``<pipeline>.<component>``. The memory
 of a dropped pipeline comes back when its last reference goes: PinStream adds no
@@ -345,20 +348,43 @@ def managed_class(base: type) -> type:
     return cls
 
 
-def _load_on_use(module: nn.Module, handle) -> None:
-    """A whole-model component loads at the first use of any submodule holding weights
-    (entry points other than forward: vae.decode, an encoder's own method)."""
-    ref = weakref.ref(handle)
+def _make_room(me: nn.Module, siblings: list) -> None:
+    """Before ``me`` loads: the pipeline's other components leave the device, except
+    full_load ones (kept there by choice) and one whose forward is running. One component
+    of a pipeline on the GPU at a time: the encoders, then the denoiser's budget, then the
+    VAE, each with the room the others left."""
+    for ref in siblings:
+        m = ref()
+        if m is None or m is me:
+            continue
+        h = _handle(m)
+        if h is None or not h.loaded or h.mode.name == "full_load" or h._hooks.pass_owner is not None:
+            continue
+        h.unload()
+
+
+def _take_turns(module: nn.Module, handle, siblings: list) -> None:
+    """Load-on-use hooks of a component: the other components make room first (see
+    :func:`_make_room`). A whole-model component also loads at the first use of any
+    submodule holding weights (entry points other than forward: vae.decode, an encoder's
+    own method). The hooks hold the handle and the components weakly."""
+    ref, me = weakref.ref(handle), weakref.ref(module)
+    whole = not handle._hooks.per_block
 
     def load(_mod, _args):
         h = ref()
         if h is not None and not h.detached and not h.loaded:
-            h.load()
+            _make_room(me(), siblings)
+            if whole:
+                h.load()  # a streaming component loads in its own pass hook, next
 
+    # before PinStream's own root hook, which loads
+    handle._hooks.keep(module.register_forward_pre_hook(load, prepend=True))
+    if not whole:
+        return
     for sub in module.modules():
-        if sub is module:
-            continue  # the root has PinStream's own reload hook
-        if any(True for _ in sub.parameters(recurse=False)) or any(True for _ in sub.buffers(recurse=False)):
+        if sub is not module and (any(True for _ in sub.parameters(recurse=False))
+                                  or any(True for _ in sub.buffers(recurse=False))):
             handle._hooks.keep(sub.register_forward_pre_hook(load))
 
 
@@ -409,6 +435,7 @@ def offload_pipeline(obj, modes: str = "", vram_budget_gb: float = 0.0, prefetch
     dev = torch.device(device) if device is not None else torch.device(_default_device())
     if engine == "auto":
         engine = "cuda" if dev.type == "cuda" else "host"
+    siblings = [weakref.ref(m) for m in found.components.values()]
     for name, module in found.components.items():
         m = plan[name]
         label = f"{found.label}.{name}"
@@ -447,8 +474,7 @@ def offload_pipeline(obj, modes: str = "", vram_budget_gb: float = 0.0, prefetch
                           load_device=dev, engine=engine, free=free, progress=progress)
         # Between uses a pipeline's weights belong on the host: a later detach puts them there.
         handle._original_device = torch.device("cpu")
-        if not handle._hooks.per_block:
-            _load_on_use(module, handle)
+        _take_turns(module, handle, siblings)
         if not isinstance(module, ManagedComponent):
             module.__class__ = managed_class(type(module))
         state = PinStreamState(config=cfg, handle=handle, engine=engine)

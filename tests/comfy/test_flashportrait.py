@@ -188,11 +188,16 @@ def test_sequential_cpu_offload_pipe_under_pinstream_equals_default(reference, n
     assert {n: h.mode.name for n, h in handles.items()} == {
         "transformer": "budget", "vae": "model_offload", "text_encoder": "model_offload",
         "clip_image_encoder": "model_offload", "portrait_encoder": "model_offload"}
-    steps = []
+    steps, others_on_device = [], []
+    others = [h for n, h in handles.items() if n != "transformer"]
+    probe = pipe["transformer"].blocks[0].register_forward_pre_hook(
+        lambda *_, others=others: others_on_device.append(sum(h.device_bytes for h in others)))
     assert torch.equal(sample(pipe, steps), reference)
+    probe.remove()
+    assert others_on_device and set(others_on_device) == {0}  # the transformer ran alone on the device
     assert steps == [1] * STEPS  # the sampler's ComfyUI progress bar moved once per step
     s = handles["transformer"].stats()
-    assert s["streamed_bytes"] > 0 and 0 < s["device_bytes"] <= budget * 1024**3
+    assert s["streamed_bytes"] > 0 and 0 < s["peak_device_bytes"] <= budget * 1024**3
     for name in ("portrait_encoder", "vae", "text_encoder", "clip_image_encoder"):
         assert handles[name].stats()["bytes_uploaded"] >= handles[name].model_bytes, name
     assert "WanI2VLongPipeline.transformer: budget" in N.run_stats()[1]
@@ -213,7 +218,7 @@ def test_sequential_cpu_offload_pipe_under_pinstream_equals_default(reference, n
 
     PO.unload_pipeline(pipe)
     assert all(h.device_bytes == 0 for h in handles.values())
-    del handles, out
+    del handles, others, out
     gone = weakref.ref(pipe["transformer"])
     del pipe
     assert gone() is None  # by reference counting, the cycle collector off

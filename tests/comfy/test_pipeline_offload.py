@@ -208,14 +208,21 @@ def test_accelerate_sequential_offload_removed_and_output_equals_full_load(refer
     assert {n: h.mode.name for n, h in handles.items()} == {
         "transformer": "budget", "text_encoder": "model_offload", "image_encoder": "model_offload",
         "vae": "model_offload"}
+    # while the transformer runs, it is the only component on the device
+    others_on_device = []
+    probe = pipe.transformer.blocks[0].register_forward_pre_hook(lambda *_: others_on_device.append(
+        sum(h.device_bytes for n, h in handles.items() if n != "transformer")))
     assert torch.equal(run_pipeline(pipe), reference[0])
-    # each component's memory as its mode says: the transformer holds its budget's resident
-    # part and streams the rest; the model-offloaded encoders took turns, the VAE ran last
+    probe.remove()
+    assert others_on_device and set(others_on_device) == {0}
+    # each component's memory as its mode says: the transformer held its budget's resident
+    # part and streamed the rest; the components took turns, the VAE ran last
     st = {n: h.stats() for n, h in handles.items()}
     tr = st["transformer"]
     assert tr["streamed_bytes"] > 0 and tr["resident_bytes"] > 0
-    assert 0 < tr["device_bytes"] <= budget * 1024**3
-    assert st["text_encoder"]["device_bytes"] == 0 and st["image_encoder"]["device_bytes"] == 0
+    assert 0 < tr["peak_device_bytes"] <= budget * 1024**3
+    assert tr["device_bytes"] == 0 and st["text_encoder"]["device_bytes"] == 0
+    assert st["image_encoder"]["device_bytes"] == 0
     assert st["vae"]["device_bytes"] >= _bytes(pipe.vae)
     for n, h in handles.items():
         assert st[n]["pinned_bytes"] >= h.model_bytes, n
