@@ -327,17 +327,23 @@ def test_flash_portrait_pipe_modes_interrupt_unload_and_drop(reference, no_gc):
     assert pin_cap.pinned_bytes_in_use() == 0
 
 
-@pytest.mark.parametrize("modes,want", [("", "sequential"), ("model=budget:{b}", "budget"),
-                                        ("model=model_offload", "model_offload"), ("model=auto", None)])
-def test_plain_module_equals_full_load(modes, want, no_gc):
+@pytest.mark.parametrize("modes,want,transfer", [
+    ("", "sequential", "auto"), ("model=budget:{b}", "budget", "auto"), ("model=model_offload", "model_offload", "auto"),
+    ("model=auto", None, "auto"), ("model=sequential_cpu_offload", "sequential", "auto"),
+    ("model=budget:{b}", "budget", "compressed")])
+def test_plain_module_equals_full_load(modes, want, transfer, no_gc):
     torch.manual_seed(3)
     x = torch.randn(4, 64)
     m = Net()
+    if transfer == "compressed":
+        m = m.to(torch.bfloat16)
+        x = x.to(torch.bfloat16)
     ref = m(x)
     base = _C.live_bytes()
-    out, text = node(m, modes.format(b=_budget_gb(m)))
+    out, text = node(m, modes.format(b=_budget_gb(m)), transfer_dtype=transfer)
     assert out is m and "PinStream Net.model: " in text
     h = PO.managed_components(m)["model"]
+    assert h.mode.transfer_dtype == transfer
     if want is not None:
         assert h.mode.name == want
     assert torch.equal(m(x), ref) and torch.equal(m(x), ref)
@@ -362,6 +368,18 @@ def test_a_new_mode_for_a_managed_component_replaces_its_handle(reference):
     assert first["transformer"].detached
     frames, proj = sample_flash_portrait(pipe)
     assert torch.equal(frames, reference[0]) and torch.equal(proj, reference[1])
+    PO.release_pipeline(pipe)
+
+
+def test_fp8_transfer_applies_to_the_streamed_denoiser_only():
+    pipe = flash_portrait_pipe()
+    _, text = node(pipe, "vae=model_cpu_offload", transfer_dtype="fp8_e4m3")
+    got = {n: (h.mode.name, h.mode.transfer_dtype) for n, h in PO.managed_components(pipe).items()}
+    assert got == {"transformer": ("sequential", "fp8_e4m3"), "vae": ("model_offload", "auto"),
+                   "text_encoder": ("model_offload", "auto"), "clip_image_encoder": ("model_offload", "auto"),
+                   "portrait_encoder": ("model_offload", "auto")}, got
+    frames, _proj = sample_flash_portrait(pipe)
+    assert frames.shape == (1, 9, 3, 16, 16) and torch.isfinite(frames).all()
     PO.release_pipeline(pipe)
 
 
