@@ -379,6 +379,8 @@ def format_stats(rows: list, pins: dict | None = None) -> str:
                if r.get("transfer_dtype") == "fp8_e4m3" else "")
             + (f"\n  compressed (exact): {r['coded_ratio']:.2f} of the stored bytes, {r['coded_tensors']} tensors coded, "
                f"{r['stored_tensors']} as stored"
+               + (f", {_gb(r['resident_coded_bytes'])} held coded on the device (decoded into a slot per use)"
+                  if r.get("resident_coded_bytes") else "")
                + (" (" + "; ".join(f"{n}: {why}" for why, n in r["stored_why"].items()) + ")" if r["stored_why"] else "")
                + f", decode {r['decode_ms_last_run']:.1f} ms last run at {r['decode_gbps']:.1f} GB/s"
                + (f"\n  coded-weights cache {r['cache_dir']}: {r['cache_hits']} tensors read, {r['cache_stored']} "

@@ -561,6 +561,9 @@ Status ResidencyPlan::Make(const PlanRequest& request, ResidencyPlan* out) {
             std::to_string(std::min(n, request.prefetch + 1)) +
             " slot(s) of the largest streamed block (largest block " + FormatBytes(largest) + ")";
     }
+    if (plan.staging_bytes_ > 0) {
+      why += " + the staging buffer of coded/fp8 transfers (" + FormatBytes(plan.staging_bytes_) + ")";
+    }
     return Status::InvalidArgument("budget " + FormatBytes(request.budget_bytes) + " is below the minimum " +
                                    FormatBytes(minimum) + " for " + why +
                                    "; raise the budget, lower prefetch, or use sequential mode");

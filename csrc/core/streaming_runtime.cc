@@ -2,6 +2,7 @@
 #include "core/streaming_runtime.h"
 
 #include <algorithm>
+#include <memory>
 #include <string>
 
 namespace pinstream {
@@ -9,6 +10,30 @@ namespace {
 // One granule for everything the runtime places on the device: the plan's sizes,
 // a split block's resident head and a transform's staging offset.
 constexpr uint64_t kAlignment = PlanRequest::kDefaultAlignment;
+// The staging bytes one job of a transform reads: its region of the transfer
+// form, when that is one contiguous region (0 when not: fp8 codes and scales).
+uint64_t PieceBytes(const TransformJob& job) {
+  switch (job.kind) {
+    case TransformJob::Kind::kCopy:
+      return job.bytes;
+    case TransformJob::Kind::kDecodeExact:
+      return job.exact.bytes;
+    default:
+      return 0;
+  }
+}
+
+// What loading a unit resident needs of the staging buffer: its largest job's
+// region when every job reads one (it is then staged job by job), else all of it.
+uint64_t LoadStagingNeed(const BlockTransform& t, uint64_t bytes) {
+  uint64_t most = 0;
+  for (const TransformJob& job : t.jobs) {
+    const uint64_t piece = PieceBytes(job);
+    if (piece == 0 && job.kind == TransformJob::Kind::kDequantize) return bytes;
+    most = std::max(most, piece);
+  }
+  return most;
+}
 }  // namespace
 
 StreamingRuntime::StreamingRuntime(CopyEngine* engine, DeviceAllocator* allocator)
@@ -140,7 +165,11 @@ Status StreamingRuntime::Plan(PlanPolicy policy, uint64_t budget_bytes, int pref
     } else {
       fixed += AlignUp(Footprint(b), req.alignment);
     }
-    if (b.transform) req.staging_bytes = std::max(req.staging_bytes, AlignUp(b.bytes, req.alignment));
+    // a block may stream (its transfer form at once); a non-block unit loads job by job
+    if (b.transform) {
+      const uint64_t need = b.streamable ? b.bytes : LoadStagingNeed(*b.transform, b.bytes);
+      req.staging_bytes = std::max(req.staging_bytes, AlignUp(need, req.alignment));
+    }
   }
   req.link_bytes_per_second = link_rate_;
   req.transform_bytes_per_second = transform_rate_;
@@ -273,8 +302,13 @@ Status StreamingRuntime::LoadResidents(uint64_t* done, std::string* what, uint64
     *done += footprint;
     const uint64_t head = b.split ? b.prefix : b.bytes;
     if (head == 0) continue;
-    s = b.split || b.coded ? engine_->EnqueueCopy(loc.ptr, b.host, head, static_cast<int>(i))
-                           : EnqueueUpload(b, static_cast<int>(i), loc.ptr);
+    if (b.split || b.coded) {
+      s = engine_->EnqueueCopy(loc.ptr, b.host, head, static_cast<int>(i));
+    } else if (b.transform != nullptr && b.bytes > plan_.staging_bytes()) {
+      s = LoadInPieces(b, static_cast<int>(i), loc.ptr);
+    } else {
+      s = EnqueueUpload(b, static_cast<int>(i), loc.ptr);
+    }
     if (!s.ok()) {
       *what = "resident upload";
       return s;
@@ -286,6 +320,28 @@ Status StreamingRuntime::LoadResidents(uint64_t* done, std::string* what, uint64
   Status s = engine_->RecordCopyEvent(residents_event_);
   if (!s.ok()) *what = "resident upload event";
   return s;
+}
+
+Status StreamingRuntime::LoadInPieces(const Block& b, int id, void* dst) {
+  // each job's region through the staging buffer, then that job alone; the copy
+  // queue runs them in order, so the next region never overwrites one still read
+  for (const TransformJob& job : b.transform->jobs) {
+    const uint64_t piece = PieceBytes(job);
+    auto one = std::make_unique<BlockTransform>();
+    one->jobs.push_back(job);
+    one->jobs.back().src_offset = 0;
+    if (piece > plan_.staging_bytes()) {
+      return Status::FailedPrecondition("a transform job of " + std::to_string(piece) +
+                                        " bytes exceeds the staging buffer");
+    }
+    if (piece > 0) {
+      PINSTREAM_RETURN_IF_ERROR(
+          engine_->EnqueueCopy(staging_.ptr, static_cast<const uint8_t*>(b.host) + job.src_offset, piece, id));
+    }
+    PINSTREAM_RETURN_IF_ERROR(engine_->EnqueueTransform(one.get(), staging_.ptr, dst));
+    load_pieces_.push_back(std::move(one));  // the engine reads it when the job runs
+  }
+  return Status::Ok();
 }
 
 void StreamingRuntime::FreeDevice() {
@@ -305,6 +361,7 @@ void StreamingRuntime::FreeDevice() {
   slots_.clear();
   if (staging_.allocation >= 0) allocator_->Free(staging_.allocation);
   staging_ = DeviceLocation();
+  load_pieces_.clear();
   residents_waited_ = false;
   ring_ = SlotRing(0, num_blocks());
   loaded_ = false;

@@ -29,6 +29,7 @@
 #define PINSTREAM_CORE_STREAMING_RUNTIME_H_
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "core/copy_engine.h"
@@ -175,6 +176,8 @@ class StreamingRuntime {
   // units, and queues their uploads (a split block's head, resident coded
   // blocks' transfer forms; transformed ones as stored through the staging buffer).
   Status LoadResidents(uint64_t* done, std::string* what, uint64_t* want);
+  // Loads a transformed unit larger than the staging buffer job by job.
+  Status LoadInPieces(const Block& b, int id, void* dst);
   Status Upload(int slot, int block);
   void Prefetch(int current);
   void FreeDevice();
@@ -185,6 +188,7 @@ class StreamingRuntime {
   std::vector<Block> blocks_;
   std::vector<SlotMem> slots_;
   DeviceLocation staging_;  // where transformed units' transfer bytes land before their transform
+  std::vector<std::unique_ptr<BlockTransform>> load_pieces_;  // one job each, read by the engine at load
   std::vector<EventId> spare_events_;
   // Recorded on the copy queue after the resident uploads of a Load; the last
   // compute queue that waited on this recording (waiting again is a no-op).

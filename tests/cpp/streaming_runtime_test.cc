@@ -367,5 +367,46 @@ TEST(StreamingRuntimeCoded, ResidentAsStoredHoldsTheLayoutOnlyAndStreamedOnesSha
   EXPECT_EQ(arena.allocated_bytes(), 0u);
 }
 
+TEST(StreamingRuntimeCoded, ANonBlockUnitLargerThanTheStagingBufferLoadsTensorByTensor) {
+  // 6 coded blocks of 16 KiB and a non-block unit of four coded 16 KiB tensors:
+  // the staging buffer holds one block's coded bytes, and the non-block unit loads
+  // through it one tensor at a time.
+  const uint64_t bytes = 16 * 1024;
+  CodedModel c = CodedModel::Make(6, bytes, 11);
+  CodedModel parts = CodedModel::Make(4, bytes, 12);  // the non-block unit's tensors
+  std::vector<uint8_t> fixed_plain;
+  std::vector<ExactTensor> tensors;
+  for (int k = 0; k < 4; ++k) {
+    tensors.push_back(ExactTensor{k * bytes, bytes, parts.codes[k].get()});
+    fixed_plain.insert(fixed_plain.end(), parts.m.host[k].begin(), parts.m.host[k].end());
+  }
+  BlockTransform fixed_transform;
+  std::vector<uint8_t> fixed_transfer(MakeExactTransform(tensors, &fixed_transform));
+  for (int k = 0; k < 4; ++k) {
+    ASSERT_TRUE(
+        EncodeExactTensor(fixed_plain.data() + k * bytes, tensors[k], fixed_transform.jobs[k], fixed_transfer.data(), 1)
+            .ok());
+  }
+  c.m.host.push_back(fixed_plain);
+  HostCopyEngine engine;
+  HostArena arena;
+  StreamingRuntime rt(&engine, &arena);
+  ASSERT_TRUE(c.Register(&rt).ok());
+  int fixed = -1;
+  ASSERT_TRUE(rt.RegisterBlock(fixed_transfer.data(), fixed_transfer.size(), false, &fixed).ok());
+  ASSERT_TRUE(rt.SetTransform(fixed, fixed_plain.size(), &fixed_transform).ok());
+  ASSERT_TRUE(rt.Plan(PlanPolicy::kStreamAll, PlanRequest::kUnlimited, 1).ok());
+  uint64_t largest_block = 0;
+  for (const auto& t : c.transfer) largest_block = std::max<uint64_t>(largest_block, t.size());
+  EXPECT_EQ(rt.plan().staging_bytes(), AlignUp(largest_block, 512));
+  EXPECT_GT(fixed_transfer.size(), rt.plan().staging_bytes());
+  std::vector<int> order{fixed};
+  for (int i = 0; i < 6; ++i) order.push_back(i);
+  for (int pass = 0; pass < 2; ++pass) ASSERT_EQ(RunPass(&rt, c.m, order), "") << "pass " << pass;
+  EXPECT_EQ(arena.peak_bytes(), rt.plan().device_bytes());
+  ASSERT_TRUE(rt.Close().ok());
+  EXPECT_EQ(arena.allocated_bytes(), 0u);
+}
+
 }  // namespace
 }  // namespace pinstream
