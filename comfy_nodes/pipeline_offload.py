@@ -264,7 +264,14 @@ def remove_offload_hooks(found: Found) -> list[str]:
             continue
         from accelerate.hooks import remove_hook_from_module
 
-        remove_hook_from_module(module, recurse=True)
+        try:
+            remove_hook_from_module(module, recurse=True)
+        except Exception as e:  # noqa: BLE001 - accelerate's own error, said with what to do
+            raise PipelineError(
+                f"component {name}: accelerate could not put its weights back when its offload hooks were removed "
+                f"({type(e).__name__}: {e}). Load the pipeline again (FlashPortrait: GPU_memory_mode "
+                f"sequential_cpu_offload or default) and connect it to this node directly, or give the component the "
+                f"mode skip ('{name}={SKIP}')") from e
         _drop_restored_forwards(module)
         hooked.append(name)
     for pipe in found.pipelines:

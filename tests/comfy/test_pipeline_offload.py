@@ -365,6 +365,41 @@ def test_plain_module_equals_full_load(modes, want, transfer, no_gc):
     assert _C.live_bytes() == base and pin_cap.pinned_bytes_in_use() == 0
 
 
+def test_accelerate_cpu_offload_of_a_plain_module(no_gc):
+    """accelerate's cpu_offload by itself: weights on the meta device, their values in the
+    hooks' weights map; the node takes them back from there."""
+    from accelerate import cpu_offload
+
+    torch.manual_seed(4)
+    x = torch.randn(4, 64)
+    m = Net()
+    ref = m(x)
+    cpu_offload(m, execution_device="cpu")
+    assert m.inp.weight.device.type == "meta"
+    assert torch.equal(m(x), ref)
+    base = _C.live_bytes()
+    out, text = node(m, "model=sequential")
+    assert "accelerate's offload hooks removed from model" in text
+    assert not any(hasattr(s, "_hf_hook") or "forward" in vars(s) for s in m.modules())
+    assert PO.managed_components(m)["model"].mode.name == "sequential"
+    assert torch.equal(m(x), ref)
+    gone = weakref.ref(m)
+    del m, out
+    assert gone() is None and _C.live_bytes() == base
+
+
+def test_a_weight_missing_from_accelerates_weights_map_is_a_clear_error():
+    from accelerate import cpu_offload
+
+    m = Net()
+    cpu_offload(m, execution_device="cpu")
+    del m.inp._hf_hook.weights_map.dataset["inp.weight"]
+    with pytest.raises(ValueError, match="component model: accelerate could not put its weights back when its "
+                                         "offload hooks were removed .*weight is on the meta device.*Load the pipeline again"):
+        node(m)
+    assert not PO.managed_components(m)
+
+
 def test_a_new_mode_for_a_managed_component_replaces_its_handle(reference):
     pipe = flash_portrait_pipe()
     node(pipe, "transformer=sequential")
