@@ -16,7 +16,7 @@ class AnyType(str):
     __hash__ = str.__hash__
 
 
-_TYPES = {"model": "MODEL", "clip": "CLIP", "any": AnyType("*")}
+_TYPES = {"model": "MODEL", "clip": "CLIP", "wanvideo_model": "WANVIDEOMODEL", "any": AnyType("*")}
 
 
 def _input(spec):

@@ -34,7 +34,7 @@ TRANSFER_DTYPES = ["auto", "compressed", "fp8_e4m3"]
 @dataclass
 class InputSpec:
     name: str
-    kind: str  # combo, float, int, bool, string, model, clip, any
+    kind: str  # combo, float, int, bool, string, model, clip, wanvideo_model, any
     tooltip: str
     default: object = None
     options: Callable[[], list] | None = None
@@ -350,6 +350,18 @@ def run_offload_pipeline(pipeline, modes, vram_budget_gb, prefetch_blocks, pin_m
     return (out,), "\n".join(lines)
 
 
+def run_offload_wanvideo_model(model, mode, vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype="auto"):
+    """PinStream Offload (WanVideo Model): see comfy_nodes/wanvideo.py."""
+    import comfy.model_management
+
+    from .wanvideo import offload_wanvideo_model, wanvideo_parts
+
+    cfg = check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype)
+    cfg.label = "WanVideo " + type(wanvideo_parts(model)[1]).__name__
+    new, msg = offload_wanvideo_model(model, cfg, apply_offload, comfy.model_management.load_models_gpu)
+    return (new,), msg
+
+
 def _gb(n) -> str:
     return f"{n / 1024**3:.2f} GiB"
 
@@ -449,6 +461,13 @@ SPECS = [
              "Applies a PinStream offload mode to a text encoder from any loader.",
              _config_inputs([InputSpec("clip", "clip", "The text encoder to manage.")]), [("CLIP", "CLIP")],
              run_offload_clip),
+    NodeSpec("PinStreamOffloadWanVideoModel", "PinStream Offload (WanVideo Model)",
+             "Applies a PinStream offload mode to the transformer of ComfyUI-WanVideoWrapper's WANVIDEOMODEL, in place "
+             "of the wrapper's block swap: its blocks stream from pinned RAM on a copy stream. Leave the loader's "
+             "block_swap_args unconnected or not: the wrapper's own offloading is turned off for this model. LoRA "
+             "from the wrapper's loader and its fp8 weights work.",
+             _config_inputs([InputSpec("model", "wanvideo_model", "The WANVIDEOMODEL from WanVideo Model Loader.")]),
+             [("WANVIDEOMODEL", "model")], run_offload_wanvideo_model),
     NodeSpec("PinStreamOffloadPipeline", "PinStream Offload (Pipeline)",
              "Puts each torch module of a pipeline under a PinStream mode of its own: a dict like FlashPortrait's "
              "pipe, a diffusers pipeline (its components) or a plain torch module; accelerate's offload hooks are "

@@ -8,7 +8,9 @@ from comfy_api.latest import ComfyExtension, io, ui
 
 from .nodes import SPECS, NodeSpec
 
-_OUT = {"MODEL": io.Model, "CLIP": io.Clip, "VAE": io.Vae, "STRING": io.String, "*": io.AnyType}
+_WANVIDEOMODEL = io.Custom("WANVIDEOMODEL")  # ComfyUI-WanVideoWrapper's model type
+_OUT = {"MODEL": io.Model, "CLIP": io.Clip, "VAE": io.Vae, "STRING": io.String, "WANVIDEOMODEL": _WANVIDEOMODEL,
+        "*": io.AnyType}
 
 
 def _input(spec):
@@ -28,6 +30,8 @@ def _input(spec):
         return io.Model.Input(spec.name, **common)
     if spec.kind == "clip":
         return io.Clip.Input(spec.name, **common)
+    if spec.kind == "wanvideo_model":
+        return _WANVIDEOMODEL.Input(spec.name, **common)
     return io.AnyType.Input(spec.name, **common)
 
 
