@@ -283,6 +283,16 @@ def remove_offload_hooks(found: Found) -> list[str]:
     return hooked
 
 
+def _casts_its_weights(module: nn.Module) -> str | None:
+    """A submodule whose forward was wrapped to convert its own weights on every call
+    (VideoX-Fun's and FlashPortrait's qfloat8 mode: ``module.to(bf16)``, compute,
+    ``module.to(fp8)``), or None."""
+    for name, m in module.named_modules():
+        if "forward" in vars(m) and "original_forward" in vars(m):
+            return name or "(the component itself)"
+    return None
+
+
 def _meta_weight(module: nn.Module) -> str | None:
     for name, t in list(module.named_parameters()) + list(module.named_buffers()):
         if t is not None and t.device.type == "meta":
@@ -424,6 +434,44 @@ def _check_shared(found: Found, modes: dict) -> None:
                                     f"tied); give one of them the mode skip, e.g. '{name}={SKIP}'")
 
 
+def _check_manageable(name: str, module: nn.Module, *, hooked: bool) -> None:
+    """A PipelineError, with what to do, when PinStream cannot take this component's weights."""
+    from .patcher import unsupported_reason
+
+    missing = _meta_weight(module)
+    if missing is not None:
+        where = " after accelerate's hooks were removed (their weights map did not hold it)" if hooked else ""
+        raise PipelineError(
+            f"weight {missing} of component {name} is on the meta device{where}, so its values are not in memory. "
+            "Load the pipeline with its weights in memory (FlashPortrait: GPU_memory_mode sequential_cpu_offload "
+            f"or default; diffusers: without device_map='meta'), or give it the mode skip ('{name}={SKIP}')")
+    casting = _casts_its_weights(module)
+    if casting is not None:
+        raise PipelineError(
+            f"component {name} converts its own weights on every call (its submodule {casting} has a forward "
+            "wrapped to cast them: FlashPortrait's GPU_memory_mode model_cpu_offload_and_qfloat8), which "
+            "PinStream cannot manage: it keeps each weight as it was given. Load the pipeline with "
+            "GPU_memory_mode sequential_cpu_offload or default instead (for fewer bytes per upload, set this "
+            f"node's transfer_dtype to fp8_e4m3 or compressed), or give the component the mode skip ('{name}={SKIP}')")
+    reason = unsupported_reason(module)
+    if reason:
+        raise PipelineError(f"component {name}: {reason}; or give it the mode skip ('{name}={SKIP}')")
+
+
+def _release(module: nn.Module) -> bool:
+    """PinStream off one component (weights back in ordinary host memory, its class its own);
+    whether it was managed."""
+    h = _handle(module)
+    if h is not None:
+        h._original_device = torch.device("cpu")
+        h.detach()
+    base = getattr(type(module), "_pinstream_base", None)
+    if base is not None:
+        module.__class__ = base
+    module.__dict__.pop("pinstream_state", None)
+    return h is not None
+
+
 def offload_pipeline(obj, modes: str = "", vram_budget_gb: float = 0.0, prefetch_blocks: int = 1,
                      pin_memory: bool = True, transfer_dtype: str = "auto", *, device=None, engine: str = "auto",
                      progress=None) -> tuple[object, list[str]]:
@@ -442,22 +490,19 @@ def offload_pipeline(obj, modes: str = "", vram_budget_gb: float = 0.0, prefetch
     dev = torch.device(device) if device is not None else torch.device(_default_device())
     if engine == "auto":
         engine = "cuda" if dev.type == "cuda" else "host"
+    for name, module in found.components.items():
+        if plan[name].mode != SKIP:
+            _check_manageable(name, module, hooked=name in hooked)
     siblings = [weakref.ref(m) for m in found.components.values()]
     for name, module in found.components.items():
         m = plan[name]
         label = f"{found.label}.{name}"
-        missing = _meta_weight(module)
         if m.mode == SKIP:
+            released = _release(module)
             where = next((str(t.device) for t in module.parameters()), "no weights")
-            lines.append(f"PinStream {label}: skip (not managed; its weights stay where they are: {where})")
+            lines.append(f"PinStream {label}: skip (not managed{'; PinStream released it' if released else ''}; "
+                         f"its weights are on {where})")
             continue
-        if missing is not None:
-            where = (" after accelerate's hooks were removed (their weights map did not hold it)" if name in hooked
-                     else "")
-            raise PipelineError(
-                f"weight {missing} of component {name} is on the meta device{where}, so its values are not in memory. "
-                "Load the pipeline with its weights in memory (FlashPortrait: GPU_memory_mode sequential_cpu_offload "
-                f"or default; diffusers: without device_map='meta'), or give it the mode skip ('{name}={SKIP}')")
         transfer = m.transfer_dtype if m.transfer_dtype != "auto" else transfer_dtype
         if transfer == "fp8_e4m3" and m.transfer_dtype == "auto" and m.mode not in ("sequential", "budget"):
             transfer = "auto"  # the node's fp8 transfer is for the streamed blocks; a whole model goes as stored
@@ -511,11 +556,4 @@ def release_pipeline(obj) -> None:
     """PinStream off every component of ``obj``: hooks removed, pinned and device memory
     freed, weights back in ordinary host memory, each class its own again."""
     for module in find_components(obj).components.values():
-        h = _handle(module)
-        if h is not None:
-            h._original_device = torch.device("cpu")
-            h.detach()
-        base = getattr(type(module), "_pinstream_base", None)
-        if base is not None:
-            module.__class__ = base
-        module.__dict__.pop("pinstream_state", None)
+        _release(module)

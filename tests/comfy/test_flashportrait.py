@@ -234,3 +234,16 @@ def test_default_mode_pipe_under_pinstream_sequential_equals_default(reference):
     assert handles["transformer"].mode.name == "sequential" and handles["vae"].mode.name == "full_load"
     assert torch.equal(sample(pipe), reference)
     PO.release_pipeline(pipe)
+
+
+def test_qfloat8_mode_is_refused_with_what_to_do():
+    """FlashPortrait's model_cpu_offload_and_qfloat8 wraps each layer's forward to convert its
+    weights with .to() on every call; the node says so and what to use instead."""
+    pipe = flash_portrait_pipe()
+    fpn = _fp()
+    fpn.convert_model_weight_to_float8(pipe["transformer"], exclude_module_name=["modulation"], device="cpu")
+    fpn.convert_weight_dtype_wrapper(pipe["transformer"], torch.float32)
+    with pytest.raises(ValueError, match="component transformer converts its own weights on every call .*"
+                                         "model_cpu_offload_and_qfloat8.*sequential_cpu_offload"):
+        T.node(pipe)
+    assert not PO.managed_components(pipe)

@@ -411,6 +411,12 @@ def test_a_new_mode_for_a_managed_component_replaces_its_handle(reference):
     assert first["transformer"].detached
     frames, proj = sample_flash_portrait(pipe)
     assert torch.equal(frames, reference[0]) and torch.equal(proj, reference[1])
+    _, text = node(pipe, "transformer=skip")  # skip: PinStream lets go of it
+    assert "transformer: skip (not managed; PinStream released it; its weights are on cpu)" in text
+    assert "transformer" not in PO.managed_components(pipe)
+    assert not isinstance(pipe["transformer"], PO.ManagedComponent)
+    frames, proj = sample_flash_portrait(pipe)
+    assert torch.equal(frames, reference[0]) and torch.equal(proj, reference[1])
     PO.release_pipeline(pipe)
 
 
