@@ -30,14 +30,14 @@ What it does, in order:
    (``model_offload``, ``full_load``) is loaded by the first use of any of its
    submodules, so entry points other than ``forward`` (``vae.decode``,
    ``portrait_encoder.get_adapter_proj``) work too.
-4. **The components take turns on the device.** Before a component loads, the others
-   leave it (except ``full_load`` ones, kept there by choice): the encoders, then the
-   denoiser's budget, then the VAE, each with the room the others left. A switch costs an
-   upload of the resident part, never a device-to-host copy.
+   Every component is checked before any is managed.
+4. **The components take turns on the device** (see :func:`_make_room`): the encoders,
+   then the denoiser's budget, then the VAE, each with the room the others left. A switch
+   costs an upload of the resident part, never a device-to-host copy.
 
 Each component is listed by PinStream Stats as ``<pipeline>.<component>``. The memory
 of a dropped pipeline comes back when its last reference goes: PinStream adds no
-reference to it.
+reference to it, and takes out the cycles accelerate's hook removal leaves.
 """
 
 from __future__ import annotations
@@ -56,7 +56,6 @@ log = logging.getLogger("PinStream")
 
 SKIP = "skip"
 COMPONENT_MODES = ("auto", "full_load", "model_offload", "sequential", "budget", SKIP)
-ROLES = ("denoiser", "encoder", "vae", "other")
 
 
 class PipelineError(ValueError):
@@ -115,17 +114,20 @@ def find_components(obj) -> Found:
     return Found(comps, [p for _k, p in pipelines], label)
 
 
+_DENOISER_WORDS = {"transformer", "unet", "denoiser", "dit", "model", "prior", "controlnet"}
+
+
 def role_of(name: str, module: nn.Module) -> str:
-    """denoiser (transformer, unet), encoder (text, CLIP image, portrait encoders), vae, or other."""
+    """denoiser (transformer, unet, and a ControlNet, which runs at every step beside it),
+    encoder (text, CLIP image, portrait encoders), vae, or other."""
     n = name.lower().rsplit(".", 1)[-1]
+    words = set(re.split(r"[^a-z0-9]+", n.replace("_", " ")))
     cls = type(module).__name__.lower()
-    if "vae" in n or "autoencoder" in n or cls.startswith("autoencoder"):
+    if "vae" in words or "autoencoder" in n or cls.startswith("autoencoder"):
         return "vae"
     if "encoder" in n:
         return "encoder"
-    if any(k in n for k in ("transformer", "unet", "denoiser", "diffusion_model", "dit")) or n == "model":
-        return "denoiser"
-    if "transformer" in cls or "unet" in cls:
+    if words & _DENOISER_WORDS or "transformer" in cls or "unet" in cls or "controlnet" in cls:
         return "denoiser"
     if "encoder" in cls or "clip" in cls or "t5" in cls:
         return "encoder"
@@ -365,17 +367,20 @@ def managed_class(base: type) -> type:
     return cls
 
 
-def _make_room(me: nn.Module, siblings: list) -> None:
-    """Before ``me`` loads: the pipeline's other components leave the device, except
-    full_load ones (kept there by choice) and one whose forward is running. One component
-    of a pipeline on the GPU at a time: the encoders, then the denoiser's budget, then the
-    VAE, each with the room the others left."""
+def _make_room(me: nn.Module, siblings: list, streamed: bool) -> None:
+    """Before ``me`` loads, the pipeline's other components leave the device: all of them
+    when ``me`` runs whole (an encoder, the VAE), only those that run whole when ``me``
+    streams (two streamed components used at every step, a ControlNet beside the
+    transformer, each keep their budget instead of evicting each other at every step).
+    full_load components stay (by choice), and so does one whose forward is running. So
+    the encoders, the denoiser's budget and the VAE each get the room the others left."""
     for ref in siblings:
         m = ref()
         if m is None or m is me:
             continue
         h = _handle(m)
-        if h is None or not h.loaded or h.mode.name == "full_load" or h._hooks.pass_owner is not None:
+        if (h is None or not h.loaded or h.mode.name == "full_load" or h._hooks.pass_owner is not None
+                or (streamed and h._hooks.per_block)):
             continue
         h.unload()
 
@@ -391,7 +396,7 @@ def _take_turns(module: nn.Module, handle, siblings: list) -> None:
     def load(_mod, _args):
         h = ref()
         if h is not None and not h.detached and not h.loaded:
-            _make_room(me(), siblings)
+            _make_room(me(), siblings, streamed=not whole)
             if whole:
                 h.load()  # a streaming component loads in its own pass hook, next
 

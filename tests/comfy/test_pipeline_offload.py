@@ -420,6 +420,38 @@ def test_a_new_mode_for_a_managed_component_replaces_its_handle(reference):
     PO.release_pipeline(pipe)
 
 
+def test_roles_and_turns_on_the_device():
+    lin = nn.Linear(2, 2)
+    roles = {n: PO.role_of(n, lin) for n in ("transformer", "transformer_2", "unet", "controlnet", "model",
+                                             "text_encoder_2", "clip_image_encoder", "portrait_encoder", "vae",
+                                             "conditioner", "pipeline.transformer")}
+    assert roles == {"transformer": "denoiser", "transformer_2": "denoiser", "unet": "denoiser",
+                     "controlnet": "denoiser", "model": "denoiser", "text_encoder_2": "encoder",
+                     "clip_image_encoder": "encoder", "portrait_encoder": "encoder", "vae": "vae",
+                     "conditioner": "other", "pipeline.transformer": "denoiser"}
+    # two streamed components used at every step keep each other on the device; the VAE
+    # (run whole) makes them both leave, and they make it leave
+    torch.manual_seed(6)
+    pipe = {"transformer": Net(), "controlnet": Net(), "vae": Net()}
+    x = torch.randn(2, 64)
+    refs = {n: m(x) for n, m in pipe.items()}
+    node(pipe)
+    h = PO.managed_components(pipe)
+    assert {n: x.mode.name for n, x in h.items()} == {"transformer": "sequential", "controlnet": "sequential",
+                                                     "vae": "model_offload"}
+    seen = []
+    probe = pipe["transformer"].register_forward_pre_hook(
+        lambda *_: seen.append((h["controlnet"].loaded, h["vae"].device_bytes)))
+    assert torch.equal(pipe["vae"](x), refs["vae"])
+    for _ in range(3):
+        assert torch.equal(pipe["controlnet"](x), refs["controlnet"])
+        assert torch.equal(pipe["transformer"](x), refs["transformer"])
+    probe.remove()
+    assert seen == [(True, 0)] * 3
+    assert torch.equal(pipe["vae"](x), refs["vae"])
+    assert h["transformer"].device_bytes == 0 and h["controlnet"].device_bytes == 0 and h["vae"].loaded
+
+
 def test_fp8_transfer_applies_to_the_streamed_denoiser_only():
     pipe = flash_portrait_pipe()
     _, text = node(pipe, "vae=model_cpu_offload", transfer_dtype="fp8_e4m3")
