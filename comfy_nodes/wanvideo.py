@@ -31,7 +31,7 @@ def wanvideo_parts(model):
         raise ValueError("PinStream Offload (WanVideo Model) takes the WANVIDEOMODEL output of ComfyUI-WanVideoWrapper's "
                          f"WanVideo Model Loader (a ModelPatcher with .model.diffusion_model); got "
                          f"{type(model).__name__}. For core MODEL outputs use PinStream Offload (Model).")
-    if settings.get("vram_management_args"):
+    if settings.get("vram_management_args") or settings.get("auto_cpu_offload"):
         raise ValueError("this WANVIDEOMODEL was loaded with vram_management_args, whose wrapped modules move their "
                          "own weights; load it without them (PinStream streams the blocks instead)")
     return inner, transformer

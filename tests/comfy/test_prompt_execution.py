@@ -60,6 +60,7 @@ PS_IDS = {
     "PinStreamLoadVAE": "Load VAE (PinStream)",
     "PinStreamOffloadModel": "PinStream Offload (Model)",
     "PinStreamOffloadCLIP": "PinStream Offload (CLIP)",
+    "PinStreamOffloadWanVideoModel": "PinStream Offload (WanVideo Model)",
     "PinStreamOffloadPipeline": "PinStream Offload (Pipeline)",
     "PinStreamStats": "PinStream Stats",
 }

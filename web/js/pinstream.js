@@ -21,6 +21,7 @@ export const PINSTREAM_NODES = [
   "PinStreamLoadVAE",
   "PinStreamOffloadModel",
   "PinStreamOffloadCLIP",
+  "PinStreamOffloadWanVideoModel",
   "PinStreamOffloadPipeline",
   "PinStreamStats",
 ];
