@@ -253,12 +253,14 @@ def _drop_restored_forwards(module: nn.Module) -> None:
             del m.__dict__["forward"]
 
 
-def remove_offload_hooks(found: Found) -> list[str]:
-    """accelerate's hooks off every component (weights back where they were before the
-    offload, values from the weights map), diffusers' offload state reset. Returns the
-    components that had hooks."""
+def remove_offload_hooks(found: Found, keep=()) -> list[str]:
+    """accelerate's hooks off every component but those named in ``keep`` (weights back
+    where they were before the offload, values from the weights map), diffusers' offload
+    state reset. Returns the components that had hooks."""
     hooked = []
     for name, module in found.components.items():
+        if name in keep:
+            continue  # skip: left as it is, accelerate's hooks included
         if _group_offloaded(module):
             raise PipelineError(f"component {name} uses diffusers' group offloading (enable_group_offload), which "
                                 "moves its weights itself; load the pipeline without it, then give it to PinStream")
@@ -486,7 +488,7 @@ def offload_pipeline(obj, modes: str = "", vram_budget_gb: float = 0.0, prefetch
     found = find_components(obj)
     plan = plan_modes(found, modes, float(vram_budget_gb or 0.0))
     _check_shared(found, plan)
-    hooked = remove_offload_hooks(found)
+    hooked = remove_offload_hooks(found, keep={n for n, m in plan.items() if m.mode == SKIP})
     on_gpu = any(t.device.type == "cuda" for n, module in found.components.items() if plan[n].mode != SKIP
                  for t in list(module.parameters()) + list(module.buffers()))
     lines = []
