@@ -324,6 +324,7 @@ def build_from_source(args, torch) -> int:
         f"-DPython3_EXECUTABLE={sys.executable}",
         f"-DPINSTREAM_CUDA={'ON' if args.cuda == 'on' else 'OFF' if args.cuda == 'off' or nvcc is None else 'AUTO'}",
         f"-DPINSTREAM_TESTS={'ON' if args.tests else 'OFF'}",
+        f"-DPINSTREAM_PYTHON_OUTPUT_DIR={ROOT / 'pinstream'}",
         "-DCMAKE_BUILD_TYPE=Release",
         "-USKBUILD*",  # a plain CMake build, also where a wheel build (scripts/build_wheel.sh) shared this folder
     ]
@@ -342,10 +343,10 @@ def build_from_source(args, torch) -> int:
         fail("the native build failed (see the compiler errors above)",
              "a mismatched nvcc and torch CUDA version is the usual cause: build with --cuda off, or install the "
              f"CUDA toolkit matching torch's CUDA {torch.version.cuda}")
-    built = sorted((ROOT / "pinstream").glob("_C*.so"))
-    if not built:
-        fail("the build finished but pinstream/_C*.so is missing", "rerun with --clean")
-    say(f"built {built[0].relative_to(ROOT)}")
+    built = ROOT / "pinstream" / f"_C{importlib.machinery.EXTENSION_SUFFIXES[0]}"
+    if not built.exists():
+        fail(f"the build finished but {built.relative_to(ROOT)} is missing", "rerun with --clean")
+    say(f"built {built.relative_to(ROOT)}")
     ok, detail = import_check(require_cuda=False)
     if not ok:
         fail(f"the extension was built but {detail}", "rerun with --clean; if it persists, report the message above")
