@@ -599,3 +599,54 @@ def test_in_comfyui_executor_between_a_pipe_loader_and_its_sampler(reference, mo
     ok, _error, _outputs, node_errors = PE.validate(prompt("unet=budget:2", 2))
     assert ok  # the mode string is checked when the node runs, against the pipe's components
     SAMPLED.clear()
+
+
+# ---- on a CUDA device (the GPU check runs these; they skip elsewhere) -------------------------------
+
+def _cuda_ready():
+    try:
+        return torch.cuda.is_available() and _C.cuda_built()
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@pytest.mark.skipif(not _cuda_ready(), reason="needs a CUDA device and the CUDA engine")
+@pytest.mark.parametrize("loaded", ["default", "sequential_cpu_offload"])
+def test_on_cuda_the_pipeline_runs_where_pinstream_places_it(loaded):
+    """The pipeline's own device logic on a GPU: its components start on the GPU (FlashPortrait's
+    default) or under diffusers' sequential CPU offload; the node frees the GPU copies,
+    .to("cuda") moves nothing, the execution device is the GPU, the frames equal the
+    unmanaged run on the GPU bit for bit, and the transformer runs alone on the device within
+    its budget."""
+    dev = torch.device("cuda", torch.cuda.current_device())
+    ref_pipe = tiny_wan_i2v().to(dev)
+    ref = run_pipeline(ref_pipe)
+    del ref_pipe
+    torch.cuda.empty_cache()
+    pipe = tiny_wan_i2v()
+    total = sum(_bytes(m) for m in (pipe.transformer, pipe.vae, pipe.text_encoder, pipe.image_encoder))
+    budget = _budget_gb(pipe.transformer)
+    if loaded == "default":
+        pipe.to(dev)
+    else:
+        pipe.enable_sequential_cpu_offload(device=dev)
+    before = torch.cuda.memory_allocated(dev)
+    PO.offload_pipeline(pipe, f"transformer=budget:{budget}", device=dev, engine="cuda")
+    if loaded == "default":
+        assert torch.cuda.memory_allocated(dev) <= before - 0.9 * total  # the GPU copies are gone
+    handles = PO.managed_components(pipe)
+    assert set(handles) == {"transformer", "vae", "text_encoder", "image_encoder"}
+    held = torch.cuda.memory_allocated(dev)
+    assert pipe.to(dev) is pipe and pipe.transformer.cuda() is pipe.transformer
+    assert torch.cuda.memory_allocated(dev) == held  # nothing moved
+    assert pipe._execution_device == dev and pipe.device == dev
+    others_on_device = []
+    probe = pipe.transformer.blocks[0].register_forward_pre_hook(lambda *_: others_on_device.append(
+        sum(h.device_bytes for n, h in handles.items() if n != "transformer")))
+    out = run_pipeline(pipe)
+    probe.remove()
+    assert out.device == ref.device
+    assert torch.equal(out, ref), f"max |difference| {(out.float() - ref.float()).abs().max().item():.3g}"
+    assert others_on_device and set(others_on_device) == {0}
+    assert handles["transformer"].stats()["peak_device_bytes"] <= budget * 1024**3
+    PO.release_pipeline(pipe)
