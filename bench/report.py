@@ -227,7 +227,8 @@ def summary_text(results: dict) -> str:
     bz = results.get("fp8", {}).get("budget", {})
     if "auto" in bz and "compressed" in bz:
         a, c = bz["auto"], bz["compressed"]
-        lines.append(f"compressed (exact) transfer, budget {bz['budget_gb']:.2f} GiB (45% of the slice): "
+        lines.append(f"compressed (exact) transfer, budget {bz['budget_gb']:.2f} GiB ({100 * bz['fraction']:.0f}% of the "
+                     f"slice, prefetch 1): "
                      f"{c['resident_coded_blocks']} blocks resident coded, {c['resident_blocks']} as stored, "
                      f"{c['streamed_blocks']} streamed (as stored: {a['resident_blocks']} resident); bytes/step "
                      f"x{c['bytes_ratio']:.2f}, step x{c['step_ratio']:.2f}, output equal to as stored: "
