@@ -40,6 +40,15 @@ OUTPUTS = {
     "CLIPVisionEncode": [("CLIP_VISION_OUTPUT", "CLIP_VISION_OUTPUT")],
     "WanImageToVideo": [("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent", "LATENT")],
     "PreviewImage": [],
+    # ComfyUI-WanVideoWrapper's nodes (its node pack, not part of ComfyUI)
+    "WanVideoModelLoader": [("model", "WANVIDEOMODEL")],
+    "PinStreamOffloadWanVideoModel": [("model", "WANVIDEOMODEL")],
+    "LoadWanVideoT5TextEncoder": [("wan_t5_model", "WANTEXTENCODER")],
+    "WanVideoTextEncode": [("text_embeds", "WANVIDEOTEXTEMBEDS")],
+    "WanVideoEmptyEmbeds": [("image_embeds", "WANVIDIMAGE_EMBEDS")],
+    "WanVideoSampler": [("samples", "LATENT")],
+    "WanVideoVAELoader": [("vae", "WANVAE")],
+    "WanVideoDecode": [("images", "IMAGE")],
 }
 
 # Linked inputs of each node, in order: (name, type).
@@ -60,6 +69,11 @@ INPUTS = {
     "CLIPVisionEncode": [("clip_vision", "CLIP_VISION"), ("image", "IMAGE")],
     "WanImageToVideo": [("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("vae", "VAE"),
                         ("clip_vision_output", "CLIP_VISION_OUTPUT"), ("start_image", "IMAGE")],
+    "PinStreamOffloadWanVideoModel": [("model", "WANVIDEOMODEL")],
+    "WanVideoTextEncode": [("t5", "WANTEXTENCODER")],
+    "WanVideoSampler": [("model", "WANVIDEOMODEL"), ("text_embeds", "WANVIDEOTEXTEMBEDS"),
+                        ("image_embeds", "WANVIDIMAGE_EMBEDS")],
+    "WanVideoDecode": [("vae", "WANVAE"), ("samples", "LATENT")],
 }
 
 NEG_WAN = ("bright colors, overexposed, static, blurred details, subtitles, worst quality, low quality, "
@@ -73,6 +87,7 @@ HF = "https://huggingface.co"
 WAN21 = f"{HF}/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
 WAN22 = f"{HF}/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files"
 FLUX_TE = f"{HF}/comfyanonymous/flux_text_encoders/resolve/main"
+KIJAI_WAN = f"{HF}/Kijai/WanVideo_comfy/resolve/main"  # the files ComfyUI-WanVideoWrapper's examples load
 MODELS = {
     "sd_xl_base_1.0.safetensors": (
         "checkpoints",
@@ -94,6 +109,9 @@ MODELS = {
         "diffusion_models", f"{WAN22}/diffusion_models/wan2.2_i2v_high_noise_14B_fp16.safetensors"),
     "wan2.2_i2v_low_noise_14B_fp16.safetensors": (
         "diffusion_models", f"{WAN22}/diffusion_models/wan2.2_i2v_low_noise_14B_fp16.safetensors"),
+    "Wan2_1-T2V-14B_fp8_e4m3fn.safetensors": ("diffusion_models", f"{KIJAI_WAN}/Wan2_1-T2V-14B_fp8_e4m3fn.safetensors"),
+    "umt5-xxl-enc-bf16.safetensors": ("text_encoders", f"{KIJAI_WAN}/umt5-xxl-enc-bf16.safetensors"),
+    "Wan2_1_VAE_bf16.safetensors": ("vae", f"{KIJAI_WAN}/Wan2_1_VAE_bf16.safetensors"),
 }
 
 # Loader nodes: which widget values name a model file, and the folder ComfyUI looks in.
@@ -105,6 +123,9 @@ LOADER_FILES = {
     "DualCLIPLoader": ("text_encoders", (0, 1)),
     "VAELoader": ("vae", (0,)),
     "CLIPVisionLoader": ("clip_vision", (0,)),
+    "WanVideoModelLoader": ("diffusion_models", (0,)),
+    "LoadWanVideoT5TextEncoder": ("text_encoders", (0,)),
+    "WanVideoVAELoader": ("vae", (0,)),
 }
 
 
@@ -130,10 +151,11 @@ def models_of(typ, widgets):
 TITLE_HEIGHT = 30
 MULTILINE = {"CLIPTextEncode"}
 SHOWS_TEXT = {"PinStreamLoadCheckpoint", "PinStreamLoadDiffusionModel", "PinStreamLoadCLIP", "PinStreamLoadVAE",
-              "PinStreamOffloadModel", "PinStreamOffloadCLIP"}
-WIDTH = {"PinStreamStats": 640, "CLIPTextEncode": 400, "SaveImage": 420, "SaveAnimatedWEBP": 420, "PreviewImage": 420,
+              "PinStreamOffloadModel", "PinStreamOffloadCLIP", "PinStreamOffloadWanVideoModel"}
+MULTILINE_NODES = {"WanVideoTextEncode": 2}  # nodes with multiline text boxes besides CLIPTextEncode: how many
+WIDTH = {"PinStreamStats": 640, "CLIPTextEncode": 400, "WanVideoTextEncode": 400, "SaveImage": 420, "SaveAnimatedWEBP": 420, "PreviewImage": 420,
          "LoadImage": 360}
-EXTRA_HEIGHT = {"PinStreamStats": 280, "SaveImage": 360, "SaveAnimatedWEBP": 300, "PreviewImage": 360, "LoadImage": 300,
+EXTRA_HEIGHT = {"PinStreamStats": 280, "WanVideoTextEncode": 60, "SaveImage": 360, "SaveAnimatedWEBP": 300, "PreviewImage": 360, "LoadImage": 300,
                 "CLIPTextEncode": 60}
 PLAN_TEXT_HEIGHT = 110  # a loader's plan line, wrapped in a 380-wide node
 GAP_X, GAP_Y = 60, 40
@@ -142,8 +164,10 @@ GAP_X, GAP_Y = 60, 40
 def min_body_height(typ, n_widgets):
     """LiteGraph's computeSize height for a node with these slots and widgets."""
     slots = max(len(INPUTS.get(typ, [])), len(OUTPUTS[typ]), 1)
-    per_widget = 54 if typ in MULTILINE else 24
-    return 20 * slots + per_widget * n_widgets + (14 if n_widgets else 6)
+    if typ in MULTILINE:
+        return 20 * slots + 54 * n_widgets + (14 if n_widgets else 6)
+    multi = MULTILINE_NODES.get(typ, 0)
+    return 20 * slots + 54 * multi + 24 * (n_widgets - multi) + (14 if n_widgets else 6)
 
 
 def node_size(typ, widgets):
@@ -299,6 +323,24 @@ WORKFLOWS = {
         ("stats", "PinStreamStats", [], {"anything": ("ks", 0)}),
     ], "FlashPortrait runs on Wan 2.1 I2V 14B 720P; this workflow is its Wan part (the portrait adapter is not "
        "part of core ComfyUI). Budget 8.5 GB leaves room for 720p activations."),
+    "wanvideowrapper_t2v_14b_pinstream.json": build("ComfyUI-WanVideoWrapper: Wan 2.1 T2V 14B on a 24 GB GPU", [
+        ("model", "WanVideoModelLoader", ["Wan2_1-T2V-14B_fp8_e4m3fn.safetensors", "bf16", "fp8_e4m3fn",
+                                          "offload_device", "sdpa"], {}),
+        ("ps", "PinStreamOffloadWanVideoModel", ps("budget", 12.0, 2), {"model": ("model", 0)}),
+        ("t5", "LoadWanVideoT5TextEncoder", ["umt5-xxl-enc-bf16.safetensors", "bf16", "offload_device", "disabled"],
+         {}),
+        ("text", "WanVideoTextEncode", ["a red panda balancing on a bamboo stem in front of a waterfall, a bird lands "
+                                        "on its head", NEG_WAN, True], {"t5": ("t5", 0)}),
+        ("emb", "WanVideoEmptyEmbeds", [832, 480, 81], {}),
+        ("sampler", "WanVideoSampler", [25, 6.0, 5.0, 3, "fixed", True, "unipc", 0, 1.0],
+         {"model": ("ps", 0), "text_embeds": ("text", 0), "image_embeds": ("emb", 0)}),
+        ("vae", "WanVideoVAELoader", ["Wan2_1_VAE_bf16.safetensors", "bf16"], {}),
+        ("dec", "WanVideoDecode", [True, 272, 272, 144, 128], {"vae": ("vae", 0), "samples": ("sampler", 0)}),
+        ("save", "SaveAnimatedWEBP", ["pinstream_wanvideowrapper", 16.0, False, 90, "default"], {"images": ("dec", 0)}),
+        ("stats", "PinStreamStats", [], {"anything": ("sampler", 0)}),
+    ], "The wrapper's own loader and sampler; PinStream Offload (WanVideo Model) takes the model in place of the "
+       "wrapper's block swap (leave WanVideo BlockSwap out): the fp8 14B transformer (14 GB) keeps 12 GB resident on a "
+       "24 GB GPU and streams the rest from pinned RAM on a copy stream. For a 12 GB GPU set vram_budget_gb to 6."),
 }
 
 

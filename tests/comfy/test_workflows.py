@@ -2,6 +2,7 @@
 ComfyUI's own), connect matching types, and carry valid widget values."""
 
 import importlib
+import importlib.util
 import json
 import os
 import sys
@@ -67,10 +68,53 @@ def _v3_classes():
 
 V3 = _v3_classes()
 
+# Nodes of the packs whose pipelines PinStream manages (not on PyPI). With the pack's checkout
+# named by its variable, its own classes are used; otherwise their widgets as the pack defines
+# them (name, kind; multiline text boxes marked), which the local run with the pack checks.
+PACKS = {"WANVIDEOWRAPPER_PATH": {
+    "WanVideoModelLoader": [("model", "COMBO"), ("base_precision", "COMBO"), ("quantization", "COMBO"),
+                            ("load_device", "COMBO"), ("attention_mode", "COMBO")],
+    "LoadWanVideoT5TextEncoder": [("model_name", "COMBO"), ("precision", "COMBO"), ("load_device", "COMBO"),
+                                  ("quantization", "COMBO")],
+    "WanVideoTextEncode": [("positive_prompt", "STRING*"), ("negative_prompt", "STRING*"), ("force_offload", "BOOLEAN")],
+    "WanVideoEmptyEmbeds": [("width", "INT"), ("height", "INT"), ("num_frames", "INT")],
+    "WanVideoSampler": [("steps", "INT"), ("cfg", "FLOAT"), ("shift", "FLOAT"), ("seed", "INT"),
+                        ("force_offload", "BOOLEAN"), ("scheduler", "COMBO"), ("riflex_freq_index", "INT"),
+                        ("denoise_strength", "FLOAT")],
+    "WanVideoVAELoader": [("model_name", "COMBO"), ("precision", "COMBO")],
+    "WanVideoDecode": [("enable_vae_tiling", "BOOLEAN"), ("tile_x", "INT"), ("tile_y", "INT"),
+                       ("tile_stride_x", "INT"), ("tile_stride_y", "INT")],
+}}
+_PACK_CLASSES = {}
+
+
+def _pack_class(node_type):
+    """The pack's own class for node_type when its checkout is named, else None."""
+    for var, nodes in PACKS.items():
+        if node_type not in nodes or not os.environ.get(var):
+            continue
+        if var not in _PACK_CLASSES:
+            path = os.environ[var]
+            spec = importlib.util.spec_from_file_location(f"pack_{var.lower()}", os.path.join(path, "__init__.py"),
+                                                          submodule_search_locations=[path])
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = mod
+            spec.loader.exec_module(mod)
+            _PACK_CLASSES[var] = mod.NODE_CLASS_MAPPINGS
+        return _PACK_CLASSES[var].get(node_type)
+    return None
+
+
+def _recorded(node_type):
+    return next((nodes[node_type] for nodes in PACKS.values() if node_type in nodes), None)
+
 
 def _widgets(node_type):
     """[(name, kind, options_or_None, min, max)] of widget inputs, in UI order."""
-    cls = PS_NODES.get(node_type) or ns.nodes.NODE_CLASS_MAPPINGS.get(node_type) or V3.get(node_type)
+    cls = (PS_NODES.get(node_type) or ns.nodes.NODE_CLASS_MAPPINGS.get(node_type) or V3.get(node_type)
+           or _pack_class(node_type))
+    if cls is None and _recorded(node_type):
+        return [(name, kind.rstrip("*"), None, None, None) for name, kind in _recorded(node_type)]
     assert cls is not None, f"node {node_type!r} exists neither in PinStream nor in ComfyUI {ns.version}"
     out = []
     if hasattr(cls, "INPUT_TYPES"):
@@ -126,10 +170,11 @@ def _check_widgets(node):
     assert not values, f"{node['type']} #{node['id']}: {len(values)} widget values left over: {values}"
 
 
-def test_there_are_the_five_workflows():
+def test_there_are_the_workflows():
     names = {p.name for p in WORKFLOWS}
     assert {"sdxl_pinstream.json", "flux_dev_pinstream.json", "wan21_t2v_14b_pinstream.json",
-            "wan22_i2v_a14b_two_experts_pinstream.json", "flashportrait_style_wan21_i2v_pinstream.json"} <= names
+            "wan22_i2v_a14b_two_experts_pinstream.json", "flashportrait_style_wan21_i2v_pinstream.json",
+            "wanvideowrapper_t2v_14b_pinstream.json"} <= names
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
@@ -173,7 +218,8 @@ LOADER_FOLDERS = {
     "PinStreamLoadCheckpoint": "checkpoints", "PinStreamLoadDiffusionModel": "diffusion_models",
     "PinStreamLoadCLIP": "text_encoders", "PinStreamLoadVAE": "vae", "CheckpointLoaderSimple": "checkpoints",
     "UNETLoader": "diffusion_models", "CLIPLoader": "text_encoders", "DualCLIPLoader": "text_encoders",
-    "VAELoader": "vae", "CLIPVisionLoader": "clip_vision",
+    "VAELoader": "vae", "CLIPVisionLoader": "clip_vision", "WanVideoModelLoader": "diffusion_models",
+    "LoadWanVideoT5TextEncoder": "text_encoders", "WanVideoVAELoader": "vae",
 }
 TITLE_HEIGHT = 30  # LiteGraph.NODE_TITLE_HEIGHT: a node's title bar is drawn above its pos
 
@@ -228,7 +274,10 @@ def test_no_two_nodes_overlap(path):
 
 
 def _multiline(node_type):
-    cls = PS_NODES.get(node_type) or ns.nodes.NODE_CLASS_MAPPINGS.get(node_type) or V3.get(node_type)
+    cls = (PS_NODES.get(node_type) or ns.nodes.NODE_CLASS_MAPPINGS.get(node_type) or V3.get(node_type)
+           or _pack_class(node_type))
+    if cls is None and _recorded(node_type):
+        return {name for name, kind in _recorded(node_type) if kind.endswith("*")}
     spec = cls.INPUT_TYPES() if hasattr(cls, "INPUT_TYPES") else {}
     return {name for section in spec.values() if isinstance(section, dict) for name, value in section.items()
             if len(value) > 1 and isinstance(value[1], dict) and value[1].get("multiline")}
