@@ -538,9 +538,11 @@ class TinyFlashPortraitLoader:
     def load(self, seed):
         pipe = flash_portrait_pipe(seed)
         pipe["pipeline"].enable_sequential_cpu_offload(device="cpu")
+        LOADED.append(weakref.ref(pipe["transformer"]))
         return (pipe,)
 
 
+LOADED = []  # weak references to the transformers the loader made
 SAMPLED = []
 
 
@@ -598,6 +600,29 @@ def test_in_comfyui_executor_between_a_pipe_loader_and_its_sampler(reference, mo
         assert torch.equal(frames, reference[0]) and torch.equal(proj, reference[1])
     ok, _error, _outputs, node_errors = PE.validate(prompt("unet=budget:2", 2))
     assert ok  # the mode string is checked when the node runs, against the pipe's components
+
+    # "Cancel" pressed while the transformer's third block runs (ComfyUI's check of the flag
+    # raises right there), then the same prompt again: the frames are still the full-load ones
+    calls = []
+
+    def cancel(_mod, _args):
+        calls.append(1)
+        if len(calls) == 3:
+            ns.nodes.interrupt_processing(True)
+            ns.model_management.throw_exception_if_processing_interrupted()
+
+    transformer = LOADED[-1]()  # the transformer of the loader's cached output
+    hook = transformer.blocks[1].ffn.register_forward_pre_hook(cancel)
+    try:
+        PE.run_prompt(executor, server, prompt("transformer=sequential, vae=full_load", 3))
+    finally:
+        hook.remove()
+    assert len(calls) >= 3 and not executor.success
+    assert [e["node_id"] for e in server.of("execution_interrupted")] == ["7"], server.events
+    PE.run_prompt(executor, server, prompt("transformer=sequential, vae=full_load", 3))
+    PE.assert_succeeded(executor, server)
+    assert len(SAMPLED) == 3 and torch.equal(SAMPLED[-1][0], reference[0])
+    del transformer
     SAMPLED.clear()
 
 
