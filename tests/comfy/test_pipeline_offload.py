@@ -506,6 +506,16 @@ def test_clear_errors_for_bad_modes_and_pipelines():
         node(ghost)
 
 
+def test_without_the_native_build_the_pipeline_passes_through_and_says_so(monkeypatch):
+    from pinstream import native
+
+    monkeypatch.setattr(native, "native_available", lambda: False)
+    m = Net()
+    out, text = node(m, "model=sequential")
+    assert out is m and "passed through unchanged" in text and "install.py" in text
+    assert not PO.managed_components(m)
+
+
 def test_registered_for_classic_and_v3():
     import comfy_nodes
 
