@@ -350,6 +350,30 @@ def run_offload_pipeline(pipeline, modes, vram_budget_gb, prefetch_blocks, pin_m
     return (out,), "\n".join(lines)
 
 
+def run_load_flashportrait(precision, download_missing, modes, vram_budget_gb, prefetch_blocks, pin_memory,
+                           transfer_dtype="auto"):
+    """FlashPortrait Loader (PinStream): see comfy_nodes/flashportrait.py."""
+    import nodes as comfy_nodes_module
+    from pinstream.native import native_available, native_error
+
+    from . import flashportrait
+    from .pipeline_offload import offload_pipeline
+
+    cfg = check_offload_inputs("auto", vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype)
+    if not isinstance(modes, str):
+        raise ValueError(f"modes must be text (component=mode, ...), got {type(modes).__name__}")
+    if not native_available():
+        raise RuntimeError(f"PinStream: native runtime not built ({native_error()}); FlashPortrait Loader (PinStream) "
+                           "cannot keep the pipe off the GPU without it. Run `python install.py` in the PinStream "
+                           "folder and restart ComfyUI, or use FlashPortrait's own loader")
+    device = flashportrait.compute_device()
+    pipe, face, lines = flashportrait.load_flashportrait(
+        comfy_nodes_module.NODE_CLASS_MAPPINGS, precision, bool(download_missing),
+        lambda p: offload_pipeline(p, modes, cfg.vram_budget_gb, cfg.prefetch_blocks, cfg.pin_memory,
+                                   cfg.transfer_dtype, device=device, progress=_progress())[1], device)
+    return (pipe, face), "FlashPortrait pipe built in host RAM\n" + "\n".join(lines)
+
+
 def run_offload_wanvideo_model(model, mode, vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype="auto"):
     """PinStream Offload (WanVideo Model): see comfy_nodes/wanvideo.py."""
     import comfy.model_management
@@ -468,6 +492,22 @@ SPECS = [
              "from the wrapper's loader and its fp8 weights work.",
              _config_inputs([InputSpec("model", "wanvideo_model", "The WANVIDEOMODEL from WanVideo Model Loader.")]),
              [("WANVIDEOMODEL", "model")], run_offload_wanvideo_model),
+    NodeSpec("PinStreamLoadFlashPortrait", "FlashPortrait Loader (PinStream)",
+             "Loads ComfyUI-FlashPortrait's pipe like its FlashPortrait Loader, but builds every component in host RAM "
+             "(its own loader puts all of them, about 40 GB, on the GPU first) and then puts each under a PinStream "
+             "mode: the transformer streams within vram_budget_gb, the encoders and the VAE are model-offloaded. "
+             "Feeds FlashPortrait's Feature Extractor and Sampler. Needs ComfyUI-FlashPortrait installed.",
+             [InputSpec("precision", "combo", "Weight dtype, as in FlashPortrait Loader.", "bf16",
+                        options=lambda: ["bf16", "fp16", "fp32"]),
+              InputSpec("download_missing", "bool", "As in FlashPortrait Loader: download its models into "
+                        "models/flash_portrait when they are missing.", True),
+              InputSpec("modes", "string", "One component=mode per line or comma, as in PinStream Offload (Pipeline): "
+                        "transformer, vae, text_encoder, clip_image_encoder, portrait_encoder. Empty: the transformer "
+                        "streams (budget within vram_budget_gb when set, else sequential), the rest model_offload.", ""),
+              InputSpec("vram_budget_gb", "float", "VRAM for the transformer in GiB when the modes do not name its "
+                        "budget; 0 = stream it in sequential mode.", 0.0, min=0.0, max=1024.0, step=0.01)]
+             + OFFLOAD_INPUTS[2:],
+             [("FLASH_PORTRAIT_PIPE", "pipe"), ("FACE_ALIGN_MODELS", "face_align_models")], run_load_flashportrait),
     NodeSpec("PinStreamOffloadPipeline", "PinStream Offload (Pipeline)",
              "Puts each torch module of a pipeline under a PinStream mode of its own: a dict like FlashPortrait's "
              "pipe, a diffusers pipeline (its components) or a plain torch module; accelerate's offload hooks are "

@@ -55,7 +55,7 @@ def make_node(spec: NodeSpec):
             category="PinStream",
             description=spec.description,
             inputs=[_input(s) for s in spec.inputs],
-            outputs=[_OUT[t].Output(display_name=n) for t, n in spec.outputs],
+            outputs=[(_OUT.get(t) or io.Custom(t)).Output(display_name=n) for t, n in spec.outputs],
             is_output_node=spec.output_node,
             **extra,
         )

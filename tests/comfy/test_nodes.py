@@ -529,7 +529,8 @@ def test_v3_schemas_build_and_execute():
         for inp in schema.inputs:
             assert inp.tooltip, (schema.node_id, inp.id)
     assert {"PinStreamLoadDiffusionModel", "PinStreamLoadCheckpoint", "PinStreamLoadCLIP", "PinStreamLoadVAE",
-            "PinStreamOffloadModel", "PinStreamOffloadCLIP", "PinStreamOffloadWanVideoModel", "PinStreamOffloadPipeline",
+            "PinStreamOffloadModel", "PinStreamOffloadCLIP", "PinStreamOffloadWanVideoModel", "PinStreamLoadFlashPortrait",
+            "PinStreamOffloadPipeline",
             "PinStreamStats"} == ids
     loader = next(n for n in v3.NODES if n.define_schema().node_id == "PinStreamLoadDiffusionModel")
     out = loader.execute(unet_name=name_of("diffusion_models", f("wan21_t2v")), weight_dtype="default",

@@ -61,6 +61,7 @@ PS_IDS = {
     "PinStreamOffloadModel": "PinStream Offload (Model)",
     "PinStreamOffloadCLIP": "PinStream Offload (CLIP)",
     "PinStreamOffloadWanVideoModel": "PinStream Offload (WanVideo Model)",
+    "PinStreamLoadFlashPortrait": "FlashPortrait Loader (PinStream)",
     "PinStreamOffloadPipeline": "PinStream Offload (Pipeline)",
     "PinStreamStats": "PinStream Stats",
 }

@@ -15,7 +15,7 @@ def test_the_extension_handles_every_pinstream_node():
     block = re.search(r"PINSTREAM_NODES = \[(.*?)\];", JS.read_text(), re.S)
     assert block, "PINSTREAM_NODES not found in web/js/pinstream.js"
     listed = re.findall(r'"(\w+)"', block.group(1))
-    assert len(specs) == 9 and sorted(listed) == sorted(specs), (specs, listed)
+    assert len(specs) == 10 and sorted(listed) == sorted(specs), (specs, listed)
 
 
 def test_web_folder_holds_only_the_extension_and_imports_resolve():

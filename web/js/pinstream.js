@@ -22,6 +22,7 @@ export const PINSTREAM_NODES = [
   "PinStreamOffloadModel",
   "PinStreamOffloadCLIP",
   "PinStreamOffloadWanVideoModel",
+  "PinStreamLoadFlashPortrait",
   "PinStreamOffloadPipeline",
   "PinStreamStats",
 ];
