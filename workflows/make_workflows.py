@@ -40,6 +40,12 @@ OUTPUTS = {
     "CLIPVisionEncode": [("CLIP_VISION_OUTPUT", "CLIP_VISION_OUTPUT")],
     "WanImageToVideo": [("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent", "LATENT")],
     "PreviewImage": [],
+    "LoadVideo": [("VIDEO", "VIDEO")],
+    "GetVideoComponents": [("images", "IMAGE"), ("audio", "AUDIO"), ("fps", "FLOAT")],
+    "PinStreamLoadFlashPortrait": [("pipe", "FLASH_PORTRAIT_PIPE"), ("face_align_models", "FACE_ALIGN_MODELS")],
+    # ComfyUI-FlashPortrait's nodes (its node pack, not part of ComfyUI)
+    "FlashPortraitFeatureExtractor": [("head_emo_features", "HEAD_EMO_FEAT"), ("fps", "FLOAT"), ("total_frames", "INT")],
+    "FlashPortraitSampler": [("IMAGE", "IMAGE")],
     # ComfyUI-WanVideoWrapper's nodes (its node pack, not part of ComfyUI)
     "WanVideoModelLoader": [("model", "WANVIDEOMODEL")],
     "PinStreamOffloadWanVideoModel": [("model", "WANVIDEOMODEL")],
@@ -70,6 +76,10 @@ INPUTS = {
     "WanImageToVideo": [("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("vae", "VAE"),
                         ("clip_vision_output", "CLIP_VISION_OUTPUT"), ("start_image", "IMAGE")],
     "PinStreamOffloadWanVideoModel": [("model", "WANVIDEOMODEL")],
+    "GetVideoComponents": [("video", "VIDEO")],
+    "FlashPortraitFeatureExtractor": [("face_align_models", "FACE_ALIGN_MODELS"), ("images", "IMAGE")],
+    "FlashPortraitSampler": [("pipe", "FLASH_PORTRAIT_PIPE"), ("head_emo_features", "HEAD_EMO_FEAT"),
+                             ("image", "IMAGE")],
     "WanVideoTextEncode": [("t5", "WANTEXTENCODER")],
     "WanVideoSampler": [("model", "WANVIDEOMODEL"), ("text_embeds", "WANVIDEOTEXTEMBEDS"),
                         ("image_embeds", "WANVIDIMAGE_EMBEDS")],
@@ -151,11 +161,13 @@ def models_of(typ, widgets):
 TITLE_HEIGHT = 30
 MULTILINE = {"CLIPTextEncode"}
 SHOWS_TEXT = {"PinStreamLoadCheckpoint", "PinStreamLoadDiffusionModel", "PinStreamLoadCLIP", "PinStreamLoadVAE",
-              "PinStreamOffloadModel", "PinStreamOffloadCLIP", "PinStreamOffloadWanVideoModel"}
-MULTILINE_NODES = {"WanVideoTextEncode": 2}  # nodes with multiline text boxes besides CLIPTextEncode: how many
-WIDTH = {"PinStreamStats": 640, "CLIPTextEncode": 400, "WanVideoTextEncode": 400, "SaveImage": 420, "SaveAnimatedWEBP": 420, "PreviewImage": 420,
+              "PinStreamOffloadModel", "PinStreamOffloadCLIP", "PinStreamOffloadWanVideoModel",
+              "PinStreamLoadFlashPortrait"}
+MULTILINE_NODES = {"WanVideoTextEncode": 2, "FlashPortraitSampler": 2, "PinStreamLoadFlashPortrait": 1}  # nodes with multiline text boxes besides CLIPTextEncode: how many
+WIDTH = {"PinStreamStats": 640, "CLIPTextEncode": 400, "WanVideoTextEncode": 400, "FlashPortraitSampler": 400,
+         "LoadVideo": 360, "SaveImage": 420, "SaveAnimatedWEBP": 420, "PreviewImage": 420,
          "LoadImage": 360}
-EXTRA_HEIGHT = {"PinStreamStats": 280, "WanVideoTextEncode": 60, "SaveImage": 360, "SaveAnimatedWEBP": 300, "PreviewImage": 360, "LoadImage": 300,
+EXTRA_HEIGHT = {"PinStreamStats": 280, "WanVideoTextEncode": 60, "FlashPortraitSampler": 60, "LoadVideo": 324, "SaveImage": 360, "SaveAnimatedWEBP": 300, "PreviewImage": 360, "LoadImage": 300,
                 "CLIPTextEncode": 60}
 PLAN_TEXT_HEIGHT = 110  # a loader's plan line, wrapped in a 380-wide node
 GAP_X, GAP_Y = 60, 40
@@ -301,28 +313,23 @@ WORKFLOWS = {
         ("stats", "PinStreamStats", [], {"anything": ("ks_l", 0)}),
     ], "Two 28.6 GB experts take turns: each keeps 8 GB resident while it runs; switching experts frees the "
        "other's VRAM by re-pointing its weights at pinned RAM (no device-to-host copy). Needs about 70 GB of RAM."),
-    "flashportrait_style_wan21_i2v_pinstream.json": build("FlashPortrait-style Wan 2.1 I2V 720P on a 12 GB GPU", [
-        ("unet", "PinStreamLoadDiffusionModel", ["wan2.1_i2v_720p_14B_bf16.safetensors", "default",
-                                                 *ps("budget", 8.5, 2)], {}),
-        ("clip", "PinStreamLoadCLIP", ["umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan", *ps("model_offload"), "default"], {}),
-        ("vae", "PinStreamLoadVAE", ["wan_2.1_vae.safetensors", *ps("full_load")], {}),
-        ("cvl", "CLIPVisionLoader", ["clip_vision_h.safetensors"], {}),
-        ("img", "LoadImage", ["portrait.png", "image"], {}),
-        ("cve", "CLIPVisionEncode", ["none"], {"clip_vision": ("cvl", 0), "image": ("img", 0)}),
-        ("shift", "ModelSamplingSD3", [5.0], {"model": ("unet", 0)}),
-        ("pos", "CLIPTextEncode", ["a person talking to the camera, natural head motion, expressive face"],
-         {"clip": ("clip", 0)}),
-        ("neg", "CLIPTextEncode", [NEG_WAN], {"clip": ("clip", 0)}),
-        ("i2v", "WanImageToVideo", [720, 1280, 81, 1],
-         {"positive": ("pos", 0), "negative": ("neg", 0), "vae": ("vae", 0), "clip_vision_output": ("cve", 0),
-          "start_image": ("img", 0)}),
-        ("ks", "KSampler", [11, "fixed", 25, 5.0, "uni_pc", "simple", 1.0],
-         {"model": ("shift", 0), "positive": ("i2v", 0), "negative": ("i2v", 1), "latent_image": ("i2v", 2)}),
-        ("dec", "VAEDecode", [], {"samples": ("ks", 0), "vae": ("vae", 0)}),
-        ("save", "SaveAnimatedWEBP", ["pinstream_portrait", 25.0, False, 90, "default"], {"images": ("dec", 0)}),
-        ("stats", "PinStreamStats", [], {"anything": ("ks", 0)}),
-    ], "FlashPortrait runs on Wan 2.1 I2V 14B 720P; this workflow is its Wan part (the portrait adapter is not "
-       "part of core ComfyUI). Budget 8.5 GB leaves room for 720p activations."),
+    "flashportrait_pinstream.json": build("ComfyUI-FlashPortrait on a 24 GB GPU", [
+        ("fp", "PinStreamLoadFlashPortrait", ["bf16", True, "", 16.0, 2, True, "auto"], {}),
+        ("ref", "LoadImage", ["portrait.png", "image"], {}),
+        ("drv", "LoadVideo", ["driving.mp4", "image"], {}),
+        ("comp", "GetVideoComponents", [], {"video": ("drv", 0)}),
+        ("feat", "FlashPortraitFeatureExtractor", [25.0, 51, 30],
+         {"face_align_models": ("fp", 1), "images": ("comp", 0)}),
+        ("sampler", "FlashPortraitSampler", ["The man is singing", NEG_WAN, 42, "fixed", 30, 1.0, 4.0, 1.0, 4.0, 720,
+                                             5.0, 51, 30],
+         {"pipe": ("fp", 0), "head_emo_features": ("feat", 0), "image": ("ref", 0)}),
+        ("save", "SaveAnimatedWEBP", ["pinstream_flashportrait", 25.0, False, 90, "default"],
+         {"images": ("sampler", 0)}),
+        ("stats", "PinStreamStats", [], {"anything": ("sampler", 0)}),
+    ], "FlashPortrait's Feature Extractor and Sampler with its pipe from FlashPortrait Loader (PinStream), which builds "
+       "the pipe in host RAM (FlashPortrait's own loader puts all 40 GB on the GPU): the Wan 2.1 I2V 14B 720P "
+       "transformer streams within 16 GB, the text, image and portrait encoders and the VAE take turns on the GPU "
+       "(model_offload). For a 12 GB GPU set vram_budget_gb to 7. Its models download into models/flash_portrait."),
     "wanvideowrapper_t2v_14b_pinstream.json": build("ComfyUI-WanVideoWrapper: Wan 2.1 T2V 14B on a 24 GB GPU", [
         ("model", "WanVideoModelLoader", ["Wan2_1-T2V-14B_fp8_e4m3fn.safetensors", "bf16", "fp8_e4m3fn",
                                           "offload_device", "sdpa"], {}),
