@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # PinStream beside ComfyUI's real Dynamic VRAM, on the GPU machine.
 #
-#   bench/dynamic_vram_check.sh [--stage DIR]... [--no-run] [--comfy-suite] [--dry-run]
+#   bench/dynamic_vram_check.sh [--stage DIR]... [--no-run] [--comfy-suite] [--comfyui-bench] [--bench-only]
+#                               [--dry-run]
 #
 # 1. --stage DIR (repeatable): install each wheel in DIR whose distribution this Python lacks
 #    (pip --no-index --no-deps --target into $SITE, put first on PYTHONPATH), and unpack a
@@ -14,9 +15,17 @@
 #    PINSTREAM_COMFY_DYNAMIC_VRAM=1 and COMFYUI_PATH=$COMFY (a ComfyUI with Dynamic VRAM), the
 #    log under $OUT. With --comfy-suite, first the whole tests/comfy suite on CUDA with the
 #    legacy memory manager (PINSTREAM_COMFY_CUDA=1; log $OUT/comfy_cuda.log).
+# 4. With --comfyui-bench (opt-in), then the ComfyUI prompt benchmark (bench/comfyui_prompt.py:
+#    ComfyUI's own Wan 2.1 14B class and executor; ComfyUI's default with Dynamic VRAM, its legacy
+#    loader and the PinStream loader at equal VRAM; Wan 2.2's expert switch) -> $OUT/results.json,
+#    summary.txt, comfyui_prompt.png, comfyui_prompt.log. --bench-only: the benchmark without the
+#    Dynamic VRAM pytest. COMFYUI_BENCH_S (default 420) is its time budget, COMFYUI_BENCH_ARGS more
+#    options (e.g. "--limits 24 --no-wan22"); the 28.6 GB model file is written once into
+#    $TMPDIR/pinstream-comfyui-bench and reused by a later call on the warm machine.
 #
-# --dry-run (any machine, CI): steps 1 and 3 without installing or building; the test module
-# runs without PINSTREAM_COMFY_DYNAMIC_VRAM, so its cases are collected and skipped.
+# --dry-run (any machine, CI): steps 1, 3 and 4 without installing or building; the test module
+# runs without PINSTREAM_COMFY_DYNAMIC_VRAM, so its cases are collected and skipped, and the
+# benchmark runs with --dry-run (CPU, tiny Wan).
 # Environment: OUT (default out/dynamic-vram), PYTHON (python3), SITE (/tmp/pinstream-dyn-site),
 # COMFY (/tmp/pinstream-dyn-comfyui; COMFYUI_PATH wins when set and no tarball was staged).
 set -uo pipefail
@@ -26,15 +35,18 @@ PY=${PYTHON:-python3}
 OUT=${OUT:-out/dynamic-vram}
 SITE=${SITE:-${TMPDIR:-/tmp}/pinstream-dyn-site}
 COMFY=${COMFY:-${TMPDIR:-/tmp}/pinstream-dyn-comfyui}
-stages=() run=1 dry=0 suite=0
+stages=() run=1 dry=0 suite=0 cbench=0 tests=1
 while (( $# )); do
   case $1 in
     --stage) [[ $# -ge 2 ]] || { echo "--stage needs a folder" >&2; exit 2; }; stages+=("$2"); shift 2 ;;
     --no-run) run=0; shift ;;
     --comfy-suite) suite=1; shift ;;
+    --comfyui-bench) cbench=1; shift ;;
+    --bench-only) cbench=1; tests=0; shift ;;
     --dry-run) dry=1; shift ;;
-    -h|--help) sed -n 2,21p "$0"; exit 0 ;;
-    *) echo "unknown option $1 (allowed: --stage DIR, --no-run, --comfy-suite, --dry-run)" >&2; exit 2 ;;
+    -h|--help) sed -n 2,30p "$0"; exit 0 ;;
+    *) echo "unknown option $1 (allowed: --stage DIR, --no-run, --comfy-suite, --comfyui-bench, --bench-only," \
+            "--dry-run)" >&2; exit 2 ;;
   esac
 done
 mkdir -p "$OUT" "$SITE"
@@ -105,14 +117,28 @@ if (( suite )); then
     say "suite exit status $suite_rc"
   fi
 fi
-if (( dry )); then
+rc=0
+if (( ! tests )); then
+  say "Dynamic VRAM pytest: not run (--bench-only)"
+elif (( dry )); then
   "$PY" -m pytest tests/comfy/test_dynamic_vram_cuda.py -q -rs -p no:cacheprovider 2>&1 | tee -a "$log"
+  rc=${PIPESTATUS[0]}
 else
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee -a "$log"
   PINSTREAM_COMFY_DYNAMIC_VRAM=1 timeout 200 "$PY" -m pytest tests/comfy/test_dynamic_vram_cuda.py -q -rs -s \
     -p no:cacheprovider 2>&1 | tee -a "$log"
+  rc=${PIPESTATUS[0]}
 fi
-rc=${PIPESTATUS[0]}
-say "pytest exit status $rc"
+(( tests )) && say "pytest exit status $rc"
 (( rc == 0 )) && rc=$suite_rc
+if (( cbench )); then
+  bs=${COMFYUI_BENCH_S:-420}
+  read -ra bargs <<< "${COMFYUI_BENCH_ARGS:-}"
+  (( dry )) && bargs=(--dry-run "${bargs[@]}")
+  say "ComfyUI prompt benchmark (time budget $bs s): python -m pinstream bench comfyui ${bargs[*]} -> $OUT"
+  timeout -k 10 $(( bs + 60 )) "$PY" -m pinstream bench comfyui --out "$OUT" --time-budget-s "$bs" "${bargs[@]}"
+  brc=$?
+  say "ComfyUI prompt benchmark exit status $brc"
+  (( rc == 0 )) && rc=$brc
+fi
 exit "$rc"
