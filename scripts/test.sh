@@ -7,7 +7,8 @@
 #   3. pytest (binding, engine, ComfyUI nodes against real ComfyUI 0.3.75, recommend, start.sh),
 #      then the ComfyUI node tests again against ComfyUI 0.30.0 (Dynamic VRAM era)
 #   4. the browser test: a real ComfyUI server and web UI, headless Chromium (tests/ui)
-#   5. the GPU check's dry run (host engine, tiny sizes)
+#   5. the GPU check's dry run (host engine, tiny sizes), and the ComfyUI prompt benchmark's
+#      (bench/comfyui_prompt.py through dynamic_vram_check.sh --bench-only, two configurations)
 #   6. the wheel: built from build/'s objects, installed into a fresh venv with no compiler,
 #      CMake or nvcc, pinstream._C imported from it with the CUDA engine, the tiny demo run
 set -euo pipefail
@@ -91,6 +92,20 @@ if [[ -f bench/gpu_check.sh ]]; then
   done
   n=$(find "$dry_out" -mindepth 1 | wc -l)
   (( n <= 8 )) || { echo "the GPU check's dry run left $n files; a device call brings back 8" >&2; ls -la "$dry_out"; exit 1; }
+  rm -rf "$dry_out"
+fi
+
+if [[ -f bench/comfyui_prompt.py && -f build-comfyui-0.30.0/comfyui_version.py ]]; then
+  step "ComfyUI prompt benchmark dry run (dynamic_vram_check.sh --bench-only --dry-run; two configurations)"
+  dry_out=$(mktemp -d "${TMPDIR:-/tmp}/pinstream-comfyui-bench.XXXXXX")
+  OUT=$dry_out COMFYUI_PATH="$PWD/build-comfyui-0.30.0" \
+    COMFYUI_BENCH_ARGS="--systems comfyui_legacy:legacy pinstream:sequential --seqs short --limits 0.005" \
+    bash bench/dynamic_vram_check.sh --bench-only --dry-run
+  for f in results.json summary.txt comfyui_prompt.png comfyui_prompt.log dynamic_vram.log; do
+    [[ -s $dry_out/$f ]] || { echo "the ComfyUI benchmark's dry run left no $f in $dry_out" >&2; exit 1; }
+  done
+  n=$(find "$dry_out" -mindepth 1 | wc -l)
+  (( n <= 8 )) || { echo "the ComfyUI benchmark's dry run left $n files; a device call brings back 8" >&2; exit 1; }
   rm -rf "$dry_out"
 fi
 
