@@ -136,12 +136,13 @@ class _CpuDeviceContext:
         return False
 
 
-def sample(pipe, steps_seen=None, monkeypatch=None):
-    """FlashPortrait Sampler's own node function: head/emotion features of FRAMES frames,
-    a 32x32 reference image, its default prompt and guidance settings."""
+def sample(pipe, steps_seen=None, monkeypatch=None, frames=FRAMES, context=(51, 30)):
+    """FlashPortrait Sampler's own node function: head/emotion features of `frames` frames,
+    a 32x32 reference image, its default prompt and guidance settings; `context`: its
+    sliding windows' size and overlap, in frames."""
     fpn = _fp()
     torch.manual_seed(5)
-    head_emo = torch.randn(1, FRAMES, 554)  # headpose 6, eye 6, emotion 30, mouth 512
+    head_emo = torch.randn(1, frames, 554)  # headpose 6, eye 6, emotion 30, mouth 512
     image = torch.from_numpy(np.random.RandomState(0).rand(1, 32, 32, 3).astype("float32"))
     real_bar = fpn.ProgressBar
 
@@ -156,7 +157,8 @@ def sample(pipe, steps_seen=None, monkeypatch=None):
     try:
         return fpn.FlashPortraitSampler().sample(
             pipe, head_emo, image, T.PROMPT, T.NEGATIVE, seed=42, steps=STEPS, cfg_scale=1.0, guidance_scale=4.0,
-            text_cfg_scale=1.0, emo_cfg_scale=4.0, max_size=32, shift=5.0, context_size=51, context_overlap=30)[0]
+            text_cfg_scale=1.0, emo_cfg_scale=4.0, max_size=32, shift=5.0, context_size=context[0],
+            context_overlap=context[1])[0]
     finally:
         torch.cuda.device, fpn.ProgressBar = real_device, real_bar
 
@@ -247,3 +249,31 @@ def test_qfloat8_mode_is_refused_with_what_to_do():
                                          "model_cpu_offload_and_qfloat8.*sequential_cpu_offload"):
         T.node(pipe)
     assert not PO.managed_components(pipe)
+
+
+def test_an_interrupt_inside_its_sliding_windows_then_the_next_run_equals_default():
+    """17 frames in windows of 9 overlapping by 4: the transformer runs window after window;
+    an exception in a later window's forward, then a full run equal to the default mode's."""
+    windows = dict(frames=17, context=(9, 4))
+    ref = sample(flash_portrait_pipe(), **windows)
+    pipe = flash_portrait_pipe()
+    T.node(pipe, "transformer=sequential")
+    calls = []
+    counter = pipe["transformer"].register_forward_pre_hook(lambda *_: calls.append(1))
+    assert torch.equal(sample(pipe, **windows), ref)
+    per_run = len(calls)
+    assert per_run >= 2 * STEPS  # two windows (at least) per step
+    counter.remove()
+    calls.clear()
+
+    def fail(_mod, _args):
+        calls.append(1)
+        if len(calls) == 2:  # the first step's second window
+            raise RuntimeError("interrupted")
+
+    hook = pipe["transformer"].register_forward_pre_hook(fail)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        sample(pipe, **windows)
+    hook.remove()
+    assert torch.equal(sample(pipe, **windows), ref)
+    PO.release_pipeline(pipe)
