@@ -4,7 +4,7 @@ ComfyUI users run today, through ComfyUI's own executor, on ComfyUI's own Wan 2.
 What runs
   * A model file in the real release layout (the keys and shapes of ComfyUI's
     ``comfy.ldm.wan.model.WanModel`` at the Wan 2.1 T2V 14B config: 40 blocks, dim 5120, FFN 13824,
-    bf16, 28.6 GB), filled with random bf16 values (N(0, 1/fan_in); made on the GPU when there is
+    bf16, 26.6 GiB), filled with random bf16 values (N(0, 1/fan_in); made on the GPU when there is
     one) and written tensor by tensor, so the host never holds it twice. Wan 2.2's second expert
     is the same file under a second name: ComfyUI loads it as a separate model (two 14B files
     would not fit the GPU machine's disk, nor its time).
@@ -51,9 +51,11 @@ What the GPU machine must have (it downloads nothing): a ComfyUI tree with Dynam
 2.6.0's source distribution vendors ComfyUI 0.30.0), ComfyUI's Python packages and the
 comfy-aimdo wheel (the ``.dyn/a``-``.dyn/c`` folders of bench/README.md, staged with
 ``dynamic_vram_check.sh --stage``), the PinStream extension built with CUDA (the same script builds
-it), matplotlib (on the GPU image). Disk: the 28.6 GB model file under --models-dir (default
+it), matplotlib (on the GPU image). Disk: the 26.6 GiB model file under --models-dir (default
 $TMPDIR/pinstream-comfyui-bench; kept there, so a second call on a warm machine reuses it). Host
-memory: at most two 14B models pinned plus the file in the page cache (about 90 GB).
+memory: at most two 14B models pinned plus the file in the page cache (about 80 GiB). The device
+calls (three staging calls, then the benchmark): bench/README.md, "ComfyUI prompts against Dynamic
+VRAM".
 
 ``--dry-run``: the same code on the CPU with a tiny Wan (dim 128, 4 blocks) and tiny latents, in
 about 2 minutes; its numbers mean nothing.

@@ -20,7 +20,7 @@
 #    loader and the PinStream loader at equal VRAM; Wan 2.2's expert switch) -> $OUT/results.json,
 #    summary.txt, comfyui_prompt.png, comfyui_prompt.log. --bench-only: the benchmark without the
 #    Dynamic VRAM pytest. COMFYUI_BENCH_S (default 420) is its time budget, COMFYUI_BENCH_ARGS more
-#    options (e.g. "--limits 24 --no-wan22"); the 28.6 GB model file is written once into
+#    options (e.g. "--limits 24 --no-wan22"); the 26.6 GiB model file is written once into
 #    $TMPDIR/pinstream-comfyui-bench and reused by a later call on the warm machine.
 #
 # --dry-run (any machine, CI): steps 1, 3 and 4 without installing or building; the test module
