@@ -32,11 +32,13 @@ What runs
     ``step_s`` is the mean of the second prompt's steps 2 and 3 (step 1 is the warm-up), each
     step timed from one forward's start to the next (``torch.cuda.synchronize`` at both ends).
   * Wan 2.2: two loaders (high-noise, low-noise experts) and two KSamplerAdvanced (steps 0-2 and
-    2-4 of 4) in one prompt, run twice; ``switch_s`` is the second prompt's time from the end of
-    the high-noise expert's last forward to the start of the low-noise expert's first.
+    2-4 of 4) in one prompt, run twice, in the processes of the first limit after its other
+    prompts (the high-noise expert is the model they loaded: the executor's cache hands it over);
+    ``switch_s`` is the second prompt's time from the end of the high-noise expert's last forward
+    to the start of the low-noise expert's first.
   * Order (``--time-budget-s`` cuts from the end, recording what it left out under ``skipped``): the
-    first limit at both lengths, Wan 2.2's switch at that limit, then the other limits at the short
-    length (``--real-limits`` adds the real length there).
+    first limit at both lengths and Wan 2.2's switch, then the other limits at the short length
+    (``--real-limits`` adds the real length there).
   * Per run: peak VRAM (device-wide used memory polled every 10 ms: CUDA context, torch's cache
     and comfy-aimdo's own mappings included; ``torch_peak_gb`` is torch's allocator alone), peak
     host RSS of the child (VmHWM: mapped file pages it touched count), and whether the saved
@@ -651,7 +653,6 @@ def parse(argv):
                    help="limits at which the real 480p length also runs (default: the first limit)")
     p.add_argument("--systems", nargs="+", help="system:mode pairs, e.g. comfyui_dynamic:default pinstream:budget")
     p.add_argument("--no-wan22", action="store_true", help="leave out the Wan 2.2 expert switch")
-    p.add_argument("--wan22-limit", type=float, help="limit of the Wan 2.2 runs (default: the first limit)")
     p.add_argument("--prefetch", type=int, default=1, help="PinStream prefetch_blocks (default 1)")
     p.add_argument("--time-budget-s", type=float, default=420.0)
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -752,7 +753,6 @@ def parent(a) -> int:
     else:
         limits = a.limits or [12.0, 24.0]
     real_limits = a.real_limits if a.real_limits is not None else limits[:1]
-    wan22_limit = a.wan22_limit if a.wan22_limit is not None else limits[0]
     systems = SYSTEMS
     if a.systems:
         systems = tuple(tuple(s.split(":", 1)) if ":" in s else (s, "default") for s in a.systems)
@@ -771,17 +771,16 @@ def parent(a) -> int:
                                     "(its default is the legacy loader)")
         return args
 
-    # In the order a short time budget should keep them: the first limit (both lengths), Wan 2.2's
-    # switch, then the other limits.
+    # In the order a short time budget should keep them: the first limit (both lengths, then Wan 2.2's
+    # switch in the same process: its high-noise expert is the model those prompts loaded), then the
+    # other limits.
     jobs = []
     for k, limit in enumerate(limits):
         seqs = [s for s in a.seqs if s != "real" or any(abs(limit - x) < 1e-9 for x in real_limits)]
+        wan22 = k == 0 and not a.no_wan22
         for system, mode in systems:
-            if seqs:
-                jobs.append({"system": system, "mode": mode, "vram_limit_gb": limit, "seqs": seqs, "wan22": False})
-        if k == 0 and not a.no_wan22:
-            for system, mode in systems:
-                jobs.append({"system": system, "mode": mode, "vram_limit_gb": wan22_limit, "seqs": [], "wan22": True})
+            if seqs or wan22:
+                jobs.append({"system": system, "mode": mode, "vram_limit_gb": limit, "seqs": seqs, "wan22": wan22})
     say(f"{len(jobs)} configurations; ComfyUI {r['comfyui_version']} at {comfy_root}; "
         f"comfy-aimdo {r['aimdo_version']}; limits {limits} GB")
 
@@ -793,7 +792,7 @@ def parent(a) -> int:
     for i, job in enumerate(jobs):
         left = a.time_budget_s - (time.monotonic() - t_start) - 10
         label = (f"{job['system']} {job['mode']} limit {job['vram_limit_gb']:g} GB "
-                 f"{'wan22' if job['wan22'] else '+'.join(job['seqs'])}")
+                 f"{'+'.join(job['seqs'] + (['wan22'] if job['wan22'] else []))}")
         if left < max(20.0, 1.1 * longest[job["wan22"]]):
             r["skipped"].append(f"{label}: time budget")
             say(f"[{i + 1}/{len(jobs)}] {label}: skipped (time budget, {left:.0f} s left)")
@@ -874,6 +873,9 @@ def parent(a) -> int:
         r["errors"].append(f"plot: {type(e).__name__}: {e}")
         save()
     say(summary_text(r))
+    if not a.dry_run:
+        dev = re.sub(r"[^a-z0-9]+", "-", str(r["device"]).lower()).strip("-")[:40] or "gpu"
+        say(f"commit {res_path} as bench/results/{r['date']}-{dev}-comfyui.json (with summary.txt and the plot)")
     return 1 if r["errors"] else 0
 
 
