@@ -620,7 +620,7 @@ def plot(r: dict, path: Path) -> None:
     colors = {"comfyui_dynamic": "tab:purple", "comfyui_legacy": "tab:gray", "pinstream": "tab:blue"}
     for ax, seq_len in zip(axes[0], seq_lens):
         at = [x for x in r["runs"] if x["seq_len"] == seq_len and x["step_s"]]
-        labels = [f"{x['system'].replace('comfyui_', 'ComfyUI ')}\n{x['mode']} {x['vram_limit_gb']:g}" for x in at]
+        labels = [f"{x['system'].replace('comfyui_', 'ComfyUI ')}\n{x['mode']} {x['vram_limit_gb']:.3g}" for x in at]
         ax.bar(range(len(at)), [x["step_s"] for x in at], color=[colors.get(x["system"], "k") for x in at])
         ax.set_xticks(range(len(at)), labels, rotation=60, ha="right", fontsize=7)
         ax.set_ylabel("s per step")
@@ -709,7 +709,7 @@ def parent(a) -> int:
                                        / ("tiny" if a.dry_run else "wan14b")))
     models_dir.mkdir(parents=True, exist_ok=True)
 
-    r = {"device": (_smi("name") if gpu else "cpu (dry run)" if a.dry_run else "cpu"),
+    r = {"device": (_smi("name") if gpu else "cpu"),
          "driver": (_smi("driver_version") if gpu else "none"), "torch": torch.__version__,
          "comfyui_version": _comfy_version(comfy_root), "comfyui_path": str(comfy_root),
          "aimdo_version": _dist_version("comfy-aimdo") or "not installed",
