@@ -12,6 +12,20 @@ if "PINSTREAM_CACHE_DIR" not in os.environ:
     os.environ["PINSTREAM_CACHE_DIR"] = tempfile.mkdtemp(prefix="pinstream-cache-")
 
 
+@pytest.fixture
+def no_gc():
+    """Memory must come back by reference counting alone: the cycle collector is off for the
+    test (after a collection of what earlier tests left)."""
+    import gc
+
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _torch_threads():
     """1 intra-op thread by default (PINSTREAM_TEST_THREADS overrides): on a busy 2-core

@@ -35,7 +35,6 @@ import harness  # noqa: E402
 
 ns = harness.load_comfyui()
 
-import gc  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -161,17 +160,6 @@ def sample(pipe, steps_seen=None, monkeypatch=None, frames=FRAMES, context=(51, 
             context_overlap=context[1])[0]
     finally:
         torch.cuda.device, fpn.ProgressBar = real_device, real_bar
-
-
-@pytest.fixture
-def no_gc():
-    """Memory must come back by reference counting alone."""
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 @pytest.fixture(scope="module")

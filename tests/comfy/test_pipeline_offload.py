@@ -190,16 +190,6 @@ def _collect_after():
     gc.collect()
 
 
-@pytest.fixture
-def no_gc():
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
 # ---- the tests -----------------------------------------------------------------------------------
 
 def test_accelerate_sequential_offload_removed_and_output_equals_full_load(reference):
