@@ -86,7 +86,7 @@ def coded_ratio(tensors, sample_bytes: int = 8 * MIB) -> float | None:
     return coded / plain
 
 
-def choose_compressed(ratio: float | None, r: Rates) -> tuple[bool, str]:
+def choose_compressed(ratio: float | None, r: Rates | None) -> tuple[bool, str]:
     """Whether compressed makes the copy queue at least MIN_GAIN faster per streamed byte,
     and why (figures included)."""
     if ratio is None:

@@ -294,7 +294,10 @@ def offload(
     link = float(link_gbps if link_gbps is not None else (DEFAULT_HOST_LINK_GBPS if engine_kind == "host" else 0.0))
 
     def coding():
-        return calibrate.choose_compressed(calibrate.coded_ratio(all_tensors), calibrate.rates(dev, engine_kind, link))
+        ratio = calibrate.coded_ratio(all_tensors)
+        if ratio is None:  # nothing to code: no need to measure
+            return calibrate.choose_compressed(None, None)
+        return calibrate.choose_compressed(ratio, calibrate.rates(dev, engine_kind, link))
 
     resolved = _resolve_mode(mode, budget_gb, free_device_bytes=free_device_bytes, model_bytes=model_bytes,
                              discovery=discovery, host_ram_bytes=host_ram_bytes, prefetch=prefetch, coding=coding)
