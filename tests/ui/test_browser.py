@@ -232,6 +232,15 @@ def close_side_panel(page):
         page.wait_for_timeout(200)
 
 
+# Node types of the packs whose pipelines PinStream manages (ComfyUI-FlashPortrait,
+# ComfyUI-WanVideoWrapper): not installed in the test server, so the frontend shows them as
+# missing nodes (and its missing-nodes dialog rather than the missing-models list). Their
+# widgets and model links are checked against the packs' classes in tests/comfy/test_workflows.py.
+OTHER_PACKS = {"FlashPortraitFeatureExtractor", "FlashPortraitSampler", "WanVideoModelLoader",
+               "LoadWanVideoT5TextEncoder", "WanVideoTextEncode", "WanVideoEmptyEmbeds", "WanVideoSampler",
+               "WanVideoVAELoader", "WanVideoDecode"}
+
+
 def check_examples(page):
     for p in EXAMPLES:
         dismiss(page)
@@ -240,7 +249,10 @@ def check_examples(page):
         page.wait_for_timeout(300)
         got = page.evaluate(BOXES_JS)
         assert len(got["nodes"]) == len(wf["nodes"]), p.name
-        assert all(n["known"] for n in got["nodes"]), (p.name, [n["type"] for n in got["nodes"] if not n["known"]])
+        unknown = {n["type"] for n in got["nodes"] if not n["known"]}
+        assert unknown <= OTHER_PACKS, (p.name, sorted(unknown - OTHER_PACKS))
+        if unknown:  # placeholders of the other pack's nodes: its layout is checked from the saved file
+            continue
         assert not overlaps(got["nodes"], got["title"]), (p.name, overlaps(got["nodes"], got["title"]))
         check_missing_models_listed(page, wf, p.name)
     dismiss(page)
