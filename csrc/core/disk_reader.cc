@@ -1,0 +1,211 @@
+// Copyright PinStream authors. SPDX-License-Identifier: Apache-2.0
+#include "core/disk_reader.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+namespace pinstream {
+namespace {
+
+// O_DIRECT's alignment: the largest logical block size in use (4096 covers 512 too).
+constexpr uint64_t kDirectAlign = 4096;
+
+uint8_t* AlignedIn(std::vector<uint8_t>* buf, uint64_t bytes, uint64_t align) {
+  if (buf->size() < bytes + align) buf->resize(bytes + align);
+  const auto p = reinterpret_cast<uintptr_t>(buf->data());
+  return reinterpret_cast<uint8_t*>((p + align - 1) / align * align);
+}
+
+std::string Errno(const char* call, int err) { return std::string(call) + ": " + std::strerror(err); }
+
+// Reads exactly `bytes` at `offset` unless the file ends first; `*got` is what was read.
+int ReadFull(int fd, uint8_t* dst, uint64_t bytes, uint64_t offset, uint64_t* got) {
+  *got = 0;
+  while (*got < bytes) {
+    const ssize_t n = pread(fd, dst + *got, bytes - *got, static_cast<off_t>(offset + *got));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    if (n == 0) break;  // end of file
+    *got += static_cast<uint64_t>(n);
+  }
+  return 0;
+}
+
+}  // namespace
+
+DiskReader::DiskReader(const Options& options) : options_(options) {
+  options_.threads = std::max(1, options_.threads);
+  options_.chunk_bytes = std::max<uint64_t>(kDirectAlign, options_.chunk_bytes / kDirectAlign * kDirectAlign);
+  for (int i = 0; i < options_.threads; ++i) threads_.emplace_back([this] { Work(); });
+}
+
+DiskReader::~DiskReader() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  work_cv_.notify_all();
+  for (std::thread& t : threads_) t.join();
+  for (File& f : files_) {
+    if (f.fd >= 0) close(f.fd);
+  }
+}
+
+Status DiskReader::Open(const std::string& path, int* file) {
+  File f;
+  f.path = path;
+  if (options_.direct) {
+    f.fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
+    if (f.fd < 0 && errno != EINVAL)
+      return Status::InvalidArgument("cannot open " + path + " (" + Errno("open", errno) + ")");
+    if (f.fd < 0) f.why_buffered = "O_DIRECT refused by the file system (open: EINVAL)";
+  } else {
+    f.why_buffered = "O_DIRECT not asked for";
+  }
+  if (f.fd >= 0) {
+    // A probe: some file systems accept O_DIRECT at open and refuse it at read.
+    std::vector<uint8_t> buf;
+    uint64_t got = 0;
+    const int err = ReadFull(f.fd, AlignedIn(&buf, kDirectAlign, kDirectAlign), kDirectAlign, 0, &got);
+    if (err == 0) {
+      f.direct = true;
+      f.align = kDirectAlign;
+    } else {
+      close(f.fd);
+      f.fd = -1;
+      if (err != EINVAL) return Status::InvalidArgument("cannot read " + path + " (" + Errno("pread", err) + ")");
+      f.why_buffered = "O_DIRECT refused by the file system (pread: EINVAL)";
+    }
+  }
+  if (f.fd < 0) {
+    f.fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (f.fd < 0) return Status::InvalidArgument("cannot open " + path + " (" + Errno("open", errno) + ")");
+  }
+  struct stat st;
+  if (fstat(f.fd, &st) != 0) {
+    const int err = errno;
+    close(f.fd);
+    return Status::InvalidArgument("cannot stat " + path + " (" + Errno("fstat", err) + ")");
+  }
+  f.size = static_cast<uint64_t>(st.st_size);
+  std::lock_guard<std::mutex> lock(mu_);
+  files_.push_back(f);
+  *file = static_cast<int>(files_.size()) - 1;
+  return Status::Ok();
+}
+
+uint64_t DiskReader::size(int file) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return files_.at(file).size;
+}
+
+bool DiskReader::direct(int file) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return files_.at(file).direct;
+}
+
+std::string DiskReader::how(int file) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  const File& f = files_.at(file);
+  return f.direct ? "O_DIRECT (alignment " + std::to_string(f.align) + ")" : "buffered (" + f.why_buffered + ")";
+}
+
+Status DiskReader::Submit(int file, uint64_t offset, uint64_t bytes, void* dst, uint64_t* ticket) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (file < 0 || file >= static_cast<int>(files_.size())) {
+    return Status::InvalidArgument("read: file id " + std::to_string(file) + " was not opened");
+  }
+  const File& f = files_[file];
+  if (offset > f.size || bytes > f.size - offset) {
+    return Status::InvalidArgument("read of " + std::to_string(bytes) + " bytes at " + std::to_string(offset) +
+                                   " is past the end of " + f.path + " (" + std::to_string(f.size) + " bytes)");
+  }
+  if (bytes > 0 && dst == nullptr) return Status::InvalidArgument("read into a null buffer");
+  *ticket = next_ticket_++;
+  Request& r = requests_[*ticket];
+  for (uint64_t done = 0; done < bytes; done += options_.chunk_bytes) {
+    const uint64_t n = std::min(options_.chunk_bytes, bytes - done);
+    queue_.push_back(Chunk{*ticket, file, offset + done, n, static_cast<uint8_t*>(dst) + done});
+    ++r.pending;
+  }
+  work_cv_.notify_all();
+  return Status::Ok();
+}
+
+Status DiskReader::Wait(uint64_t ticket) {
+  std::unique_lock<std::mutex> lock(mu_);
+  auto it = requests_.find(ticket);
+  if (it == requests_.end())
+    return Status::InvalidArgument("wait: unknown or already waited ticket " + std::to_string(ticket));
+  done_cv_.wait(lock, [&] { return it->second.pending == 0; });
+  Status s = it->second.status;
+  requests_.erase(it);
+  return s;
+}
+
+void DiskReader::Work() {
+  std::vector<uint8_t> bounce;
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    work_cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
+    if (queue_.empty()) return;  // stop_ and nothing left
+    const Chunk c = queue_.front();
+    queue_.pop_front();
+    lock.unlock();
+    Status s = ReadChunk(c, &bounce);
+    lock.lock();
+    Request& r = requests_[c.ticket];
+    if (!s.ok() && r.status.ok()) r.status = s;
+    if (--r.pending == 0) done_cv_.notify_all();
+  }
+}
+
+Status DiskReader::ReadChunk(const Chunk& c, std::vector<uint8_t>* bounce) {
+  File f;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    f = files_[c.file];
+  }
+  auto short_read = [&](uint64_t got_to) {
+    return Status::FailedPrecondition(f.path + " ended at byte " + std::to_string(got_to) + ", before the " +
+                                      std::to_string(c.bytes) + " bytes asked for at " + std::to_string(c.offset) +
+                                      " (the file shrank or changed since it was opened)");
+  };
+  uint64_t got = 0;
+  if (!f.direct) {
+    const int err = ReadFull(f.fd, c.dst, c.bytes, c.offset, &got);
+    if (err != 0) return Status::DeviceError("reading " + f.path + ": " + Errno("pread", err));
+    return got == c.bytes ? Status::Ok() : short_read(c.offset + got);
+  }
+  // O_DIRECT: straight into dst when everything is aligned, else the aligned span
+  // through the bounce buffer, a chunk at a time.
+  const uint64_t a = f.align;
+  if (c.offset % a == 0 && c.bytes % a == 0 && reinterpret_cast<uintptr_t>(c.dst) % a == 0) {
+    const int err = ReadFull(f.fd, c.dst, c.bytes, c.offset, &got);
+    if (err != 0) return Status::DeviceError("reading " + f.path + ": " + Errno("pread (O_DIRECT)", err));
+    return got == c.bytes ? Status::Ok() : short_read(c.offset + got);
+  }
+  const uint64_t begin = c.offset / a * a;
+  const uint64_t end = (c.offset + c.bytes + a - 1) / a * a;
+  const uint64_t step = options_.chunk_bytes + a;
+  uint8_t* buf = AlignedIn(bounce, step, a);
+  for (uint64_t at = begin; at < end; at += step) {
+    const uint64_t span = std::min(step, end - at);
+    const int err = ReadFull(f.fd, buf, span, at, &got);
+    if (err != 0) return Status::DeviceError("reading " + f.path + ": " + Errno("pread (O_DIRECT)", err));
+    // the part of [at, at + got) inside the asked range
+    const uint64_t lo = std::max(at, c.offset), hi = std::min(at + got, c.offset + c.bytes);
+    if (hi > lo) std::memcpy(c.dst + (lo - c.offset), buf + (lo - at), hi - lo);
+    if (at + got < std::min(at + span, c.offset + c.bytes)) return short_read(at + got);
+  }
+  return Status::Ok();
+}
+
+}  // namespace pinstream

@@ -1,0 +1,100 @@
+// Copyright PinStream authors. SPDX-License-Identifier: Apache-2.0
+//
+// DiskReader: reads byte ranges of files into caller memory on a pool of I/O
+// threads, the first piece of the disk tier (blocks whose host copy lives in a
+// file: the model's own safetensors file, or a spill file).
+//
+// A file is opened with O_DIRECT where the file system allows it: reads then
+// bypass the page cache (a model streamed from disk every step would otherwise
+// fill RAM with a second copy of itself, which the kernel must evict again).
+// O_DIRECT needs the file offset, the length and the memory address aligned to
+// the device's logical block size; a read that is not aligned goes through an
+// aligned bounce buffer of the thread (its aligned span is read, the asked
+// bytes copied out). Where O_DIRECT is refused (tmpfs, some network and
+// overlay file systems: open() or a probe read at open fails with EINVAL) the
+// file is read buffered, and how() says so and why.
+//
+// Each request is split into chunks the threads take in turn, so one large
+// read uses every thread. Submit() never blocks on I/O; Wait() blocks until a
+// request's chunks are done and gives its status (a short read: the file
+// shrank, or the range is past its end; an I/O error names the call).
+//
+// Thread-safe: Submit and Wait may be called from any thread.
+#ifndef PINSTREAM_CORE_DISK_READER_H_
+#define PINSTREAM_CORE_DISK_READER_H_
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/status.h"
+
+namespace pinstream {
+
+class DiskReader {
+ public:
+  struct Options {
+    int threads = 4;
+    bool direct = true;                 // try O_DIRECT
+    uint64_t chunk_bytes = 8ULL << 20;  // a request is read in chunks of this size
+  };
+  explicit DiskReader(const Options& options);
+  DiskReader() : DiskReader(Options()) {}
+  ~DiskReader();
+  DiskReader(const DiskReader&) = delete;
+  DiskReader& operator=(const DiskReader&) = delete;
+
+  // Opens `path` for reading; `file` identifies it in Submit.
+  Status Open(const std::string& path, int* file);
+  uint64_t size(int file) const;
+  bool direct(int file) const;
+  // How the file is read: "O_DIRECT (alignment 4096)", or "buffered (...why...)".
+  std::string how(int file) const;
+
+  // Queues a read of `bytes` from `offset` of `file` into `dst`.
+  Status Submit(int file, uint64_t offset, uint64_t bytes, void* dst, uint64_t* ticket);
+  // Blocks until the request is done; its status. A ticket is waited on once.
+  Status Wait(uint64_t ticket);
+
+ private:
+  struct File {
+    std::string path;
+    int fd = -1;
+    uint64_t size = 0;
+    bool direct = false;
+    uint64_t align = 1;
+    std::string why_buffered;
+  };
+  struct Chunk {
+    uint64_t ticket;
+    int file;
+    uint64_t offset, bytes;
+    uint8_t* dst;
+  };
+  struct Request {
+    int pending = 0;
+    Status status;
+  };
+
+  void Work();
+  Status ReadChunk(const Chunk& c, std::vector<uint8_t>* bounce);
+
+  Options options_;
+  mutable std::mutex mu_;
+  std::condition_variable work_cv_, done_cv_;
+  std::vector<File> files_;
+  std::deque<Chunk> queue_;
+  std::map<uint64_t, Request> requests_;
+  uint64_t next_ticket_ = 1;
+  bool stop_ = false;
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace pinstream
+
+#endif  // PINSTREAM_CORE_DISK_READER_H_
