@@ -10,6 +10,8 @@
 
 #include <cstring>
 #include <random>
+#include <string>
+#include <vector>
 
 #include "core/exact_block.h"
 #include "core/fp8.h"
@@ -50,6 +52,46 @@ TEST(CudaEngine, PinnedBufferFallsBackAndSaysHow) {
   EXPECT_FALSE(buf->pinned());
 }
 
+// Runs `passes` passes over blocks 0..n-1 of `rt` (n = bytes.size()) on a stream of its
+// own, checksumming each acquired block's `bytes[b]` bytes on the device right after the
+// acquire (a missing wait shows as a wrong sum). Returns the sums, pass after pass; empty
+// after a failure, which is recorded as a test failure.
+std::vector<unsigned long long> ChecksumPasses(StreamingRuntime* rt, const std::vector<uint64_t>& bytes, int passes) {
+  const int n = static_cast<int>(bytes.size());
+  std::vector<unsigned long long> got(static_cast<size_t>(n) * passes);
+  cudaStream_t compute;
+  if (cudaStreamCreateWithFlags(&compute, cudaStreamNonBlocking) != cudaSuccess) {
+    ADD_FAILURE() << "cudaStreamCreateWithFlags failed";
+    return {};
+  }
+  unsigned long long* sums = nullptr;
+  std::string failed;
+  if (cudaMalloc(reinterpret_cast<void**>(&sums), sizeof(got[0]) * got.size()) != cudaSuccess) failed = "cudaMalloc";
+  for (int p = 0; p < passes && failed.empty(); ++p) {
+    if (!rt->BeginPass(compute).ok()) failed = "begin pass " + std::to_string(p);
+    for (int b = 0; b < n && failed.empty(); ++b) {
+      DeviceLocation loc;
+      Status s = rt->Acquire(b, compute, &loc);
+      if (s.ok()) s = LaunchChecksum(loc.ptr, bytes[b], sums + p * n + b, compute);
+      if (s.ok()) s = rt->Release(b, compute);
+      if (!s.ok()) failed = "pass " + std::to_string(p) + " block " + std::to_string(b) + ": " + s.ToString();
+    }
+    if (failed.empty() && !rt->EndPass(compute).ok()) failed = "end pass " + std::to_string(p);
+  }
+  if (failed.empty() && cudaStreamSynchronize(compute) != cudaSuccess) failed = "cudaStreamSynchronize";
+  if (failed.empty() &&
+      cudaMemcpy(got.data(), sums, got.size() * sizeof(got[0]), cudaMemcpyDeviceToHost) != cudaSuccess) {
+    failed = "cudaMemcpy";
+  }
+  cudaFree(sums);
+  cudaStreamDestroy(compute);
+  if (!failed.empty()) {
+    ADD_FAILURE() << failed;
+    return {};
+  }
+  return got;
+}
+
 TEST(CudaEngine, StreamsBlocksAndEveryAcquireSeesItsBytes) {
   REQUIRE_GPU();
   const uint64_t seed = testing_util::TestSeed(777);
@@ -79,24 +121,11 @@ TEST(CudaEngine, StreamsBlocksAndEveryAcquireSeesItsBytes) {
     ASSERT_TRUE(rt.Plan(trial % 2 ? PlanPolicy::kStreamAll : PlanPolicy::kBudget,
                         trial % 2 ? PlanRequest::kUnlimited : (24ull << 20) + (prefetch + 1) * (9ull << 20), prefetch)
                     .ok());
-    cudaStream_t compute;
-    ASSERT_EQ(cudaStreamCreateWithFlags(&compute, cudaStreamNonBlocking), cudaSuccess);
-    unsigned long long* sums;
     const int passes = 4;
-    ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&sums), sizeof(unsigned long long) * n * passes), cudaSuccess);
-    for (int p = 0; p < passes; ++p) {
-      ASSERT_TRUE(rt.BeginPass(compute).ok());
-      for (int b = 0; b < n; ++b) {
-        DeviceLocation loc;
-        ASSERT_TRUE(rt.Acquire(b, compute, &loc).ok());
-        ASSERT_TRUE(LaunchChecksum(loc.ptr, rt.block_bytes(b), sums + p * n + b, compute).ok());
-        ASSERT_TRUE(rt.Release(b, compute).ok());
-      }
-      ASSERT_TRUE(rt.EndPass(compute).ok());
-    }
-    std::vector<unsigned long long> got(n * passes);
-    ASSERT_EQ(cudaStreamSynchronize(compute), cudaSuccess);
-    ASSERT_EQ(cudaMemcpy(got.data(), sums, got.size() * sizeof(got[0]), cudaMemcpyDeviceToHost), cudaSuccess);
+    std::vector<uint64_t> sizes;
+    for (int b = 0; b < n; ++b) sizes.push_back(rt.block_bytes(b));
+    const std::vector<unsigned long long> got = ChecksumPasses(&rt, sizes, passes);
+    ASSERT_EQ(got.size(), static_cast<size_t>(n * passes));
     for (int p = 0; p < passes; ++p) {
       for (int b = 0; b < n; ++b) {
         ASSERT_EQ(got[p * n + b], want[b]) << "seed " << seed << " trial " << trial << " pass " << p << " block " << b;
@@ -105,8 +134,6 @@ TEST(CudaEngine, StreamsBlocksAndEveryAcquireSeesItsBytes) {
     Stats st = rt.GetStats(true);
     EXPECT_GT(st.upload_ms, 0.0);
     ASSERT_TRUE(rt.Close().ok());
-    cudaFree(sums);
-    cudaStreamDestroy(compute);
   }
 }
 
@@ -157,24 +184,9 @@ TEST(CudaEngine, CodedBlocksResidentCodedStoredAndStreamedSeeTheirBytes) {
     }
     ASSERT_TRUE(rt.Plan(PlanPolicy::kBudget, budget, 2).ok());
     EXPECT_GT(rt.plan().num_coded(), 0) << rt.plan().Describe();
-    cudaStream_t compute;
-    ASSERT_EQ(cudaStreamCreateWithFlags(&compute, cudaStreamNonBlocking), cudaSuccess);
-    unsigned long long* sums;
     const int passes = 3;
-    ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&sums), sizeof(unsigned long long) * n * passes), cudaSuccess);
-    for (int p = 0; p < passes; ++p) {
-      ASSERT_TRUE(rt.BeginPass(compute).ok());
-      for (int b = 0; b < n; ++b) {
-        DeviceLocation loc;
-        ASSERT_TRUE(rt.Acquire(b, compute, &loc).ok());
-        ASSERT_TRUE(LaunchChecksum(loc.ptr, plain, sums + p * n + b, compute).ok());
-        ASSERT_TRUE(rt.Release(b, compute).ok());
-      }
-      ASSERT_TRUE(rt.EndPass(compute).ok());
-    }
-    std::vector<unsigned long long> got(n * passes);
-    ASSERT_EQ(cudaStreamSynchronize(compute), cudaSuccess);
-    ASSERT_EQ(cudaMemcpy(got.data(), sums, got.size() * sizeof(got[0]), cudaMemcpyDeviceToHost), cudaSuccess);
+    const std::vector<unsigned long long> got = ChecksumPasses(&rt, std::vector<uint64_t>(n, plain), passes);
+    ASSERT_EQ(got.size(), static_cast<size_t>(n * passes));
     for (int p = 0; p < passes; ++p) {
       for (int b = 0; b < n; ++b) {
         ASSERT_EQ(got[p * n + b], want[b])
@@ -185,8 +197,6 @@ TEST(CudaEngine, CodedBlocksResidentCodedStoredAndStreamedSeeTheirBytes) {
     EXPECT_GT(st.coded_refills, 0u);
     EXPECT_LE(alloc.peak_bytes(), rt.plan().device_bytes());
     ASSERT_TRUE(rt.Close().ok());
-    cudaFree(sums);
-    cudaStreamDestroy(compute);
   }
 }
 
