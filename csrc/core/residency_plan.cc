@@ -569,12 +569,11 @@ Status ResidencyPlan::Make(const PlanRequest& request, ResidencyPlan* out) {
                                    "; raise the budget, lower prefetch, or use sequential mode");
   }
 
-  const uint64_t total_stored = total_blocks;
   if (request.policy == PlanPolicy::kAllResident || n == 0 ||
       (request.policy == PlanPolicy::kBudget &&
-       SatAdd(SatAdd(fixed, total_stored), plan.staging_bytes_) <= request.budget_bytes)) {
+       SatAdd(SatAdd(fixed, total_blocks), plan.staging_bytes_) <= request.budget_bytes)) {
     plan.resident_.assign(n, 1);
-    plan.resident_block_bytes_ = total_stored;
+    plan.resident_block_bytes_ = total_blocks;
     *out = std::move(plan);
     return Status::Ok();
   }
