@@ -170,8 +170,9 @@ def write_model(comfy_root: str, path: Path, config: dict, device: str) -> dict:
 
 # ---- the child: one configuration in one ComfyUI process ------------------------------------------
 
-class _Server:
-    """What PromptExecutor uses of server.PromptServer."""
+class PromptServerStandIn:
+    """What PromptExecutor and its progress handler use of server.PromptServer: the client id,
+    the last node id and send_sync (recorded as (event, data)). The prompt tests use it too."""
 
     def __init__(self):
         self.client_id = None
@@ -187,7 +188,8 @@ class _Server:
         pass
 
 
-def _await(result):
+def await_if_coroutine(result):
+    """Await what ComfyUI returned when it is a coroutine (newer versions are async)."""
     import asyncio
     import inspect
 
@@ -345,10 +347,10 @@ def child(cfg_path: str) -> int:
     folder_paths.filename_list_cache.clear()
 
     extras = os.path.join(cfg["comfy_root"], "comfy_extras", "nodes_hunyuan.py")
-    if not _await(nodes.load_custom_node(extras, module_parent="comfy_extras")):
+    if not await_if_coroutine(nodes.load_custom_node(extras, module_parent="comfy_extras")):
         raise RuntimeError("EmptyHunyuanLatentVideo (comfy_extras/nodes_hunyuan.py) did not load")
     if cfg["system"] == "pinstream":
-        if not _await(nodes.load_custom_node(str(ROOT), module_parent="custom_nodes")):
+        if not await_if_coroutine(nodes.load_custom_node(str(ROOT), module_parent="custom_nodes")):
             raise RuntimeError("ComfyUI's loader refused the PinStream folder")
         if PS_LOADER not in nodes.NODE_CLASS_MAPPINGS:
             raise RuntimeError("PinStream's loader is not registered")
@@ -361,7 +363,7 @@ def child(cfg_path: str) -> int:
     import inspect
     import uuid
 
-    server = _Server()
+    server = PromptServerStandIn()
     params = inspect.signature(execution.PromptExecutor.__init__).parameters
     kw = {}
     ram_pressure = hasattr(args, "cache_classic") and hasattr(getattr(execution, "CacheType", None), "RAM_PRESSURE")
@@ -386,13 +388,13 @@ def child(cfg_path: str) -> int:
             vargs = (str(uuid.uuid4()), prompt, None)
         else:
             vargs = (str(uuid.uuid4()), prompt)
-        ok, error, outputs, node_errors = _await(execution.validate_prompt(*vargs))
+        ok, error, outputs, node_errors = await_if_coroutine(execution.validate_prompt(*vargs))
         if not ok:
             raise RuntimeError(f"prompt refused: {error} {node_errors}")
         server.events.clear()
         t0 = time.perf_counter()
         if hasattr(executor, "execute_async"):
-            _await(executor.execute_async(prompt, str(uuid.uuid4()), {"client_id": "bench"}, outputs))
+            await_if_coroutine(executor.execute_async(prompt, str(uuid.uuid4()), {"client_id": "bench"}, outputs))
         else:
             executor.execute(prompt, str(uuid.uuid4()), {"client_id": "bench"}, outputs)
         if cuda:

@@ -23,7 +23,6 @@ Everything this module registers (node classes, loaded modules, the text encoder
 override, the output folder) is put back at the end.
 """
 
-import asyncio
 import copy
 import gc
 import inspect
@@ -46,6 +45,8 @@ import checkpoints as ck
 import execution  # ComfyUI's executor (imports nodes, comfy_execution, comfy_api)
 import pipeline as pl
 import torch
+from bench.comfyui_prompt import PromptServerStandIn
+from bench.comfyui_prompt import await_if_coroutine as _run
 from safetensors.torch import load_file
 
 mm = ns.model_management
@@ -71,27 +72,8 @@ SEED, STEPS, CFG = 7, 2, 2.0
 
 # ---- ComfyUI plumbing ------------------------------------------------------------------------
 
-def _run(result):
-    """Await what ComfyUI returned when it is a coroutine (newer versions are async)."""
-    return asyncio.run(result) if inspect.iscoroutine(result) else result
-
-
-class FakeServer:
-    """What PromptExecutor and its progress handler use of server.PromptServer: the
-    client id, the last node id and send_sync (recorded here as (event, data))."""
-
-    def __init__(self):
-        self.client_id = None
-        self.last_node_id = None
-        self.last_prompt_id = None
-        self.sockets_metadata = {}
-        self.events = []
-
-    def send_sync(self, event, data, sid=None):
-        self.events.append((event, data))
-
-    def queue_updated(self):
-        pass
+class FakeServer(PromptServerStandIn):
+    """The stand-in for server.PromptServer, with what the tests read of the events."""
 
     def of(self, event):
         return [d for e, d in self.events if e == event]
