@@ -124,6 +124,11 @@ class CopyEngine {
   virtual Status ComputeWaitFor(EventId event, void* compute_queue) = 0;
   virtual Status RecordComputeEvent(EventId event, void* compute_queue) = 0;
   virtual Status CopyWaitFor(EventId event) = 0;
+  // Whether the latest record of copy event `event` has completed on the copy
+  // queue (an event never recorded is complete); wait=true makes the host wait
+  // for it. Not on the compute path: the disk tier uses it to know when a
+  // pinned read buffer may be refilled.
+  virtual Status CopyEventDone(EventId event, bool wait, bool* done) = 0;
   // On the copy queue, after the copy into `staging`: runs `transform`, writing
   // the block's device layout at `out` (fp8 dequantization, raw copies).
   virtual Status EnqueueTransform(const BlockTransform* transform, const void* staging, void* out) = 0;

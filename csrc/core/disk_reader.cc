@@ -95,6 +95,14 @@ Status DiskReader::Open(const std::string& path, int* file) {
     return Status::InvalidArgument("cannot stat " + path + " (" + Errno("fstat", err) + ")");
   }
   f.size = static_cast<uint64_t>(st.st_size);
+  f.inode = static_cast<uint64_t>(st.st_ino);
+  f.device = static_cast<uint64_t>(st.st_dev);
+  f.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000LL + st.st_mtim.tv_nsec;
+  Status sampled = Sample(f, &f.sample);
+  if (!sampled.ok()) {
+    close(f.fd);
+    return sampled;
+  }
   std::lock_guard<std::mutex> lock(mu_);
   files_.push_back(f);
   *file = static_cast<int>(files_.size()) - 1;
@@ -117,26 +125,109 @@ std::string DiskReader::how(int file) const {
   return f.direct ? "O_DIRECT (alignment " + std::to_string(f.align) + ")" : "buffered (" + f.why_buffered + ")";
 }
 
-Status DiskReader::Submit(int file, uint64_t offset, uint64_t bytes, void* dst, uint64_t* ticket) {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (file < 0 || file >= static_cast<int>(files_.size())) {
-    return Status::InvalidArgument("read: file id " + std::to_string(file) + " was not opened");
+Status DiskReader::Sample(const File& f, uint64_t* sum) {
+  constexpr uint64_t kPage = 4096;
+  std::vector<uint8_t> buf;
+  uint8_t* page = AlignedIn(&buf, kPage, kDirectAlign);
+  const uint64_t last = f.size > kPage ? (f.size - 1) / kPage * kPage : 0;
+  uint64_t h = 1469598103934665603ULL;  // FNV-1a over the sampled bytes
+  for (uint64_t at : {uint64_t{0}, last / 3 / kPage * kPage, 2 * last / 3 / kPage * kPage, last}) {
+    const uint64_t want = std::min(kPage, f.size - std::min(at, f.size));
+    uint64_t got = 0;
+    // an O_DIRECT descriptor reads whole aligned pages; the tail page may be short
+    const int err = ReadFull(f.fd, page, f.direct ? kPage : want, at, &got);
+    if (err != 0) return Status::InvalidArgument("cannot read " + f.path + " (" + Errno("pread", err) + ")");
+    if (got < want) {
+      return Status::FailedPrecondition(f.path + " ended at byte " + std::to_string(at + got) + " of " +
+                                        std::to_string(f.size) + " (the file shrank or changed since it was opened)");
+    }
+    for (uint64_t i = 0; i < want; ++i) h = (h ^ page[i]) * 1099511628211ULL;
   }
-  const File& f = files_[file];
-  if (offset > f.size || bytes > f.size - offset) {
-    return Status::InvalidArgument("read of " + std::to_string(bytes) + " bytes at " + std::to_string(offset) +
-                                   " is past the end of " + f.path + " (" + std::to_string(f.size) + " bytes)");
-  }
-  if (bytes > 0 && dst == nullptr) return Status::InvalidArgument("read into a null buffer");
-  *ticket = next_ticket_++;
-  Request& r = requests_[*ticket];
-  for (uint64_t done = 0; done < bytes; done += options_.chunk_bytes) {
-    const uint64_t n = std::min(options_.chunk_bytes, bytes - done);
-    queue_.push_back(Chunk{*ticket, file, offset + done, n, static_cast<uint8_t*>(dst) + done});
-    ++r.pending;
-  }
-  work_cv_.notify_all();
+  *sum = h;
   return Status::Ok();
+}
+
+Status DiskReader::Check(int file) {
+  File f;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (file < 0 || file >= static_cast<int>(files_.size())) {
+      return Status::InvalidArgument("check: file id " + std::to_string(file) + " was not opened");
+    }
+    f = files_[file];
+  }
+  auto changed = [&](const std::string& how) {
+    return Status::FailedPrecondition(f.path + " changed since PinStream opened it (" + how +
+                                      "); its weights can no longer be read from it. Reload the model");
+  };
+  struct stat st;
+  if (stat(f.path.c_str(), &st) != 0) return changed("it is gone: " + Errno("stat", errno));
+  if (static_cast<uint64_t>(st.st_ino) != f.inode || static_cast<uint64_t>(st.st_dev) != f.device) {
+    return changed("it was replaced by another file");
+  }
+  if (static_cast<uint64_t>(st.st_size) != f.size) {
+    return changed("size " + std::to_string(f.size) + " -> " + std::to_string(st.st_size) + " bytes");
+  }
+  const int64_t mtime = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000LL + st.st_mtim.tv_nsec;
+  if (mtime != f.mtime_ns) return changed("it was modified");
+  uint64_t sum = 0;
+  PINSTREAM_RETURN_IF_ERROR(Sample(f, &sum));
+  if (sum != f.sample) return changed("its sampled bytes differ");
+  return Status::Ok();
+}
+
+Status DiskReader::Submit(int file, uint64_t offset, uint64_t bytes, void* dst, uint64_t* ticket) {
+  return SubmitMany({Range{file, offset, bytes, dst}}, ticket);
+}
+
+Status DiskReader::SubmitMany(const std::vector<Range>& ranges, uint64_t* ticket) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const Range& r : ranges) {
+    if (r.file < 0 || r.file >= static_cast<int>(files_.size())) {
+      return Status::InvalidArgument("read: file id " + std::to_string(r.file) + " was not opened");
+    }
+    const File& f = files_[r.file];
+    if (r.offset > f.size || r.bytes > f.size - r.offset) {
+      return Status::InvalidArgument("read of " + std::to_string(r.bytes) + " bytes at " + std::to_string(r.offset) +
+                                     " is past the end of " + f.path + " (" + std::to_string(f.size) + " bytes)");
+    }
+    if (r.bytes > 0 && r.dst == nullptr) return Status::InvalidArgument("read into a null buffer");
+  }
+  *ticket = next_ticket_++;
+  Request& req = requests_[*ticket];
+  for (const Range& r : ranges) {
+    for (uint64_t done = 0; done < r.bytes; done += options_.chunk_bytes) {
+      const uint64_t n = std::min(options_.chunk_bytes, r.bytes - done);
+      queue_.push_back(Chunk{*ticket, r.file, r.offset + done, n, static_cast<uint8_t*>(r.dst) + done});
+      ++req.pending;
+    }
+    req.bytes += r.bytes;
+  }
+  if (req.pending > 0) {
+    if (in_flight_++ == 0) busy_since_ = std::chrono::steady_clock::now();
+    work_cv_.notify_all();
+  }
+  return Status::Ok();
+}
+
+bool DiskReader::Done(uint64_t ticket) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = requests_.find(ticket);
+  return it == requests_.end() || it->second.pending == 0;
+}
+
+DiskReader::Totals DiskReader::totals() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  Totals t = totals_;
+  if (in_flight_ > 0) {
+    t.busy_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - busy_since_).count();
+  }
+  return t;
+}
+
+void DiskReader::FailNextReads(int count) {
+  std::lock_guard<std::mutex> lock(mu_);
+  fail_next_ = count;
 }
 
 Status DiskReader::Wait(uint64_t ticket) {
@@ -158,12 +249,25 @@ void DiskReader::Work() {
     if (queue_.empty()) return;  // stop_ and nothing left
     const Chunk c = queue_.front();
     queue_.pop_front();
+    Status s;
+    if (fail_next_ > 0) {
+      --fail_next_;
+      s = Status::DeviceError("reading " + files_[c.file].path + ": pread: Input/output error (injected)");
+    }
     lock.unlock();
-    Status s = ReadChunk(c, &bounce);
+    if (s.ok()) s = ReadChunk(c, &bounce);
     lock.lock();
     Request& r = requests_[c.ticket];
     if (!s.ok() && r.status.ok()) r.status = s;
-    if (--r.pending == 0) done_cv_.notify_all();
+    if (--r.pending == 0) {
+      totals_.requests += 1;
+      if (r.status.ok()) totals_.bytes += r.bytes;
+      if (--in_flight_ == 0) {
+        totals_.busy_ms +=
+            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - busy_since_).count();
+      }
+      done_cv_.notify_all();
+    }
   }
 }
 

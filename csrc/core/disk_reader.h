@@ -23,6 +23,7 @@
 #ifndef PINSTREAM_CORE_DISK_READER_H_
 #define PINSTREAM_CORE_DISK_READER_H_
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -56,10 +57,36 @@ class DiskReader {
   // How the file is read: "O_DIRECT (alignment 4096)", or "buffered (...why...)".
   std::string how(int file) const;
 
+  // Whether `file` is still the file opened: the same inode, size and
+  // modification time, and the same bytes at a few sampled places. A file
+  // replaced, truncated or rewritten since Open is a clear error naming it.
+  Status Check(int file);
+
+  struct Range {
+    int file = -1;
+    uint64_t offset = 0;
+    uint64_t bytes = 0;
+    void* dst = nullptr;
+  };
   // Queues a read of `bytes` from `offset` of `file` into `dst`.
   Status Submit(int file, uint64_t offset, uint64_t bytes, void* dst, uint64_t* ticket);
+  // Queues the reads of `ranges` as one request (one ticket).
+  Status SubmitMany(const std::vector<Range>& ranges, uint64_t* ticket);
+  // Whether the request is done (Wait then returns at once).
+  bool Done(uint64_t ticket) const;
   // Blocks until the request is done; its status. A ticket is waited on once.
   Status Wait(uint64_t ticket);
+
+  // Totals since construction: bytes read by finished requests, and the time
+  // at least one request was in flight (what the disk rate is measured over).
+  struct Totals {
+    uint64_t bytes = 0;
+    uint64_t requests = 0;
+    double busy_ms = 0;
+  };
+  Totals totals() const;
+  // Fault injection (tests): the next `count` chunks fail with an I/O error.
+  void FailNextReads(int count);
 
  private:
   struct File {
@@ -69,6 +96,9 @@ class DiskReader {
     bool direct = false;
     uint64_t align = 1;
     std::string why_buffered;
+    uint64_t inode = 0, device = 0;
+    int64_t mtime_ns = 0;
+    uint64_t sample = 0;  // checksum of the sampled pages at open
   };
   struct Chunk {
     uint64_t ticket;
@@ -78,11 +108,14 @@ class DiskReader {
   };
   struct Request {
     int pending = 0;
+    uint64_t bytes = 0;
     Status status;
   };
 
   void Work();
   Status ReadChunk(const Chunk& c, std::vector<uint8_t>* bounce);
+  // Checksum of up to four 4 KiB pages spread over the file (its first and last included).
+  static Status Sample(const File& f, uint64_t* sum);
 
   Options options_;
   mutable std::mutex mu_;
@@ -92,6 +125,10 @@ class DiskReader {
   std::map<uint64_t, Request> requests_;
   uint64_t next_ticket_ = 1;
   bool stop_ = false;
+  int fail_next_ = 0;
+  int in_flight_ = 0;  // requests queued and not finished
+  std::chrono::steady_clock::time_point busy_since_;
+  Totals totals_;
   std::vector<std::thread> threads_;
 };
 

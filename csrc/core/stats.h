@@ -27,6 +27,13 @@ struct Stats {
   uint64_t skips = 0;
   double transform_ms = 0;       // copy-queue time of transforms (fp8 dequantize, exact decode)
   uint64_t transform_bytes = 0;  // device-layout bytes they wrote
+  // the disk tier: blocks and bytes read into the read ring, the host's waits
+  // for reads the compute needed now, and the time the disk was busy
+  uint64_t disk_reads = 0;
+  uint64_t disk_bytes = 0;
+  double disk_wait_ms = 0;
+  double disk_busy_ms = 0;
+  uint64_t disk_bytes_total = 0;  // every byte the reader delivered (loads included)
   // Per block: last upload time (ms, -1 when never timed) and upload count.
   std::vector<double> block_upload_ms;
   std::vector<uint64_t> block_uploads;

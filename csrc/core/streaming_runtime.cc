@@ -2,6 +2,7 @@
 #include "core/streaming_runtime.h"
 
 #include <algorithm>
+#include <chrono>
 #include <memory>
 #include <string>
 
@@ -60,6 +61,44 @@ Status StreamingRuntime::AttachHost(int block, const void* host) {
   PINSTREAM_RETURN_IF_ERROR(CheckBlock(block, "attach_host"));
   if (loaded_) return Status::FailedPrecondition("attach_host while loaded; unload() first");
   blocks_[block].host = host;
+  blocks_[block].disk.clear();
+  return Status::Ok();
+}
+
+Status StreamingRuntime::UseDiskReader(DiskReader* reader, int read_ahead) {
+  if (closed_) return Status::Closed("runtime is closed");
+  if (loaded_) return Status::FailedPrecondition("use_disk_reader while loaded; unload() first");
+  if (read_ahead < 1) {
+    return Status::InvalidArgument("read_ahead " + std::to_string(read_ahead) + " must be at least 1");
+  }
+  reader_ = reader;
+  read_ahead_ = read_ahead;
+  reader_base_ = reader_ ? reader_->totals() : DiskReader::Totals();
+  return Status::Ok();
+}
+
+Status StreamingRuntime::SetDiskSource(int block, std::vector<DiskExtent> extents) {
+  PINSTREAM_RETURN_IF_ERROR(CheckBlock(block, "set_disk_source"));
+  if (loaded_) return Status::FailedPrecondition("set_disk_source while loaded; unload() first");
+  if (reader_ == nullptr) return Status::FailedPrecondition("set_disk_source before use_disk_reader");
+  Block& b = blocks_[block];
+  std::sort(extents.begin(), extents.end(),
+            [](const DiskExtent& x, const DiskExtent& y) { return x.block_offset < y.block_offset; });
+  uint64_t at = 0, covered = 0;
+  for (const DiskExtent& e : extents) {
+    if (e.block_offset < at || e.block_offset + e.bytes > b.bytes) {
+      return Status::InvalidArgument("set_disk_source: block " + std::to_string(block) +
+                                     "'s extents overlap or pass its " + std::to_string(b.bytes) + " bytes");
+    }
+    at = e.block_offset + e.bytes;
+    covered += e.bytes;
+  }
+  if (covered != b.bytes) {
+    return Status::InvalidArgument("set_disk_source: block " + std::to_string(block) + "'s extents cover " +
+                                   std::to_string(covered) + " of its " + std::to_string(b.bytes) + " bytes");
+  }
+  b.disk = std::move(extents);
+  if (b.disk.empty()) b.disk.push_back(DiskExtent{-1, 0, 0, 0});  // a unit with no bytes: nothing to read
   return Status::Ok();
 }
 
@@ -110,17 +149,15 @@ Status StreamingRuntime::ReplaceTransfer(int block, const void* host, uint64_t b
 
 uint64_t StreamingRuntime::Footprint(const Block& b) const { return b.transform ? b.device_bytes : b.bytes; }
 
-Status StreamingRuntime::EnqueueUpload(const Block& b, int id, void* dst) {
+Status StreamingRuntime::EnqueueUpload(const Block& b, int id, void* dst, const uint8_t* src) {
   if (b.coded) return engine_->EnqueueTransform(b.transform, b.coded_loc.ptr, dst);
-  if (b.split) {
-    return engine_->EnqueueCopy(dst, static_cast<const uint8_t*>(b.host) + b.prefix, b.bytes - b.prefix, id);
-  }
+  if (b.split) return engine_->EnqueueCopy(dst, src + b.prefix, b.bytes - b.prefix, id);
   if (b.transform == nullptr) {
-    return b.bytes > 0 ? engine_->EnqueueCopy(dst, b.host, b.bytes, id) : Status::Ok();
+    return b.bytes > 0 ? engine_->EnqueueCopy(dst, src, b.bytes, id) : Status::Ok();
   }
   // one staging buffer serves every transformed upload: the copy queue runs
   // each upload and its transform before the next upload overwrites it
-  if (b.bytes > 0) PINSTREAM_RETURN_IF_ERROR(engine_->EnqueueCopy(staging_.ptr, b.host, b.bytes, id));
+  if (b.bytes > 0) PINSTREAM_RETURN_IF_ERROR(engine_->EnqueueCopy(staging_.ptr, src, b.bytes, id));
   return engine_->EnqueueTransform(b.transform, staging_.ptr, dst);
 }
 
@@ -227,7 +264,7 @@ Status StreamingRuntime::Load(void* compute_queue) {
   if (!planned_) return Status::FailedPrecondition("load() before plan()");
   if (loaded_) return Status::Ok();
   for (size_t i = 0; i < blocks_.size(); ++i) {
-    if (blocks_[i].host == nullptr && blocks_[i].bytes > 0) {
+    if (blocks_[i].host == nullptr && blocks_[i].bytes > 0 && blocks_[i].disk.empty()) {
       return Status::FailedPrecondition("load(): block " + std::to_string(i) + " has no host bytes attached");
     }
   }
@@ -247,6 +284,10 @@ Status StreamingRuntime::Load(void* compute_queue) {
   if (residents_event_ < 0) {
     Status s = TakeEvent(&residents_event_);
     if (!s.ok()) return fail(s, 0, "an event");
+  }
+  {
+    Status s = AllocateReadRing();
+    if (!s.ok()) return fail(s, 0, "the read ring");
   }
   {
     std::string what;
@@ -302,13 +343,21 @@ Status StreamingRuntime::LoadResidents(uint64_t* done, std::string* what, uint64
     *done += footprint;
     const uint64_t head = b.split ? b.prefix : b.bytes;
     if (head == 0) continue;
-    if (b.split || b.coded) {
-      s = engine_->EnqueueCopy(loc.ptr, b.host, head, static_cast<int>(i));
-    } else if (b.transform != nullptr && b.bytes > plan_.staging_bytes()) {
-      s = LoadInPieces(b, static_cast<int>(i), loc.ptr);
-    } else {
-      s = EnqueueUpload(b, static_cast<int>(i), loc.ptr);
+    const uint8_t* src = nullptr;
+    int buf = -1;
+    s = SourceNow(static_cast<int>(i), &src, &buf);
+    if (!s.ok()) {
+      *what = "the read of resident block " + std::to_string(i);
+      return s;
     }
+    if (b.split || b.coded) {
+      s = engine_->EnqueueCopy(loc.ptr, src, head, static_cast<int>(i));
+    } else if (b.transform != nullptr && b.bytes > plan_.staging_bytes()) {
+      s = LoadInPieces(b, static_cast<int>(i), loc.ptr, src);
+    } else {
+      s = EnqueueUpload(b, static_cast<int>(i), loc.ptr, src);
+    }
+    if (s.ok() && buf >= 0) s = engine_->RecordCopyEvent(reads_[buf].upload_event);
     if (!s.ok()) {
       *what = "resident upload";
       return s;
@@ -322,7 +371,7 @@ Status StreamingRuntime::LoadResidents(uint64_t* done, std::string* what, uint64
   return s;
 }
 
-Status StreamingRuntime::LoadInPieces(const Block& b, int id, void* dst) {
+Status StreamingRuntime::LoadInPieces(const Block& b, int id, void* dst, const uint8_t* src) {
   // each job's region through the staging buffer, then that job alone; the copy
   // queue runs them in order, so the next region never overwrites one still read
   for (const TransformJob& job : b.transform->jobs) {
@@ -335,8 +384,7 @@ Status StreamingRuntime::LoadInPieces(const Block& b, int id, void* dst) {
                                         " bytes exceeds the staging buffer");
     }
     if (piece > 0) {
-      PINSTREAM_RETURN_IF_ERROR(
-          engine_->EnqueueCopy(staging_.ptr, static_cast<const uint8_t*>(b.host) + job.src_offset, piece, id));
+      PINSTREAM_RETURN_IF_ERROR(engine_->EnqueueCopy(staging_.ptr, src + job.src_offset, piece, id));
     }
     PINSTREAM_RETURN_IF_ERROR(engine_->EnqueueTransform(one.get(), staging_.ptr, dst));
     load_pieces_.push_back(std::move(one));  // the engine reads it when the job runs
@@ -361,6 +409,7 @@ void StreamingRuntime::FreeDevice() {
   slots_.clear();
   if (staging_.allocation >= 0) allocator_->Free(staging_.allocation);
   staging_ = DeviceLocation();
+  FreeReadRing();
   load_pieces_.clear();
   residents_waited_ = false;
   ring_ = SlotRing(0, num_blocks());
@@ -392,14 +441,18 @@ Status StreamingRuntime::BeginPass(void* compute_queue) {
 }
 
 Status StreamingRuntime::Upload(int slot, int block) {
+  Block& b = blocks_[block];
+  const uint8_t* src = nullptr;
+  int buf = -1;
+  if (!b.coded) PINSTREAM_RETURN_IF_ERROR(SourceNow(block, &src, &buf));  // before the slot changes hands
   const int evicted = ring_.Assign(slot, block);
   if (evicted >= 0) evicted_.push_back(evicted);
   SlotMem& mem = slots_[slot];
-  Block& b = blocks_[block];
   // The copy queue must not overwrite the slot before its last user is done.
   Status s = engine_->CopyWaitFor(mem.release_event);
-  if (s.ok()) s = EnqueueUpload(b, block, mem.loc.ptr);
+  if (s.ok()) s = EnqueueUpload(b, block, mem.loc.ptr, src);
   if (s.ok()) s = engine_->RecordCopyEvent(mem.upload_event);
+  if (s.ok() && buf >= 0) s = engine_->RecordCopyEvent(reads_[buf].upload_event);
   if (!s.ok()) {
     ring_.Invalidate(slot);
     evicted_.push_back(block);
@@ -417,26 +470,194 @@ Status StreamingRuntime::Upload(int slot, int block) {
   return Status::Ok();
 }
 
+void StreamingRuntime::Window(int current, int depth, std::vector<int>* out) {
+  if (learner_.learned()) {
+    learner_.Predict(depth, streamed_, out);
+    return;
+  }
+  // Before the first pass is learned, guess registration order.
+  out->clear();
+  const int n = num_blocks();
+  for (int step = 1; step <= n && static_cast<int>(out->size()) < depth; ++step) {
+    const int b = (current + step) % n;
+    if (streamed_[b] && b != current) out->push_back(b);
+  }
+}
+
 void StreamingRuntime::Prefetch(int current) {
   const int depth = plan_.prefetch();
-  if (depth <= 0 || slots_.empty()) return;
-  if (learner_.learned()) {
-    learner_.Predict(depth, streamed_, &window_);
-  } else {
-    // Before the first pass is learned, guess registration order.
-    window_.clear();
-    const int n = num_blocks();
-    for (int step = 1; step <= n && static_cast<int>(window_.size()) < depth; ++step) {
-      const int b = (current + step) % n;
-      if (streamed_[b] && b != current) window_.push_back(b);
-    }
-  }
+  if (slots_.empty()) return;
+  ReadAhead(current);
+  if (depth <= 0) return;
+  Window(current, depth, &window_);
   for (int w : window_) {
     if (ring_.SlotOf(w) >= 0) continue;
+    if (!blocks_[w].disk.empty() && !blocks_[w].coded) {
+      // a disk unit is uploaded ahead only once its read is done: the host
+      // never waits here for a read the compute does not need yet
+      const int buf = ReadBufferOf(w);
+      bool done = false;
+      if (buf < 0 || !FinishRead(buf, /*wait=*/false, &done).ok() || !done) break;
+    }
     const int victim = ring_.ChooseVictim(window_, /*allow_keep=*/false);
     if (victim < 0) break;
     if (!Upload(victim, w).ok()) break;  // the block will be a miss later
     stats_.prefetches += 1;
+  }
+  ReadAhead(current);  // buffers whose uploads were just queued may be refilled soon
+}
+
+uint64_t StreamingRuntime::read_ring_bytes() const {
+  uint64_t n = 0;
+  for (const ReadBuffer& r : reads_) n += r.mem ? r.mem->size() : 0;
+  return n;
+}
+
+Status StreamingRuntime::AllocateReadRing() {
+  uint64_t most = 0;
+  bool streamed_disk = false;
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    const Block& b = blocks_[i];
+    if (b.disk.empty()) continue;
+    most = std::max(most, b.bytes);
+    streamed_disk = streamed_disk || streamed_[i] != 0;
+  }
+  if (most == 0) return Status::Ok();
+  // O_DIRECT reads straight into a buffer whose start and size are page multiples
+  const uint64_t size = (most + 4095) / 4096 * 4096;
+  const int count = streamed_disk ? plan_.prefetch() + read_ahead_ : 1;
+  reads_.resize(static_cast<size_t>(count));
+  for (ReadBuffer& r : reads_) {
+    PINSTREAM_RETURN_IF_ERROR(engine_->AllocateHostBuffer(size, /*pin=*/true, &r.mem));
+    PINSTREAM_RETURN_IF_ERROR(TakeEvent(&r.upload_event));
+  }
+  return Status::Ok();
+}
+
+void StreamingRuntime::FreeReadRing() {
+  // a read still in flight writes into its buffer: it must end before the buffer goes
+  for (ReadBuffer& r : reads_) {
+    if (r.ticket != 0) reader_->Wait(r.ticket);
+    if (r.upload_event >= 0) spare_events_.push_back(r.upload_event);
+  }
+  reads_.clear();
+}
+
+int StreamingRuntime::ReadBufferOf(int block) const {
+  for (size_t i = 0; i < reads_.size(); ++i) {
+    if (reads_[i].block == block) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+Status StreamingRuntime::FinishRead(int buf, bool wait, bool* done) {
+  ReadBuffer& r = reads_[buf];
+  *done = true;
+  if (r.ticket == 0) return Status::Ok();
+  if (!wait && !reader_->Done(r.ticket)) {
+    *done = false;
+    return Status::Ok();
+  }
+  Status s;
+  if (wait && !reader_->Done(r.ticket)) {
+    const auto start = std::chrono::steady_clock::now();
+    s = reader_->Wait(r.ticket);
+    stats_.disk_wait_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  } else {
+    s = reader_->Wait(r.ticket);
+  }
+  r.ticket = 0;
+  if (!s.ok()) {
+    r.block = -1;
+    return s;
+  }
+  stats_.disk_reads += 1;
+  stats_.disk_bytes += blocks_[r.block].bytes;
+  return Status::Ok();
+}
+
+Status StreamingRuntime::FreeReadBuffer(const std::vector<int>& keep, bool wait, int* buf) {
+  *buf = -1;
+  auto rank = [&](const ReadBuffer& r) {  // higher: better to refill
+    if (r.block < 0) return static_cast<int>(keep.size()) + 1;
+    auto it = std::find(keep.begin(), keep.end(), r.block);
+    return it == keep.end() ? static_cast<int>(keep.size()) : static_cast<int>(it - keep.begin());
+  };
+  for (;;) {
+    int best = -1;
+    for (size_t i = 0; i < reads_.size(); ++i) {
+      const ReadBuffer& r = reads_[i];
+      if (r.ticket != 0) continue;
+      if (!wait && r.block >= 0 && std::find(keep.begin(), keep.end(), r.block) != keep.end()) continue;
+      bool done = false;
+      PINSTREAM_RETURN_IF_ERROR(engine_->CopyEventDone(r.upload_event, /*wait=*/false, &done));
+      if (!done && !wait) continue;
+      if (best < 0 || rank(r) > rank(reads_[best])) best = static_cast<int>(i);
+    }
+    if (best >= 0) {
+      bool done = false;
+      PINSTREAM_RETURN_IF_ERROR(engine_->CopyEventDone(reads_[best].upload_event, wait, &done));
+      if (done) *buf = best;
+      return Status::Ok();
+    }
+    if (!wait || reads_.empty()) return Status::Ok();
+    // every buffer is being read into: the first one to finish is taken
+    bool done = false;
+    Status s = FinishRead(0, /*wait=*/true, &done);
+    (void)s;  // its block is read again when needed, and then reports the error
+  }
+}
+
+Status StreamingRuntime::SubmitRead(int buf, int block) {
+  ReadBuffer& r = reads_[buf];
+  const Block& b = blocks_[block];
+  std::vector<DiskReader::Range> ranges;
+  auto* base = static_cast<uint8_t*>(r.mem->data());
+  for (const DiskExtent& e : b.disk) {
+    if (e.bytes > 0) ranges.push_back(DiskReader::Range{e.file, e.file_offset, e.bytes, base + e.block_offset});
+  }
+  r.block = -1;
+  r.ticket = 0;
+  uint64_t ticket = 0;
+  PINSTREAM_RETURN_IF_ERROR(reader_->SubmitMany(ranges, &ticket));
+  r.block = block;
+  r.ticket = ticket;
+  return Status::Ok();
+}
+
+Status StreamingRuntime::SourceNow(int block, const uint8_t** src, int* buf) {
+  const Block& b = blocks_[block];
+  *buf = -1;
+  if (b.disk.empty()) {
+    *src = static_cast<const uint8_t*>(b.host);
+    return Status::Ok();
+  }
+  int at = ReadBufferOf(block);
+  if (at < 0) {
+    Window(block, plan_.prefetch() + read_ahead_, &read_window_);
+    PINSTREAM_RETURN_IF_ERROR(FreeReadBuffer(read_window_, /*wait=*/true, &at));
+    if (at < 0) return Status::FailedPrecondition("the disk tier has no read buffer");
+    PINSTREAM_RETURN_IF_ERROR(SubmitRead(at, block));
+  }
+  bool done = false;
+  PINSTREAM_RETURN_IF_ERROR(FinishRead(at, /*wait=*/true, &done));
+  *src = static_cast<const uint8_t*>(reads_[at].mem->data());
+  *buf = at;
+  return Status::Ok();
+}
+
+void StreamingRuntime::ReadAhead(int current) {
+  if (reads_.empty()) return;
+  Window(current, plan_.prefetch() + read_ahead_, &read_window_);
+  for (int w : read_window_) {
+    const Block& b = blocks_[w];
+    if (b.disk.empty() || b.coded) continue;
+    const int slot = ring_.SlotOf(w);
+    if (slot >= 0 && ring_.Valid(slot)) continue;  // already on the device
+    if (ReadBufferOf(w) >= 0) continue;
+    int buf = -1;
+    if (!FreeReadBuffer(read_window_, /*wait=*/false, &buf).ok() || buf < 0) break;
+    if (!SubmitRead(buf, w).ok()) break;  // the acquire reads it again and reports why
   }
 }
 
@@ -548,6 +769,11 @@ void StreamingRuntime::Drain(bool wait) {
     }
   }
   stats_.stall_ms += timings_.stall_ms;
+  if (reader_ != nullptr) {
+    const DiskReader::Totals t = reader_->totals();
+    stats_.disk_busy_ms = t.busy_ms - reader_base_.busy_ms;
+    stats_.disk_bytes_total = t.bytes - reader_base_.bytes;
+  }
   stats_.transform_ms += timings_.transform_ms;
   stats_.transform_bytes += timings_.transform_bytes;
 }
@@ -565,6 +791,7 @@ void StreamingRuntime::ResetStats() {
   Drain(false);
   const size_t n = stats_.block_upload_ms.size();
   stats_ = Stats();
+  if (reader_ != nullptr) reader_base_ = reader_->totals();
   stats_.block_upload_ms.assign(n, -1.0);
   stats_.block_uploads.assign(n, 0);
 }

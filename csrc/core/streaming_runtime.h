@@ -18,6 +18,14 @@
 //   Unload (device memory freed; the host copies are the truth again)
 //   Close
 //
+// The disk tier: a unit may live in a file instead of host memory
+// (SetDiskSource). Its bytes are read by a DiskReader into a ring of pinned
+// host buffers, `read_ahead` blocks beyond the uploads' look-ahead in the same
+// learned order, and uploaded from there; a buffer is refilled once the copy
+// queue has finished the upload that read it. A resident unit on disk is read
+// once at Load and needs no host copy at all. The host waits only for a read
+// the compute needs now (a read miss), never for one ahead of it.
+//
 // Acquire(b) never makes the host wait on a CUDA engine: the compute queue
 // waits on b's upload event, then uploads of the next `prefetch` streamed
 // blocks of the learned order are queued, each into a slot whose last user
@@ -33,6 +41,7 @@
 #include <vector>
 
 #include "core/copy_engine.h"
+#include "core/disk_reader.h"
 #include "core/residency_plan.h"
 #include "core/schedule_learner.h"
 #include "core/slot_ring.h"
@@ -54,6 +63,15 @@ struct DeviceLocation {
   uint64_t head_bytes = 0;
 };
 
+// A piece of a disk-tier block's transfer bytes: `bytes` at `file_offset` of
+// DiskReader file `file` are its bytes from `block_offset` on.
+struct DiskExtent {
+  int file = -1;
+  uint64_t file_offset = 0;
+  uint64_t bytes = 0;
+  uint64_t block_offset = 0;
+};
+
 class StreamingRuntime {
  public:
   // `engine` and `allocator` must outlive the runtime.
@@ -69,6 +87,14 @@ class StreamingRuntime {
   // The host bytes of a unit registered without them (or moved since).
   // Allowed while nothing is loaded.
   Status AttachHost(int block, const void* host);
+  // Reads of disk-tier units go through `reader` (kept alive by the caller),
+  // `read_ahead` (>= 1) blocks beyond the uploads' look-ahead. Allowed while
+  // nothing is loaded.
+  Status UseDiskReader(DiskReader* reader, int read_ahead);
+  // The unit's transfer bytes live on disk: `extents` cover [0, bytes) once
+  // each. Its host pointer is no longer used (AttachHost brings it back to
+  // host memory). Allowed while nothing is loaded.
+  Status SetDiskSource(int block, std::vector<DiskExtent> extents);
   // Forgets the units [first, num_blocks()) (a registration that failed half
   // way); the plan, if any, is dropped with them. Allowed while nothing is loaded.
   Status DropBlocksFrom(int first);
@@ -136,6 +162,10 @@ class StreamingRuntime {
   const ScheduleLearner& learner() const { return learner_; }
   int outstanding() const;
   bool acquired(int block) const { return blocks_[block].acquired > 0; }
+  bool on_disk(int block) const { return !blocks_[block].disk.empty(); }
+  // Pinned host bytes of the read ring (while loaded with disk-tier units).
+  uint64_t read_ring_bytes() const;
+  int read_ahead() const { return read_ahead_; }
   // Location of a resident block once loaded.
   DeviceLocation resident_location(int block) const { return blocks_[block].resident_loc; }
 
@@ -150,11 +180,19 @@ class StreamingRuntime {
     bool coded = false;  // resident in its transfer form at coded_loc
     bool split = false;  // resident head of `prefix` bytes, the rest streamed
     uint64_t prefix = 0;
-    std::vector<uint64_t> cuts;   // where a plan may split it
-    int plan_index = -1;          // index in the plan's block list
-    DeviceLocation resident_loc;  // when resident and loaded
-    DeviceLocation coded_loc;     // when resident coded and loaded
-    int acquired = 0;             // acquisitions not yet released
+    std::vector<uint64_t> cuts;    // where a plan may split it
+    int plan_index = -1;           // index in the plan's block list
+    DeviceLocation resident_loc;   // when resident and loaded
+    DeviceLocation coded_loc;      // when resident coded and loaded
+    int acquired = 0;              // acquisitions not yet released
+    std::vector<DiskExtent> disk;  // where its bytes are when it lives on disk
+  };
+  // A pinned host buffer of the read ring.
+  struct ReadBuffer {
+    std::unique_ptr<HostBuffer> mem;
+    int block = -1;             // whose bytes it holds, or is reading
+    uint64_t ticket = 0;        // its read while in flight
+    EventId upload_event = -1;  // recorded on the copy queue after each upload from it
   };
   struct SlotMem {
     DeviceLocation loc;
@@ -171,15 +209,38 @@ class StreamingRuntime {
   // Queues the upload of `b` to `dst` (and its transform), without events;
   // of a split block, the streamed rest only; of a resident coded block, its
   // transform from the coded copy on the device (no upload).
-  Status EnqueueUpload(const Block& b, int id, void* dst);
+  // `src`: the block's transfer bytes in host memory (its host copy, or the
+  // read buffer holding them).
+  Status EnqueueUpload(const Block& b, int id, void* dst, const uint8_t* src);
   // Allocates the staging buffer (with transformed units) and the resident
   // units, and queues their uploads (a split block's head, resident coded
   // blocks' transfer forms; transformed ones as stored through the staging buffer).
   Status LoadResidents(uint64_t* done, std::string* what, uint64_t* want);
   // Loads a transformed unit larger than the staging buffer job by job.
-  Status LoadInPieces(const Block& b, int id, void* dst);
+  Status LoadInPieces(const Block& b, int id, void* dst, const uint8_t* src);
   Status Upload(int slot, int block);
   void Prefetch(int current);
+  // The next `depth` streamed blocks after `current` in the learned order
+  // (registration order before a pass is learned).
+  void Window(int current, int depth, std::vector<int>* out);
+  // The read ring: allocated at Load when a unit lives on disk.
+  Status AllocateReadRing();
+  void FreeReadRing();
+  int ReadBufferOf(int block) const;
+  // A read buffer that may be refilled (no read in flight, its last upload
+  // done, preferably holding none of `keep`); wait=true waits for one, else -1
+  // when none is free now.
+  Status FreeReadBuffer(const std::vector<int>& keep, bool wait, int* buf);
+  Status SubmitRead(int buf, int block);
+  // Finishes the read of buffer `buf` (waiting when `wait`); false while it is
+  // still in flight. A failed read empties the buffer and is returned.
+  Status FinishRead(int buf, bool wait, bool* done);
+  // Where the host bytes of `block` are for an upload now: its host copy, or
+  // for a disk unit its read buffer (*buf), read first (the host waits) when
+  // no buffer holds them yet.
+  Status SourceNow(int block, const uint8_t** src, int* buf);
+  // Queues reads of the disk units among the next prefetch + read_ahead blocks.
+  void ReadAhead(int current);
   void FreeDevice();
   void Drain(bool wait);
 
@@ -207,6 +268,11 @@ class StreamingRuntime {
   Stats stats_;
   EngineTimings timings_;
   std::vector<int> window_;
+  std::vector<int> read_window_;
+  DiskReader* reader_ = nullptr;
+  int read_ahead_ = 2;
+  std::vector<ReadBuffer> reads_;
+  DiskReader::Totals reader_base_;  // reader totals at the last ResetStats
   std::vector<int> evicted_;
   uint64_t tick_ = 0;
   bool planned_ = false;

@@ -108,6 +108,22 @@ Status CudaCopyEngine::CopyWaitFor(EventId event) {
   return Status::Ok();
 }
 
+Status CudaCopyEngine::CopyEventDone(EventId event, bool wait, bool* done) {
+  if (wait) {
+    PINSTREAM_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(events_[event].get()));
+    *done = true;
+    return Status::Ok();
+  }
+  const cudaError_t e = cudaEventQuery(events_[event].get());
+  if (e == cudaErrorNotReady) {
+    *done = false;
+    return Status::Ok();
+  }
+  PINSTREAM_CUDA_RETURN_IF_ERROR(e);
+  *done = true;
+  return Status::Ok();
+}
+
 Status CudaCopyEngine::EnqueueTransform(const BlockTransform* transform, const void* staging, void* out) {
   // On the copy stream, right behind the upload: the compute stream's wait on
   // the block's event (recorded after this) covers the finished dequantization.

@@ -40,6 +40,7 @@ class CudaCopyEngine final : public CopyEngine {
   Status ComputeWaitFor(EventId event, void* compute_queue) override;
   Status RecordComputeEvent(EventId event, void* compute_queue) override;
   Status CopyWaitFor(EventId event) override;
+  Status CopyEventDone(EventId event, bool wait, bool* done) override;
   Status EnqueueTransform(const BlockTransform* transform, const void* staging, void* out) override;
   void CollectTimings(EngineTimings* out, bool wait) override;
 

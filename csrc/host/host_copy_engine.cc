@@ -280,6 +280,15 @@ Status HostCopyEngine::CopyWaitFor(EventId event) {
   return Status::Ok();
 }
 
+Status HostCopyEngine::CopyEventDone(EventId event, bool wait, bool* done) {
+  std::unique_lock<std::mutex> lock(mu_);
+  PINSTREAM_RETURN_IF_ERROR(CheckEvent(event));
+  const uint64_t target = events_[event].recorded;
+  if (wait) done_cv_.wait(lock, [&] { return events_[event].completed >= target; });
+  *done = events_[event].completed >= target;
+  return Status::Ok();
+}
+
 Status HostCopyEngine::EnqueueTransform(const BlockTransform* transform, const void* staging, void* out) {
   {
     std::lock_guard<std::mutex> lock(mu_);

@@ -42,6 +42,7 @@ TEST(RandomizedSchedule, EveryAcquireSeesItsBlock) {
   int deferred_cases = 0;
   int coded_cases = 0;
   int resident_coded_cases = 0;  // a plan kept some coded blocks on the device in their coded form
+  int disk_cases = 0;            // some blocks read from a file (the disk tier)
   uint64_t acquires = 0;
   for (int c = 0; c < cases; ++c) {
     const uint64_t case_seed = rng();
@@ -86,9 +87,32 @@ TEST(RandomizedSchedule, EveryAcquireSeesItsBlock) {
                         .ok());
       }
     }
+    // A third of the cases keep some blocks on disk (the disk tier): their bytes
+    // (a coded block's transfer bytes) in a file, in one to three extents with
+    // filler between them, read through a reader of two threads and small chunks.
+    std::mt19937_64 rd(case_seed ^ 0xD1B54A32D192ED03ULL);
+    const bool some_disk = rd() % 3 == 0;
+    std::vector<int> disk_index(n, -1);
+    testing_util::DiskFile disk_file;
+    DiskReader::Options ro;
+    ro.threads = 2;
+    ro.chunk_bytes = 4096;
+    ro.direct = rd() % 2 == 0;
+    DiskReader reader(ro);
+    int disk_file_id = -1;
+    for (int i = 0; i < n && some_disk; ++i) {
+      if (rd() % 2 != 0) continue;
+      const std::vector<uint8_t>& bytes = transforms[i] ? transfer[i] : m.host[i];
+      disk_index[i] = disk_file.Add(bytes, 1 + static_cast<int>(rd() % 3), rd() % 700);
+    }
+    if (some_disk) {
+      ASSERT_TRUE(disk_file.Write());
+      ASSERT_TRUE(reader.Open(disk_file.path(), &disk_file_id).ok());
+    }
     HostCopyEngine engine(opt);
     HostArena arena;
     StreamingRuntime rt(&engine, &arena);
+    if (some_disk) ASSERT_TRUE(rt.UseDiskReader(&reader, 1 + static_cast<int>(rd() % 3)).ok());
     int id;
     // half the cases may split blocks (budget plans): random cuts, from their own
     // generator so that the other draws of a case stay as they were
@@ -100,16 +124,23 @@ TEST(RandomizedSchedule, EveryAcquireSeesItsBlock) {
     int coded_blocks = 0;
     for (int i = 0; i < n; ++i) {
       if (transforms[i]) {  // coded: the transfer bytes cross, the transform writes the block
-        ASSERT_TRUE(rt.RegisterBlock(transfer[i].data(), transfer[i].size(), true, &id).ok());
+        ASSERT_TRUE(
+            rt.RegisterBlock(disk_index[i] >= 0 ? nullptr : transfer[i].data(), transfer[i].size(), true, &id).ok());
         ASSERT_TRUE(rt.SetTransform(id, sizes[i], transforms[i].get()).ok());
         ++coded_blocks;
         continue;
       }
-      ASSERT_TRUE(rt.RegisterBlock(m.host[i].data(), sizes[i], true, &id).ok());
+      ASSERT_TRUE(rt.RegisterBlock(disk_index[i] >= 0 ? nullptr : m.host[i].data(), sizes[i], true, &id).ok());
       if (!cut) continue;
       std::vector<uint64_t> cuts;
       for (uint64_t at = 1 + rc() % 600; at < sizes[i]; at += 1 + rc() % 800) cuts.push_back(at);
       ASSERT_TRUE(rt.SetCuts(id, cuts).ok());
+    }
+    int disk_blocks = 0;
+    for (int i = 0; i < n; ++i) {
+      if (disk_index[i] < 0) continue;
+      ASSERT_TRUE(rt.SetDiskSource(i, disk_file.Extents(disk_index[i], disk_file_id)).ok());
+      ++disk_blocks;
     }
     if (fixed > 0) {
       ASSERT_TRUE(rt.RegisterBlock(fixed_bytes.data(), fixed_bytes.size(), false, &id).ok());
@@ -133,6 +164,7 @@ TEST(RandomizedSchedule, EveryAcquireSeesItsBlock) {
     split_cases += rt.plan().num_split() > 0 ? 1 : 0;
     coded_cases += coded_blocks > 0 ? 1 : 0;
     resident_coded_cases += rt.plan().num_coded() > 0 ? 1 : 0;
+    disk_cases += disk_blocks > 0 ? 1 : 0;
     // A base order with repeats, then per-pass skips and occasional reorders.
     std::vector<int> base;
     for (int i = 0; i < n; ++i) {
@@ -173,15 +205,16 @@ TEST(RandomizedSchedule, EveryAcquireSeesItsBlock) {
   RecordProperty("cases", std::to_string(cases));
   std::printf(
       "randomized schedule: seed %llu, %d cases (%d with split blocks, %d with deferred compute, %d with coded "
-      "blocks, %d of them resident coded), %d budgets refused, %llu acquires checked\n",
+      "blocks, %d of them resident coded, %d with blocks on disk), %d budgets refused, %llu acquires checked\n",
       static_cast<unsigned long long>(seed), cases, split_cases, deferred_cases, coded_cases, resident_coded_cases,
-      refused, static_cast<unsigned long long>(acquires));
+      disk_cases, refused, static_cast<unsigned long long>(acquires));
   EXPECT_LT(refused, cases);
   if (cases >= 200) {
     EXPECT_GT(split_cases, 0);
     EXPECT_GT(deferred_cases, 0);
     EXPECT_GT(coded_cases, 0);
     EXPECT_GT(resident_coded_cases, 0);
+    EXPECT_GT(disk_cases, 0);
   }
 }
 

@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <cstring>
 #include <memory>
 #include <random>
@@ -406,6 +408,139 @@ TEST(StreamingRuntimeCoded, ANonBlockUnitLargerThanTheStagingBufferLoadsTensorBy
   EXPECT_EQ(arena.peak_bytes(), rt.plan().device_bytes());
   ASSERT_TRUE(rt.Close().ok());
   EXPECT_EQ(arena.allocated_bytes(), 0u);
+}
+
+// The disk tier: blocks 1, 3, 5, ... live in a file only (no host bytes).
+struct DiskModel {
+  FakeModel m;
+  testing_util::DiskFile file;
+  DiskReader reader;
+  int file_id = -1;
+  explicit DiskModel(int n, uint64_t size, const DiskReader::Options& o = DiskReader::Options())
+      : m(FakeModel::Make(std::vector<uint64_t>(static_cast<size_t>(n), size), 77)), reader(o) {
+    for (int i = 1; i < n; i += 2) file.Add(m.host[static_cast<size_t>(i)], 2, 100);
+  }
+  Status Register(StreamingRuntime* rt, int read_ahead) {
+    if (!file.Write()) return Status::InvalidArgument("cannot write " + file.path());
+    PINSTREAM_RETURN_IF_ERROR(reader.Open(file.path(), &file_id));
+    PINSTREAM_RETURN_IF_ERROR(rt->UseDiskReader(&reader, read_ahead));
+    for (size_t i = 0; i < m.host.size(); ++i) {
+      int id = -1;
+      const bool disk = i % 2 == 1;
+      PINSTREAM_RETURN_IF_ERROR(rt->RegisterBlock(disk ? nullptr : m.host[i].data(), m.host[i].size(), true, &id));
+      if (disk) PINSTREAM_RETURN_IF_ERROR(rt->SetDiskSource(id, file.Extents(static_cast<int>(i) / 2, file_id)));
+    }
+    return Status::Ok();
+  }
+};
+
+TEST(StreamingRuntimeDisk, DiskBlocksStreamThroughThePinnedReadRing) {
+  DiskModel d(8, 4096);
+  HostEngineOptions opt;
+  opt.poison = true;
+  opt.max_random_delay_us = 30;
+  HostCopyEngine engine(opt);
+  HostArena arena;
+  StreamingRuntime rt(&engine, &arena);
+  ASSERT_TRUE(d.Register(&rt, 2).ok());
+  ASSERT_TRUE(rt.Plan(PlanPolicy::kStreamAll, PlanRequest::kUnlimited, 1).ok());
+  for (int pass = 0; pass < 4; ++pass) ASSERT_EQ(RunPass(&rt, d.m, Range(8)), "") << "pass " << pass;
+  EXPECT_EQ(rt.read_ring_bytes(), 3u * 4096);  // prefetch 1 + read-ahead 2 buffers
+  Stats s = rt.GetStats(true);
+  // the ring is smaller than a pass's four disk blocks: most uses read again,
+  // some find their block still in a buffer from the pass before
+  EXPECT_GE(s.disk_reads, 8u);
+  EXPECT_LE(s.disk_reads, 16u);
+  EXPECT_EQ(s.disk_bytes, s.disk_reads * 4096);
+  EXPECT_GE(s.disk_bytes_total, s.disk_bytes);
+  EXPECT_GT(s.disk_busy_ms, 0.0);
+  ASSERT_TRUE(rt.Unload().ok());
+  EXPECT_EQ(rt.read_ring_bytes(), 0u);  // the ring goes with the device memory
+  ASSERT_EQ(RunPass(&rt, d.m, Range(8)), "");
+  ASSERT_TRUE(rt.Close().ok());
+}
+
+TEST(StreamingRuntimeDisk, AReadBufferIsRefilledOnlyAfterItsUploadLanded) {
+  // Slow uploads and one buffer beyond the upload window: a read into a buffer
+  // whose upload is still queued would change the bytes that upload sends.
+  DiskModel d(12, 8192);
+  HostEngineOptions opt;
+  opt.poison = true;
+  opt.latency_us = 300;
+  HostCopyEngine engine(opt);
+  HostArena arena;
+  StreamingRuntime rt(&engine, &arena);
+  ASSERT_TRUE(d.Register(&rt, 1).ok());
+  ASSERT_TRUE(rt.Plan(PlanPolicy::kStreamAll, PlanRequest::kUnlimited, 3).ok());
+  for (int pass = 0; pass < 5; ++pass) ASSERT_EQ(RunPass(&rt, d.m, Range(12)), "") << "pass " << pass;
+  ASSERT_TRUE(rt.Close().ok());
+}
+
+TEST(StreamingRuntimeDisk, ResidentDiskBlocksAreReadOnceAtLoad) {
+  DiskModel d(6, 2048);
+  HostCopyEngine engine;
+  HostArena arena;
+  StreamingRuntime rt(&engine, &arena);
+  ASSERT_TRUE(d.Register(&rt, 2).ok());
+  ASSERT_TRUE(rt.Plan(PlanPolicy::kAllResident, PlanRequest::kUnlimited, 1).ok());
+  for (int pass = 0; pass < 3; ++pass) ASSERT_EQ(RunPass(&rt, d.m, Range(6)), "");
+  EXPECT_EQ(rt.GetStats(true).disk_reads, 3u);
+  EXPECT_EQ(rt.read_ring_bytes(), 4096u);  // one buffer (of whole pages): nothing on disk streams
+  ASSERT_TRUE(rt.Unload().ok());
+  ASSERT_EQ(RunPass(&rt, d.m, Range(6)), "");
+  EXPECT_EQ(rt.GetStats(true).disk_reads, 6u);
+  ASSERT_TRUE(rt.Close().ok());
+}
+
+TEST(StreamingRuntimeDisk, AReadErrorFailsThatAcquireAndTheNextPassIsCorrect) {
+  DiskModel d(8, 4096);
+  HostCopyEngine engine;
+  HostArena arena;
+  StreamingRuntime rt(&engine, &arena);
+  ASSERT_TRUE(d.Register(&rt, 2).ok());
+  ASSERT_TRUE(rt.Plan(PlanPolicy::kStreamAll, PlanRequest::kUnlimited, 1).ok());
+  ASSERT_EQ(RunPass(&rt, d.m, Range(8)), "");
+  d.reader.FailNextReads(1000);
+  const std::string err = RunPass(&rt, d.m, Range(8));
+  EXPECT_NE(err.find("Input/output error"), std::string::npos) << err;
+  ASSERT_TRUE(rt.EndPass(nullptr).ok());
+  d.reader.FailNextReads(0);
+  for (int pass = 0; pass < 2; ++pass) ASSERT_EQ(RunPass(&rt, d.m, Range(8)), "");
+  ASSERT_TRUE(rt.Close().ok());
+}
+
+TEST(StreamingRuntimeDisk, AFileThatShrankOrChangedIsAClearError) {
+  DiskModel d(6, 4096);
+  HostCopyEngine engine;
+  HostArena arena;
+  StreamingRuntime rt(&engine, &arena);
+  ASSERT_TRUE(d.Register(&rt, 1).ok());
+  ASSERT_TRUE(d.reader.Check(d.file_id).ok());
+  ASSERT_TRUE(rt.Plan(PlanPolicy::kStreamAll, PlanRequest::kUnlimited, 1).ok());
+  ASSERT_EQ(truncate(d.file.path().c_str(), 5000), 0);
+  const Status changed = d.reader.Check(d.file_id);
+  EXPECT_NE(changed.message().find("changed since PinStream opened it (size"), std::string::npos) << changed.ToString();
+  const std::string err = RunPass(&rt, d.m, Range(6));
+  EXPECT_NE(err.find("shrank or changed"), std::string::npos) << err;
+  ASSERT_TRUE(rt.EndPass(nullptr).ok());
+  ASSERT_TRUE(rt.Close().ok());
+}
+
+TEST(StreamingRuntimeDisk, BadDiskSourcesAreRefused) {
+  FakeModel m = FakeModel::Make({4096, 4096}, 3);
+  HostCopyEngine engine;
+  HostArena arena;
+  StreamingRuntime rt(&engine, &arena);
+  ASSERT_TRUE(RegisterAll(&rt, m).ok());
+  EXPECT_NE(rt.SetDiskSource(0, {DiskExtent{0, 0, 4096, 0}}).message().find("before use_disk_reader"),
+            std::string::npos);
+  DiskReader reader;
+  ASSERT_TRUE(rt.UseDiskReader(&reader, 1).ok());
+  EXPECT_NE(rt.SetDiskSource(0, {DiskExtent{0, 0, 4000, 0}}).message().find("cover 4000 of its 4096"),
+            std::string::npos);
+  EXPECT_NE(rt.SetDiskSource(0, {DiskExtent{0, 0, 3000, 0}, DiskExtent{0, 0, 2000, 2096}}).message().find("overlap"),
+            std::string::npos);
+  EXPECT_EQ(rt.UseDiskReader(&reader, 0).code(), Status::Code::kInvalidArgument);
 }
 
 }  // namespace

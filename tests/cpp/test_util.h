@@ -6,7 +6,11 @@
 #ifndef PINSTREAM_TESTS_CPP_TEST_UTIL_H_
 #define PINSTREAM_TESTS_CPP_TEST_UTIL_H_
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -87,6 +91,56 @@ inline Status RegisterAll(StreamingRuntime* rt, const FakeModel& model) {
   }
   return Status::Ok();
 }
+
+// A temporary file of blocks' bytes for disk-tier tests: each block is laid
+// down as `pieces` extents in order, with `gap` bytes of filler before each.
+// Write() puts it on disk; the destructor removes it.
+class DiskFile {
+ public:
+  explicit DiskFile(const std::string& dir = "/tmp") {
+    std::string name = dir + "/pinstream-disk-XXXXXX";
+    const int fd = mkstemp(name.data());
+    if (fd >= 0) close(fd);
+    path_ = name;
+  }
+  ~DiskFile() { std::remove(path_.c_str()); }
+  DiskFile(const DiskFile&) = delete;
+  DiskFile& operator=(const DiskFile&) = delete;
+
+  // The extents of `bytes` (file ids set by Extents()); returns their index.
+  int Add(const std::vector<uint8_t>& bytes, int pieces, uint64_t gap) {
+    std::vector<DiskExtent> ext;
+    const uint64_t n = bytes.size();
+    pieces = std::max(1, pieces);
+    for (int k = 0; k < pieces; ++k) {
+      const uint64_t lo = n * k / pieces, hi = n * (k + 1) / pieces;
+      data_.resize(data_.size() + gap, 0xEE);
+      ext.push_back(DiskExtent{-1, data_.size(), hi - lo, lo});
+      data_.insert(data_.end(), bytes.begin() + static_cast<std::ptrdiff_t>(lo),
+                   bytes.begin() + static_cast<std::ptrdiff_t>(hi));
+    }
+    blocks_.push_back(ext);
+    return static_cast<int>(blocks_.size()) - 1;
+  }
+  bool Write() const {
+    FILE* f = std::fopen(path_.c_str(), "wb");
+    if (f == nullptr) return false;
+    const bool ok = std::fwrite(data_.data(), 1, data_.size(), f) == data_.size();
+    return std::fclose(f) == 0 && ok;
+  }
+  std::vector<DiskExtent> Extents(int index, int file) const {
+    std::vector<DiskExtent> e = blocks_[index];
+    for (DiskExtent& x : e) x.file = file;
+    return e;
+  }
+  const std::string& path() const { return path_; }
+  uint64_t size() const { return data_.size(); }
+
+ private:
+  std::string path_;
+  std::vector<uint8_t> data_;
+  std::vector<std::vector<DiskExtent>> blocks_;
+};
 
 }  // namespace testing_util
 }  // namespace pinstream
