@@ -14,7 +14,10 @@ Steps:
 3. Plan.  :func:`pinstream.modes.choose_auto` picks the PinStream mode and budget
    from free VRAM, model size and largest block (``GPU_MEMORY_MODE`` overrides it);
    the RAM the plan needs starts from the seed's table and is refined with the
-   bytes the engine pins.
+   bytes the engine pins.  A streamed model that does not fit in RAM gets the disk
+   tier: a host RAM budget (``ram_budget_gb`` / ``host_budget_gb``), the rest on disk,
+   and the bytes read from disk per step at ``--disk-gbps`` (3 GB/s, an NVMe SSD,
+   assumed).
 4. Flags.  The tier's ComfyUI flags (the seed's table) plus the user's own are
    checked against the argument parser of the target ComfyUI (run in a subprocess,
    nothing else of ComfyUI is imported).  Flags ComfyUI does not accept are replaced
@@ -30,7 +33,8 @@ with one clear line, never a traceback.
 
 Modules: :mod:`.machine` (step 1), :mod:`.model` (2), :mod:`.plan` (3),
 :mod:`.comfyui_flags` (ComfyUI's flag tables and its parser probe) and
-:mod:`.flag_check` (4), :mod:`.cli` (options and output).
+:mod:`.flag_check` (4), :mod:`.cli` (options and output), :mod:`.ram_table` (the
+README's RAM table, from :mod:`.plan`).
 """
 
 from .cli import build_parser, format_shell, format_text, main, recommend

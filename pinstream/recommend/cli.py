@@ -15,7 +15,7 @@ from .comfyui_flags import SEED_FLAGS, SEED_FLAGS_LEFT_OUT, SEED_ROW_NAMES, dyna
 from .flag_check import check_comfyui_flags
 from .machine import GIB, RecommendError, comfyui_device, resolve_machine
 from .model import SIZE_ONLY_BLOCK_SHARE, SIZE_ONLY_BLOCKS, assumed_model, model_from_file, model_from_size
-from .plan import plan_mode
+from .plan import DEFAULT_DISK_GBPS, SATA_DISK_GBPS, cache_dir, plan_mode
 
 EXIT_BAD_INPUT = 2
 # Largest size a GB option takes (a million GB): far above any real machine or model,
@@ -23,18 +23,18 @@ EXIT_BAD_INPUT = 2
 MAX_GB = 1e6
 
 
-def _positive(name: str, allow_zero: bool = False):
+def _positive(name: str, allow_zero: bool = False, unit: str = "GB"):
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a number of GB, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"must be a number of {unit}, got {text!r}") from None
         bad = math.isnan(value) or math.isinf(value) or value < 0 or (value == 0 and not allow_zero)
         if bad:
             limit = ">= 0" if allow_zero else "> 0"
-            raise argparse.ArgumentTypeError(f"must be a finite number {limit} (GB), got {text!r}")
+            raise argparse.ArgumentTypeError(f"must be a finite number {limit} ({unit}), got {text!r}")
         if value > MAX_GB:
-            raise argparse.ArgumentTypeError(f"must be at most {int(MAX_GB)} GB, got {text!r}")
+            raise argparse.ArgumentTypeError(f"must be at most {int(MAX_GB)} {unit}, got {text!r}")
         return value
 
     parse.__name__ = name
@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="host memory the PinStream engine reported for this model (host_bytes in the offload handle's stats()); "
         "replaces the estimate in the RAM figure",
     )
+    p.add_argument(
+        "--disk-gbps",
+        type=_positive("disk-gbps", unit="GB/s"),
+        help=f"disk read rate for the disk tier, GB/s (default: {DEFAULT_DISK_GBPS:g}, assumed: a typical NVMe SSD; "
+        f"a SATA SSD reads about {SATA_DISK_GBPS:g})",
+    )
     p.add_argument("--comfyui", metavar="PATH", help="ComfyUI folder whose argument parser checks the flags")
     p.add_argument(
         "--comfyui-args",
@@ -88,7 +94,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--platform", choices=("linux", "windows"), help="OS of the planned machine (pinning cap)")
     return p
-
 
 
 def recommend(ns: argparse.Namespace, extra_args: list, *, detect_gpu_fn=None, detect_ram_fn=None) -> dict:
@@ -137,7 +142,7 @@ def recommend(ns: argparse.Namespace, extra_args: list, *, detect_gpu_fn=None, d
         )
     if (ns.model or ns.model_gb) and ns.other_models_gb is None:
         notes.append("RAM figure counts this model only; add text encoders and VAE with --other-models-gb")
-    plan = plan_mode(machine, model, env_mode, ns.pinned_gb)
+    plan = plan_mode(machine, model, env_mode, ns.pinned_gb, ns.disk_gbps)
     notes.append(f"decision: {plan.reason}")
     notes.extend(plan.notes)
 
@@ -173,6 +178,8 @@ def recommend(ns: argparse.Namespace, extra_args: list, *, detect_gpu_fn=None, d
         "pinstream": {"mode": plan.mode, "budget_gb": plan.budget_gb},
         "ram_needed_gb": plan.ram_needed_gb,
         "warnings": warnings,
+        # The disk tier: None while the model fits in RAM.
+        "disk_tier": None if plan.disk is None else _disk_dict(plan.disk, ns.disk_gbps is None),
         # Beyond the schema: where the answer came from.
         "free_ram_gb": None if machine.free_ram_gb is None else round(machine.free_ram_gb, 2),
         "model": {
@@ -186,6 +193,11 @@ def recommend(ns: argparse.Namespace, extra_args: list, *, detect_gpu_fn=None, d
         "flag_check": {"source": flags.source, "comfyui": flags.comfyui, "comfyui_version": flags.comfyui_version},
         "notes": notes,
     }
+
+
+def _disk_dict(disk, rate_assumed: bool) -> dict:
+    where, source = cache_dir()
+    return {**disk.as_dict(), "disk_gbps_assumed": rate_assumed, "cache_dir": where, "cache_dir_source": source}
 
 
 def format_text(r: dict) -> str:
@@ -213,6 +225,20 @@ def format_text(r: dict) -> str:
     lines.append(f"GPU_MEMORY_MODE={r['gpu_memory_mode']}")
     budget = f", budget {r['pinstream']['budget_gb']} GB" if r["pinstream"]["budget_gb"] is not None else ""
     lines.append(f"PinStream mode: {r['pinstream']['mode']}{budget}")
+    d = r["disk_tier"]
+    if d:
+        lines.append(
+            f"Host RAM budget: {d['host_budget_gb']:.1f} GB (ram_budget_gb on PinStream's loader nodes, host_budget_gb "
+            f"in pinstream.offload), plus a {d['ring_gb']:.1f} GB pinned read ring"
+        )
+        rate = f"{d['disk_gbps']:g} GB/s" + (" assumed" if d["disk_gbps_assumed"] else "")
+        lines.append(
+            f"Disk tier: {d['disk_gb']:.1f} GB of the model on disk; {d['step_read_gb']:.1f} GB read from disk per step "
+            f"({d['step_disk_s']:.2f} s at {rate})"
+        )
+        lines.append(
+            f"Spill file: up to {d['disk_gb']:.1f} GB of disk in {d['cache_dir'] or '(none)'} ({d['cache_dir_source']})"
+        )
     lines.append(f"RAM needed: {r['ram_needed_gb']:g} GB")
     if r["notes"]:
         lines.append("")
@@ -225,6 +251,10 @@ def format_text(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _disk_field(r: dict, key: str) -> str:
+    return "" if r["disk_tier"] is None else str(r["disk_tier"][key])
+
+
 def format_shell(r: dict) -> str:
     q = shlex.quote
     budget = r["pinstream"]["budget_gb"]
@@ -234,6 +264,9 @@ def format_shell(r: dict) -> str:
         f"PINSTREAM_MODE={q(r['pinstream']['mode'])}",
         f"PINSTREAM_BUDGET_GB={q('' if budget is None else str(budget))}",
         f"PINSTREAM_RAM_NEEDED_GB={q(str(r['ram_needed_gb']))}",
+        f"PINSTREAM_HOST_BUDGET_GB={q(_disk_field(r, 'host_budget_gb'))}",
+        f"PINSTREAM_DISK_GB={q(_disk_field(r, 'disk_gb'))}",
+        f"PINSTREAM_DISK_READ_GB_PER_STEP={q(_disk_field(r, 'step_read_gb'))}",
         f"COMFYUI_ROOT={q(r['flag_check']['comfyui'] or '')}",
         "COMFYUI_ARGV=(" + " ".join(q(a) for a in r["comfyui_args"]) + ")",
     ]
@@ -284,4 +317,3 @@ def main(argv=None, *, detect_gpu_fn=None, detect_ram_fn=None) -> int:
     else:
         print(format_text(result))
     return 0
-

@@ -338,6 +338,8 @@ def dynamic_vram_note(flags: FlagCheck, machine) -> str | None:
         return None
     if any(f in flags.args for f in DYNAMIC_VRAM_OFF_FLAGS):
         return None
-    return ("this ComfyUI runs the models of its own loaders under Dynamic VRAM (NVIDIA): the PinStream "
-            "loaders opt out for the models they manage, and 'PinStream Offload' on a core loader's model "
-            "manages the non-dynamic copy ComfyUI rebuilds; add --disable-dynamic-vram to turn it off for all")
+    return (
+        "this ComfyUI runs the models of its own loaders under Dynamic VRAM (NVIDIA): the PinStream "
+        "loaders opt out for the models they manage, and 'PinStream Offload' on a core loader's model "
+        "manages the non-dynamic copy ComfyUI rebuilds; add --disable-dynamic-vram to turn it off for all"
+    )

@@ -144,8 +144,13 @@ def comfyui_device(tokens: list) -> int | None:
     return None
 
 
-def detect_ram() -> tuple[float, float | None]:
-    """(total GB, available GB) of system RAM."""
+def detect_ram(meminfo: str = "/proc/meminfo") -> tuple[float, float | None]:
+    """(total GB, available GB) of system RAM.
+
+    Available is Linux's MemAvailable (psutil's ``available`` is the same figure): free
+    memory plus the page cache and slab the kernel can reclaim without swapping.  Cached
+    is never added on top: not all of it can be reclaimed, and MemAvailable already counts
+    the part that can.  A kernel without MemAvailable gives MemFree (no cache counted)."""
     try:
         import psutil
 
@@ -155,7 +160,7 @@ def detect_ram() -> tuple[float, float | None]:
         pass
     try:
         info = {}
-        with open("/proc/meminfo") as f:
+        with open(meminfo) as f:
             for line in f:
                 k, v = line.split(":", 1)
                 info[k] = int(v.split()[0]) * 1024

@@ -1,7 +1,8 @@
 """Planning for ``recommend``: the PinStream mode and budget
 (:func:`pinstream.modes.choose_auto`, or ``GPU_MEMORY_MODE``), its GPU_MEMORY_MODE
 spelling, and the RAM the plan needs: the seed's table refined with the bytes the
-engine pins."""
+engine pins, or, when the model does not fit in RAM, a host RAM budget with the rest
+of the model on disk (:func:`disk_tier_plan`)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,41 @@ GPU_MEMORY_MODE_NAMES = {
 }
 STREAMING_MODES = ("budget", "sequential", "model_offload")
 
+# The disk tier (modes that stream blocks: budget, sequential).  A model that does not
+# fit in RAM gets a host RAM budget (ram_budget_gb on the loader nodes, host_budget_gb in
+# pinstream.offload); its bytes beyond the budget live on disk, in a spill file PinStream
+# writes once in its cache directory (or in the model's own .safetensors file), and
+# stream disk -> pinned read ring -> GPU.  Blocks the VRAM budget keeps on the GPU need
+# no host copy (they are read once at load), so they go to disk first, then streamed
+# blocks, which are read every step; the part outside the blocks stays in RAM.  Reads
+# use O_DIRECT: they bypass the page cache, which therefore holds no copy of them.
+DISK_MODES = ("budget", "sequential")
+# prefetch_blocks the plan assumes (the nodes' default).  The VRAM ring holds
+# prefetch + 1 blocks; the pinned read ring prefetch + 2 blocks, on top of the host budget.
+DISK_PREFETCH = 1
+# Sequential O_DIRECT reads of a typical NVMe SSD, GB/s (a SATA SSD reads about 0.5).
+DEFAULT_DISK_GBPS = 3.0
+SATA_DISK_GBPS = 0.5
+
+
+@dataclass
+class DiskPlan:
+    """The disk tier's plan for one model (sizes in GB, to 0.01 unless said)."""
+
+    fits: bool  # False: even the smallest host budget leaves too little RAM
+    host_budget_gb: float  # ram_budget_gb / host_budget_gb to set (to 0.1, rounded down)
+    ring_gb: float  # the pinned read ring, on top of the budget (to 0.1, rounded up)
+    other_gb: float  # other models in RAM (to 0.1, rounded up)
+    disk_gb: float  # the model's bytes on disk: the spill file's size
+    resident_disk_gb: float  # of them, blocks the GPU keeps: read once at load
+    step_read_gb: float  # of them, streamed blocks: read from disk every step
+    disk_gbps: float
+    step_disk_s: float  # step_read_gb at disk_gbps: a lower bound of the step time
+    need_gb: float  # system + host budget + read ring + other models
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
 
 @dataclass
 class Plan:
@@ -59,10 +95,76 @@ class Plan:
     host_model_gb: float
     warnings: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    disk: DiskPlan | None = None
 
 
 def _gb(b: float) -> str:
     return f"{b / GIB:.1f} GB"
+
+
+def _tenth_down(gb: float) -> float:
+    return math.floor(round(gb * 10, 6)) / 10
+
+
+def _tenth_up(gb: float) -> float:
+    return math.ceil(round(gb * 10, 6)) / 10
+
+
+def cache_dir() -> tuple[str, str]:
+    """PinStream's cache directory, where the spill file goes, and where that came from:
+    the same rule as :func:`pinstream.engine.exact_cache_dir` (not imported: it needs torch)."""
+    env = os.environ.get("PINSTREAM_CACHE_DIR")
+    if env is not None:
+        return env.strip(), "PINSTREAM_CACHE_DIR"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "pinstream", "exact"), "default; PINSTREAM_CACHE_DIR sets another"
+
+
+def gpu_resident_block_bytes(model: ModelProfile, mode: str, vram_budget_bytes: int | None) -> int:
+    """Block bytes the VRAM budget keeps on the GPU: whole blocks of the largest size in
+    what the budget leaves after the part outside the blocks and the ring of
+    prefetch + 1 slots (the engine can also keep a block's first tensors: a little more)."""
+    if mode != "budget" or not vram_budget_bytes or model.largest_block_bytes <= 0:
+        return 0
+    largest = model.largest_block_bytes
+    left = vram_budget_bytes - model.nonblock_bytes - (DISK_PREFETCH + 1) * largest
+    return min(model.total_bytes - model.nonblock_bytes, max(0, left) // largest * largest)
+
+
+def disk_tier_plan(
+    model: ModelProfile, host_model: int, mode: str, vram_budget_bytes: int | None, ram_gb: float, disk_gbps: float
+) -> DiskPlan:
+    """Host budget and disk bytes for a model that does not fit in ``ram_gb`` of RAM.
+
+    The budget is the RAM left after the system, the other models and the read ring;
+    the rest of the model goes to disk, GPU-resident blocks first.  At least the part
+    outside the blocks stays in RAM: with less, ``fits`` is False and the budget is
+    that smallest one."""
+    largest = model.largest_block_bytes
+    blocks = model.total_bytes - model.nonblock_bytes
+    resident = gpu_resident_block_bytes(model, mode, vram_budget_bytes)
+    ring_gb = _tenth_up((DISK_PREFETCH + 2) * largest / GIB)
+    other_gb = _tenth_up(model.companion_bytes / GIB)
+    smallest = _tenth_up(model.nonblock_bytes / GIB)
+    budget_gb = _tenth_down(ram_gb - BASE_RAM_GB - other_gb - ring_gb)
+    fits = budget_gb >= smallest
+    if not fits:
+        budget_gb = smallest
+    disk = max(0, host_model - round(budget_gb * GIB))
+    resident_disk = min(disk, resident)
+    step_read = min(disk - resident_disk, blocks - resident)
+    return DiskPlan(
+        fits=fits,
+        host_budget_gb=budget_gb,
+        ring_gb=ring_gb,
+        other_gb=other_gb,
+        disk_gb=round(disk / GIB, 2),
+        resident_disk_gb=round(resident_disk / GIB, 2),
+        step_read_gb=round(step_read / GIB, 2),
+        disk_gbps=disk_gbps,
+        step_disk_s=round(step_read / GIB / disk_gbps, 2),
+        need_gb=round(BASE_RAM_GB + budget_gb + ring_gb + other_gb, 1),
+    )
 
 
 # ComfyUI on the CPU (--cpu, or no GPU) computes the diffusion model in fp32: its
@@ -113,8 +215,12 @@ def cpu_weight_bytes(model: ModelProfile, ram_gb: float) -> tuple[int, str]:
     )
 
 
-def plan_mode(machine: Machine, model: ModelProfile, env_mode, pinned_gb: float | None = None) -> Plan:
-    """PinStream mode, budget and GPU_MEMORY_MODE, and the RAM that needs."""
+def plan_mode(
+    machine: Machine, model: ModelProfile, env_mode, pinned_gb: float | None = None, disk_gbps: float | None = None
+) -> Plan:
+    """PinStream mode, budget and GPU_MEMORY_MODE, and the RAM that needs (with the disk
+    tier when the model does not fit in RAM; ``disk_gbps``: its read rate, None for
+    :data:`DEFAULT_DISK_GBPS`)."""
     warnings: list = []
     notes: list = []
     dtype = "auto"
@@ -131,7 +237,8 @@ def plan_mode(machine: Machine, model: ModelProfile, env_mode, pinned_gb: float 
             model_bytes=model.total_bytes,
             largest_block_bytes=model.largest_block_bytes,
             nonblock_bytes=model.nonblock_bytes,
-            host_ram_bytes=int(machine.ram_gb * GIB),
+            # RAM below the model is the disk tier's case, planned below (not partial pinning).
+            host_ram_bytes=None,
             has_blocks=model.has_blocks,
         )
         if env_mode and env_mode[0] != "auto":
@@ -195,32 +302,73 @@ def plan_mode(machine: Machine, model: ModelProfile, env_mode, pinned_gb: float 
     breakdown = f"{BASE_RAM_GB:g} GB system + {_gb(host_model)} model ({host_what})"
     if model.companion_bytes:
         breakdown += f" + {_gb(model.companion_bytes)} other models"
-    if model.source == "assumed":
-        seed = SEED_RAM_GB[(model.workload, streaming or machine.gpu is None)]
-        need = max(float(seed), computed)
-        breakdown += f"; seed table for this workload: {seed} GB"
-    else:
-        need = max(float(SEED_RAM_MINIMUM_GB), computed)
-        if computed < SEED_RAM_MINIMUM_GB:
+    # The disk tier: only where RAM would not do (the model, the system and the other
+    # models need more than the machine has), and only in modes that stream blocks.
+    disk = None
+    if machine.gpu is not None and mode in DISK_MODES and model.has_blocks and computed > machine.ram_gb:
+        # Free RAM is MemAvailable (free plus the page cache the kernel can reclaim): the
+        # budget fits in it beside the system's share, never in more than the machine has.
+        usable = machine.ram_gb
+        if machine.free_ram_gb is not None:
+            usable = min(usable, machine.free_ram_gb + BASE_RAM_GB)
+        gbps = disk_gbps or DEFAULT_DISK_GBPS
+        disk = disk_tier_plan(model, host_model, mode, budget_bytes, usable, gbps)
+        notes.extend(_disk_notes(disk, model, breakdown, computed, usable < machine.ram_gb, machine, disk_gbps))
+        host_model = round((disk.host_budget_gb + disk.ring_gb) * GIB)  # pinned: the budget and the read ring
+        breakdown = (
+            f"{BASE_RAM_GB:g} GB system + {disk.host_budget_gb:.1f} GB host budget + {disk.ring_gb:.1f} GB read ring"
+        )
+        if disk.other_gb:
+            breakdown += f" + {disk.other_gb:.1f} GB other models"
+        need = max(float(SEED_RAM_MINIMUM_GB), disk.need_gb)
+        if disk.need_gb < SEED_RAM_MINIMUM_GB:
             breakdown += f"; seed table minimum: {SEED_RAM_MINIMUM_GB} GB"
-    need = float(math.ceil(need))
+        if not disk.fits:
+            need = float(math.ceil(need))
+    else:
+        if model.source == "assumed":
+            seed = SEED_RAM_GB[(model.workload, streaming or machine.gpu is None)]
+            need = max(float(seed), computed)
+            breakdown += f"; seed table for this workload: {seed} GB"
+        else:
+            need = max(float(SEED_RAM_MINIMUM_GB), computed)
+            if computed < SEED_RAM_MINIMUM_GB:
+                breakdown += f"; seed table minimum: {SEED_RAM_MINIMUM_GB} GB"
+        need = float(math.ceil(need))
 
     if machine.ram_gb < need:
-        remedy = "use a smaller or fp8 model, close other programs, or add RAM"
-        if machine.gpu is not None and not streaming:
-            remedy += (
-                f"; or load this model with ComfyUI's own loader instead of PinStream's, which keeps no "
-                f"host copy once the model is on the GPU (about {_gb(host_model)} less RAM; unloading "
-                f"it then copies it back from the GPU)"
+        if disk is not None:
+            warnings.append(
+                f"system RAM {machine.ram_gb:.1f} GB is below the {need:g} GB even the disk tier needs ({breakdown}; "
+                f"the {_gb(model.nonblock_bytes)} outside the blocks stays in RAM): expect swapping or an "
+                f"out-of-memory kill; use a smaller or fp8 model, keep fewer other models in RAM, or add RAM"
             )
+        else:
+            remedy = "use a smaller or fp8 model, close other programs, or add RAM"
+            if machine.gpu is not None and not streaming:
+                remedy += (
+                    f"; or load this model with ComfyUI's own loader instead of PinStream's, which keeps no "
+                    f"host copy once the model is on the GPU (about {_gb(host_model)} less RAM; unloading "
+                    f"it then copies it back from the GPU)"
+                )
+            warnings.append(
+                f"system RAM {machine.ram_gb:.1f} GB is below the {need:g} GB this plan needs ({breakdown}): expect "
+                f"swapping or an out-of-memory kill; {remedy}"
+            )
+    elif disk is not None and not disk.fits:
         warnings.append(
-            f"system RAM {machine.ram_gb:.1f} GB is below the {need:g} GB this plan needs ({breakdown}): expect "
-            f"swapping or an out-of-memory kill; {remedy}"
+            f"only {machine.free_ram_gb:.1f} GB of the {machine.ram_gb:.1f} GB RAM is available now; even the disk "
+            f"tier needs {need:g} GB ({breakdown}): close other programs first"
         )
-    elif machine.free_ram_gb is not None and machine.free_ram_gb < need:
+    elif disk is None and machine.free_ram_gb is not None and machine.free_ram_gb < need:
         warnings.append(
             f"only {machine.free_ram_gb:.1f} GB of the {machine.ram_gb:.1f} GB RAM is free now; this plan needs "
             f"{need:g} GB: close other programs first"
+        )
+    if disk is not None and disk.fits and not cache_dir()[0]:
+        warnings.append(
+            f"PINSTREAM_CACHE_DIR is set empty (no cache directory): set it to a local disk with {disk.disk_gb:.1f} GB "
+            f"free for the spill file"
         )
     if machine.gpu is not None:
         cap = PIN_CAP_FRACTION[machine.platform] * machine.ram_gb * GIB
@@ -230,4 +378,38 @@ def plan_mode(machine: Machine, model: ModelProfile, env_mode, pinned_gb: float 
                 f"{int(PIN_CAP_FRACTION[machine.platform] * 100)}% of RAM ({_gb(cap)}) be page-locked; "
                 f"the rest is copied from pageable memory, which is slower"
             )
-    return Plan(mode, dtype, budget_gb, gmm, reason, need, breakdown, host_model / GIB, warnings, notes)
+    return Plan(mode, dtype, budget_gb, gmm, reason, need, breakdown, host_model / GIB, warnings, notes, disk)
+
+
+def _disk_notes(
+    disk: DiskPlan, model: ModelProfile, breakdown: str, computed: float, by_free: bool, machine: Machine, gbps
+) -> list:
+    streamed_disk = round(disk.disk_gb - disk.resident_disk_gb, 2)
+    notes = [
+        f"the model does not fit in RAM ({breakdown}: {computed:.1f} GB): disk tier. ram_budget_gb "
+        f"{disk.host_budget_gb:.1f} keeps that much of it in pinned RAM and {disk.disk_gb:.1f} GB on disk: first "
+        f"{disk.resident_disk_gb:.1f} GB of the blocks the GPU keeps (read once at load, no host copy needed), then "
+        f"{streamed_disk:.1f} GB of streamed blocks, read every step through a pinned read ring of "
+        f"prefetch_blocks + 2 = {DISK_PREFETCH + 2} blocks ({disk.ring_gb:.1f} GB, on top of the budget); the "
+        f"{_gb(model.nonblock_bytes)} outside the blocks stays in RAM",
+        f"per step the disk tier reads {disk.step_read_gb:.1f} GB: {disk.step_disk_s:.2f} s at "
+        f"{disk.disk_gbps:g} GB/s; a step takes at least the longest of compute, upload and disk read time",
+    ]
+    if gbps is None:
+        notes.append(
+            f"disk read rate {DEFAULT_DISK_GBPS:g} GB/s is an assumption (a typical NVMe SSD, O_DIRECT sequential "
+            f"reads; a SATA SSD reads about {SATA_DISK_GBPS:g} GB/s): pass --disk-gbps for your disk"
+        )
+    page_cache = (
+        "page cache: disk-tier reads use O_DIRECT and bypass it, so it holds no copy of the spill file; the plan "
+        "counts none of it as RAM the model can use, and every per-step read comes from the disk"
+    )
+    if machine.free_ram_gb is not None:
+        page_cache += (
+            f". Free RAM is MemAvailable ({machine.free_ram_gb:.1f} GB: free memory plus the page cache the kernel "
+            f"can reclaim)"
+        )
+        if by_free:
+            page_cache += "; the host budget fits in it: close other programs for a larger one"
+    notes.append(page_cache)
+    return notes

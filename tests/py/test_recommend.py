@@ -28,6 +28,7 @@ from pinstream import recommend as rec
 from pinstream import safetensors_header as sth
 from pinstream.recommend import comfyui_flags as rec_flags
 from pinstream.recommend import machine as rec_machine
+from pinstream.recommend import plan as rec_plan
 
 ROOT = Path(pinstream.__file__).resolve().parent.parent
 
@@ -333,13 +334,27 @@ def test_vram_ram_matrix(vram, ram, capsys):
     assert r["gpu_memory_mode"] == gmm
     # Seed RAM table for a large video model: 64 GB streaming, 32 GB full load. PinStream's
     # full_load keeps the pinned host copy (an instant unload), so the formula wins there:
-    # 4 GB base + 26.6 GB model + 10.9 GB of companion models, rounded up.
-    need = 64 if mode != "full_load" else 42
+    # 4 GB base + 26.6 GB model + 10.9 GB of companion models, rounded up.  Below those
+    # 41.5 GB a streaming plan takes the disk tier: 4 GB + host budget + 2.0 GB read ring
+    # (3 blocks of 0.65 GB) + 10.9 GB; at 16 GB even its smallest budget (the 0.43 GB
+    # outside the blocks, 0.5) does not fit: 17.4 GB, rounded up.
+    disk = r["disk_tier"]
+    if mode == "full_load" or ram == 64:
+        need = 64 if mode != "full_load" else 42
+        assert disk is None
+    elif ram == 32:
+        need = 32
+        assert (disk["fits"], disk["host_budget_gb"], disk["ring_gb"], disk["other_gb"]) == (True, 15.1, 2.0, 10.9)
+        assert disk["disk_gb"] == pytest.approx(26.6 - 15.1, abs=0.01)
+    else:
+        need = 18
+        assert (disk["fits"], disk["host_budget_gb"]) == (False, 0.5)
     assert r["ram_needed_gb"] == need
     assert has_warning(r, "system RAM", "below") == (ram < need)
+    assert has_warning(r, "system RAM", "even the disk tier needs") == (ram < need and mode != "full_load")
     assert has_warning(r, "system RAM", "ComfyUI's own loader") == (ram < need and mode == "full_load")
-    # 26.6 GB pinned needs more than 95% of 16 GB, in every mode.
-    assert has_warning(r, "cannot all be pinned") == (ram == 16)
+    # 26.6 GB pinned needs more than 95% of 16 GB; the disk tier pins only its budget and ring.
+    assert has_warning(r, "cannot all be pinned") == (ram == 16 and mode == "full_load")
     assert r["flag_check"]["source"] == "builtin"
     assert has_warning(r, "built-in table")
     assert set(r) >= {
@@ -664,10 +679,10 @@ def test_model_gb_planning(capsys):
     assert r["model"]["source"] == "size" and r["model"]["blocks"] == 40
     assert r["model"]["largest_block_gb"] == pytest.approx(10 * 0.95 / 40, abs=1e-3)
 
-    r = ok(["--vram-gb", "24", "--ram-gb", "32", "--model-gb", "40", "--json"], capsys)
+    r = ok(["--vram-gb", "24", "--ram-gb", "48", "--model-gb", "40", "--json"], capsys)
     assert r["pinstream"] == {"mode": "budget", "budget_gb": 15.6}  # 21.6 usable less 15% of 40
     assert r["ram_needed_gb"] == 44  # 4 GB system + 40 GB pinned
-    assert has_warning(r, "system RAM 32.0 GB is below the 44 GB")
+    assert r["disk_tier"] is None and not has_warning(r, "system RAM")
 
     r = ok(["--vram-gb", "24", "--ram-gb", "64", "--model-gb", "40", "--other-models-gb", "11", "--json"], capsys)
     assert r["ram_needed_gb"] == 55
@@ -815,8 +830,14 @@ def run_module(argv, **env_extra):
     GPU_MEMORY_MODE or COMFYUI_PATH from this environment unless given here."""
     env = {k: v for k, v in os.environ.items() if k not in ("GPU_TIER", "GPU_MEMORY_MODE", "COMFYUI_PATH")}
     env.update(env_extra, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "pinstream.recommend", *argv], capture_output=True, text=True,
-                          env=env, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "pinstream.recommend", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_bad_input_json_and_process_level(tmp_path):
@@ -1173,3 +1194,231 @@ def test_dynamic_vram_note_only_where_that_comfyui_runs_it(monkeypatch):
     assert note("/old", []) is None  # a release without Dynamic VRAM
     assert note(None, []) is None  # built-in table: no ComfyUI to ask
     assert note("/new", [], g=None) is None  # no GPU
+
+
+# =========================================================================== disk tier
+
+# --model-gb 28.6 (Wan 14B bf16, one expert): 40 equal blocks holding 95% of the bytes.
+WAN_TOTAL = int(28.6 * GIB)
+WAN_BLOCK = int(WAN_TOTAL * 0.95 / 40)
+WAN_NONBLOCK = WAN_TOTAL - 40 * WAN_BLOCK
+
+
+def _wan_resident_blocks(vram_gb: float) -> int:
+    """Whole blocks auto's VRAM budget keeps on the GPU: the budget less the part outside
+    the blocks and 2 slots (prefetch 1)."""
+    from pinstream import modes
+
+    budget = modes.auto_budget_bytes(int(vram_gb * GIB), WAN_TOTAL)
+    return (budget - WAN_NONBLOCK - 2 * WAN_BLOCK) // WAN_BLOCK
+
+
+def _text(argv, capsys, **kw):
+    rc, out, err = run(argv, capsys, **kw)
+    assert rc == 0, err
+    return out
+
+
+def test_disk_tier_32gb_host_28_6gb_model(monkeypatch, capsys):
+    monkeypatch.delenv("PINSTREAM_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", "/var/cache/xdg")
+    argv = ["--vram-gb", "12", "--ram-gb", "32", "--model-gb", "28.6"]
+    r = ok(argv + ["--json"], capsys)
+    d = r["disk_tier"]
+    # Read ring: prefetch 1 + 2 = 3 blocks of 0.68 GB = 2.04 GB, rounded up to 2.1.
+    assert 3 * WAN_BLOCK / GIB == pytest.approx(2.04, abs=0.01) and d["ring_gb"] == 2.1
+    # Host budget: 32 - 4 system - 2.1 ring = 25.9; the plan needs 4 + 25.9 + 2.1 = 32 <= 32.
+    assert d["fits"] and d["host_budget_gb"] == 25.9 and d["other_gb"] == 0
+    assert r["ram_needed_gb"] == d["need_gb"] == 32.0
+    assert not has_warning(r, "system RAM")
+    assert d["disk_gb"] == pytest.approx(28.6 - 25.9, abs=0.01)
+    # 12 GB of VRAM keeps 5 whole blocks (3.4 GB) on the GPU: the 2.7 GB on disk are all
+    # of them (read once at load), so nothing is read from disk per step.
+    resident = _wan_resident_blocks(12)
+    assert resident == 5 and resident * WAN_BLOCK / GIB > d["disk_gb"]
+    assert d["resident_disk_gb"] == d["disk_gb"] and d["step_read_gb"] == 0 and d["step_disk_s"] == 0
+    assert d["disk_gbps"] == 3.0 and d["disk_gbps_assumed"]
+    assert d["cache_dir"] == "/var/cache/xdg/pinstream/exact"
+    assert any("3 GB/s is an assumption" in n and "--disk-gbps" in n for n in r["notes"])
+    assert any("O_DIRECT" in n and "page cache" in n and "none of it as RAM" in n for n in r["notes"])
+    # Without the disk tier this plan needed 33 GB (4 + 28.6) and warned.
+    out = _text(argv, capsys)
+    assert "RAM needed: 32 GB" in out and "RAM needed: 33 GB" not in out
+    assert "Host RAM budget: 25.9 GB (ram_budget_gb on PinStream's loader nodes" in out
+    assert "Disk tier: 2.7 GB of the model on disk; 0.0 GB read from disk per step (0.00 s at 3 GB/s assumed)" in out
+    assert "Spill file: up to 2.7 GB of disk in /var/cache/xdg/pinstream/exact" in out
+    assert "below" not in out
+    rc, out, _ = run(argv + ["--shell"], capsys)
+    assert "PINSTREAM_HOST_BUDGET_GB=25.9\nPINSTREAM_DISK_GB=2.7\nPINSTREAM_DISK_READ_GB_PER_STEP=0.0\n" in out
+    assert "PINSTREAM_RAM_NEEDED_GB=32.0" in out
+
+
+def test_disk_tier_streamed_blocks_read_every_step_at_the_disk_rate(capsys):
+    # 6.3 GB of other models: budget 32 - 4 - 6.3 - 2.1 = 19.6, 9.0 GB on disk, of which
+    # 5 GPU-resident blocks are read at load and the rest every step.
+    argv = ["--vram-gb", "12", "--ram-gb", "32", "--model-gb", "28.6", "--other-models-gb", "6.3", "--json"]
+    d = ok(argv, capsys)["disk_tier"]
+    assert d["host_budget_gb"] == 19.6 and d["disk_gb"] == pytest.approx(9.0, abs=0.01)
+    step = (WAN_TOTAL - round(19.6 * GIB) - 5 * WAN_BLOCK) / GIB
+    assert step == pytest.approx(5.6, abs=0.05)
+    assert d["step_read_gb"] == pytest.approx(step, abs=0.01)
+    assert d["step_disk_s"] == pytest.approx(step / 3.0, abs=0.01)
+    r = ok(argv + ["--disk-gbps", "0.5"], capsys)
+    slow = r["disk_tier"]
+    assert slow["step_read_gb"] == d["step_read_gb"]  # the same bytes, 6 times slower
+    assert slow["step_disk_s"] == pytest.approx(step / 0.5, abs=0.01) and slow["step_disk_s"] > 11
+    assert slow["disk_gbps"] == 0.5 and not slow["disk_gbps_assumed"]
+    assert not any("is an assumption" in n for n in r["notes"])
+    assert any("per step the disk tier reads 5.6 GB: 11.21 s at 0.5 GB/s" in n for n in r["notes"])
+    # Sequential (6 GB of VRAM): no block stays on the GPU, every byte on disk is read each step.
+    d = ok(["--vram-gb", "6", "--ram-gb", "32", "--model-gb", "28.6", "--json"], capsys)["disk_tier"]
+    assert d["resident_disk_gb"] == 0 and d["step_read_gb"] == d["disk_gb"] == pytest.approx(2.7, abs=0.01)
+
+
+@pytest.mark.parametrize("other", [0, 2, 6.3, 10])
+def test_other_models_shrink_the_host_budget(other, capsys):
+    base = ["--vram-gb", "12", "--ram-gb", "32", "--model-gb", "28.6", "--json"]
+    d = ok(base + ["--other-models-gb", str(other)], capsys)["disk_tier"]
+    assert d["host_budget_gb"] == pytest.approx(25.9 - other, abs=1e-9)
+    assert d["disk_gb"] == pytest.approx(2.7 + other, abs=0.01)
+    assert d["need_gb"] == 32.0
+
+
+def test_enough_ram_plans_no_disk(capsys):
+    argv = ["--vram-gb", "12", "--ram-gb", "64", "--model-gb", "28.6"]
+    r = ok(argv + ["--json"], capsys)
+    assert r["disk_tier"] is None and r["ram_needed_gb"] == 33  # 4 + 28.6, whole in RAM
+    assert not any("disk" in n for n in r["notes"]) and not has_warning(r, "RAM")
+    out = _text(argv, capsys)
+    assert "Host RAM budget" not in out and "Disk tier" not in out and "Spill file" not in out
+    rc, out, _ = run(argv + ["--shell"], capsys)
+    assert "PINSTREAM_HOST_BUDGET_GB=''\nPINSTREAM_DISK_GB=''\n" in out
+    # RAM exactly enough: 4 + 28 = 32.
+    assert ok(["--vram-gb", "12", "--ram-gb", "32", "--model-gb", "28", "--json"], capsys)["disk_tier"] is None
+    # full_load (the whole model on the GPU) and the CPU get no disk tier either.
+    r = ok(["--vram-gb", "48", "--ram-gb", "32", "--model-gb", "30", "--json"], capsys)
+    assert r["pinstream"]["mode"] == "full_load" and r["disk_tier"] is None
+    assert has_warning(r, "below the 34 GB this plan needs", "ComfyUI's own loader")
+    assert ok(["--no-gpu", "--ram-gb", "32", "--model-gb", "28.6", "--json"], capsys)["disk_tier"] is None
+
+
+def test_tiny_host_warns_even_with_the_disk_tier(capsys):
+    r = ok(["--vram-gb", "12", "--ram-gb", "4", "--model-gb", "28.6", "--json"], capsys)
+    d = r["disk_tier"]
+    # The smallest plan: 4 GB system + the 1.43 GB outside the blocks (1.5) + 2.1 GB ring.
+    assert not d["fits"] and d["host_budget_gb"] == 1.5 and d["need_gb"] == 7.6
+    assert r["ram_needed_gb"] == 16  # the seed's minimum
+    assert has_warning(r, "system RAM 4.0 GB is below the 16 GB even the disk tier needs", "stays in RAM")
+    r = ok(["--vram-gb", "12", "--ram-gb", "24", "--model-gb", "28.6", "--other-models-gb", "20", "--json"], capsys)
+    assert not r["disk_tier"]["fits"] and r["ram_needed_gb"] == 28  # 4 + 1.5 + 2.1 + 20 = 27.6
+    assert has_warning(r, "below the 28 GB even the disk tier needs")
+
+
+def test_detected_ram_plans_with_mem_available(capsys):
+    argv = ["--vram-gb", "12", "--model-gb", "28.6", "--json"]
+    # 32 GB, 20 available now: the budget fits in 20 + the system's 4: 24 - 4 - 2.1 = 17.9.
+    r = ok(argv, capsys, ram=fixed_ram(32.0, 20.0))
+    d = r["disk_tier"]
+    assert d["fits"] and d["host_budget_gb"] == 17.9 and r["ram_needed_gb"] == 24.0
+    assert any("MemAvailable (20.0 GB" in n and "close other programs for a larger one" in n for n in r["notes"])
+    assert not has_warning(r, "RAM")
+    # All of it available: planned from the total, as with --ram-gb 32.
+    assert ok(argv, capsys, ram=fixed_ram(32.0, 31.0))["disk_tier"]["host_budget_gb"] == 25.9
+    # Too little available for even the smallest plan.
+    r = ok(argv, capsys, ram=fixed_ram(32.0, 2.0))
+    assert not r["disk_tier"]["fits"] and has_warning(r, "only 2.0 GB of the 32.0 GB RAM is available now")
+
+
+@pytest.mark.parametrize(
+    "available, free, expected", [("MemAvailable:   18874368 kB\n", 2097152, 18.0), ("", 2097152, 2.0)]
+)
+def test_meminfo_free_ram_is_mem_available(available, free, expected, tmp_path, monkeypatch):
+    # 20 GB of page cache: MemAvailable says how much of it the kernel can reclaim; Cached
+    # is never added to free memory (without MemAvailable only MemFree counts).
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(
+        f"MemTotal:       33554432 kB\nMemFree:        {free} kB\n{available}Cached:         20971520 kB\n"
+    )
+    monkeypatch.setitem(sys.modules, "psutil", None)  # import psutil raises ImportError
+    assert rec_machine.detect_ram(str(meminfo)) == (32.0, expected)
+
+
+def test_spill_file_cache_dir(monkeypatch, capsys):
+    argv = ["--vram-gb", "12", "--ram-gb", "32", "--model-gb", "28.6", "--json"]
+    monkeypatch.setenv("PINSTREAM_CACHE_DIR", "/nvme/pinstream")
+    r = ok(argv, capsys)
+    assert r["disk_tier"]["cache_dir"] == "/nvme/pinstream"
+    assert r["disk_tier"]["cache_dir_source"] == "PINSTREAM_CACHE_DIR"
+    monkeypatch.setenv("PINSTREAM_CACHE_DIR", "")
+    assert has_warning(ok(argv, capsys), "PINSTREAM_CACHE_DIR is set empty", "2.7 GB")
+    monkeypatch.delenv("PINSTREAM_CACHE_DIR")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    where, source = rec_plan.cache_dir()
+    assert where == os.path.join(os.path.expanduser("~"), ".cache", "pinstream", "exact") and "default" in source
+    try:
+        from pinstream.engine import exact_cache_dir
+    except ImportError:  # no torch: the engine's rule cannot be imported here
+        return
+    for env in ({}, {"XDG_CACHE_HOME": "/x"}, {"PINSTREAM_CACHE_DIR": " /y "}):
+        with monkeypatch.context() as m:
+            for k, v in env.items():
+                m.setenv(k, v)
+            assert rec_plan.cache_dir()[0] == exact_cache_dir()
+
+
+def test_disk_gbps_must_be_positive(capsys):
+    for bad in ("0", "-1", "nan"):
+        rc, _, err = run(["--vram-gb", "12", "--ram-gb", "32", "--disk-gbps", bad], capsys)
+        assert rc == 2 and "--disk-gbps: must be a finite number > 0 (GB/s)" in err
+
+
+def _section(text: str, heading: str) -> str:
+    start = text.index(heading)
+    end = text.find("\n## ", start + len(heading))
+    return text[start : end if end >= 0 else len(text)]
+
+
+def test_readme_ram_table_is_recommends(capsys):
+    from pinstream.recommend import ram_table
+
+    table = ram_table.ram_table()
+    section = _section((ROOT / "README.md").read_text(), "## How much RAM")
+    assert table in section, "README's RAM table drifted: regenerate it with python -m pinstream.recommend.ram_table"
+    assert table in (ROOT / "docs" / "modes_and_ram.md").read_text()
+    rows = {}
+    for line in table.splitlines()[2:]:
+        label, *cells = (c.strip() for c in line.strip().strip("|").split("|"))
+        rows[label] = cells
+    assert len(rows) == 6
+
+    def cli_cell(argv):
+        r = ok(["--vram-gb", "12", *argv, "--json"], capsys)
+        d = r["disk_tier"]
+        if d is None:
+            return "in RAM"
+        return (
+            f"disk tier: budget {d['host_budget_gb']:.1f} GB, {d['disk_gb']:.1f} GB on disk, "
+            f"{d['step_read_gb']:.1f} GB/step ({d['step_disk_s']:.1f} s)"
+        )
+
+    # Every cell of a single model is the CLI's answer for that host.
+    for label, gb in [
+        ("Wan 2.1/2.2 14B bf16 (28.6 GB file, 26.6 GiB)", 26.6),
+        ("Wan 2.1/2.2 14B fp8 (14.3 GB file, 13.3 GiB)", 13.3),
+        ("FLUX.1 dev bf16 (23.8 GB file, 22.2 GiB)", 22.2),
+        ("SDXL UNet fp16 (5.1 GB file, 4.8 GiB)", 4.8),
+    ]:
+        cells = [cli_cell(["--ram-gb", str(h), "--model-gb", str(gb)]) for h in ram_table.HOSTS_GB]
+        assert rows[label][1:] == cells, label
+    assert rows["Wan 2.1/2.2 14B bf16 (28.6 GB file, 26.6 GiB)"][0] == "31 GB"  # 4 + 26.6, rounded up
+    assert rows["SDXL UNet fp16 (5.1 GB file, 4.8 GiB)"][1:] == ["in RAM"] * 4
+    # Wan 2.2 A14B bf16 on 32 GB: each expert's budget is (32 - 4 - 2 x 1.9 GB ring) / 2 =
+    # 12.1 GB, the other expert beside it holding 12.1 + 1.9 = 14.0 GB.
+    a14b = rows["Wan 2.2 A14B bf16: two experts of 26.6 GiB (disk figures per expert)"]
+    assert a14b[0] == "58 GB"  # 4 + 2 x 26.6
+    expert = cli_cell(["--ram-gb", "32", "--model-gb", "26.6", "--other-models-gb", "14"])
+    assert a14b[2] == expert and "budget 12.1 GB" in expert
+    assert a14b[3] == "in RAM"
+    # README's example: Wan 14B bf16 with the fp8 text encoder and VAE on 32 GB.
+    example = cli_cell(["--ram-gb", "32", "--model-gb", "26.6", "--other-models-gb", "6.3"])
+    assert example.startswith("disk tier") and example in section
