@@ -151,7 +151,7 @@ def restore_host_originals(st: PinStreamState, model) -> bool:
             if original is None:  # a GGUF weight: its patches were attached, not written
                 weight.patches = []
                 continue
-            if h.is_coded(weight):
+            if h.stored_apart(weight):
                 coded[weight] = original  # its only host copy is coded: coded again below
                 continue
             weight.copy_(original)  # a QuantizedTensor copies its data and scale in place
@@ -324,10 +324,10 @@ class PinStreamPatcherMixin:
                     weight.patches = [(patches, key)]
                     st.backups[key] = None
                     continue
-                is_coded = h.is_coded(weight)
+                apart = h.stored_apart(weight)
                 # a coded weight's values, decoded on the host (a new tensor): its backup too
-                current = h.host_value(weight) if is_coded else weight
-                st.backups[key] = current if is_coded else weight.detach().clone()
+                current = h.host_value(weight) if apart else weight
+                st.backups[key] = current if apart else weight.detach().clone()
                 temp_dtype = (mm.lora_compute_dtype(self.load_device) if hasattr(mm, "lora_compute_dtype")
                               else torch.float32)
                 temp = mm.cast_to_device(current, self.load_device, temp_dtype, copy=True)
@@ -344,7 +344,7 @@ class PinStreamPatcherMixin:
                         new = None
                 if new is None:
                     new = comfy.float.stochastic_rounding(out, weight.dtype, seed=string_to_seed(key))
-                if is_coded:
+                if apart:
                     coded[weight] = new
                 else:
                     weight.copy_(new.to(weight.device))

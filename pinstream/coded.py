@@ -1,8 +1,8 @@
-"""What a model held in the exact coded form (``transfer_dtype="compressed"``) shows of
-its weights outside a forward.
+"""What a model held in the exact coded form (``transfer_dtype="compressed"``) or on disk
+(the disk tier, beyond a host budget) shows of its weights outside a forward.
 
-The coded form is the weights' only host copy; between uses they point at a shared
-placeholder (NaN). ``state_dict()`` gives, for each coded weight, a :class:`CodedValue`:
+The coded form (or the file) is the weights' only host copy; between uses they point at a
+shared placeholder (NaN). ``state_dict()`` gives, for each such weight, a :class:`CodedValue`:
 a tensor with the weight's shape and dtype whose values are decoded on the host the first
 time something needs them, so listing the keys (what ComfyUI does to map a LoRA's keys)
 costs nothing, and the values are exact.

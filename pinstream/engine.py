@@ -52,6 +52,33 @@ def exact_cache_dir(cache_dir: str | None = None) -> str:
     return os.path.join(base, "pinstream", "exact")
 
 
+def spill_dir(path: str | None = None) -> str:
+    """Where the disk tier writes spill files (blocks beyond a host budget)."""
+    import os
+
+    if path:
+        return str(path)
+    env = os.environ.get("PINSTREAM_SPILL_DIR", "").strip()
+    if env:
+        return env
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "pinstream", "spill")
+
+
+# disk-tier blocks read beyond the uploads' look-ahead
+READ_AHEAD = 2
+
+
+def _host_budget(host_budget_gb, *, pin_cap: int, model_bytes: int, largest_block: int, prefetch: int) -> int:
+    """Host bytes of weights the model may hold (-1: no limit). Explicit, or else what the
+    pinning cap leaves, less the pinned read ring, when the model is larger than that."""
+    if host_budget_gb is not None:
+        return int(_modes.check_host_budget_gb(host_budget_gb) * GIB)
+    if pin_cap < 0 or model_bytes <= pin_cap:
+        return -1  # RAM will do: nothing goes to disk
+    return max(0, pin_cap - (prefetch + READ_AHEAD) * largest_block)
+
+
 def handle_of(module: nn.Module) -> OffloadHandle | None:
     """The live handle of a module offloaded by PinStream, else None."""
     h = getattr(module, "_pinstream_handle", None)
@@ -215,6 +242,16 @@ def _warn_about_host_memory(st: dict, model_bytes: int) -> None:
         warnings.warn(f"PinStream: the coded-weights cache cannot be written ({st['cache_error']}); coding goes on in "
                       f"memory and is done again at the next offload. Set PINSTREAM_CACHE_DIR to a writable local "
                       f"directory, or to an empty value to turn the cache off.", RuntimeWarning, stacklevel=3)
+    if st.get("spill_error"):
+        warnings.warn(f"PinStream: blocks meant for disk stay in RAM: {st['spill_error']}. Free space in the spill "
+                      f"directory or point PINSTREAM_SPILL_DIR at a local disk with room.", RuntimeWarning,
+                      stacklevel=3)
+    if st.get("disk_blocks"):
+        warnings.warn(
+            f"PinStream: {st['disk_block_bytes'] / GIB:.2f} GiB of {model_bytes / GIB:.2f} GiB live on disk "
+            f"({st['disk_blocks']} blocks beyond the host budget of {st['host_budget_bytes'] / GIB:.2f} GiB, in "
+            f"{st['spill_path']}, read {st['disk_how']}); they stream from there each time they are needed.",
+            RuntimeWarning, stacklevel=3)
     if st["pageable_bytes"] > 0:
         warnings.warn(
             f"PinStream: {st['pageable_bytes'] / GIB:.2f} GiB of {model_bytes / GIB:.2f} GiB could not be pinned "
@@ -245,6 +282,8 @@ def offload(
     pin_cap_bytes: int | None = None,
     load: bool = True,
     cache_dir: str | None = None,
+    host_budget_gb: float | None = None,
+    spill_dir: str | None = None,
 ) -> OffloadHandle:
     """Run ``module`` under a PinStream mode; returns an :class:`OffloadHandle`.
 
@@ -267,6 +306,14 @@ def offload(
     cache_dir     compressed: where coded tensors are cached on local disk, so offloading the
                   same weights again codes nothing (default: PINSTREAM_CACHE_DIR, else
                   $XDG_CACHE_HOME/pinstream/exact or ~/.cache/pinstream/exact; "" turns it off)
+    host_budget_gb
+                  most GiB of this model's weights held in host RAM (the disk tier): blocks beyond
+                  it live in a spill file and stream disk -> pinned read ring -> device, the
+                  blocks kept resident on the device first (they need no host copy). Default: no
+                  limit while the model fits in what the process's pinning cap leaves, else that
+                  share less the read ring (an explicit ``pin_cap_bytes`` limits pinning only)
+    spill_dir     where spill files go (default: PINSTREAM_SPILL_DIR, else
+                  $XDG_CACHE_HOME/pinstream/spill or ~/.cache/pinstream/spill); local disk
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"PinStream: offload() needs a torch nn.Module, got {type(module).__name__}")
@@ -312,8 +359,15 @@ def offload(
     wrapped = {id(x) for t in outer_tensors if is_traceable_wrapper_subclass(t) for x in storage_tensors(t)}
     requires_grad = {t: t.requires_grad for t in outer_tensors if isinstance(t, nn.Parameter)}
 
+    cap = int(pin_cap_bytes if pin_cap_bytes is not None else pin_cap.available_pin_bytes())
+    # the process's pinning cap (not a cap given for this model alone) also bounds its RAM
+    host_budget = _host_budget(host_budget_gb, pin_cap=cap if pin_cap_bytes is None else -1, model_bytes=model_bytes,
+                               largest_block=discovery.largest_block_bytes, prefetch=prefetch)
     rt = _C.Runtime(
-        pin_cap_bytes=int(pin_cap_bytes if pin_cap_bytes is not None else pin_cap.available_pin_bytes()),
+        pin_cap_bytes=cap,
+        host_budget_bytes=host_budget,
+        spill_dir=globals()["spill_dir"](spill_dir) if host_budget >= 0 else "",
+        read_ahead=READ_AHEAD,
         device=str(dev),
         engine=engine_kind,
         prefetch=prefetch,
@@ -349,9 +403,10 @@ def offload(
             settings=settings,
         )
         handle._where = where
-        handle._coded_units = {ids[u] for u, c in enumerate(coded_units) if c}
-        if coded:
-            handle._install_coded_state_dict(name_of)
+        on_disk = rt.stats()["block_on_disk"]
+        handle._apart_units = {ids[u] for u, c in enumerate(coded_units) if c or on_disk[ids[u]]}
+        if handle._apart_units:
+            handle._install_apart_state_dict()
         if resolved.name == "full_load" and load:
             handle._load_with_retry()
     except BaseException:

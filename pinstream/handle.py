@@ -60,7 +60,9 @@ class OffloadHandle(Replanning):
         # how offload() was called (rebuild() offloads again the same way)
         self._settings = dict(settings or {})
         self._where: dict = {}  # id(registered tensor) -> (block, index) in the runtime
-        self._coded_units: set = set()  # blocks held in the exact coded form only
+        # units whose host values are held apart from their weights (the exact coded form,
+        # or on disk): between uses their weights point at a placeholder
+        self._apart_units: set = set()
         self._hooks = PassHooks(self)
         self._install_hooks(per_block=mode.name in ("sequential", "budget") or mode.transfer_dtype == "fp8_e4m3")
 
@@ -106,15 +108,17 @@ class OffloadHandle(Replanning):
         """The native runtime (pinstream._C.Runtime): for benchmarks and tests."""
         return self._rt
 
-    # ---- host values (a coded weight's only host copy is its coded form) -----------------
-    def is_coded(self, weight: torch.Tensor) -> bool:
-        """Whether ``weight`` (a registered tensor) is held in the exact coded form."""
+    # ---- host values (a coded weight's only host copy is its coded form; a disk one's, its file)
+    def stored_apart(self, weight: torch.Tensor) -> bool:
+        """Whether ``weight`` (a registered tensor) has its values held apart from it: in the
+        exact coded form or on disk. Between uses it points at a placeholder; read it with
+        :meth:`host_value`, change it with :meth:`write_host_values`."""
         w = self._where.get(id(weight))
-        return w is not None and w[0] in self._coded_units
+        return w is not None and w[0] in self._apart_units
 
     def host_value(self, weight: torch.Tensor) -> torch.Tensor:
         """The exact values of ``weight`` on the host: its host copy (an alias), or for a
-        coded weight a new tensor decoded from the coded form."""
+        weight stored apart a new tensor (decoded from the coded form, read from disk)."""
         self._check_open()
         w = self._where.get(id(weight))
         if w is None:
@@ -136,14 +140,14 @@ class OffloadHandle(Replanning):
             self._rt.write_host_values(block, items)
         self.plan = self._rt.current_plan()  # a coded block's size may have changed
 
-    def _install_coded_state_dict(self, name_of: dict) -> None:
+    def _install_apart_state_dict(self) -> None:
         from .coded import install_state_dict_hook
 
         module = self.module
         names = {}
         for name, t in list(module.named_parameters(remove_duplicate=False)) + list(module.named_buffers()):
             w = self._where.get(id(t))
-            if w is not None and w[0] in self._coded_units:
+            if w is not None and w[0] in self._apart_units:
                 names[name] = w
         self._hooks.keep(install_state_dict_hook(module, self._rt, names))
 

@@ -123,6 +123,17 @@ def check_budget_gb(budget_gb) -> float | None:
     return value
 
 
+def check_host_budget_gb(host_budget_gb) -> float:
+    try:
+        value = float(host_budget_gb)
+    except (TypeError, ValueError):
+        raise ModeError(f"host_budget_gb must be a number of GiB, got {host_budget_gb!r}") from None
+    if math.isnan(value) or math.isinf(value) or value < 0:
+        raise ModeError(f"host_budget_gb must be a finite number >= 0 (GiB of the model's weights held in host RAM; "
+                        f"the rest lives on disk), got {host_budget_gb!r}")
+    return value
+
+
 def check_prefetch(prefetch) -> int:
     if isinstance(prefetch, bool) or not isinstance(prefetch, int):
         raise ModeError(f"prefetch must be a whole number >= 0, got {prefetch!r}")

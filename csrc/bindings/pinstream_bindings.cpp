@@ -97,6 +97,22 @@ py::dict ToDict(const RuntimeStats& s) {
   d["transform_ms"] = c.transform_ms;
   d["transform_bytes"] = c.transform_bytes;
   d["decode_gbps"] = c.transform_ms > 0 ? static_cast<double>(c.transform_bytes) / (c.transform_ms * 1e6) : 0.0;
+  d["host_budget_bytes"] = s.host_budget_bytes;
+  d["disk_blocks"] = s.disk_blocks;
+  d["disk_block_bytes"] = s.disk_block_bytes;
+  d["disk_over_bytes"] = s.disk_over_bytes;
+  d["spill_path"] = s.spill_path;
+  d["spill_bytes"] = s.spill_bytes;
+  d["spill_error"] = s.spill_error;
+  d["disk_how"] = s.disk_how;
+  d["read_ring_bytes"] = s.read_ring_bytes;
+  d["block_on_disk"] = s.block_on_disk;
+  d["disk_reads"] = c.disk_reads;
+  d["disk_bytes"] = c.disk_bytes;
+  d["disk_bytes_total"] = c.disk_bytes_total;
+  d["disk_wait_ms"] = c.disk_wait_ms;
+  d["disk_busy_ms"] = c.disk_busy_ms;
+  d["disk_gbps"] = c.disk_busy_ms > 0 ? static_cast<double>(c.disk_bytes_total) / (c.disk_busy_ms * 1e6) : 0.0;
   d["device_bytes"] = s.device_bytes;
   d["peak_device_bytes"] = s.peak_device_bytes;
   d["host_bytes"] = s.host_bytes;
@@ -248,7 +264,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def(py::init([](const std::string& device, const std::string& engine, int prefetch, int64_t budget_bytes,
                        double link_gbps, double latency_us, int random_delay_us, uint64_t seed, bool poison,
                        int64_t device_capacity_bytes, const std::string& pin_mode, int64_t chunk_bytes, bool timing,
-                       int64_t pin_cap_bytes, const std::string& cache_dir) {
+                       int64_t pin_cap_bytes, const std::string& cache_dir, int64_t host_budget_bytes,
+                       const std::string& spill_dir, int read_ahead, int disk_threads, bool disk_direct) {
              pinstream::RuntimeOptions o;
              o.device = device;
              o.engine = engine;
@@ -265,6 +282,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              o.timing = timing;
              o.pin_cap_bytes = pin_cap_bytes;
              o.cache_dir = cache_dir;
+             o.host_budget_bytes = host_budget_bytes;
+             o.spill_dir = spill_dir;
+             o.read_ahead = read_ahead;
+             o.disk_threads = disk_threads;
+             o.disk_direct = disk_direct;
              py::gil_scoped_release nogil;
              return std::make_unique<TorchRuntime>(o);
            }),
@@ -272,7 +294,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            py::arg("link_gbps") = 0.0, py::arg("latency_us") = 0.0, py::arg("random_delay_us") = 0, py::arg("seed") = 0,
            py::arg("poison") = false, py::arg("device_capacity_bytes") = 0, py::arg("pin_mode") = "auto",
            py::arg("chunk_bytes") = 256LL << 20, py::arg("timing") = true, py::arg("pin_cap_bytes") = -1,
-           py::arg("cache_dir") = "")
+           py::arg("cache_dir") = "", py::arg("host_budget_bytes") = -1, py::arg("spill_dir") = "",
+           py::arg("read_ahead") = 2, py::arg("disk_threads") = 4, py::arg("disk_direct") = true)
       .def_property_readonly("engine", &TorchRuntime::engine_name)
       .def_property_readonly("device", &TorchRuntime::device_name)
       .def_property_readonly("num_blocks", &TorchRuntime::num_blocks, nogil())
@@ -370,5 +393,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("fail_next_copies", &TorchRuntime::FailNextCopies, py::arg("count"), nogil())
       .def("delay_next_copies", &TorchRuntime::DelayNextCopies, py::arg("count"), py::arg("us"), nogil())
       .def("fail_next_host_allocations", &TorchRuntime::FailNextHostAllocations, py::arg("count"), nogil())
+      .def("fail_next_spill_writes", &TorchRuntime::FailNextSpillWrites, py::arg("count"), nogil())
+      .def("fail_next_disk_reads", &TorchRuntime::FailNextDiskReads, py::arg("count"), nogil())
       .def("set_device_capacity", &TorchRuntime::SetDeviceCapacity, py::arg("bytes"), nogil());
 }

@@ -176,6 +176,28 @@ Status DiskReader::Check(int file) {
   return Status::Ok();
 }
 
+Status DiskReader::Refresh(int file) {
+  File f;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (file < 0 || file >= static_cast<int>(files_.size())) {
+      return Status::InvalidArgument("refresh: file id " + std::to_string(file) + " was not opened");
+    }
+    f = files_[file];
+  }
+  struct stat st;
+  if (fstat(f.fd, &st) != 0)
+    return Status::InvalidArgument("cannot stat " + f.path + " (" + Errno("fstat", errno) + ")");
+  f.size = static_cast<uint64_t>(st.st_size);
+  f.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000LL + st.st_mtim.tv_nsec;
+  PINSTREAM_RETURN_IF_ERROR(Sample(f, &f.sample));
+  std::lock_guard<std::mutex> lock(mu_);
+  files_[file].size = f.size;
+  files_[file].mtime_ns = f.mtime_ns;
+  files_[file].sample = f.sample;
+  return Status::Ok();
+}
+
 Status DiskReader::Submit(int file, uint64_t offset, uint64_t bytes, void* dst, uint64_t* ticket) {
   return SubmitMany({Range{file, offset, bytes, dst}}, ticket);
 }

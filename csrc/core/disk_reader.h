@@ -61,6 +61,9 @@ class DiskReader {
   // modification time, and the same bytes at a few sampled places. A file
   // replaced, truncated or rewritten since Open is a clear error naming it.
   Status Check(int file);
+  // Takes the file as it is now as the one opened (after PinStream itself
+  // wrote to it: a spill file that grew or was rewritten).
+  Status Refresh(int file);
 
   struct Range {
     int file = -1;

@@ -87,11 +87,26 @@ Status SpillFile::WriteAt(const void* data, uint64_t bytes, uint64_t offset) {
   return Write(data, bytes, offset);
 }
 
+Status SpillFile::ReadAt(void* data, uint64_t bytes, uint64_t offset) const {
+  auto* p = static_cast<uint8_t*>(data);
+  uint64_t done = 0;
+  while (done < bytes) {
+    const ssize_t n = pread(fd_, p + done, bytes - done, static_cast<off_t>(offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      return Status::DeviceError("cannot read the spill file " + path_ + " (" + Errno(n < 0 ? errno : EIO) + ")");
+    }
+    done += static_cast<uint64_t>(n);
+  }
+  return Status::Ok();
+}
+
 Status SpillFile::Flush() {
   if (fd_ < 0) return Status::Ok();
-  // written pages must reach the file before O_DIRECT reads bypass the page cache
-  if (fdatasync(fd_) != 0)
+  if (fdatasync(fd_) != 0) {
     return Status::DeviceError("cannot flush the spill file " + path_ + " (" + Errno(errno) + ")");
+  }
+  posix_fadvise(fd_, 0, 0, POSIX_FADV_DONTNEED);  // advice only: a failure changes nothing
   return Status::Ok();
 }
 

@@ -35,7 +35,10 @@ class SpillFile {
   Status Append(const void* data, uint64_t bytes, uint64_t* offset);
   // Rewrites `bytes` at `offset` (a block written before, same size).
   Status WriteAt(const void* data, uint64_t bytes, uint64_t offset);
-  // Flushes written data to the file (before reads with O_DIRECT).
+  // Reads `bytes` at `offset` back (buffered).
+  Status ReadAt(void* data, uint64_t bytes, uint64_t offset) const;
+  // Flushes written data to the file and drops it from the page cache (the
+  // disk tier reads it with O_DIRECT; the cached copy would only cost RAM).
   Status Flush();
   const std::string& path() const { return path_; }
   uint64_t size() const { return end_; }

@@ -65,7 +65,7 @@ Status StreamingRuntime::AttachHost(int block, const void* host) {
   return Status::Ok();
 }
 
-Status StreamingRuntime::UseDiskReader(DiskReader* reader, int read_ahead) {
+Status StreamingRuntime::UseDiskReader(DiskReader* reader, int read_ahead, bool pin_ring) {
   if (closed_) return Status::Closed("runtime is closed");
   if (loaded_) return Status::FailedPrecondition("use_disk_reader while loaded; unload() first");
   if (read_ahead < 1) {
@@ -73,6 +73,7 @@ Status StreamingRuntime::UseDiskReader(DiskReader* reader, int read_ahead) {
   }
   reader_ = reader;
   read_ahead_ = read_ahead;
+  pin_ring_ = pin_ring;
   reader_base_ = reader_ ? reader_->totals() : DiskReader::Totals();
   return Status::Ok();
 }
@@ -507,9 +508,9 @@ void StreamingRuntime::Prefetch(int current) {
   ReadAhead(current);  // buffers whose uploads were just queued may be refilled soon
 }
 
-uint64_t StreamingRuntime::read_ring_bytes() const {
+uint64_t StreamingRuntime::read_ring_bytes(bool pinned_only) const {
   uint64_t n = 0;
-  for (const ReadBuffer& r : reads_) n += r.mem ? r.mem->size() : 0;
+  for (const ReadBuffer& r : reads_) n += r.mem && (!pinned_only || r.mem->pinned()) ? r.mem->size() : 0;
   return n;
 }
 
@@ -528,7 +529,7 @@ Status StreamingRuntime::AllocateReadRing() {
   const int count = streamed_disk ? plan_.prefetch() + read_ahead_ : 1;
   reads_.resize(static_cast<size_t>(count));
   for (ReadBuffer& r : reads_) {
-    PINSTREAM_RETURN_IF_ERROR(engine_->AllocateHostBuffer(size, /*pin=*/true, &r.mem));
+    PINSTREAM_RETURN_IF_ERROR(engine_->AllocateHostBuffer(size, pin_ring_, &r.mem));
     PINSTREAM_RETURN_IF_ERROR(TakeEvent(&r.upload_event));
   }
   return Status::Ok();

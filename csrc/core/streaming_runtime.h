@@ -88,9 +88,10 @@ class StreamingRuntime {
   // Allowed while nothing is loaded.
   Status AttachHost(int block, const void* host);
   // Reads of disk-tier units go through `reader` (kept alive by the caller),
-  // `read_ahead` (>= 1) blocks beyond the uploads' look-ahead. Allowed while
-  // nothing is loaded.
-  Status UseDiskReader(DiskReader* reader, int read_ahead);
+  // `read_ahead` (>= 1) blocks beyond the uploads' look-ahead, into a ring of
+  // pinned buffers (`pin_ring` false: ordinary memory, for a pinning cap too
+  // small for it). Allowed while nothing is loaded.
+  Status UseDiskReader(DiskReader* reader, int read_ahead, bool pin_ring = true);
   // The unit's transfer bytes live on disk: `extents` cover [0, bytes) once
   // each. Its host pointer is no longer used (AttachHost brings it back to
   // host memory). Allowed while nothing is loaded.
@@ -163,8 +164,8 @@ class StreamingRuntime {
   int outstanding() const;
   bool acquired(int block) const { return blocks_[block].acquired > 0; }
   bool on_disk(int block) const { return !blocks_[block].disk.empty(); }
-  // Pinned host bytes of the read ring (while loaded with disk-tier units).
-  uint64_t read_ring_bytes() const;
+  // Host bytes of the read ring (while loaded with disk-tier units); its pinned ones.
+  uint64_t read_ring_bytes(bool pinned_only = false) const;
   int read_ahead() const { return read_ahead_; }
   // Location of a resident block once loaded.
   DeviceLocation resident_location(int block) const { return blocks_[block].resident_loc; }
@@ -271,6 +272,7 @@ class StreamingRuntime {
   std::vector<int> read_window_;
   DiskReader* reader_ = nullptr;
   int read_ahead_ = 2;
+  bool pin_ring_ = true;
   std::vector<ReadBuffer> reads_;
   DiskReader::Totals reader_base_;  // reader totals at the last ResetStats
   std::vector<int> evicted_;

@@ -5,6 +5,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cstring>
 #include <stdexcept>
 
 #include "core/exact_block.h"
@@ -143,17 +144,36 @@ const PackedTensor* BlockTensors::Displaced() const {
 }
 
 at::Tensor BlockTensors::HostValue(size_t k, int threads) const {
+  if (disk) throw std::logic_error("PinStream: internal error: HostValue of a block on disk");
+  if (!exact) return tensors.at(k).host_view;
+  return ValueFrom(k, transfer, threads);
+}
+
+at::Tensor BlockTensors::ValueFrom(size_t k, const uint8_t* bytes, int threads) const {
   const PackedTensor& pt = tensors.at(k);
-  if (!exact) return pt.host_view;
   at::Tensor out = at::empty_strided(pt.host_view.sizes(), pt.strides,
                                      at::TensorOptions().dtype(pt.host_view.scalar_type()).device(at::kCPU));
-  ThrowIfError(ReadExactTensor(transfer, transfer_bytes, transform->jobs.at(static_cast<size_t>(pt.job)),
-                               out.data_ptr(), threads));
+  if (exact) {
+    ThrowIfError(ReadExactTensor(bytes, transfer_bytes, transform->jobs.at(static_cast<size_t>(pt.job)), out.data_ptr(),
+                                 threads));
+  } else if (pt.nbytes > 0) {
+    std::memcpy(out.data_ptr(), bytes + pt.offset, static_cast<size_t>(pt.nbytes));
+  }
   return out;
 }
 
+void BlockTensors::RangeOf(size_t k, uint64_t* lo, uint64_t* hi) const {
+  const PackedTensor& pt = tensors.at(k);
+  *lo = static_cast<uint64_t>(pt.offset);
+  *hi = *lo + static_cast<uint64_t>(pt.nbytes);
+  if (!exact) return;
+  const TransformJob& job = transform->jobs.at(static_cast<size_t>(pt.job));
+  *lo = job.src_offset;
+  *hi = *lo + (job.kind == TransformJob::Kind::kDecodeExact ? job.exact.bytes : job.bytes);
+}
+
 bool BlockTensors::WriteBackIfModified() {
-  if (location_ < 0 || exact) return false;
+  if (location_ < 0 || exact || disk) return false;
   bool dirty = false;
   for (const PackedTensor& pt : tensors) dirty |= VersionOf(pt.param) != pt.version;
   if (!dirty) return false;
@@ -164,12 +184,12 @@ bool BlockTensors::WriteBackIfModified() {
   return true;
 }
 
-void BlockTensors::Detach(bool restore_pageable) {
+void BlockTensors::Detach(bool restore_pageable, const uint8_t* disk_bytes) {
   for (size_t k = 0; k < tensors.size(); ++k) {
     PackedTensor& pt = tensors[k];
-    if (restore_pageable) {
+    if (restore_pageable && (!disk || disk_bytes != nullptr)) {
       c10::InferenceMode guard(pt.inference);  // memory of the weight's kind (AliasAs)
-      pt.param.set_data(exact ? HostValue(k, 1) : pt.host_view.clone());
+      pt.param.set_data(disk ? ValueFrom(k, disk_bytes, 1) : exact ? HostValue(k, 1) : pt.host_view.clone());
     }
     pt.host_view = at::Tensor();
   }

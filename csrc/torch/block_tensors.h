@@ -75,6 +75,12 @@ class BlockTensors {
   uint64_t transfer_bytes = 0;
   const BlockTransform* transform = nullptr;
   int transfer_buffer = -1;  // its transfer buffer (fp8, coded) in the runtime
+  // Lives on disk (the disk tier): its bytes (a coded block's transfer bytes)
+  // are `extents` of a file and nowhere in RAM; between uses its weights point
+  // at the shared placeholder, as a coded block's do.
+  bool disk = false;
+  std::vector<DiskExtent> extents;
+  uint64_t disk_bytes = 0;
 
   bool on_device() const { return location_ >= 0; }
 
@@ -89,8 +95,14 @@ class BlockTensors {
   // returns whether it did. (Not for coded blocks: nothing to write into.)
   bool WriteBackIfModified();
   // The values of tensor `k` on the host: its host view, or for a coded block
-  // a new tensor decoded from the transfer bytes.
+  // a new tensor decoded from the transfer bytes. Not for a disk block (see ValueFrom).
   at::Tensor HostValue(size_t k, int threads) const;
+  // A new tensor with the values of tensor `k` from the block's bytes at
+  // `bytes` (its layout, or a coded block's transfer bytes): how a disk
+  // block's values are made from what was read.
+  at::Tensor ValueFrom(size_t k, const uint8_t* bytes, int threads) const;
+  // The bytes of the block ValueFrom(k) reads: [*lo, *hi).
+  void RangeOf(size_t k, uint64_t* lo, uint64_t* hi) const;
   // The first weight whose storage is not where PinStream put it (code PinStream
   // does not manage moved it: module.to(), another patcher), or nullptr.
   const PackedTensor* Displaced() const;
@@ -98,7 +110,8 @@ class BlockTensors {
   void ClearViews() { view_cache_.clear(); }
   // At close: each weight gets its own ordinary memory again (a copy of its
   // host view, of its kind) when `restore_pageable`; host views are dropped.
-  void Detach(bool restore_pageable);
+  // A disk block's values come from `disk_bytes` (its bytes, read by the caller).
+  void Detach(bool restore_pageable, const uint8_t* disk_bytes = nullptr);
 
  private:
   const std::vector<at::Tensor>& ViewsAt(const DeviceLocation& loc, const TorchDeviceAllocator& allocator);

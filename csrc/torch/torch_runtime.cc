@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "core/disk_plan.h"
 #include "core/exact_block.h"
 #include "core/fp8_block.h"
 #include "core/pack_layout.h"
@@ -71,6 +72,7 @@ class DeviceScope {
 };
 
 int64_t Int(uint64_t v) { return static_cast<int64_t>(v); }
+uint64_t Uint(int64_t v) { return static_cast<uint64_t>(v); }
 
 // A weight as the fp8 transfer format sees it.
 TransferTensor TransferOf(const at::Tensor& t, uint64_t offset) {
@@ -90,7 +92,20 @@ TransferTensor TransferOf(const at::Tensor& t, uint64_t offset) {
 }  // namespace
 
 TorchRuntime::TorchRuntime(const RuntimeOptions& o)
-    : device_(o.device), chunk_bytes_(o.chunk_bytes), pin_cap_bytes_(o.pin_cap_bytes) {
+    : device_(o.device),
+      chunk_bytes_(o.chunk_bytes),
+      pin_cap_bytes_(o.pin_cap_bytes),
+      host_budget_bytes_(o.host_budget_bytes),
+      spill_dir_(o.spill_dir),
+      read_ahead_(o.read_ahead) {
+  if (o.read_ahead < 1) {
+    throw std::invalid_argument("PinStream: read_ahead must be >= 1, got " + std::to_string(o.read_ahead));
+  }
+  if (o.disk_threads < 1) {
+    throw std::invalid_argument("PinStream: disk_threads must be >= 1, got " + std::to_string(o.disk_threads));
+  }
+  disk_options_.threads = o.disk_threads;
+  disk_options_.direct = o.disk_direct;
   if (o.prefetch < 0) {
     throw std::invalid_argument("PinStream: prefetch must be >= 0, got " + std::to_string(o.prefetch));
   }
@@ -241,6 +256,7 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
   std::vector<size_t> plain;       // blocks packed into chunks
   std::vector<ChunkGroup> groups;  // over `plain`
   std::vector<bool> pin;           // per chunk group, then per transfer buffer
+  int64_t ring = 0;                // pinned bytes of the read ring, when units live on disk
   const int threads = std::max(1, at::get_num_threads());
   int first = 0;
   // ---- 1. validate, lay out, code, register the sizes, plan (under the lock) ----
@@ -371,6 +387,34 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
       core_->DropBlocksFrom(first);
       ThrowIfError(s);
     }
+    // The disk tier: beyond the host budget, units live in the spill file (fp8
+    // units and the non-block part stay in RAM).
+    if (host_budget_bytes_ >= 0) {
+      std::vector<DiskPlanUnit> units(n);
+      for (size_t b = 0; b < n; ++b) {
+        const int id = first + static_cast<int>(b);
+        const BlockTensors& info = infos[b];
+        units[b].host_bytes = info.exact ? pending[b].transfer_bytes
+                              : info.fp8 ? static_cast<uint64_t>(info.bytes) + pending[b].transfer_bytes
+                                         : static_cast<uint64_t>(info.bytes);
+        units[b].movable = info.streamable && !info.fp8;
+        units[b].resident = req.plan && (core_->resident(id) || core_->coded(id));
+      }
+      const std::vector<bool> disk = ChooseDiskUnits(units, static_cast<uint64_t>(host_bytes_),
+                                                     static_cast<uint64_t>(host_budget_bytes_), &disk_over_bytes_);
+      for (size_t b = 0; b < n; ++b) infos[b].disk = disk[b];
+      if (std::find(disk.begin(), disk.end(), true) != disk.end() && !spill_) {
+        auto spill = std::make_unique<SpillFile>();
+        Status made = spill->Create(spill_dir_);
+        if (made.ok()) {
+          spill->FailNextWrites(fail_spill_writes_);
+          spill_ = std::move(spill);
+        } else {
+          spill_error_ = made.message() + "; the model stays in RAM";
+          for (BlockTensors& info : infos) info.disk = false;
+        }
+      }
+    }
     // Pin what the plan uploads most often first; without a plan, in order.
     std::vector<uint64_t> sizes;
     for (size_t b = 0; b < n; ++b) {
@@ -378,7 +422,7 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
       pending[b].use = req.plan
                            ? UseOfBlock(infos[b].streamable, core_->resident(id) || core_->coded(id), core_->split(id))
                            : LinkUse::kOnce;
-      if (!infos[b].exact) {
+      if (!infos[b].exact && !infos[b].disk) {
         plain.push_back(b);
         sizes.push_back(static_cast<uint64_t>(infos[b].bytes));
       }
@@ -406,12 +450,23 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
       }
       candidates.push_back(c);
     }
+    uint64_t disk_most = 0;  // the largest unit on disk: the size of a read-ring buffer
+    bool disk_streams = false;
     for (size_t b = 0; b < n; ++b) {
+      if (infos[b].disk) {
+        disk_most = std::max(disk_most, infos[b].exact ? pending[b].transfer_bytes : Uint(infos[b].bytes));
+        disk_streams = disk_streams || pending[b].use != LinkUse::kOnce;
+        continue;
+      }
       if (!infos[b].fp8 && !infos[b].exact) continue;
       pending[b].transfer_candidate = candidates.size();
       candidates.push_back(PinCandidate{pending[b].transfer_bytes, pending[b].use});
     }
-    pin = ChoosePinned(candidates, pin_cap_bytes_ < 0 ? -1 : std::max<int64_t>(0, pin_cap_bytes_ - pinned_bytes_));
+    // the read ring is pinned too: the pinning cap keeps room for it
+    ring = Int((disk_most + SpillFile::kAlignment - 1) / SpillFile::kAlignment * SpillFile::kAlignment) *
+           (disk_streams ? req.prefetch + read_ahead_ : 1);
+    pin =
+        ChoosePinned(candidates, pin_cap_bytes_ < 0 ? -1 : std::max<int64_t>(0, pin_cap_bytes_ - pinned_bytes_ - ring));
     registering_ = true;
   }
 
@@ -425,57 +480,110 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
   for (size_t g = 0; g < groups.size(); ++g) {
     for (size_t i = groups[g].first_block; i < groups[g].end_block; ++i) group_of[plain[i]] = g;
   }
-  auto transfer_buffer = [&](size_t b) {
+  auto transfer_buffer = [&](size_t b, bool pinned) {
     Pending& p = pending[b];
     std::unique_ptr<HostBuffer> tbuf;
-    ThrowIfError(
-        engine_->AllocateHostBuffer(std::max<uint64_t>(p.transfer_bytes, 1), pin[p.transfer_candidate], &tbuf));
+    ThrowIfError(engine_->AllocateHostBuffer(std::max<uint64_t>(p.transfer_bytes, 1), pinned, &tbuf));
     how.insert(tbuf->how());
     new_transfer[b] = std::make_shared<AccountedBuffer>(std::move(tbuf), Int(p.transfer_bytes), live_host_bytes_);
     return static_cast<uint8_t*>(new_transfer[b]->get()->data());
   };
+  // A coded unit's transfer bytes, written at `out`: from the cache where it
+  // has them, else coded here (and stored in the cache).
+  auto encode_exact = [&](size_t b, uint8_t* out) {
+    BlockTensors& info = infos[b];
+    Pending& p = pending[b];
+    for (size_t k = 0; k < info.tensors.size(); ++k) {
+      PackedTensor& pt = info.tensors[k];
+      const TransformJob& job = p.transform->jobs[k];
+      bool done = p.cached[k] && cache_->Read(p.keys[k], job.exact, out + job.src_offset);
+      if (done) continue;
+      const at::Tensor host = HostBytesOf(pt);
+      if (p.cached[k]) {  // the entry went bad since it was found: code it here
+        ExactCode fresh;
+        ThrowIfError(AnalyzeExact(host.data_ptr(), static_cast<int>(pt.param.element_size()), pt.param.numel(), threads,
+                                  &fresh));
+        if (fresh.layout.bytes != job.exact.bytes) {
+          throw std::runtime_error("PinStream: a cached coded tensor of " + pt.name +
+                                   " does not match the weights; clear the cache directory " + cache_->dir());
+        }
+        *p.codes[k] = std::move(fresh);
+      }
+      ThrowIfError(EncodeExactTensor(host.data_ptr(), p.exact[k], job, out, threads));
+      if (job.kind == TransformJob::Kind::kDecodeExact && cache_->enabled()) {
+        cache_->Store(p.keys[k], job.exact, out + job.src_offset);
+      }
+    }
+  };
+  // A unit meant for disk: its bytes (coded: its transfer bytes) laid out in a
+  // scratch buffer and appended to the spill file. False when the write failed
+  // (a full disk): spill_error_ says so and this unit and the rest stay in RAM.
+  at::Tensor scratch;
+  bool spill_failed = false;
+  auto spill = [&](size_t b) {
+    BlockTensors& info = infos[b];
+    if (spill_failed) return false;
+    const uint64_t size = info.exact ? pending[b].transfer_bytes : Uint(info.bytes);
+    if (!scratch.defined() || Uint(scratch.numel()) < size) {
+      scratch = at::empty({Int(std::max<uint64_t>(size, 1))}, at::TensorOptions().dtype(at::kByte));
+    }
+    if (info.exact) {
+      encode_exact(b, scratch.data_ptr<uint8_t>());
+    } else {
+      for (PackedTensor& pt : info.tensors) {
+        AliasAs(scratch, pt.offset, pt.param.scalar_type(), pt.param.sizes(), pt.strides, false).copy_(pt.param);
+      }
+    }
+    uint64_t at = 0;
+    Status w = spill_->Append(scratch.data_ptr<uint8_t>(), size, &at);
+    if (!w.ok()) {
+      spill_failed = true;
+      std::lock_guard<std::mutex> lock(mu_);
+      spill_error_ = w.message() + "; units meant for disk stay in RAM (not pinned)";
+      return false;
+    }
+    info.extents.clear();
+    if (size > 0) info.extents.push_back(DiskExtent{-1, at, size, 0});
+    info.disk_bytes = size;
+    return true;
+  };
   try {
-    int64_t off = 0;
+    int64_t off = 0;           // in the chunk of the current group
+    int64_t group_chunk = -1;  // that chunk, in new_chunks
     for (size_t b = 0; b < n; ++b) {
       BlockTensors& info = infos[b];
       Pending& p = pending[b];
-      if (info.exact) {
+      const bool meant_for_disk = info.disk;
+      if (info.disk) info.disk = spill(b);  // else it stays in RAM, and spill_error_ says why
+      if (info.disk) {
+        // its bytes are in the spill file only: the weights point at the
+        // placeholder until a pass points them at their device copy
+        info.transform = p.transform.get();
+        info.transfer_bytes = info.exact ? p.transfer_bytes : 0;
+        for (PackedTensor& pt : info.tensors) {
+          pt.host_view = CodedPlaceholder(pt.param.scalar_type(), pt.param.sizes(), pt.strides, pt.inference);
+        }
+      } else if (info.exact) {
         // The coded form is the only host copy: encode, then the weights point at
         // the placeholder until a pass points them at their device copy.
-        uint8_t* out = transfer_buffer(b);
+        uint8_t* out = transfer_buffer(b, !meant_for_disk && pin[p.transfer_candidate]);
         info.pinned = new_transfer[b]->get()->pinned();
         info.transfer = out;
         info.transfer_bytes = p.transfer_bytes;
         info.transform = p.transform.get();
-        for (size_t k = 0; k < info.tensors.size(); ++k) {
-          PackedTensor& pt = info.tensors[k];
-          const TransformJob& job = p.transform->jobs[k];
-          bool done = p.cached[k] && cache_->Read(p.keys[k], job.exact, out + job.src_offset);
-          if (!done) {
-            const at::Tensor host = HostBytesOf(pt);
-            if (p.cached[k]) {  // the entry went bad since it was found: code it here
-              ExactCode fresh;
-              ThrowIfError(AnalyzeExact(host.data_ptr(), static_cast<int>(pt.param.element_size()), pt.param.numel(),
-                                        threads, &fresh));
-              if (fresh.layout.bytes != job.exact.bytes) {
-                throw std::runtime_error("PinStream: a cached coded tensor of " + pt.name +
-                                         " does not match the weights; clear the cache directory " + cache_->dir());
-              }
-              *p.codes[k] = std::move(fresh);
-            }
-            ThrowIfError(EncodeExactTensor(host.data_ptr(), p.exact[k], job, out, threads));
-            if (job.kind == TransformJob::Kind::kDecodeExact && cache_->enabled()) {
-              cache_->Store(p.keys[k], job.exact, out + job.src_offset);
-            }
-          }
+        encode_exact(b, out);
+        for (PackedTensor& pt : info.tensors) {
           pt.host_view = CodedPlaceholder(pt.param.scalar_type(), pt.param.sizes(), pt.strides, pt.inference);
         }
       } else {
-        const size_t g = group_of[b];
-        if (plain[groups[g].first_block] == b) {  // the first block of a new chunk
-          const int64_t size = Int(groups[g].bytes);
+        // a unit that was meant for disk has a chunk of its own, not pinned
+        const size_t g = meant_for_disk ? 0 : group_of[b];
+        const bool fresh = meant_for_disk || plain[groups[g].first_block] == b;  // the first block of a new chunk
+        if (fresh) {
+          const int64_t size = meant_for_disk ? info.bytes : Int(groups[g].bytes);
           std::unique_ptr<HostBuffer> buf;
-          ThrowIfError(engine_->AllocateHostBuffer(static_cast<uint64_t>(size), pin[g], &buf));
+          ThrowIfError(engine_->AllocateHostBuffer(static_cast<uint64_t>(std::max<int64_t>(size, 1)),
+                                                   !meant_for_disk && pin[g], &buf));
           how.insert(buf->how());
           const bool pinned = buf->pinned();
           void* data = buf->data();
@@ -483,22 +591,27 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
           at::Tensor chunk = at::from_blob(
               data, {size}, [owner](void*) mutable { owner.reset(); }, at::TensorOptions().dtype(at::kByte));
           new_chunks.push_back(Chunk{chunk, pinned});
+        }
+        const int64_t c = fresh ? static_cast<int64_t>(new_chunks.size()) - 1 : group_chunk;
+        if (fresh && !meant_for_disk) {
+          group_chunk = c;
           off = 0;
         }
-        const at::Tensor& chunk = new_chunks.back().bytes;
-        chunk_of[b] = static_cast<int64_t>(new_chunks.size()) - 1;
-        chunk_offset[b] = off;
-        info.pinned = new_chunks.back().pinned;
+        const int64_t at = meant_for_disk ? 0 : off;
+        const at::Tensor& chunk = new_chunks[static_cast<size_t>(c)].bytes;
+        chunk_of[b] = c;
+        chunk_offset[b] = at;
+        info.pinned = new_chunks[static_cast<size_t>(c)].pinned;
         for (PackedTensor& pt : info.tensors) {
-          AliasAs(chunk, off + pt.offset, pt.param.scalar_type(), pt.param.sizes(), pt.strides, false).copy_(pt.param);
+          AliasAs(chunk, at + pt.offset, pt.param.scalar_type(), pt.param.sizes(), pt.strides, false).copy_(pt.param);
           pt.host_view =
-              AliasAs(chunk, off + pt.offset, pt.param.scalar_type(), pt.param.sizes(), pt.strides, pt.inference);
+              AliasAs(chunk, at + pt.offset, pt.param.scalar_type(), pt.param.sizes(), pt.strides, pt.inference);
         }
-        off += info.bytes;
+        if (!meant_for_disk) off += info.bytes;
         if (info.fp8) {
           // Sent as fp8: the exact host copy stays the truth (weights point at it
           // between uses); the link carries codes + per-row scales.
-          uint8_t* out = transfer_buffer(b);
+          uint8_t* out = transfer_buffer(b, pin[p.transfer_candidate]);
           std::vector<const void*> srcs;
           for (const PackedTensor& pt : info.tensors) srcs.push_back(pt.host_view.data_ptr());
           ThrowIfError(QuantizeFp8Block(p.fp8, srcs, *p.transform, out, threads, &info.fp8_error));
@@ -509,10 +622,27 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
       packed[b] = true;
       if (req.progress) req.progress(b + 1, n);
     }
+    scratch = at::Tensor();
+    bool any_disk = false;
+    for (const BlockTensors& info : infos) any_disk = any_disk || info.disk;
+    if (any_disk) {
+      ThrowIfError(spill_->Flush());
+      ThrowIfError(spill_file_id_ < 0 ? Reader()->Open(spill_->path(), &spill_file_id_)
+                                      : reader_->Refresh(spill_file_id_));
+    }
   } catch (...) {
-    // All or nothing: the packed blocks' weights get ordinary memory again.
+    // All or nothing: the packed blocks' weights get ordinary memory again (a
+    // unit written to the spill file: its bytes read back from there).
     for (size_t b = 0; b < n; ++b) {
-      if (packed[b]) infos[b].Detach(/*restore_pageable=*/true);
+      if (!packed[b]) continue;
+      if (!infos[b].disk) {
+        infos[b].Detach(/*restore_pageable=*/true);
+        continue;
+      }
+      at::Tensor bytes = at::empty({Int(std::max<uint64_t>(infos[b].disk_bytes, 1))}, at::kByte);
+      const DiskExtent* e = infos[b].extents.empty() ? nullptr : &infos[b].extents[0];
+      Status back = e ? spill_->ReadAt(bytes.data_ptr<uint8_t>(), e->bytes, e->file_offset) : Status::Ok();
+      infos[b].Detach(/*restore_pageable=*/back.ok(), bytes.data_ptr<uint8_t>());
     }
     infos.clear();
     new_chunks.clear();
@@ -530,9 +660,23 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
     const int base_chunk = static_cast<int>(chunks_.size());
     for (size_t b = 0; b < n; ++b) {
       const int id = first + static_cast<int>(b);
-      const void* host = new_transfer[b] ? new_transfer[b]->get()->data()
-                                         : new_chunks[chunk_of[b]].bytes.data_ptr<uint8_t>() + chunk_offset[b];
-      ThrowIfError(core_->AttachHost(id, host));
+      if (infos[b].disk) {
+        if (!disk_reader_used_) {
+          // the ring is pinned when the pinning cap has room for it beside the weights
+          int64_t pinned_now = pinned_bytes_;
+          for (const Chunk& c : new_chunks) pinned_now += c.pinned ? c.bytes.numel() : 0;
+          for (const auto& t : new_transfer) pinned_now += t && t->get()->pinned() ? Int(t->get()->size()) : 0;
+          ThrowIfError(core_->UseDiskReader(reader_.get(), read_ahead_,
+                                            pin_cap_bytes_ < 0 || pinned_now + ring <= pin_cap_bytes_));
+          disk_reader_used_ = true;
+        }
+        for (DiskExtent& e : infos[b].extents) e.file = spill_file_id_;
+        ThrowIfError(core_->SetDiskSource(id, infos[b].extents));
+      } else {
+        const void* host = new_transfer[b] ? new_transfer[b]->get()->data()
+                                           : new_chunks[chunk_of[b]].bytes.data_ptr<uint8_t>() + chunk_offset[b];
+        ThrowIfError(core_->AttachHost(id, host));
+      }
       for (const PackedTensor& pt : infos[b].tensors) seen_.insert(pt.param.unsafeGetTensorImpl());
       ids.push_back(id);
       if (chunk_of[b] >= 0) infos[b].chunk = base_chunk + static_cast<int>(chunk_of[b]);
@@ -575,7 +719,37 @@ at::Tensor TorchRuntime::HostValue(int block, int index) {
     throw std::out_of_range("PinStream: tensor " + std::to_string(index) + " of block " + std::to_string(block) +
                             " out of range [0, " + std::to_string(info.tensors.size()) + ")");
   }
-  return info.HostValue(static_cast<size_t>(index), std::max(1, at::get_num_threads()));
+  const int threads = std::max(1, at::get_num_threads());
+  if (!info.disk) return info.HostValue(static_cast<size_t>(index), threads);
+  uint64_t lo = 0, hi = 0;
+  info.RangeOf(static_cast<size_t>(index), &lo, &hi);
+  const at::Tensor bytes = ReadDiskLocked(info, lo, hi);
+  return info.ValueFrom(static_cast<size_t>(index), bytes.data_ptr<uint8_t>(), threads);
+}
+
+DiskReader* TorchRuntime::Reader() {
+  if (!reader_) reader_ = std::make_unique<DiskReader>(disk_options_);
+  return reader_.get();
+}
+
+at::Tensor TorchRuntime::ReadDiskLocked(const BlockTensors& info, uint64_t lo, uint64_t hi) {
+  // uninitialized: pages outside [lo, hi) are never written, so never committed
+  at::Tensor buf = at::empty({Int(std::max<uint64_t>(info.disk_bytes, 1))}, at::TensorOptions().dtype(at::kByte));
+  std::vector<DiskReader::Range> ranges;
+  for (const DiskExtent& e : info.extents) {
+    const uint64_t a = std::max(lo, e.block_offset), z = std::min(hi, e.block_offset + e.bytes);
+    if (z <= a) continue;
+    ranges.push_back(
+        DiskReader::Range{e.file, e.file_offset + (a - e.block_offset), z - a, buf.data_ptr<uint8_t>() + a});
+  }
+  uint64_t ticket = 0;
+  ThrowIfError(Reader()->SubmitMany(ranges, &ticket));
+  ThrowIfError(reader_->Wait(ticket));
+  return buf;
+}
+
+void TorchRuntime::CheckDiskFilesLocked() {
+  if (reader_ && spill_file_id_ >= 0) ThrowIfError(reader_->Check(spill_file_id_));
 }
 
 void TorchRuntime::WriteHostValues(int block, const std::vector<std::pair<int, at::Tensor>>& values) {
@@ -597,6 +771,20 @@ void TorchRuntime::WriteHostValues(int block, const std::vector<std::pair<int, a
                                   std::string(c10::toString(pt.host_view.scalar_type())));
     }
   }
+  if (info.disk && !info.exact) {
+    // its bytes in the spill file are rewritten in place (same layout, same size)
+    at::Tensor bytes = ReadDiskLocked(info, 0, info.disk_bytes);
+    for (const auto& kv : values) {
+      const PackedTensor& pt = info.tensors[static_cast<size_t>(kv.first)];
+      AliasOf(pt, bytes, pt.offset).copy_(kv.second);
+    }
+    if (!info.extents.empty()) {
+      ThrowIfError(spill_->WriteAt(bytes.data_ptr<uint8_t>(), info.disk_bytes, info.extents[0].file_offset));
+      ThrowIfError(spill_->Flush());
+      ThrowIfError(reader_->Refresh(spill_file_id_));
+    }
+    return;
+  }
   if (!info.exact) {
     for (const auto& kv : values) info.tensors[static_cast<size_t>(kv.first)].host_view.copy_(kv.second);
     return;
@@ -604,7 +792,11 @@ void TorchRuntime::WriteHostValues(int block, const std::vector<std::pair<int, a
   // A coded block is coded again as a whole: its new transfer bytes replace the old.
   const int threads = std::max(1, at::get_num_threads());
   std::vector<at::Tensor> now(info.tensors.size());
-  for (size_t k = 0; k < info.tensors.size(); ++k) now[k] = info.HostValue(k, threads);
+  at::Tensor stored;  // a disk block's transfer bytes
+  if (info.disk) stored = ReadDiskLocked(info, 0, info.disk_bytes);
+  for (size_t k = 0; k < info.tensors.size(); ++k) {
+    now[k] = info.disk ? info.ValueFrom(k, stored.data_ptr<uint8_t>(), threads) : info.HostValue(k, threads);
+  }
   for (const auto& kv : values) now[static_cast<size_t>(kv.first)].copy_(kv.second);
   std::vector<std::unique_ptr<ExactCode>> codes;
   std::vector<ExactTensor> exact;
@@ -622,6 +814,38 @@ void TorchRuntime::WriteHostValues(int block, const std::vector<std::pair<int, a
   }
   auto transform = std::make_unique<BlockTransform>();
   const uint64_t bytes = MakeExactTransform(exact, transform.get());
+  auto replace_transform = [&]() {
+    const BlockTransform* old = info.transform;
+    for (auto& t : transforms_) {
+      if (t.get() == old) {
+        t = std::move(transform);
+        info.transform = t.get();
+        break;
+      }
+    }
+  };
+  if (info.disk) {
+    // coded again into a scratch buffer, appended to the spill file (the old
+    // bytes there are left unused)
+    at::Tensor out = at::empty({Int(std::max<uint64_t>(bytes, 1))}, at::TensorOptions().dtype(at::kByte));
+    for (size_t k = 0; k < info.tensors.size(); ++k) {
+      ThrowIfError(
+          EncodeExactTensor(now[k].data_ptr(), exact[k], transform->jobs[k], out.data_ptr<uint8_t>(), threads));
+    }
+    uint64_t at = 0;
+    ThrowIfError(spill_->Append(out.data_ptr<uint8_t>(), bytes, &at));
+    ThrowIfError(spill_->Flush());
+    ThrowIfError(reader_->Refresh(spill_file_id_));
+    ThrowIfError(core_->ReplaceTransfer(block, nullptr, bytes, transform.get()));
+    std::vector<DiskExtent> extents;
+    if (bytes > 0) extents.push_back(DiskExtent{spill_file_id_, at, bytes, 0});
+    ThrowIfError(core_->SetDiskSource(block, extents));
+    info.extents = extents;
+    info.disk_bytes = bytes;
+    info.transfer_bytes = bytes;
+    replace_transform();
+    return;
+  }
   const bool pin = info.pinned;
   std::unique_ptr<HostBuffer> tbuf;
   ThrowIfError(engine_->AllocateHostBuffer(std::max<uint64_t>(bytes, 1), pin, &tbuf));
@@ -636,14 +860,7 @@ void TorchRuntime::WriteHostValues(int block, const std::vector<std::pair<int, a
   (was_pinned ? pinned_bytes_ : pageable_bytes_) -= Int(info.transfer_bytes);
   (buffer->get()->pinned() ? pinned_bytes_ : pageable_bytes_) += Int(bytes);
   transfer_buffers_[info.transfer_buffer] = buffer;
-  const BlockTransform* old = info.transform;
-  for (auto& t : transforms_) {
-    if (t.get() == old) {
-      t = std::move(transform);
-      info.transform = t.get();
-      break;
-    }
-  }
+  replace_transform();
   info.transfer = out;
   info.transfer_bytes = bytes;
   info.pinned = buffer->get()->pinned();
@@ -674,6 +891,7 @@ void TorchRuntime::Load() {
   std::lock_guard<std::mutex> lock(mu_);
   CheckOpen();
   DeviceScope scope(alloc_device_);
+  if (!core_->loaded()) CheckDiskFilesLocked();
   ThrowIfError(core_->Load(ComputeQueue()));
   PointResidentBlocks();
 }
@@ -694,6 +912,7 @@ void TorchRuntime::BeginPass() {
   // end it first, as end_pass() would have.
   if (touched_ >= 0 || core_->learner().in_pass() || core_->outstanding() > 0) ThrowIfError(EndPassLocked());
   CheckPlacementLocked();
+  if (!core_->loaded()) CheckDiskFilesLocked();
   ThrowIfError(core_->BeginPass(ComputeQueue()));
 }
 
@@ -916,7 +1135,8 @@ RuntimeStats TorchRuntime::GetStats() {
   d.device_bytes = allocator_->allocated_bytes();
   d.peak_device_bytes = allocator_->peak_bytes();
   d.host_bytes = host_bytes_;
-  d.pinned_bytes = pinned_bytes_;
+  d.pinned_bytes =
+      pinned_bytes_ + (closed_ ? 0 : Int(core_->read_ring_bytes(/*pinned_only=*/true)));  // the read ring is pinned too
   d.pageable_bytes = pageable_bytes_;
   d.live_host_bytes = live_host_bytes_->load();
   d.exact_coded_tensors = exact_coded_tensors_;
@@ -928,6 +1148,21 @@ RuntimeStats TorchRuntime::GetStats() {
   d.cache_stored = cache_->stored();
   d.cache_rebuilt = cache_->rebuilt();
   d.cache_error = cache_->first_error();
+  d.host_budget_bytes = host_budget_bytes_;
+  for (const BlockTensors& b : blocks_) {
+    d.block_on_disk.push_back(b.disk);
+    if (!b.disk) continue;
+    ++d.disk_blocks;
+    d.disk_block_bytes += b.disk_bytes;
+  }
+  d.disk_over_bytes = disk_over_bytes_;
+  d.spill_error = spill_error_;
+  if (spill_) {
+    d.spill_path = spill_->path();
+    d.spill_bytes = spill_->size();
+  }
+  if (reader_ && spill_file_id_ >= 0) d.disk_how = reader_->how(spill_file_id_);
+  if (!closed_) d.read_ring_bytes = core_->read_ring_bytes();
   d.pin_how.assign(pin_how_.begin(), pin_how_.end());
   std::sort(d.pin_how.begin(), d.pin_how.end());
   d.loaded = !closed_ && core_->loaded();
@@ -967,6 +1202,12 @@ void TorchRuntime::CloseLocked(bool restore_pageable) {
   // Chunk by chunk: each host chunk goes as soon as its blocks' weights have memory of
   // their own again, so restoring holds one chunk more than the model, not two copies.
   for (size_t i = 0; i < blocks_.size(); ++i) {
+    if (blocks_[i].disk && restore_pageable) {
+      // the weights get their values back from the spill file
+      at::Tensor bytes = ReadDiskLocked(blocks_[i], 0, blocks_[i].disk_bytes);
+      blocks_[i].Detach(true, bytes.data_ptr<uint8_t>());
+      continue;
+    }
     blocks_[i].Detach(restore_pageable);
     const int c = blocks_[i].chunk;
     if (c >= 0 && (i + 1 == blocks_.size() || blocks_[i + 1].chunk != c)) chunks_[c] = Chunk();
@@ -974,6 +1215,10 @@ void TorchRuntime::CloseLocked(bool restore_pageable) {
   blocks_.clear();
   chunks_.clear();
   transfer_buffers_.clear();
+  // the spill file goes (its disk space comes back) and with the reader its descriptors
+  reader_.reset();
+  spill_.reset();
+  spill_file_id_ = -1;
   transforms_.clear();
   seen_.clear();
   closed_ = true;
@@ -986,6 +1231,15 @@ void TorchRuntime::CloseLocked(bool restore_pageable) {
 
 void TorchRuntime::FailNextCopies(int count) { HostOnly("fail_next_copies")->FailNextCopies(count); }
 void TorchRuntime::DelayNextCopies(int count, int us) { HostOnly("delay_next_copies")->DelayNextCopies(count, us); }
+void TorchRuntime::FailNextSpillWrites(int count) {
+  std::lock_guard<std::mutex> lock(mu_);
+  fail_spill_writes_ = count;
+  if (spill_) spill_->FailNextWrites(count);
+}
+void TorchRuntime::FailNextDiskReads(int count) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Reader()->FailNextReads(count);
+}
 void TorchRuntime::FailNextHostAllocations(int count) {
   HostOnly("fail_next_host_allocations")->FailNextHostAllocations(count);
 }
@@ -1009,7 +1263,7 @@ int64_t TorchRuntime::host_bytes() {
 }
 int64_t TorchRuntime::pinned_bytes() {
   std::lock_guard<std::mutex> lock(mu_);
-  return pinned_bytes_;
+  return pinned_bytes_ + (closed_ ? 0 : Int(core_->read_ring_bytes(/*pinned_only=*/true)));
 }
 bool TorchRuntime::closed() {
   std::lock_guard<std::mutex> lock(mu_);

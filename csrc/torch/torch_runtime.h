@@ -41,7 +41,9 @@
 #include <vector>
 
 #include "core/copy_engine.h"
+#include "core/disk_reader.h"
 #include "core/exact_cache.h"
+#include "core/spill_file.h"
 #include "core/streaming_runtime.h"
 #include "host/host_copy_engine.h"
 #include "torch/block_tensors.h"
@@ -66,6 +68,15 @@ struct RuntimeOptions {
   bool timing = true;
   int64_t pin_cap_bytes = -1;  // most host bytes this runtime pins; -1: no cap
   std::string cache_dir;       // coded tensors cached here (empty: no cache)
+  // The disk tier: most bytes of weights this runtime holds in host RAM (-1:
+  // no limit); units beyond it live in a spill file in `spill_dir`, read
+  // `read_ahead` blocks beyond the uploads' look-ahead by `disk_threads` I/O
+  // threads, with O_DIRECT where the file system allows it (`disk_direct`).
+  int64_t host_budget_bytes = -1;
+  std::string spill_dir;
+  int read_ahead = 2;
+  int disk_threads = 4;
+  bool disk_direct = true;
 };
 
 struct RegisterRequest {
@@ -128,6 +139,17 @@ struct RuntimeStats {
   std::string cache_dir;
   uint64_t cache_hits = 0, cache_misses = 0, cache_stored = 0, cache_rebuilt = 0;
   std::string cache_error;
+  // the disk tier
+  int64_t host_budget_bytes = -1;
+  int64_t disk_blocks = 0;
+  uint64_t disk_block_bytes = 0;  // bytes of the units that live on disk
+  uint64_t disk_over_bytes = 0;   // host bytes above the budget no unit could move to disk
+  std::string spill_path;
+  uint64_t spill_bytes = 0;
+  std::string spill_error;  // why units meant for disk stayed in RAM
+  std::string disk_how;     // how the spill file is read (O_DIRECT, or buffered and why)
+  uint64_t read_ring_bytes = 0;
+  std::vector<bool> block_on_disk;
   std::vector<QuantError> fp8_block_error;
   QuantError fp8_error;
   uint64_t device_bytes = 0;
@@ -190,6 +212,10 @@ class TorchRuntime {
   void FailNextCopies(int count);
   void DelayNextCopies(int count, int us);
   void FailNextHostAllocations(int count);
+  // The next `count` spill-file writes fail as on a full disk; the next
+  // `count` disk reads fail with an I/O error.
+  void FailNextSpillWrites(int count);
+  void FailNextDiskReads(int count);
   void SetDeviceCapacity(int64_t bytes);
 
   std::string engine_name() const;
@@ -197,7 +223,7 @@ class TorchRuntime {
   int num_blocks();
   int64_t device_bytes();
   int64_t host_bytes();
-  int64_t pinned_bytes();
+  int64_t pinned_bytes();  // weights' pinned host bytes and the read ring's (while loaded)
   bool closed();
   bool loaded();
   std::vector<int64_t> block_bytes();
@@ -228,6 +254,13 @@ class TorchRuntime {
   // enough bytes were timed) for the next plan.
   void UseMeasuredRates();
   void WriteBack(BlockTensors* info);
+  // A disk unit's bytes [lo, hi) read from its file, in a buffer of the unit's
+  // size (the rest left unwritten and uncommitted).
+  at::Tensor ReadDiskLocked(const BlockTensors& info, uint64_t lo, uint64_t hi);
+  // Every file the disk tier reads is still the one it opened (before a load).
+  void CheckDiskFilesLocked();
+  // The disk-tier reader, made on first use.
+  DiskReader* Reader();
 
   std::mutex mu_;
   at::Device device_{at::kCPU};
@@ -239,6 +272,17 @@ class TorchRuntime {
   std::unique_ptr<TorchDeviceAllocator> allocator_;
   std::unique_ptr<StreamingRuntime> core_;
   std::unique_ptr<ExactCache> cache_;
+  int64_t host_budget_bytes_;
+  std::string spill_dir_;
+  int read_ahead_;
+  DiskReader::Options disk_options_;
+  std::unique_ptr<DiskReader> reader_;  // outlives core_ (reset first by the destructor)
+  std::unique_ptr<SpillFile> spill_;
+  int spill_file_id_ = -1;
+  std::string spill_error_;
+  uint64_t disk_over_bytes_ = 0;
+  int fail_spill_writes_ = 0;
+  bool disk_reader_used_ = false;
   std::vector<BlockTensors> blocks_;
   std::vector<Chunk> chunks_;
   std::vector<std::shared_ptr<AccountedBuffer>> transfer_buffers_;  // fp8 codes + scales
