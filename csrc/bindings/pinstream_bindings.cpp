@@ -10,6 +10,10 @@
 #include <string>
 #include <vector>
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "core/disk_reader.h"
 #include "core/exact_codec.h"
 #include "core/pack_layout.h"
 #include "torch/errors.h"
@@ -235,6 +239,54 @@ bool CudaBuilt() {
 }  // namespace pinstream
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  // The disk tier's reader, for benchmarks and tests: a file's read rate with the
+  // same threads, chunks and O_DIRECT the runtime uses.
+  py::class_<pinstream::DiskReader>(m, "DiskReader")
+      .def(py::init([](int threads, bool direct, uint64_t chunk_bytes) {
+             pinstream::DiskReader::Options o;
+             o.threads = threads;
+             o.direct = direct;
+             o.chunk_bytes = chunk_bytes;
+             return std::make_unique<pinstream::DiskReader>(o);
+           }),
+           py::arg("threads") = 4, py::arg("direct") = true, py::arg("chunk_bytes") = 8ULL << 20)
+      .def(
+          "open",
+          [](pinstream::DiskReader& r, const std::string& path) {
+            int file = -1;
+            pinstream::ThrowIfError(r.Open(path, &file));
+            return file;
+          },
+          py::arg("path"))
+      .def("size", &pinstream::DiskReader::size, py::arg("file"))
+      .def("direct", &pinstream::DiskReader::direct, py::arg("file"))
+      .def("how", &pinstream::DiskReader::how, py::arg("file"))
+      .def(
+          "read",
+          [](pinstream::DiskReader& r, int file, uint64_t offset, const at::Tensor& dst) {
+            if (!dst.is_cpu() || !dst.is_contiguous() || dst.scalar_type() != at::kByte) {
+              throw std::invalid_argument("PinStream: read() needs a contiguous uint8 CPU tensor");
+            }
+            uint64_t ticket = 0;
+            py::gil_scoped_release nogil;
+            pinstream::ThrowIfError(
+                r.Submit(file, offset, static_cast<uint64_t>(dst.numel()), dst.data_ptr(), &ticket));
+            pinstream::ThrowIfError(r.Wait(ticket));
+          },
+          py::arg("file"), py::arg("offset"), py::arg("dst"), "Reads dst.numel() bytes at offset into dst (waits)");
+  m.def(
+      "drop_page_cache",
+      [](const std::string& path) {
+        // clean pages of the file leave the page cache (no root needed), so the next
+        // buffered read measures the disk
+        const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd < 0) throw std::invalid_argument("PinStream: cannot open " + path);
+        fdatasync(fd);
+        const int err = posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+        close(fd);
+        return err == 0;
+      },
+      py::arg("path"), "Asks the kernel to drop the file's pages from the page cache; whether it took the advice");
   using pinstream::TorchRuntime;
   using nogil = py::call_guard<py::gil_scoped_release>;
   m.doc() = "PinStream native runtime: streams weight blocks from pinned host memory to the device";
