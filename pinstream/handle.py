@@ -259,9 +259,11 @@ class OffloadHandle(Replanning):
         self._hooks.remove()
         self._hooks.pass_owner = None
         self._hide_all()
-        self._rt.close(restore_pageable=True)
-        self._detached = True
-        pin_cap.untrack(self)
+        try:
+            self._rt.close(restore_pageable=True)  # raises after closing when a file could not be read back
+        finally:
+            self._detached = True
+            pin_cap.untrack(self)
         if module is not None and getattr(module, "_pinstream_handle", None) is self:
             try:
                 del module._pinstream_handle

@@ -686,8 +686,9 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
         const int64_t tb = Int(pending[b].transfer_bytes);
         host_bytes_ += tb;
         (new_transfer[b]->get()->pinned() ? pinned_bytes_ : pageable_bytes_) += tb;
-        transforms_.push_back(std::move(pending[b].transform));
       }
+      // the core reads a transform at each upload: it lives as long as the runtime
+      if (pending[b].transform) transforms_.push_back(std::move(pending[b].transform));
       if (infos[b].exact) {
         for (const auto& code : pending[b].codes) (code ? exact_coded_tensors_ : exact_stored_tensors_) += 1;
       }
@@ -1188,6 +1189,8 @@ void TorchRuntime::Close(bool restore_pageable) {
 
 void TorchRuntime::CloseLocked(bool restore_pageable) {
   if (closed_) return;
+  std::string lost;  // why blocks on disk could not be read back
+  int lost_blocks = 0;
   touched_ = -1;
   if (core_->loaded()) {
     SyncCompute();
@@ -1203,9 +1206,16 @@ void TorchRuntime::CloseLocked(bool restore_pageable) {
   // their own again, so restoring holds one chunk more than the model, not two copies.
   for (size_t i = 0; i < blocks_.size(); ++i) {
     if (blocks_[i].disk && restore_pageable) {
-      // the weights get their values back from the spill file
-      at::Tensor bytes = ReadDiskLocked(blocks_[i], 0, blocks_[i].disk_bytes);
-      blocks_[i].Detach(true, bytes.data_ptr<uint8_t>());
+      // the weights get their values back from the spill file; a file damaged
+      // since leaves them at the placeholder, and the close goes on
+      try {
+        at::Tensor bytes = ReadDiskLocked(blocks_[i], 0, blocks_[i].disk_bytes);
+        blocks_[i].Detach(true, bytes.data_ptr<uint8_t>());
+      } catch (const std::exception& e) {
+        if (lost.empty()) lost = e.what();
+        ++lost_blocks;
+        blocks_[i].Detach(false);
+      }
       continue;
     }
     blocks_[i].Detach(restore_pageable);
@@ -1225,6 +1235,11 @@ void TorchRuntime::CloseLocked(bool restore_pageable) {
 #if defined(__GLIBC__)
   malloc_trim(0);  // hand freed heap pages back: RSS returns to its baseline
 #endif
+  if (!lost.empty()) {
+    throw std::runtime_error("PinStream: closed, but the weights of " + std::to_string(lost_blocks) +
+                             " block(s) on disk could not be read back (" + lost +
+                             "); they are not usable: load the model again from its file");
+  }
 }
 
 // ---- small accessors and fault injection -----------------------------------------------

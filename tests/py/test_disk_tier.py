@@ -1,0 +1,312 @@
+"""The disk tier (host engine): a model's blocks beyond its host budget live in a spill file
+and stream disk -> pinned read ring -> device; every mode gives full load's outputs bit for
+bit, and faults are clear errors after which the next run is correct.
+
+Cases: every mode and transfer form with blocks on disk; which blocks go (device-resident
+first, then spread); state_dict, host values and LoRA-style writes of blocks on disk; a spill
+file truncated or replaced under the model; a read error in mid-pass; a spill directory that
+cannot be made; a write that fails (file size limit, in a child process) keeps the rest in
+RAM; 100 offload/run/detach cycles give descriptors, pinned bytes and RSS back.
+"""
+
+import gc
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import psutil
+import pytest
+import torch
+from torch import nn
+
+import pinstream
+from pinstream import _C
+
+GIB = 1024**3
+
+
+class Net(nn.Module):
+    def __init__(self, n=8, dim=128, dtype=torch.float32):
+        super().__init__()
+        self.inp = nn.Linear(dim, dim).to(dtype)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, dim)).to(dtype) for _ in range(n))
+
+    def forward(self, x):
+        x = self.inp(x)
+        for b in self.blocks:
+            x = x + b(x)
+        return x
+
+
+def _net(seed=0, **kw):
+    torch.manual_seed(seed)
+    return Net(**kw).eval()
+
+
+def _block_bytes(m):
+    return sum(p.numel() * p.element_size() for p in m.blocks[0].parameters())
+
+
+def _offload(m, tmp_path, budget_blocks, **kw):
+    kw.setdefault("mode", "sequential")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return pinstream.offload(m, device="cpu", engine="host", spill_dir=str(tmp_path),
+                                 host_budget_gb=budget_blocks * _block_bytes(m) / GIB, **kw)
+
+
+MODES = [
+    dict(mode="sequential"),
+    dict(mode="sequential", prefetch=3),
+    dict(mode="budget", budget_gb=0.5),
+    dict(mode="model_offload"),
+    dict(mode="full_load"),
+    dict(mode="sequential", transfer_dtype="compressed"),
+    dict(mode="budget", budget_gb=0.5, transfer_dtype="compressed"),
+]
+
+
+@pytest.mark.parametrize("kw", MODES, ids=lambda kw: "-".join(str(v) for v in kw.values()))
+def test_blocks_on_disk_give_full_loads_outputs_in_every_mode(tmp_path, kw):
+    dtype = torch.bfloat16 if kw.get("transfer_dtype") == "compressed" else torch.float32
+    m = _net(dtype=dtype)
+    x = torch.randn(3, 128, dtype=dtype)
+    with torch.no_grad():
+        ref = m(x)
+    kw = dict(kw)
+    if "budget_gb" in kw:
+        kw["budget_gb"] = kw["budget_gb"] * sum(p.numel() * p.element_size() for p in m.parameters()) / GIB
+    h = _offload(m, tmp_path, 2.5, **kw)
+    st = h.stats()
+    assert st["disk_blocks"] >= 5, st["disk_blocks"]
+    assert st["spill_path"].startswith(str(tmp_path)) and os.path.exists(st["spill_path"])
+    assert st["host_bytes"] <= 2.5 * _block_bytes(m) + sum(p.numel() * p.element_size() for p in m.inp.parameters())
+    for _ in range(3):
+        with torch.no_grad():
+            assert torch.equal(m(x), ref)
+    st = h.stats()
+    assert st["disk_bytes"] > 0 and st["disk_reads"] > 0
+    if kw["mode"] in ("sequential", "budget"):
+        assert st["read_ring_bytes"] > 0
+    path = st["spill_path"]
+    h.detach()
+    assert not os.path.exists(path)  # the spill file goes with the model
+    with torch.no_grad():
+        assert torch.equal(m(x), ref)  # and the weights have their values back
+
+
+def test_device_resident_blocks_go_to_disk_first_then_spread(tmp_path):
+    m = _net(n=10)
+    total = sum(p.numel() * p.element_size() for p in m.parameters())
+    # a VRAM budget that keeps about four blocks resident
+    h = _offload(m, tmp_path, 4.5, mode="budget", budget_gb=(total - 5.5 * _block_bytes(m)) / GIB)
+    on_disk = h.stats()["block_on_disk"][:10]
+    resident = [b for b in range(10) if h.runtime.resident_blocks[b]]
+    assert len(resident) >= 2 and all(on_disk[b] for b in resident)
+    # then streamed ones, not next to each other
+    streamed_on_disk = [i for i in range(10) if on_disk[i] and i not in resident]
+    assert streamed_on_disk, (on_disk, resident)
+    streamed = [i for i in range(10) if i not in resident]
+    picks = [streamed.index(i) for i in streamed_on_disk]
+    assert all(b - a > 1 for a, b in zip(picks, picks[1:])), (on_disk, resident)
+    x = torch.randn(2, 128)
+    with torch.no_grad():
+        ref = _net(n=10)(x)
+        assert torch.equal(m(x), ref)
+    h.detach()
+
+
+def test_state_dict_host_values_and_writes_of_blocks_on_disk(tmp_path):
+    m = _net()
+    x = torch.randn(2, 128)
+    want = {k: v.clone() for k, v in m.state_dict().items()}
+    h = _offload(m, tmp_path, 1)
+    got = m.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    w = m.blocks[5][0].weight
+    assert h.stored_apart(w)
+    assert torch.equal(h.host_value(w), want["blocks.5.0.weight"])
+    # a LoRA-style patch: new values into the file, used by the next run
+    new = want["blocks.5.0.weight"] + 0.5
+    h.write_host_values({w: new})
+    assert torch.equal(h.host_value(w), new)
+    m2 = _net()
+    m2.blocks[5][0].weight.data.copy_(new)
+    with torch.no_grad():
+        assert torch.equal(m(x), m2(x))
+    h.detach()
+    assert torch.equal(m.blocks[5][0].weight, new)
+
+
+def test_compressed_blocks_on_disk_take_their_coded_size(tmp_path):
+    m = _net(dtype=torch.bfloat16)
+    h = _offload(m, tmp_path, 1, transfer_dtype="compressed")
+    st = h.stats()
+    assert st["disk_blocks"] > 0
+    assert st["disk_block_bytes"] < 0.9 * st["disk_blocks"] * _block_bytes(m)
+    h.detach()
+
+
+def test_a_spill_file_truncated_or_replaced_is_a_clear_error_and_a_reload_works(tmp_path):
+    x = torch.randn(2, 128)
+    for damage in ("truncate", "replace"):
+        m = _net()
+        with torch.no_grad():
+            ref = m(x)
+        h = _offload(m, tmp_path, 2)
+        with torch.no_grad():
+            assert torch.equal(m(x), ref)
+        h.unload()
+        path = h.stats()["spill_path"]
+        if damage == "truncate":
+            os.truncate(path, 4096)
+        else:
+            os.replace(path + "", path + ".old")
+            with open(path, "wb") as f:
+                f.write(b"\0" * 8192)
+        with pytest.raises(RuntimeError, match="changed since PinStream opened it"), torch.no_grad():
+            m(x)
+        if damage == "truncate":
+            # the values cannot come back: detach says so, after freeing everything
+            with pytest.raises(RuntimeError, match="could not be read back"):
+                h.detach()
+            assert h.detached
+        else:
+            # the file PinStream opened is still there under its old name: values come back
+            h.detach()
+            with torch.no_grad():
+                assert torch.equal(m(x), ref)
+        # the model is reloaded (as ComfyUI reloads a checkpoint): a fresh one works
+        m = _net()
+        h = _offload(m, tmp_path, 2)
+        with torch.no_grad():
+            assert torch.equal(m(x), ref)
+        h.detach()
+        if os.path.exists(path + ".old"):
+            os.remove(path + ".old")
+
+
+def test_a_read_error_mid_pass_fails_that_run_and_the_next_is_correct(tmp_path):
+    m = _net()
+    x = torch.randn(2, 128)
+    with torch.no_grad():
+        ref = m(x)
+    h = _offload(m, tmp_path, 2)
+    with torch.no_grad():
+        assert torch.equal(m(x), ref)
+    h.runtime.fail_next_disk_reads(1000)
+    with pytest.raises(RuntimeError, match="Input/output error"), torch.no_grad():
+        m(x)
+    h.runtime.fail_next_disk_reads(0)
+    for _ in range(2):
+        with torch.no_grad():
+            assert torch.equal(m(x), ref)
+    h.detach()
+
+
+def test_a_spill_directory_that_cannot_be_made_keeps_the_model_in_ram(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"x")
+    m = _net()
+    x = torch.randn(2, 128)
+    with torch.no_grad():
+        ref = m(x)
+    with pytest.warns(RuntimeWarning, match="stay in RAM"):
+        h = pinstream.offload(m, mode="sequential", device="cpu", engine="host", spill_dir=str(blocker / "sub"),
+                              host_budget_gb=_block_bytes(m) / GIB)
+    st = h.stats()
+    assert st["disk_blocks"] == 0 and "cannot make the spill directory" in st["spill_error"]
+    with torch.no_grad():
+        assert torch.equal(m(x), ref)
+    h.detach()
+
+
+def test_a_failed_spill_write_keeps_the_rest_in_ram_and_says_so(tmp_path):
+    # a file size limit makes the writes past it fail (EFBIG), as a full disk would
+    script = textwrap.dedent(f"""
+        import resource, signal, warnings, torch, pinstream
+        sys_path = None
+        from torch import nn
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        torch.manual_seed(0)
+        m = nn.Sequential(*[nn.Sequential(nn.Linear(128, 128), nn.Linear(128, 128)) for _ in range(8)]).eval()
+        x = torch.randn(2, 128)
+        with torch.no_grad():
+            ref = m(x)
+        block = sum(p.numel() * p.element_size() for p in m[0].parameters())
+        resource.setrlimit(resource.RLIMIT_FSIZE, (3 * block, resource.RLIM_INFINITY))
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            h = pinstream.offload(m, mode="sequential", device="cpu", engine="host", spill_dir={str(tmp_path)!r},
+                                  host_budget_gb=1 * block / 1024**3)
+        st = h.stats()
+        msgs = [str(w.message) for w in rec if "stay in RAM" in str(w.message)]
+        assert len(msgs) == 1, [str(w.message) for w in rec]
+        assert 0 < st["disk_blocks"] < 7, st["disk_blocks"]
+        assert "cannot write the spill file" in st["spill_error"] or "no space" in st["spill_error"], st["spill_error"]
+        with torch.no_grad():
+            assert torch.equal(m(x), ref)
+        h.detach()
+        print("ok", st["disk_blocks"])
+    """)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd()] + sys.path))
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and r.stdout.startswith("ok"), r.stdout + r.stderr
+
+
+def test_bad_host_budgets_are_clear_errors(tmp_path):
+    for bad in (-1, float("nan"), "lots"):
+        with pytest.raises(pinstream.modes.ModeError, match="host_budget_gb"):
+            pinstream.offload(_net(), mode="sequential", device="cpu", engine="host", host_budget_gb=bad)
+
+
+def test_one_hundred_cycles_give_descriptors_pinned_bytes_and_rss_back(tmp_path):
+    import ctypes
+
+    m = _net(n=8, dim=256)
+    x = torch.randn(2, 256)
+    with torch.no_grad():
+        ref = m(x)
+    proc = psutil.Process()
+
+    def trim():
+        gc.collect()
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except OSError:
+            pass
+
+    modes = ["sequential", "budget", "model_offload", "full_load"]
+    total = sum(p.numel() * p.element_size() for p in m.parameters())
+
+    def cycle(i):
+        h = _offload(m, tmp_path, 2, mode=modes[i % 4], budget_gb=0.6 * total / GIB, prefetch=1 + i % 3)
+        assert h.stats()["disk_blocks"] > 0
+        with torch.no_grad():
+            out = m(x)
+        h.detach()
+        return out
+
+    for i in range(8):
+        cycle(i)
+    trim()
+    base, fds = _C.live_bytes(), proc.num_fds()
+    rss = []
+    for half in range(2):
+        for i in range(50):
+            out = cycle(i)
+        trim()
+        rss.append(proc.memory_info().rss)
+    assert torch.equal(out, ref)
+    live = _C.live_bytes()
+    assert live["pinned"] == base["pinned"] and live["host"] == base["host"] and live["runtimes"] == base["runtimes"]
+    assert proc.num_fds() == fds
+    assert os.listdir(tmp_path) == []  # every spill file went with its model
+    if os.environ.get("PINSTREAM_SANITIZER"):
+        return  # freed memory sits in ASan's quarantine: RSS says nothing there
+    # a model's worth (4 MiB) kept per cycle would be 200 MiB over the second 50
+    grown = rss[1] - rss[0]
+    assert grown < 4 * 2**20, f"RSS grew {grown / 2**20:.1f} MiB over the last 50 cycles"
