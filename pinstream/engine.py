@@ -9,6 +9,7 @@ and detaches. It never imports ComfyUI.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -77,6 +78,38 @@ def _host_budget(host_budget_gb, *, pin_cap: int, model_bytes: int, largest_bloc
     if pin_cap < 0 or model_bytes <= pin_cap:
         return -1  # RAM will do: nothing goes to disk
     return max(0, pin_cap - (prefetch + READ_AHEAD) * largest_block)
+
+
+def _file_sources(paths: Sequence[str], units: list, name_of: dict) -> list:
+    """Per unit, per tensor: (file index, byte offset) where a weight of that name, dtype and
+    shape is stored in one of the model's own safetensors ``paths``, else (-1, 0). Names
+    match whole (a file key equal to the weight's name, or ending in "." + it, when only one
+    key does). The runtime checks the bytes before it reads from there."""
+    from .safetensors_header import read_header, read_tensors
+
+    dtypes = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+              torch.int8: "I8", torch.uint8: "U8", torch.int16: "I16", torch.int32: "I32", torch.int64: "I64",
+              torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2"}
+    by_suffix: dict = {}
+    for i, path in enumerate(paths):
+        _, n, _ = read_header(path)
+        for t in read_tensors(path)[0]:
+            parts = t.name.split(".")
+            for k in range(len(parts)):
+                by_suffix.setdefault(".".join(parts[k:]), []).append((i, t, 8 + n + t.begin))
+    out = []
+    for ts in units:
+        row = []
+        for t in ts:
+            found = by_suffix.get(name_of.get(id(t), ""), [])
+            exact = [f for f in found if f[1].name == name_of.get(id(t))]
+            found = exact or found
+            if len(found) == 1 and found[0][1].dtype == dtypes.get(t.dtype) and found[0][1].shape == tuple(t.shape):
+                row.append((found[0][0], int(found[0][2])))
+            else:
+                row.append((-1, 0))
+        out.append(row)
+    return out
 
 
 def handle_of(module: nn.Module) -> OffloadHandle | None:
@@ -284,6 +317,8 @@ def offload(
     cache_dir: str | None = None,
     host_budget_gb: float | None = None,
     spill_dir: str | None = None,
+    source_files: Sequence[str] | str | None = None,
+    adaptive_prefetch: bool = True,
 ) -> OffloadHandle:
     """Run ``module`` under a PinStream mode; returns an :class:`OffloadHandle`.
 
@@ -312,6 +347,14 @@ def offload(
                   blocks kept resident on the device first (they need no host copy). Default: no
                   limit while the model fits in what the process's pinning cap leaves, else that
                   share less the read ring (an explicit ``pin_cap_bytes`` limits pinning only)
+    adaptive_prefetch
+                  the look-ahead of a streaming model follows the measured per-block upload (and
+                  disk read) time against its compute, at each load, at most ``prefetch`` (the
+                  cap): fewer slots where uploads keep up, so a VRAM budget keeps more blocks
+                  resident. False keeps exactly ``prefetch``
+    source_files  the safetensors file(s) the module's weights were loaded from: a block on disk
+                  whose weights are there as stored (same name, dtype, shape and bytes, checked
+                  once) is read from there, with no copy written; others go to a spill file
     spill_dir     where spill files go (default: PINSTREAM_SPILL_DIR, else
                   $XDG_CACHE_HOME/pinstream/spill or ~/.cache/pinstream/spill); local disk
     """
@@ -368,6 +411,7 @@ def offload(
         host_budget_bytes=host_budget,
         spill_dir=globals()["spill_dir"](spill_dir) if host_budget >= 0 else "",
         read_ahead=READ_AHEAD,
+        adaptive_prefetch=bool(adaptive_prefetch),
         device=str(dev),
         engine=engine_kind,
         prefetch=prefetch,
@@ -389,12 +433,16 @@ def offload(
         # compressed (exact): every unit, the non-block part too, is held and sent in the
         # exact coded form only; wrapper-subclass weights (their inner tensors) stay as stored.
         coded_units = [coded and not any(id(t) in wrapped for t in ts) for ts in unit_tensors + [rest]]
+        files = [source_files] if isinstance(source_files, (str, bytes)) or hasattr(source_files, "__fspath__") \
+            else list(source_files or [])
+        files = [os.fspath(f) for f in files] if host_budget >= 0 else []
+        sources = _file_sources(files, unit_tensors + [rest], name_of) if files else []
         ids = rt.register_blocks(unit_tensors + [rest], [True] * len(unit_tensors) + [False], progress,
                                  [fp8] * len(unit_tensors) + [False],
                                  [[name_of.get(id(t), "") for t in ts] for ts in unit_tensors + [rest]],
                                  policy=_POLICY[resolved.name],
                                  budget_bytes=int(resolved.budget_bytes) if resolved.name == "budget" else -1,
-                                 prefetch=prefetch, exact=coded_units)
+                                 prefetch=prefetch, exact=coded_units, source_files=files, sources=sources)
         where = {id(t): (ids[u], k) for u, ts in enumerate(unit_tensors + [rest]) for k, t in enumerate(ts)}
         handle = OffloadHandle(
             module, mode=resolved, runtime=rt, discovery=discovery, block_ids=ids[:-1], fixed_id=ids[-1],

@@ -108,8 +108,13 @@ py::dict ToDict(const RuntimeStats& s) {
   d["spill_path"] = s.spill_path;
   d["spill_bytes"] = s.spill_bytes;
   d["spill_error"] = s.spill_error;
+  d["source_block_bytes"] = s.source_block_bytes;
+  d["source_note"] = s.source_note;
   d["disk_how"] = s.disk_how;
   d["read_ring_bytes"] = s.read_ring_bytes;
+  d["compute_ms"] = c.compute_ms;
+  d["compute_spans"] = c.compute_spans;
+  d["suggested_prefetch"] = c.suggested_prefetch;
   d["block_on_disk"] = s.block_on_disk;
   d["disk_reads"] = c.disk_reads;
   d["disk_bytes"] = c.disk_bytes;
@@ -317,7 +322,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                        double link_gbps, double latency_us, int random_delay_us, uint64_t seed, bool poison,
                        int64_t device_capacity_bytes, const std::string& pin_mode, int64_t chunk_bytes, bool timing,
                        int64_t pin_cap_bytes, const std::string& cache_dir, int64_t host_budget_bytes,
-                       const std::string& spill_dir, int read_ahead, int disk_threads, bool disk_direct) {
+                       const std::string& spill_dir, int read_ahead, int disk_threads, bool disk_direct,
+                       bool adaptive_prefetch) {
              pinstream::RuntimeOptions o;
              o.device = device;
              o.engine = engine;
@@ -339,6 +345,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              o.read_ahead = read_ahead;
              o.disk_threads = disk_threads;
              o.disk_direct = disk_direct;
+             o.adaptive_prefetch = adaptive_prefetch;
              py::gil_scoped_release nogil;
              return std::make_unique<TorchRuntime>(o);
            }),
@@ -347,7 +354,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            py::arg("poison") = false, py::arg("device_capacity_bytes") = 0, py::arg("pin_mode") = "auto",
            py::arg("chunk_bytes") = 256LL << 20, py::arg("timing") = true, py::arg("pin_cap_bytes") = -1,
            py::arg("cache_dir") = "", py::arg("host_budget_bytes") = -1, py::arg("spill_dir") = "",
-           py::arg("read_ahead") = 2, py::arg("disk_threads") = 4, py::arg("disk_direct") = true)
+           py::arg("read_ahead") = 2, py::arg("disk_threads") = 4, py::arg("disk_direct") = true,
+           py::arg("adaptive_prefetch") = false)
       .def_property_readonly("engine", &TorchRuntime::engine_name)
       .def_property_readonly("device", &TorchRuntime::device_name)
       .def_property_readonly("num_blocks", &TorchRuntime::num_blocks, nogil())
@@ -364,19 +372,23 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           [](TorchRuntime& rt, const std::vector<std::vector<at::Tensor>>& blocks, const std::vector<bool>& streamable,
              const py::object& progress, const std::vector<bool>& fp8,
              const std::vector<std::vector<std::string>>& names, const py::object& policy, int64_t budget_bytes,
-             int prefetch, const std::vector<bool>& exact) {
+             int prefetch, const std::vector<bool>& exact, const std::vector<std::string>& source_files,
+             const std::vector<std::vector<std::pair<int, int64_t>>>& sources) {
             pinstream::RegisterRequest req;
             req.blocks = blocks;
             req.streamable = streamable;
             req.fp8 = fp8;
             req.exact = exact;
             req.names = names;
+            req.source_files = source_files;
+            req.sources = sources;
             return pinstream::RegisterBlocks(rt, std::move(req), progress, policy, budget_bytes, prefetch);
           },
           py::arg("blocks"), py::arg("streamable") = std::vector<bool>(), py::arg("progress") = py::none(),
           py::arg("fp8") = std::vector<bool>(), py::arg("names") = std::vector<std::vector<std::string>>(),
           py::arg("policy") = py::none(), py::arg("budget_bytes") = -1, py::arg("prefetch") = 1,
-          py::arg("exact") = std::vector<bool>(),
+          py::arg("exact") = std::vector<bool>(), py::arg("source_files") = std::vector<std::string>(),
+          py::arg("sources") = std::vector<std::vector<std::pair<int, int64_t>>>(),
           "Packs each block's tensors into pinned host memory and re-points them there (all or nothing). With "
           "`policy` the plan is made from the layout first and the memory pinned in the order it uploads; names "
           "(per block, per tensor) are used in error messages; `exact` blocks are held in the exact coded form only")

@@ -103,6 +103,10 @@ struct EngineTimings {
   // bytes of device layout they wrote
   double transform_ms = 0;
   uint64_t transform_bytes = 0;
+  // compute: time the compute queue spent between MarkCompute(begin) and
+  // MarkCompute(end), and how many such spans finished
+  double compute_ms = 0;
+  uint64_t compute_spans = 0;
 };
 
 class CopyEngine {
@@ -129,6 +133,11 @@ class CopyEngine {
   // for it. Not on the compute path: the disk tier uses it to know when a
   // pinned read buffer may be refilled.
   virtual Status CopyEventDone(EventId event, bool wait, bool* done) = 0;
+  // Marks the start (begin=true) or end of a span of compute on
+  // `compute_queue` (the runtime marks each block's use), timed like the
+  // copies; what the look-ahead is measured against. An engine that cannot
+  // time a queue ignores it.
+  virtual Status MarkCompute(void* compute_queue, bool begin) = 0;
   // On the copy queue, after the copy into `staging`: runs `transform`, writing
   // the block's device layout at `out` (fp8 dequantization, raw copies).
   virtual Status EnqueueTransform(const BlockTransform* transform, const void* staging, void* out) = 0;

@@ -34,6 +34,11 @@ struct Stats {
   double disk_wait_ms = 0;
   double disk_busy_ms = 0;
   uint64_t disk_bytes_total = 0;  // every byte the reader delivered (loads included)
+  // compute spans the engine timed (a block's use, or several nested), and the
+  // look-ahead the measured times ask for (0 until measured)
+  double compute_ms = 0;
+  uint64_t compute_spans = 0;
+  int suggested_prefetch = 0;
   // Per block: last upload time (ms, -1 when never timed) and upload count.
   std::vector<double> block_upload_ms;
   std::vector<uint64_t> block_uploads;

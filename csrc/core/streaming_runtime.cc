@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <memory>
 #include <string>
 
@@ -85,18 +86,13 @@ Status StreamingRuntime::SetDiskSource(int block, std::vector<DiskExtent> extent
   Block& b = blocks_[block];
   std::sort(extents.begin(), extents.end(),
             [](const DiskExtent& x, const DiskExtent& y) { return x.block_offset < y.block_offset; });
-  uint64_t at = 0, covered = 0;
+  uint64_t at = 0;
   for (const DiskExtent& e : extents) {
     if (e.block_offset < at || e.block_offset + e.bytes > b.bytes) {
       return Status::InvalidArgument("set_disk_source: block " + std::to_string(block) +
                                      "'s extents overlap or pass its " + std::to_string(b.bytes) + " bytes");
     }
     at = e.block_offset + e.bytes;
-    covered += e.bytes;
-  }
-  if (covered != b.bytes) {
-    return Status::InvalidArgument("set_disk_source: block " + std::to_string(block) + "'s extents cover " +
-                                   std::to_string(covered) + " of its " + std::to_string(b.bytes) + " bytes");
   }
   b.disk = std::move(extents);
   if (b.disk.empty()) b.disk.push_back(DiskExtent{-1, 0, 0, 0});  // a unit with no bytes: nothing to read
@@ -145,7 +141,7 @@ Status StreamingRuntime::ReplaceTransfer(int block, const void* host, uint64_t b
   b.transform = transform;
   if (!planned_) return Status::Ok();
   planned_ = false;
-  return Plan(last_policy_, last_budget_, last_prefetch_);
+  return MakePlan(last_policy_, last_budget_, last_prefetch_);
 }
 
 uint64_t StreamingRuntime::Footprint(const Block& b) const { return b.transform ? b.device_bytes : b.bytes; }
@@ -178,6 +174,35 @@ Status StreamingRuntime::CheckBlock(int block, const char* what) const {
 }
 
 Status StreamingRuntime::Plan(PlanPolicy policy, uint64_t budget_bytes, int prefetch) {
+  PINSTREAM_RETURN_IF_ERROR(MakePlan(policy, budget_bytes, prefetch));
+  prefetch_cap_ = prefetch;
+  return Status::Ok();
+}
+
+void StreamingRuntime::SetAdaptivePrefetch(bool on) { adaptive_ = on; }
+
+int StreamingRuntime::SuggestedPrefetch() const {
+  // per block: compute, upload of a streamed block, read of a streamed disk unit
+  if (stats_.compute_spans < 4 || stats_.timed_upload_bytes == 0 || stats_.upload_ms <= 0) return 0;
+  uint64_t streamed_bytes = 0, streamed = 0, on_disk = 0;
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    if (!streamed_[i] || blocks_[i].coded) continue;
+    streamed_bytes += blocks_[i].bytes - blocks_[i].prefix;
+    streamed += 1;
+    on_disk += blocks_[i].disk.empty() ? 0 : 1;
+  }
+  if (streamed == 0) return 0;
+  const double compute = stats_.compute_ms / static_cast<double>(stats_.compute_spans);
+  const double upload = stats_.upload_ms * (static_cast<double>(streamed_bytes) / static_cast<double>(streamed)) /
+                        static_cast<double>(stats_.timed_upload_bytes);
+  const double read = stats_.disk_reads > 0 ? stats_.disk_busy_ms / static_cast<double>(stats_.disk_reads) : 0.0;
+  // a disk unit is read, then uploaded: the share of units on disk adds its read
+  const double fetch = upload + read * static_cast<double>(on_disk) / static_cast<double>(streamed);
+  const double ahead = compute > 0 ? std::ceil(fetch / compute) : static_cast<double>(prefetch_cap_);
+  return static_cast<int>(std::clamp(ahead, 1.0, static_cast<double>(std::max(prefetch_cap_, 1))));
+}
+
+Status StreamingRuntime::MakePlan(PlanPolicy policy, uint64_t budget_bytes, int prefetch) {
   if (closed_) return Status::Closed("runtime is closed");
   if (loaded_) {
     return Status::FailedPrecondition("plan() while loaded; unload() first");
@@ -235,8 +260,10 @@ Status StreamingRuntime::Plan(PlanPolicy policy, uint64_t budget_bytes, int pref
     streamed_[i] = b.resident ? 0 : 1;
   }
   ring_ = SlotRing(plan_.slot_count(), num_blocks());
-  stats_.block_upload_ms.assign(blocks_.size(), -1.0);
-  stats_.block_uploads.assign(blocks_.size(), 0);
+  if (stats_.block_upload_ms.size() != blocks_.size()) {
+    stats_.block_upload_ms.assign(blocks_.size(), -1.0);
+    stats_.block_uploads.assign(blocks_.size(), 0);
+  }
   planned_ = true;
   return Status::Ok();
 }
@@ -264,6 +291,19 @@ Status StreamingRuntime::Load(void* compute_queue) {
   if (closed_) return Status::Closed("runtime is closed");
   if (!planned_) return Status::FailedPrecondition("load() before plan()");
   if (loaded_) return Status::Ok();
+  if (adaptive_ && last_policy_ != PlanPolicy::kAllResident) {
+    // the look-ahead the measured times ask for, within the cap; a plan that does
+    // not fit the budget with it keeps the one there is
+    const int want = SuggestedPrefetch();
+    if (want > 0 && want != plan_.prefetch()) {
+      const ResidencyPlan kept = plan_;
+      if (!MakePlan(last_policy_, last_budget_, want).ok()) {
+        plan_ = kept;
+        Status again = MakePlan(last_policy_, last_budget_, kept.prefetch());
+        if (!again.ok()) return again;
+      }
+    }
+  }
   for (size_t i = 0; i < blocks_.size(); ++i) {
     if (blocks_[i].host == nullptr && blocks_[i].bytes > 0 && blocks_[i].disk.empty()) {
       return Status::FailedPrecondition("load(): block " + std::to_string(i) + " has no host bytes attached");
@@ -678,6 +718,7 @@ Status StreamingRuntime::Acquire(int block, void* compute_queue, DeviceLocation*
     b.acquired += 1;
     *where = b.resident_loc;
     Prefetch(block);
+    if (outstanding() == 1) engine_->MarkCompute(compute_queue, /*begin=*/true);
     return Status::Ok();
   }
   int slot = ring_.SlotOf(block);
@@ -707,6 +748,7 @@ Status StreamingRuntime::Acquire(int block, void* compute_queue, DeviceLocation*
     stats_.upload_failures += 1;
     return s;
   }
+  if (outstanding() == 1) engine_->MarkCompute(compute_queue, /*begin=*/true);
   *where = slots_[slot].loc;
   if (b.split) {
     where->head_allocation = b.resident_loc.allocation;
@@ -723,6 +765,7 @@ Status StreamingRuntime::Release(int block, void* compute_queue) {
     return Status::FailedPrecondition("release(" + std::to_string(block) + ") of a block that is not acquired");
   }
   b.acquired -= 1;
+  if (outstanding() == 0) engine_->MarkCompute(compute_queue, /*begin=*/false);
   if (b.resident) return Status::Ok();
   const int slot = ring_.SlotOf(block);
   if (slot < 0) return Status::Ok();  // its upload failed meanwhile
@@ -761,6 +804,8 @@ void StreamingRuntime::Drain(bool wait) {
   timings_.stall_ms = 0;
   timings_.transform_ms = 0;
   timings_.transform_bytes = 0;
+  timings_.compute_ms = 0;
+  timings_.compute_spans = 0;
   engine_->CollectTimings(&timings_, wait);
   for (const EngineTimings::Copy& c : timings_.copies) {
     stats_.upload_ms += c.ms;
@@ -776,12 +821,15 @@ void StreamingRuntime::Drain(bool wait) {
     stats_.disk_bytes_total = t.bytes - reader_base_.bytes;
   }
   stats_.transform_ms += timings_.transform_ms;
+  stats_.compute_ms += timings_.compute_ms;
+  stats_.compute_spans += timings_.compute_spans;
   stats_.transform_bytes += timings_.transform_bytes;
 }
 
 Stats StreamingRuntime::GetStats(bool wait) {
   Drain(wait);
   Stats s = stats_;
+  s.suggested_prefetch = SuggestedPrefetch();
   s.passes = learner_.passes();
   s.relearns = learner_.relearns();
   s.skips = learner_.skips();

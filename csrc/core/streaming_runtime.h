@@ -92,9 +92,9 @@ class StreamingRuntime {
   // pinned buffers (`pin_ring` false: ordinary memory, for a pinning cap too
   // small for it). Allowed while nothing is loaded.
   Status UseDiskReader(DiskReader* reader, int read_ahead, bool pin_ring = true);
-  // The unit's transfer bytes live on disk: `extents` cover [0, bytes) once
-  // each. Its host pointer is no longer used (AttachHost brings it back to
-  // host memory). Allowed while nothing is loaded.
+  // The unit's transfer bytes live on disk: `extents` place its bytes, none
+  // twice (gaps between them are padding no tensor reads). Its host pointer is no longer used (AttachHost brings it
+  // back to host memory). Allowed while nothing is loaded.
   Status SetDiskSource(int block, std::vector<DiskExtent> extents);
   // Forgets the units [first, num_blocks()) (a registration that failed half
   // way); the plan, if any, is dropped with them. Allowed while nothing is loaded.
@@ -110,6 +110,16 @@ class StreamingRuntime {
 
   // Decides residency. Allowed only while nothing is loaded.
   Status Plan(PlanPolicy policy, uint64_t budget_bytes, int prefetch);
+  // Adaptive look-ahead: at each Load a streaming plan is made again with the
+  // look-ahead the measured times ask for (SuggestedPrefetch), at most the
+  // prefetch the last Plan() was given, which stays the cap.
+  void SetAdaptivePrefetch(bool on);
+  // Blocks in flight that cover one block's fetch (its upload, and for the
+  // share of units on disk their read before it) with the compute of the blocks
+  // before it: ceil(fetch / compute) per block, in [1, cap]; 0 until a few
+  // blocks' compute and some uploads were timed.
+  int SuggestedPrefetch() const;
+  int prefetch_cap() const { return prefetch_cap_; }
   // The link and transform rates (bytes/s) the next plans weigh residencies
   // with (see ResidencyPlan); <= 0 keeps the nominal rate.
   void SetRates(double link_bytes_per_second, double transform_bytes_per_second);
@@ -202,6 +212,7 @@ class StreamingRuntime {
   };
 
   Status CheckBlock(int block, const char* what) const;
+  Status MakePlan(PlanPolicy policy, uint64_t budget_bytes, int prefetch);
   Status TakeEvent(EventId* e);
   // Makes `compute_queue` wait for the resident uploads once per recording.
   Status WaitForResidents(void* compute_queue);
@@ -273,6 +284,8 @@ class StreamingRuntime {
   DiskReader* reader_ = nullptr;
   int read_ahead_ = 2;
   bool pin_ring_ = true;
+  bool adaptive_ = false;
+  int prefetch_cap_ = 1;
   std::vector<ReadBuffer> reads_;
   DiskReader::Totals reader_base_;  // reader totals at the last ResetStats
   std::vector<int> evicted_;

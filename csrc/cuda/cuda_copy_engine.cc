@@ -10,6 +10,7 @@ namespace pinstream {
 namespace {
 constexpr size_t kMaxPendingTimings = 4096;
 constexpr int kTransformTag = -2;  // a timing pair around a block's transforms (-1: a compute wait)
+constexpr int kComputeTag = -3;    // a timing pair around a span of compute
 }  // namespace
 
 Status CudaCopyEngine::Create(const CudaEngineOptions& options, std::unique_ptr<CudaCopyEngine>* out) {
@@ -124,6 +125,24 @@ Status CudaCopyEngine::CopyEventDone(EventId event, bool wait, bool* done) {
   return Status::Ok();
 }
 
+Status CudaCopyEngine::MarkCompute(void* compute_queue, bool begin) {
+  cudaStream_t q = static_cast<cudaStream_t>(compute_queue);
+  if (begin) {
+    if (compute_start_ >= 0 || !options_.timing || pending_.size() >= kMaxPendingTimings) return Status::Ok();
+    if (!TakeTimingPair(&compute_start_, &compute_end_).ok()) {
+      compute_start_ = compute_end_ = -1;
+      return Status::Ok();
+    }
+    PINSTREAM_CUDA_RETURN_IF_ERROR(cudaEventRecord(timing_events_[compute_start_].get(), q));
+    return Status::Ok();
+  }
+  if (compute_start_ < 0) return Status::Ok();
+  PINSTREAM_CUDA_RETURN_IF_ERROR(cudaEventRecord(timing_events_[compute_end_].get(), q));
+  pending_.push_back(Pending{kComputeTag, 0, compute_start_, compute_end_});
+  compute_start_ = compute_end_ = -1;
+  return Status::Ok();
+}
+
 Status CudaCopyEngine::EnqueueTransform(const BlockTransform* transform, const void* staging, void* out) {
   // On the copy stream, right behind the upload: the compute stream's wait on
   // the block's event (recorded after this) covers the finished dequantization.
@@ -189,6 +208,9 @@ void CudaCopyEngine::CollectTimings(EngineTimings* out, bool wait) {
     } else if (it->tag == kTransformTag) {
       out->transform_ms += ms;
       out->transform_bytes += it->bytes;
+    } else if (it->tag == kComputeTag) {
+      out->compute_ms += ms;
+      out->compute_spans += 1;
     } else {
       out->stall_ms += ms;
     }

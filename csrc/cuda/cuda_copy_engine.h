@@ -41,6 +41,7 @@ class CudaCopyEngine final : public CopyEngine {
   Status RecordComputeEvent(EventId event, void* compute_queue) override;
   Status CopyWaitFor(EventId event) override;
   Status CopyEventDone(EventId event, bool wait, bool* done) override;
+  Status MarkCompute(void* compute_queue, bool begin) override;
   Status EnqueueTransform(const BlockTransform* transform, const void* staging, void* out) override;
   void CollectTimings(EngineTimings* out, bool wait) override;
 
@@ -56,6 +57,7 @@ class CudaCopyEngine final : public CopyEngine {
     int end;
   };
   Status TakeTimingPair(int* start, int* end);
+  int compute_start_ = -1, compute_end_ = -1;  // the timing pair of the span of compute open now
 
   CudaEngineOptions options_;
   CudaStream stream_;

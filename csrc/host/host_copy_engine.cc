@@ -289,6 +289,21 @@ Status HostCopyEngine::CopyEventDone(EventId event, bool wait, bool* done) {
   return Status::Ok();
 }
 
+Status HostCopyEngine::MarkCompute(void* compute_queue, bool begin) {
+  if (compute_queue != nullptr) return Status::Ok();
+  std::lock_guard<std::mutex> lock(mu_);
+  const auto now = std::chrono::steady_clock::now();
+  if (begin) {
+    compute_since_ = now;
+    computing_ = true;
+  } else if (computing_) {
+    compute_ms_ += std::chrono::duration<double, std::milli>(now - compute_since_).count();
+    compute_spans_ += 1;
+    computing_ = false;
+  }
+  return Status::Ok();
+}
+
 Status HostCopyEngine::EnqueueTransform(const BlockTransform* transform, const void* staging, void* out) {
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -346,6 +361,10 @@ void HostCopyEngine::CollectTimings(EngineTimings* out, bool wait) {
   out->transform_bytes += transform_bytes_;
   transform_ms_ = 0;
   transform_bytes_ = 0;
+  out->compute_ms += compute_ms_;
+  out->compute_spans += compute_spans_;
+  compute_ms_ = 0;
+  compute_spans_ = 0;
 }
 
 void HostCopyEngine::FailNextCopies(int count) {

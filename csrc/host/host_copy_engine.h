@@ -70,6 +70,8 @@ class HostCopyEngine final : public CopyEngine {
   Status RecordComputeEvent(EventId event, void* compute_queue) override;
   Status CopyWaitFor(EventId event) override;
   Status CopyEventDone(EventId event, bool wait, bool* done) override;
+  // The calling thread's compute only (a deferred queue's is not timed).
+  Status MarkCompute(void* compute_queue, bool begin) override;
   Status EnqueueTransform(const BlockTransform* transform, const void* staging, void* out) override;
   void CollectTimings(EngineTimings* out, bool wait) override;
 
@@ -126,6 +128,10 @@ class HostCopyEngine final : public CopyEngine {
   std::vector<EngineTimings::Copy> timings_;
   double stall_ms_ = 0;
   double transform_ms_ = 0;
+  double compute_ms_ = 0;
+  uint64_t compute_spans_ = 0;
+  std::chrono::steady_clock::time_point compute_since_;
+  bool computing_ = false;
   uint64_t transform_bytes_ = 0;
   uint64_t enqueued_ = 0;
   uint64_t done_ = 0;

@@ -10,6 +10,7 @@
 #include <torch/cuda.h>
 
 #include <algorithm>
+#include <cstring>
 #include <stdexcept>
 
 #include "core/disk_plan.h"
@@ -164,6 +165,7 @@ TorchRuntime::TorchRuntime(const RuntimeOptions& o)
   allocator_ = std::make_unique<TorchDeviceAllocator>(
       alloc_device_, static_cast<uint64_t>(std::max<int64_t>(o.device_capacity_bytes, 0)));
   core_ = std::make_unique<StreamingRuntime>(engine_.get(), allocator_.get());
+  core_->SetAdaptivePrefetch(o.adaptive_prefetch);
   cache_ = std::make_unique<ExactCache>(o.cache_dir);
   ++Live().runtimes;  // last: only a runtime that was constructed is counted
 }
@@ -403,17 +405,6 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
       const std::vector<bool> disk = ChooseDiskUnits(units, static_cast<uint64_t>(host_bytes_),
                                                      static_cast<uint64_t>(host_budget_bytes_), &disk_over_bytes_);
       for (size_t b = 0; b < n; ++b) infos[b].disk = disk[b];
-      if (std::find(disk.begin(), disk.end(), true) != disk.end() && !spill_) {
-        auto spill = std::make_unique<SpillFile>();
-        Status made = spill->Create(spill_dir_);
-        if (made.ok()) {
-          spill->FailNextWrites(fail_spill_writes_);
-          spill_ = std::move(spill);
-        } else {
-          spill_error_ = made.message() + "; the model stays in RAM";
-          for (BlockTensors& info : infos) info.disk = false;
-        }
-      }
     }
     // Pin what the plan uploads most often first; without a plan, in order.
     std::vector<uint64_t> sizes;
@@ -523,6 +514,19 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
   auto spill = [&](size_t b) {
     BlockTensors& info = infos[b];
     if (spill_failed) return false;
+    auto fail = [&](const Status& why) {
+      spill_failed = true;
+      std::lock_guard<std::mutex> lock(mu_);
+      spill_error_ = why.message() + "; units meant for disk stay in RAM (not pinned)";
+      return false;
+    };
+    if (!spill_) {
+      auto file = std::make_unique<SpillFile>();
+      Status made = file->Create(spill_dir_);
+      if (!made.ok()) return fail(made);
+      file->FailNextWrites(fail_spill_writes_);
+      spill_ = std::move(file);
+    }
     const uint64_t size = info.exact ? pending[b].transfer_bytes : Uint(info.bytes);
     if (!scratch.defined() || Uint(scratch.numel()) < size) {
       scratch = at::empty({Int(std::max<uint64_t>(size, 1))}, at::TensorOptions().dtype(at::kByte));
@@ -536,15 +540,62 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
     }
     uint64_t at = 0;
     Status w = spill_->Append(scratch.data_ptr<uint8_t>(), size, &at);
-    if (!w.ok()) {
-      spill_failed = true;
-      std::lock_guard<std::mutex> lock(mu_);
-      spill_error_ = w.message() + "; units meant for disk stay in RAM (not pinned)";
-      return false;
-    }
+    if (!w.ok()) return fail(w);
     info.extents.clear();
     if (size > 0) info.extents.push_back(DiskExtent{-1, at, size, 0});
     info.disk_bytes = size;
+    return true;
+  };
+  // A unit as stored whose every tensor is, byte for byte, in one of the model's
+  // own files: it reads from there (no copy is written).
+  auto from_source = [&](size_t b) {
+    BlockTensors& info = infos[b];
+    if (req.sources.empty() || info.exact || req.sources[b].size() != info.tensors.size()) return false;
+    std::vector<DiskExtent> extents;
+    for (size_t k = 0; k < info.tensors.size(); ++k) {
+      const PackedTensor& pt = info.tensors[k];
+      const auto& [index, offset] = req.sources[b][k];
+      if (index < 0 || index >= static_cast<int>(req.source_files.size()) || offset < 0) return false;
+      // the file holds a tensor's bytes row-major
+      if (pt.strides != PackedStrides(pt.param, /*contiguous=*/true)) return false;
+      const std::string& path = req.source_files[static_cast<size_t>(index)];
+      auto it = source_ids_.find(path);
+      if (it == source_ids_.end()) {
+        int id = -1;
+        Status opened = Reader()->Open(path, &id);
+        if (!opened.ok()) {
+          std::lock_guard<std::mutex> lock(mu_);
+          if (source_note_.empty()) source_note_ = opened.message();
+          source_ids_[path] = -1;
+          return false;
+        }
+        it = source_ids_.emplace(path, id).first;
+        disk_files_.push_back(id);
+      }
+      if (it->second < 0) return false;
+      if (pt.nbytes > 0) {
+        if (!scratch.defined() || scratch.numel() < pt.nbytes) {
+          scratch = at::empty({pt.nbytes}, at::TensorOptions().dtype(at::kByte));
+        }
+        uint64_t ticket = 0;
+        Status read = reader_->Submit(it->second, Uint(offset), Uint(pt.nbytes), scratch.data_ptr(), &ticket);
+        if (read.ok()) read = reader_->Wait(ticket);
+        const at::Tensor host = HostBytesOf(pt);
+        if (!read.ok() || std::memcmp(scratch.data_ptr(), host.data_ptr(), static_cast<size_t>(pt.nbytes)) != 0) {
+          std::lock_guard<std::mutex> lock(mu_);
+          if (source_note_.empty()) {
+            source_note_ = read.ok() ? (pt.name.empty() ? std::string("a weight") : pt.name) + " differs from " + path +
+                                           " (converted or patched since it was read)"
+                                     : read.message();
+          }
+          return false;
+        }
+      }
+      extents.push_back(DiskExtent{it->second, Uint(offset), Uint(pt.nbytes), Uint(pt.offset)});
+    }
+    info.extents = std::move(extents);
+    info.disk_bytes = Uint(info.bytes);
+    source_block_bytes_ += Uint(info.bytes);
     return true;
   };
   try {
@@ -554,7 +605,7 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
       BlockTensors& info = infos[b];
       Pending& p = pending[b];
       const bool meant_for_disk = info.disk;
-      if (info.disk) info.disk = spill(b);  // else it stays in RAM, and spill_error_ says why
+      if (info.disk) info.disk = from_source(b) || spill(b);  // else it stays in RAM; spill_error_ says why
       if (info.disk) {
         // its bytes are in the spill file only: the weights point at the
         // placeholder until a pass points them at their device copy
@@ -623,12 +674,14 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
       if (req.progress) req.progress(b + 1, n);
     }
     scratch = at::Tensor();
-    bool any_disk = false;
-    for (const BlockTensors& info : infos) any_disk = any_disk || info.disk;
-    if (any_disk) {
+    if (spill_ && spill_->size() > 0) {
       ThrowIfError(spill_->Flush());
-      ThrowIfError(spill_file_id_ < 0 ? Reader()->Open(spill_->path(), &spill_file_id_)
-                                      : reader_->Refresh(spill_file_id_));
+      if (spill_file_id_ < 0) {
+        ThrowIfError(Reader()->Open(spill_->path(), &spill_file_id_));
+        disk_files_.push_back(spill_file_id_);
+      } else {
+        ThrowIfError(reader_->Refresh(spill_file_id_));
+      }
     }
   } catch (...) {
     // All or nothing: the packed blocks' weights get ordinary memory again (a
@@ -640,8 +693,17 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
         continue;
       }
       at::Tensor bytes = at::empty({Int(std::max<uint64_t>(infos[b].disk_bytes, 1))}, at::kByte);
-      const DiskExtent* e = infos[b].extents.empty() ? nullptr : &infos[b].extents[0];
-      Status back = e ? spill_->ReadAt(bytes.data_ptr<uint8_t>(), e->bytes, e->file_offset) : Status::Ok();
+      Status back;
+      for (const DiskExtent& e : infos[b].extents) {
+        if (!back.ok()) break;
+        if (e.file < 0) {
+          back = spill_->ReadAt(bytes.data_ptr<uint8_t>() + e.block_offset, e.bytes, e.file_offset);
+        } else {
+          uint64_t ticket = 0;
+          back = reader_->Submit(e.file, e.file_offset, e.bytes, bytes.data_ptr<uint8_t>() + e.block_offset, &ticket);
+          if (back.ok()) back = reader_->Wait(ticket);
+        }
+      }
       infos[b].Detach(/*restore_pageable=*/back.ok(), bytes.data_ptr<uint8_t>());
     }
     infos.clear();
@@ -670,7 +732,9 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
                                             pin_cap_bytes_ < 0 || pinned_now + ring <= pin_cap_bytes_));
           disk_reader_used_ = true;
         }
-        for (DiskExtent& e : infos[b].extents) e.file = spill_file_id_;
+        for (DiskExtent& e : infos[b].extents) {
+          if (e.file < 0) e.file = spill_file_id_;  // written to the spill file
+        }
         ThrowIfError(core_->SetDiskSource(id, infos[b].extents));
       } else {
         const void* host = new_transfer[b] ? new_transfer[b]->get()->data()
@@ -750,7 +814,7 @@ at::Tensor TorchRuntime::ReadDiskLocked(const BlockTensors& info, uint64_t lo, u
 }
 
 void TorchRuntime::CheckDiskFilesLocked() {
-  if (reader_ && spill_file_id_ >= 0) ThrowIfError(reader_->Check(spill_file_id_));
+  for (int file : disk_files_) ThrowIfError(reader_->Check(file));
 }
 
 void TorchRuntime::WriteHostValues(int block, const std::vector<std::pair<int, at::Tensor>>& values) {
@@ -779,11 +843,29 @@ void TorchRuntime::WriteHostValues(int block, const std::vector<std::pair<int, a
       const PackedTensor& pt = info.tensors[static_cast<size_t>(kv.first)];
       AliasOf(pt, bytes, pt.offset).copy_(kv.second);
     }
-    if (!info.extents.empty()) {
+    // a unit in the spill file is rewritten in place; one read from the model's own
+    // file moves to the spill file (the model's file is never written)
+    const bool in_spill = info.extents.size() == 1 && spill_file_id_ >= 0 && info.extents[0].file == spill_file_id_;
+    if (in_spill) {
       ThrowIfError(spill_->WriteAt(bytes.data_ptr<uint8_t>(), info.disk_bytes, info.extents[0].file_offset));
-      ThrowIfError(spill_->Flush());
-      ThrowIfError(reader_->Refresh(spill_file_id_));
+    } else if (info.disk_bytes > 0) {
+      if (!spill_) {
+        auto file = std::make_unique<SpillFile>();
+        ThrowIfError(file->Create(spill_dir_));
+        spill_ = std::move(file);
+      }
+      uint64_t at = 0;
+      ThrowIfError(spill_->Append(bytes.data_ptr<uint8_t>(), info.disk_bytes, &at));
+      if (spill_file_id_ < 0) {
+        ThrowIfError(Reader()->Open(spill_->path(), &spill_file_id_));
+        disk_files_.push_back(spill_file_id_);
+      }
+      if (info.extents.size() != 1 || info.extents[0].file != spill_file_id_) source_block_bytes_ -= info.disk_bytes;
+      info.extents = {DiskExtent{spill_file_id_, at, info.disk_bytes, 0}};
+      ThrowIfError(core_->SetDiskSource(block, info.extents));
     }
+    ThrowIfError(spill_->Flush());
+    ThrowIfError(reader_->Refresh(spill_file_id_));
     return;
   }
   if (!info.exact) {
@@ -1158,6 +1240,8 @@ RuntimeStats TorchRuntime::GetStats() {
   }
   d.disk_over_bytes = disk_over_bytes_;
   d.spill_error = spill_error_;
+  d.source_block_bytes = source_block_bytes_;
+  d.source_note = source_note_;
   if (spill_) {
     d.spill_path = spill_->path();
     d.spill_bytes = spill_->size();
@@ -1229,6 +1313,8 @@ void TorchRuntime::CloseLocked(bool restore_pageable) {
   reader_.reset();
   spill_.reset();
   spill_file_id_ = -1;
+  source_ids_.clear();
+  disk_files_.clear();
   transforms_.clear();
   seen_.clear();
   closed_ = true;

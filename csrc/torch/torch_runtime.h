@@ -77,6 +77,9 @@ struct RuntimeOptions {
   int read_ahead = 2;
   int disk_threads = 4;
   bool disk_direct = true;
+  // the look-ahead follows the measured fetch and compute times, at most the
+  // prefetch given (see StreamingRuntime::SetAdaptivePrefetch)
+  bool adaptive_prefetch = false;
 };
 
 struct RegisterRequest {
@@ -87,6 +90,12 @@ struct RegisterRequest {
   // (csrc/core/exact_block.h): their weights point at a placeholder between uses.
   std::vector<bool> exact;
   std::vector<std::vector<std::string>> names;  // empty, or per block per tensor
+  // The model's own files (safetensors) and, per block per tensor, where its
+  // bytes are in one of them as stored (file index, offset), file -1 for none;
+  // empty: no sources. A unit that lives on disk reads from there when every
+  // tensor's bytes there equal the weight's (checked once), else from a spill file.
+  std::vector<std::string> source_files;
+  std::vector<std::vector<std::pair<int, int64_t>>> sources;
   // Plan at registration (layout -> plan -> pack); otherwise plan() comes later
   // and the chunks are pinned in registration order.
   bool plan = false;
@@ -145,6 +154,8 @@ struct RuntimeStats {
   uint64_t disk_block_bytes = 0;  // bytes of the units that live on disk
   uint64_t disk_over_bytes = 0;   // host bytes above the budget no unit could move to disk
   std::string spill_path;
+  uint64_t source_block_bytes = 0;  // of the units on disk: bytes read from the model's own files
+  std::string source_note;
   uint64_t spill_bytes = 0;
   std::string spill_error;  // why units meant for disk stayed in RAM
   std::string disk_how;     // how the spill file is read (O_DIRECT, or buffered and why)
@@ -279,6 +290,10 @@ class TorchRuntime {
   std::unique_ptr<DiskReader> reader_;  // outlives core_ (reset first by the destructor)
   std::unique_ptr<SpillFile> spill_;
   int spill_file_id_ = -1;
+  std::map<std::string, int> source_ids_;  // the model's own files opened by the reader
+  std::vector<int> disk_files_;            // every file the disk tier reads (checked before a load)
+  uint64_t source_block_bytes_ = 0;        // bytes of units read from the model's own files
+  std::string source_note_;                // why a unit meant for disk could not read from them
   std::string spill_error_;
   uint64_t disk_over_bytes_ = 0;
   int fail_spill_writes_ = 0;

@@ -5,9 +5,11 @@
 
 #include <unistd.h>
 
+#include <chrono>
 #include <cstring>
 #include <memory>
 #include <random>
+#include <thread>
 
 #include "core/exact_block.h"
 #include "core/fp8.h"
@@ -536,11 +538,58 @@ TEST(StreamingRuntimeDisk, BadDiskSourcesAreRefused) {
             std::string::npos);
   DiskReader reader;
   ASSERT_TRUE(rt.UseDiskReader(&reader, 1).ok());
-  EXPECT_NE(rt.SetDiskSource(0, {DiskExtent{0, 0, 4000, 0}}).message().find("cover 4000 of its 4096"),
+  EXPECT_NE(rt.SetDiskSource(0, {DiskExtent{0, 0, 4000, 100}}).message().find("pass its 4096 bytes"),
             std::string::npos);
   EXPECT_NE(rt.SetDiskSource(0, {DiskExtent{0, 0, 3000, 0}, DiskExtent{0, 0, 2000, 2096}}).message().find("overlap"),
             std::string::npos);
   EXPECT_EQ(rt.UseDiskReader(&reader, 0).code(), Status::Code::kInvalidArgument);
+}
+
+// Adaptive look-ahead: the depth follows the measured fetch and compute times,
+// within the prefetch the plan was given (the cap).
+int DepthAfterReload(double latency_us, int compute_us) {
+  FakeModel m = FakeModel::Make(std::vector<uint64_t>(8, 4096), 9);
+  HostEngineOptions opt;
+  opt.latency_us = latency_us;
+  HostCopyEngine engine(opt);
+  HostArena arena;
+  StreamingRuntime rt(&engine, &arena);
+  EXPECT_TRUE(RegisterAll(&rt, m).ok());
+  rt.SetAdaptivePrefetch(true);
+  EXPECT_TRUE(rt.Plan(PlanPolicy::kStreamAll, PlanRequest::kUnlimited, 4).ok());
+  for (int pass = 0; pass < 3; ++pass) {
+    EXPECT_EQ(
+        RunPass(&rt, m, Range(8), [&](int) { std::this_thread::sleep_for(std::chrono::microseconds(compute_us)); }),
+        "");
+  }
+  EXPECT_TRUE(rt.Unload().ok());
+  EXPECT_EQ(RunPass(&rt, m, Range(8)), "");  // loads again, with the depth asked for
+  EXPECT_EQ(rt.prefetch_cap(), 4);
+  EXPECT_EQ(rt.plan().slot_count(), rt.plan().prefetch() + 1);
+  return rt.plan().prefetch();
+}
+
+TEST(StreamingRuntimeAdaptive, FastUploadsNeedOneBlockAheadSlowOnesMore) {
+  EXPECT_EQ(DepthAfterReload(/*latency_us=*/0, /*compute_us=*/3000), 1);
+  const int slow = DepthAfterReload(/*latency_us=*/6000, /*compute_us=*/2000);
+  EXPECT_GE(slow, 3);
+  EXPECT_LE(slow, 4);
+}
+
+TEST(StreamingRuntimeAdaptive, OffKeepsThePrefetchGiven) {
+  FakeModel m = FakeModel::Make(std::vector<uint64_t>(6, 4096), 9);
+  HostCopyEngine engine;
+  HostArena arena;
+  StreamingRuntime rt(&engine, &arena);
+  ASSERT_TRUE(RegisterAll(&rt, m).ok());
+  ASSERT_TRUE(rt.Plan(PlanPolicy::kStreamAll, PlanRequest::kUnlimited, 3).ok());
+  for (int pass = 0; pass < 3; ++pass) {
+    ASSERT_EQ(RunPass(&rt, m, Range(6), [](int) { std::this_thread::sleep_for(std::chrono::milliseconds(2)); }), "");
+  }
+  EXPECT_EQ(rt.GetStats(true).suggested_prefetch, 1);
+  ASSERT_TRUE(rt.Unload().ok());
+  ASSERT_EQ(RunPass(&rt, m, Range(6)), "");
+  EXPECT_EQ(rt.plan().prefetch(), 3);
 }
 
 }  // namespace

@@ -310,3 +310,99 @@ def test_one_hundred_cycles_give_descriptors_pinned_bytes_and_rss_back(tmp_path)
     # a model's worth (4 MiB) kept per cycle would be 200 MiB over the second 50
     grown = rss[1] - rss[0]
     assert grown < 4 * 2**20, f"RSS grew {grown / 2**20:.1f} MiB over the last 50 cycles"
+
+
+def _saved(tmp_path, m, name="model.safetensors", prefix="model.diffusion_model."):
+    from safetensors.torch import save_file
+
+    path = tmp_path / name
+    save_file({prefix + k: v.contiguous() for k, v in m.state_dict().items()}, str(path))
+    return str(path)
+
+
+def test_blocks_on_disk_read_from_the_models_own_file_with_no_copy(tmp_path):
+    m = _net()
+    x = torch.randn(2, 128)
+    with torch.no_grad():
+        ref = m(x)
+    path = _saved(tmp_path, m)
+    before = open(path, "rb").read()
+    spill = tmp_path / "spill"
+    h = _offload(m, spill, 2, source_files=[path])
+    st = h.stats()
+    assert st["disk_blocks"] >= 5 and st["source_block_bytes"] == st["disk_block_bytes"]
+    assert st["spill_bytes"] == 0 and st["spill_path"] == ""  # nothing written
+    for _ in range(2):
+        with torch.no_grad():
+            assert torch.equal(m(x), ref)
+    assert h.stats()["disk_bytes"] > 0
+    # a patch never writes the model's file: that block moves to a spill file
+    w = m.blocks[6][0].weight
+    assert h.stored_apart(w)
+    new = h.host_value(w) * 2
+    h.write_host_values({w: new})
+    st = h.stats()
+    assert st["spill_bytes"] > 0 and st["source_block_bytes"] < st["disk_block_bytes"]
+    assert torch.equal(h.host_value(w), new)
+    h.detach()
+    assert open(path, "rb").read() == before
+    assert torch.equal(m.blocks[6][0].weight, new)
+
+
+def test_weights_that_differ_from_the_file_spill_and_a_changed_file_is_detected(tmp_path):
+    m = _net()
+    path = _saved(tmp_path, m)
+    with torch.no_grad():
+        m.blocks[1][0].weight.add_(1)  # changed since it was read: that block cannot read from the file
+    x = torch.randn(2, 128)
+    with torch.no_grad():
+        ref = m(x)
+    h = _offload(m, tmp_path / "spill", 0, source_files=path)
+    st = h.stats()
+    assert 0 < st["source_block_bytes"] < st["disk_block_bytes"] and st["spill_bytes"] > 0
+    assert "blocks.1.0.weight differs from" in st["source_note"]
+    with torch.no_grad():
+        assert torch.equal(m(x), ref)
+    h.unload()
+    with open(path, "r+b") as f:  # the model file is rewritten (a new download, say)
+        f.seek(-64, os.SEEK_END)
+        f.write(b"\1" * 64)
+    with pytest.raises(RuntimeError, match="changed since PinStream opened it"), torch.no_grad():
+        m(x)
+    # the blocks' own bytes were not touched: detach reads them back whole
+    h.detach()
+    with torch.no_grad():
+        assert torch.equal(m(x), ref)
+
+
+@pytest.mark.parametrize("link_gbps,batch,want", [(0.02, 2, "cap"), (1000.0, 512, 1)])
+def test_the_look_ahead_follows_measured_upload_and_compute_times(link_gbps, batch, want):
+    m = _net(n=6, dim=256)
+    x = torch.randn(batch, 256)
+    with torch.no_grad():
+        ref = m(x)
+    h = pinstream.offload(m, mode="sequential", device="cpu", engine="host", prefetch=3, link_gbps=link_gbps)
+    assert h.plan["prefetch"] == 3
+    for _ in range(3):
+        with torch.no_grad():
+            assert torch.equal(m(x), ref)
+    st = h.stats()
+    assert st["compute_spans"] >= 12 and st["compute_ms"] > 0
+    expected = 3 if want == "cap" else want
+    assert st["suggested_prefetch"] == expected, st["suggested_prefetch"]
+    h.unload()  # the next load plans with the look-ahead the times ask for
+    with torch.no_grad():
+        assert torch.equal(m(x), ref)
+    assert h.stats()["plan"]["prefetch"] == expected and h.stats()["plan"]["slot_count"] == expected + 1
+    h.detach()
+    # adaptive_prefetch=False keeps the number given
+    h = pinstream.offload(m, mode="sequential", device="cpu", engine="host", prefetch=3, link_gbps=link_gbps,
+                          adaptive_prefetch=False)
+    for _ in range(3):
+        with torch.no_grad():
+            m(x)
+    h.unload()
+    with torch.no_grad():
+        m(x)
+    assert h.stats()["plan"]["prefetch"] == 3
+    h.detach()
