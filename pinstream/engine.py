@@ -452,6 +452,7 @@ def offload(
         )
         handle._where = where
         on_disk = rt.stats()["block_on_disk"]
+        handle._has_disk = any(on_disk)
         handle._apart_units = {ids[u] for u, c in enumerate(coded_units) if c or on_disk[ids[u]]}
         if handle._apart_units:
             handle._install_apart_state_dict()

@@ -63,6 +63,7 @@ class OffloadHandle(Replanning):
         # units whose host values are held apart from their weights (the exact coded form,
         # or on disk): between uses their weights point at a placeholder
         self._apart_units: set = set()
+        self._has_disk = False  # some of its blocks live on disk
         self._hooks = PassHooks(self)
         self._install_hooks(per_block=mode.name in ("sequential", "budget") or mode.transfer_dtype == "fp8_e4m3")
 
@@ -192,6 +193,14 @@ class OffloadHandle(Replanning):
                                f"{self.mode.transfer_dtype!r}: its transfer codes were made from the weights at "
                                "offload(); detach() the handle, load, then offload again")
         self.unload()
+
+    def _warm_others(self) -> None:
+        """After a pass: the other live models with blocks on disk that are not loaded (the
+        other expert of Wan 2.2, waiting for its turn) read the blocks their next pass starts
+        with into their read ring, so switching to them waits for no disk read at first."""
+        for other in pin_cap.live_handles():
+            if other is not self and other._has_disk and not other._rt.loaded:
+                other._rt.warm()
 
     # ---- load and unload -----------------------------------------------------------------
     def load(self) -> None:

@@ -96,6 +96,9 @@ class PassHooks:
                 rt.end_pass()
             finally:
                 self.pass_owner = None
+            h = ref()
+            if h is not None:
+                h._warm_others()
             for k in wrapped_blocks:
                 show_all(wrappers[k], False)
 

@@ -117,6 +117,7 @@ py::dict ToDict(const RuntimeStats& s) {
   d["suggested_prefetch"] = c.suggested_prefetch;
   d["block_on_disk"] = s.block_on_disk;
   d["disk_reads"] = c.disk_reads;
+  d["disk_read_misses"] = c.disk_read_misses;
   d["disk_bytes"] = c.disk_bytes;
   d["disk_bytes_total"] = c.disk_bytes_total;
   d["disk_wait_ms"] = c.disk_wait_ms;
@@ -429,6 +430,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            "new values [(index, tensor)] for tensors of `block`: into its host copy, a coded block coded again")
       .def("load", &TorchRuntime::Load, nogil())
       .def("unload", &TorchRuntime::Unload, nogil())
+      .def("warm", &TorchRuntime::Warm, nogil(),
+           "While not loaded: read the blocks on disk its next pass starts with into its read ring")
       .def("begin_pass", &TorchRuntime::BeginPass, nogil())
       .def("check_placement", &TorchRuntime::CheckPlacement, nogil(),
            "raise when a weight was converted, replaced or moved by code PinStream does not manage")

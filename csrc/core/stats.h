@@ -30,6 +30,7 @@ struct Stats {
   // the disk tier: blocks and bytes read into the read ring, the host's waits
   // for reads the compute needed now, and the time the disk was busy
   uint64_t disk_reads = 0;
+  uint64_t disk_read_misses = 0;  // uploads that found their read not done (the host waited)
   uint64_t disk_bytes = 0;
   double disk_wait_ms = 0;
   double disk_busy_ms = 0;

@@ -554,6 +554,16 @@ uint64_t StreamingRuntime::read_ring_bytes(bool pinned_only) const {
   return n;
 }
 
+int StreamingRuntime::PassStart() const { return num_blocks() - 1; }
+
+Status StreamingRuntime::Warm() {
+  if (closed_) return Status::Closed("runtime is closed");
+  if (!planned_ || loaded_ || reader_ == nullptr) return Status::Ok();
+  PINSTREAM_RETURN_IF_ERROR(AllocateReadRing());
+  ReadAhead(PassStart());
+  return Status::Ok();
+}
+
 Status StreamingRuntime::AllocateReadRing() {
   uint64_t most = 0;
   bool streamed_disk = false;
@@ -567,6 +577,10 @@ Status StreamingRuntime::AllocateReadRing() {
   // O_DIRECT reads straight into a buffer whose start and size are page multiples
   const uint64_t size = (most + 4095) / 4096 * 4096;
   const int count = streamed_disk ? plan_.prefetch() + read_ahead_ : 1;
+  if (static_cast<int>(reads_.size()) == count && reads_[0].mem && reads_[0].mem->size() == size) {
+    return Status::Ok();  // warm: kept, with what it read
+  }
+  FreeReadRing();
   reads_.resize(static_cast<size_t>(count));
   for (ReadBuffer& r : reads_) {
     PINSTREAM_RETURN_IF_ERROR(engine_->AllocateHostBuffer(size, pin_ring_, &r.mem));
@@ -674,6 +688,10 @@ Status StreamingRuntime::SourceNow(int block, const uint8_t** src, int* buf) {
     return Status::Ok();
   }
   int at = ReadBufferOf(block);
+  if (at < 0 ||
+      (reads_[static_cast<size_t>(at)].ticket != 0 && !reader_->Done(reads_[static_cast<size_t>(at)].ticket))) {
+    stats_.disk_read_misses += 1;
+  }
   if (at < 0) {
     Window(block, plan_.prefetch() + read_ahead_, &read_window_);
     PINSTREAM_RETURN_IF_ERROR(FreeReadBuffer(read_window_, /*wait=*/true, &at));
@@ -689,7 +707,7 @@ Status StreamingRuntime::SourceNow(int block, const uint8_t** src, int* buf) {
 
 void StreamingRuntime::ReadAhead(int current) {
   if (reads_.empty()) return;
-  Window(current, plan_.prefetch() + read_ahead_, &read_window_);
+  Window(current, static_cast<int>(reads_.size()), &read_window_);
   for (int w : read_window_) {
     const Block& b = blocks_[w];
     if (b.disk.empty() || b.coded) continue;

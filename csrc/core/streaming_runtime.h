@@ -133,8 +133,13 @@ class StreamingRuntime {
   // the compute queue then waits for them (no host wait on a CUDA engine).
   // On failure everything allocated is freed again (no half-loaded state).
   Status Load(void* compute_queue = nullptr);
-  // Frees all device memory. Fails while a block is acquired.
+  // Frees all device memory (and the read ring). Fails while a block is acquired.
   Status Unload();
+  // Warm standby of a runtime that is not loaded (another model runs now, e.g.
+  // the other expert of Wan 2.2): its read ring is allocated and filled with
+  // the disk units that come first in its next pass, so its first blocks need
+  // no read when it runs; the next Load keeps the ring. No device memory.
+  Status Warm();
 
   // Starts a pass whose compute runs on `compute_queue`: the queue waits (on
   // the device, no host wait) for the resident uploads, so a pass on another
@@ -237,6 +242,8 @@ class StreamingRuntime {
   void Window(int current, int depth, std::vector<int>* out);
   // The read ring: allocated at Load when a unit lives on disk.
   Status AllocateReadRing();
+  // Where a pass that starts now begins: the block its windows are counted from.
+  int PassStart() const;
   void FreeReadRing();
   int ReadBufferOf(int block) const;
   // A read buffer that may be refilled (no read in flight, its last upload

@@ -979,6 +979,12 @@ void TorchRuntime::Load() {
   PointResidentBlocks();
 }
 
+void TorchRuntime::Warm() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (closed_ || registering_ || core_->loaded()) return;
+  ThrowIfError(core_->Warm());
+}
+
 void TorchRuntime::Unload() {
   std::lock_guard<std::mutex> lock(mu_);
   CheckOpen();

@@ -201,6 +201,8 @@ class TorchRuntime {
   PlanInfo CurrentPlan();
   void Load();
   void Unload();
+  // Warm standby while not loaded (see StreamingRuntime::Warm); no-op otherwise.
+  void Warm();
   void BeginPass();
   // Fails (std::runtime_error naming the weight) when a weight was converted, replaced or
   // moved by code PinStream does not manage. BeginPass checks it too.

@@ -406,3 +406,66 @@ def test_the_look_ahead_follows_measured_upload_and_compute_times(link_gbps, bat
         m(x)
     assert h.stats()["plan"]["prefetch"] == 3
     h.detach()
+
+
+class Slow(nn.Module):
+    """A block whose compute takes 4 ms: reads ahead of it always finish in time."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.a = nn.Linear(dim, dim)
+        self.b = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        import time
+
+        time.sleep(0.004)
+        return self.b(torch.tanh(self.a(x)))
+
+
+class Expert(nn.Module):
+    def __init__(self, seed, n=6, dim=128):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.blocks = nn.ModuleList(Slow(dim) for _ in range(n))
+
+    def forward(self, x):
+        for b in self.blocks:
+            x = x + b(x)
+        return x
+
+
+def test_the_expert_waiting_for_its_turn_reads_its_first_blocks_ahead(tmp_path):
+    # Wan 2.2's two experts: high noise runs its steps, then low noise. Each keeps one
+    # block in RAM; the rest streams from disk.
+    x = torch.randn(2, 128)
+    misses = {}
+    for warm in (False, True):
+        high, low = Expert(1).eval(), Expert(2).eval()
+        with torch.no_grad():
+            ref = low(high(x))
+        block = sum(p.numel() * p.element_size() for p in high.blocks[0].parameters())
+        handles = [_offload(m, tmp_path, 1.5) for m in (high, low)]
+        hh, hl = handles
+        assert hh.stats()["disk_blocks"] == 5 and hl.stats()["disk_blocks"] == 5
+        if not warm:
+            hh._has_disk = hl._has_disk = False  # no warm standby: the baseline
+        with torch.no_grad():
+            y = x
+            for _ in range(3):
+                hh.reset_stats()
+                y = high(x)
+            hh.unload()
+            st = hl.stats()
+            if warm:  # while the high-noise expert ran, the low-noise one read its first blocks
+                assert st["read_ring_bytes"] >= 3 * block and st["disk_reads"] == 0
+                # the disk blocks among its first three
+                first = [b for b in range(3) if st["block_on_disk"][b]]
+                assert first and st["disk_bytes_total"] >= len(first) * block
+            hl.reset_stats()
+            assert torch.equal(low(y), ref)
+        misses[warm] = hl.stats()["disk_read_misses"]
+        for h in handles:
+            h.detach()
+    # the switch: the first block of the low-noise expert waited for its read only when cold
+    assert misses[False] >= 1 and misses[True] == 0, misses
