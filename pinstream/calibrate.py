@@ -68,6 +68,68 @@ def _measure(device: torch.device, engine: str, link_gbps: float) -> Rates:
     return Rates(link, decode)
 
 
+@dataclass(frozen=True)
+class DiskReads:
+    direct: bool  # read with O_DIRECT (else buffered)
+    o_direct_gbps: float  # 0 where the file system refuses O_DIRECT
+    buffered_gbps: float
+    why: str
+
+
+_DISK: dict = {}
+
+
+def disk_reads(directory: str, size_mb: int = 32) -> DiskReads:
+    """How the disk tier reads files in ``directory``: O_DIRECT or buffered, whichever
+    reads a file there faster (each pass from the disk: the file's pages are dropped from
+    the page cache first), measured once per file system and kept for the process."""
+    import os
+
+    os.makedirs(directory, exist_ok=True)
+    key = os.stat(directory).st_dev
+    if key not in _DISK:
+        _DISK[key] = _measure_disk(directory, size_mb)
+    return _DISK[key]
+
+
+def _measure_disk(directory: str, size_mb: int) -> DiskReads:
+    import os
+    import tempfile
+    import time
+
+    _C = load_native()
+    fd, path = tempfile.mkstemp(prefix="pinstream-disk-probe-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            block = os.urandom(MIB)
+            for _ in range(size_mb):
+                f.write(block)
+            f.flush()
+            os.fsync(f.fileno())
+        buf = torch.empty(size_mb * MIB, dtype=torch.uint8)
+        gbps = {}
+        for direct in (True, False):
+            reader = _C.DiskReader(direct=direct)
+            file = reader.open(path)
+            if direct and not reader.direct(file):
+                gbps[direct] = 0.0  # refused by the file system
+                refused = reader.how(file)
+                continue
+            _C.drop_page_cache(path)
+            start = time.perf_counter()
+            reader.read(file, 0, buf)
+            gbps[direct] = size_mb * MIB / (time.perf_counter() - start) / 1e9
+    finally:
+        os.remove(path)
+    if gbps[True] == 0.0:
+        return DiskReads(False, 0.0, gbps[False], refused)
+    if gbps[True] >= gbps[False]:
+        return DiskReads(True, gbps[True], gbps[False], "")
+    return DiskReads(False, gbps[True], gbps[False],
+                     f"buffered reads measured faster here: {gbps[False]:.2f} GB/s against {gbps[True]:.2f} with "
+                     f"O_DIRECT")
+
+
 def coded_ratio(tensors, sample_bytes: int = 8 * MIB) -> float | None:
     """The coded ratio of ``tensors``' bf16/fp16 weights, sampled from the largest ones (at
     most ``sample_bytes``); None when there are none (nothing to code)."""

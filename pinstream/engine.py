@@ -406,10 +406,17 @@ def offload(
     # the process's pinning cap (not a cap given for this model alone) also bounds its RAM
     host_budget = _host_budget(host_budget_gb, pin_cap=cap if pin_cap_bytes is None else -1, model_bytes=model_bytes,
                                largest_block=discovery.largest_block_bytes, prefetch=prefetch)
+    spill = globals()["spill_dir"](spill_dir) if host_budget >= 0 else ""
+    try:
+        reads = calibrate.disk_reads(spill) if spill else None
+    except OSError:
+        reads = None  # a directory that cannot be used: the runtime says why and keeps the model in RAM
     rt = _C.Runtime(
         pin_cap_bytes=cap,
+        disk_direct=reads.direct if reads else True,
+        disk_why=reads.why if reads else "",
         host_budget_bytes=host_budget,
-        spill_dir=globals()["spill_dir"](spill_dir) if host_budget >= 0 else "",
+        spill_dir=spill,
         read_ahead=READ_AHEAD,
         adaptive_prefetch=bool(adaptive_prefetch),
         device=str(dev),

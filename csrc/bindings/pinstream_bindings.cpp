@@ -324,7 +324,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                        int64_t device_capacity_bytes, const std::string& pin_mode, int64_t chunk_bytes, bool timing,
                        int64_t pin_cap_bytes, const std::string& cache_dir, int64_t host_budget_bytes,
                        const std::string& spill_dir, int read_ahead, int disk_threads, bool disk_direct,
-                       bool adaptive_prefetch) {
+                       bool adaptive_prefetch, const std::string& disk_why) {
              pinstream::RuntimeOptions o;
              o.device = device;
              o.engine = engine;
@@ -347,6 +347,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              o.disk_threads = disk_threads;
              o.disk_direct = disk_direct;
              o.adaptive_prefetch = adaptive_prefetch;
+             o.disk_why = disk_why;
              py::gil_scoped_release nogil;
              return std::make_unique<TorchRuntime>(o);
            }),
@@ -356,7 +357,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            py::arg("chunk_bytes") = 256LL << 20, py::arg("timing") = true, py::arg("pin_cap_bytes") = -1,
            py::arg("cache_dir") = "", py::arg("host_budget_bytes") = -1, py::arg("spill_dir") = "",
            py::arg("read_ahead") = 2, py::arg("disk_threads") = 4, py::arg("disk_direct") = true,
-           py::arg("adaptive_prefetch") = false)
+           py::arg("adaptive_prefetch") = false, py::arg("disk_why") = "")
       .def_property_readonly("engine", &TorchRuntime::engine_name)
       .def_property_readonly("device", &TorchRuntime::device_name)
       .def_property_readonly("num_blocks", &TorchRuntime::num_blocks, nogil())

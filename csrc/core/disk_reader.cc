@@ -67,7 +67,7 @@ Status DiskReader::Open(const std::string& path, int* file) {
       return Status::InvalidArgument("cannot open " + path + " (" + Errno("open", errno) + ")");
     if (f.fd < 0) f.why_buffered = "O_DIRECT refused by the file system (open: EINVAL)";
   } else {
-    f.why_buffered = "O_DIRECT not asked for";
+    f.why_buffered = options_.why_buffered.empty() ? "O_DIRECT not asked for" : options_.why_buffered;
   }
   if (f.fd >= 0) {
     // A probe: some file systems accept O_DIRECT at open and refuse it at read.

@@ -43,6 +43,7 @@ class DiskReader {
     int threads = 4;
     bool direct = true;                 // try O_DIRECT
     uint64_t chunk_bytes = 8ULL << 20;  // a request is read in chunks of this size
+    std::string why_buffered;           // said by how() when direct is false
   };
   explicit DiskReader(const Options& options);
   DiskReader() : DiskReader(Options()) {}

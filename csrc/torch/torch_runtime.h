@@ -77,6 +77,7 @@ struct RuntimeOptions {
   int read_ahead = 2;
   int disk_threads = 4;
   bool disk_direct = true;
+  std::string disk_why;  // why reads are buffered when disk_direct is false
   // the look-ahead follows the measured fetch and compute times, at most the
   // prefetch given (see StreamingRuntime::SetAdaptivePrefetch)
   bool adaptive_prefetch = false;

@@ -469,3 +469,17 @@ def test_the_expert_waiting_for_its_turn_reads_its_first_blocks_ahead(tmp_path):
             h.detach()
     # the switch: the first block of the low-noise expert waited for its read only when cold
     assert misses[False] >= 1 and misses[True] == 0, misses
+
+
+def test_reads_use_whichever_of_o_direct_and_buffered_measured_faster(tmp_path):
+    from pinstream import calibrate
+
+    r = calibrate.disk_reads(str(tmp_path))
+    assert r.buffered_gbps > 0 and r.o_direct_gbps >= 0
+    assert r.direct == (r.o_direct_gbps >= r.buffered_gbps)
+    assert calibrate.disk_reads(str(tmp_path / "sub")) is r  # once per file system
+    assert [p for p in os.listdir(tmp_path) if "probe" in p] == []
+    h = _offload(_net(), tmp_path, 2)
+    how = h.stats()["disk_how"]
+    assert how.startswith("O_DIRECT") if r.direct else ("measured faster" in how or "refused" in how), how
+    h.detach()
