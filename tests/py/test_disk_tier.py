@@ -375,7 +375,7 @@ def test_weights_that_differ_from_the_file_spill_and_a_changed_file_is_detected(
         assert torch.equal(m(x), ref)
 
 
-@pytest.mark.parametrize("link_gbps,batch,want", [(0.02, 2, "cap"), (1000.0, 512, 1)])
+@pytest.mark.parametrize("link_gbps,batch,want", [(0.005, 2, "cap"), (1000.0, 512, 1)])
 def test_the_look_ahead_follows_measured_upload_and_compute_times(link_gbps, batch, want):
     m = _net(n=6, dim=256)
     x = torch.randn(batch, 256)
