@@ -24,6 +24,8 @@ from .discovery import BlockDiscovery, discover_blocks, format_bytes, storage_te
 from .handle import OffloadHandle
 from .modes import ResolvedMode
 from .native import load_native
+from .paths import exact_cache_dir  # noqa: F401 (part of the engine's API)
+from .paths import spill_dir as _spill_dir
 from .wrappers import wrapper_slots
 
 GIB = 1024**3
@@ -37,33 +39,9 @@ _POLICY = {"full_load": "all_resident", "model_offload": "all_resident", "sequen
            "budget": "budget"}
 
 
+spill_dir = _spill_dir  # offload()'s argument of the same name shadows it there
+
 _CACHE_WARNED: set = set()  # cache directories already reported as not writable
-
-
-def exact_cache_dir(cache_dir: str | None = None) -> str:
-    """Where the coded form of compressed weights is cached ("" = no cache)."""
-    import os
-
-    if cache_dir is not None:
-        return str(cache_dir)
-    env = os.environ.get("PINSTREAM_CACHE_DIR")
-    if env is not None:
-        return env.strip()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "pinstream", "exact")
-
-
-def spill_dir(path: str | None = None) -> str:
-    """Where the disk tier writes spill files (blocks beyond a host budget)."""
-    import os
-
-    if path:
-        return str(path)
-    env = os.environ.get("PINSTREAM_SPILL_DIR", "").strip()
-    if env:
-        return env
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "pinstream", "spill")
 
 
 # disk-tier blocks read beyond the uploads' look-ahead
@@ -406,7 +384,7 @@ def offload(
     # the process's pinning cap (not a cap given for this model alone) also bounds its RAM
     host_budget = _host_budget(host_budget_gb, pin_cap=cap if pin_cap_bytes is None else -1, model_bytes=model_bytes,
                                largest_block=discovery.largest_block_bytes, prefetch=prefetch)
-    spill = globals()["spill_dir"](spill_dir) if host_budget >= 0 else ""
+    spill = _spill_dir(spill_dir) if host_budget >= 0 else ""
     try:
         reads = calibrate.disk_reads(spill) if spill else None
     except OSError:

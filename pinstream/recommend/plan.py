@@ -111,13 +111,10 @@ def _tenth_up(gb: float) -> float:
 
 
 def cache_dir() -> tuple[str, str]:
-    """PinStream's cache directory, where the spill file goes, and where that came from:
-    the same rule as :func:`pinstream.engine.exact_cache_dir` (not imported: it needs torch)."""
-    env = os.environ.get("PINSTREAM_CACHE_DIR")
-    if env is not None:
-        return env.strip(), "PINSTREAM_CACHE_DIR"
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "pinstream", "exact"), "default; PINSTREAM_CACHE_DIR sets another"
+    """Where the spill file goes, and where that came from (:func:`pinstream.paths.spill_dir`)."""
+    from ..paths import spill_dir_and_source
+
+    return spill_dir_and_source()
 
 
 def gpu_resident_block_bytes(model: ModelProfile, mode: str, vram_budget_bytes: int | None) -> int:
@@ -364,11 +361,6 @@ def plan_mode(
         warnings.append(
             f"only {machine.free_ram_gb:.1f} GB of the {machine.ram_gb:.1f} GB RAM is free now; this plan needs "
             f"{need:g} GB: close other programs first"
-        )
-    if disk is not None and disk.fits and not cache_dir()[0]:
-        warnings.append(
-            f"PINSTREAM_CACHE_DIR is set empty (no cache directory): set it to a local disk with {disk.disk_gb:.1f} GB "
-            f"free for the spill file"
         )
     if machine.gpu is not None:
         cap = PIN_CAP_FRACTION[machine.platform] * machine.ram_gb * GIB

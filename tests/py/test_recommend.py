@@ -1220,7 +1220,7 @@ def _text(argv, capsys, **kw):
 
 
 def test_disk_tier_32gb_host_28_6gb_model(monkeypatch, capsys):
-    monkeypatch.delenv("PINSTREAM_CACHE_DIR", raising=False)
+    monkeypatch.delenv("PINSTREAM_SPILL_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", "/var/cache/xdg")
     argv = ["--vram-gb", "12", "--ram-gb", "32", "--model-gb", "28.6"]
     r = ok(argv + ["--json"], capsys)
@@ -1238,7 +1238,7 @@ def test_disk_tier_32gb_host_28_6gb_model(monkeypatch, capsys):
     assert resident == 5 and resident * WAN_BLOCK / GIB > d["disk_gb"]
     assert d["resident_disk_gb"] == d["disk_gb"] and d["step_read_gb"] == 0 and d["step_disk_s"] == 0
     assert d["disk_gbps"] == 3.0 and d["disk_gbps_assumed"]
-    assert d["cache_dir"] == "/var/cache/xdg/pinstream/exact"
+    assert d["cache_dir"] == "/var/cache/xdg/pinstream/spill"
     assert any("3 GB/s is an assumption" in n and "--disk-gbps" in n for n in r["notes"])
     assert any("O_DIRECT" in n and "page cache" in n and "none of it as RAM" in n for n in r["notes"])
     # Without the disk tier this plan needed 33 GB (4 + 28.6) and warned.
@@ -1246,7 +1246,7 @@ def test_disk_tier_32gb_host_28_6gb_model(monkeypatch, capsys):
     assert "RAM needed: 32 GB" in out and "RAM needed: 33 GB" not in out
     assert "Host RAM budget: 25.9 GB (ram_budget_gb on PinStream's loader nodes" in out
     assert "Disk tier: 2.7 GB of the model on disk; 0.0 GB read from disk per step (0.00 s at 3 GB/s assumed)" in out
-    assert "Spill file: up to 2.7 GB of disk in /var/cache/xdg/pinstream/exact" in out
+    assert "Spill file: up to 2.7 GB of disk in /var/cache/xdg/pinstream/spill" in out
     assert "below" not in out
     rc, out, _ = run(argv + ["--shell"], capsys)
     assert "PINSTREAM_HOST_BUDGET_GB=25.9\nPINSTREAM_DISK_GB=2.7\nPINSTREAM_DISK_READ_GB_PER_STEP=0.0\n" in out
@@ -1345,25 +1345,21 @@ def test_meminfo_free_ram_is_mem_available(available, free, expected, tmp_path, 
 
 def test_spill_file_cache_dir(monkeypatch, capsys):
     argv = ["--vram-gb", "12", "--ram-gb", "32", "--model-gb", "28.6", "--json"]
-    monkeypatch.setenv("PINSTREAM_CACHE_DIR", "/nvme/pinstream")
+    monkeypatch.setenv("PINSTREAM_SPILL_DIR", "/nvme/pinstream")
     r = ok(argv, capsys)
     assert r["disk_tier"]["cache_dir"] == "/nvme/pinstream"
-    assert r["disk_tier"]["cache_dir_source"] == "PINSTREAM_CACHE_DIR"
-    monkeypatch.setenv("PINSTREAM_CACHE_DIR", "")
-    assert has_warning(ok(argv, capsys), "PINSTREAM_CACHE_DIR is set empty", "2.7 GB")
-    monkeypatch.delenv("PINSTREAM_CACHE_DIR")
+    assert r["disk_tier"]["cache_dir_source"] == "PINSTREAM_SPILL_DIR"
+    monkeypatch.setenv("PINSTREAM_SPILL_DIR", "")  # empty: the default
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     where, source = rec_plan.cache_dir()
-    assert where == os.path.join(os.path.expanduser("~"), ".cache", "pinstream", "exact") and "default" in source
-    try:
-        from pinstream.engine import exact_cache_dir
-    except ImportError:  # no torch: the engine's rule cannot be imported here
-        return
-    for env in ({}, {"XDG_CACHE_HOME": "/x"}, {"PINSTREAM_CACHE_DIR": " /y "}):
+    assert where == os.path.join(os.path.expanduser("~"), ".cache", "pinstream", "spill") and "default" in source
+    from pinstream.paths import spill_dir  # the rule offload() uses
+
+    for env in ({}, {"XDG_CACHE_HOME": "/x"}, {"PINSTREAM_SPILL_DIR": " /y "}):
         with monkeypatch.context() as m:
             for k, v in env.items():
                 m.setenv(k, v)
-            assert rec_plan.cache_dir()[0] == exact_cache_dir()
+            assert rec_plan.cache_dir()[0] == spill_dir()
 
 
 def test_disk_gbps_must_be_positive(capsys):
