@@ -483,3 +483,24 @@ def test_reads_use_whichever_of_o_direct_and_buffered_measured_faster(tmp_path):
     how = h.stats()["disk_how"]
     assert how.startswith("O_DIRECT") if r.direct else ("measured faster" in how or "refused" in how), how
     h.detach()
+
+
+def test_a_source_file_that_cannot_be_read_is_a_clear_error(tmp_path):
+    from pinstream.safetensors_header import SafetensorsError
+
+    for bad in (tmp_path / "missing.safetensors", tmp_path):
+        with pytest.raises((SafetensorsError, OSError), match=str(bad)):
+            _offload(_net(), tmp_path / "spill", 1, source_files=[str(bad)])
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\xff" * 64)
+    m = _net()
+    with pytest.raises(SafetensorsError, match="garbage.safetensors"):
+        _offload(m, tmp_path / "spill", 1, source_files=str(garbage))
+    # nothing was left half done: the model offloads and runs after that
+    x = torch.randn(2, 128)
+    with torch.no_grad():
+        ref = m(x)
+    h = _offload(m, tmp_path / "spill", 1)
+    with torch.no_grad():
+        assert torch.equal(m(x), ref)
+    h.detach()
