@@ -195,11 +195,12 @@ class OffloadHandle(Replanning):
         self.unload()
 
     def _warm_others(self) -> None:
-        """After a pass: the other live models with blocks on disk that are not loaded (the
-        other expert of Wan 2.2, waiting for its turn) read the blocks their next pass starts
-        with into their read ring, so switching to them waits for no disk read at first."""
+        """After a pass: the other live models with blocks on disk (the other expert of Wan
+        2.2, waiting for its turn) read the blocks their next pass starts with into their read
+        ring, and a loaded one uploads them into its slots too, so switching to them waits for
+        no disk read at first."""
         for other in pin_cap.live_handles():
-            if other is not self and other._has_disk and not other._rt.loaded:
+            if other is not self and other._has_disk and other._hooks.pass_owner is None:
                 other._rt.warm()
 
     # ---- load and unload -----------------------------------------------------------------

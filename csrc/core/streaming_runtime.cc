@@ -558,7 +558,12 @@ int StreamingRuntime::PassStart() const { return num_blocks() - 1; }
 
 Status StreamingRuntime::Warm() {
   if (closed_) return Status::Closed("runtime is closed");
-  if (!planned_ || loaded_ || reader_ == nullptr) return Status::Ok();
+  if (!planned_ || reader_ == nullptr) return Status::Ok();
+  if (loaded_) {
+    // loaded and idle: its first blocks are read, and uploaded into its slots, ahead
+    if (outstanding() == 0 && !learner_.in_pass()) Prefetch(PassStart());
+    return Status::Ok();
+  }
   PINSTREAM_RETURN_IF_ERROR(AllocateReadRing());
   ReadAhead(PassStart());
   return Status::Ok();

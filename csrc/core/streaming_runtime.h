@@ -135,10 +135,12 @@ class StreamingRuntime {
   Status Load(void* compute_queue = nullptr);
   // Frees all device memory (and the read ring). Fails while a block is acquired.
   Status Unload();
-  // Warm standby of a runtime that is not loaded (another model runs now, e.g.
-  // the other expert of Wan 2.2): its read ring is allocated and filled with
-  // the disk units that come first in its next pass, so its first blocks need
-  // no read when it runs; the next Load keeps the ring. No device memory.
+  // Warm standby of a runtime that waits for its turn (another model runs now,
+  // e.g. the other expert of Wan 2.2): its read ring is filled with the disk
+  // units that come first in its next pass, so its first blocks need no read
+  // when it runs. Not loaded: no device memory is taken (the next Load keeps
+  // the ring). Loaded and between passes: those blocks are uploaded into its
+  // slots ahead too.
   Status Warm();
 
   // Starts a pass whose compute runs on `compute_queue`: the queue waits (on

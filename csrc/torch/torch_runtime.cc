@@ -982,8 +982,10 @@ void TorchRuntime::Load() {
 
 void TorchRuntime::Warm() {
   std::lock_guard<std::mutex> lock(mu_);
-  if (closed_ || registering_ || core_->loaded()) return;
+  if (closed_ || registering_ || touched_ >= 0 || core_->learner().in_pass()) return;
+  DeviceScope scope(alloc_device_);
   ThrowIfError(core_->Warm());
+  ApplyEvictions();  // blocks whose slot it refilled (between passes they point at the host anyway)
 }
 
 void TorchRuntime::Unload() {

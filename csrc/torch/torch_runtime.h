@@ -202,7 +202,7 @@ class TorchRuntime {
   PlanInfo CurrentPlan();
   void Load();
   void Unload();
-  // Warm standby while not loaded (see StreamingRuntime::Warm); no-op otherwise.
+  // Warm standby between passes (see StreamingRuntime::Warm); no-op in a pass.
   void Warm();
   void BeginPass();
   // Fails (std::runtime_error naming the weight) when a weight was converted, replaced or

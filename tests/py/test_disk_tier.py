@@ -475,14 +475,78 @@ def test_reads_use_whichever_of_o_direct_and_buffered_measured_faster(tmp_path):
     from pinstream import calibrate
 
     r = calibrate.disk_reads(str(tmp_path))
-    assert r.buffered_gbps > 0 and r.o_direct_gbps >= 0
-    assert r.direct == (r.o_direct_gbps >= r.buffered_gbps)
+    assert r.buffered_gbps > 0 and r.o_direct_gbps >= 0 and r.io_uring_gbps >= 0
+    # io_uring where it measured fastest, else O_DIRECT (thread pool) where at least as fast as buffered
+    assert r.io_uring == (r.io_uring_gbps > max(r.o_direct_gbps, r.buffered_gbps))
+    assert r.direct == (r.io_uring or r.o_direct_gbps >= r.buffered_gbps)
+    # why says which and the figures (or why a way was not measured)
+    assert f"buffered {r.buffered_gbps:.2f} GB/s" in r.why or f"{r.buffered_gbps:.2f} GB/s against" in r.why, r.why
+    assert r.io_uring_gbps > 0 or "io_uring not measured" in r.why or "refused" in r.why, r.why
     assert calibrate.disk_reads(str(tmp_path / "sub")) is r  # once per file system
     assert [p for p in os.listdir(tmp_path) if "probe" in p] == []
     h = _offload(_net(), tmp_path, 2)
     how = h.stats()["disk_how"]
-    assert how.startswith("O_DIRECT") if r.direct else ("measured faster" in how or "refused" in how), how
+    if r.direct:  # (io_uring once the runtime is handed the choice; the thread pool's O_DIRECT until then)
+        assert how.startswith(("O_DIRECT", "io_uring")), how
+    else:
+        assert "measured faster" in how or "refused" in how, how
     h.detach()
+
+
+def test_disk_reads_keeps_the_fastest_of_io_uring_the_thread_pool_and_buffered(monkeypatch, tmp_path):
+    """The choice itself, with a stand-in for the native reader whose three ways read at set
+    rates (the real extension may lack the io_uring option, or this machine io_uring)."""
+    import time
+    import types
+
+    from pinstream import calibrate
+
+    def native(seconds, uring=True, refused=False):
+        class Reader:
+            def __init__(self, threads=4, direct=True, chunk_bytes=8 << 20, **kw):
+                if "io_uring" in kw and not uring:
+                    raise TypeError("incompatible constructor arguments")
+                self.way = "io_uring" if kw.get("io_uring") else "direct" if direct else "buffered"
+
+            def open(self, path):
+                return 0
+
+            def direct(self, file):
+                return self.way != "buffered" and not refused
+
+            def how(self, file):
+                if not self.direct(file):
+                    return "buffered (O_DIRECT refused by the file system (open: EINVAL))" if refused else "buffered (x)"
+                return "io_uring, O_DIRECT (alignment 4096, queue depth 32)" if self.way == "io_uring" else "O_DIRECT"
+
+            def read(self, file, offset, buf):
+                time.sleep(seconds[self.way])
+
+        return types.SimpleNamespace(DiskReader=Reader, drop_page_cache=lambda path: True)
+
+    fast, slow = 0.005, 0.06
+    cases = [
+        ({"io_uring": fast, "direct": slow, "buffered": slow}, True, False, True, True),
+        ({"io_uring": slow, "direct": fast, "buffered": slow}, True, False, True, False),
+        ({"io_uring": slow, "direct": slow, "buffered": fast}, True, False, False, False),
+        ({"io_uring": fast, "direct": slow, "buffered": slow}, False, False, True, False),  # no io_uring option
+        ({"io_uring": fast, "direct": fast, "buffered": slow}, True, True, False, False),  # O_DIRECT refused
+    ]
+    for seconds, uring, refused, direct, use_uring in cases:
+        monkeypatch.setattr(calibrate, "load_native", lambda: native(seconds, uring, refused))
+        r = calibrate._measure_disk(str(tmp_path), 1, passes=1)
+        assert (r.direct, r.io_uring) == (direct, use_uring), (seconds, uring, refused, r)
+        assert r.buffered_gbps > 0 and (r.io_uring_gbps > 0) == (uring and not refused), r
+        assert f"{r.buffered_gbps:.2f} GB/s" in r.why, r.why
+        if use_uring:
+            assert r.why.startswith("io_uring with O_DIRECT measured fastest here: io_uring"), r.why
+        elif not uring:
+            assert "io_uring not measured: this build's DiskReader binding takes no io_uring option" in r.why, r.why
+        if refused:
+            assert r.why.startswith("O_DIRECT refused by the file system (open: EINVAL)"), r.why
+        elif not direct:
+            assert "measured faster" in r.why, r.why
+    assert calibrate.DiskReads(True, 1.0, 1.0, "").io_uring is False  # existing callers: positional, no io_uring
 
 
 def test_a_source_file_that_cannot_be_read_is_a_clear_error(tmp_path):
@@ -504,3 +568,32 @@ def test_a_source_file_that_cannot_be_read_is_a_clear_error(tmp_path):
     with torch.no_grad():
         assert torch.equal(m(x), ref)
     h.detach()
+
+
+def test_a_loaded_expert_waiting_for_its_turn_has_its_first_blocks_uploaded_ahead(tmp_path):
+    x = torch.randn(2, 128)
+    misses = {}
+    for warm in (False, True):
+        high, low = Expert(3).eval(), Expert(4).eval()
+        with torch.no_grad():
+            ref_low = low(x)
+        hh, hl = (_offload(m, tmp_path, 1.5) for m in (high, low))
+        if not warm:
+            hh._has_disk = hl._has_disk = False  # no warm standby: the baseline
+        with torch.no_grad():
+            assert torch.equal(low(x), ref_low)  # low has run once: its order learned
+            hl.unload()
+            hl.load()  # loaded, with empty slots (as after ComfyUI loads it)
+            hl.reset_stats()
+            for _ in range(2):
+                high(x)
+            if warm:  # while high ran, low's first blocks were uploaded into its slots
+                assert hl.stats()["prefetches"] >= 1
+            hl.reset_stats()
+            assert torch.equal(low(x), ref_low)
+        st = hl.stats()
+        misses[warm] = (st["misses"], st["disk_read_misses"])
+        for h in (hh, hl):
+            h.detach()
+    # cold, its first block is uploaded only when its pass asks for it
+    assert misses[False][0] >= 1 and misses[True] == (0, 0), misses
