@@ -11,7 +11,8 @@ ci=0
 [[ "${1:-}" == "--ci" ]] && ci=1
 PY=${PYTHON:-python3}
 
-apt_pkgs=(g++ cmake ninja-build)
+# liburing-dev: liburing.a, linked into the extension for the disk tier's io_uring reads
+apt_pkgs=(g++ cmake ninja-build liburing-dev)
 if (( ci )); then apt_pkgs+=(libgtest-dev libgmock-dev clang-format); fi
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

@@ -9,11 +9,19 @@
 #include <cerrno>
 #include <cstring>
 
+#ifdef PINSTREAM_WITH_IO_URING
+#include <liburing.h>
+#include <sys/eventfd.h>
+#endif
+
 namespace pinstream {
 namespace {
 
 // O_DIRECT's alignment: the largest logical block size in use (4096 covers 512 too).
 constexpr uint64_t kDirectAlign = 4096;
+// The io_uring thread reads a chunk in pieces of at most this size (queue_depth of them
+// in flight: 32 MiB at the default depth, as much as 4 threads reading 8 MiB chunks).
+constexpr uint64_t kRingRead = 1ULL << 20;
 
 uint8_t* AlignedIn(std::vector<uint8_t>* buf, uint64_t bytes, uint64_t align) {
   if (buf->size() < bytes + align) buf->resize(bytes + align);
@@ -40,10 +48,49 @@ int ReadFull(int fd, uint8_t* dst, uint64_t bytes, uint64_t offset, uint64_t* go
 
 }  // namespace
 
+struct DiskReader::Ring {
+#ifdef PINSTREAM_WITH_IO_URING
+  struct ::io_uring ring;  // (the struct: DiskReader::io_uring() hides its name here)
+#endif
+  int depth = 0;
+  int wake_fd = -1;   // an eventfd: Submit and the destructor wake the ring thread through it
+  uint64_t wake = 0;  // where the ring thread's read of wake_fd lands
+
+  void Wake() {
+    const uint64_t one = 1;
+    if (write(wake_fd, &one, sizeof(one)) < 0) {
+      // EAGAIN only (the counter is full): the thread has a wake-up pending anyway
+    }
+  }
+};
+
 DiskReader::DiskReader(const Options& options) : options_(options) {
   options_.threads = std::max(1, options_.threads);
   options_.chunk_bytes = std::max<uint64_t>(kDirectAlign, options_.chunk_bytes / kDirectAlign * kDirectAlign);
+  options_.queue_depth = std::max(1, std::min(options_.queue_depth, 1024));
+  if (options_.io_uring) {
+#ifdef PINSTREAM_WITH_IO_URING
+    auto ring = std::make_unique<Ring>();
+    ring->depth = options_.queue_depth;
+    // the reads in flight and the wake-up read
+    const int err = io_uring_queue_init(static_cast<unsigned>(ring->depth + 1), &ring->ring, 0);
+    if (err < 0) {
+      ring_why_ = Errno("io_uring_queue_init", -err);
+    } else {
+      ring->wake_fd = eventfd(0, EFD_CLOEXEC);
+      if (ring->wake_fd < 0) {
+        ring_why_ = Errno("eventfd", errno);
+        io_uring_queue_exit(&ring->ring);
+      } else {
+        ring_ = std::move(ring);
+      }
+    }
+#else
+    ring_why_ = "PinStream was built without liburing";
+#endif
+  }
   for (int i = 0; i < options_.threads; ++i) threads_.emplace_back([this] { Work(); });
+  if (ring_) ring_thread_ = std::thread([this] { RingWork(); });
 }
 
 DiskReader::~DiskReader() {
@@ -53,6 +100,14 @@ DiskReader::~DiskReader() {
   }
   work_cv_.notify_all();
   for (std::thread& t : threads_) t.join();
+  if (ring_) {
+    ring_->Wake();
+    ring_thread_.join();  // it finishes what was queued first
+#ifdef PINSTREAM_WITH_IO_URING
+    io_uring_queue_exit(&ring_->ring);  // cancels its last wake-up read
+#endif
+    close(ring_->wake_fd);
+  }
   for (File& f : files_) {
     if (f.fd >= 0) close(f.fd);
   }
@@ -122,7 +177,11 @@ bool DiskReader::direct(int file) const {
 std::string DiskReader::how(int file) const {
   std::lock_guard<std::mutex> lock(mu_);
   const File& f = files_.at(file);
-  return f.direct ? "O_DIRECT (alignment " + std::to_string(f.align) + ")" : "buffered (" + f.why_buffered + ")";
+  if (!f.direct) return "buffered (" + f.why_buffered + ")";
+  const std::string align = "alignment " + std::to_string(f.align);
+  if (ring_) return "io_uring, O_DIRECT (" + align + ", queue depth " + std::to_string(ring_->depth) + ")";
+  if (options_.io_uring) return "O_DIRECT (" + align + "; io_uring not used: " + ring_why_ + ")";
+  return "O_DIRECT (" + align + ")";
 }
 
 Status DiskReader::Sample(const File& f, uint64_t* sum) {
@@ -217,17 +276,23 @@ Status DiskReader::SubmitMany(const std::vector<Range>& ranges, uint64_t* ticket
   }
   *ticket = next_ticket_++;
   Request& req = requests_[*ticket];
+  bool ring = false, pool = false;
   for (const Range& r : ranges) {
+    // O_DIRECT files go to the io_uring thread where there is one, the rest to the pool
+    const bool to_ring = ring_ != nullptr && files_[r.file].direct;
     for (uint64_t done = 0; done < r.bytes; done += options_.chunk_bytes) {
       const uint64_t n = std::min(options_.chunk_bytes, r.bytes - done);
-      queue_.push_back(Chunk{*ticket, r.file, r.offset + done, n, static_cast<uint8_t*>(r.dst) + done});
+      (to_ring ? ring_queue_ : queue_)
+          .push_back(Chunk{*ticket, r.file, r.offset + done, n, static_cast<uint8_t*>(r.dst) + done});
       ++req.pending;
+      (to_ring ? ring : pool) = true;
     }
     req.bytes += r.bytes;
   }
   if (req.pending > 0) {
     if (in_flight_++ == 0) busy_since_ = std::chrono::steady_clock::now();
-    work_cv_.notify_all();
+    if (pool) work_cv_.notify_all();
+    if (ring) ring_->Wake();
   }
   return Status::Ok();
 }
@@ -279,18 +344,173 @@ void DiskReader::Work() {
     lock.unlock();
     if (s.ok()) s = ReadChunk(c, &bounce);
     lock.lock();
-    Request& r = requests_[c.ticket];
-    if (!s.ok() && r.status.ok()) r.status = s;
-    if (--r.pending == 0) {
-      totals_.requests += 1;
-      if (r.status.ok()) totals_.bytes += r.bytes;
-      if (--in_flight_ == 0) {
-        totals_.busy_ms +=
-            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - busy_since_).count();
-      }
-      done_cv_.notify_all();
-    }
+    FinishChunk(c, s);
   }
+}
+
+void DiskReader::FinishChunk(const Chunk& c, const Status& s) {
+  Request& r = requests_[c.ticket];
+  if (!s.ok() && r.status.ok()) r.status = s;
+  if (--r.pending == 0) {
+    totals_.requests += 1;
+    if (r.status.ok()) totals_.bytes += r.bytes;
+    if (--in_flight_ == 0) {
+      totals_.busy_ms +=
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - busy_since_).count();
+    }
+    done_cv_.notify_all();
+  }
+}
+
+Status DiskReader::ShortRead(const std::string& path, const Chunk& c, uint64_t got_to) {
+  return Status::FailedPrecondition(path + " ended at byte " + std::to_string(got_to) + ", before the " +
+                                    std::to_string(c.bytes) + " bytes asked for at " + std::to_string(c.offset) +
+                                    " (the file shrank or changed since it was opened)");
+}
+
+// The io_uring thread: takes chunks of O_DIRECT files in turn, cuts each into reads of
+// at most kRingRead bytes (its aligned span; straight into the caller's memory when the
+// chunk is aligned, else each read into a bounce buffer of its own), keeps up to
+// queue_depth reads in flight, and counts a chunk finished when its last read completes.
+// A short read is asked again for the rest (a read at or past the end of the file gives
+// 0: the file shrank); EAGAIN and EINTR are asked again as they were.
+void DiskReader::RingWork() {
+#ifdef PINSTREAM_WITH_IO_URING
+  struct ::io_uring* ring = &ring_->ring;
+  struct Active {
+    Chunk c;
+    File f;
+    bool aligned = false;
+    uint64_t next = 0, end = 0;  // the aligned span [next, end) not yet asked for
+    int reads = 0;               // reads in flight
+    bool issued = false;         // no more reads to ask for
+    Status status;
+  };
+  struct Read {
+    Active* a = nullptr;
+    uint64_t at = 0, len = 0, got = 0;
+    uint8_t* buf = nullptr;
+  };
+  const int depth = ring_->depth;
+  std::vector<Read> reads(depth);
+  std::vector<std::vector<uint8_t>> bounce(depth);  // read i's bounce buffer, made on first use
+  std::vector<int> idle;
+  for (int i = depth - 1; i >= 0; --i) idle.push_back(i);
+  auto sqe = [&] {
+    io_uring_sqe* e = io_uring_get_sqe(ring);
+    if (e == nullptr) {  // the submission queue is full: hand it to the kernel first
+      io_uring_submit(ring);
+      e = io_uring_get_sqe(ring);
+    }
+    return e;
+  };
+  auto ask = [&](Read* r) {
+    io_uring_sqe* e = sqe();
+    io_uring_prep_read(e, r->a->f.fd, r->buf + r->got, static_cast<unsigned>(r->len - r->got), r->at + r->got);
+    io_uring_sqe_set_data(e, r);
+  };
+  auto arm_wake = [&] {
+    io_uring_sqe* e = sqe();
+    io_uring_prep_read(e, ring_->wake_fd, &ring_->wake, sizeof(ring_->wake), 0);
+    io_uring_sqe_set_data(e, nullptr);
+  };
+  arm_wake();
+  Active* cur = nullptr;  // the chunk being cut into reads
+  int in_flight = 0;
+  std::vector<Active*> finished;
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    // Ask for reads while there is room.
+    while (!idle.empty()) {
+      if (cur != nullptr && !cur->status.ok()) {  // a read of it failed: ask for no more
+        cur->issued = true;
+        cur = nullptr;
+      }
+      if (cur == nullptr) {
+        if (ring_queue_.empty()) break;
+        const Chunk c = ring_queue_.front();
+        ring_queue_.pop_front();
+        if (fail_next_ > 0) {
+          --fail_next_;
+          FinishChunk(c, Status::DeviceError("reading " + files_[c.file].path +
+                                             ": io_uring read (O_DIRECT): Input/output error (injected)"));
+          continue;
+        }
+        cur = new Active;
+        cur->c = c;
+        cur->f = files_[c.file];
+        const uint64_t a = cur->f.align;
+        cur->aligned = c.offset % a == 0 && c.bytes % a == 0 && reinterpret_cast<uintptr_t>(c.dst) % a == 0;
+        cur->next = c.offset / a * a;
+        cur->end = (c.offset + c.bytes + a - 1) / a * a;
+      }
+      const int i = idle.back();
+      idle.pop_back();
+      Read& r = reads[i];
+      r = Read{cur, cur->next, std::min(kRingRead, cur->end - cur->next), 0, nullptr};
+      r.buf = cur->aligned ? cur->c.dst + (r.at - cur->c.offset) : AlignedIn(&bounce[i], kRingRead, cur->f.align);
+      ask(&r);
+      ++in_flight;
+      ++cur->reads;
+      cur->next += r.len;
+      if (cur->next >= cur->end) {
+        cur->issued = true;
+        cur = nullptr;
+      }
+    }
+    if (stop_ && in_flight == 0 && cur == nullptr && ring_queue_.empty()) break;
+    lock.unlock();
+    // Hand the reads to the kernel and wait for a completion (a read, or a wake-up).
+    io_uring_submit_and_wait(ring, 1);
+    unsigned head = 0, seen = 0;
+    io_uring_cqe* cqe = nullptr;
+    io_uring_for_each_cqe(ring, head, cqe) {
+      ++seen;
+      Read* r = static_cast<Read*>(io_uring_cqe_get_data(cqe));
+      const int res = cqe->res;
+      if (r == nullptr) {  // the wake-up: Submit queued chunks, or the reader is closing
+        arm_wake();
+        continue;
+      }
+      if (res == -EAGAIN || res == -EINTR) {
+        ask(r);
+        continue;
+      }
+      Active& a = *r->a;
+      if (res < 0) {
+        if (a.status.ok()) {
+          a.status = Status::DeviceError("reading " + a.f.path + ": " + Errno("io_uring read (O_DIRECT)", -res));
+        }
+      } else {
+        r->got += static_cast<uint64_t>(res);
+        if (res > 0 && r->got < r->len) {  // short: ask for the rest
+          ask(r);
+          continue;
+        }
+        if (a.status.ok()) {
+          const uint64_t lo = std::max(r->at, a.c.offset), hi = std::min(r->at + r->got, a.c.offset + a.c.bytes);
+          if (!a.aligned && hi > lo) std::memcpy(a.c.dst + (lo - a.c.offset), r->buf + (lo - r->at), hi - lo);
+          if (r->at + r->got < std::min(r->at + r->len, a.c.offset + a.c.bytes)) {
+            a.status = ShortRead(a.f.path, a.c, r->at + r->got);
+          }
+        }
+      }
+      idle.push_back(static_cast<int>(r - reads.data()));
+      --in_flight;
+      if (--a.reads == 0 && (a.issued || !a.status.ok())) {
+        if (&a == cur) cur = nullptr;
+        finished.push_back(&a);
+      }
+    }
+    io_uring_cq_advance(ring, seen);
+    lock.lock();
+    for (Active* a : finished) {
+      FinishChunk(a->c, a->status);
+      delete a;
+    }
+    finished.clear();
+  }
+#endif
 }
 
 Status DiskReader::ReadChunk(const Chunk& c, std::vector<uint8_t>* bounce) {
@@ -299,11 +519,7 @@ Status DiskReader::ReadChunk(const Chunk& c, std::vector<uint8_t>* bounce) {
     std::lock_guard<std::mutex> lock(mu_);
     f = files_[c.file];
   }
-  auto short_read = [&](uint64_t got_to) {
-    return Status::FailedPrecondition(f.path + " ended at byte " + std::to_string(got_to) + ", before the " +
-                                      std::to_string(c.bytes) + " bytes asked for at " + std::to_string(c.offset) +
-                                      " (the file shrank or changed since it was opened)");
-  };
+  auto short_read = [&](uint64_t got_to) { return ShortRead(f.path, c, got_to); };
   uint64_t got = 0;
   if (!f.direct) {
     const int err = ReadFull(f.fd, c.dst, c.bytes, c.offset, &got);
