@@ -495,11 +495,15 @@ def test_reads_use_whichever_of_o_direct_and_buffered_measured_faster(tmp_path):
 
 def test_disk_reads_keeps_the_fastest_of_io_uring_the_thread_pool_and_buffered(monkeypatch, tmp_path):
     """The choice itself, with a stand-in for the native reader whose three ways read at set
-    rates (the real extension may lack the io_uring option, or this machine io_uring)."""
+    rates on a clock of the test's own (the real extension may lack the io_uring option, or
+    this machine io_uring)."""
     import time
     import types
 
     from pinstream import calibrate
+
+    now = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
 
     def native(seconds, uring=True, refused=False):
         class Reader:
@@ -520,7 +524,7 @@ def test_disk_reads_keeps_the_fastest_of_io_uring_the_thread_pool_and_buffered(m
                 return "io_uring, O_DIRECT (alignment 4096, queue depth 32)" if self.way == "io_uring" else "O_DIRECT"
 
             def read(self, file, offset, buf):
-                time.sleep(seconds[self.way])
+                now[0] += seconds[self.way]
 
         return types.SimpleNamespace(DiskReader=Reader, drop_page_cache=lambda path: True)
 
