@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .patcher import (OffloadConfig, UnsupportedModel, collect_stats, comfy_pinned_bytes, make_pinstream,
+from .patcher import (OffloadConfig, UnsupportedModel, collect_stats, comfy_pinned_bytes, disk_note, make_pinstream,
                       managed_states)
 
 log = logging.getLogger("PinStream")
@@ -121,8 +121,45 @@ OFFLOAD_INPUTS = [
               "auto", options=lambda: list(TRANSFER_DTYPES)),
 ]
 
+# The last input of every loader and offload node, optional so that workflows and API prompts
+# saved before it existed load unchanged (the frontend gives a trailing widget a saved workflow
+# lacks its default; prompt validation lets a missing optional input through, and the node
+# function's default is 0).
+RAM_BUDGET_INPUT = InputSpec(
+    "ram_budget_gb", "float", "Host RAM for this model's weights in GiB (the disk tier). The blocks beyond it live on "
+    "disk: in the model's own .safetensors file where its weights are there as stored (nothing written), else in a "
+    "spill file on local disk (PINSTREAM_SPILL_DIR, else ~/.cache/pinstream/spill) written once when this node runs. "
+    "They are read through a small pinned read ring whenever they are needed: streamed blocks at every step, blocks "
+    "kept on the GPU once per load. The outputs stay the same; a step takes longer when the disk reads "
+    "its blocks slower than the GPU computes (PinStream Stats shows the bytes read per step and the disk's rate). "
+    "The part outside the blocks stays in RAM. 0 = no limit: the whole model stays in RAM. "
+    "`python -m pinstream recommend` gives a value for your RAM.", 0.0, min=0.0, max=4096.0, step=0.01, optional=True)
+# The pipeline nodes' (a budget for the denoiser, as their vram_budget_gb).
+DENOISER_RAM_BUDGET_INPUT = InputSpec(
+    "ram_budget_gb", "float", "Host RAM for the denoiser's weights (transformer/unet; each, with a ControlNet) in GiB "
+    "(the disk tier): its blocks beyond it live in a spill file on local disk (PINSTREAM_SPILL_DIR, else "
+    "~/.cache/pinstream/spill), written once when this node runs, and are read back through a small pinned read "
+    "ring each time they are needed. The "
+    "encoders and the VAE stay in RAM. 0 = no limit: the whole pipeline stays in RAM.",
+    0.0, min=0.0, max=4096.0, step=0.01, optional=True)
 
-def check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype="auto") -> OffloadConfig:
+
+def check_ram_budget(ram_budget_gb) -> float:
+    """ram_budget_gb as a float (0 = no limit); ValueError says what is allowed."""
+    if ram_budget_gb is None:
+        return 0.0
+    try:
+        ram = float(ram_budget_gb)
+    except (TypeError, ValueError):
+        raise ValueError(f"ram_budget_gb must be a number of GiB >= 0 (0 = no limit), got {ram_budget_gb!r}") from None
+    if isinstance(ram_budget_gb, bool) or not math.isfinite(ram) or ram < 0:
+        raise ValueError(f"ram_budget_gb must be a finite number >= 0 (GiB of this model's weights held in host RAM, "
+                         f"the rest on disk; 0 = no limit), got {ram_budget_gb!r}")
+    return ram
+
+
+def check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype="auto",
+                         ram_budget_gb=0.0) -> OffloadConfig:
     """Validate node inputs; ValueError says what was wrong and what is allowed."""
     from pinstream.modes import ModeError, normalize_mode
 
@@ -145,7 +182,7 @@ def check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory, tran
     if transfer_dtype not in TRANSFER_DTYPES:
         raise ValueError(f"transfer_dtype must be one of {', '.join(TRANSFER_DTYPES)}, got {transfer_dtype!r}")
     return OffloadConfig(mode=mode, vram_budget_gb=budget, prefetch_blocks=prefetch_blocks, pin_memory=pin_memory,
-                         transfer_dtype=transfer_dtype)
+                         transfer_dtype=transfer_dtype, ram_budget_gb=check_ram_budget(ram_budget_gb))
 
 
 def _progress():
@@ -181,7 +218,7 @@ def apply_offload(patcher, config: OffloadConfig):
         log.warning(msg)
         return patcher, msg
     h = new.pinstream.handle
-    return new, f"PinStream {config.label}: {h.mode.name} ({h.mode.reason}); {h.plan['describe']}"
+    return new, f"PinStream {config.label}: {h.mode.name} ({h.mode.reason}); {h.plan['describe']}{disk_note(h)}"
 
 
 # ---- node functions -----------------------------------------------------------------------
@@ -194,12 +231,17 @@ def _load_kwargs(fn):
         return {}
 
 
+def _safetensors(path) -> tuple:
+    """The loaded file, for the disk tier to read blocks from (a .safetensors file only)."""
+    return (str(path),) if str(path).lower().endswith(".safetensors") else ()
+
+
 def run_load_diffusion_model(unet_name, weight_dtype, mode, vram_budget_gb, prefetch_blocks, pin_memory,
-        transfer_dtype="auto"):
+        transfer_dtype="auto", ram_budget_gb=0.0):
     import comfy.sd
     import folder_paths
 
-    cfg = check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype)
+    cfg = check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype, ram_budget_gb)
     cfg.label = unet_name
     if weight_dtype not in WEIGHT_DTYPES:
         raise ValueError(f"weight_dtype {weight_dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
@@ -212,6 +254,7 @@ def run_load_diffusion_model(unet_name, weight_dtype, mode, vram_budget_gb, pref
     elif weight_dtype == "fp8_e5m2":
         model_options["dtype"] = torch.float8_e5m2
     path = folder_paths.get_full_path_or_raise("diffusion_models", unet_name)
+    cfg.source_files = _safetensors(path)
     model = comfy.sd.load_diffusion_model(path, model_options=model_options,
                                           **_load_kwargs(comfy.sd.load_diffusion_model))
     model, msg = apply_offload(model, cfg)
@@ -219,13 +262,14 @@ def run_load_diffusion_model(unet_name, weight_dtype, mode, vram_budget_gb, pref
 
 
 def run_load_checkpoint(ckpt_name, mode, vram_budget_gb, prefetch_blocks, pin_memory,
-        transfer_dtype="auto"):
+        transfer_dtype="auto", ram_budget_gb=0.0):
     import comfy.sd
     import folder_paths
 
-    cfg = check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype)
+    cfg = check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype, ram_budget_gb)
     cfg.label = ckpt_name
     path = folder_paths.get_full_path_or_raise("checkpoints", ckpt_name)
+    cfg.source_files = _safetensors(path)
     out = comfy.sd.load_checkpoint_guess_config(path, output_vae=True, output_clip=True,
                                                 embedding_directory=folder_paths.get_folder_paths("embeddings"),
                                                 **_load_kwargs(comfy.sd.load_checkpoint_guess_config))
@@ -243,11 +287,11 @@ def _offload_clip(clip, cfg):
 
 
 def run_load_clip(clip_name, type, mode, vram_budget_gb, prefetch_blocks, pin_memory,
-        transfer_dtype="auto", device="default"):
+        transfer_dtype="auto", device="default", ram_budget_gb=0.0):
     import comfy.sd
     import folder_paths
 
-    cfg = check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype)
+    cfg = check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype, ram_budget_gb)
     cfg.label = clip_name
     allowed = _clip_types()
     if type not in allowed:
@@ -260,6 +304,7 @@ def run_load_clip(clip_name, type, mode, vram_budget_gb, prefetch_blocks, pin_me
     if device == "cpu":
         model_options["load_device"] = model_options["offload_device"] = torch.device("cpu")
     path = folder_paths.get_full_path_or_raise("text_encoders", clip_name)
+    cfg.source_files = _safetensors(path)
     clip = comfy.sd.load_clip(ckpt_paths=[path], embedding_directory=folder_paths.get_folder_paths("embeddings"),
                               clip_type=clip_type, model_options=model_options,
                               **_load_kwargs(comfy.sd.load_clip))
@@ -303,8 +348,8 @@ def _rebuild_vae_patcher(vae_name, **_options):
 
 
 def run_load_vae(vae_name, mode, vram_budget_gb, prefetch_blocks, pin_memory,
-        transfer_dtype="auto"):
-    cfg = check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype)
+        transfer_dtype="auto", ram_budget_gb=0.0):
+    cfg = check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype, ram_budget_gb)
     cfg.label = vae_name
     vae = _build_vae(vae_name)
     if getattr(vae, "patcher", None) is None or not any(True for _ in vae.patcher.model.parameters()):
@@ -316,28 +361,29 @@ def run_load_vae(vae_name, mode, vram_budget_gb, prefetch_blocks, pin_memory,
 
 
 def run_offload_model(model, mode, vram_budget_gb, prefetch_blocks, pin_memory,
-        transfer_dtype="auto"):
-    cfg = check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype)
+        transfer_dtype="auto", ram_budget_gb=0.0):
+    cfg = check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype, ram_budget_gb)
     cfg.label = type(getattr(model.model, "diffusion_model", model.model)).__name__
     new, msg = apply_offload(model, cfg)
     return (new,), msg
 
 
 def run_offload_clip(clip, mode, vram_budget_gb, prefetch_blocks, pin_memory,
-        transfer_dtype="auto"):
-    cfg = check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype)
+        transfer_dtype="auto", ram_budget_gb=0.0):
+    cfg = check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype, ram_budget_gb)
     cfg.label = type(clip.cond_stage_model).__name__
     new, msg = _offload_clip(clip, cfg)
     return (new,), msg
 
 
-def run_offload_pipeline(pipeline, modes, vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype="auto"):
+def run_offload_pipeline(pipeline, modes, vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype="auto",
+                         ram_budget_gb=0.0):
     """PinStream Offload (Pipeline): see comfy_nodes/pipeline_offload.py."""
     from pinstream.native import native_available, native_error
 
     from .pipeline_offload import offload_pipeline
 
-    cfg = check_offload_inputs("auto", vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype)
+    cfg = check_offload_inputs("auto", vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype, ram_budget_gb)
     if not isinstance(modes, str):
         raise ValueError(f"modes must be text (component=mode, ...), got {type(modes).__name__}")
     if not native_available():
@@ -346,12 +392,12 @@ def run_offload_pipeline(pipeline, modes, vram_budget_gb, prefetch_blocks, pin_m
         log.warning(msg)
         return (pipeline,), msg
     out, lines = offload_pipeline(pipeline, modes, cfg.vram_budget_gb, cfg.prefetch_blocks, cfg.pin_memory,
-                                  cfg.transfer_dtype, progress=_progress())
+                                  cfg.transfer_dtype, ram_budget_gb=cfg.ram_budget_gb, progress=_progress())
     return (out,), "\n".join(lines)
 
 
 def run_load_flashportrait(precision, download_missing, modes, vram_budget_gb, prefetch_blocks, pin_memory,
-                           transfer_dtype="auto"):
+                           transfer_dtype="auto", ram_budget_gb=0.0):
     """FlashPortrait Loader (PinStream): see comfy_nodes/flashportrait.py."""
     import nodes as comfy_nodes_module
     from pinstream.native import native_available, native_error
@@ -359,7 +405,7 @@ def run_load_flashportrait(precision, download_missing, modes, vram_budget_gb, p
     from . import flashportrait
     from .pipeline_offload import offload_pipeline
 
-    cfg = check_offload_inputs("auto", vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype)
+    cfg = check_offload_inputs("auto", vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype, ram_budget_gb)
     if not isinstance(modes, str):
         raise ValueError(f"modes must be text (component=mode, ...), got {type(modes).__name__}")
     if not native_available():
@@ -370,17 +416,19 @@ def run_load_flashportrait(precision, download_missing, modes, vram_budget_gb, p
     pipe, face, lines = flashportrait.load_flashportrait(
         comfy_nodes_module.NODE_CLASS_MAPPINGS, precision, bool(download_missing),
         lambda p: offload_pipeline(p, modes, cfg.vram_budget_gb, cfg.prefetch_blocks, cfg.pin_memory,
-                                   cfg.transfer_dtype, device=device, progress=_progress())[1], device)
+                                   cfg.transfer_dtype, ram_budget_gb=cfg.ram_budget_gb, device=device,
+                                   progress=_progress())[1], device)
     return (pipe, face), "FlashPortrait pipe built in host RAM\n" + "\n".join(lines)
 
 
-def run_offload_wanvideo_model(model, mode, vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype="auto"):
+def run_offload_wanvideo_model(model, mode, vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype="auto",
+                               ram_budget_gb=0.0):
     """PinStream Offload (WanVideo Model): see comfy_nodes/wanvideo.py."""
     import comfy.model_management
 
     from .wanvideo import offload_wanvideo_model, wanvideo_parts
 
-    cfg = check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype)
+    cfg = check_offload_inputs(mode, vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype, ram_budget_gb)
     cfg.label = "WanVideo " + type(wanvideo_parts(model)[1]).__name__
     new, msg = offload_wanvideo_model(model, cfg, apply_offload, comfy.model_management.load_models_gpu)
     return (new,), msg
@@ -424,8 +472,43 @@ def format_stats(rows: list, pins: dict | None = None) -> str:
                                 else "")
                   + (f"; not writable ({r['cache_error']})" if r['cache_error'] else "")
                   if r.get("cache_dir") else "\n  coded-weights cache off")
-               if r.get("transfer_dtype") == "compressed" else ""))
+               if r.get("transfer_dtype") == "compressed" else "")
+            + _disk_lines(r))
     return "\n".join(lines)
+
+
+def _disk_lines(r: dict) -> str:
+    """The disk tier's lines of a model's report: none unless some of it lives on disk (or
+    blocks meant for disk stayed in RAM, and why)."""
+    out = ""
+    if r.get("disk_blocks"):
+        over = r.get("disk_over_bytes", 0)
+        where = []
+        if r.get("source_block_bytes"):
+            where.append(f"{_gb(r['source_block_bytes'])} read from the model's own file")
+        if r.get("spill_path"):
+            where.append(f"spill file {r['spill_path']} ({_gb(r['spill_bytes'])})")
+        out += (f"\n  on disk: {r['disk_blocks']} blocks, {_gb(r['disk_block_bytes'])}, beyond the host budget of "
+                f"{_gb(r['host_budget_bytes'])}" + (f" ({_gb(over)} above it stays in RAM: what cannot go to disk)"
+                                                      if over > 0 else "")
+                + "".join(f"; {w}" for w in where)
+                + (f" (not all from the model's file: {r['source_note']})" if r.get("source_note") else "")
+                + (f"; read {r['disk_how']}" if r.get("disk_how") else "")
+                + (f", read ring {_gb(r['read_ring_bytes'])}" if r.get("read_ring_bytes") else ""))
+        steps = r.get("disk_steps_last_run", 0)
+        read = r.get("disk_bytes_last_run", 0)
+        if steps:
+            out += (f"\n  disk last run: {_gb(r['disk_bytes_per_step'])} read per step ({steps} steps, "
+                    f"{_gb(read)} with the reads at load)")
+        elif read:
+            out += f"\n  disk last run: {_gb(read)} read at load (the blocks kept on the GPU)"
+        else:
+            out += "\n  disk last run: nothing read"
+        if read:
+            out += f", disk {r['disk_gbps']:.2f} GB/s, host waited {r['disk_wait_ms_last_run']:.1f} ms for it"
+    if r.get("spill_error"):
+        out += f"\n  blocks meant for disk stay in RAM: {r['spill_error']}"
+    return out
 
 
 def run_stats(anything=None):
@@ -443,8 +526,10 @@ def run_stats(anything=None):
     return (text,), text
 
 
-def _config_inputs(first):
-    return first + OFFLOAD_INPUTS
+def _config_inputs(first, more=()):
+    """A node's inputs: its own, the offload inputs, its own optional ones, then ram_budget_gb
+    (last, so the widgets of workflows saved before it keep their places)."""
+    return first + OFFLOAD_INPUTS + list(more) + [RAM_BUDGET_INPUT]
 
 
 SPECS = [
@@ -468,9 +553,9 @@ SPECS = [
                            options=_files("text_encoders")),
                  InputSpec("type", "combo", "Which model family the encoder is for (wan for umt5-xxl).",
                            "stable_diffusion", options=_clip_types),
-             ]) + [InputSpec("device", "combo", "As in Load CLIP: cpu runs the text encoder on the CPU (then "
-                             "there is nothing to offload and the encoder is passed through).", "default",
-                             options=lambda: CLIP_DEVICES, optional=True)],
+             ], [InputSpec("device", "combo", "As in Load CLIP: cpu runs the text encoder on the CPU (then "
+                           "there is nothing to offload and the encoder is passed through).", "default",
+                           options=lambda: CLIP_DEVICES, optional=True)]),
              [("CLIP", "CLIP")], run_load_clip),
     NodeSpec("PinStreamLoadVAE", "Load VAE (PinStream)", "Loads a VAE with an offload mode.",
              _config_inputs([InputSpec("vae_name", "combo", "VAE file in models/vae, or a name Load VAE builds "
@@ -506,7 +591,7 @@ SPECS = [
                         "streams (budget within vram_budget_gb when set, else sequential), the rest model_offload.", ""),
               InputSpec("vram_budget_gb", "float", "VRAM for the transformer in GiB when the modes do not name its "
                         "budget; 0 = stream it in sequential mode.", 0.0, min=0.0, max=1024.0, step=0.01)]
-             + OFFLOAD_INPUTS[2:],
+             + OFFLOAD_INPUTS[2:] + [DENOISER_RAM_BUDGET_INPUT],
              [("FLASH_PORTRAIT_PIPE", "pipe"), ("FACE_ALIGN_MODELS", "face_align_models")], run_load_flashportrait),
     NodeSpec("PinStreamOffloadPipeline", "PinStream Offload (Pipeline)",
              "Puts each torch module of a pipeline under a PinStream mode of its own: a dict like FlashPortrait's "
@@ -522,11 +607,12 @@ SPECS = [
                         "node's text lists the components it found.", ""),
               InputSpec("vram_budget_gb", "float", "VRAM for the denoiser (transformer/unet) in GiB when the modes do "
                         "not name its budget; 0 = stream it in sequential mode.", 0.0, min=0.0, max=1024.0,
-                        step=0.01)] + OFFLOAD_INPUTS[2:],
+                        step=0.01)] + OFFLOAD_INPUTS[2:] + [DENOISER_RAM_BUDGET_INPUT],
              [("*", "pipeline")], run_offload_pipeline),
     NodeSpec("PinStreamStats", "PinStream Stats",
              "Shows, for every model PinStream manages: mode (and why), resident and streamed bytes, bytes "
-             "streamed in the last run, upload bandwidth, stall and pinned RAM.",
+             "streamed in the last run, upload bandwidth, stall and pinned RAM; for a model with blocks on disk "
+             "(ram_budget_gb), its blocks on disk, the bytes read from disk per step and the disk's GB/s.",
              [InputSpec("anything", "any", "Connect any output (e.g. the sampler's LATENT) so the stats are taken "
                         "after it ran.", optional=True)],
              [("STRING", "stats")], run_stats, output_node=True),

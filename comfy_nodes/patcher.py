@@ -43,6 +43,14 @@ class OffloadConfig:
     pin_memory: bool = True
     transfer_dtype: str = "auto"
     label: str = "model"
+    ram_budget_gb: float = 0.0  # host RAM for the weights (the disk tier); 0 = no limit
+    # the safetensors file(s) a loader read the weights from: blocks on disk whose weights are
+    # there as stored are read from there (no spill copy written)
+    source_files: tuple = ()
+
+    def host_budget_gb(self) -> float | None:
+        """pinstream.offload's host_budget_gb: None (no limit of this model's own) for 0."""
+        return float(self.ram_budget_gb) if self.ram_budget_gb and self.ram_budget_gb > 0 else None
 
 
 @dataclass(eq=False)
@@ -164,8 +172,10 @@ def restore_host_originals(st: PinStreamState, model) -> bool:
 
 def _offload_args(config: OffloadConfig, *, mode: str, budget_gb, free=None) -> dict:
     """How a node's configuration calls pinstream.offload (besides module, device, engine)."""
+    # host_budget_gb is always given, None included: a rebuilt handle must not keep an earlier one
     return dict(mode=mode, budget_gb=budget_gb, prefetch=int(config.prefetch_blocks),
-                pin_memory=bool(config.pin_memory), transfer_dtype=config.transfer_dtype, free_device_bytes=free)
+                pin_memory=bool(config.pin_memory), transfer_dtype=config.transfer_dtype, free_device_bytes=free,
+                host_budget_gb=config.host_budget_gb())
 
 
 def _offload(module, config: OffloadConfig, *, mode: str, budget_gb, load_device, engine: str,
@@ -182,6 +192,8 @@ def _offload(module, config: OffloadConfig, *, mode: str, budget_gb, load_device
         progress=progress,
         pin_cap_bytes=available_pin_bytes(comfy_pinned_bytes()),
         load=False,
+        # (a new handle only: a rebuild keeps the files of the handle it replaces)
+        **({"source_files": [str(f) for f in config.source_files]} if config.source_files else {}),
         **_offload_args(config, mode=mode, budget_gb=budget_gb, free=free),
     )
     handle._settings["pinned_elsewhere"] = comfy_pinned_bytes()
@@ -497,6 +509,29 @@ class PinStreamPatcherMixin:
         return collect_stats(self.pinstream)
 
 
+def disk_note(handle) -> str:
+    """The disk tier in a node's one-line plan: "; N blocks (X GiB) on disk ..." when some
+    of the model lives in its spill file, what kept blocks meant for disk in RAM, else ""."""
+    s = handle.stats()
+    note = ""
+    if s.get("disk_blocks"):
+        src, total = s.get("source_block_bytes", 0), s["disk_block_bytes"]
+        where = ("read from the model's own file" if src >= total else
+                 f"{src / GIB:.2f} GiB read from the model's own file, the rest in a spill file" if src else
+                 "in a spill file")
+        note = (f"; {s['disk_blocks']} blocks ({total / GIB:.2f} GiB) on disk beyond the host budget "
+                f"of {s['host_budget_bytes'] / GIB:.2f} GiB, {where}")
+    if s.get("spill_error"):
+        note += f"; blocks meant for disk stay in RAM: {s['spill_error']}"
+    return note
+
+
+def _since(s: dict, run: dict, key: str):
+    """A counter's growth since the last report (all of it when the handle was made since)."""
+    now, then = s.get(key, 0), run.get(key, 0)
+    return now - then if now >= then else now
+
+
 def collect_stats(st: PinStreamState) -> dict:
     h = st.handle
     if h is None:
@@ -507,6 +542,11 @@ def collect_stats(st: PinStreamState) -> dict:
     uploaded = s.get("bytes_uploaded", 0) - run.get("bytes_uploaded", 0)
     timed = s.get("timed_upload_bytes", 0) - run.get("timed_upload_bytes", 0)
     stall = s.get("stall_ms", 0.0) - run.get("stall_ms", 0.0)
+    # disk reads of the last run: those of loads and forward passes (disk_bytes), per pass;
+    # the rate is every byte read (host_value reads too) over the reader's busy time
+    disk_bytes, passes = _since(s, run, "disk_bytes"), _since(s, run, "passes")
+    busy_ms = _since(s, run, "disk_busy_ms")
+    disk_gbps = _since(s, run, "disk_bytes_total") / (busy_ms * 1e6) if busy_ms > 0 else s.get("disk_gbps", 0.0)
     return {
         "label": st.config.label,
         "mode": h.mode.name,
@@ -535,6 +575,23 @@ def collect_stats(st: PinStreamState) -> dict:
         "cache_stored": s.get("cache_stored", 0),
         "cache_rebuilt": s.get("cache_rebuilt", 0),
         "cache_error": s.get("cache_error", ""),
+        # the disk tier: blocks beyond the host budget live in a spill file
+        "host_budget_bytes": s.get("host_budget_bytes", -1),
+        "disk_blocks": s.get("disk_blocks", 0),
+        "disk_block_bytes": s.get("disk_block_bytes", 0),
+        "disk_over_bytes": s.get("disk_over_bytes", 0),
+        "source_block_bytes": s.get("source_block_bytes", 0),
+        "source_note": s.get("source_note", ""),
+        "spill_path": s.get("spill_path", ""),
+        "spill_bytes": s.get("spill_bytes", 0),
+        "spill_error": s.get("spill_error", ""),
+        "disk_how": s.get("disk_how", ""),
+        "read_ring_bytes": s.get("read_ring_bytes", 0),
+        "disk_bytes_last_run": disk_bytes,
+        "disk_steps_last_run": passes,
+        "disk_bytes_per_step": disk_bytes / passes if passes else 0.0,
+        "disk_wait_ms_last_run": _since(s, run, "disk_wait_ms"),
+        "disk_gbps": disk_gbps,
     }
 
 

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .patcher import _MANAGED, GIB, OffloadConfig, PinStreamState, _offload
+from .patcher import _MANAGED, GIB, OffloadConfig, PinStreamState, _offload, disk_note
 
 log = logging.getLogger("PinStream")
 
@@ -425,8 +425,9 @@ def _default_device():
 
 def _same_config(st, cfg: OffloadConfig) -> bool:
     old = st.config
-    return (old.mode, old.vram_budget_gb, old.prefetch_blocks, old.pin_memory, old.transfer_dtype) == (
-        cfg.mode, cfg.vram_budget_gb, cfg.prefetch_blocks, cfg.pin_memory, cfg.transfer_dtype)
+    return (old.mode, old.vram_budget_gb, old.prefetch_blocks, old.pin_memory, old.transfer_dtype,
+            old.ram_budget_gb) == (cfg.mode, cfg.vram_budget_gb, cfg.prefetch_blocks, cfg.pin_memory,
+                                   cfg.transfer_dtype, cfg.ram_budget_gb)
 
 
 def _check_shared(found: Found, modes: dict) -> None:
@@ -480,11 +481,13 @@ def _release(module: nn.Module) -> bool:
 
 
 def offload_pipeline(obj, modes: str = "", vram_budget_gb: float = 0.0, prefetch_blocks: int = 1,
-                     pin_memory: bool = True, transfer_dtype: str = "auto", *, device=None, engine: str = "auto",
-                     progress=None) -> tuple[object, list[str]]:
+                     pin_memory: bool = True, transfer_dtype: str = "auto", *, ram_budget_gb: float = 0.0,
+                     device=None, engine: str = "auto", progress=None) -> tuple[object, list[str]]:
     """Put each component of ``obj`` under its mode; returns ``obj`` (the same object) and
-    one line per component saying what it runs. Raises PipelineError for a pipeline or a
-    mode string that cannot be used."""
+    one line per component saying what it runs. ``ram_budget_gb`` (> 0) is the host RAM of
+    each denoiser (transformer, unet, ControlNet): its blocks beyond it live on disk; the
+    other components stay in RAM. Raises PipelineError for a pipeline or a mode string that
+    cannot be used."""
     found = find_components(obj)
     plan = plan_modes(found, modes, float(vram_budget_gb or 0.0))
     _check_shared(found, plan)
@@ -513,12 +516,14 @@ def offload_pipeline(obj, modes: str = "", vram_budget_gb: float = 0.0, prefetch
         transfer = m.transfer_dtype if m.transfer_dtype != "auto" else transfer_dtype
         if transfer == "fp8_e4m3" and m.transfer_dtype == "auto" and m.mode not in ("sequential", "budget"):
             transfer = "auto"  # the node's fp8 transfer is for the streamed blocks; a whole model goes as stored
+        ram = float(ram_budget_gb or 0.0) if role_of(name, module) == "denoiser" else 0.0
         cfg = OffloadConfig(mode=m.mode, vram_budget_gb=float(m.budget_gb or 0.0), prefetch_blocks=int(prefetch_blocks),
-                            pin_memory=bool(pin_memory), transfer_dtype=transfer, label=label)
+                            pin_memory=bool(pin_memory), transfer_dtype=transfer, label=label, ram_budget_gb=ram)
         st = getattr(module, "pinstream_state", None)
         h = _handle(module)
         if h is not None and isinstance(st, PinStreamState) and st.handle is h and _same_config(st, cfg):
-            lines.append(f"PinStream {label}: {h.mode.name} ({h.mode.reason}); {h.plan['describe']} (unchanged)")
+            lines.append(f"PinStream {label}: {h.mode.name} ({h.mode.reason}); {h.plan['describe']}{disk_note(h)} "
+                         "(unchanged)")
             continue
         if h is not None:
             # A new mode for a managed component: its weights go back to the host (never to
@@ -539,7 +544,8 @@ def offload_pipeline(obj, modes: str = "", vram_budget_gb: float = 0.0, prefetch
         state = PinStreamState(config=cfg, handle=handle, engine=engine)
         module.pinstream_state = state
         _MANAGED.add(state)
-        lines.append(f"PinStream {label}: {handle.mode.name} ({handle.mode.reason}); {handle.plan['describe']}")
+        lines.append(f"PinStream {label}: {handle.mode.name} ({handle.mode.reason}); {handle.plan['describe']}"
+                     f"{disk_note(handle)}")
     if on_gpu and torch.cuda.is_available():
         torch.cuda.empty_cache()  # the GPU copies the weights were taken from
     for line in lines:

@@ -242,8 +242,11 @@ def build(title, nodes, note, with_models=True):
     }
 
 
-def ps(mode, budget=0.0, prefetch=1, transfer="auto"):
-    return [mode, budget, prefetch, True, transfer]
+def ps(mode, budget=0.0, prefetch=1, transfer="auto", ram=0.0, device=None):
+    """The offload widgets of a PinStream loader or offload node, in order: mode,
+    vram_budget_gb, prefetch_blocks, pin_memory, transfer_dtype, (Load CLIP's device),
+    ram_budget_gb (0: the whole model in RAM)."""
+    return [mode, budget, prefetch, True, transfer] + ([device] if device is not None else []) + [ram]
 
 
 WORKFLOWS = {
@@ -277,7 +280,8 @@ WORKFLOWS = {
     "wan21_t2v_14b_pinstream.json": build("Wan 2.1 T2V 14B on a 12 GB GPU", [
         ("unet", "PinStreamLoadDiffusionModel", ["wan2.1_t2v_14B_bf16.safetensors", "default",
                                                  *ps("budget", 9.0, 2)], {}),
-        ("clip", "PinStreamLoadCLIP", ["umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan", *ps("model_offload"), "default"], {}),
+        ("clip", "PinStreamLoadCLIP", ["umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan", *ps("model_offload", device="default")],
+         {}),
         ("vae", "PinStreamLoadVAE", ["wan_2.1_vae.safetensors", *ps("full_load")], {}),
         ("shift", "ModelSamplingSD3", [8.0], {"model": ("unet", 0)}),
         ("pos", "CLIPTextEncode", ["a corgi running on a beach at golden hour, slow motion"], {"clip": ("clip", 0)}),
@@ -294,7 +298,8 @@ WORKFLOWS = {
                                                  *ps("budget", 8.0, 2)], {}),
         ("low", "PinStreamLoadDiffusionModel", ["wan2.2_i2v_low_noise_14B_fp16.safetensors", "default",
                                                 *ps("budget", 8.0, 2)], {}),
-        ("clip", "PinStreamLoadCLIP", ["umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan", *ps("model_offload"), "default"], {}),
+        ("clip", "PinStreamLoadCLIP", ["umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan", *ps("model_offload", device="default")],
+         {}),
         ("vae", "PinStreamLoadVAE", ["wan_2.1_vae.safetensors", *ps("full_load")], {}),
         ("img", "LoadImage", ["example.png", "image"], {}),
         ("shift_h", "ModelSamplingSD3", [8.0], {"model": ("high", 0)}),
@@ -312,9 +317,11 @@ WORKFLOWS = {
         ("save", "SaveAnimatedWEBP", ["pinstream_wan22", 16.0, False, 90, "default"], {"images": ("dec", 0)}),
         ("stats", "PinStreamStats", [], {"anything": ("ks_l", 0)}),
     ], "Two 28.6 GB experts take turns: each keeps 8 GB resident while it runs; switching experts frees the "
-       "other's VRAM by re-pointing its weights at pinned RAM (no device-to-host copy). Needs about 70 GB of RAM."),
+       "other's VRAM by re-pointing its weights at pinned RAM (no device-to-host copy). Needs about 70 GB of RAM; "
+       "with less, give each expert a ram_budget_gb (python -m pinstream recommend computes it): the rest of each "
+       "expert lives on disk and is read from there as it runs."),
     "flashportrait_pinstream.json": build("ComfyUI-FlashPortrait on a 24 GB GPU", [
-        ("fp", "PinStreamLoadFlashPortrait", ["bf16", True, "", 16.0, 2, True, "auto"], {}),
+        ("fp", "PinStreamLoadFlashPortrait", ["bf16", True, "", 16.0, 2, True, "auto", 0.0], {}),
         ("ref", "LoadImage", ["portrait.png", "image"], {}),
         ("drv", "LoadVideo", ["driving.mp4", "image"], {}),
         ("comp", "GetVideoComponents", [], {"video": ("drv", 0)}),

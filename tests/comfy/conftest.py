@@ -10,6 +10,11 @@ if "PINSTREAM_CACHE_DIR" not in os.environ:
     import tempfile
 
     os.environ["PINSTREAM_CACHE_DIR"] = tempfile.mkdtemp(prefix="pinstream-cache-")
+# Spill files of models with blocks on disk (ram_budget_gb) too (they go with their model).
+if "PINSTREAM_SPILL_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["PINSTREAM_SPILL_DIR"] = tempfile.mkdtemp(prefix="pinstream-spill-")
 
 
 @pytest.fixture

@@ -97,13 +97,13 @@ def _core_unet(kind):
     return pl.load_unet(ns, f(kind))
 
 
-def _ps_unet(kind, mode, budget=None, prefetch=1):
+def _ps_unet(kind, mode, budget=None, prefetch=1, ram_budget=0.0):
     budget = _budget_for(kind, prefetch) if (budget is None and mode == "budget") else (budget or 0.0)
     name = name_of("diffusion_models", f(kind))
     if kind == "flux":
         with pl.tiny_flux_detection(ns):
-            return N.run_load_diffusion_model(name, "default", mode, budget, prefetch, True)
-    return N.run_load_diffusion_model(name, "default", mode, budget, prefetch, True)
+            return N.run_load_diffusion_model(name, "default", mode, budget, prefetch, True, ram_budget_gb=ram_budget)
+    return N.run_load_diffusion_model(name, "default", mode, budget, prefetch, True, ram_budget_gb=ram_budget)
 
 
 _REFS = {}

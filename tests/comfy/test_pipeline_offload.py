@@ -154,11 +154,14 @@ class Net(nn.Module):
         return x
 
 
-def node(pipeline, modes="", vram_budget_gb=0.0, prefetch_blocks=1, pin_memory=True, transfer_dtype="auto"):
-    """The node as ComfyUI runs it (classic class; the V3 one runs the same function)."""
+def node(pipeline, modes="", vram_budget_gb=0.0, prefetch_blocks=1, pin_memory=True, transfer_dtype="auto",
+         ram_budget_gb=None):
+    """The node as ComfyUI runs it (classic class; the V3 one runs the same function); the
+    optional ram_budget_gb is left out, as in a prompt saved before it existed, unless given."""
+    extra = {} if ram_budget_gb is None else {"ram_budget_gb": ram_budget_gb}
     out = NODE_CLASS_MAPPINGS[NODE]().run(pipeline=pipeline, modes=modes, vram_budget_gb=vram_budget_gb,
                                           prefetch_blocks=prefetch_blocks, pin_memory=pin_memory,
-                                          transfer_dtype=transfer_dtype)
+                                          transfer_dtype=transfer_dtype, **extra)
     return out["result"][0], out["ui"]["text"][0]
 
 
@@ -512,13 +515,14 @@ def test_registered_for_classic_and_v3():
     cls = NODE_CLASS_MAPPINGS[NODE]
     req = cls.INPUT_TYPES()["required"]
     assert list(req) == ["pipeline", "modes", "vram_budget_gb", "prefetch_blocks", "pin_memory", "transfer_dtype"]
+    assert list(cls.INPUT_TYPES()["optional"]) == ["ram_budget_gb"]
     assert req["pipeline"][0] == "*" and not (req["pipeline"][0] != "FLASH_PORTRAIT_PIPE")  # takes any type
     assert cls.RETURN_TYPES[0] == "*" and not (cls.RETURN_TYPES[0] != "FLASH_PORTRAIT_PIPE")
     if comfy_nodes.has_v3_api():
         from comfy_nodes import v3
 
         schema = next(n for n in v3.NODES if n.define_schema().node_id == NODE).define_schema()
-        assert [i.id for i in schema.inputs] == list(req)
+        assert [i.id for i in schema.inputs] == list(req) + ["ram_budget_gb"]
 
 
 # ---- in ComfyUI's executor -------------------------------------------------------------------------

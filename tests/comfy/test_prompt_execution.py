@@ -227,10 +227,15 @@ def core_loader(files):
     return {"class_type": "UNETLoader", "inputs": {"unet_name": files["unet"], "weight_dtype": "default"}}
 
 
-def ps_loader(files, mode, budget=0.0, prefetch=1):
-    return {"class_type": PS_LOADER, "inputs": {
+def ps_loader(files, mode, budget=0.0, prefetch=1, ram_budget=None):
+    """The PinStream loader's node; without ram_budget_gb (optional) unless given, as prompts
+    saved before it existed."""
+    loader = {"class_type": PS_LOADER, "inputs": {
         "unet_name": files["unet"], "weight_dtype": "default", "mode": mode, "vram_budget_gb": budget,
         "prefetch_blocks": prefetch, "pin_memory": True, "transfer_dtype": "auto"}}
+    if ram_budget is not None:
+        loader["inputs"]["ram_budget_gb"] = ram_budget
+    return loader
 
 
 def wan_t2v_prompt(files, loader, prefix):
@@ -524,3 +529,38 @@ def test_prompts_alternating_two_files_keep_memory_flat(pack, files, tiny_umt5, 
     # until the next prompt replaces it): the same after eight prompts as after two
     assert max(held) <= 2 * one + 4096, [h / 2**20 for h in held]
     assert held[-1] <= held[1] + 4096, [h / 2**20 for h in held]
+
+
+def test_ram_budget_puts_blocks_on_disk_and_equals_core(pack, files, tiny_umt5, output_dir, clean_models):
+    """ram_budget_gb in a prompt: the loader's text and PinStream Stats say what lives on disk,
+    the latent equals core's; a negative one is refused at submission, naming the input."""
+    import folder_paths
+
+    from pinstream.discovery import discover_blocks
+
+    core = pl.load_unet(ns, folder_paths.get_full_path_or_raise("diffusion_models", files["unet"]))
+    d = discover_blocks(core.model.diffusion_model, min_fraction=0.2)
+    del core
+    ram = round((d.nonblock_bytes + sum(d.block_bytes) // 2) / 1024**3, 6)  # about half of the blocks on disk
+    executor, server = new_executor()
+    ref = reference_latent(executor, server, files)
+    run_prompt(executor, server, wan_t2v_prompt(files, ps_loader(files, "sequential", ram_budget=ram), "ps_disk"))
+    assert_succeeded(executor, server)
+    out = saved_latent(executor)
+    assert torch.equal(out, ref), f"max diff {(out - ref).abs().max().item()}"
+    loader_ui = executor.history_result["outputs"]["1"]["text"][0]
+    assert "on disk beyond the host budget" in loader_ui, loader_ui
+    lines = stats_text(executor).splitlines()
+    ours = [i for i, ln in enumerate(lines) if ln.startswith(f"{files['unet']}: sequential (")]
+    sections = []
+    for i in ours:
+        sections.append([lines[i]] + [ln for ln in lines[i + 1:i + 5] if ln.startswith("  ")])
+    disk = [sec for sec in sections if any(ln.startswith("  on disk: ") for ln in sec)]
+    assert disk, lines
+    assert any(ln.startswith("  disk last run: ") and " read per step (" in ln for ln in disk[-1]), disk[-1]
+
+    ok, error, outputs, node_errors = validate(wan_t2v_prompt(files, ps_loader(files, "sequential", ram_budget=-1.0),
+                                                              "unused"))
+    assert not ok and "1" in node_errors, (error, node_errors)
+    errs = node_errors["1"]["errors"]
+    assert any(e["type"] == "value_smaller_than_min" and "ram_budget_gb" in e["details"] for e in errs), errs

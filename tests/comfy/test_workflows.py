@@ -160,9 +160,9 @@ def _is_file_option(value):
                                                                    "gguf", "pt", "bin")
 
 
-def _check_widgets(node):
+def _check_widgets(node, widgets=None):
     values = list(node.get("widgets_values", []))
-    for name, kind, options, lo, hi in _widgets(node["type"]):
+    for name, kind, options, lo, hi in (_widgets(node["type"]) if widgets is None else widgets):
         assert values, f"{node['type']} #{node['id']}: no value for widget {name}"
         v = values.pop(0)
         if kind == "COMBO":
@@ -216,6 +216,22 @@ def test_workflow_is_valid(path):
         if node["type"].startswith("PinStreamLoad") or node["type"].startswith("PinStreamOffload"):
             assert any(v in ("auto", "full_load", "model_offload", "sequential", "budget")
                        for v in node["widgets_values"])
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_workflows_saved_before_ram_budget_gb_keep_their_widget_values(path):
+    """ram_budget_gb is the last widget of every PinStream loader and offload node, so a
+    workflow saved before it existed (these, without their last value) gives each saved value
+    to the same widget as before; the frontend leaves the new one at its default, 0 (no
+    limit). The browser test loads such a workflow into the real frontend."""
+    nodes = [n for n in json.loads(path.read_text())["nodes"]
+             if any(name == "ram_budget_gb" for name, *_ in _widgets(n["type"]))]
+    assert nodes, path.name
+    for node in nodes:
+        widgets = _widgets(node["type"])
+        assert widgets[-1][0] == "ram_budget_gb" and [w[0] for w in widgets].count("ram_budget_gb") == 1, widgets
+        assert node["widgets_values"][-1] == 0.0, node
+        _check_widgets(dict(node, widgets_values=node["widgets_values"][:-1]), widgets[:-1])
 
 
 def test_committed_workflows_match_the_generator():
