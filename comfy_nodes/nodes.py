@@ -132,7 +132,9 @@ RAM_BUDGET_INPUT = InputSpec(
     "They are read through a small pinned read ring whenever they are needed: streamed blocks at every step, blocks "
     "kept on the GPU once per load. The outputs stay the same; a step takes longer when the disk reads "
     "its blocks slower than the GPU computes (PinStream Stats shows the bytes read per step and the disk's rate). "
-    "The part outside the blocks stays in RAM. 0 = no limit: the whole model stays in RAM. "
+    "The part outside the blocks stays in RAM. 0 = automatic: the whole model stays in RAM while it fits in what "
+    "the pinning cap leaves for it (after ComfyUI's and the other models' pins), else that share and the rest on "
+    "disk. "
     "`python -m pinstream recommend` gives a value for your RAM.", 0.0, min=0.0, max=4096.0, step=0.01, optional=True)
 # The pipeline nodes' (a budget for the denoiser, as their vram_budget_gb).
 DENOISER_RAM_BUDGET_INPUT = InputSpec(
@@ -140,21 +142,22 @@ DENOISER_RAM_BUDGET_INPUT = InputSpec(
     "(the disk tier): its blocks beyond it live in a spill file on local disk (PINSTREAM_SPILL_DIR, else "
     "~/.cache/pinstream/spill), written once when this node runs, and are read back through a small pinned read "
     "ring each time they are needed. The "
-    "encoders and the VAE stay in RAM. 0 = no limit: the whole pipeline stays in RAM.",
+    "encoders and the VAE stay in RAM. 0 = automatic: the denoiser stays in RAM while it fits in what the pinning "
+    "cap leaves for it, else that share and the rest on disk.",
     0.0, min=0.0, max=4096.0, step=0.01, optional=True)
 
 
 def check_ram_budget(ram_budget_gb) -> float:
-    """ram_budget_gb as a float (0 = no limit); ValueError says what is allowed."""
+    """ram_budget_gb as a float (0 = automatic); ValueError says what is allowed."""
     if ram_budget_gb is None:
         return 0.0
     try:
         ram = float(ram_budget_gb)
     except (TypeError, ValueError):
-        raise ValueError(f"ram_budget_gb must be a number of GiB >= 0 (0 = no limit), got {ram_budget_gb!r}") from None
+        raise ValueError(f"ram_budget_gb must be a number of GiB >= 0 (0 = automatic), got {ram_budget_gb!r}") from None
     if isinstance(ram_budget_gb, bool) or not math.isfinite(ram) or ram < 0:
         raise ValueError(f"ram_budget_gb must be a finite number >= 0 (GiB of this model's weights held in host RAM, "
-                         f"the rest on disk; 0 = no limit), got {ram_budget_gb!r}")
+                         f"the rest on disk; 0 = automatic), got {ram_budget_gb!r}")
     return ram
 
 

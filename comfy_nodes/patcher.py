@@ -43,13 +43,13 @@ class OffloadConfig:
     pin_memory: bool = True
     transfer_dtype: str = "auto"
     label: str = "model"
-    ram_budget_gb: float = 0.0  # host RAM for the weights (the disk tier); 0 = no limit
+    ram_budget_gb: float = 0.0  # host RAM for the weights (the disk tier); 0 = automatic
     # the safetensors file(s) a loader read the weights from: blocks on disk whose weights are
     # there as stored are read from there (no spill copy written)
     source_files: tuple = ()
 
     def host_budget_gb(self) -> float | None:
-        """pinstream.offload's host_budget_gb: None (no limit of this model's own) for 0."""
+        """pinstream.offload's host_budget_gb: None (automatic: what the pinning cap leaves) for 0."""
         return float(self.ram_budget_gb) if self.ram_budget_gb and self.ram_budget_gb > 0 else None
 
 

@@ -323,8 +323,9 @@ def offload(
                   most GiB of this model's weights held in host RAM (the disk tier): blocks beyond
                   it live in a spill file and stream disk -> pinned read ring -> device, the
                   blocks kept resident on the device first (they need no host copy). Default: no
-                  limit while the model fits in what the process's pinning cap leaves, else that
-                  share less the read ring (an explicit ``pin_cap_bytes`` limits pinning only)
+                  limit while the model fits in the pinning cap left for it (``pin_cap_bytes``,
+                  else what the process's cap leaves), else that share less the read ring; an
+                  explicit budget above the cap keeps the rest in RAM, unpinned
     adaptive_prefetch
                   the look-ahead of a streaming model follows the measured per-block upload (and
                   disk read) time against its compute, at each load, at most ``prefetch`` (the
@@ -381,8 +382,8 @@ def offload(
     requires_grad = {t: t.requires_grad for t in outer_tensors if isinstance(t, nn.Parameter)}
 
     cap = int(pin_cap_bytes if pin_cap_bytes is not None else pin_cap.available_pin_bytes())
-    # the process's pinning cap (not a cap given for this model alone) also bounds its RAM
-    host_budget = _host_budget(host_budget_gb, pin_cap=cap if pin_cap_bytes is None else -1, model_bytes=model_bytes,
+    # the pinning cap left for this model also bounds its RAM, unless a budget is given
+    host_budget = _host_budget(host_budget_gb, pin_cap=cap, model_bytes=model_bytes,
                                largest_block=discovery.largest_block_bytes, prefetch=prefetch)
     spill = _spill_dir(spill_dir) if host_budget >= 0 else ""
     try:

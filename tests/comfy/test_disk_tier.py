@@ -370,7 +370,7 @@ def test_a_bad_ram_budget_is_a_clear_error(bad):
 def test_ram_budget_gb_is_the_last_input_of_every_offload_node_and_optional():
     """Optional and last: a workflow saved before it existed gives its widget values to the
     same widgets (the frontend leaves the new trailing one at its default), and an API prompt
-    without it passes validation (the node function's default is 0: no limit)."""
+    without it passes validation (the node function's default is 0: automatic)."""
     import inspect
 
     import comfy_nodes
@@ -386,7 +386,7 @@ def test_ram_budget_gb_is_the_last_input_of_every_offload_node_and_optional():
         kind, opts = types["optional"]["ram_budget_gb"]
         assert list(types["optional"])[-1] == "ram_budget_gb"
         assert kind == "FLOAT" and opts["default"] == 0.0 and opts["min"] == 0.0 and opts["step"] == 0.01, opts
-        assert "disk" in opts["tooltip"] and "0 = no limit" in opts["tooltip"], opts
+        assert "disk" in opts["tooltip"] and "0 = automatic" in opts["tooltip"], opts
     if comfy_nodes.has_v3_api():
         from comfy_nodes import v3
 

@@ -87,8 +87,9 @@ def test_pinning_cap_leaves_the_rest_pageable_with_one_warning():
     m = _net()
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
+        # a host budget of its own above the cap: what is not pinned stays in RAM
         h = pinstream.offload(m, mode="sequential", device="cpu", engine="host", pin_cap_bytes=_bytes(m) // 3,
-                              chunk_bytes=64 * 1024)
+                              chunk_bytes=64 * 1024, host_budget_gb=1.0)
     msgs = [str(w.message) for w in rec if "could not be pinned" in str(w.message)]
     assert len(msgs) == 1 and "over the pinning cap" in msgs[0]
     st = h.stats()
@@ -284,7 +285,7 @@ def test_over_the_pinning_cap_streamed_blocks_are_pinned_first():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         h = pinstream.offload(m, mode="budget", budget_gb=budget / GIB, device="cpu", engine="host",
-                              pin_cap_bytes=cap, chunk_bytes=1)
+                              pin_cap_bytes=cap, chunk_bytes=1, host_budget_gb=1.0)  # all in RAM
     st = h.stats()
     assert st["plan"]["resident_blocks"] == 2 and st["plan"]["split_blocks"] >= 1
     pinned = st["block_pinned"][:8]
