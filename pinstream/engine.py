@@ -394,6 +394,7 @@ def offload(
         pin_cap_bytes=cap,
         disk_direct=reads.direct if reads else True,
         disk_why=reads.why if reads else "",
+        disk_io_uring=reads.io_uring if reads else False,
         host_budget_bytes=host_budget,
         spill_dir=spill,
         read_ahead=READ_AHEAD,

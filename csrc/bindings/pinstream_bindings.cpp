@@ -248,14 +248,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // The disk tier's reader, for benchmarks and tests: a file's read rate with the
   // same threads, chunks and O_DIRECT the runtime uses.
   py::class_<pinstream::DiskReader>(m, "DiskReader")
-      .def(py::init([](int threads, bool direct, uint64_t chunk_bytes) {
+      .def(py::init([](int threads, bool direct, uint64_t chunk_bytes, bool io_uring, int queue_depth) {
              pinstream::DiskReader::Options o;
              o.threads = threads;
              o.direct = direct;
              o.chunk_bytes = chunk_bytes;
+             o.io_uring = io_uring;
+             o.queue_depth = queue_depth;
              return std::make_unique<pinstream::DiskReader>(o);
            }),
-           py::arg("threads") = 4, py::arg("direct") = true, py::arg("chunk_bytes") = 8ULL << 20)
+           py::arg("threads") = 4, py::arg("direct") = true, py::arg("chunk_bytes") = 8ULL << 20,
+           py::arg("io_uring") = false, py::arg("queue_depth") = 32)
       .def(
           "open",
           [](pinstream::DiskReader& r, const std::string& path) {
@@ -324,7 +327,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                        int64_t device_capacity_bytes, const std::string& pin_mode, int64_t chunk_bytes, bool timing,
                        int64_t pin_cap_bytes, const std::string& cache_dir, int64_t host_budget_bytes,
                        const std::string& spill_dir, int read_ahead, int disk_threads, bool disk_direct,
-                       bool adaptive_prefetch, const std::string& disk_why) {
+                       bool adaptive_prefetch, const std::string& disk_why, bool disk_io_uring) {
              pinstream::RuntimeOptions o;
              o.device = device;
              o.engine = engine;
@@ -348,6 +351,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              o.disk_direct = disk_direct;
              o.adaptive_prefetch = adaptive_prefetch;
              o.disk_why = disk_why;
+             o.disk_io_uring = disk_io_uring;
              py::gil_scoped_release nogil;
              return std::make_unique<TorchRuntime>(o);
            }),
@@ -357,7 +361,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            py::arg("chunk_bytes") = 256LL << 20, py::arg("timing") = true, py::arg("pin_cap_bytes") = -1,
            py::arg("cache_dir") = "", py::arg("host_budget_bytes") = -1, py::arg("spill_dir") = "",
            py::arg("read_ahead") = 2, py::arg("disk_threads") = 4, py::arg("disk_direct") = true,
-           py::arg("adaptive_prefetch") = false, py::arg("disk_why") = "")
+           py::arg("adaptive_prefetch") = false, py::arg("disk_why") = "", py::arg("disk_io_uring") = false)
       .def_property_readonly("engine", &TorchRuntime::engine_name)
       .def_property_readonly("device", &TorchRuntime::device_name)
       .def_property_readonly("num_blocks", &TorchRuntime::num_blocks, nogil())

@@ -108,6 +108,7 @@ TorchRuntime::TorchRuntime(const RuntimeOptions& o)
   disk_options_.threads = o.disk_threads;
   disk_options_.direct = o.disk_direct;
   disk_options_.why_buffered = o.disk_why;
+  disk_options_.io_uring = o.disk_io_uring;
   if (o.prefetch < 0) {
     throw std::invalid_argument("PinStream: prefetch must be >= 0, got " + std::to_string(o.prefetch));
   }

@@ -77,7 +77,8 @@ struct RuntimeOptions {
   int read_ahead = 2;
   int disk_threads = 4;
   bool disk_direct = true;
-  std::string disk_why;  // why reads are buffered when disk_direct is false
+  std::string disk_why;        // why reads are buffered when disk_direct is false
+  bool disk_io_uring = false;  // O_DIRECT files read through io_uring where it works (calibrate.disk_reads)
   // the look-ahead follows the measured fetch and compute times, at most the
   // prefetch given (see StreamingRuntime::SetAdaptivePrefetch)
   bool adaptive_prefetch = false;

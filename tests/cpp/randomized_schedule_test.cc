@@ -89,7 +89,8 @@ TEST(RandomizedSchedule, EveryAcquireSeesItsBlock) {
     }
     // A third of the cases keep some blocks on disk (the disk tier): their bytes
     // (a coded block's transfer bytes) in a file, in one to three extents with
-    // filler between them, read through a reader of two threads and small chunks.
+    // filler between them, read through a reader of two threads and small chunks
+    // (or io_uring), with O_DIRECT or buffered.
     std::mt19937_64 rd(case_seed ^ 0xD1B54A32D192ED03ULL);
     const bool some_disk = rd() % 3 == 0;
     std::vector<int> disk_index(n, -1);
@@ -98,6 +99,7 @@ TEST(RandomizedSchedule, EveryAcquireSeesItsBlock) {
     ro.threads = 2;
     ro.chunk_bytes = 4096;
     ro.direct = rd() % 2 == 0;
+    ro.io_uring = rd() % 2 == 0;  // where it works here (else the thread pool)
     DiskReader reader(ro);
     int disk_file_id = -1;
     for (int i = 0; i < n && some_disk; ++i) {

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <random>
@@ -459,6 +460,22 @@ TEST(StreamingRuntimeDisk, DiskBlocksStreamThroughThePinnedReadRing) {
   ASSERT_TRUE(rt.Unload().ok());
   EXPECT_EQ(rt.read_ring_bytes(), 0u);  // the ring goes with the device memory
   ASSERT_EQ(RunPass(&rt, d.m, Range(8)), "");
+  ASSERT_TRUE(rt.Close().ok());
+}
+
+TEST(StreamingRuntimeDisk, DiskBlocksThroughIoUringWhereItWorks) {
+  DiskReader::Options o;
+  o.io_uring = true;
+  DiskModel d(9, 20000, o);  // blocks of a size that is no multiple of a page: bounced reads too
+  HostEngineOptions opt;
+  opt.poison = true;
+  HostCopyEngine engine(opt);
+  HostArena arena;
+  StreamingRuntime rt(&engine, &arena);
+  ASSERT_TRUE(d.Register(&rt, 2).ok());
+  std::printf("disk blocks read by: %s\n", d.reader.how(d.file_id).c_str());
+  ASSERT_TRUE(rt.Plan(PlanPolicy::kStreamAll, PlanRequest::kUnlimited, 2).ok());
+  for (int pass = 0; pass < 3; ++pass) ASSERT_EQ(RunPass(&rt, d.m, Range(9)), "") << "pass " << pass;
   ASSERT_TRUE(rt.Close().ok());
 }
 
