@@ -9,7 +9,6 @@ cannot be made; a write that fails (file size limit, in a child process) keeps t
 RAM; 100 offload/run/detach cycles give descriptors, pinned bytes and RSS back.
 """
 
-import gc
 import os
 import subprocess
 import sys
@@ -264,7 +263,6 @@ def test_bad_host_budgets_are_clear_errors(tmp_path):
 
 
 def test_one_hundred_cycles_give_descriptors_pinned_bytes_and_rss_back(tmp_path):
-    import ctypes
 
     m = _net(n=8, dim=256)
     x = torch.randn(2, 256)
@@ -272,12 +270,7 @@ def test_one_hundred_cycles_give_descriptors_pinned_bytes_and_rss_back(tmp_path)
         ref = m(x)
     proc = psutil.Process()
 
-    def trim():
-        gc.collect()
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except OSError:
-            pass
+    from fixtures import release_freed_memory as trim
 
     modes = ["sequential", "budget", "model_offload", "full_load"]
     total = sum(p.numel() * p.element_size() for p in m.parameters())

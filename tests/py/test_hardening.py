@@ -9,7 +9,6 @@ Cases tried here (each a test below):
   a model with no blocks, an empty model
 """
 
-import ctypes
 import gc
 import os
 import warnings
@@ -150,12 +149,7 @@ def test_one_hundred_offload_run_detach_cycles_leak_nothing():
         ref = m(x)
     proc = psutil.Process()
 
-    def trim():
-        gc.collect()
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except OSError:
-            pass
+    from fixtures import release_freed_memory as trim
 
     trim()
     base = _C.live_bytes()
