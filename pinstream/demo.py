@@ -7,6 +7,11 @@ budget with the weights held and sent in the exact coded form), and prints one r
 run: step time, peak device bytes, bytes streamed per step, pinned host bytes, achieved
 upload bandwidth, stall %, and max |difference| from full_load.
 
+--host-budget-mb N adds the disk tier: sequential and budget (first prefetch) again with
+at most N MiB of the weights in host RAM and the rest in a spill file (spill_dir:
+PINSTREAM_SPILL_DIR, else ~/.cache/pinstream/spill), read from disk each step; for those
+runs it prints the bytes read from disk per step, the disk's GB/s and the process's RSS.
+
 Without a GPU it runs the host engine: the "device" is a separate host arena and
 the copy queue a worker thread behind an emulated link (--link-gbps).
 """
@@ -19,6 +24,7 @@ import json
 import os
 import sys
 import time
+import warnings
 
 GIB = 1024**3
 MIB = 1024**2
@@ -62,6 +68,9 @@ def parse_args(argv):
                     help="weights dtype (default: bfloat16 on cuda, float32 on cpu); with bf16 or fp16 the demo also "
                          "runs sequential and budget with transfer_dtype compressed")
     ap.add_argument("--no-compressed", action="store_true", help="skip the compressed (exact coded) runs")
+    ap.add_argument("--host-budget-mb", type=float, default=None, metavar="N",
+                    help="also run sequential and budget (first prefetch) with at most N MiB of the weights in host "
+                         "RAM and the rest streamed from a spill file on disk (the disk tier)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", dest="json_path", default=None, help="also write the results as JSON to this path")
     args = ap.parse_args(argv)
@@ -73,6 +82,8 @@ def parse_args(argv):
         ap.error("--budget-fraction must be in (0, 1]")
     if args.link_gbps <= 0:
         ap.error("--link-gbps must be > 0")
+    if args.host_budget_mb is not None and not args.host_budget_mb >= 0:
+        ap.error("--host-budget-mb must be >= 0")
     return args
 
 
@@ -96,8 +107,9 @@ def _build(args, device, dtype):
     return model, x.to(device=device, dtype=dtype), ctx.to(device=device, dtype=dtype)
 
 
-def _denoise(model, x, ctx, steps):
-    """Euler steps x <- x - dt * v(x, t); returns the final latent and per-step ms."""
+def _denoise(model, x, ctx, steps, after_step=None):
+    """Euler steps x <- x - dt * v(x, t); returns the final latent and per-step ms.
+    ``after_step()`` (untimed) runs after each step."""
     import torch
 
     times = []
@@ -110,7 +122,15 @@ def _denoise(model, x, ctx, steps):
             x = x - (ts[i] - ts[i + 1]).to(x.dtype) / 1000.0 * v
             _sync(x.device)
             times.append((time.perf_counter() - t0) * 1000.0)
+            if after_step is not None:
+                after_step()
     return x, times
+
+
+def _disk_totals(handle):
+    """(bytes read into the ring by passes, bytes the reader delivered, busy ms) so far."""
+    st = handle.stats()
+    return int(st["disk_bytes"]), int(st["disk_bytes_total"]), float(st["disk_busy_ms"])
 
 
 def _sync(device):
@@ -150,17 +170,24 @@ def run_demo(args) -> dict:
     combos = []
     for mode in args.modes:
         if mode in ("full_load", "model_offload"):
-            combos.append((mode, args.prefetch[0], "auto"))
+            combos.append((mode, args.prefetch[0], "auto", False))
         else:
-            combos.extend((mode, p, "auto") for p in args.prefetch)
+            combos.extend((mode, p, "auto", False) for p in args.prefetch)
     if not args.no_fp8 and "sequential" in args.modes:
-        combos.append(("sequential", args.prefetch[0], "fp8_e4m3"))
+        combos.append(("sequential", args.prefetch[0], "fp8_e4m3", False))
     if not args.no_compressed and dtype in (torch.bfloat16, torch.float16):
-        combos.extend((mode, args.prefetch[0], "compressed") for mode in ("sequential", "budget") if mode in args.modes)
+        combos.extend((mode, args.prefetch[0], "compressed", False) for mode in ("sequential", "budget")
+                      if mode in args.modes)
     elif not args.no_compressed:
         print("(the compressed runs code 16-bit weights: run with --dtype bf16 or fp16 to include them)", flush=True)
-    for mode, prefetch, transfer in combos:
+    if args.host_budget_mb is not None:
+        # the disk tier: the streaming modes with the weights beyond the host budget on disk
+        combos.extend((mode, args.prefetch[0], "auto", True) for mode in ("sequential", "budget")
+                      if mode in args.modes)
+    for mode, prefetch, transfer, disk in combos:
         kw = {}
+        if disk:
+            kw["host_budget_gb"] = args.host_budget_mb * MIB / GIB
         if mode == "budget":
             # the ring (prefetch + 1 slots) and, compressed, one staging buffer for the coded bytes
             kw["budget_gb"] = max(args.budget_fraction * model_bytes, disc.nonblock_bytes + (prefetch + 2) * largest) / GIB
@@ -168,9 +195,12 @@ def run_demo(args) -> dict:
         if dev.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(dev)
-        handle = pinstream.offload(model, mode=mode, prefetch=prefetch, device=dev, engine=engine,
-                                   link_gbps=args.link_gbps if engine == "host" else None,
-                                   transfer_dtype=transfer, **kw)
+        with warnings.catch_warnings():
+            # the disk runs' rows say what lives on disk and how it is read
+            warnings.filterwarnings("ignore", message=".*live on disk.*", category=RuntimeWarning)
+            handle = pinstream.offload(model, mode=mode, prefetch=prefetch, device=dev, engine=engine,
+                                       link_gbps=args.link_gbps if engine == "host" else None,
+                                       transfer_dtype=transfer, **kw)
         gc.collect()
         if not runs:
             # Host memory beyond the model right after the first offload, before any
@@ -181,9 +211,14 @@ def run_demo(args) -> dict:
         # Warm-up step: learns the block order (first pass) and loads.
         _denoise(model, x, ctx, 1)
         handle.reset_stats()
+        passes0 = int(handle.stats().get("passes", 0))  # the pass count is not reset with the others
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
-        out, times = _denoise(model, x, ctx, args.steps)
+        # disk runs: the reader's totals after each step (the first step's count misses the
+        # blocks read ahead for it during the warm-up, before the reset)
+        disk_after = []
+        record = (lambda: disk_after.append(_disk_totals(handle))) if disk else None
+        out, times = _denoise(model, x, ctx, args.steps, after_step=record)
         st = handle.stats()
         wall = sum(times)
         if dev.type == "cuda":
@@ -209,10 +244,27 @@ def run_demo(args) -> dict:
             row["coded_ratio"] = float(st["exact_ratio"])
             row["decode_gbps"] = float(st["decode_gbps"])
             row["resident_coded_blocks"] = int(handle.plan.get("coded_blocks", 0))
+        if disk:
+            passes = max(1, int(st.get("passes", 0)) - passes0)
+            per_step, gbps = int(st["disk_bytes"]) // passes, float(st["disk_gbps"])
+            if len(disk_after) >= 2:  # steady state: from the end of the first step to the last
+                (b0, total0, busy0), (b1, total1, busy1) = disk_after[0], disk_after[-1]
+                per_step = (b1 - b0) // (len(disk_after) - 1)
+                gbps = (total1 - total0) / ((busy1 - busy0) / 1000.0) / 1e9 if busy1 > busy0 else gbps
+            row.update(
+                disk=True,
+                host_budget_bytes=int(st["host_budget_bytes"]),
+                disk_blocks=int(st["disk_blocks"]),
+                disk_block_bytes=int(st["disk_block_bytes"]),
+                disk_how=st["disk_how"],
+                disk_bytes_per_step=int(per_step),
+                disk_gbps=gbps,
+                host_rss_bytes=int(_rss()),
+            )
         runs.append(row)
         handle.detach()
-        print(f"  ran {row['mode']:<13} prefetch {prefetch}{'' if transfer == 'auto' else ' ' + transfer}: "
-              f"{row['step_ms']:.1f} ms/step", flush=True)
+        print(f"  ran {row['mode']:<13} prefetch {prefetch}{'' if transfer == 'auto' else ' ' + transfer}"
+              f"{' disk' if disk else ''}: {row['step_ms']:.1f} ms/step", flush=True)
     return {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
         "engine": engine if engine == "cuda" else f"host (emulated link {args.link_gbps:g} GB/s)",
@@ -233,6 +285,8 @@ def format_table(result: dict) -> str:
     for r in result["runs"]:
         transfer = r.get("transfer_dtype", "auto")
         name = r["mode"] + {"auto": "", "fp8_e4m3": " (fp8)", "compressed": " (compressed)"}[transfer]
+        if r.get("disk"):
+            name += " (disk)"
         lines.append(f"{name:<24}{r['prefetch']:>8}{r['step_ms']:>10.1f}{_fmt_bytes(r['peak_device_bytes']):>14}"
                      f"{_fmt_bytes(r['bytes_streamed_per_step']):>15}{_fmt_bytes(r['host_pinned_bytes']):>13}"
                      f"{r['upload_gbps']:>13.2f}{r['stall_pct']:>9.1f}{r['max_abs_diff']:>12.3g}")
@@ -255,6 +309,13 @@ def main(argv: list | None = None) -> int:
                   f"the link ({_fmt_bytes(r['host_pinned_bytes'])} pinned), decoded at {r['decode_gbps']:.2f} GB/s, "
                   f"{r.get('resident_coded_blocks', 0)} blocks held coded on the device, "
                   f"max |difference| from full_load {r['max_abs_diff']:.3g}")
+        if r.get("disk"):
+            print(f"disk tier, {r['mode']} prefetch {r['prefetch']}: host budget {_fmt_bytes(r['host_budget_bytes'])}, "
+                  f"{r['disk_blocks']} blocks ({_fmt_bytes(r['disk_block_bytes'])}) on disk, read {r['disk_how']}; "
+                  f"{_fmt_bytes(r['disk_bytes_per_step'])} read from disk per step at {r['disk_gbps']:.2f} GB/s"
+                  f"{' (read buffered: the page cache may serve part of it)' if r['disk_how'].startswith('buffered') else ''}, "
+                  f"process RSS {_fmt_bytes(r['host_rss_bytes'])}, max |difference| from full_load "
+                  f"{r['max_abs_diff']:.3g}")
     if args.json_path:
         with open(args.json_path, "w") as f:
             json.dump(result, f, indent=2)
