@@ -12,7 +12,8 @@ MIB = 1024**2
 SYSTEMS = ("pinstream", "naive_swap", "accelerate", "diffusers_block", "diffusers_leaf", "comfyui_lowvram")
 # --skip accepts these names (sections and systems)
 SKIPPABLE = ("link", "wan14b", "real_seq", "model_offload", "baselines", "naive_swap", "accelerate",
-             "diffusers", "diffusers_block", "diffusers_leaf", "comfyui_lowvram", "fp8", "short_seq", "profile")
+             "diffusers", "diffusers_block", "diffusers_leaf", "comfyui_lowvram", "fp8", "short_seq", "profile",
+             "disk")
 
 # Wan 480p x 81 frames: latent (21, 60, 104) -> (1, 2, 2) patches -> 21 * 30 * 52 tokens
 REAL_GRID = (21, 60, 104)
@@ -44,10 +45,17 @@ class Config:
     warmup: int = 1
     timed: int = 3
     slow_timed: int = 2  # baselines and the real sequence length
+    timed_disk: int = 3  # the disk tier's timed steps (per-step figures from the 2nd to the last)
     # one traced step (profile.py) of each judged comparison's runs, at both lengths
     profile: bool = True
     text_len: int = 512
     host_link_gbps: float = 25.0
+    # the disk tier (disk_gpu.py): the model with this host budget (GiB), the rest in a spill
+    # file; None: disk_budget_fraction of the model (the dry run's tiny one)
+    disk_host_budget_gb: float | None = 8.0
+    disk_budget_fraction: float = 0.3
+    disk_prefetch: int = 2
+    disk_raw_cap_gb: float = 4.0  # the spill file's O_DIRECT rate: at most this much read
     # seconds a step must leave before the section's deadline to start another
     reserve_s: dict = field(default_factory=dict)
 
@@ -69,8 +77,8 @@ def make_config(dry: bool) -> Config:
             wan={"dim": 128, "ffn_dim": 512, "num_heads": 4, "num_layers": 8, "text_dim": 32, "freq_dim": 32},
             link_mb=[0.25, 1.0, 4.0], link_total_mb=16.0,
             seq_candidates=[16, 32, 64, 128], real_grid=(4, 16, 16), budgets_gb=None,
-            text_len=16, timed=2, slow_timed=2, short_seq=8,
-            reserve_s={"build": 1, "run": 0.5, "system": 1},
+            text_len=16, timed=2, slow_timed=2, short_seq=8, disk_host_budget_gb=None, timed_disk=3,
+            reserve_s={"build": 1, "run": 0.5, "system": 1, "disk": 1},
         )
     return Config(
         dry=False, device="cuda", engine="cuda", dtype_name="bfloat16",
@@ -78,5 +86,5 @@ def make_config(dry: bool) -> Config:
         link_mb=[4.0, 16.0, 64.0, 256.0, 1024.0], link_total_mb=1024.0,
         seq_candidates=[2048, 4096, 6144, 8192, 10240, 12288, 16384, 20480, 24576, REAL_SEQ],
         real_grid=REAL_GRID, budgets_gb=[10.0, 20.0, 40.0],
-        reserve_s={"build": 20, "run": 3, "system": 25},
+        reserve_s={"build": 20, "run": 3, "system": 25, "disk": 60},
     )

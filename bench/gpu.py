@@ -22,6 +22,9 @@ baselines      the close comparisons, each on a fresh build of the model and the
                leaf_level, use_stream=True), at both lengths
 fp8            sequential streaming of an 8-block slice with blocks sent as
                stored and as fp8, at both lengths
+disk           the disk tier (disk_gpu.py): the same model with a host budget of
+               8 GB and the rest in a spill file, sequential prefetch 2: its step
+               against max(compute-only, disk read time, link upload time) per step
 slow_baselines the systems PinStream beats many times over, last, so that a short
                budget cuts them and not the close comparisons: .to(device) /
                .to("cpu") of the whole model, naive per-block .to() swap
@@ -127,6 +130,10 @@ def main(argv=None) -> int:
     bench.section("baselines", bench.fresh_systems, 0.65)
     if not bench.skipped("fp8"):
         bench.section("fp8", bench.fp8_transfer, 0.40)
+    if not bench.skipped("disk"):
+        bench.section("disk", bench.disk_tier, 0.60)
+    else:
+        bench.results["disk"]["skipped"] = "--skip"
     bench.section("slow_baselines", bench.slow_baselines, 1.0)
     text = bench.finish()
     print(text, flush=True)

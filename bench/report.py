@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from .config import GIB
+from .disk_gpu import summary_line as disk_summary_line
 from .profile import describe as describe_profile
 
 
@@ -244,6 +245,9 @@ def summary_text(results: dict) -> str:
         if "short_step_ratio" in f8:
             lines.append(f"fp8 transfer at seq {f8['short_seq_len']} (transfer-bound): step "
                          f"{a['short']['step_ms']:.1f} -> {q['short']['step_ms']:.1f} ms (x{f8['short_step_ratio']:.2f})")
+    disk = disk_summary_line(results.get("disk") or {})
+    if disk:
+        lines.append(disk)
     profiled = [r for r in w.get("runs", []) if r.get("profile") and "skipped" not in r["profile"]]
     if profiled:
         lines.append("")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .baseline_runs import BaselineSections
 from .config import GIB, Config
+from .disk_gpu import DiskTierSection
 from .link import LinkSection
 from .measure import Clock, free_memory, log, short_error, sync
 from .pinstream_runs import PinStreamSections
@@ -26,7 +27,7 @@ from .report import evaluate_targets, summary_text
 from .workloads import tokens_of_grid
 
 
-class Bench(LinkSection, PinStreamSections, BaselineSections):
+class Bench(LinkSection, PinStreamSections, BaselineSections, DiskTierSection):
     """One run of ``bench gpu``: its configuration, results, time budget and output folder."""
 
     def __init__(self, cfg: Config, out_dir: Path, skip: set, budget_s: float, seq_len: int | None,
@@ -141,6 +142,7 @@ class Bench(LinkSection, PinStreamSections, BaselineSections):
                                     "sequential_ms": None},
                        "runs": []},
             "model_offload": {"load_s": None, "unload_s": None, "baseline_load_s": None, "baseline_unload_s": None},
+            "disk": {},
             "baselines": {},
             "sections_s": {},
         })
@@ -165,7 +167,7 @@ class Bench(LinkSection, PinStreamSections, BaselineSections):
         self.write()
 
     def _mark(self, name: str, value: dict) -> None:
-        target = {"link": "link", "wan14b": "wan14b", "model_offload": "model_offload"}.get(name)
+        target = {"link": "link", "wan14b": "wan14b", "model_offload": "model_offload", "disk": "disk"}.get(name)
         if target is not None:
             self.results[target].update(value)
         else:

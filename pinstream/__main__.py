@@ -12,7 +12,7 @@ from pathlib import Path
 COMMANDS = (
     ("demo", "pinstream.demo", "run a Wan 2.1-shaped model under every offload mode and print a table"),
     ("recommend", "pinstream.recommend", "detect GPU and RAM, recommend ComfyUI flags and a PinStream mode"),
-    ("bench", "bench", "benchmarks: `bench overhead`, `bench plot RESULTS.json`, `bench gpu`, `bench comfyui`"),
+    ("bench", "bench", "benchmarks: `bench overhead`, `bench plot RESULTS.json`, `bench gpu`, `bench comfyui`, `bench disk`"),
 )
 
 USAGE = "\n".join(

@@ -8,7 +8,8 @@
 #      then the ComfyUI node tests again against ComfyUI 0.30.0 (Dynamic VRAM era)
 #   4. the browser test: a real ComfyUI server and web UI, headless Chromium (tests/ui)
 #   5. the GPU check's dry run (host engine, tiny sizes), and the ComfyUI prompt benchmark's
-#      (bench/comfyui_prompt.py through dynamic_vram_check.sh --bench-only, two configurations)
+#      (bench/comfyui_prompt.py through dynamic_vram_check.sh --bench-only, two configurations),
+#      and the disk benchmark's (bench disk --quick)
 #   6. the wheel: built from build/'s objects, installed into a fresh venv with no compiler,
 #      CMake or nvcc, pinstream._C imported from it with the CUDA engine, the tiny demo run
 set -euo pipefail
@@ -106,6 +107,14 @@ if [[ -f bench/comfyui_prompt.py && -f build-comfyui-0.30.0/comfyui_version.py ]
   done
   n=$(find "$dry_out" -mindepth 1 | wc -l)
   (( n <= 8 )) || { echo "the ComfyUI benchmark's dry run left $n files; a device call brings back 8" >&2; exit 1; }
+  rm -rf "$dry_out"
+fi
+
+if [[ -f bench/disk.py ]]; then
+  step "disk benchmark dry run (bench disk --quick: the disk's read rate against the disk tier, tiny model)"
+  dry_out=$(mktemp -d "${TMPDIR:-/tmp}/pinstream-disk-bench.XXXXXX")
+  "$PY" -m pinstream bench disk --quick --spill-dir "$dry_out/spill" --json "$dry_out/disk.json"
+  [[ -s $dry_out/disk.json ]] || { echo "the disk benchmark's dry run wrote no disk.json" >&2; exit 1; }
   rm -rf "$dry_out"
 fi
 
