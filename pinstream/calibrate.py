@@ -110,7 +110,9 @@ def _measure_disk(directory: str, size_mb: int, passes: int = 2) -> DiskReads:
                 f.write(block)
             f.flush()
             os.fsync(f.fileno())
-        buf = torch.empty(size_mb * MIB, dtype=torch.uint8)
+        # page-aligned, as the read ring is: O_DIRECT reads go straight into it
+        raw = torch.empty(size_mb * MIB + 4096, dtype=torch.uint8)
+        buf = raw[(-raw.data_ptr()) % 4096:][: size_mb * MIB]
         readers = {}
         for way in ("io_uring", "direct", "buffered"):
             try:

@@ -279,13 +279,20 @@ Status DiskReader::SubmitMany(const std::vector<Range>& ranges, uint64_t* ticket
   bool ring = false, pool = false;
   for (const Range& r : ranges) {
     // O_DIRECT files go to the io_uring thread where there is one, the rest to the pool
-    const bool to_ring = ring_ != nullptr && files_[r.file].direct;
-    for (uint64_t done = 0; done < r.bytes; done += options_.chunk_bytes) {
-      const uint64_t n = std::min(options_.chunk_bytes, r.bytes - done);
+    const File& f = files_[r.file];
+    const bool to_ring = ring_ != nullptr && f.direct;
+    // An O_DIRECT range that starts aligned in the file and in memory but ends
+    // inside a page (a block of any size): its whole pages are read straight into
+    // dst, only the last partial page through a bounce buffer.
+    const bool aligned_start = f.direct && r.offset % f.align == 0 && reinterpret_cast<uintptr_t>(r.dst) % f.align == 0;
+    const uint64_t whole = aligned_start && r.bytes > f.align ? r.bytes / f.align * f.align : r.bytes;
+    for (uint64_t done = 0; done < r.bytes;) {
+      const uint64_t n = std::min(options_.chunk_bytes, (done < whole ? whole : r.bytes) - done);
       (to_ring ? ring_queue_ : queue_)
           .push_back(Chunk{*ticket, r.file, r.offset + done, n, static_cast<uint8_t*>(r.dst) + done});
       ++req.pending;
       (to_ring ? ring : pool) = true;
+      done += n;
     }
     req.bytes += r.bytes;
   }

@@ -338,3 +338,36 @@ TEST(DiskReader, Throughput) {
 
 }  // namespace
 }  // namespace pinstream
+
+namespace pinstream {
+namespace {
+
+// A block of any size at an aligned offset into aligned memory (what the read ring
+// reads from a spill file): its whole pages go straight in, its last partial page
+// through a bounce buffer; every byte equals the file, and nothing past it is written.
+TEST(DiskReader, AnAlignedRangeEndingInsideAPageReadsExactly) {
+  TempFile f("/tmp", (4ULL << 20) + 4096, 21);
+  for (bool ring : {false, true}) {
+    DiskReader::Options o;
+    o.io_uring = ring;
+    o.chunk_bytes = 1 << 20;
+    DiskReader reader(o);
+    int file = -1;
+    ASSERT_TRUE(reader.Open(f.path, &file).ok());
+    for (uint64_t bytes : std::vector<uint64_t>{1, 4095, 4097, (3ULL << 20) + 123, (4ULL << 20) - 1}) {
+      void* mem = nullptr;
+      ASSERT_EQ(posix_memalign(&mem, 4096, (bytes + 4095) / 4096 * 4096 + 4096), 0);
+      auto* dst = static_cast<uint8_t*>(mem);
+      std::memset(dst, 0xCD, (bytes + 4095) / 4096 * 4096 + 4096);
+      uint64_t ticket = 0;
+      ASSERT_TRUE(reader.Submit(file, 4096, bytes, dst, &ticket).ok());
+      ASSERT_TRUE(reader.Wait(ticket).ok());
+      EXPECT_EQ(std::memcmp(dst, f.bytes.data() + 4096, bytes), 0) << bytes << " bytes, io_uring " << ring;
+      EXPECT_EQ(dst[bytes], 0xCD) << "written past the range: " << bytes << " bytes, io_uring " << ring;
+      free(mem);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace pinstream
