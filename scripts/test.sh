@@ -58,7 +58,8 @@ sanitized_pytest() {
   cmake --build "build-py$san" -j2
   env "$@" PINSTREAM_SANITIZER=$san PINSTREAM_TEST_PACKAGE_ROOT="$pkg" \
       LD_PRELOAD="$(gcc -print-file-name=$lib) $(gcc -print-file-name=libstdc++.so.6)" \
-    "$PY" -m pytest tests/py/test_native.py tests/py/test_hardening.py tests/py/test_engine.py -q -p no:cacheprovider
+    "$PY" -m pytest tests/py/test_native.py tests/py/test_hardening.py tests/py/test_engine.py \
+      tests/py/test_disk_tier.py -q -p no:cacheprovider
 }
 
 step "Python tests driving the core and host engine under ASan+UBSan"
