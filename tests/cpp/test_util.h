@@ -125,7 +125,7 @@ class DiskFile {
   bool Write() const {
     FILE* f = std::fopen(path_.c_str(), "wb");
     if (f == nullptr) return false;
-    const bool ok = std::fwrite(data_.data(), 1, data_.size(), f) == data_.size();
+    const bool ok = data_.empty() || std::fwrite(data_.data(), 1, data_.size(), f) == data_.size();
     return std::fclose(f) == 0 && ok;
   }
   std::vector<DiskExtent> Extents(int index, int file) const {
