@@ -598,8 +598,74 @@ def run(args) -> dict:
         res.update(_measure(args, res, model, inputs, tf, disc, dev, engine, spill, depth, min_passes, min_s))
     finally:
         tf.close()
+    # 4. two models taking turns: the stall at the switch, cold and with the warm standby
+    torch.manual_seed(7)
+    low = WanTransformer.from_preset(args.preset, **overrides).eval()
+    low.requires_grad_(False)
+    _log("switch: two models taking turns, each with the same host budget share")
+    res["switch"] = switch_run(model, low, inputs, device=dev, engine=engine, link_gbps=args.link_gbps,
+                               host_budget_bytes=int(args.host_budget_fraction * model_bytes), prefetch=args.prefetch,
+                               steps=2 if args.quick else 4, spill_dir=spill)
+    for kind, r in res["switch"].items():
+        _log(f"  {kind}: first step of the waiting model {r['first_step_ms']:.1f} ms, steady {r['steady_step_ms']:.1f} "
+             f"ms: stall at the switch {r['stall_ms']:.1f} ms, {r['first_step_disk_read_misses']} read misses, "
+             f"bit-identical {r['bit_identical']}")
     res["load_average_at_end"] = list(os.getloadavg())
     return res
+
+
+def switch_run(high, low, inputs, *, device, engine, link_gbps, host_budget_bytes: int, prefetch: int, steps: int,
+               spill_dir: str) -> dict:
+    """Two models taking turns (Wan 2.2's experts), each with blocks on disk: ``high`` runs
+    ``steps`` steps, then ``low`` runs; the stall at the switch is low's first step less its
+    steady step, cold (no warm standby) and warm (low reads its first blocks while high runs).
+    Low was loaded and ran once before (its order learned), and is unloaded while high runs."""
+    import statistics
+    import time
+    import warnings
+
+    import torch
+
+    import pinstream
+    from pinstream import _C
+
+    ref = _forward(low, inputs, device).float().cpu()
+    out: dict = {}
+    for warm in (False, True):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            hh, hl = (pinstream.offload(m, mode="sequential", device=str(device), engine=engine, prefetch=prefetch,
+                                        link_gbps=link_gbps if engine == "host" else None, spill_dir=spill_dir,
+                                        host_budget_gb=host_budget_bytes / GIB) for m in (high, low))
+        try:
+            if not warm:
+                hh._has_disk = hl._has_disk = False  # no warm standby
+            _forward(low, inputs, device)
+            hl.unload()
+            for path in {hh.stats()["spill_path"], hl.stats()["spill_path"]} - {""}:
+                _C.drop_page_cache(path)  # every read comes from the disk
+            for _ in range(steps):
+                _forward(high, inputs, device)
+            hl.reset_stats()
+            start = time.perf_counter()
+            first = _forward(low, inputs, device)
+            first_ms = (time.perf_counter() - start) * 1e3
+            misses = hl.stats()["disk_read_misses"]
+            steady = []
+            for _ in range(3):
+                start = time.perf_counter()
+                _forward(low, inputs, device)
+                steady.append((time.perf_counter() - start) * 1e3)
+            steady_ms = statistics.median(steady)
+            out["warm" if warm else "cold"] = {
+                "first_step_ms": first_ms, "steady_step_ms": steady_ms, "stall_ms": max(0.0, first_ms - steady_ms),
+                "first_step_disk_read_misses": int(misses),
+                "bit_identical": bool(torch.equal(first.float().cpu(), ref)),
+            }
+        finally:
+            hh.detach()
+            hl.detach()
+    return out
 
 
 def _measure(args, res, model, inputs, tf, disc, dev, engine, spill, depth, min_passes, min_s) -> dict:

@@ -79,6 +79,11 @@ def test_bench_disk_quick_writes_its_figures(tmp_path):
     assert r["disk_how"].startswith(("O_DIRECT", "io_uring", "buffered"))
     for run in r["runs"]["stored"]:
         assert run["page_cache_dropped_between_steps"] == run["disk_how"].startswith("buffered")
+    # two models taking turns: the waiting one's first blocks are read ahead when warm
+    sw = r["switch"]
+    assert set(sw) == {"cold", "warm"} and all(v["bit_identical"] for v in sw.values())
+    assert all(v["first_step_ms"] > 0 and v["steady_step_ms"] > 0 and v["stall_ms"] >= 0 for v in sw.values())
+    assert sw["warm"]["first_step_disk_read_misses"] <= sw["cold"]["first_step_disk_read_misses"]
     assert list(spill.iterdir()) == []  # the test file and the spill files are gone
 
 
