@@ -97,6 +97,7 @@ def disk_reads(directory: str, size_mb: int = 32) -> DiskReads:
 
 def _measure_disk(directory: str, size_mb: int, passes: int = 2) -> DiskReads:
     import os
+    import mmap
     import tempfile
     import time
 
@@ -110,9 +111,11 @@ def _measure_disk(directory: str, size_mb: int, passes: int = 2) -> DiskReads:
                 f.write(block)
             f.flush()
             os.fsync(f.fileno())
-        # page-aligned, as the read ring is: O_DIRECT reads go straight into it
-        raw = torch.empty(size_mb * MIB + 4096, dtype=torch.uint8)
-        buf = raw[(-raw.data_ptr()) % 4096:][: size_mb * MIB]
+        # its own pages (page-aligned, as the read ring is: O_DIRECT reads go straight in),
+        # mapped and unmapped: a heap buffer this large would leave the allocator keeping
+        # blocks of that size in the heap afterwards
+        mapped = mmap.mmap(-1, size_mb * MIB)
+        buf = torch.frombuffer(mapped, dtype=torch.uint8)
         readers = {}
         for way in ("io_uring", "direct", "buffered"):
             try:
@@ -140,6 +143,8 @@ def _measure_disk(directory: str, size_mb: int, passes: int = 2) -> DiskReads:
                 reader.read(file, 0, buf)
                 gbps[way] = max(gbps[way], size_mb * MIB / (time.perf_counter() - start) / 1e9)
         del readers
+        del buf
+        mapped.close()
     finally:
         os.remove(path)
     return _choose_disk(gbps, notes)
