@@ -31,6 +31,10 @@ uint8_t* AlignedIn(std::vector<uint8_t>* buf, uint64_t bytes, uint64_t align) {
 
 std::string Errno(const char* call, int err) { return std::string(call) + ": " + std::strerror(err); }
 
+int64_t MtimeNs(const struct stat& st) {
+  return static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000LL + st.st_mtim.tv_nsec;
+}
+
 // Reads exactly `bytes` at `offset` unless the file ends first; `*got` is what was read.
 int ReadFull(int fd, uint8_t* dst, uint64_t bytes, uint64_t offset, uint64_t* got) {
   *got = 0;
@@ -152,7 +156,7 @@ Status DiskReader::Open(const std::string& path, int* file) {
   f.size = static_cast<uint64_t>(st.st_size);
   f.inode = static_cast<uint64_t>(st.st_ino);
   f.device = static_cast<uint64_t>(st.st_dev);
-  f.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000LL + st.st_mtim.tv_nsec;
+  f.mtime_ns = MtimeNs(st);
   Status sampled = Sample(f, &f.sample);
   if (!sampled.ok()) {
     close(f.fd);
@@ -206,15 +210,18 @@ Status DiskReader::Sample(const File& f, uint64_t* sum) {
   return Status::Ok();
 }
 
+Status DiskReader::CopyOf(int file, const char* what, File* f) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (file < 0 || file >= static_cast<int>(files_.size())) {
+    return Status::InvalidArgument(std::string(what) + ": file id " + std::to_string(file) + " was not opened");
+  }
+  *f = files_[file];
+  return Status::Ok();
+}
+
 Status DiskReader::Check(int file) {
   File f;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (file < 0 || file >= static_cast<int>(files_.size())) {
-      return Status::InvalidArgument("check: file id " + std::to_string(file) + " was not opened");
-    }
-    f = files_[file];
-  }
+  PINSTREAM_RETURN_IF_ERROR(CopyOf(file, "check", &f));
   auto changed = [&](const std::string& how) {
     return Status::FailedPrecondition(f.path + " changed since PinStream opened it (" + how +
                                       "); its weights can no longer be read from it. Reload the model");
@@ -227,8 +234,7 @@ Status DiskReader::Check(int file) {
   if (static_cast<uint64_t>(st.st_size) != f.size) {
     return changed("size " + std::to_string(f.size) + " -> " + std::to_string(st.st_size) + " bytes");
   }
-  const int64_t mtime = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000LL + st.st_mtim.tv_nsec;
-  if (mtime != f.mtime_ns) return changed("it was modified");
+  if (MtimeNs(st) != f.mtime_ns) return changed("it was modified");
   uint64_t sum = 0;
   PINSTREAM_RETURN_IF_ERROR(Sample(f, &sum));
   if (sum != f.sample) return changed("its sampled bytes differ");
@@ -237,18 +243,12 @@ Status DiskReader::Check(int file) {
 
 Status DiskReader::Refresh(int file) {
   File f;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (file < 0 || file >= static_cast<int>(files_.size())) {
-      return Status::InvalidArgument("refresh: file id " + std::to_string(file) + " was not opened");
-    }
-    f = files_[file];
-  }
+  PINSTREAM_RETURN_IF_ERROR(CopyOf(file, "refresh", &f));
   struct stat st;
   if (fstat(f.fd, &st) != 0)
     return Status::InvalidArgument("cannot stat " + f.path + " (" + Errno("fstat", errno) + ")");
   f.size = static_cast<uint64_t>(st.st_size);
-  f.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000LL + st.st_mtim.tv_nsec;
+  f.mtime_ns = MtimeNs(st);
   PINSTREAM_RETURN_IF_ERROR(Sample(f, &f.sample));
   std::lock_guard<std::mutex> lock(mu_);
   files_[file].size = f.size;

@@ -144,6 +144,8 @@ class DiskReader {
   static Status ShortRead(const std::string& path, const Chunk& c, uint64_t got_to);
   // Checksum of up to four 4 KiB pages spread over the file (its first and last included).
   static Status Sample(const File& f, uint64_t* sum);
+  // A copy of `file`'s entry (the reads go on meanwhile); `what` names the call in the error.
+  Status CopyOf(int file, const char* what, File* f) const;
 
   Options options_;
   mutable std::mutex mu_;
