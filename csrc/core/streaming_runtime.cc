@@ -38,6 +38,20 @@ uint64_t LoadStagingNeed(const BlockTransform& t, uint64_t bytes) {
 }
 }  // namespace
 
+namespace {
+constexpr uint64_t kReadBufferAlignment = 4096;
+uint64_t ReadBufferBytes(uint64_t largest_block) {
+  return (largest_block + kReadBufferAlignment - 1) / kReadBufferAlignment * kReadBufferAlignment;
+}
+int ReadBuffers(bool streams, int prefetch, int read_ahead) { return streams ? prefetch + read_ahead : 1; }
+}  // namespace
+
+uint64_t ReadRingBytes(uint64_t largest_block, bool streams, int prefetch, int read_ahead) {
+  return largest_block == 0
+             ? 0
+             : ReadBufferBytes(largest_block) * static_cast<uint64_t>(ReadBuffers(streams, prefetch, read_ahead));
+}
+
 StreamingRuntime::StreamingRuntime(CopyEngine* engine, DeviceAllocator* allocator)
     : engine_(engine), allocator_(allocator) {}
 
@@ -579,9 +593,8 @@ Status StreamingRuntime::AllocateReadRing() {
     streamed_disk = streamed_disk || streamed_[i] != 0;
   }
   if (most == 0) return Status::Ok();
-  // O_DIRECT reads straight into a buffer whose start and size are page multiples
-  const uint64_t size = (most + 4095) / 4096 * 4096;
-  const int count = streamed_disk ? plan_.prefetch() + read_ahead_ : 1;
+  const uint64_t size = ReadBufferBytes(most);
+  const int count = ReadBuffers(streamed_disk, plan_.prefetch(), read_ahead_);
   if (static_cast<int>(reads_.size()) == count && reads_[0].mem && reads_[0].mem->size() == size) {
     return Status::Ok();  // warm: kept, with what it read
   }
@@ -614,17 +627,15 @@ Status StreamingRuntime::FinishRead(int buf, bool wait, bool* done) {
   ReadBuffer& r = reads_[buf];
   *done = true;
   if (r.ticket == 0) return Status::Ok();
-  if (!wait && !reader_->Done(r.ticket)) {
+  const bool waits = !reader_->Done(r.ticket);  // the host waits for the read (counted)
+  if (waits && !wait) {
     *done = false;
     return Status::Ok();
   }
-  Status s;
-  if (wait && !reader_->Done(r.ticket)) {
-    const auto start = std::chrono::steady_clock::now();
-    s = reader_->Wait(r.ticket);
+  const auto start = std::chrono::steady_clock::now();
+  Status s = reader_->Wait(r.ticket);
+  if (waits) {
     stats_.disk_wait_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-  } else {
-    s = reader_->Wait(r.ticket);
   }
   r.ticket = 0;
   if (!s.ok()) {
@@ -698,7 +709,7 @@ Status StreamingRuntime::SourceNow(int block, const uint8_t** src, int* buf) {
     stats_.disk_read_misses += 1;
   }
   if (at < 0) {
-    Window(block, plan_.prefetch() + read_ahead_, &read_window_);
+    Window(block, static_cast<int>(reads_.size()), &read_window_);
     PINSTREAM_RETURN_IF_ERROR(FreeReadBuffer(read_window_, /*wait=*/true, &at));
     if (at < 0) return Status::FailedPrecondition("the disk tier has no read buffer");
     PINSTREAM_RETURN_IF_ERROR(SubmitRead(at, block));

@@ -72,6 +72,11 @@ struct DiskExtent {
   uint64_t block_offset = 0;
 };
 
+// Host bytes of the read ring for disk units of at most `largest_block` bytes:
+// prefetch + read_ahead buffers when one of them streams (else one), each whole
+// pages (O_DIRECT reads straight into it).
+uint64_t ReadRingBytes(uint64_t largest_block, bool streams, int prefetch, int read_ahead);
+
 class StreamingRuntime {
  public:
   // `engine` and `allocator` must outlive the runtime.
