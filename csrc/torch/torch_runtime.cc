@@ -458,8 +458,7 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
       candidates.push_back(PinCandidate{pending[b].transfer_bytes, pending[b].use});
     }
     // the read ring is pinned too: the pinning cap keeps room for it
-    ring = Int((disk_most + SpillFile::kAlignment - 1) / SpillFile::kAlignment * SpillFile::kAlignment) *
-           (disk_streams ? req.prefetch + read_ahead_ : 1);
+    ring = Int(ReadRingBytes(disk_most, disk_streams, req.prefetch, read_ahead_));
     pin =
         ChoosePinned(candidates, pin_cap_bytes_ < 0 ? -1 : std::max<int64_t>(0, pin_cap_bytes_ - pinned_bytes_ - ring));
     registering_ = true;
@@ -524,13 +523,8 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
       spill_error_ = why.message() + "; units meant for disk stay in RAM (not pinned)";
       return false;
     };
-    if (!spill_) {
-      auto file = std::make_unique<SpillFile>();
-      Status made = file->Create(spill_dir_);
-      if (!made.ok()) return fail(made);
-      file->FailNextWrites(fail_spill_writes_);
-      spill_ = std::move(file);
-    }
+    Status made = MakeSpill();
+    if (!made.ok()) return fail(made);
     const uint64_t size = info.exact ? pending[b].transfer_bytes : Uint(info.bytes);
     if (!scratch.defined() || Uint(scratch.numel()) < size) {
       scratch = at::empty({Int(std::max<uint64_t>(size, 1))}, at::TensorOptions().dtype(at::kByte));
@@ -678,15 +672,7 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
       if (req.progress) req.progress(b + 1, n);
     }
     scratch = at::Tensor();
-    if (spill_ && spill_->size() > 0) {
-      ThrowIfError(spill_->Flush());
-      if (spill_file_id_ < 0) {
-        ThrowIfError(Reader()->Open(spill_->path(), &spill_file_id_));
-        disk_files_.push_back(spill_file_id_);
-      } else {
-        ThrowIfError(reader_->Refresh(spill_file_id_));
-      }
-    }
+    ThrowIfError(SpillWritten());
   } catch (...) {
     // All or nothing: the packed blocks' weights get ordinary memory again (a
     // unit written to the spill file: its bytes read back from there).
@@ -801,6 +787,24 @@ DiskReader* TorchRuntime::Reader() {
   return reader_.get();
 }
 
+Status TorchRuntime::MakeSpill() {
+  if (spill_) return Status::Ok();
+  auto file = std::make_unique<SpillFile>();
+  PINSTREAM_RETURN_IF_ERROR(file->Create(spill_dir_));
+  file->FailNextWrites(fail_spill_writes_);
+  spill_ = std::move(file);
+  return Status::Ok();
+}
+
+Status TorchRuntime::SpillWritten() {
+  if (!spill_ || spill_->size() == 0) return Status::Ok();
+  PINSTREAM_RETURN_IF_ERROR(spill_->Flush());
+  if (spill_file_id_ >= 0) return reader_->Refresh(spill_file_id_);
+  PINSTREAM_RETURN_IF_ERROR(Reader()->Open(spill_->path(), &spill_file_id_));
+  disk_files_.push_back(spill_file_id_);
+  return Status::Ok();
+}
+
 at::Tensor TorchRuntime::ReadDiskLocked(const BlockTensors& info, uint64_t lo, uint64_t hi) {
   // uninitialized: pages outside [lo, hi) are never written, so never committed
   at::Tensor buf = at::empty({Int(std::max<uint64_t>(info.disk_bytes, 1))}, at::TensorOptions().dtype(at::kByte));
@@ -852,24 +856,16 @@ void TorchRuntime::WriteHostValues(int block, const std::vector<std::pair<int, a
     const bool in_spill = info.extents.size() == 1 && spill_file_id_ >= 0 && info.extents[0].file == spill_file_id_;
     if (in_spill) {
       ThrowIfError(spill_->WriteAt(bytes.data_ptr<uint8_t>(), info.disk_bytes, info.extents[0].file_offset));
+      ThrowIfError(SpillWritten());
     } else if (info.disk_bytes > 0) {
-      if (!spill_) {
-        auto file = std::make_unique<SpillFile>();
-        ThrowIfError(file->Create(spill_dir_));
-        spill_ = std::move(file);
-      }
       uint64_t at = 0;
+      ThrowIfError(MakeSpill());
       ThrowIfError(spill_->Append(bytes.data_ptr<uint8_t>(), info.disk_bytes, &at));
-      if (spill_file_id_ < 0) {
-        ThrowIfError(Reader()->Open(spill_->path(), &spill_file_id_));
-        disk_files_.push_back(spill_file_id_);
-      }
-      if (info.extents.size() != 1 || info.extents[0].file != spill_file_id_) source_block_bytes_ -= info.disk_bytes;
+      ThrowIfError(SpillWritten());
+      source_block_bytes_ -= info.disk_bytes;  // it was read from the model's own file
       info.extents = {DiskExtent{spill_file_id_, at, info.disk_bytes, 0}};
       ThrowIfError(core_->SetDiskSource(block, info.extents));
     }
-    ThrowIfError(spill_->Flush());
-    ThrowIfError(reader_->Refresh(spill_file_id_));
     return;
   }
   if (!info.exact) {
@@ -921,8 +917,7 @@ void TorchRuntime::WriteHostValues(int block, const std::vector<std::pair<int, a
     }
     uint64_t at = 0;
     ThrowIfError(spill_->Append(out.data_ptr<uint8_t>(), bytes, &at));
-    ThrowIfError(spill_->Flush());
-    ThrowIfError(reader_->Refresh(spill_file_id_));
+    ThrowIfError(SpillWritten());
     ThrowIfError(core_->ReplaceTransfer(block, nullptr, bytes, transform.get()));
     std::vector<DiskExtent> extents;
     if (bytes > 0) extents.push_back(DiskExtent{spill_file_id_, at, bytes, 0});

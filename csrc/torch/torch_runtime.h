@@ -276,6 +276,11 @@ class TorchRuntime {
   void CheckDiskFilesLocked();
   // The disk-tier reader, made on first use.
   DiskReader* Reader();
+  // The spill file, made on first use in spill_dir_.
+  Status MakeSpill();
+  // After writes to the spill file: flushed, and the reader reads it as it is now
+  // (opened on first use).
+  Status SpillWritten();
 
   std::mutex mu_;
   at::Device device_{at::kCPU};
