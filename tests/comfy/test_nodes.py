@@ -345,10 +345,7 @@ def test_the_copy_counter_sees_a_write_back():
 
 def test_two_experts_switch_without_device_to_host_copies():
     hi_path, lo_path = f("wan22_t2v")
-    core_hi, core_lo = pl.load_unet(ns, hi_path), pl.load_unet(ns, lo_path)
-    pos, neg = pl.wan_conditioning()
-    ref = pl.sample_two_experts(ns, core_hi, core_lo, pos, neg, pl.wan_latent(32, 32, 5), steps=4, switch_at=2)
-    del core_hi, core_lo
+    ref, pos, neg = pl.two_experts_reference(ns, hi_path, lo_path)
     mm.unload_all_models()
     for mode in ("model_offload", "sequential"):
         (hi,), _ = N.run_load_diffusion_model(name_of("diffusion_models", hi_path), "default", mode, 0.0, 1, True)

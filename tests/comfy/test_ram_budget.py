@@ -235,10 +235,7 @@ def test_two_experts_with_a_ram_budget_smaller_than_both(mode):
     less than both weigh, and each keeps blocks on disk; they take turns for two runs and
     give core's latent."""
     hi_path, lo_path = f("wan22_t2v")
-    core_hi, core_lo = pl.load_unet(ns, hi_path), pl.load_unet(ns, lo_path)
-    pos, neg = pl.wan_conditioning()
-    ref = pl.sample_two_experts(ns, core_hi, core_lo, pos, neg, pl.wan_latent(32, 32, 5), steps=4, switch_at=2)
-    del core_hi, core_lo
+    ref, pos, neg = pl.two_experts_reference(ns, hi_path, lo_path)
     mm.unload_all_models()
     d = _discovery(hi_path)
     ram = _half_ram(d)
