@@ -63,18 +63,17 @@ def _file_sources(paths: Sequence[str], units: list, name_of: dict) -> list:
     shape is stored in one of the model's own safetensors ``paths``, else (-1, 0). Names
     match whole (a file key equal to the weight's name, or ending in "." + it, when only one
     key does). The runtime checks the bytes before it reads from there."""
-    from .safetensors_header import read_header, read_tensors
+    from .safetensors_header import read_tensors
 
     dtypes = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
               torch.int8: "I8", torch.uint8: "U8", torch.int16: "I16", torch.int32: "I32", torch.int64: "I64",
               torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2"}
     by_suffix: dict = {}
     for i, path in enumerate(paths):
-        _, n, _ = read_header(path)
         for t in read_tensors(path)[0]:
             parts = t.name.split(".")
             for k in range(len(parts)):
-                by_suffix.setdefault(".".join(parts[k:]), []).append((i, t, 8 + n + t.begin))
+                by_suffix.setdefault(".".join(parts[k:]), []).append((i, t))
     out = []
     for ts in units:
         row = []
@@ -83,7 +82,7 @@ def _file_sources(paths: Sequence[str], units: list, name_of: dict) -> list:
             exact = [f for f in found if f[1].name == name_of.get(id(t))]
             found = exact or found
             if len(found) == 1 and found[0][1].dtype == dtypes.get(t.dtype) and found[0][1].shape == tuple(t.shape):
-                row.append((found[0][0], int(found[0][2])))
+                row.append((found[0][0], found[0][1].offset))
             else:
                 row.append((-1, 0))
         out.append(row)
@@ -420,9 +419,8 @@ def offload(
         # compressed (exact): every unit, the non-block part too, is held and sent in the
         # exact coded form only; wrapper-subclass weights (their inner tensors) stay as stored.
         coded_units = [coded and not any(id(t) in wrapped for t in ts) for ts in unit_tensors + [rest]]
-        files = [source_files] if isinstance(source_files, (str, bytes)) or hasattr(source_files, "__fspath__") \
-            else list(source_files or [])
-        files = [os.fspath(f) for f in files] if host_budget >= 0 else []
+        one = isinstance(source_files, (str, bytes, os.PathLike))
+        files = [os.fspath(f) for f in ([source_files] if one else source_files or [])] if host_budget >= 0 else []
         sources = _file_sources(files, unit_tensors + [rest], name_of) if files else []
         ids = rt.register_blocks(unit_tensors + [rest], [True] * len(unit_tensors) + [False], progress,
                                  [fp8] * len(unit_tensors) + [False],

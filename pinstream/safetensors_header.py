@@ -81,6 +81,7 @@ class TensorInfo:
     nbytes: int
     begin: int
     end: int
+    offset: int = 0  # where its bytes start in the file: after the 8-byte length and the header
 
 
 @dataclass
@@ -210,7 +211,7 @@ def read_tensors(path) -> tuple[list[TensorInfo], dict]:
                 f"truncated: tensor {name!r} ends at data byte {end} but the file holds only "
                 f"{data_bytes} data bytes (file size {size})",
             )
-        tensors.append(TensorInfo(name, dtype, tuple(shape), nbytes, begin, end))
+        tensors.append(TensorInfo(name, dtype, tuple(shape), nbytes, begin, end, 8 + n + begin))
     return tensors, metadata
 
 
