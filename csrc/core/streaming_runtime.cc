@@ -74,29 +74,47 @@ Status StreamingRuntime::RegisterBlock(const void* host, uint64_t bytes, bool st
 
 Status StreamingRuntime::AttachHost(int block, const void* host) {
   PINSTREAM_RETURN_IF_ERROR(CheckBlock(block, "attach_host"));
-  if (loaded_) return Status::FailedPrecondition("attach_host while loaded; unload() first");
+  PINSTREAM_RETURN_IF_ERROR(Quiesce("attach_host"));
+  const bool was_on_disk = !blocks_[block].disk.empty();
   blocks_[block].host = host;
   blocks_[block].disk.clear();
-  return Status::Ok();
+  if (!loaded_ || !was_on_disk) return Status::Ok();
+  const int buf = ReadBufferOf(block);
+  if (buf >= 0) {
+    bool done = false;
+    (void)FinishRead(buf, /*wait=*/true, &done);  // its bytes are not needed from there any more
+    reads_[buf].block = -1;
+  }
+  return AllocateReadRing();  // sized for the units still on disk (none: freed)
+}
+
+Status StreamingRuntime::Quiesce(const char* what) {
+  if (closed_) return Status::Closed("runtime is closed");
+  if (!loaded_) return Status::Ok();
+  if (outstanding() > 0 || learner_.in_pass()) {
+    return Status::FailedPrecondition(std::string(what) + " during a pass; end the pass first");
+  }
+  return engine_->Synchronize();  // no upload still reads a unit's old bytes
 }
 
 Status StreamingRuntime::UseDiskReader(DiskReader* reader, int read_ahead, bool pin_ring) {
   if (closed_) return Status::Closed("runtime is closed");
-  if (loaded_) return Status::FailedPrecondition("use_disk_reader while loaded; unload() first");
   if (read_ahead < 1) {
     return Status::InvalidArgument("read_ahead " + std::to_string(read_ahead) + " must be at least 1");
   }
+  PINSTREAM_RETURN_IF_ERROR(Quiesce("use_disk_reader"));
+  FreeReadRing();  // read through the reader it had
   reader_ = reader;
   read_ahead_ = read_ahead;
   pin_ring_ = pin_ring;
   reader_base_ = reader_ ? reader_->totals() : DiskReader::Totals();
-  return Status::Ok();
+  return loaded_ ? AllocateReadRing() : Status::Ok();
 }
 
 Status StreamingRuntime::SetDiskSource(int block, std::vector<DiskExtent> extents) {
   PINSTREAM_RETURN_IF_ERROR(CheckBlock(block, "set_disk_source"));
-  if (loaded_) return Status::FailedPrecondition("set_disk_source while loaded; unload() first");
   if (reader_ == nullptr) return Status::FailedPrecondition("set_disk_source before use_disk_reader");
+  PINSTREAM_RETURN_IF_ERROR(Quiesce("set_disk_source"));
   Block& b = blocks_[block];
   std::sort(extents.begin(), extents.end(),
             [](const DiskExtent& x, const DiskExtent& y) { return x.block_offset < y.block_offset; });
@@ -108,9 +126,15 @@ Status StreamingRuntime::SetDiskSource(int block, std::vector<DiskExtent> extent
     }
     at = e.block_offset + e.bytes;
   }
+  const int buf = loaded_ ? ReadBufferOf(block) : -1;
+  if (buf >= 0) {  // read from where it was before
+    bool done = false;
+    (void)FinishRead(buf, /*wait=*/true, &done);
+    reads_[buf].block = -1;
+  }
   b.disk = std::move(extents);
   if (b.disk.empty()) b.disk.push_back(DiskExtent{-1, 0, 0, 0});  // a unit with no bytes: nothing to read
-  return Status::Ok();
+  return loaded_ ? AllocateReadRing() : Status::Ok();  // a ring for it (or a larger one)
 }
 
 Status StreamingRuntime::DropBlocksFrom(int first) {
@@ -592,7 +616,10 @@ Status StreamingRuntime::AllocateReadRing() {
     most = std::max(most, b.bytes);
     streamed_disk = streamed_disk || streamed_[i] != 0;
   }
-  if (most == 0) return Status::Ok();
+  if (most == 0) {
+    FreeReadRing();
+    return Status::Ok();
+  }
   const uint64_t size = ReadBufferBytes(most);
   const int count = ReadBuffers(streamed_disk, plan_.prefetch(), read_ahead_);
   if (static_cast<int>(reads_.size()) == count && reads_[0].mem && reads_[0].mem->size() == size) {

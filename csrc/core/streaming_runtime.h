@@ -89,17 +89,24 @@ class StreamingRuntime {
   // streamable=false: always resident (the non-block part of a model).
   // host may be null: AttachHost gives the bytes before Load.
   Status RegisterBlock(const void* host, uint64_t bytes, bool streamable, int* id);
-  // The host bytes of a unit registered without them (or moved since).
-  // Allowed while nothing is loaded.
+  // AttachHost, UseDiskReader and SetDiskSource move a unit's bytes between
+  // host memory and disk. While loaded they are allowed between passes only
+  // (nothing acquired) and first wait for the copy queue (an upload may still
+  // read the old bytes); the read ring follows (allocated, grown, or freed
+  // when no unit is left on disk). A device copy stays valid: the bytes are
+  // the same wherever they are read from.
+  //
+  // The host bytes of a unit registered without them (or moved since; a unit
+  // on disk comes back to host memory).
   Status AttachHost(int block, const void* host);
   // Reads of disk-tier units go through `reader` (kept alive by the caller),
   // `read_ahead` (>= 1) blocks beyond the uploads' look-ahead, into a ring of
   // pinned buffers (`pin_ring` false: ordinary memory, for a pinning cap too
-  // small for it). Allowed while nothing is loaded.
+  // small for it).
   Status UseDiskReader(DiskReader* reader, int read_ahead, bool pin_ring = true);
   // The unit's transfer bytes live on disk: `extents` place its bytes, none
-  // twice (gaps between them are padding no tensor reads). Its host pointer is no longer used (AttachHost brings it
-  // back to host memory). Allowed while nothing is loaded.
+  // twice (gaps between them are padding no tensor reads). Its host pointer is
+  // no longer used (AttachHost brings it back to host memory).
   Status SetDiskSource(int block, std::vector<DiskExtent> extents);
   // Forgets the units [first, num_blocks()) (a registration that failed half
   // way); the plan, if any, is dropped with them. Allowed while nothing is loaded.
@@ -224,6 +231,8 @@ class StreamingRuntime {
   };
 
   Status CheckBlock(int block, const char* what) const;
+  // Between passes (see AttachHost): waits for the copy queue while loaded.
+  Status Quiesce(const char* what);
   Status MakePlan(PlanPolicy policy, uint64_t budget_bytes, int prefetch);
   Status TakeEvent(EventId* e);
   // Makes `compute_queue` wait for the resident uploads once per recording.

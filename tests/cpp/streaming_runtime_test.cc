@@ -545,6 +545,59 @@ TEST(StreamingRuntimeDisk, AFileThatShrankOrChangedIsAClearError) {
   ASSERT_TRUE(rt.Close().ok());
 }
 
+TEST(StreamingRuntimeDisk, UnitsMoveBetweenHostAndDiskBetweenPassesWhileLoaded) {
+  // Every block is in the file too. Between passes of a loaded runtime, half
+  // of them go to disk, their host bytes are scribbled over (an upload still
+  // reading them would send wrong bytes), then they come back from fresh host
+  // copies. A move during a pass is refused.
+  FakeModel m = FakeModel::Make(std::vector<uint64_t>(8, 4096), 91);
+  testing_util::DiskFile file;
+  for (const auto& h : m.host) file.Add(h, 2, 100);
+  ASSERT_TRUE(file.Write());
+  for (PlanPolicy policy : {PlanPolicy::kStreamAll, PlanPolicy::kBudget}) {
+    SCOPED_TRACE(PlanPolicyName(policy));
+    DiskReader reader;
+    int fid = -1;
+    ASSERT_TRUE(reader.Open(file.path(), &fid).ok());
+    FakeModel live = m;  // the host copies the runtime reads
+    HostEngineOptions opt;
+    opt.poison = true;
+    opt.max_random_delay_us = 30;
+    HostCopyEngine engine(opt);
+    HostArena arena;
+    StreamingRuntime rt(&engine, &arena);
+    ASSERT_TRUE(RegisterAll(&rt, live).ok());
+    ASSERT_TRUE(rt.UseDiskReader(&reader, 2).ok());
+    ASSERT_TRUE(rt.Plan(policy, 5 * 4096, 1).ok());
+    for (int pass = 0; pass < 2; ++pass) ASSERT_EQ(RunPass(&rt, m, Range(8)), "");
+    EXPECT_EQ(rt.read_ring_bytes(), 0u);
+    ASSERT_TRUE(rt.loaded());
+    for (int b = 0; b < 8; b += 2) {
+      ASSERT_TRUE(rt.SetDiskSource(b, file.Extents(b, fid)).ok());
+      std::fill(live.host[static_cast<size_t>(b)].begin(), live.host[static_cast<size_t>(b)].end(), 0xAB);
+    }
+    EXPECT_GT(rt.read_ring_bytes(), 0u);
+    for (int pass = 0; pass < 3; ++pass) ASSERT_EQ(RunPass(&rt, m, Range(8)), "") << "pass " << pass;
+    if (policy == PlanPolicy::kStreamAll) EXPECT_GT(rt.GetStats(true).disk_reads, 0u);
+    // during a pass: refused, nothing changes
+    ASSERT_TRUE(rt.BeginPass().ok());
+    DeviceLocation loc;
+    ASSERT_TRUE(rt.Acquire(1, nullptr, &loc).ok());
+    const Status busy = rt.AttachHost(0, m.host[0].data());
+    EXPECT_NE(busy.message().find("during a pass"), std::string::npos) << busy.ToString();
+    EXPECT_TRUE(rt.on_disk(0));
+    ASSERT_TRUE(rt.EndPass(nullptr).ok());
+    FakeModel back = m;  // fresh host copies
+    for (int b = 0; b < 8; b += 2) ASSERT_TRUE(rt.AttachHost(b, back.host[static_cast<size_t>(b)].data()).ok());
+    EXPECT_EQ(rt.read_ring_bytes(), 0u);  // nothing left on disk: the ring went
+    const uint64_t reads = rt.GetStats(true).disk_reads;
+    for (int pass = 0; pass < 2; ++pass) ASSERT_EQ(RunPass(&rt, m, Range(8)), "") << "pass " << pass;
+    EXPECT_EQ(rt.GetStats(true).disk_reads, reads);
+    ASSERT_TRUE(rt.Close().ok());
+    EXPECT_EQ(arena.allocated_bytes(), 0u);
+  }
+}
+
 TEST(StreamingRuntimeDisk, BadDiskSourcesAreRefused) {
   FakeModel m = FakeModel::Make({4096, 4096}, 3);
   HostCopyEngine engine;
