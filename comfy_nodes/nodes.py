@@ -509,6 +509,10 @@ def _disk_lines(r: dict) -> str:
             out += "\n  disk last run: nothing read"
         if read:
             out += f", disk {r['disk_gbps']:.2f} GB/s, host waited {r['disk_wait_ms_last_run']:.1f} ms for it"
+    if r.get("ram_moves_last_run"):
+        out += (f"\n  RAM moves last run: {_gb(r['ram_to_ram_bytes_last_run'])} read back into RAM, "
+                f"{_gb(r['ram_to_disk_bytes_last_run'])} moved to disk, in {r['ram_moves_last_run']} moves "
+                f"({r['ram_move_ms_last_run']:.0f} ms); host RAM follows the model that runs")
     if r.get("spill_error"):
         out += f"\n  blocks meant for disk stay in RAM: {r['spill_error']}"
     return out

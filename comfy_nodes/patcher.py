@@ -592,6 +592,11 @@ def collect_stats(st: PinStreamState) -> dict:
         "disk_bytes_per_step": disk_bytes / passes if passes else 0.0,
         "disk_wait_ms_last_run": _since(s, run, "disk_wait_ms"),
         "disk_gbps": disk_gbps,
+        # blocks moved between RAM and disk in the last run (RAM follows the model that runs)
+        "ram_moves_last_run": _since(s, run, "ram_moves"),
+        "ram_to_disk_bytes_last_run": _since(s, run, "ram_to_disk_bytes"),
+        "ram_to_ram_bytes_last_run": _since(s, run, "ram_to_ram_bytes"),
+        "ram_move_ms_last_run": _since(s, run, "ram_move_ms"),
     }
 
 

@@ -58,14 +58,18 @@ class CodedValue(torch.Tensor):
     __torch_function__ = torch._C._disabled_torch_function_impl
 
 
-def install_state_dict_hook(module: torch.nn.Module, runtime, coded: dict) -> object:
+def install_state_dict_hook(module: torch.nn.Module, runtime, coded: dict, apart: set) -> object:
     """``coded``: a weight's name (relative to ``module``) -> (block, index) in ``runtime``.
-    Their state_dict entries become :class:`CodedValue` s. Returns the hook's handle. The hook
-    holds the runtime weakly (the module owns its handle, which owns the runtime)."""
+    The state_dict entries of those whose block is in ``apart`` when the state_dict is taken
+    (a set the handle keeps up to date) become :class:`CodedValue` s. Returns the hook's
+    handle. The hook holds the runtime weakly (the module owns its handle, which owns the
+    runtime)."""
     ref = weakref.ref(runtime)
 
     def hook(_module, state_dict, prefix, _local_metadata):
         for name, (block, index) in coded.items():
+            if block not in apart:
+                continue
             key = prefix + name
             value = state_dict.get(key)
             if value is not None and not isinstance(value, CodedValue):

@@ -384,9 +384,12 @@ def offload(
     # the pinning cap left for this model also bounds its RAM, unless a budget is given
     host_budget = _host_budget(host_budget_gb, pin_cap=cap, model_bytes=model_bytes,
                                largest_block=discovery.largest_block_bytes, prefetch=prefetch)
-    spill = _spill_dir(spill_dir) if host_budget >= 0 else ""
+    # with a known pinning cap, blocks may go to disk later too (when another model runs:
+    # see OffloadHandle._follow_ram), so the spill directory is known; it is measured for
+    # the way to read it only once blocks live on disk from the start
+    spill = _spill_dir(spill_dir) if host_budget >= 0 or cap >= 0 else ""
     try:
-        reads = calibrate.disk_reads(spill) if spill else None
+        reads = calibrate.disk_reads(spill) if spill and host_budget >= 0 else None
     except OSError:
         reads = None  # a directory that cannot be used: the runtime says why and keeps the model in RAM
     rt = _C.Runtime(
@@ -420,7 +423,7 @@ def offload(
         # exact coded form only; wrapper-subclass weights (their inner tensors) stay as stored.
         coded_units = [coded and not any(id(t) in wrapped for t in ts) for ts in unit_tensors + [rest]]
         one = isinstance(source_files, (str, bytes, os.PathLike))
-        files = [os.fspath(f) for f in ([source_files] if one else source_files or [])] if host_budget >= 0 else []
+        files = [os.fspath(f) for f in ([source_files] if one else source_files or [])] if spill else []
         sources = _file_sources(files, unit_tensors + [rest], name_of) if files else []
         ids = rt.register_blocks(unit_tensors + [rest], [True] * len(unit_tensors) + [False], progress,
                                  [fp8] * len(unit_tensors) + [False],
@@ -436,11 +439,13 @@ def offload(
             settings=settings,
         )
         handle._where = where
-        on_disk = rt.stats()["block_on_disk"]
-        handle._has_disk = any(on_disk)
-        handle._apart_units = {ids[u] for u, c in enumerate(coded_units) if c or on_disk[ids[u]]}
-        if handle._apart_units:
-            handle._install_apart_state_dict()
+        handle._coded_units = {ids[u] for u, c in enumerate(coded_units) if c}
+        handle._host_budget_given = None if host_budget_gb is None else host_budget
+        handle._refresh_apart()
+        # the units that may be held apart: coded ones, and with a spill directory any (the disk tier)
+        units = set(ids) if spill else handle._coded_units
+        if units:
+            handle._install_apart_state_dict(units)
         if resolved.name == "full_load" and load:
             handle._load_with_retry()
     except BaseException:

@@ -29,6 +29,12 @@ GIB = 1024**3
 _LOADED_MODEL_OFFLOAD: dict[str, list] = {}
 _LOADED_LOCK = threading.Lock()
 
+# The model whose pass ran last (weakly): host RAM follows a model from its second pass
+# in a row (see OffloadHandle._follow_ram).
+_LAST_RUNNER: list = [None]
+_RUN_SEQ: list = [0]
+_RAM_LOCK = threading.Lock()
+
 
 class OffloadHandle(Replanning):
     """A model under PinStream. Created by :func:`pinstream.offload`."""
@@ -64,6 +70,11 @@ class OffloadHandle(Replanning):
         # or on disk): between uses their weights point at a placeholder
         self._apart_units: set = set()
         self._has_disk = False  # some of its blocks live on disk
+        self._coded_units: set = set()  # held in the exact coded form
+        self._run_seq = 0  # when its last pass began (a process-wide count)
+        self._host_budget_given: int | None = None  # host_budget_gb as bytes, when one was given
+        # moves between RAM and disk (set_host_budget, RAM following the running model)
+        self.ram_moves = {"moves": 0, "to_disk_bytes": 0, "to_ram_bytes": 0, "ms": 0.0}
         self._hooks = PassHooks(self)
         self._install_hooks(per_block=mode.name in ("sequential", "budget") or mode.transfer_dtype == "fp8_e4m3")
 
@@ -141,16 +152,101 @@ class OffloadHandle(Replanning):
             self._rt.write_host_values(block, items)
         self.plan = self._rt.current_plan()  # a coded block's size may have changed
 
-    def _install_apart_state_dict(self) -> None:
+    def _install_apart_state_dict(self, units: set) -> None:
+        """state_dict() gives the weights of ``units`` that are held apart at that moment as
+        values read on demand (:class:`pinstream.coded.CodedValue`)."""
         from .coded import install_state_dict_hook
 
         module = self.module
         names = {}
         for name, t in list(module.named_parameters(remove_duplicate=False)) + list(module.named_buffers()):
             w = self._where.get(id(t))
-            if w is not None and w[0] in self._apart_units:
+            if w is not None and w[0] in units:
                 names[name] = w
-        self._hooks.keep(install_state_dict_hook(module, self._rt, names))
+        self._hooks.keep(install_state_dict_hook(module, self._rt, names, self._apart_units))
+
+    def _refresh_apart(self) -> None:
+        """After blocks moved between RAM and disk: which units are held apart now."""
+        on_disk = self._rt.stats()["block_on_disk"]
+        self._has_disk = any(on_disk)
+        now = self._coded_units | {b for b, d in enumerate(on_disk) if d}
+        self._apart_units.clear()  # the same set: the state_dict hook reads it
+        self._apart_units.update(now)
+
+    # ---- host RAM: the disk tier's budget, moved between models -----------------------
+    def set_host_budget(self, host_budget_gb: float | None) -> int:
+        """Move blocks between host RAM and disk so this model holds at most
+        ``host_budget_gb`` GiB of weights in RAM (None: no limit of its own, every block back
+        in RAM; the process's pinning cap still bounds what it takes from waiting models).
+        Blocks going to disk are read later from the model's own file where its bytes are
+        the same, else from a spill file written once; blocks coming back are read from disk.
+        Between forwards only. Returns the host bytes of weights held after."""
+        from . import modes as _modes
+
+        self._check_open()
+        if self._hooks.pass_owner is not None:
+            raise RuntimeError("PinStream: set_host_budget() during a forward of this model; call it between forwards")
+        budget = -1 if host_budget_gb is None else int(_modes.check_host_budget_gb(host_budget_gb) * GIB)
+        self._host_budget_given = None if budget < 0 else budget  # its cap from now on
+        return self._move_ram(budget)
+
+    def _move_ram(self, budget: int, pin_cap_bytes: int | None = None) -> int:
+        import time
+
+        before = self._rt.host_bytes
+        on_disk_before = self._rt.stats()["disk_block_bytes"]
+        start = time.perf_counter()
+        try:
+            held = self._rt.set_host_budget(budget, pin_cap_bytes)
+        finally:
+            self._refresh_apart()
+        on_disk = self._rt.stats()["disk_block_bytes"]
+        if held != before or on_disk != on_disk_before:
+            m = self.ram_moves
+            m["moves"] += 1
+            m["to_disk_bytes"] += max(0, on_disk - on_disk_before)
+            m["to_ram_bytes"] += max(0, on_disk_before - on_disk)
+            m["ms"] += (time.perf_counter() - start) * 1e3
+        return held
+
+    def _follow_ram(self) -> None:
+        """Before a pass: from its second pass in a row, a model with blocks on disk takes the
+        host RAM the models waiting for their turn hold (their blocks go to disk, where they
+        are read from when they run again), up to its own host budget and the process's
+        pinning cap. Wan 2.2's two experts: the one not running lives on disk. A model that
+        runs once between others (or models that alternate every pass) moves nothing."""
+        with _RAM_LOCK:
+            last = _LAST_RUNNER[0]() if _LAST_RUNNER[0] is not None else None
+            _LAST_RUNNER[0] = weakref.ref(self)
+            _RUN_SEQ[0] += 1
+            self._run_seq = _RUN_SEQ[0]
+        if last is not self or not self._has_disk:
+            return
+        cap = pin_cap.default_pin_cap_bytes()
+        if cap < 0:
+            return
+        elsewhere = int(self._settings.get("pinned_elsewhere", 0))
+        room = max(0, cap - elsewhere)
+        st = self._rt.stats()
+        held, need = self._rt.host_bytes, self._rt.host_bytes + int(st["disk_block_bytes"])
+        # all of it when RAM allows (the read ring goes then), else what is left beside the ring
+        goal = need if need <= room else room - int(st.get("read_ring_bytes", 0))
+        if self._host_budget_given is not None:
+            goal = min(goal, self._host_budget_given)
+        others = sorted((h for h in pin_cap.live_handles() if h is not self), key=lambda h: h._run_seq)
+        short = goal - (room - sum(h.host_bytes for h in others))
+        for other in others:  # the least recently run give first; their blocks go to disk
+            if short <= 0:
+                break
+            if other._hooks.pass_owner is not None or other.host_bytes == 0:
+                continue
+            before = other.host_bytes
+            other._move_ram(max(0, before - short))
+            short -= before - other.host_bytes
+        left = room - sum(h.host_bytes for h in others)
+        target = min(goal, left if need <= left else left - int(st.get("read_ring_bytes", 0)))
+        if target > held:
+            self._move_ram(target, pin_cap_bytes=pin_cap.available_pin_bytes(elsewhere) + self.pinned_bytes)
 
     # ---- wrapper-subclass weights (see pinstream.wrappers) -------------------------------
     def _after_load(self) -> None:
@@ -242,6 +338,11 @@ class OffloadHandle(Replanning):
             largest_block_bytes=self.discovery.largest_block_bytes,
             nonblock_bytes=self.discovery.nonblock_bytes,
             detached=self._detached,
+            # moves between RAM and disk (set_host_budget, RAM following the model that runs)
+            ram_moves=self.ram_moves["moves"],
+            ram_to_disk_bytes=self.ram_moves["to_disk_bytes"],
+            ram_to_ram_bytes=self.ram_moves["to_ram_bytes"],
+            ram_move_ms=self.ram_moves["ms"],
         )
         plan = s.get("plan") or self.plan
         if plan:

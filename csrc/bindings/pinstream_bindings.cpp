@@ -437,6 +437,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("unload", &TorchRuntime::Unload, nogil())
       .def("warm", &TorchRuntime::Warm, nogil(),
            "While not loaded: read the blocks on disk its next pass starts with into its read ring")
+      .def("set_host_budget", &TorchRuntime::SetHostBudget, py::arg("budget_bytes"),
+           py::arg("pin_cap_bytes") = py::none(), nogil(),
+           "Between passes: units beyond the new host budget (-1: none) move to disk, units on disk come "
+           "back while it allows (pinned within pin_cap_bytes when given); returns the host bytes of weights "
+           "held after")
       .def("begin_pass", &TorchRuntime::BeginPass, nogil())
       .def("check_placement", &TorchRuntime::CheckPlacement, nogil(),
            "raise when a weight was converted, replaced or moved by code PinStream does not manage")

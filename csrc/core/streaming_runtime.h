@@ -193,6 +193,9 @@ class StreamingRuntime {
   int outstanding() const;
   bool acquired(int block) const { return blocks_[block].acquired > 0; }
   bool on_disk(int block) const { return !blocks_[block].disk.empty(); }
+  // Its host bytes (null while it lives on disk).
+  const void* host(int block) const { return on_disk(block) ? nullptr : blocks_[block].host; }
+  bool in_pass() const { return outstanding() > 0 || learner_.in_pass(); }
   // Host bytes of the read ring (while loaded with disk-tier units); its pinned ones.
   uint64_t read_ring_bytes(bool pinned_only = false) const;
   int read_ahead() const { return read_ahead_; }

@@ -78,9 +78,18 @@ class BlockTensors {
   // Lives on disk (the disk tier): its bytes (a coded block's transfer bytes)
   // are `extents` of a file and nowhere in RAM; between uses its weights point
   // at the shared placeholder, as a coded block's do.
+  // In host memory with `backed`: `extents` hold a copy of its bytes, which
+  // were `backed_hash` (ContentHash) when it was read from there; a move to disk
+  // writes nothing while they still are (changes that PinStream does not see,
+  // such as a weight patched in place under inference mode, show in the hash).
   bool disk = false;
+  bool backed = false;
+  uint64_t backed_hash = 0;
   std::vector<DiskExtent> extents;
   uint64_t disk_bytes = 0;
+  // Where each tensor's bytes are as stored in one of the model's own files
+  // (runtime file index, offset); empty: nowhere known. Checked before use.
+  std::vector<std::pair<int, int64_t>> source;
 
   bool on_device() const { return location_ >= 0; }
 

@@ -324,6 +324,18 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
       p.layout = LayoutBlock(nbytes);
       info.bytes = Int(p.layout.bytes);
       for (size_t k = 0; k < info.tensors.size(); ++k) info.tensors[k].offset = Int(p.layout.offsets[k]);
+      if (!req.sources.empty() && !info.exact && !info.fp8 && req.sources[b].size() == info.tensors.size()) {
+        for (const auto& [index, offset] : req.sources[b]) {
+          int file = -1;
+          if (index >= 0 && index < static_cast<int>(req.source_files.size()) && offset >= 0) {
+            const std::string& path = req.source_files[static_cast<size_t>(index)];
+            auto at = std::find(source_paths_.begin(), source_paths_.end(), path);
+            if (at == source_paths_.end()) at = source_paths_.insert(source_paths_.end(), path);
+            file = static_cast<int>(at - source_paths_.begin());
+          }
+          info.source.emplace_back(file, offset);
+        }
+      }
       if (info.fp8) {
         for (size_t k = 0; k < info.tensors.size(); ++k) {
           p.fp8.push_back(TransferOf(info.tensors[k].param, p.layout.offsets[k]));
@@ -536,11 +548,8 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
         AliasAs(scratch, pt.offset, pt.param.scalar_type(), pt.param.sizes(), pt.strides, false).copy_(pt.param);
       }
     }
-    uint64_t at = 0;
-    Status w = spill_->Append(scratch.data_ptr<uint8_t>(), size, &at);
+    Status w = SpillBytes(scratch.data_ptr<uint8_t>(), size, &info.extents);
     if (!w.ok()) return fail(w);
-    info.extents.clear();
-    if (size > 0) info.extents.push_back(DiskExtent{-1, at, size, 0});
     info.disk_bytes = size;
     return true;
   };
@@ -548,52 +557,15 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
   // own files: it reads from there (no copy is written).
   auto from_source = [&](size_t b) {
     BlockTensors& info = infos[b];
-    if (req.sources.empty() || info.exact || req.sources[b].size() != info.tensors.size()) return false;
+    std::string why;
     std::vector<DiskExtent> extents;
-    for (size_t k = 0; k < info.tensors.size(); ++k) {
-      const PackedTensor& pt = info.tensors[k];
-      const auto& [index, offset] = req.sources[b][k];
-      if (index < 0 || index >= static_cast<int>(req.source_files.size()) || offset < 0) return false;
-      // the file holds a tensor's bytes row-major
-      if (pt.strides != PackedStrides(pt.param, /*contiguous=*/true)) return false;
-      const std::string& path = req.source_files[static_cast<size_t>(index)];
-      auto it = source_ids_.find(path);
-      if (it == source_ids_.end()) {
-        int id = -1;
-        Status opened = Reader()->Open(path, &id);
-        if (!opened.ok()) {
-          std::lock_guard<std::mutex> lock(mu_);
-          if (source_note_.empty()) source_note_ = opened.message();
-          source_ids_[path] = -1;
-          return false;
-        }
-        it = source_ids_.emplace(path, id).first;
-        disk_files_.push_back(id);
-      }
-      if (it->second < 0) return false;
-      if (pt.nbytes > 0) {
-        if (!scratch.defined() || scratch.numel() < pt.nbytes) {
-          scratch = at::empty({pt.nbytes}, at::TensorOptions().dtype(at::kByte));
-        }
-        uint64_t ticket = 0;
-        Status read = reader_->Submit(it->second, Uint(offset), Uint(pt.nbytes), scratch.data_ptr(), &ticket);
-        if (read.ok()) read = reader_->Wait(ticket);
-        const at::Tensor host = HostBytesOf(pt);
-        if (!read.ok() || std::memcmp(scratch.data_ptr(), host.data_ptr(), static_cast<size_t>(pt.nbytes)) != 0) {
-          std::lock_guard<std::mutex> lock(mu_);
-          if (source_note_.empty()) {
-            source_note_ = read.ok() ? (pt.name.empty() ? std::string("a weight") : pt.name) + " differs from " + path +
-                                           " (converted or patched since it was read)"
-                                     : read.message();
-          }
-          return false;
-        }
-      }
-      extents.push_back(DiskExtent{it->second, Uint(offset), Uint(pt.nbytes), Uint(pt.offset)});
+    if (!SourceExtents(info, [&](size_t k) { return HostBytesOf(info.tensors[k]); }, &extents, &why)) {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (source_note_.empty()) source_note_ = why;
+      return false;
     }
     info.extents = std::move(extents);
     info.disk_bytes = Uint(info.bytes);
-    source_block_bytes_ += Uint(info.bytes);
     return true;
   };
   try {
@@ -718,9 +690,7 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
           int64_t pinned_now = pinned_bytes_;
           for (const Chunk& c : new_chunks) pinned_now += c.pinned ? c.bytes.numel() : 0;
           for (const auto& t : new_transfer) pinned_now += t && t->get()->pinned() ? Int(t->get()->size()) : 0;
-          ThrowIfError(core_->UseDiskReader(reader_.get(), read_ahead_,
-                                            pin_cap_bytes_ < 0 || pinned_now + ring <= pin_cap_bytes_));
-          disk_reader_used_ = true;
+          UseReaderLocked(pinned_now, ring);
         }
         for (DiskExtent& e : infos[b].extents) {
           if (e.file < 0) e.file = spill_file_id_;  // written to the spill file
@@ -805,6 +775,232 @@ Status TorchRuntime::SpillWritten() {
   return Status::Ok();
 }
 
+Status TorchRuntime::SpillBytes(const uint8_t* bytes, uint64_t size, std::vector<DiskExtent>* extents) {
+  PINSTREAM_RETURN_IF_ERROR(MakeSpill());
+  uint64_t at = 0;
+  PINSTREAM_RETURN_IF_ERROR(spill_->Append(bytes, size, &at));
+  extents->clear();
+  if (size > 0) extents->push_back(DiskExtent{-1, at, size, 0});
+  return Status::Ok();
+}
+
+bool TorchRuntime::SourceExtents(const BlockTensors& info, const std::function<at::Tensor(size_t)>& value,
+                                 std::vector<DiskExtent>* extents, std::string* why) {
+  if (info.source.size() != info.tensors.size() || info.tensors.empty()) return false;
+  std::vector<DiskExtent> out;
+  at::Tensor scratch;
+  for (size_t k = 0; k < info.tensors.size(); ++k) {
+    const PackedTensor& pt = info.tensors[k];
+    const auto& [index, offset] = info.source[k];
+    if (index < 0) return false;
+    // the file holds a tensor's bytes row-major
+    if (pt.strides != PackedStrides(pt.param, /*contiguous=*/true)) return false;
+    const std::string& path = source_paths_[static_cast<size_t>(index)];
+    auto it = source_ids_.find(path);
+    if (it == source_ids_.end()) {
+      int id = -1;
+      Status opened = Reader()->Open(path, &id);
+      if (!opened.ok()) {
+        *why = opened.message();
+        source_ids_[path] = -1;
+        return false;
+      }
+      it = source_ids_.emplace(path, id).first;
+      disk_files_.push_back(id);
+    }
+    if (it->second < 0) return false;
+    if (pt.nbytes > 0) {
+      if (!scratch.defined() || scratch.numel() < pt.nbytes) {
+        scratch = at::empty({pt.nbytes}, at::TensorOptions().dtype(at::kByte));
+      }
+      uint64_t ticket = 0;
+      Status read = reader_->Submit(it->second, Uint(offset), Uint(pt.nbytes), scratch.data_ptr(), &ticket);
+      if (read.ok()) read = reader_->Wait(ticket);
+      const at::Tensor host = value(k);
+      if (!read.ok() || std::memcmp(scratch.data_ptr(), host.data_ptr(), static_cast<size_t>(pt.nbytes)) != 0) {
+        *why = read.ok() ? (pt.name.empty() ? std::string("a weight") : pt.name) + " differs from " + path +
+                               " (converted or patched since it was read)"
+                         : read.message();
+        return false;
+      }
+    }
+    out.push_back(DiskExtent{it->second, Uint(offset), Uint(pt.nbytes), Uint(pt.offset)});
+  }
+  *extents = std::move(out);
+  return true;
+}
+
+void TorchRuntime::UseReaderLocked(int64_t pinned_now, int64_t ring) {
+  if (disk_reader_used_) return;
+  ThrowIfError(core_->UseDiskReader(Reader(), read_ahead_, pin_cap_bytes_ < 0 || pinned_now + ring <= pin_cap_bytes_));
+  disk_reader_used_ = true;
+}
+
+uint64_t TorchRuntime::HeldBytes(const BlockTensors& info) {
+  if (info.exact) return info.transfer_bytes;
+  return Uint(info.bytes) + (info.fp8 ? info.transfer_bytes : 0);
+}
+
+void TorchRuntime::ReleaseChunkLocked(int c) {
+  if (c < 0) return;
+  for (const BlockTensors& b : blocks_) {
+    if (b.chunk == c) return;
+  }
+  Chunk& chunk = chunks_[static_cast<size_t>(c)];
+  if (!chunk.bytes.defined()) return;
+  const int64_t size = chunk.bytes.numel();
+  host_bytes_ -= size;
+  (chunk.pinned ? pinned_bytes_ : pageable_bytes_) -= size;
+  chunk = Chunk();  // its memory goes with the last view of it
+}
+
+void TorchRuntime::ToDiskLocked(int block) {
+  BlockTensors& info = blocks_[static_cast<size_t>(block)];
+  const uint64_t size = info.exact ? info.transfer_bytes : Uint(info.bytes);
+  const auto* bytes = static_cast<const uint8_t*>(core_->host(block));
+  const int threads = std::max(1, at::get_num_threads());
+  if (info.backed && ContentHash(bytes, size, threads) != info.backed_hash) info.backed = false;  // changed since
+  if (!info.backed) {
+    // a copy on disk first: the model's own file where it has these bytes, else the spill file
+    std::string why;
+    std::vector<DiskExtent> extents;
+    const bool source = !info.exact && SourceExtents(
+                                           info, [&](size_t k) { return info.tensors[k].host_view; }, &extents, &why);
+    if (!source) {
+      ThrowIfError(SpillBytes(bytes, size, &extents));
+      ThrowIfError(SpillWritten());
+      for (DiskExtent& e : extents) e.file = spill_file_id_;
+    }
+    info.extents = std::move(extents);
+    info.backed = true;
+  }
+  UseReaderLocked(pinned_bytes_, Int(ReadRingBytes(size, true, core_->plan().prefetch(), read_ahead_)));
+  ThrowIfError(core_->SetDiskSource(block, info.extents));
+  info.disk = true;
+  info.disk_bytes = size;
+  for (PackedTensor& pt : info.tensors) {
+    pt.host_view = CodedPlaceholder(pt.param.scalar_type(), pt.param.sizes(), pt.strides, pt.inference);
+    if (!info.on_device()) pt.param.set_data(pt.host_view);
+  }
+  const bool pinned = info.pinned;
+  info.pinned = false;
+  if (info.exact) {  // a transfer buffer is counted by itself
+    host_bytes_ -= Int(size);
+    (pinned ? pinned_bytes_ : pageable_bytes_) -= Int(size);
+    transfer_buffers_[static_cast<size_t>(info.transfer_buffer)].reset();
+    info.transfer_buffer = -1;
+    info.transfer = nullptr;
+    return;
+  }
+  const int c = info.chunk;  // counted by its chunk, which goes with its last unit
+  info.chunk = -1;
+  ReleaseChunkLocked(c);
+}
+
+void TorchRuntime::ToOwnBufferLocked(int block, const std::function<void(uint8_t*)>& fill) {
+  BlockTensors& info = blocks_[static_cast<size_t>(block)];
+  const uint64_t size = info.exact ? (info.disk ? info.disk_bytes : info.transfer_bytes) : Uint(info.bytes);
+  const int64_t ring = Int(core_->read_ring_bytes(/*pinned_only=*/true));
+  const bool pin = pin_cap_bytes_ < 0 || pinned_bytes_ + ring + Int(size) <= pin_cap_bytes_;
+  std::unique_ptr<HostBuffer> buf;
+  ThrowIfError(engine_->AllocateHostBuffer(std::max<uint64_t>(size, 1), pin, &buf));
+  pin_how_.insert(buf->how());
+  const bool pinned = buf->pinned();
+  auto* data = static_cast<uint8_t*>(buf->data());
+  auto owner = std::make_shared<AccountedBuffer>(std::move(buf), Int(size), live_host_bytes_);
+  fill(data);
+  ThrowIfError(core_->AttachHost(block, data));
+  const int old_chunk = info.chunk;
+  if (info.exact) {
+    if (info.transfer_buffer >= 0) {
+      const bool was_pinned = transfer_buffers_[static_cast<size_t>(info.transfer_buffer)]->get()->pinned();
+      host_bytes_ -= Int(info.transfer_bytes);
+      (was_pinned ? pinned_bytes_ : pageable_bytes_) -= Int(info.transfer_bytes);
+      transfer_buffers_[static_cast<size_t>(info.transfer_buffer)] = owner;
+    } else {
+      info.transfer_buffer = static_cast<int>(transfer_buffers_.size());
+      transfer_buffers_.push_back(owner);
+    }
+    info.transfer = data;
+    info.transfer_bytes = size;
+  } else {
+    at::Tensor chunk = at::from_blob(
+        data, {Int(size)}, [owner](void*) mutable { owner.reset(); }, at::TensorOptions().dtype(at::kByte));
+    info.chunk = static_cast<int>(chunks_.size());
+    for (PackedTensor& pt : info.tensors) {
+      pt.host_view = AliasOf(pt, chunk, pt.offset);
+      if (!info.on_device()) pt.param.set_data(pt.host_view);
+    }
+    chunks_.push_back(Chunk{chunk, pinned});
+  }
+  host_bytes_ += Int(size);
+  (pinned ? pinned_bytes_ : pageable_bytes_) += Int(size);
+  info.pinned = pinned;
+  if (info.disk) {
+    info.disk = false;
+    info.backed = true;  // what it was read from is still there
+    info.backed_hash = ContentHash(data, size, std::max(1, at::get_num_threads()));
+  }
+  ReleaseChunkLocked(old_chunk);
+}
+
+int64_t TorchRuntime::SetHostBudget(int64_t budget_bytes, std::optional<int64_t> pin_cap_bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  CheckOpen();
+  if (pin_cap_bytes) pin_cap_bytes_ = std::max<int64_t>(-1, *pin_cap_bytes);
+  if (registering_) throw std::runtime_error("PinStream: set_host_budget while blocks are being registered");
+  if (core_->in_pass()) throw std::runtime_error("PinStream: set_host_budget during a pass; call it between passes");
+  DeviceScope scope(alloc_device_);
+  const size_t n = blocks_.size();
+  std::vector<DiskPlanUnit> units(n);
+  for (size_t b = 0; b < n; ++b) {
+    const BlockTensors& info = blocks_[b];
+    const int id = static_cast<int>(b);
+    units[b].host_bytes = info.disk ? info.disk_bytes : HeldBytes(info);
+    units[b].movable = info.streamable && !info.fp8;
+    units[b].resident = core_->planned() && (core_->resident(id) || core_->coded(id));
+  }
+  const uint64_t budget = budget_bytes < 0 ? PlanRequest::kUnlimited : Uint(budget_bytes);
+  const std::vector<bool> disk = ChooseDiskUnits(units, 0, budget, &disk_over_bytes_);
+  host_budget_bytes_ = budget_bytes;
+  // out first (their memory goes before new memory is taken), then the units that
+  // shared a chunk with them move to buffers of their own (so the chunk goes), then in
+  std::vector<int> left_chunks;
+  for (size_t b = 0; b < n; ++b) {
+    if (!disk[b] || blocks_[b].disk) continue;
+    if (blocks_[b].chunk >= 0) left_chunks.push_back(blocks_[b].chunk);
+    try {
+      ToDiskLocked(static_cast<int>(b));
+    } catch (const std::exception& e) {
+      // a full disk: this unit and the rest stay in host memory
+      spill_error_ = std::string(e.what()) + "; units meant for disk stay in RAM";
+      break;
+    }
+  }
+  for (int c : left_chunks) {
+    for (size_t b = 0; b < n; ++b) {
+      if (blocks_[b].chunk != c || blocks_[b].disk) continue;
+      const auto* from = static_cast<const uint8_t*>(core_->host(static_cast<int>(b)));
+      const uint64_t size = Uint(blocks_[b].bytes);
+      ToOwnBufferLocked(static_cast<int>(b), [&](uint8_t* to) { std::memcpy(to, from, size); });
+    }
+  }
+  for (size_t b = 0; b < n; ++b) {
+    if (disk[b] || !blocks_[b].disk) continue;
+    const BlockTensors& info = blocks_[b];
+    ToOwnBufferLocked(static_cast<int>(b), [&](uint8_t* to) {
+      std::vector<DiskReader::Range> ranges;
+      for (const DiskExtent& e : info.extents) {
+        if (e.bytes > 0) ranges.push_back(DiskReader::Range{e.file, e.file_offset, e.bytes, to + e.block_offset});
+      }
+      uint64_t ticket = 0;
+      ThrowIfError(reader_->SubmitMany(ranges, &ticket));
+      ThrowIfError(reader_->Wait(ticket));
+    });
+  }
+  return host_bytes_;
+}
+
 at::Tensor TorchRuntime::ReadDiskLocked(const BlockTensors& info, uint64_t lo, uint64_t hi) {
   // uninitialized: pages outside [lo, hi) are never written, so never committed
   at::Tensor buf = at::empty({Int(std::max<uint64_t>(info.disk_bytes, 1))}, at::TensorOptions().dtype(at::kByte));
@@ -862,12 +1058,12 @@ void TorchRuntime::WriteHostValues(int block, const std::vector<std::pair<int, a
       ThrowIfError(MakeSpill());
       ThrowIfError(spill_->Append(bytes.data_ptr<uint8_t>(), info.disk_bytes, &at));
       ThrowIfError(SpillWritten());
-      source_block_bytes_ -= info.disk_bytes;  // it was read from the model's own file
       info.extents = {DiskExtent{spill_file_id_, at, info.disk_bytes, 0}};
       ThrowIfError(core_->SetDiskSource(block, info.extents));
     }
     return;
   }
+  info.backed = false;  // its copy on disk (if any) has the old values
   if (!info.exact) {
     for (const auto& kv : values) info.tensors[static_cast<size_t>(kv.first)].host_view.copy_(kv.second);
     return;
@@ -1126,7 +1322,9 @@ void TorchRuntime::Synchronize() {
 }
 
 void TorchRuntime::WriteBack(BlockTensors* info) {
-  if (info->WriteBackIfModified()) ++writebacks_;
+  if (!info->WriteBackIfModified()) return;
+  ++writebacks_;
+  info->backed = false;  // its copy on disk has the old values
 }
 
 void TorchRuntime::ApplyEvictions() {
@@ -1247,7 +1445,10 @@ RuntimeStats TorchRuntime::GetStats() {
   }
   d.disk_over_bytes = disk_over_bytes_;
   d.spill_error = spill_error_;
-  d.source_block_bytes = source_block_bytes_;
+  for (const BlockTensors& b : blocks_) {
+    const bool in_source = !b.extents.empty() && (spill_file_id_ < 0 || b.extents[0].file != spill_file_id_);
+    if (b.disk && in_source) d.source_block_bytes += b.disk_bytes;
+  }
   d.source_note = source_note_;
   if (spill_) {
     d.spill_path = spill_->path();

@@ -36,6 +36,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_set>
 #include <vector>
@@ -205,6 +206,13 @@ class TorchRuntime {
   void Unload();
   // Warm standby between passes (see StreamingRuntime::Warm); no-op in a pass.
   void Warm();
+  // A new host budget (-1: none), between passes, loaded or not: units beyond it
+  // move to disk (a unit whose bytes are not on disk yet is checked against the
+  // model's own file, else written to the spill file, once), units on disk come
+  // back to host memory while it allows (read from disk). `pin_cap_bytes`, when
+  // given, is this runtime's new pinning cap (-1: none). Returns the host bytes
+  // of weights held after.
+  int64_t SetHostBudget(int64_t budget_bytes, std::optional<int64_t> pin_cap_bytes = std::nullopt);
   void BeginPass();
   // Fails (std::runtime_error naming the weight) when a weight was converted, replaced or
   // moved by code PinStream does not manage. BeginPass checks it too.
@@ -281,6 +289,26 @@ class TorchRuntime {
   // After writes to the spill file: flushed, and the reader reads it as it is now
   // (opened on first use).
   Status SpillWritten();
+  // `size` bytes at `bytes` appended to the spill file: the extents of a unit
+  // (file -1 until the commit names the spill file).
+  Status SpillBytes(const uint8_t* bytes, uint64_t size, std::vector<DiskExtent>* extents);
+  // The extents of `info`'s bytes in the model's own files when every tensor's
+  // bytes there equal `value(k)` (its bytes in memory order); false with `*why`
+  // when they do not, or are not known.
+  bool SourceExtents(const BlockTensors& info, const std::function<at::Tensor(size_t)>& value,
+                     std::vector<DiskExtent>* extents, std::string* why);
+  // The disk tier's reader in the core, with a ring pinned when the pinning cap
+  // has room for `ring` bytes beside the weights (once).
+  void UseReaderLocked(int64_t pinned_now, int64_t ring);
+  // Moves of one unit between host memory and disk (see SetHostBudget).
+  void ToDiskLocked(int block);
+  // Into a host buffer of its own: `fill` writes its bytes there.
+  void ToOwnBufferLocked(int block, const std::function<void(uint8_t*)>& fill);
+  // Drops the chunk `c` once no unit uses it any more.
+  void ReleaseChunkLocked(int c);
+  // Bytes of `info` in host memory when it is held there (its transfer form for
+  // a coded unit, the exact copy and the transfer form of an fp8 unit).
+  static uint64_t HeldBytes(const BlockTensors& info);
 
   std::mutex mu_;
   at::Device device_{at::kCPU};
@@ -300,8 +328,8 @@ class TorchRuntime {
   std::unique_ptr<SpillFile> spill_;
   int spill_file_id_ = -1;
   std::map<std::string, int> source_ids_;  // the model's own files opened by the reader
+  std::vector<std::string> source_paths_;  // by the runtime index BlockTensors::source uses
   std::vector<int> disk_files_;            // every file the disk tier reads (checked before a load)
-  uint64_t source_block_bytes_ = 0;        // bytes of units read from the model's own files
   std::string source_note_;                // why a unit meant for disk could not read from them
   std::string spill_error_;
   uint64_t disk_over_bytes_ = 0;

@@ -12,6 +12,7 @@ import gc
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -257,6 +258,44 @@ def test_two_experts_with_a_ram_budget_smaller_than_both(mode):
         assert torch.equal(out, ref), f"{mode}: max diff {(out - ref).abs().max().item()}"
     for m in experts:
         assert _disk(m)["disk_bytes"] >= _disk(m)["disk_block_bytes"]  # both read their blocks from disk
+    mm.unload_all_models()
+
+
+@pytest.mark.parametrize("mode", ["sequential", "budget"])
+def test_two_experts_share_the_ram_and_the_one_waiting_lives_on_disk(mode, monkeypatch):
+    """Wan 2.2's two experts with automatic RAM budgets in a process whose pinning cap holds
+    one and a half of them: the second expert loads with blocks on disk; from each expert's
+    second pass the RAM follows it (the other's blocks go to disk, read from its own file:
+    nothing written), and every run gives core's latent."""
+    hi_path, lo_path = f("wan22_t2v")
+    ref, pos, neg = pl.two_experts_reference(ns, hi_path, lo_path)
+    mm.unload_all_models()
+    d = _discovery(hi_path)
+    size = d.nonblock_bytes + sum(d.block_bytes)
+    cap = int(1.5 * size) + P.comfy_pinned_bytes()
+    monkeypatch.setenv("PINSTREAM_PIN_CAP_GB", str(cap / GIB))
+    experts = []
+    for path in (hi_path, lo_path):
+        budget = _vram_budget(d) if mode == "budget" else 0.0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # the second: blocks on disk
+            (m,), _msg = N.run_load_diffusion_model(name_of("diffusion_models", path), "default", mode, budget, 1,
+                                                    True, "auto", 0.0)
+        experts.append(m)
+    hi, lo = experts
+    hh, lh = hi.pinstream.handle, lo.pinstream.handle
+    assert hh.stats()["disk_blocks"] == 0 and lh.stats()["disk_blocks"] > 0
+    for run in range(2):
+        out = pl.sample_two_experts(ns, hi, lo, pos, neg, pl.wan_latent(32, 32, 5), steps=4, switch_at=2)
+        assert torch.equal(out, ref), f"{mode} run {run}: max diff {(out - ref).abs().max().item()}"
+        # the low-noise expert ran last: RAM is its, the high-noise one waits on disk
+        assert lh.stats()["disk_blocks"] == 0 and hh.stats()["disk_blocks"] > 0
+        assert hh.host_bytes + lh.host_bytes <= cap
+    assert hh.ram_moves["to_disk_bytes"] > 0 and hh.ram_moves["to_ram_bytes"] > 0  # and back in the second run
+    for s in (hh.stats(), lh.stats()):
+        assert s["spill_bytes"] == 0  # both read from their own files: nothing written
+    text = N.run_stats()[1]
+    assert "RAM moves last run:" in text and "host RAM follows the model that runs" in text, text
     mm.unload_all_models()
 
 

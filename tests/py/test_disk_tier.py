@@ -604,3 +604,157 @@ def test_a_loaded_expert_waiting_for_its_turn_has_its_first_blocks_uploaded_ahea
             h.detach()
     # cold, its first block is uploaded only when its pass asks for it
     assert misses[False][0] >= 1 and misses[True] == (0, 0), misses
+
+
+def test_set_host_budget_moves_blocks_between_ram_and_disk_between_passes(tmp_path):
+    for kw in (dict(mode="sequential"), dict(mode="budget", budget_gb=0.5),
+               dict(mode="sequential", transfer_dtype="compressed")):
+        dtype = torch.bfloat16 if kw.get("transfer_dtype") else torch.float32
+        m = _net(dtype=dtype)
+        x = torch.randn(3, 128, dtype=dtype)
+        with torch.no_grad():
+            ref = m(x)
+        want = {k: v.clone() for k, v in m.state_dict().items()}
+        kw = dict(kw)
+        if "budget_gb" in kw:
+            kw["budget_gb"] = kw["budget_gb"] * sum(p.numel() * p.element_size() for p in m.parameters()) / GIB
+        h = pinstream.offload(m, device="cpu", engine="host", spill_dir=str(tmp_path), **kw)
+        assert h.stats()["disk_blocks"] == 0
+        with torch.no_grad():
+            assert torch.equal(m(x), ref)  # loaded: the moves below happen to a loaded model
+        full = h.host_bytes
+        held = h.set_host_budget(2 * _block_bytes(m) / GIB)
+        st = h.stats()
+        assert held == h.host_bytes <= 2 * _block_bytes(m) + _block_bytes(m) // 8, (held, st["disk_blocks"])
+        assert st["disk_blocks"] >= 6 and st["spill_bytes"] > 0
+        gone = st["block_on_disk"].index(True)
+        assert h.stored_apart(m.blocks[gone][0].weight)
+        got = m.state_dict()  # the weights on disk read on demand
+        assert all(torch.equal(got[k], want[k]) for k in want)
+        for _ in range(2):
+            with torch.no_grad():
+                assert torch.equal(m(x), ref)
+        assert h.stats()["disk_reads"] > 0
+        spill = st["spill_bytes"]
+        assert h.set_host_budget(None) == full  # every block back in RAM
+        assert h.stats()["disk_blocks"] == 0
+        assert h.stored_apart(m.blocks[gone][0].weight) == ("transfer_dtype" in kw)  # coded: always apart
+        with torch.no_grad():
+            assert torch.equal(m(x), ref)
+        h.set_host_budget(2 * _block_bytes(m) / GIB)  # out again: nothing written (the copies on disk are the same)
+        assert h.stats()["spill_bytes"] == spill and h.stats()["block_on_disk"] == st["block_on_disk"]
+        with torch.no_grad():
+            assert torch.equal(m(x), ref)
+        assert h.ram_moves["moves"] == 3 and h.ram_moves["to_disk_bytes"] > 0 and h.ram_moves["to_ram_bytes"] > 0
+        h.detach()
+        with torch.no_grad():
+            assert torch.equal(m(x), ref)
+
+
+def test_ram_follows_the_model_that_runs_and_the_waiting_one_lives_on_disk(tmp_path, monkeypatch):
+    """Two models (Wan 2.2's experts) in a process whose pinning cap holds one and a half of
+    them: from a model's second pass in a row, the other's blocks go to disk (read from its
+    own file, nothing written) and the running one's come back to RAM; every output stays
+    full load's."""
+    a, b = _net(seed=1), _net(seed=2)
+    x = torch.randn(3, 128)
+    with torch.no_grad():
+        ref_a, ref_b = a(x), b(x)
+    path_a = _saved(tmp_path, a, "a.safetensors")
+    size = sum(p.numel() * p.element_size() for p in a.parameters())
+    monkeypatch.setenv("PINSTREAM_PIN_CAP_GB", str(1.5 * size / GIB))
+    spill = tmp_path / "spill"
+    ha = pinstream.offload(a, device="cpu", engine="host", spill_dir=str(spill), mode="sequential",
+                           source_files=path_a)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        hb = pinstream.offload(b, device="cpu", engine="host", spill_dir=str(spill), mode="sequential")
+    assert ha.stats()["disk_blocks"] == 0 and hb.stats()["disk_blocks"] > 0
+    cap = int(1.5 * size)
+
+    def run(m, ref, passes):
+        for _ in range(passes):
+            with torch.no_grad():
+                assert torch.equal(m(x), ref)
+
+    run(b, ref_b, 1)  # its first pass: it streams from disk, nothing moves
+    assert hb.ram_moves["moves"] == 0 and ha.stats()["disk_blocks"] == 0
+    run(b, ref_b, 1)  # its second: A's blocks go to disk, B's come to RAM
+    sa, sb = ha.stats(), hb.stats()
+    assert sb["disk_blocks"] == 0, sb["disk_blocks"]
+    assert sa["disk_blocks"] > 0 and sa["source_block_bytes"] == sa["disk_block_bytes"]  # from a.safetensors
+    assert sa["spill_bytes"] == 0  # nothing of A written
+    assert ha.host_bytes + hb.host_bytes + sb["read_ring_bytes"] <= cap
+    reads = hb.stats()["disk_reads"]
+    run(b, ref_b, 3)
+    assert hb.stats()["disk_reads"] == reads  # B runs from RAM now
+    run(a, ref_a, 2)  # and back: A from its second pass
+    assert ha.stats()["disk_blocks"] == 0 and hb.stats()["disk_blocks"] > 0
+    assert hb.stats()["spill_bytes"] > 0  # B has no file of its own: its copy was written once
+    written = hb.stats()["spill_bytes"]
+    run(b, ref_b, 2)
+    run(a, ref_a, 2)
+    assert hb.stats()["spill_bytes"] == written  # written once, not at every move
+    assert ha.host_bytes + hb.host_bytes <= cap
+    # alternating every pass moves nothing
+    moves = ha.ram_moves["moves"] + hb.ram_moves["moves"]
+    for _ in range(3):
+        run(b, ref_b, 1)
+        run(a, ref_a, 1)
+    assert ha.ram_moves["moves"] + hb.ram_moves["moves"] == moves
+    hb.detach()
+    ha.detach()
+    run(a, ref_a, 1)
+    run(b, ref_b, 1)
+
+
+def test_a_block_changed_in_ram_after_it_came_back_is_written_again_when_it_goes(tmp_path):
+    m = _net()
+    x = torch.randn(3, 128)
+    h = pinstream.offload(m, device="cpu", engine="host", spill_dir=str(tmp_path), mode="sequential")
+    h.set_host_budget(0)
+    gone = h.stats()["block_on_disk"].index(True)
+    h.set_host_budget(None)
+    spill = h.stats()["spill_bytes"]
+    with torch.inference_mode():  # no version counter: only the bytes say it changed
+        m.blocks[gone][0].weight.add_(0.25)
+    with torch.no_grad():
+        ref = m(x)  # from RAM, patched
+    h.set_host_budget(0)
+    assert h.stats()["spill_bytes"] > spill  # that block was written again; the others were not
+    assert h.stats()["spill_bytes"] - spill <= _block_bytes(m) + 4096
+    with torch.no_grad():
+        assert torch.equal(m(x), ref)
+    h.detach()
+
+
+def test_moves_that_fail_leave_every_block_where_it_can_be_read(tmp_path):
+    m = _net()
+    x = torch.randn(3, 128)
+    with torch.no_grad():
+        ref = m(x)
+    h = pinstream.offload(m, device="cpu", engine="host", spill_dir=str(tmp_path), mode="sequential")
+    full = h.host_bytes
+    # a full disk while blocks go out: the first stays in RAM, says why, and nothing is lost
+    h.runtime.fail_next_spill_writes(1)
+    h.set_host_budget(0)
+    st = h.stats()
+    assert "units meant for disk stay in RAM" in st["spill_error"]
+    assert st["disk_blocks"] == 0 and h.host_bytes == full
+    with torch.no_grad():
+        assert torch.equal(m(x), ref)
+    h.set_host_budget(0)
+    assert h.stats()["disk_blocks"] > 0
+    # a read error while they come back: a clear error, they stay on disk, the next try works
+    h.runtime.fail_next_disk_reads(1)
+    with pytest.raises(RuntimeError, match="Input/output error"):
+        h.set_host_budget(None)
+    with torch.no_grad():
+        assert torch.equal(m(x), ref)
+    h.set_host_budget(None)
+    assert h.stats()["disk_blocks"] == 0 and h.host_bytes == full
+    with torch.no_grad():
+        assert torch.equal(m(x), ref)
+    with pytest.raises(pinstream.ModeError, match="host_budget_gb must be a finite number"):
+        h.set_host_budget(-1)
+    h.detach()
