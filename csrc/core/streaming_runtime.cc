@@ -134,7 +134,7 @@ Status StreamingRuntime::SetDiskSource(int block, std::vector<DiskExtent> extent
   }
   b.disk = std::move(extents);
   if (b.disk.empty()) b.disk.push_back(DiskExtent{-1, 0, 0, 0});  // a unit with no bytes: nothing to read
-  return loaded_ ? AllocateReadRing() : Status::Ok();  // a ring for it (or a larger one)
+  return loaded_ ? AllocateReadRing() : Status::Ok();             // a ring for it (or a larger one)
 }
 
 Status StreamingRuntime::DropBlocksFrom(int first) {

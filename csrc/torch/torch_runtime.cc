@@ -559,7 +559,8 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
     BlockTensors& info = infos[b];
     std::string why;
     std::vector<DiskExtent> extents;
-    if (!SourceExtents(info, [&](size_t k) { return HostBytesOf(info.tensors[k]); }, &extents, &why)) {
+    if (!SourceExtents(
+            info, [&](size_t k) { return HostBytesOf(info.tensors[k]); }, &extents, &why)) {
       std::lock_guard<std::mutex> lock(mu_);
       if (source_note_.empty()) source_note_ = why;
       return false;
