@@ -493,6 +493,9 @@ def parse_args(argv):
     ap.add_argument("--host-budget-fraction", type=float, default=0.2,
                     help="host budget as a fraction of the model (default 0.2: most blocks on disk)")
     ap.add_argument("--prefetch", type=int, default=1, help="blocks uploaded ahead (default 1)")
+    ap.add_argument("--share-fraction", type=float, default=0.6,
+                    help="two models taking turns with host RAM for 2 x this fraction of one: fixed halves against "
+                         "RAM that follows the model that runs (default 0.6)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per run (default 10; --quick 2)")
     ap.add_argument("--rounds", type=int, default=3,
                     help="rounds of (the disk's O_DIRECT rate, the disk tier as stored, coded) (default 3; --quick 1)")
@@ -508,6 +511,8 @@ def parse_args(argv):
     args = ap.parse_args(argv)
     if not 0 < args.host_budget_fraction < 1:
         ap.error("--host-budget-fraction must be in (0, 1)")
+    if not 0 < args.share_fraction < 1:
+        ap.error("--share-fraction must be in (0, 1)")
     if args.size_mb is not None and args.size_mb <= 0:
         ap.error("--size-mb must be > 0")
     args.preset = args.preset or ("tiny" if args.quick else "demo")
@@ -610,8 +615,98 @@ def run(args) -> dict:
         _log(f"  {kind}: first step of the waiting model {r['first_step_ms']:.1f} ms, steady {r['steady_step_ms']:.1f} "
              f"ms: stall at the switch {r['stall_ms']:.1f} ms, {r['first_step_disk_read_misses']} read misses, "
              f"bit-identical {r['bit_identical']}")
+    # 5. the same two models for two prompts: fixed host budgets against RAM that follows the model that runs
+    _log(f"shared RAM: two models taking turns with host RAM for {2 * args.share_fraction:g} of one")
+    res["shared_ram"] = shared_run(model, low, inputs, device=dev, engine=engine, link_gbps=args.link_gbps,
+                                   fraction=args.share_fraction, model_bytes=model_bytes, prefetch=args.prefetch,
+                                   steps=3 if args.quick else 6, spill_dir=spill)
+    for kind, r in res["shared_ram"]["setups"].items():
+        _log(f"  {kind}: second prompt {r['prompt_ms']:.1f} ms, {r['disk_bytes_per_prompt'] / MIB:.1f} MiB read from disk "
+             f"per prompt, steady step {r['steady_step_ms']:.1f} ms, moves {r['move_ms']:.1f} ms, "
+             f"bit-identical {r['bit_identical']}")
     res["load_average_at_end"] = list(os.getloadavg())
     return res
+
+
+def shared_run(high, low, inputs, *, device, engine, link_gbps, fraction: float, model_bytes: int, prefetch: int,
+               steps: int, spill_dir: str) -> dict:
+    """Wan 2.2's two experts taking turns for two prompts (``steps`` steps each per prompt,
+    high then low) under a pinning cap of 2 x ``fraction`` x one model: "fixed", each model
+    with a host budget of ``fraction`` of itself, against "shared", automatic budgets where
+    host RAM follows the model that runs (from its second step in a row the other's blocks
+    go to disk and its own come back). Figures of the second prompt: its wall time, the
+    bytes read from disk, the median step of each expert's steps from the third on, the
+    time the moves took, and whether every output was full load's. "forced" is "shared" with
+    the RAM taken at each model's second step whether or not the disk time spent pays for
+    it: what a move costs on this machine."""
+    import statistics
+    import time
+    import warnings
+
+    import torch
+
+    import pinstream
+
+    models = (high, low)
+    refs = [_forward(m, inputs, device).float().cpu() for m in models]
+    cap = int(2 * fraction * model_bytes)
+    out: dict = {"pin_cap_bytes": cap, "fraction": fraction, "steps": steps, "setups": {}}
+    saved = os.environ.get("PINSTREAM_PIN_CAP_GB")
+    os.environ["PINSTREAM_PIN_CAP_GB"] = str(cap / GIB)
+    try:
+        from pinstream.handle import OffloadHandle
+
+        excess = OffloadHandle.__dict__["_disk_excess_ms"]
+        for setup in ("fixed", "shared", "forced"):
+            if setup == "forced":
+                OffloadHandle._disk_excess_ms = staticmethod(lambda st, prev: float("inf"))
+            kw = dict(mode="sequential", device=str(device), engine=engine, prefetch=prefetch,
+                      link_gbps=link_gbps if engine == "host" else None, spill_dir=spill_dir)
+            if setup == "fixed":
+                kw["host_budget_gb"] = fraction * model_bytes / GIB
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                handles = [pinstream.offload(m, **kw) for m in models]
+            try:
+                same = True
+                for prompt in range(2):
+                    for h in handles:
+                        h.reset_stats()
+                    moved = sum(h.ram_moves["ms"] for h in handles)
+                    steady: list = []
+                    start = time.perf_counter()
+                    for m, ref in zip(models, refs):
+                        for step in range(steps):
+                            t0 = time.perf_counter()
+                            same = same and torch.equal(_forward(m, inputs, device).float().cpu(), ref)
+                            if step >= 2:
+                                steady.append((time.perf_counter() - t0) * 1e3)
+                    prompt_ms = (time.perf_counter() - start) * 1e3
+                stats = [h.stats() for h in handles]
+                out["setups"][setup] = {
+                    "prompt_ms": prompt_ms,
+                    "disk_bytes_per_prompt": int(sum(st["disk_bytes"] for st in stats)),
+                    "steady_step_ms": statistics.median(steady) if steady else 0.0,
+                    "move_ms": sum(h.ram_moves["ms"] for h in handles) - moved,
+                    "moved_to_ram_bytes": int(sum(h.ram_moves["to_ram_bytes"] for h in handles)),
+                    "host_bytes": [int(h.host_bytes) for h in handles],
+                    "spill_bytes": [int(st["spill_bytes"]) for st in stats],
+                    "bit_identical": bool(same),
+                }
+            finally:
+                OffloadHandle._disk_excess_ms = excess
+                for h in handles:
+                    h.detach()
+    finally:
+        if saved is None:
+            os.environ.pop("PINSTREAM_PIN_CAP_GB", None)
+        else:
+            os.environ["PINSTREAM_PIN_CAP_GB"] = saved
+    f = out["setups"]["fixed"]
+    for setup in ("shared", "forced"):
+        s = out["setups"][setup]
+        out[f"{setup}_prompt_speedup"] = f["prompt_ms"] / s["prompt_ms"] if s["prompt_ms"] > 0 else None
+    return out
 
 
 def switch_run(high, low, inputs, *, device, engine, link_gbps, host_budget_bytes: int, prefetch: int, steps: int,
@@ -855,6 +950,19 @@ def summary(res: dict) -> str:
         f"the RSS without the model); every run within its limit: {'yes' if res['rss_within_limit_every_run'] else 'no'}",
         f"outputs of every disk run bit-identical to full_load: {'yes' if res['bit_identical'] else 'NO'}",
     ]
+    sh = res.get("shared_ram")
+    if sh:
+        names = {"fixed": "fixed budgets", "shared": "RAM following the model that runs",
+                 "forced": "RAM taken at each model's second step"}
+        parts = []
+        for setup, r in sh["setups"].items():
+            parts.append(f"{names[setup]} {r['prompt_ms']:.1f} ms, {r['disk_bytes_per_prompt'] / MIB:.1f} MiB from "
+                         f"disk, steady step {r['steady_step_ms']:.1f} ms, moves {r['move_ms']:.1f} ms"
+                         + (f" (x{f(sh.get(setup + '_prompt_speedup'), '{:.2f}')})" if setup != "fixed" else ""))
+        lines.append(
+            f"two models taking turns ({sh['steps']} steps each per prompt) with host RAM for "
+            f"{2 * sh['fraction']:g} of one, second prompt: " + "; ".join(parts) + "; bit-identical "
+            + ("yes" if all(r["bit_identical"] for r in sh["setups"].values()) else "NO"))
     if res.get("o_direct_refused"):
         lines.insert(2, f"O_DIRECT refused on {res['file_system'].get('type')}: {res['o_direct_refused']}")
     if res.get("note"):
@@ -876,7 +984,8 @@ def main(argv=None) -> int:
         with open(args.json_path, "w") as f:
             json.dump(res, f, indent=2)
         print(f"wrote {args.json_path}")
-    return 0 if res["bit_identical"] else 1
+    shared = res.get("shared_ram", {}).get("setups", {})
+    return 0 if res["bit_identical"] and all(r["bit_identical"] for r in shared.values()) else 1
 
 
 if __name__ == "__main__":

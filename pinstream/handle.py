@@ -72,6 +72,8 @@ class OffloadHandle(Replanning):
         self._has_disk = False  # some of its blocks live on disk
         self._coded_units: set = set()  # held in the exact coded form
         self._run_seq = 0  # when its last pass began (a process-wide count)
+        self._pass_snap = None  # disk bytes, compute ms, disk wait ms when its last pass began
+        self._rent_ms = 0.0  # time the disk held its passes in a row beyond their compute
         self._host_budget_given: int | None = None  # host_budget_gb as bytes, when one was given
         # moves between RAM and disk (set_host_budget, RAM following the running model)
         self.ram_moves = {"moves": 0, "to_disk_bytes": 0, "to_ram_bytes": 0, "ms": 0.0}
@@ -114,6 +116,11 @@ class OffloadHandle(Replanning):
     def host_bytes(self) -> int:
         """Host bytes of its copy, pinned or not."""
         return 0 if self._detached else int(self._rt.host_bytes)
+
+    @property
+    def ram_bytes(self) -> int:
+        """Host RAM it holds: its copy and the disk tier's read ring."""
+        return 0 if self._detached else int(self._rt.ram_bytes)
 
     @property
     def runtime(self):
@@ -210,43 +217,75 @@ class OffloadHandle(Replanning):
         return held
 
     def _follow_ram(self) -> None:
-        """Before a pass: from its second pass in a row, a model with blocks on disk takes the
-        host RAM the models waiting for their turn hold (their blocks go to disk, where they
-        are read from when they run again), up to its own host budget and the process's
-        pinning cap. Wan 2.2's two experts: the one not running lives on disk. A model that
-        runs once between others (or models that alternate every pass) moves nothing."""
+        """Before a pass: host RAM follows the model that runs. A model with blocks on disk
+        counts, pass after pass in a row, the time the disk held its passes beyond their
+        compute; once that reaches what reading its blocks back into RAM once would take (at
+        the disk rate measured), it takes the RAM: models waiting for their turn (the least
+        recently run first, those with an automatic host budget) move wholly to disk when it
+        needs their RAM, and its own blocks come back, up to the process's pinning cap (and its
+        own host budget when one was given). Wan 2.2's two experts: the one not running lives
+        on disk. A disk that keeps up with the compute, or models that alternate every pass,
+        move nothing."""
         with _RAM_LOCK:
             last = _LAST_RUNNER[0]() if _LAST_RUNNER[0] is not None else None
             _LAST_RUNNER[0] = weakref.ref(self)
             _RUN_SEQ[0] += 1
             self._run_seq = _RUN_SEQ[0]
-        if last is not self or not self._has_disk:
+        if not self._has_disk:
+            self._pass_snap, self._rent_ms = None, 0.0
             return
+        st = self._rt.stats()
+        prev, self._pass_snap = self._pass_snap, (st["disk_bytes"], st["compute_ms"], st["disk_wait_ms"])
+        if last is not self or prev is None:
+            self._rent_ms = 0.0  # a switch: the count starts again
+            return
+        self._rent_ms += self._disk_excess_ms(st, prev)
         cap = pin_cap.default_pin_cap_bytes()
-        if cap < 0:
+        if cap < 0 or self._rent_ms <= 0:
             return
         elsewhere = int(self._settings.get("pinned_elsewhere", 0))
         room = max(0, cap - elsewhere)
-        st = self._rt.stats()
         held, need = self._rt.host_bytes, self._rt.host_bytes + int(st["disk_block_bytes"])
-        # all of it when RAM allows (the read ring goes then), else what is left beside the ring
-        goal = need if need <= room else room - int(st.get("read_ring_bytes", 0))
-        if self._host_budget_given is not None:
-            goal = min(goal, self._host_budget_given)
         others = sorted((h for h in pin_cap.live_handles() if h is not self), key=lambda h: h._run_seq)
-        short = goal - (room - sum(h.host_bytes for h in others))
-        for other in others:  # the least recently run give first; their blocks go to disk
-            if short <= 0:
+        givers = [h for h in others if h._host_budget_given is None and h._hooks.pass_owner is None
+                  and h.host_bytes > h.discovery.nonblock_bytes]
+
+        def goal(left: int) -> int:  # all of it when RAM allows (its ring goes then), else beside its ring
+            want = need if need <= left else left - self._ring_bytes()
+            return want if self._host_budget_given is None else min(want, self._host_budget_given)
+
+        # what it could hold with every giver on disk (each then keeps its part outside the
+        # blocks and its read ring), and whether the disk time spent so far pays for the read
+        floor = sum(h.ram_bytes for h in others if h not in givers) + sum(
+            h.discovery.nonblock_bytes + h._ring_bytes() for h in givers)
+        gain = goal(room - floor) - held
+        gbps = float(st.get("disk_gbps", 0.0))
+        if gain < self.discovery.largest_block_bytes or (gbps > 0 and self._rent_ms < gain / (gbps * 1e6) * 1e3):
+            return
+        for other in givers:  # the least recently run first, each wholly
+            if need <= room - sum(h.ram_bytes for h in others):
                 break
-            if other._hooks.pass_owner is not None or other.host_bytes == 0:
-                continue
-            before = other.host_bytes
-            other._move_ram(max(0, before - short))
-            short -= before - other.host_bytes
-        left = room - sum(h.host_bytes for h in others)
-        target = min(goal, left if need <= left else left - int(st.get("read_ring_bytes", 0)))
-        if target > held:
+            other._move_ram(0)
+        target = goal(room - sum(h.ram_bytes for h in others))
+        if target >= held + self.discovery.largest_block_bytes or target >= need:
             self._move_ram(target, pin_cap_bytes=pin_cap.available_pin_bytes(elsewhere) + self.pinned_bytes)
+        self._rent_ms = 0.0
+
+    def _ring_bytes(self) -> int:
+        """Its read ring while blocks live on disk: prefetch + read-ahead of its largest block."""
+        return (self.prefetch + 2) * self.discovery.largest_block_bytes
+
+    @staticmethod
+    def _disk_excess_ms(st: dict, prev: tuple) -> float:
+        """How long the disk held the pass since ``prev`` (disk bytes, compute ms, disk wait ms
+        when it began) beyond its compute: its reads at the disk rate measured so far less its
+        compute, or with no compute timed, the host's waits for reads. 0 when the disk kept up."""
+        read, compute, wait = (st["disk_bytes"] - prev[0], st["compute_ms"] - prev[1],
+                               st["disk_wait_ms"] - prev[2])
+        gbps = float(st.get("disk_gbps", 0.0))
+        if compute > 0 and gbps > 0:
+            return max(0.0, read / (gbps * 1e6) - compute)
+        return max(0.0, wait)
 
     # ---- wrapper-subclass weights (see pinstream.wrappers) -------------------------------
     def _after_load(self) -> None:

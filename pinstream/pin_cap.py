@@ -71,3 +71,13 @@ def available_pin_bytes(pinned_elsewhere: int = 0) -> int:
     if cap < 0:
         return -1
     return max(0, cap - pinned_bytes_in_use() - max(0, int(pinned_elsewhere)))
+
+
+def available_host_bytes() -> int:
+    """What the pinning cap leaves of host RAM for another model's weights: the cap less
+    every byte the live PinStream models hold in RAM, pinned or not (-1 when there is no
+    cap). The disk tier's automatic host budget."""
+    cap = default_pin_cap_bytes()
+    if cap < 0:
+        return -1
+    return max(0, cap - sum(h.host_bytes for h in live_handles()))

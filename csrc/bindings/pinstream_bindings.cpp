@@ -368,6 +368,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_property_readonly("device_bytes", &TorchRuntime::device_bytes, nogil(),
                              "device bytes held now (slots and resident blocks); no synchronization")
       .def_property_readonly("host_bytes", &TorchRuntime::host_bytes, nogil())
+      .def_property_readonly("ram_bytes", &TorchRuntime::ram_bytes, nogil(), "host_bytes and the read ring's")
       .def_property_readonly("pinned_bytes", &TorchRuntime::pinned_bytes, nogil())
       .def_property_readonly("closed", &TorchRuntime::closed, nogil())
       .def_property_readonly("loaded", &TorchRuntime::loaded, nogil())

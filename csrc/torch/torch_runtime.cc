@@ -1571,6 +1571,10 @@ int64_t TorchRuntime::host_bytes() {
   std::lock_guard<std::mutex> lock(mu_);
   return host_bytes_;
 }
+int64_t TorchRuntime::ram_bytes() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return host_bytes_ + (closed_ ? 0 : Int(core_->read_ring_bytes()));
+}
 int64_t TorchRuntime::pinned_bytes() {
   std::lock_guard<std::mutex> lock(mu_);
   return pinned_bytes_ + (closed_ ? 0 : Int(core_->read_ring_bytes(/*pinned_only=*/true)));

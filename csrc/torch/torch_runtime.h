@@ -246,6 +246,7 @@ class TorchRuntime {
   int num_blocks();
   int64_t device_bytes();
   int64_t host_bytes();
+  int64_t ram_bytes();     // host_bytes and the read ring's
   int64_t pinned_bytes();  // weights' pinned host bytes and the read ring's (while loaded)
   bool closed();
   bool loaded();

@@ -656,6 +656,10 @@ def test_ram_follows_the_model_that_runs_and_the_waiting_one_lives_on_disk(tmp_p
     them: from a model's second pass in a row, the other's blocks go to disk (read from its
     own file, nothing written) and the running one's come back to RAM; every output stays
     full load's."""
+    from pinstream.handle import OffloadHandle
+
+    # as where the disk sets the pace (these small blocks may keep up with the compute)
+    monkeypatch.setattr(OffloadHandle, "_disk_excess_ms", staticmethod(lambda st, prev: 1e9))
     a, b = _net(seed=1), _net(seed=2)
     x = torch.randn(3, 128)
     with torch.no_grad():
@@ -758,3 +762,18 @@ def test_moves_that_fail_leave_every_block_where_it_can_be_read(tmp_path):
     with pytest.raises(pinstream.ModeError, match="host_budget_gb must be a finite number"):
         h.set_host_budget(-1)
     h.detach()
+
+
+def test_the_time_the_disk_held_a_pass_beyond_its_compute():
+    from pinstream.handle import OffloadHandle
+
+    excess = OffloadHandle._disk_excess_ms
+    prev = (1000, 10.0, 0.0)  # disk bytes, compute ms, disk wait ms when the pass began
+    # 100 MB read at 1 GB/s (100 ms) against 50 ms of compute: the disk held it 50 ms longer
+    assert excess({"disk_bytes": 1000 + 100_000_000, "compute_ms": 60.0, "disk_wait_ms": 0.0, "disk_gbps": 1.0},
+                  prev) == pytest.approx(50.0)
+    # the same read against 150 ms of compute: it kept up
+    assert excess({"disk_bytes": 1000 + 100_000_000, "compute_ms": 160.0, "disk_wait_ms": 5.0, "disk_gbps": 1.0},
+                  prev) == 0.0
+    # no compute timed: the host's waits for reads
+    assert excess({"disk_bytes": 5000, "compute_ms": 10.0, "disk_wait_ms": 0.5, "disk_gbps": 0.0}, prev) == 0.5
