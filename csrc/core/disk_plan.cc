@@ -2,6 +2,7 @@
 #include "core/disk_plan.h"
 
 #include <algorithm>
+#include <cmath>
 
 namespace pinstream {
 
@@ -21,13 +22,49 @@ std::vector<bool> ChooseDiskUnits(const std::vector<DiskPlanUnit>& units, uint64
     if (units[i].movable && !units[i].resident && units[i].host_bytes > 0) streamed.push_back(i);
   }
   const size_t m = streamed.size();
-  for (size_t k = 1; k <= m && excess > 0; ++k) {
-    // k units at even spacing: the middle of each of k equal stretches
+  std::vector<double> mid(m);  // compute up to the middle of each streamed unit
+  double all = 0;
+  for (size_t i = 0; i < m; ++i) {
+    const DiskPlanUnit& u = units[streamed[i]];
+    const double c = u.compute > 0 ? u.compute : static_cast<double>(u.host_bytes);
+    mid[i] = all + c / 2;
+    all += c;
+  }
+  std::vector<size_t> picks;
+  bool covered = excess == 0;
+  for (size_t k = 1; k <= m && !covered; ++k) {
+    // k equal stretches of compute; from each, its largest unit (of those running in
+    // it), the one nearest its middle among equals
+    picks.clear();
     uint64_t sum = 0;
-    for (size_t j = 0; j < k; ++j) sum += units[streamed[(2 * j + 1) * m / (2 * k)]].host_bytes;
-    if (sum < excess && k < m) continue;
-    for (size_t j = 0; j < k; ++j) disk[streamed[(2 * j + 1) * m / (2 * k)]] = true;
-    excess -= std::min(excess, sum);
+    size_t i = 0;
+    for (size_t j = 0; j < k; ++j) {
+      const double lo = all * static_cast<double>(j) / static_cast<double>(k);
+      const double hi = all * static_cast<double>(j + 1) / static_cast<double>(k);
+      const double centre = (lo + hi) / 2;
+      size_t best = m;
+      for (; i < m && (mid[i] < hi || j + 1 == k); ++i) {
+        if (mid[i] < lo) continue;
+        const uint64_t bytes = units[streamed[i]].host_bytes;
+        if (best == m || bytes > units[streamed[best]].host_bytes ||
+            (bytes == units[streamed[best]].host_bytes && std::abs(mid[i] - centre) <= std::abs(mid[best] - centre))) {
+          best = i;
+        }
+      }
+      if (best == m) continue;  // a stretch inside one long unit
+      picks.push_back(best);
+      sum += units[streamed[best]].host_bytes;
+    }
+    if (sum < excess) continue;
+    for (size_t p : picks) disk[streamed[p]] = true;
+    excess = 0;
+    covered = true;
+  }
+  if (!covered) {  // every streamed unit goes
+    for (size_t p = 0; p < m; ++p) {
+      disk[streamed[p]] = true;
+      excess -= std::min(excess, units[streamed[p]].host_bytes);
+    }
   }
   *over = excess;
   return disk;

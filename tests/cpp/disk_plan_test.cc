@@ -37,6 +37,22 @@ TEST(DiskPlan, StreamedUnitsGoEvenlySpreadAndAsFewAsCoverTheExcess) {
   EXPECT_EQ(Flags(ChooseDiskUnits(Units(8, 100), 0, 500, &over)), ".D..D.D.");
 }
 
+TEST(DiskPlan, TheSpreadFollowsComputeNotCount) {
+  // four small units then four large ones (compute in proportion to their bytes):
+  // two disk units, each in the middle of one half of the compute
+  std::vector<DiskPlanUnit> u = Units(8, 100);
+  for (int i = 4; i < 8; ++i) u[static_cast<size_t>(i)].host_bytes = 800;
+  uint64_t over = 1;
+  EXPECT_EQ(Flags(ChooseDiskUnits(u, 0, 3600 - 1600, &over)), "....D.D.");
+  EXPECT_EQ(over, 0u);
+  // compute times that say otherwise (the small units compute longest): the largest
+  // unit of each stretch, as few as cover the excess
+  for (int i = 0; i < 8; ++i) u[static_cast<size_t>(i)].compute = i < 4 ? 10.0 : 1.0;
+  EXPECT_EQ(Flags(ChooseDiskUnits(u, 0, 3600 - 800, &over)), "....D...");
+  EXPECT_EQ(Flags(ChooseDiskUnits(u, 0, 3600 - 900, &over)), ".D..D...");
+  EXPECT_EQ(over, 0u);
+}
+
 TEST(DiskPlan, ResidentUnitsGoFirstAndFixedOnesNever) {
   std::vector<DiskPlanUnit> u = Units(6, 100);
   u[4].resident = true;
