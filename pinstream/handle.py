@@ -74,6 +74,7 @@ class OffloadHandle(Replanning):
         self._run_seq = 0  # when its last pass began (a process-wide count)
         self._pass_snap = None  # disk bytes, compute ms, disk wait ms when its last pass began
         self._rent_ms = 0.0  # time the disk held its passes in a row beyond their compute
+        self._placed = False  # its blocks on disk placed once by their timed compute
         self._host_budget_given: int | None = None  # host_budget_gb as bytes, when one was given
         # moves between RAM and disk (set_host_budget, RAM following the running model)
         self.ram_moves = {"moves": 0, "to_disk_bytes": 0, "to_ram_bytes": 0, "ms": 0.0}
@@ -197,22 +198,23 @@ class OffloadHandle(Replanning):
         self._host_budget_given = None if budget < 0 else budget  # its cap from now on
         return self._move_ram(budget)
 
-    def _move_ram(self, budget: int, pin_cap_bytes: int | None = None) -> int:
+    def _move_ram(self, budget: int, pin_cap_bytes: int | None = None, by_timing: bool = False) -> int:
         import time
 
-        before = self._rt.host_bytes
-        on_disk_before = self._rt.stats()["disk_block_bytes"]
+        before = self._rt.stats()
         start = time.perf_counter()
         try:
-            held = self._rt.set_host_budget(budget, pin_cap_bytes)
+            held = self._rt.set_host_budget(budget, pin_cap_bytes, by_timing)
         finally:
             self._refresh_apart()
-        on_disk = self._rt.stats()["disk_block_bytes"]
-        if held != before or on_disk != on_disk_before:
+        after = self._rt.stats()
+        if after["block_on_disk"] != before["block_on_disk"]:
             m = self.ram_moves
             m["moves"] += 1
-            m["to_disk_bytes"] += max(0, on_disk - on_disk_before)
-            m["to_ram_bytes"] += max(0, on_disk_before - on_disk)
+            sizes = self._rt.block_bytes
+            pairs = list(zip(before["block_on_disk"], after["block_on_disk"], sizes))
+            m["to_disk_bytes"] += sum(b for was, now, b in pairs if now and not was)
+            m["to_ram_bytes"] += sum(b for was, now, b in pairs if was and not now)
             m["ms"] += (time.perf_counter() - start) * 1e3
         return held
 
@@ -239,6 +241,10 @@ class OffloadHandle(Replanning):
         if last is not self or prev is None:
             self._rent_ms = 0.0  # a switch: the count starts again
             return
+        if not self._placed and st["passes"] >= 2:
+            # once its blocks' compute was timed: placed again by it where it is spread unlike their bytes
+            self._placed = True
+            self._move_ram(int(st["host_budget_bytes"]), by_timing=True)
         self._rent_ms += self._disk_excess_ms(st, prev)
         cap = pin_cap.default_pin_cap_bytes()
         if cap < 0 or self._rent_ms <= 0:

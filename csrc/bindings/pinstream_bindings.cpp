@@ -116,6 +116,7 @@ py::dict ToDict(const RuntimeStats& s) {
   d["compute_spans"] = c.compute_spans;
   d["suggested_prefetch"] = c.suggested_prefetch;
   d["block_on_disk"] = s.block_on_disk;
+  d["block_compute_ms"] = s.block_compute_ms;
   d["disk_reads"] = c.disk_reads;
   d["disk_read_misses"] = c.disk_read_misses;
   d["disk_bytes"] = c.disk_bytes;
@@ -439,10 +440,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("warm", &TorchRuntime::Warm, nogil(),
            "While not loaded: read the blocks on disk its next pass starts with into its read ring")
       .def("set_host_budget", &TorchRuntime::SetHostBudget, py::arg("budget_bytes"),
-           py::arg("pin_cap_bytes") = py::none(), nogil(),
+           py::arg("pin_cap_bytes") = py::none(), py::arg("by_timing") = false, nogil(),
            "Between passes: units beyond the new host budget (-1: none) move to disk, units on disk come "
-           "back while it allows (pinned within pin_cap_bytes when given); returns the host bytes of weights "
-           "held after")
+           "back while it allows (pinned within pin_cap_bytes when given; by_timing: placed by the blocks' timed "
+           "compute where it is spread unlike their bytes); returns the host bytes of weights held after")
       .def("begin_pass", &TorchRuntime::BeginPass, nogil())
       .def("check_placement", &TorchRuntime::CheckPlacement, nogil(),
            "raise when a weight was converted, replaced or moved by code PinStream does not manage")

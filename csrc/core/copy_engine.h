@@ -104,9 +104,15 @@ struct EngineTimings {
   double transform_ms = 0;
   uint64_t transform_bytes = 0;
   // compute: time the compute queue spent between MarkCompute(begin) and
-  // MarkCompute(end), and how many such spans finished
+  // MarkCompute(end), and how many such spans finished; each span too, with
+  // the tag its begin was given
   double compute_ms = 0;
   uint64_t compute_spans = 0;
+  struct Compute {
+    int tag;
+    double ms;
+  };
+  std::vector<Compute> computes;
 };
 
 class CopyEngine {
@@ -136,8 +142,8 @@ class CopyEngine {
   // Marks the start (begin=true) or end of a span of compute on
   // `compute_queue` (the runtime marks each block's use), timed like the
   // copies; what the look-ahead is measured against. An engine that cannot
-  // time a queue ignores it.
-  virtual Status MarkCompute(void* compute_queue, bool begin) = 0;
+  // time a queue ignores it. `tag`: the block whose use a span begins with.
+  virtual Status MarkCompute(void* compute_queue, bool begin, int tag) = 0;
   // On the copy queue, after the copy into `staging`: runs `transform`, writing
   // the block's device layout at `out` (fp8 dequantization, raw copies).
   virtual Status EnqueueTransform(const BlockTransform* transform, const void* staging, void* out) = 0;

@@ -779,7 +779,7 @@ Status StreamingRuntime::Acquire(int block, void* compute_queue, DeviceLocation*
     b.acquired += 1;
     *where = b.resident_loc;
     Prefetch(block);
-    if (outstanding() == 1) engine_->MarkCompute(compute_queue, /*begin=*/true);
+    if (outstanding() == 1) engine_->MarkCompute(compute_queue, /*begin=*/true, block);
     return Status::Ok();
   }
   int slot = ring_.SlotOf(block);
@@ -809,7 +809,7 @@ Status StreamingRuntime::Acquire(int block, void* compute_queue, DeviceLocation*
     stats_.upload_failures += 1;
     return s;
   }
-  if (outstanding() == 1) engine_->MarkCompute(compute_queue, /*begin=*/true);
+  if (outstanding() == 1) engine_->MarkCompute(compute_queue, /*begin=*/true, block);
   *where = slots_[slot].loc;
   if (b.split) {
     where->head_allocation = b.resident_loc.allocation;
@@ -826,7 +826,7 @@ Status StreamingRuntime::Release(int block, void* compute_queue) {
     return Status::FailedPrecondition("release(" + std::to_string(block) + ") of a block that is not acquired");
   }
   b.acquired -= 1;
-  if (outstanding() == 0) engine_->MarkCompute(compute_queue, /*begin=*/false);
+  if (outstanding() == 0) engine_->MarkCompute(compute_queue, /*begin=*/false, -1);
   if (b.resident) return Status::Ok();
   const int slot = ring_.SlotOf(block);
   if (slot < 0) return Status::Ok();  // its upload failed meanwhile
@@ -867,7 +867,15 @@ void StreamingRuntime::Drain(bool wait) {
   timings_.transform_bytes = 0;
   timings_.compute_ms = 0;
   timings_.compute_spans = 0;
+  timings_.computes.clear();
   engine_->CollectTimings(&timings_, wait);
+  for (const EngineTimings::Compute& c : timings_.computes) {
+    if (c.tag < 0 || c.tag >= num_blocks()) continue;
+    if (compute_ms_.size() != blocks_.size()) compute_ms_.assign(blocks_.size(), -1.0);
+    // a running mean that follows changes (another input size)
+    double& m = compute_ms_[static_cast<size_t>(c.tag)];
+    m = m < 0 ? c.ms : 0.75 * m + 0.25 * c.ms;
+  }
   for (const EngineTimings::Copy& c : timings_.copies) {
     stats_.upload_ms += c.ms;
     stats_.timed_upload_bytes += c.bytes;

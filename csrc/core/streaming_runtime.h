@@ -191,6 +191,11 @@ class StreamingRuntime {
   const ResidencyPlan& plan() const { return plan_; }
   const ScheduleLearner& learner() const { return learner_; }
   int outstanding() const;
+  // Its compute time per use as timed so far (a running mean; -1 when never timed):
+  // a use that starts a span of compute (the blocks acquired inside it count in it).
+  double compute_ms(int block) const {
+    return static_cast<size_t>(block) < compute_ms_.size() ? compute_ms_[static_cast<size_t>(block)] : -1.0;
+  }
   bool acquired(int block) const { return blocks_[block].acquired > 0; }
   bool on_disk(int block) const { return !blocks_[block].disk.empty(); }
   // Its host bytes (null while it lives on disk).
@@ -314,6 +319,7 @@ class StreamingRuntime {
   int prefetch_cap_ = 1;
   std::vector<ReadBuffer> reads_;
   DiskReader::Totals reader_base_;  // reader totals at the last ResetStats
+  std::vector<double> compute_ms_;  // per block (see compute_ms())
   std::vector<int> evicted_;
   uint64_t tick_ = 0;
   bool planned_ = false;

@@ -125,7 +125,7 @@ Status CudaCopyEngine::CopyEventDone(EventId event, bool wait, bool* done) {
   return Status::Ok();
 }
 
-Status CudaCopyEngine::MarkCompute(void* compute_queue, bool begin) {
+Status CudaCopyEngine::MarkCompute(void* compute_queue, bool begin, int tag) {
   cudaStream_t q = static_cast<cudaStream_t>(compute_queue);
   if (begin) {
     if (compute_start_ >= 0 || !options_.timing || pending_.size() >= kMaxPendingTimings) return Status::Ok();
@@ -134,11 +134,14 @@ Status CudaCopyEngine::MarkCompute(void* compute_queue, bool begin) {
       return Status::Ok();
     }
     PINSTREAM_CUDA_RETURN_IF_ERROR(cudaEventRecord(timing_events_[compute_start_].get(), q));
+    compute_tag_ = tag;
     return Status::Ok();
   }
   if (compute_start_ < 0) return Status::Ok();
   PINSTREAM_CUDA_RETURN_IF_ERROR(cudaEventRecord(timing_events_[compute_end_].get(), q));
-  pending_.push_back(Pending{kComputeTag, 0, compute_start_, compute_end_});
+  // the span's tag rides in `bytes` (a compute span moves none)
+  pending_.push_back(
+      Pending{kComputeTag, static_cast<uint64_t>(static_cast<int64_t>(compute_tag_)), compute_start_, compute_end_});
   compute_start_ = compute_end_ = -1;
   return Status::Ok();
 }
@@ -211,6 +214,7 @@ void CudaCopyEngine::CollectTimings(EngineTimings* out, bool wait) {
     } else if (it->tag == kComputeTag) {
       out->compute_ms += ms;
       out->compute_spans += 1;
+      out->computes.push_back(EngineTimings::Compute{static_cast<int>(static_cast<int64_t>(it->bytes)), ms});
     } else {
       out->stall_ms += ms;
     }

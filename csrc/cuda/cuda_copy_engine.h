@@ -41,7 +41,7 @@ class CudaCopyEngine final : public CopyEngine {
   Status RecordComputeEvent(EventId event, void* compute_queue) override;
   Status CopyWaitFor(EventId event) override;
   Status CopyEventDone(EventId event, bool wait, bool* done) override;
-  Status MarkCompute(void* compute_queue, bool begin) override;
+  Status MarkCompute(void* compute_queue, bool begin, int tag) override;
   Status EnqueueTransform(const BlockTransform* transform, const void* staging, void* out) override;
   void CollectTimings(EngineTimings* out, bool wait) override;
 
@@ -58,6 +58,7 @@ class CudaCopyEngine final : public CopyEngine {
   };
   Status TakeTimingPair(int* start, int* end);
   int compute_start_ = -1, compute_end_ = -1;  // the timing pair of the span of compute open now
+  int compute_tag_ = -1;                       // and the tag its begin was given
 
   CudaEngineOptions options_;
   CudaStream stream_;

@@ -289,16 +289,19 @@ Status HostCopyEngine::CopyEventDone(EventId event, bool wait, bool* done) {
   return Status::Ok();
 }
 
-Status HostCopyEngine::MarkCompute(void* compute_queue, bool begin) {
+Status HostCopyEngine::MarkCompute(void* compute_queue, bool begin, int tag) {
   if (compute_queue != nullptr) return Status::Ok();
   std::lock_guard<std::mutex> lock(mu_);
   const auto now = std::chrono::steady_clock::now();
   if (begin) {
     compute_since_ = now;
+    compute_tag_ = tag;
     computing_ = true;
   } else if (computing_) {
-    compute_ms_ += std::chrono::duration<double, std::milli>(now - compute_since_).count();
+    const double ms = std::chrono::duration<double, std::milli>(now - compute_since_).count();
+    compute_ms_ += ms;
     compute_spans_ += 1;
+    if (computes_.size() < 4096) computes_.push_back(EngineTimings::Compute{compute_tag_, ms});
     computing_ = false;
   }
   return Status::Ok();
@@ -365,6 +368,8 @@ void HostCopyEngine::CollectTimings(EngineTimings* out, bool wait) {
   out->compute_spans += compute_spans_;
   compute_ms_ = 0;
   compute_spans_ = 0;
+  out->computes.insert(out->computes.end(), computes_.begin(), computes_.end());
+  computes_.clear();
 }
 
 void HostCopyEngine::FailNextCopies(int count) {

@@ -71,7 +71,7 @@ class HostCopyEngine final : public CopyEngine {
   Status CopyWaitFor(EventId event) override;
   Status CopyEventDone(EventId event, bool wait, bool* done) override;
   // The calling thread's compute only (a deferred queue's is not timed).
-  Status MarkCompute(void* compute_queue, bool begin) override;
+  Status MarkCompute(void* compute_queue, bool begin, int tag) override;
   Status EnqueueTransform(const BlockTransform* transform, const void* staging, void* out) override;
   void CollectTimings(EngineTimings* out, bool wait) override;
 
@@ -132,6 +132,8 @@ class HostCopyEngine final : public CopyEngine {
   uint64_t compute_spans_ = 0;
   std::chrono::steady_clock::time_point compute_since_;
   bool computing_ = false;
+  int compute_tag_ = -1;
+  std::vector<EngineTimings::Compute> computes_;
   uint64_t transform_bytes_ = 0;
   uint64_t enqueued_ = 0;
   uint64_t done_ = 0;

@@ -417,6 +417,7 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
                                          : static_cast<uint64_t>(info.bytes);
         units[b].movable = info.streamable && !info.fp8;
         units[b].resident = req.plan && (core_->resident(id) || core_->coded(id));
+        units[b].compute = static_cast<double>(info.bytes);  // in proportion to its weights until timed
       }
       const std::vector<bool> disk = ChooseDiskUnits(units, static_cast<uint64_t>(host_bytes_),
                                                      static_cast<uint64_t>(host_budget_bytes_), &disk_over_bytes_);
@@ -945,7 +946,7 @@ void TorchRuntime::ToOwnBufferLocked(int block, const std::function<void(uint8_t
   ReleaseChunkLocked(old_chunk);
 }
 
-int64_t TorchRuntime::SetHostBudget(int64_t budget_bytes, std::optional<int64_t> pin_cap_bytes) {
+int64_t TorchRuntime::SetHostBudget(int64_t budget_bytes, std::optional<int64_t> pin_cap_bytes, bool by_timing) {
   std::lock_guard<std::mutex> lock(mu_);
   CheckOpen();
   if (pin_cap_bytes) pin_cap_bytes_ = std::max<int64_t>(-1, *pin_cap_bytes);
@@ -960,6 +961,40 @@ int64_t TorchRuntime::SetHostBudget(int64_t budget_bytes, std::optional<int64_t>
     units[b].host_bytes = info.disk ? info.disk_bytes : HeldBytes(info);
     units[b].movable = info.streamable && !info.fp8;
     units[b].resident = core_->planned() && (core_->resident(id) || core_->coded(id));
+    units[b].compute = static_cast<double>(info.bytes);  // in proportion to its weights until timed
+  }
+  // The disk units spread over the compute as timed (once every streamed unit was) when
+  // it is spread unlike the bytes: the share of the compute done by each point of the
+  // order differs from the share of the bytes by more than a fifth, and a block computes
+  // for 0.2 ms on average (shorter times are mostly the overheads of a call). Timing
+  // noise on blocks alike stays below that, and moves nothing.
+  if (by_timing) {
+    double bytes_all = 0, ms_all = 0;
+    int count = 0;
+    bool timed = true;
+    for (size_t b = 0; b < n; ++b) {
+      if (!units[b].movable || units[b].resident) continue;
+      const double ms = core_->compute_ms(static_cast<int>(b));
+      timed = timed && ms > 0;
+      bytes_all += static_cast<double>(blocks_[b].bytes);
+      ms_all += ms;
+      ++count;
+    }
+    timed = timed && count > 1 && ms_all / count >= 0.2;
+    double far = 0, bytes_sum = 0, ms_sum = 0;
+    for (size_t b = 0; timed && b < n; ++b) {
+      if (!units[b].movable || units[b].resident) continue;
+      bytes_sum += static_cast<double>(blocks_[b].bytes);
+      ms_sum += core_->compute_ms(static_cast<int>(b));
+      far = std::max(far, std::abs(ms_sum / ms_all - bytes_sum / bytes_all));
+    }
+    if (timed && bytes_all > 0 && far > 0.2) {
+      placement_compute_.assign(n, 0.0);
+      for (size_t b = 0; b < n; ++b) placement_compute_[b] = std::max(0.0, core_->compute_ms(static_cast<int>(b)));
+    }
+  }
+  if (placement_compute_.size() == n) {
+    for (size_t b = 0; b < n; ++b) units[b].compute = placement_compute_[b];
   }
   const uint64_t budget = budget_bytes < 0 ? PlanRequest::kUnlimited : Uint(budget_bytes);
   const std::vector<bool> disk = ChooseDiskUnits(units, 0, budget, &disk_over_bytes_);
@@ -1438,6 +1473,7 @@ RuntimeStats TorchRuntime::GetStats() {
   d.cache_rebuilt = cache_->rebuilt();
   d.cache_error = cache_->first_error();
   d.host_budget_bytes = host_budget_bytes_;
+  for (int i = 0; !closed_ && i < core_->num_blocks(); ++i) d.block_compute_ms.push_back(core_->compute_ms(i));
   for (const BlockTensors& b : blocks_) {
     d.block_on_disk.push_back(b.disk);
     if (!b.disk) continue;

@@ -164,6 +164,7 @@ struct RuntimeStats {
   std::string disk_how;     // how the spill file is read (O_DIRECT, or buffered and why)
   uint64_t read_ring_bytes = 0;
   std::vector<bool> block_on_disk;
+  std::vector<double> block_compute_ms;  // each block's compute per use as timed (-1: not yet)
   std::vector<QuantError> fp8_block_error;
   QuantError fp8_error;
   uint64_t device_bytes = 0;
@@ -210,9 +211,12 @@ class TorchRuntime {
   // move to disk (a unit whose bytes are not on disk yet is checked against the
   // model's own file, else written to the spill file, once), units on disk come
   // back to host memory while it allows (read from disk). `pin_cap_bytes`, when
-  // given, is this runtime's new pinning cap (-1: none). Returns the host bytes
-  // of weights held after.
-  int64_t SetHostBudget(int64_t budget_bytes, std::optional<int64_t> pin_cap_bytes = std::nullopt);
+  // given, is this runtime's new pinning cap (-1: none). Which units go to disk
+  // follows their compute (csrc/core/disk_plan.h): in proportion to their bytes,
+  // or with `by_timing` as timed (kept for the later moves) where it is spread
+  // unlike the bytes. Returns the host bytes of weights held after.
+  int64_t SetHostBudget(int64_t budget_bytes, std::optional<int64_t> pin_cap_bytes = std::nullopt,
+                        bool by_timing = false);
   void BeginPass();
   // Fails (std::runtime_error naming the weight) when a weight was converted, replaced or
   // moved by code PinStream does not manage. BeginPass checks it too.
@@ -330,6 +334,7 @@ class TorchRuntime {
   int spill_file_id_ = -1;
   std::map<std::string, int> source_ids_;  // the model's own files opened by the reader
   std::vector<std::string> source_paths_;  // by the runtime index BlockTensors::source uses
+  std::vector<double> placement_compute_;  // the blocks' timed compute disk placement follows (empty: bytes)
   std::vector<int> disk_files_;            // every file the disk tier reads (checked before a load)
   std::string source_note_;                // why a unit meant for disk could not read from them
   std::string spill_error_;

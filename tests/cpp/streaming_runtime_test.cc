@@ -646,6 +646,31 @@ TEST(StreamingRuntimeAdaptive, FastUploadsNeedOneBlockAheadSlowOnesMore) {
   EXPECT_LE(slow, 4);
 }
 
+TEST(StreamingRuntimeAdaptive, EachBlocksComputeIsTimed) {
+  // blocks 0-2 compute 6 ms, the others 1 ms: the per-block times say so
+  FakeModel m = FakeModel::Make(std::vector<uint64_t>(6, 4096), 5);
+  HostCopyEngine engine;
+  HostArena arena;
+  StreamingRuntime rt(&engine, &arena);
+  ASSERT_TRUE(RegisterAll(&rt, m).ok());
+  ASSERT_TRUE(rt.Plan(PlanPolicy::kStreamAll, PlanRequest::kUnlimited, 1).ok());
+  EXPECT_EQ(rt.compute_ms(0), -1.0);
+  for (int pass = 0; pass < 3; ++pass) {
+    ASSERT_EQ(
+        RunPass(&rt, m, Range(6), [](int b) { std::this_thread::sleep_for(std::chrono::milliseconds(b < 3 ? 6 : 1)); }),
+        "");
+  }
+  for (int b = 0; b < 6; ++b) {
+    if (b < 3) {
+      EXPECT_GE(rt.compute_ms(b), 5.5) << b;
+    } else {
+      EXPECT_GE(rt.compute_ms(b), 0.9) << b;
+      EXPECT_LT(rt.compute_ms(b), rt.compute_ms(0) / 2) << b;
+    }
+  }
+  ASSERT_TRUE(rt.Close().ok());
+}
+
 TEST(StreamingRuntimeAdaptive, OffKeepsThePrefetchGiven) {
   FakeModel m = FakeModel::Make(std::vector<uint64_t>(6, 4096), 9);
   HostCopyEngine engine;

@@ -777,3 +777,54 @@ def test_the_time_the_disk_held_a_pass_beyond_its_compute():
                   prev) == 0.0
     # no compute timed: the host's waits for reads
     assert excess({"disk_bytes": 5000, "compute_ms": 10.0, "disk_wait_ms": 0.5, "disk_gbps": 0.0}, prev) == 0.5
+
+
+class _Block(nn.Module):
+    def __init__(self, dim, heavy):
+        super().__init__()
+        self.a, self.b, self.heavy = nn.Linear(dim, dim), nn.Linear(dim, dim), heavy
+
+    def forward(self, x):
+        h = torch.tanh(self.a(x))
+        for _ in range(40 if self.heavy else 0):  # compute that no weight bytes show
+            h = torch.tanh(h @ h.T @ h * 1e-3)
+        return self.b(h)
+
+
+class _Uneven(nn.Module):
+    """Blocks of the same bytes; the first four compute far longer than the rest."""
+
+    def __init__(self, dim=128):
+        super().__init__()
+        self.blocks = nn.ModuleList(_Block(dim, heavy=i < 4) for i in range(8))
+
+    def forward(self, x):
+        for b in self.blocks:
+            x = x + b(x)
+        return x
+
+
+@timed
+def test_blocks_on_disk_are_placed_again_by_their_timed_compute(tmp_path):
+    torch.manual_seed(3)
+    m = _Uneven().eval()
+    x = torch.randn(64, 128)
+    with torch.no_grad():
+        ref = m(x)
+    h = _offload(m, tmp_path, 5.5)
+    first = h.stats()["block_on_disk"][:8]
+    assert sum(first) == 3 and sum(first[4:]) >= 1, first  # spread by bytes: the light half has some
+    for _ in range(3):
+        with torch.no_grad():
+            assert torch.equal(m(x), ref)
+    st = h.stats()
+    times = st["block_compute_ms"][:8]
+    assert min(times[:4]) > 2 * max(times[4:]), times
+    now = st["block_on_disk"][:8]
+    assert sum(now) == 3 and now != first and sum(now[:4]) == 3, (first, now, times)  # where the compute is
+    assert h.ram_moves["moves"] == 1
+    for _ in range(3):  # once: the next passes move nothing
+        with torch.no_grad():
+            assert torch.equal(m(x), ref)
+    assert h.ram_moves["moves"] == 1 and h.stats()["block_on_disk"][:8] == now
+    h.detach()
