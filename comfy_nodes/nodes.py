@@ -134,7 +134,8 @@ RAM_BUDGET_INPUT = InputSpec(
     "its blocks slower than the GPU computes (PinStream Stats shows the bytes read per step and the disk's rate). "
     "The part outside the blocks stays in RAM. 0 = automatic: the whole model stays in RAM while it fits in what "
     "the pinning cap leaves for it (after ComfyUI's and the other models' pins), else that share and the rest on "
-    "disk. "
+    "disk; RAM then follows the model that runs (Wan 2.2's waiting expert goes to disk once streaming costs the "
+    "running one more than reading its blocks back). "
     "`python -m pinstream recommend` gives a value for your RAM.", 0.0, min=0.0, max=4096.0, step=0.01, optional=True)
 # The pipeline nodes' (a budget for the denoiser, as their vram_budget_gb).
 DENOISER_RAM_BUDGET_INPUT = InputSpec(
@@ -143,7 +144,7 @@ DENOISER_RAM_BUDGET_INPUT = InputSpec(
     "~/.cache/pinstream/spill), written once when this node runs, and are read back through a small pinned read "
     "ring each time they are needed. The "
     "encoders and the VAE stay in RAM. 0 = automatic: the denoiser stays in RAM while it fits in what the pinning "
-    "cap leaves for it, else that share and the rest on disk.",
+    "cap leaves for it, else that share and the rest on disk, and RAM follows the model that runs.",
     0.0, min=0.0, max=4096.0, step=0.01, optional=True)
 
 
