@@ -236,7 +236,7 @@ class OffloadHandle(Replanning):
         if not self._has_disk:
             self._pass_snap, self._rent_ms = None, 0.0
             return
-        st = self._rt.stats()
+        st = self._rt.pace()  # no wait for the timings of work still in flight
         prev, self._pass_snap = self._pass_snap, (st["disk_bytes"], st["compute_ms"], st["disk_wait_ms"])
         if last is not self or prev is None:
             self._rent_ms = 0.0  # a switch: the count starts again
@@ -244,7 +244,13 @@ class OffloadHandle(Replanning):
         if not self._placed and st["passes"] >= 2:
             # once its blocks' compute was timed: placed again by it where it is spread unlike their bytes
             self._placed = True
-            self._move_ram(int(st["host_budget_bytes"]), by_timing=True)
+            try:
+                self._move_ram(int(st["host_budget_bytes"]), by_timing=True)
+            except RuntimeError as e:  # a read failed: the blocks stay where they are
+                import warnings
+
+                warnings.warn(f"PinStream: blocks on disk could not be placed by their compute: {e}",
+                              RuntimeWarning, stacklevel=2)
         self._rent_ms += self._disk_excess_ms(st, prev)
         cap = pin_cap.default_pin_cap_bytes()
         if cap < 0 or self._rent_ms <= 0:
@@ -268,13 +274,21 @@ class OffloadHandle(Replanning):
         gbps = float(st.get("disk_gbps", 0.0))
         if gain < self.discovery.largest_block_bytes or (gbps > 0 and self._rent_ms < gain / (gbps * 1e6) * 1e3):
             return
-        for other in givers:  # the least recently run first, each wholly
-            if need <= room - sum(h.ram_bytes for h in others):
-                break
-            other._move_ram(0)
-        target = goal(room - sum(h.ram_bytes for h in others))
-        if target >= held + self.discovery.largest_block_bytes or target >= need:
-            self._move_ram(target, pin_cap_bytes=pin_cap.available_pin_bytes(elsewhere) + self.pinned_bytes)
+        try:
+            for other in givers:  # the least recently run first, each wholly
+                if need <= room - sum(h.ram_bytes for h in others):
+                    break
+                other._move_ram(0)
+            target = goal(room - sum(h.ram_bytes for h in others))
+            if target >= held + self.discovery.largest_block_bytes or target >= need:
+                self._move_ram(target, pin_cap_bytes=pin_cap.available_pin_bytes(elsewhere) + self.pinned_bytes)
+        except RuntimeError as e:
+            # (another model began a forward meanwhile, a read failed): every block is still
+            # where it can be read from, and this pass streams as it is
+            import warnings
+
+            warnings.warn(f"PinStream: host RAM could not follow the model that runs: {e}", RuntimeWarning,
+                          stacklevel=2)
         self._rent_ms = 0.0
 
     def _ring_bytes(self) -> int:

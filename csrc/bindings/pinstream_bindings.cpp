@@ -467,6 +467,26 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              }
              return pinstream::ToDict(s);
            })
+      .def(
+          "pace",
+          [](TorchRuntime& rt) {
+            TorchRuntime::Pace p;
+            {
+              py::gil_scoped_release nogil;
+              p = rt.GetPace();
+            }
+            py::dict d;
+            d["disk_bytes"] = p.disk_bytes;
+            d["compute_ms"] = p.compute_ms;
+            d["disk_wait_ms"] = p.disk_wait_ms;
+            d["disk_gbps"] = p.disk_gbps;
+            d["disk_block_bytes"] = p.disk_block_bytes;
+            d["passes"] = p.passes;
+            d["host_budget_bytes"] = p.host_budget_bytes;
+            return d;
+          },
+          "the figures stats() has that deciding a move between RAM and disk needs, without waiting for "
+          "pending timings")
       .def("reset_stats", &TorchRuntime::ResetStats, nogil())
       .def("close", &TorchRuntime::Close, py::arg("restore_pageable") = true, nogil())
       .def("fail_next_copies", &TorchRuntime::FailNextCopies, py::arg("count"), nogil())

@@ -1433,6 +1433,22 @@ PlanInfo TorchRuntime::PlanInfoLocked() const {
   return d;
 }
 
+TorchRuntime::Pace TorchRuntime::GetPace() {
+  std::lock_guard<std::mutex> lock(mu_);
+  Pace p;
+  if (closed_ || registering_) return p;
+  DeviceScope scope(alloc_device_);
+  const Stats s = core_->GetStats(/*wait=*/false);
+  p.disk_bytes = s.disk_bytes;
+  p.compute_ms = s.compute_ms;
+  p.disk_wait_ms = s.disk_wait_ms;
+  p.disk_gbps = s.disk_busy_ms > 0 ? static_cast<double>(s.disk_bytes_total) / (s.disk_busy_ms * 1e6) : 0.0;
+  p.passes = s.passes;
+  p.host_budget_bytes = host_budget_bytes_;
+  for (const BlockTensors& b : blocks_) p.disk_block_bytes += b.disk ? b.disk_bytes : 0;
+  return p;
+}
+
 RuntimeStats TorchRuntime::GetStats() {
   std::lock_guard<std::mutex> lock(mu_);
   RuntimeStats d;

@@ -232,6 +232,18 @@ class TorchRuntime {
   void EndPass();
   void Synchronize();
   RuntimeStats GetStats();
+  // What deciding a move between RAM and disk needs, with the timings already
+  // complete (no host wait, unlike GetStats): between passes.
+  struct Pace {
+    uint64_t disk_bytes = 0;
+    double compute_ms = 0;
+    double disk_wait_ms = 0;
+    double disk_gbps = 0;
+    uint64_t disk_block_bytes = 0;
+    uint64_t passes = 0;
+    int64_t host_budget_bytes = -1;
+  };
+  Pace GetPace();
   void ResetStats();
   void Close(bool restore_pageable);
 

@@ -828,3 +828,30 @@ def test_blocks_on_disk_are_placed_again_by_their_timed_compute(tmp_path):
             assert torch.equal(m(x), ref)
     assert h.ram_moves["moves"] == 1 and h.stats()["block_on_disk"][:8] == now
     h.detach()
+
+
+def test_a_move_that_fails_before_a_pass_warns_and_the_pass_streams(tmp_path, monkeypatch):
+    from pinstream.handle import OffloadHandle
+
+    monkeypatch.setattr(OffloadHandle, "_disk_excess_ms", staticmethod(lambda st, prev: 1e9))
+    a, b = _net(seed=1), _net(seed=2)
+    x = torch.randn(3, 128)
+    with torch.no_grad():
+        ref_b = b(x)
+    size = sum(p.numel() * p.element_size() for p in a.parameters())
+    monkeypatch.setenv("PINSTREAM_PIN_CAP_GB", str(1.5 * size / GIB))
+    kw = dict(device="cpu", engine="host", spill_dir=str(tmp_path), mode="sequential")
+    ha = pinstream.offload(a, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        hb = pinstream.offload(b, **kw)
+    with torch.no_grad():
+        assert torch.equal(b(x), ref_b)
+    hb.runtime.fail_next_disk_reads(1)  # its blocks coming back: the first read fails
+    with pytest.warns(RuntimeWarning, match="host RAM could not follow the model that runs"), torch.no_grad():
+        assert torch.equal(b(x), ref_b)
+    with torch.no_grad():  # the next pass moves
+        assert torch.equal(b(x), ref_b)
+    assert hb.stats()["disk_blocks"] == 0 and ha.stats()["disk_blocks"] > 0
+    hb.detach()
+    ha.detach()
