@@ -13,7 +13,7 @@ SYSTEMS = ("pinstream", "naive_swap", "accelerate", "diffusers_block", "diffuser
 # --skip accepts these names (sections and systems)
 SKIPPABLE = ("link", "wan14b", "real_seq", "model_offload", "baselines", "naive_swap", "accelerate",
              "diffusers", "diffusers_block", "diffusers_leaf", "comfyui_lowvram", "fp8", "short_seq", "profile",
-             "disk")
+             "disk", "shared_ram")
 
 # Wan 480p x 81 frames: latent (21, 60, 104) -> (1, 2, 2) patches -> 21 * 30 * 52 tokens
 REAL_GRID = (21, 60, 104)
@@ -56,6 +56,11 @@ class Config:
     disk_budget_fraction: float = 0.3
     disk_prefetch: int = 2
     disk_raw_cap_gb: float = 4.0  # the spill file's O_DIRECT rate: at most this much read
+    # the disk section's two models taking turns (bench/disk.py's shared_run): their shape
+    # (over `wan`; empty: `wan`), the pinning cap as 2 x this fraction of one, steps per prompt
+    shared_wan: dict = field(default_factory=dict)
+    shared_fraction: float = 0.6
+    shared_steps: int = 6
     # seconds a step must leave before the section's deadline to start another
     reserve_s: dict = field(default_factory=dict)
 
@@ -78,7 +83,7 @@ def make_config(dry: bool) -> Config:
             link_mb=[0.25, 1.0, 4.0], link_total_mb=16.0,
             seq_candidates=[16, 32, 64, 128], real_grid=(4, 16, 16), budgets_gb=None,
             text_len=16, timed=2, slow_timed=2, short_seq=8, disk_host_budget_gb=None, timed_disk=3,
-            reserve_s={"build": 1, "run": 0.5, "system": 1, "disk": 1},
+            shared_steps=3, reserve_s={"build": 1, "run": 0.5, "system": 1, "disk": 1, "shared_ram": 1},
         )
     return Config(
         dry=False, device="cuda", engine="cuda", dtype_name="bfloat16",
@@ -86,5 +91,7 @@ def make_config(dry: bool) -> Config:
         link_mb=[4.0, 16.0, 64.0, 256.0, 1024.0], link_total_mb=1024.0,
         seq_candidates=[2048, 4096, 6144, 8192, 10240, 12288, 16384, 20480, 24576, REAL_SEQ],
         real_grid=REAL_GRID, budgets_gb=[10.0, 20.0, 40.0],
-        reserve_s={"build": 20, "run": 3, "system": 25, "disk": 60},
+        # Wan 2.1 1.3B's shape: two of them fit the GPU machine's RAM and disk many times over
+        shared_wan={"dim": 1536, "ffn_dim": 8960, "num_heads": 12, "num_layers": 30},
+        reserve_s={"build": 20, "run": 3, "system": 25, "disk": 60, "shared_ram": 90},
     )

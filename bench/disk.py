@@ -648,7 +648,17 @@ def shared_run(high, low, inputs, *, device, engine, link_gbps, fraction: float,
     import pinstream
 
     models = (high, low)
-    refs = [_forward(m, inputs, device).float().cpu() for m in models]
+
+    def reference(m):  # unmanaged, on the device the inputs are on
+        if device.type == "cpu":
+            return _forward(m, inputs, device).float().cpu()
+        m.to(device)
+        try:
+            return _forward(m, inputs, device).float().cpu()
+        finally:
+            m.to("cpu")
+
+    refs = [reference(m) for m in models]
     cap = int(2 * fraction * model_bytes)
     out: dict = {"pin_cap_bytes": cap, "fraction": fraction, "steps": steps, "setups": {}}
     saved = os.environ.get("PINSTREAM_PIN_CAP_GB")

@@ -165,6 +165,47 @@ class DiskTierSection:
             f"({bound}): x{d['step_over_floor']:.3f}; {d['disk_bytes_per_step'] / GIB:.2f} GiB read per step, "
             f"PinStream's reader {_gbps(d['pinstream_disk_gbps'])} GB/s busy, the disk "
             f"{_gbps(d.get('spill_o_direct_gbps'))} GB/s O_DIRECT, {_gbps(d.get('spill_io_uring_gbps'))} through io_uring")
+        self.write()
+        if self.skipped("shared_ram"):
+            d["shared_ram"] = {"skipped": "--skip shared_ram"}
+        elif not self.enough(deadline, "shared_ram"):
+            d["shared_ram"] = {"skipped": "time budget"}
+        else:
+            self._shared_ram(d)
+
+    def _shared_ram(self, d: dict) -> None:
+        """Two models taking turns (Wan 2.2's experts, here of the ``shared_wan`` shape) for two
+        prompts under one pinning cap: fixed budgets, automatic ones (RAM following the model
+        that runs), and moves forced at each model's second step (bench/disk.py's shared_run),
+        at the short length, where the disk is slower than the compute."""
+        import dataclasses
+
+        import torch
+
+        from pinstream.paths import spill_dir
+
+        from .disk import shared_run
+
+        cfg = dataclasses.replace(self.cfg, wan={**self.cfg.wan, **self.cfg.shared_wan})
+        log(f"two models taking turns: {cfg.wan['num_layers']} blocks of dim {cfg.wan['dim']} each, pinning cap "
+            f"{2 * cfg.shared_fraction:g} of one, {cfg.shared_steps} steps each per prompt at seq {cfg.short_seq}")
+        high, low = build_wan(cfg, "cpu", seed=11), build_wan(cfg, "cpu", seed=12)
+        try:
+            inputs = model_inputs(cfg, high, cfg.device, seq_len=cfg.short_seq)
+            r = shared_run(high, low, inputs, device=torch.device(cfg.device), engine=cfg.engine,
+                           link_gbps=cfg.host_link_gbps, fraction=cfg.shared_fraction,
+                           model_bytes=tensor_bytes(high), prefetch=cfg.disk_prefetch, steps=cfg.shared_steps,
+                           spill_dir=spill_dir())
+        finally:
+            high = low = None
+            free_memory(cfg)
+        r.update(seq_len=cfg.short_seq, shape=dict(cfg.wan))
+        d["shared_ram"] = r
+        for kind, v in r["setups"].items():
+            log(f"  {kind}: second prompt {v['prompt_ms']:.1f} ms, {v['disk_bytes_per_prompt'] / GIB:.2f} GiB from "
+                f"disk, steady step {v['steady_step_ms']:.1f} ms, moves {v['move_ms']:.1f} ms, "
+                f"bit-identical {v['bit_identical']}")
+        self.write()
 
     def _compute_only(self, model, inputs, deadline: float) -> float:
         import torch
@@ -239,7 +280,7 @@ def summary_line(d: dict) -> str | None:
     if "step_ms" not in d:
         why = d.get("skipped") or d.get("error") or "did not run"
         return f"disk tier (host budget {d.get('host_budget_gb', '?')} GB): not measured: {why}"
-    return (f"disk tier, host budget {d['host_budget_gb']:.3g} GB ({d['disk_blocks']} of {d['blocks']} blocks on disk, "
+    line = (f"disk tier, host budget {d['host_budget_gb']:.3g} GB ({d['disk_blocks']} of {d['blocks']} blocks on disk, "
             f"{d['disk_bytes_per_step'] / GIB:.2f} GiB read per step, {d.get('file_system', {}).get('type')}, read "
             f"{d['disk_how']}), sequential prefetch {d['prefetch']} at seq {d['seq_len']}: step {d['step_ms']:.1f} ms "
             f"against max(compute-only {d['compute_only_ms']:.1f}, disk read {_ms(d.get('disk_read_ms_per_step'))}, "
@@ -247,3 +288,12 @@ def summary_line(d: dict) -> str | None:
             f"x{d['step_over_floor']:.3f}; disk O_DIRECT {_gbps(d.get('spill_o_direct_gbps'))} GB/s, through io_uring "
             f"{_gbps(d.get('spill_io_uring_gbps'))} GB/s, PinStream's reader {_gbps(d.get('pinstream_disk_gbps'))} GB/s "
             "of busy time")
+    sh = d.get("shared_ram") or {}
+    if "setups" in sh:
+        line += (f"; two models taking turns ({sh['steps']} steps each, pinning cap {2 * sh['fraction']:g} of one): "
+                 + ", ".join(f"{k} {v['prompt_ms']:.0f} ms a prompt ({v['disk_bytes_per_prompt'] / GIB:.2f} GiB from "
+                             f"disk, moves {v['move_ms']:.0f} ms)" for k, v in sh["setups"].items())
+                 + ("; bit-identical" if all(v["bit_identical"] for v in sh["setups"].values()) else "; NOT bit-identical"))
+    elif sh.get("skipped"):
+        line += f"; two models taking turns: not measured: {sh['skipped']}"
+    return line
