@@ -196,6 +196,7 @@ class OffloadHandle(Replanning):
             raise RuntimeError("PinStream: set_host_budget() during a forward of this model; call it between forwards")
         budget = -1 if host_budget_gb is None else int(_modes.check_host_budget_gb(host_budget_gb) * GIB)
         self._host_budget_given = None if budget < 0 else budget  # its cap from now on
+        self._placed = True  # placed as asked: not again by its timed compute
         return self._move_ram(budget)
 
     def _move_ram(self, budget: int, pin_cap_bytes: int | None = None, by_timing: bool = False) -> int:

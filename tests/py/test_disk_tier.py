@@ -651,7 +651,21 @@ def test_set_host_budget_moves_blocks_between_ram_and_disk_between_passes(tmp_pa
             assert torch.equal(m(x), ref)
 
 
-def test_ram_follows_the_model_that_runs_and_the_waiting_one_lives_on_disk(tmp_path, monkeypatch):
+@pytest.fixture
+def alone():
+    """No other live PinStream model in the process (one a failed test left behind would
+    share the pinning cap)."""
+    import gc
+
+    from pinstream import pin_cap
+
+    gc.collect()
+    for h in pin_cap.live_handles():
+        h.detach()
+    yield
+
+
+def test_ram_follows_the_model_that_runs_and_the_waiting_one_lives_on_disk(tmp_path, monkeypatch, alone):
     """Two models (Wan 2.2's experts) in a process whose pinning cap holds one and a half of
     them: from a model's second pass in a row, the other's blocks go to disk (read from its
     own file, nothing written) and the running one's come back to RAM; every output stays
@@ -830,7 +844,7 @@ def test_blocks_on_disk_are_placed_again_by_their_timed_compute(tmp_path):
     h.detach()
 
 
-def test_a_move_that_fails_before_a_pass_warns_and_the_pass_streams(tmp_path, monkeypatch):
+def test_a_move_that_fails_before_a_pass_warns_and_the_pass_streams(tmp_path, monkeypatch, alone):
     from pinstream.handle import OffloadHandle
 
     monkeypatch.setattr(OffloadHandle, "_disk_excess_ms", staticmethod(lambda st, prev: 1e9))
@@ -847,7 +861,8 @@ def test_a_move_that_fails_before_a_pass_warns_and_the_pass_streams(tmp_path, mo
         hb = pinstream.offload(b, **kw)
     with torch.no_grad():
         assert torch.equal(b(x), ref_b)
-    hb.runtime.fail_next_disk_reads(1)  # its blocks coming back: the first read fails
+    hb.unload()  # no read ahead in flight: the next read is the first of its blocks coming back
+    hb.runtime.fail_next_disk_reads(1)  # that read fails
     with pytest.warns(RuntimeWarning, match="host RAM could not follow the model that runs"), torch.no_grad():
         assert torch.equal(b(x), ref_b)
     with torch.no_grad():  # the next pass moves
