@@ -383,9 +383,8 @@ def offload(
     cap = int(pin_cap_bytes if pin_cap_bytes is not None else pin_cap.available_pin_bytes())
     # the pinning cap left for this model also bounds its RAM, unless a budget is given;
     # what the other models hold counts whether they could pin it or not
-    room = pin_cap.available_host_bytes()
-    host_budget = _host_budget(host_budget_gb, pin_cap=cap if room < 0 or 0 <= cap < room else room,
-                               model_bytes=model_bytes,
+    left = [v for v in (cap, pin_cap.available_host_bytes()) if v >= 0]  # -1: no cap
+    host_budget = _host_budget(host_budget_gb, pin_cap=min(left) if left else -1, model_bytes=model_bytes,
                                largest_block=discovery.largest_block_bytes, prefetch=prefetch)
     # with a known pinning cap, blocks may go to disk later too (when another model runs:
     # see OffloadHandle._follow_ram), so the spill directory is known; it is measured for

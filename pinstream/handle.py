@@ -173,13 +173,15 @@ class OffloadHandle(Replanning):
                 names[name] = w
         self._hooks.keep(install_state_dict_hook(module, self._rt, names, self._apart_units))
 
-    def _refresh_apart(self) -> None:
-        """After blocks moved between RAM and disk: which units are held apart now."""
+    def _refresh_apart(self) -> list:
+        """After blocks moved between RAM and disk: which units are held apart now. Returns
+        which blocks are on disk."""
         on_disk = self._rt.stats()["block_on_disk"]
         self._has_disk = any(on_disk)
         now = self._coded_units | {b for b, d in enumerate(on_disk) if d}
         self._apart_units.clear()  # the same set: the state_dict hook reads it
         self._apart_units.update(now)
+        return on_disk
 
     # ---- host RAM: the disk tier's budget, moved between models -----------------------
     def set_host_budget(self, host_budget_gb: float | None) -> int:
@@ -202,18 +204,16 @@ class OffloadHandle(Replanning):
     def _move_ram(self, budget: int, pin_cap_bytes: int | None = None, by_timing: bool = False) -> int:
         import time
 
-        before = self._rt.stats()
+        before = self._rt.stats()["block_on_disk"]
         start = time.perf_counter()
         try:
             held = self._rt.set_host_budget(budget, pin_cap_bytes, by_timing)
         finally:
-            self._refresh_apart()
-        after = self._rt.stats()
-        if after["block_on_disk"] != before["block_on_disk"]:
+            after = self._refresh_apart()
+        if after != before:
             m = self.ram_moves
             m["moves"] += 1
-            sizes = self._rt.block_bytes
-            pairs = list(zip(before["block_on_disk"], after["block_on_disk"], sizes))
+            pairs = list(zip(before, after, self._rt.block_bytes))
             m["to_disk_bytes"] += sum(b for was, now, b in pairs if now and not was)
             m["to_ram_bytes"] += sum(b for was, now, b in pairs if was and not now)
             m["ms"] += (time.perf_counter() - start) * 1e3

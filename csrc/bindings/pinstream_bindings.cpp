@@ -51,6 +51,18 @@ py::dict ToDict(const PlanInfo& p) {
   return d;
 }
 
+py::dict ToDict(const TorchRuntime::Pace& p) {
+  py::dict d;
+  d["disk_bytes"] = p.disk_bytes;
+  d["compute_ms"] = p.compute_ms;
+  d["disk_wait_ms"] = p.disk_wait_ms;
+  d["disk_gbps"] = p.disk_gbps;
+  d["disk_block_bytes"] = p.disk_block_bytes;
+  d["passes"] = p.passes;
+  d["host_budget_bytes"] = p.host_budget_bytes;
+  return d;
+}
+
 py::dict ToDict(const RuntimeStats& s) {
   const Stats& c = s.core;
   py::dict d;
@@ -123,7 +135,7 @@ py::dict ToDict(const RuntimeStats& s) {
   d["disk_bytes_total"] = c.disk_bytes_total;
   d["disk_wait_ms"] = c.disk_wait_ms;
   d["disk_busy_ms"] = c.disk_busy_ms;
-  d["disk_gbps"] = c.disk_busy_ms > 0 ? static_cast<double>(c.disk_bytes_total) / (c.disk_busy_ms * 1e6) : 0.0;
+  d["disk_gbps"] = DiskGbps(c);
   d["device_bytes"] = s.device_bytes;
   d["peak_device_bytes"] = s.peak_device_bytes;
   d["host_bytes"] = s.host_bytes;
@@ -475,15 +487,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
               py::gil_scoped_release nogil;
               p = rt.GetPace();
             }
-            py::dict d;
-            d["disk_bytes"] = p.disk_bytes;
-            d["compute_ms"] = p.compute_ms;
-            d["disk_wait_ms"] = p.disk_wait_ms;
-            d["disk_gbps"] = p.disk_gbps;
-            d["disk_block_bytes"] = p.disk_block_bytes;
-            d["passes"] = p.passes;
-            d["host_budget_bytes"] = p.host_budget_bytes;
-            return d;
+            return pinstream::ToDict(p);
           },
           "the figures stats() has that deciding a move between RAM and disk needs, without waiting for "
           "pending timings")

@@ -45,6 +45,11 @@ struct Stats {
   std::vector<uint64_t> block_uploads;
 };
 
+// Bytes the disk tier's reader delivered per second of busy disk time (GB/s; 0 before any).
+inline double DiskGbps(const Stats& s) {
+  return s.disk_busy_ms > 0 ? static_cast<double>(s.disk_bytes_total) / (s.disk_busy_ms * 1e6) : 0.0;
+}
+
 }  // namespace pinstream
 
 #endif  // PINSTREAM_CORE_STATS_H_

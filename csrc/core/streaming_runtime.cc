@@ -79,12 +79,7 @@ Status StreamingRuntime::AttachHost(int block, const void* host) {
   blocks_[block].host = host;
   blocks_[block].disk.clear();
   if (!loaded_ || !was_on_disk) return Status::Ok();
-  const int buf = ReadBufferOf(block);
-  if (buf >= 0) {
-    bool done = false;
-    (void)FinishRead(buf, /*wait=*/true, &done);  // its bytes are not needed from there any more
-    reads_[buf].block = -1;
-  }
+  ForgetRead(block);
   return AllocateReadRing();  // sized for the units still on disk (none: freed)
 }
 
@@ -126,12 +121,7 @@ Status StreamingRuntime::SetDiskSource(int block, std::vector<DiskExtent> extent
     }
     at = e.block_offset + e.bytes;
   }
-  const int buf = loaded_ ? ReadBufferOf(block) : -1;
-  if (buf >= 0) {  // read from where it was before
-    bool done = false;
-    (void)FinishRead(buf, /*wait=*/true, &done);
-    reads_[buf].block = -1;
-  }
+  ForgetRead(block);  // read from where it was before
   b.disk = std::move(extents);
   if (b.disk.empty()) b.disk.push_back(DiskExtent{-1, 0, 0, 0});  // a unit with no bytes: nothing to read
   return loaded_ ? AllocateReadRing() : Status::Ok();             // a ring for it (or a larger one)
@@ -641,6 +631,14 @@ void StreamingRuntime::FreeReadRing() {
     if (r.upload_event >= 0) spare_events_.push_back(r.upload_event);
   }
   reads_.clear();
+}
+
+void StreamingRuntime::ForgetRead(int block) {
+  const int buf = ReadBufferOf(block);
+  if (buf < 0) return;
+  bool done = false;
+  (void)FinishRead(buf, /*wait=*/true, &done);  // its bytes are not wanted from there any more
+  reads_[buf].block = -1;
 }
 
 int StreamingRuntime::ReadBufferOf(int block) const {

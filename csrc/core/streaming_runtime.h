@@ -270,6 +270,9 @@ class StreamingRuntime {
   int PassStart() const;
   void FreeReadRing();
   int ReadBufferOf(int block) const;
+  // The read buffer holding (or reading) `block`, if any, holds nothing after
+  // its read ends: the unit's bytes moved.
+  void ForgetRead(int block);
   // A read buffer that may be refilled (no read in flight, its last upload
   // done, preferably holding none of `keep`); wait=true waits for one, else -1
   // when none is free now.

@@ -901,7 +901,8 @@ void TorchRuntime::ToDiskLocked(int block) {
 
 void TorchRuntime::ToOwnBufferLocked(int block, const std::function<void(uint8_t*)>& fill) {
   BlockTensors& info = blocks_[static_cast<size_t>(block)];
-  const uint64_t size = info.exact ? (info.disk ? info.disk_bytes : info.transfer_bytes) : Uint(info.bytes);
+  // a coded unit comes here only from disk (in RAM it has a buffer of its own already)
+  const uint64_t size = info.exact ? info.disk_bytes : Uint(info.bytes);
   const int64_t ring = Int(core_->read_ring_bytes(/*pinned_only=*/true));
   const bool pin = pin_cap_bytes_ < 0 || pinned_bytes_ + ring + Int(size) <= pin_cap_bytes_;
   std::unique_ptr<HostBuffer> buf;
@@ -914,15 +915,8 @@ void TorchRuntime::ToOwnBufferLocked(int block, const std::function<void(uint8_t
   ThrowIfError(core_->AttachHost(block, data));
   const int old_chunk = info.chunk;
   if (info.exact) {
-    if (info.transfer_buffer >= 0) {
-      const bool was_pinned = transfer_buffers_[static_cast<size_t>(info.transfer_buffer)]->get()->pinned();
-      host_bytes_ -= Int(info.transfer_bytes);
-      (was_pinned ? pinned_bytes_ : pageable_bytes_) -= Int(info.transfer_bytes);
-      transfer_buffers_[static_cast<size_t>(info.transfer_buffer)] = owner;
-    } else {
-      info.transfer_buffer = static_cast<int>(transfer_buffers_.size());
-      transfer_buffers_.push_back(owner);
-    }
+    info.transfer_buffer = static_cast<int>(transfer_buffers_.size());
+    transfer_buffers_.push_back(owner);
     info.transfer = data;
     info.transfer_bytes = size;
   } else {
@@ -1442,7 +1436,7 @@ TorchRuntime::Pace TorchRuntime::GetPace() {
   p.disk_bytes = s.disk_bytes;
   p.compute_ms = s.compute_ms;
   p.disk_wait_ms = s.disk_wait_ms;
-  p.disk_gbps = s.disk_busy_ms > 0 ? static_cast<double>(s.disk_bytes_total) / (s.disk_busy_ms * 1e6) : 0.0;
+  p.disk_gbps = DiskGbps(s);
   p.passes = s.passes;
   p.host_budget_bytes = host_budget_bytes_;
   for (const BlockTensors& b : blocks_) p.disk_block_bytes += b.disk ? b.disk_bytes : 0;
