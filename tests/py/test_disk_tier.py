@@ -870,3 +870,31 @@ def test_a_move_that_fails_before_a_pass_warns_and_the_pass_streams(tmp_path, mo
     assert hb.stats()["disk_blocks"] == 0 and ha.stats()["disk_blocks"] > 0
     hb.detach()
     ha.detach()
+
+
+def test_memory_of_a_model_whose_blocks_moved_comes_back_when_it_is_dropped(tmp_path):
+    import gc
+
+    gc.disable()
+    try:
+        base = _C.live_bytes()
+        fds = len(os.listdir("/proc/self/fd"))
+        m = _net()
+        x = torch.randn(3, 128)
+        h = pinstream.offload(m, device="cpu", engine="host", spill_dir=str(tmp_path), mode="sequential")
+        with torch.no_grad():
+            m(x)
+        h.set_host_budget(2 * _block_bytes(m) / GIB)  # out to the spill file, chunk-mates to buffers of their own
+        with torch.no_grad():
+            m(x)
+        h.set_host_budget(None)  # back into buffers of their own
+        with torch.no_grad():
+            m(x)
+        assert _C.live_bytes()["host"] > base["host"]
+        spill = h.stats()["spill_path"]
+        del m, h  # the model owns its handle: no garbage collection needed
+        live = _C.live_bytes()
+        assert live["host"] == base["host"] and live["pinned"] == base["pinned"], (live, base)
+        assert not os.path.exists(spill) and len(os.listdir("/proc/self/fd")) == fds
+    finally:
+        gc.enable()
