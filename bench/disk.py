@@ -60,6 +60,8 @@ import threading
 import time
 import warnings
 
+from pinstream.engine import READ_AHEAD
+
 MIB = 1024**2
 GIB = 1024**3
 ALIGN = 4096
@@ -418,6 +420,9 @@ def stream_run(model, inputs, *, device, engine, link_gbps, transfer: str, host_
             "stall_ms": float(st.get("stall_ms", 0.0)),
             "suggested_prefetch": st.get("suggested_prefetch"),
             "disk_read_misses": st.get("disk_read_misses"),
+            # reads in flight when the host began to wait (the awaited one included), on average
+            "disk_reads_in_flight_at_waits": (st["disk_miss_reads_in_flight"] / st["disk_read_misses"]
+                                              if st.get("disk_read_misses") else None),
             "rss_bytes": int(rss_after),
             "device_arena_bytes": arena,
             # over the RSS before offload less the model's bytes
@@ -596,7 +601,7 @@ def run(args) -> dict:
 
     # 1. the disk's own rate
     min_passes, min_s = (2, 0.0) if args.quick else (3, 2.0)
-    depth = args.prefetch + 2  # prefetch + the runtime's read-ahead (engine.READ_AHEAD)
+    depth = args.prefetch + READ_AHEAD  # the read ring's buffers
     _log(f"disk: writing a {size / MIB:.1f} MiB file and reading it whole with DiskReader (4 threads, 8 MiB chunks)")
     tf = TestFile(spill, size)
     try:
@@ -839,7 +844,9 @@ def _measure(args, res, model, inputs, tf, disc, dev, engine, spill, depth, min_
              f"{plain['disk_bytes_per_step'] / MIB:.1f} MiB read per step: {plain['disk_gbps']:.2f} GB/s of busy disk "
              f"time, {plain['disk_wall_gbps']:.2f} GB/s of step wall time, "
              f"{plain.get('transfer_only', {}).get('wall_gbps', 0):.2f} GB/s with no compute; host waited "
-             f"{plain['disk_wait_ms_per_step']:.1f} ms per step; max |diff| {plain['max_abs_diff']:.3g}")
+             f"{plain['disk_wait_ms_per_step']:.1f} ms per step, "
+             f"{_f(plain['disk_reads_in_flight_at_waits'])} reads in flight as each wait began "
+             f"(ring of {plain['prefetch'] + READ_AHEAD}); max |diff| {plain['max_abs_diff']:.3g}")
         coded = stream_run(model, inputs, transfer="compressed", **common)
         coded_runs.append(coded)
         _log(f"  round {r + 1}, coded: {coded['disk_blocks']} of {coded['blocks']} blocks on disk, coded to "
@@ -899,6 +906,10 @@ def _measure(args, res, model, inputs, tf, disc, dev, engine, spill, depth, min_
     out["ratio_to_o_direct"] = _ratio(out["pinstream_disk_gbps"], o_direct)
     out["coded_ratio_to_o_direct"] = _ratio(out["coded_weights_gbps"], o_direct)
     return out
+
+
+def _f(v, fmt="{:.2f}") -> str:
+    return "n/a" if v is None else fmt.format(v)
 
 
 def _spread(rates) -> str:

@@ -131,6 +131,7 @@ py::dict ToDict(const RuntimeStats& s) {
   d["block_compute_ms"] = s.block_compute_ms;
   d["disk_reads"] = c.disk_reads;
   d["disk_read_misses"] = c.disk_read_misses;
+  d["disk_miss_reads_in_flight"] = c.disk_miss_reads_in_flight;
   d["disk_bytes"] = c.disk_bytes;
   d["disk_bytes_total"] = c.disk_bytes_total;
   d["disk_wait_ms"] = c.disk_wait_ms;

@@ -324,6 +324,11 @@ void DiskReader::FailNextReads(int count) {
   fail_next_ = count;
 }
 
+void DiskReader::DelayReads(int microseconds) {
+  std::lock_guard<std::mutex> lock(mu_);
+  delay_us_ = std::max(0, microseconds);
+}
+
 Status DiskReader::Wait(uint64_t ticket) {
   std::unique_lock<std::mutex> lock(mu_);
   auto it = requests_.find(ticket);
@@ -348,9 +353,13 @@ void DiskReader::Work() {
       --fail_next_;
       s = Status::DeviceError("reading " + files_[c.file].path + ": pread: Input/output error (injected)");
     }
+    const int delay_us = delay_us_;
+    const size_t held = bounce.size();
     lock.unlock();
     if (s.ok()) s = ReadChunk(c, &bounce);
+    if (delay_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(delay_us));
     lock.lock();
+    totals_.bounce_bytes += bounce.size() - held;
     FinishChunk(c, s);
   }
 }
@@ -455,7 +464,13 @@ void DiskReader::RingWork() {
       idle.pop_back();
       Read& r = reads[i];
       r = Read{cur, cur->next, std::min(kRingRead, cur->end - cur->next), 0, nullptr};
-      r.buf = cur->aligned ? cur->c.dst + (r.at - cur->c.offset) : AlignedIn(&bounce[i], kRingRead, cur->f.align);
+      if (!cur->aligned) {
+        const size_t held = bounce[i].size();
+        r.buf = AlignedIn(&bounce[i], r.len, cur->f.align);
+        totals_.bounce_bytes += bounce[i].size() - held;
+      } else {
+        r.buf = cur->c.dst + (r.at - cur->c.offset);
+      }
       ask(&r);
       ++in_flight;
       ++cur->reads;
@@ -543,7 +558,9 @@ Status DiskReader::ReadChunk(const Chunk& c, std::vector<uint8_t>* bounce) {
   }
   const uint64_t begin = c.offset / a * a;
   const uint64_t end = (c.offset + c.bytes + a - 1) / a * a;
-  const uint64_t step = options_.chunk_bytes + a;
+  // the bounce buffer grows to what a read needs (a block's last page: one page),
+  // not to a whole chunk: its pages stay in RSS as long as the thread
+  const uint64_t step = std::min(options_.chunk_bytes + a, end - begin);
   uint8_t* buf = AlignedIn(bounce, step, a);
   for (uint64_t at = begin; at < end; at += step) {
     const uint64_t span = std::min(step, end - at);

@@ -105,10 +105,14 @@ class DiskReader {
     uint64_t bytes = 0;
     uint64_t requests = 0;
     double busy_ms = 0;
+    uint64_t bounce_bytes = 0;  // held in bounce buffers (unaligned O_DIRECT reads), all threads
   };
   Totals totals() const;
   // Fault injection (tests): the next `count` chunks fail with an I/O error.
   void FailNextReads(int count);
+  // Latency injection (tests): every chunk the thread pool reads takes at least
+  // `microseconds` more (a slow disk, for schedules that must keep it busy).
+  void DelayReads(int microseconds);
 
  private:
   struct File {
@@ -156,6 +160,7 @@ class DiskReader {
   uint64_t next_ticket_ = 1;
   bool stop_ = false;
   int fail_next_ = 0;
+  int delay_us_ = 0;
   int in_flight_ = 0;  // requests queued and not finished
   std::chrono::steady_clock::time_point busy_since_;
   Totals totals_;

@@ -31,6 +31,9 @@ struct Stats {
   // for reads the compute needed now, and the time the disk was busy
   uint64_t disk_reads = 0;
   uint64_t disk_read_misses = 0;  // uploads that found their read not done (the host waited)
+  // reads in flight when those waits began, the awaited one included, summed: over
+  // disk_read_misses, how full the read ring kept the disk while the host waited
+  uint64_t disk_miss_reads_in_flight = 0;
   uint64_t disk_bytes = 0;
   double disk_wait_ms = 0;
   double disk_busy_ms = 0;

@@ -729,15 +729,20 @@ Status StreamingRuntime::SourceNow(int block, const uint8_t** src, int* buf) {
     return Status::Ok();
   }
   int at = ReadBufferOf(block);
-  if (at < 0 ||
-      (reads_[static_cast<size_t>(at)].ticket != 0 && !reader_->Done(reads_[static_cast<size_t>(at)].ticket))) {
-    stats_.disk_read_misses += 1;
-  }
+  const bool miss = at < 0 || (reads_[static_cast<size_t>(at)].ticket != 0 &&
+                               !reader_->Done(reads_[static_cast<size_t>(at)].ticket));
   if (at < 0) {
     Window(block, static_cast<int>(reads_.size()), &read_window_);
     PINSTREAM_RETURN_IF_ERROR(FreeReadBuffer(read_window_, /*wait=*/true, &at));
     if (at < 0) return Status::FailedPrecondition("the disk tier has no read buffer");
     PINSTREAM_RETURN_IF_ERROR(SubmitRead(at, block));
+  }
+  if (miss) {
+    // the host is about to wait: the buffers free by now are refilled first, so
+    // the disk has the whole ring's reads queued, not only those of the last call
+    ReadAhead(block);
+    stats_.disk_read_misses += 1;
+    for (const ReadBuffer& r : reads_) stats_.disk_miss_reads_in_flight += r.ticket != 0 && !reader_->Done(r.ticket);
   }
   bool done = false;
   PINSTREAM_RETURN_IF_ERROR(FinishRead(at, /*wait=*/true, &done));
