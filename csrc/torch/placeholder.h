@@ -6,8 +6,10 @@
 // all-ones bytes (NaN in every float format), so reading a coded weight outside
 // a forward gives NaN, never plausible values: PinStream decodes a weight's
 // values on the host when they are asked for (state_dict, weight patches,
-// detach). The region grows to the largest weight; it costs that once per
-// process, whatever the number of models.
+// detach). The region grows to the largest weight. Its pages are one 1 MiB
+// chunk of shared memory mapped again and again (copy-on-write), so the
+// placeholder of a model costs that 1 MiB once per process, not the size of its
+// largest weight (hundreds of MiB in a 14B model), whatever the number of models.
 #ifndef PINSTREAM_TORCH_PLACEHOLDER_H_
 #define PINSTREAM_TORCH_PLACEHOLDER_H_
 

@@ -9,10 +9,13 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <fstream>
 #include <stdexcept>
+#include <string>
 
 #include "torch/errors.h"
 #include "torch/live_bytes.h"
+#include "torch/placeholder.h"
 
 namespace pinstream {
 namespace {
@@ -46,6 +49,36 @@ void ExpectEqual(const std::vector<std::vector<at::Tensor>>& a, const std::vecto
   for (size_t i = 0; i < a.size(); ++i) {
     for (size_t k = 0; k < a[i].size(); ++k) EXPECT_TRUE(torch::equal(a[i][k], b[i][k])) << i << "." << k;
   }
+}
+
+// Resident bytes of this process (VmRSS).
+uint64_t RssBytes() {
+  std::ifstream f("/proc/self/status");
+  std::string key;
+  uint64_t kb = 0;
+  while (f >> key) {
+    if (key == "VmRSS:") {
+      f >> kb;
+      return kb * 1024;
+    }
+    f.ignore(1 << 16, '\n');
+  }
+  return 0;
+}
+
+TEST(CodedPlaceholder, ALargeWeightsPlaceholderIsNaNAndCostsNoMemoryOfItsSize) {
+  // a weight of 96 MiB (larger than any placeholder made before it in this process)
+  const uint64_t before = RssBytes();
+  at::Tensor w = CodedPlaceholder(at::kBFloat16, {6144, 8192}, {8192, 1}, /*inference=*/false);
+  const uint64_t after = RssBytes();
+  EXPECT_LT(after, before + (8ULL << 20)) << "the placeholder of a 96 MiB weight took "
+                                          << (after - before) / (1 << 20) << " MiB of RSS";
+  EXPECT_EQ(w.sizes(), at::IntArrayRef({6144, 8192}));
+  EXPECT_TRUE(torch::isnan(w.index({torch::indexing::Slice(0, 64)}).to(at::kFloat)).all().item<bool>());
+  EXPECT_TRUE(torch::isnan(w.index({torch::indexing::Slice(6000, 6144)}).to(at::kFloat)).all().item<bool>());
+  // a smaller weight made after it shares the region
+  at::Tensor v = CodedPlaceholder(at::kFloat, {1024}, {1}, false);
+  EXPECT_TRUE(torch::isnan(v).all().item<bool>());
 }
 
 TEST(TorchRuntime, PacksWeightsInOneHostCopyAndRepointsThem) {
