@@ -373,7 +373,7 @@ def stream_run(model, inputs, *, device, engine, link_gbps, transfer: str, host_
             times.append(time.perf_counter() - t0)
             a = h.stats()
             after.append((int(a["disk_bytes"]), int(a["disk_bytes_total"]), float(a["disk_busy_ms"]),
-                          float(a["disk_wait_ms"])))
+                          float(a["disk_wait_ms"]), float(a["disk_request_ms"])))
             drop()
         st = h.stats()
         gc.collect()
@@ -415,7 +415,8 @@ def stream_run(model, inputs, *, device, engine, link_gbps, transfer: str, host_
             # first step's own count misses the blocks read ahead for it before the reset
             "steady": {"steps": len(times) - 1, "disk_bytes": after[-1][0] - after[0][0],
                        "disk_bytes_total": after[-1][1] - after[0][1], "busy_ms": after[-1][2] - after[0][2],
-                       "wait_ms": after[-1][3] - after[0][3], "wall_s": sum(times[1:])},
+                       "wait_ms": after[-1][3] - after[0][3], "wall_s": sum(times[1:]),
+                       "request_ms": after[-1][4] - after[0][4]},
             "upload_gbps": float(st.get("upload_gbps", 0.0)),
             "stall_ms": float(st.get("stall_ms", 0.0)),
             "suggested_prefetch": st.get("suggested_prefetch"),
@@ -438,6 +439,9 @@ def stream_run(model, inputs, *, device, engine, link_gbps, transfer: str, host_
         res["disk_gbps"] = sd["disk_bytes_total"] / (sd["busy_ms"] / 1000.0) / 1e9 if sd["busy_ms"] > 0 else 0.0
         res["disk_wall_gbps"] = sd["disk_bytes"] / sd["wall_s"] / 1e9 if sd["wall_s"] > 0 else 0.0
         res["disk_wait_ms_per_step"] = sd["wait_ms"] / max(1, sd["steps"])
+        # reads in flight on average while the disk was busy (each read's time from submit to done,
+        # summed, over the busy time)
+        res["disk_reads_in_flight"] = sd["request_ms"] / sd["busy_ms"] if sd["busy_ms"] > 0 else None
         if transfer == "compressed":
             res["coded_ratio"] = float(st.get("exact_ratio", 1.0))
             # every disk block is read once a pass: the plain bytes delivered are the coded bytes
@@ -844,9 +848,9 @@ def _measure(args, res, model, inputs, tf, disc, dev, engine, spill, depth, min_
              f"{plain['disk_bytes_per_step'] / MIB:.1f} MiB read per step: {plain['disk_gbps']:.2f} GB/s of busy disk "
              f"time, {plain['disk_wall_gbps']:.2f} GB/s of step wall time, "
              f"{plain.get('transfer_only', {}).get('wall_gbps', 0):.2f} GB/s with no compute; host waited "
-             f"{plain['disk_wait_ms_per_step']:.1f} ms per step, "
-             f"{_f(plain['disk_reads_in_flight_at_waits'])} reads in flight as each wait began "
-             f"(ring of {plain['prefetch'] + READ_AHEAD}); max |diff| {plain['max_abs_diff']:.3g}")
+             f"{plain['disk_wait_ms_per_step']:.1f} ms per step; reads in flight (ring of "
+             f"{plain['prefetch'] + READ_AHEAD}): {_f(plain['disk_reads_in_flight'])} while the disk was busy, "
+             f"{_f(plain['disk_reads_in_flight_at_waits'])} as each wait began; max |diff| {plain['max_abs_diff']:.3g}")
         coded = stream_run(model, inputs, transfer="compressed", **common)
         coded_runs.append(coded)
         _log(f"  round {r + 1}, coded: {coded['disk_blocks']} of {coded['blocks']} blocks on disk, coded to "

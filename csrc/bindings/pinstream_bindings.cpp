@@ -136,6 +136,7 @@ py::dict ToDict(const RuntimeStats& s) {
   d["disk_bytes_total"] = c.disk_bytes_total;
   d["disk_wait_ms"] = c.disk_wait_ms;
   d["disk_busy_ms"] = c.disk_busy_ms;
+  d["disk_request_ms"] = c.disk_request_ms;
   d["disk_gbps"] = DiskGbps(c);
   d["device_bytes"] = s.device_bytes;
   d["peak_device_bytes"] = s.peak_device_bytes;

@@ -276,6 +276,7 @@ Status DiskReader::SubmitMany(const std::vector<Range>& ranges, uint64_t* ticket
   }
   *ticket = next_ticket_++;
   Request& req = requests_[*ticket];
+  req.submitted = std::chrono::steady_clock::now();
   bool ring = false, pool = false;
   for (const Range& r : ranges) {
     // O_DIRECT files go to the io_uring thread where there is one, the rest to the pool
@@ -369,6 +370,7 @@ void DiskReader::FinishChunk(const Chunk& c, const Status& s) {
   if (!s.ok() && r.status.ok()) r.status = s;
   if (--r.pending == 0) {
     totals_.requests += 1;
+    totals_.request_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - r.submitted).count();
     if (r.status.ok()) totals_.bytes += r.bytes;
     if (--in_flight_ == 0) {
       totals_.busy_ms +=

@@ -100,11 +100,13 @@ class DiskReader {
   Status Wait(uint64_t ticket);
 
   // Totals since construction: bytes read by finished requests, and the time
-  // at least one request was in flight (what the disk rate is measured over).
+  // at least one request was in flight (what the disk rate is measured over);
+  // request_ms / busy_ms is how many requests were in flight on average then.
   struct Totals {
     uint64_t bytes = 0;
     uint64_t requests = 0;
     double busy_ms = 0;
+    double request_ms = 0;      // each finished request's time from Submit to done, summed
     uint64_t bounce_bytes = 0;  // held in bounce buffers (unaligned O_DIRECT reads), all threads
   };
   Totals totals() const;
@@ -136,6 +138,7 @@ class DiskReader {
     int pending = 0;
     uint64_t bytes = 0;
     Status status;
+    std::chrono::steady_clock::time_point submitted;
   };
 
   struct Ring;  // the io_uring and its wake-up eventfd (disk_reader.cc)

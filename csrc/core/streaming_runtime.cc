@@ -890,6 +890,7 @@ void StreamingRuntime::Drain(bool wait) {
   if (reader_ != nullptr) {
     const DiskReader::Totals t = reader_->totals();
     stats_.disk_busy_ms = t.busy_ms - reader_base_.busy_ms;
+    stats_.disk_request_ms = t.request_ms - reader_base_.request_ms;
     stats_.disk_bytes_total = t.bytes - reader_base_.bytes;
   }
   stats_.transform_ms += timings_.transform_ms;
