@@ -370,7 +370,8 @@ void DiskReader::FinishChunk(const Chunk& c, const Status& s) {
   if (!s.ok() && r.status.ok()) r.status = s;
   if (--r.pending == 0) {
     totals_.requests += 1;
-    totals_.request_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - r.submitted).count();
+    totals_.request_ms +=
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - r.submitted).count();
     if (r.status.ok()) totals_.bytes += r.bytes;
     if (--in_flight_ == 0) {
       totals_.busy_ms +=

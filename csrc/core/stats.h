@@ -37,7 +37,7 @@ struct Stats {
   uint64_t disk_bytes = 0;
   double disk_wait_ms = 0;
   double disk_busy_ms = 0;
-  double disk_request_ms = 0;  // reads' times from submit to done, summed: / disk_busy_ms, reads in flight
+  double disk_request_ms = 0;     // reads' times from submit to done, summed: / disk_busy_ms, reads in flight
   uint64_t disk_bytes_total = 0;  // every byte the reader delivered (loads included)
   // compute spans the engine timed (a block's use, or several nested), and the
   // look-ahead the measured times ask for (0 until measured)

@@ -729,8 +729,8 @@ Status StreamingRuntime::SourceNow(int block, const uint8_t** src, int* buf) {
     return Status::Ok();
   }
   int at = ReadBufferOf(block);
-  const bool miss = at < 0 || (reads_[static_cast<size_t>(at)].ticket != 0 &&
-                               !reader_->Done(reads_[static_cast<size_t>(at)].ticket));
+  const bool miss =
+      at < 0 || (reads_[static_cast<size_t>(at)].ticket != 0 && !reader_->Done(reads_[static_cast<size_t>(at)].ticket));
   if (at < 0) {
     Window(block, static_cast<int>(reads_.size()), &read_window_);
     PINSTREAM_RETURN_IF_ERROR(FreeReadBuffer(read_window_, /*wait=*/true, &at));

@@ -71,8 +71,8 @@ TEST(CodedPlaceholder, ALargeWeightsPlaceholderIsNaNAndCostsNoMemoryOfItsSize) {
   const uint64_t before = RssBytes();
   at::Tensor w = CodedPlaceholder(at::kBFloat16, {6144, 8192}, {8192, 1}, /*inference=*/false);
   const uint64_t after = RssBytes();
-  EXPECT_LT(after, before + (8ULL << 20)) << "the placeholder of a 96 MiB weight took "
-                                          << (after - before) / (1 << 20) << " MiB of RSS";
+  EXPECT_LT(after, before + (8ULL << 20))
+      << "the placeholder of a 96 MiB weight took " << (after - before) / (1 << 20) << " MiB of RSS";
   EXPECT_EQ(w.sizes(), at::IntArrayRef({6144, 8192}));
   EXPECT_TRUE(torch::isnan(w.index({torch::indexing::Slice(0, 64)}).to(at::kFloat)).all().item<bool>());
   EXPECT_TRUE(torch::isnan(w.index({torch::indexing::Slice(6000, 6144)}).to(at::kFloat)).all().item<bool>());
