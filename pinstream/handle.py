@@ -272,8 +272,8 @@ class OffloadHandle(Replanning):
         floor = sum(h.ram_bytes for h in others if h not in givers) + sum(
             h.discovery.nonblock_bytes + h._ring_bytes() for h in givers)
         gain = goal(room - floor) - held
-        gbps = float(st.get("disk_gbps", 0.0))
-        if gain < self.discovery.largest_block_bytes or (gbps > 0 and self._rent_ms < gain / (gbps * 1e6) * 1e3):
+        if gain < self.discovery.largest_block_bytes or not self._move_pays(self._rent_ms, gain,
+                                                                            float(st.get("disk_gbps", 0.0))):
             return
         try:
             for other in givers:  # the least recently run first, each wholly
@@ -295,6 +295,12 @@ class OffloadHandle(Replanning):
     def _ring_bytes(self) -> int:
         """Its read ring while blocks live on disk: prefetch + read-ahead of its largest block."""
         return (self.prefetch + 2) * self.discovery.largest_block_bytes
+
+    @staticmethod
+    def _move_pays(rent_ms: float, gain_bytes: int, gbps: float) -> bool:
+        """Whether the disk time counted (``rent_ms``) reached what reading ``gain_bytes``
+        back into RAM takes at ``gbps`` (GB/s; no rate measured yet: it pays)."""
+        return gbps <= 0 or rent_ms >= gain_bytes / (gbps * 1e6)
 
     @staticmethod
     def _disk_excess_ms(st: dict, prev: tuple) -> float:

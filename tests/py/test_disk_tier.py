@@ -793,6 +793,16 @@ def test_the_time_the_disk_held_a_pass_beyond_its_compute():
     assert excess({"disk_bytes": 5000, "compute_ms": 10.0, "disk_wait_ms": 0.5, "disk_gbps": 0.0}, prev) == 0.5
 
 
+def test_a_move_pays_once_the_disk_time_counted_reaches_its_read():
+    from pinstream.handle import OffloadHandle
+
+    pays = OffloadHandle._move_pays
+    # 55 MB back into RAM at 1.1 GB/s takes 50 ms
+    assert not pays(49.0, 55_000_000, 1.1)
+    assert pays(50.5, 55_000_000, 1.1)
+    assert pays(0.0, 55_000_000, 0.0)  # no disk rate measured yet
+
+
 class _Block(nn.Module):
     def __init__(self, dim, heavy):
         super().__init__()
