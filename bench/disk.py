@@ -642,8 +642,9 @@ def shared_run(high, low, inputs, *, device, engine, link_gbps, fraction: float,
     """Wan 2.2's two experts taking turns for two prompts (``steps`` steps each per prompt,
     high then low) under a pinning cap of 2 x ``fraction`` x one model: "fixed", each model
     with a host budget of ``fraction`` of itself, against "shared", automatic budgets where
-    host RAM follows the model that runs (from its second step in a row the other's blocks
-    go to disk and its own come back). Figures of the second prompt: its wall time, the
+    host RAM follows the model that runs (once the disk time it counted pays for the read,
+    the other gives it the RAM that hides its disk time under its compute). Figures of the
+    second prompt: its wall time, the
     bytes read from disk, the median step of each expert's steps from the third on, the
     time the moves took, and whether every output was full load's. "forced" is "shared" with
     the RAM taken at each model's second step whether or not the disk time spent pays for

@@ -74,6 +74,7 @@ class OffloadHandle(Replanning):
         self._run_seq = 0  # when its last pass began (a process-wide count)
         self._pass_snap = None  # disk bytes, compute ms, disk wait ms when its last pass began
         self._rent_ms = 0.0  # time the disk held its passes in a row beyond their compute
+        self._rent_passes = 0  # the passes counted in it
         self._placed = False  # its blocks on disk placed once by their timed compute
         self._host_budget_given: int | None = None  # host_budget_gb as bytes, when one was given
         # moves between RAM and disk (set_host_budget, RAM following the running model)
@@ -223,24 +224,26 @@ class OffloadHandle(Replanning):
         """Before a pass: host RAM follows the model that runs. A model with blocks on disk
         counts, pass after pass in a row, the time the disk held its passes beyond their
         compute; once that reaches what reading its blocks back into RAM once would take (at
-        the disk rate measured), it takes the RAM: models waiting for their turn (the least
-        recently run first, those with an automatic host budget) move wholly to disk when it
-        needs their RAM, and its own blocks come back, up to the process's pinning cap (and its
-        own host budget when one was given). Wan 2.2's two experts: the one not running lives
-        on disk. A disk that keeps up with the compute, or models that alternate every pass,
-        move nothing."""
+        the disk rate measured), it takes the RAM that hides its disk time under its compute
+        (what the disk reads in the time a pass outlasted it): models waiting for their turn
+        (the least recently run first, those with an automatic host budget) move as many of
+        their blocks to disk as it is short of, and its own blocks come back, up to the
+        process's pinning cap (and its own host budget when one was given). Wan 2.2's two
+        experts: where the disk is far slower than the compute, the one not running lives on
+        disk. A disk that keeps up with the compute, or models that alternate every pass, move
+        nothing."""
         with _RAM_LOCK:
             last = _LAST_RUNNER[0]() if _LAST_RUNNER[0] is not None else None
             _LAST_RUNNER[0] = weakref.ref(self)
             _RUN_SEQ[0] += 1
             self._run_seq = _RUN_SEQ[0]
         if not self._has_disk:
-            self._pass_snap, self._rent_ms = None, 0.0
+            self._pass_snap, self._rent_ms, self._rent_passes = None, 0.0, 0
             return
         st = self._rt.pace()  # no wait for the timings of work still in flight
         prev, self._pass_snap = self._pass_snap, (st["disk_bytes"], st["compute_ms"], st["disk_wait_ms"])
         if last is not self or prev is None:
-            self._rent_ms = 0.0  # a switch: the count starts again
+            self._rent_ms, self._rent_passes = 0.0, 0  # a switch: the count starts again
             return
         if not self._placed and st["passes"] >= 2:
             # once its blocks' compute was timed: placed again by it where it is spread unlike their bytes
@@ -253,6 +256,7 @@ class OffloadHandle(Replanning):
                 warnings.warn(f"PinStream: blocks on disk could not be placed by their compute: {e}",
                               RuntimeWarning, stacklevel=2)
         self._rent_ms += self._disk_excess_ms(st, prev)
+        self._rent_passes += 1
         cap = pin_cap.default_pin_cap_bytes()
         if cap < 0 or self._rent_ms <= 0:
             return
@@ -268,19 +272,27 @@ class OffloadHandle(Replanning):
             return want if self._host_budget_given is None else min(want, self._host_budget_given)
 
         # what it could hold with every giver on disk (each then keeps its part outside the
-        # blocks and its read ring), and whether the disk time spent so far pays for the read
+        # blocks and its read ring); of that it takes what hides its disk time under its
+        # compute: the bytes the disk reads in the time a pass exceeded it by, a block more.
+        # More RAM would save it nothing, and the giver would read it back at its turn.
         floor = sum(h.ram_bytes for h in others if h not in givers) + sum(
             h.discovery.nonblock_bytes + h._ring_bytes() for h in givers)
-        gain = goal(room - floor) - held
-        if gain < self.discovery.largest_block_bytes or not self._move_pays(self._rent_ms, gain,
-                                                                            float(st.get("disk_gbps", 0.0))):
+        gbps = float(st.get("disk_gbps", 0.0))
+        want = self._hiding_bytes(held, self._rent_ms / max(1, self._rent_passes), gbps,
+                                  self.discovery.largest_block_bytes, goal(room - floor))
+        gain = want - held
+        if gain < self.discovery.largest_block_bytes or not self._move_pays(self._rent_ms, gain, gbps):
             return
+        # the room it needs beside the others: its ring too while blocks stay on disk
+        required = need if want >= need else want + self._ring_bytes()
         try:
-            for other in givers:  # the least recently run first, each wholly
-                if need <= room - sum(h.ram_bytes for h in others):
+            for other in givers:  # the least recently run first, each what is still short
+                short = required - (room - sum(h.ram_bytes for h in others))
+                if short <= 0:
                     break
-                other._move_ram(0)
-            target = goal(room - sum(h.ram_bytes for h in others))
+                ring = 0 if other._has_disk else other._ring_bytes()  # it reads from disk after
+                other._move_ram(max(0, other.host_bytes - short - ring))
+            target = min(want, goal(room - sum(h.ram_bytes for h in others)))
             if target >= held + self.discovery.largest_block_bytes or target >= need:
                 self._move_ram(target, pin_cap_bytes=pin_cap.available_pin_bytes(elsewhere) + self.pinned_bytes)
         except RuntimeError as e:
@@ -290,11 +302,20 @@ class OffloadHandle(Replanning):
 
             warnings.warn(f"PinStream: host RAM could not follow the model that runs: {e}", RuntimeWarning,
                           stacklevel=2)
-        self._rent_ms = 0.0
+        self._rent_ms, self._rent_passes = 0.0, 0
 
     def _ring_bytes(self) -> int:
         """Its read ring while blocks live on disk: prefetch + read-ahead of its largest block."""
         return (self.prefetch + 2) * self.discovery.largest_block_bytes
+
+    @staticmethod
+    def _hiding_bytes(held: int, excess_ms: float, gbps: float, block: int, most: int) -> int:
+        """The host bytes that hide a model's disk time under its compute: ``held`` and what
+        the disk reads in ``excess_ms`` (how long a pass's reads outlasted its compute) at
+        ``gbps``, a ``block`` more for the blocks' granularity; at most ``most``, all of it
+        while no disk rate was measured."""
+        bytes_ = held + excess_ms * gbps * 1e6 + block
+        return most if gbps <= 0 or bytes_ >= most else int(bytes_)  # (excess_ms may be inf)
 
     @staticmethod
     def _move_pays(rent_ms: float, gain_bytes: int, gbps: float) -> bool:

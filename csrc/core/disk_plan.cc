@@ -60,10 +60,24 @@ std::vector<bool> ChooseDiskUnits(const std::vector<DiskPlanUnit>& units, uint64
     excess = 0;
     covered = true;
   }
-  if (!covered) {  // every streamed unit goes
-    for (size_t p = 0; p < m; ++p) {
+  if (!covered) {
+    // compute so uneven that stretches fall inside long units and picked too few: those of
+    // one stretch a unit, then the others, largest first (in order among equals), until the
+    // excess is covered (every streamed unit only where the budget asks for that)
+    for (size_t p : picks) {
       disk[streamed[p]] = true;
       excess -= std::min(excess, units[streamed[p]].host_bytes);
+    }
+    std::vector<size_t> rest;
+    for (size_t p = 0; p < m; ++p) {
+      if (!disk[streamed[p]]) rest.push_back(p);
+    }
+    std::stable_sort(rest.begin(), rest.end(), [&](size_t x, size_t y) {
+      return units[streamed[x]].host_bytes > units[streamed[y]].host_bytes;
+    });
+    for (size_t i = 0; i < rest.size() && excess > 0; ++i) {
+      disk[streamed[rest[i]]] = true;
+      excess -= std::min(excess, units[streamed[rest[i]]].host_bytes);
     }
   }
   *over = excess;

@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <string>
 
 #include "core/spill_file.h"
@@ -50,6 +51,19 @@ TEST(DiskPlan, TheSpreadFollowsComputeNotCount) {
   for (int i = 0; i < 8; ++i) u[static_cast<size_t>(i)].compute = i < 4 ? 10.0 : 1.0;
   EXPECT_EQ(Flags(ChooseDiskUnits(u, 0, 3600 - 800, &over)), "....D...");
   EXPECT_EQ(Flags(ChooseDiskUnits(u, 0, 3600 - 900, &over)), ".D..D...");
+  EXPECT_EQ(over, 0u);
+}
+
+TEST(DiskPlan, ComputeFarFromEvenStillSendsOnlyWhatTheBudgetAsks) {
+  // the first unit computes 100 times longer than each other one: most stretches of
+  // compute fall inside it, so the stretches pick too few units; the rest come from the
+  // other units until the excess is covered, and the others stay in RAM
+  std::vector<DiskPlanUnit> u = Units(16, 100);
+  u[0].compute = 1000.0;
+  for (size_t i = 1; i < 16; ++i) u[i].compute = 10.0;
+  uint64_t over = 1;
+  const std::vector<bool> disk = ChooseDiskUnits(u, 0, 1600 - 1150, &over);  // 12 must go
+  EXPECT_EQ(std::count(disk.begin(), disk.end(), true), 12) << Flags(disk);
   EXPECT_EQ(over, 0u);
 }
 

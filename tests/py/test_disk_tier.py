@@ -726,6 +726,64 @@ def test_ram_follows_the_model_that_runs_and_the_waiting_one_lives_on_disk(tmp_p
     run(b, ref_b, 1)
 
 
+def test_the_running_model_takes_only_the_ram_that_hides_its_disk_time(tmp_path, monkeypatch, alone):
+    """Where the disk outlasts a model's compute by the read of 3 blocks a pass, it takes
+    about that much RAM (3 blocks, a block more), not all of itself; the waiting model gives
+    only what it is short of and keeps the rest of its blocks in RAM."""
+    from pinstream.handle import OffloadHandle
+
+    block = None
+
+    def three_blocks_late(st, prev):  # the time the disk takes for 3 blocks at its measured rate
+        return 3 * block / (st["disk_gbps"] * 1e6) if st.get("disk_gbps") else 0.0
+
+    monkeypatch.setattr(OffloadHandle, "_disk_excess_ms", staticmethod(three_blocks_late))
+    a, b = _net(seed=1, n=16), _net(seed=2, n=16)
+    block = _block_bytes(a)
+    x = torch.randn(3, 128)
+    with torch.no_grad():
+        ref_a, ref_b = a(x), b(x)
+    size = sum(p.numel() * p.element_size() for p in a.parameters())
+    monkeypatch.setenv("PINSTREAM_PIN_CAP_GB", str(1.5 * size / GIB))
+    spill = tmp_path / "spill"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ha = pinstream.offload(a, device="cpu", engine="host", spill_dir=str(spill), mode="sequential")
+        hb = pinstream.offload(b, device="cpu", engine="host", spill_dir=str(spill), mode="sequential")
+    assert ha.stats()["disk_blocks"] == 0 and hb.stats()["disk_blocks"] > 0
+    ha._placed = hb._placed = True  # not placed again by their timed compute: one move to look at
+    held = hb.host_bytes
+
+    def run(m, ref, passes):
+        for _ in range(passes):
+            with torch.no_grad():
+                assert torch.equal(m(x), ref)
+
+    run(b, ref_b, 3)  # 2 passes counted: 6 blocks' time, past the 4 blocks' read it takes
+    assert hb.ram_moves["moves"] == 1
+    assert held + 2 * block <= hb.host_bytes <= held + 5 * block, (held, hb.host_bytes, block)
+    on_disk_a = ha.stats()["disk_blocks"]
+    assert 0 < on_disk_a <= 10, on_disk_a  # A gave what B was short of, not all of itself
+    assert ha.host_bytes + hb.host_bytes + hb.stats()["read_ring_bytes"] <= int(1.5 * size)
+    run(b, ref_b, 2)
+    run(a, ref_a, 1)
+    hb.detach()
+    ha.detach()
+    run(a, ref_a, 1)
+    run(b, ref_b, 1)
+
+
+def test_the_ram_that_hides_a_models_disk_time():
+    from pinstream.handle import OffloadHandle
+
+    hide = OffloadHandle._hiding_bytes
+    # 20 ms a pass beyond the compute at 1.5 GB/s: 30 MB, and a block of 4 MB
+    assert hide(10_000_000, 20.0, 1.5, 4_000_000, 10**9) == 10_000_000 + 30_000_000 + 4_000_000
+    assert hide(10_000_000, 20.0, 1.5, 4_000_000, 25_000_000) == 25_000_000  # at most what it can hold
+    assert hide(10_000_000, 20.0, 0.0, 4_000_000, 25_000_000) == 25_000_000  # no rate measured yet
+    assert hide(10_000_000, float("inf"), 1.5, 4_000_000, 25_000_000) == 25_000_000
+
+
 def test_a_block_changed_in_ram_after_it_came_back_is_written_again_when_it_goes(tmp_path):
     m = _net()
     x = torch.randn(3, 128)
