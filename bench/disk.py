@@ -641,7 +641,8 @@ def shared_run(high, low, inputs, *, device, engine, link_gbps, fraction: float,
                steps: int, spill_dir: str) -> dict:
     """Wan 2.2's two experts taking turns for two prompts (``steps`` steps each per prompt,
     high then low) under a pinning cap of 2 x ``fraction`` x one model: "fixed", each model
-    with a host budget of ``fraction`` of itself, against "shared", automatic budgets where
+    with a host budget of half of what the cap leaves beside both read rings (so that both
+    setups hold the same RAM), against "shared", automatic budgets where
     host RAM follows the model that runs (once the disk time it counted pays for the read,
     the other gives it the RAM that hides its disk time under its compute). Figures of the
     second prompt: its wall time, the
@@ -670,7 +671,12 @@ def shared_run(high, low, inputs, *, device, engine, link_gbps, fraction: float,
 
     refs = [reference(m) for m in models]
     cap = int(2 * fraction * model_bytes)
-    out: dict = {"pin_cap_bytes": cap, "fraction": fraction, "steps": steps, "setups": {}}
+    from pinstream.discovery import discover_blocks
+
+    ring = (prefetch + READ_AHEAD) * discover_blocks(high).largest_block_bytes  # each model's read ring
+    fixed_budget = max(0, (cap - 2 * ring) // 2)
+    out: dict = {"pin_cap_bytes": cap, "fraction": fraction, "steps": steps, "fixed_budget_bytes": fixed_budget,
+                 "setups": {}}
     saved = os.environ.get("PINSTREAM_PIN_CAP_GB")
     os.environ["PINSTREAM_PIN_CAP_GB"] = str(cap / GIB)
     try:
@@ -683,7 +689,7 @@ def shared_run(high, low, inputs, *, device, engine, link_gbps, fraction: float,
             kw = dict(mode="sequential", device=str(device), engine=engine, prefetch=prefetch,
                       link_gbps=link_gbps if engine == "host" else None, spill_dir=spill_dir)
             if setup == "fixed":
-                kw["host_budget_gb"] = fraction * model_bytes / GIB
+                kw["host_budget_gb"] = fixed_budget / GIB
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 handles = [pinstream.offload(m, **kw) for m in models]
@@ -978,7 +984,8 @@ def summary(res: dict) -> str:
     ]
     sh = res.get("shared_ram")
     if sh:
-        names = {"fixed": "fixed budgets", "shared": "RAM following the model that runs",
+        names = {"fixed": f"fixed budgets of {sh['fixed_budget_bytes'] / MIB:.1f} MiB (half the cap beside both "
+                          "read rings)", "shared": "RAM following the model that runs",
                  "forced": "RAM taken at each model's second step"}
         parts = []
         for setup, r in sh["setups"].items():
