@@ -675,6 +675,14 @@ def shared_run(high, low, inputs, *, device, engine, link_gbps, fraction: float,
 
     ring = (prefetch + READ_AHEAD) * discover_blocks(high).largest_block_bytes  # each model's read ring
     fixed_budget = max(0, (cap - 2 * ring) // 2)
+    # each expert loaded from its own file, as ComfyUI loads a checkpoint: blocks going to disk
+    # are read from there later (nothing written)
+    from safetensors.torch import save_file
+
+    os.makedirs(spill_dir, exist_ok=True)
+    files = [os.path.join(spill_dir, f"pinstream-bench-expert-{os.getpid()}-{k}.safetensors") for k in range(2)]
+    for m, path in zip(models, files):
+        save_file({"model.diffusion_model." + k: v.contiguous() for k, v in m.state_dict().items()}, path)
     out: dict = {"pin_cap_bytes": cap, "fraction": fraction, "steps": steps, "fixed_budget_bytes": fixed_budget,
                  "setups": {}}
     saved = os.environ.get("PINSTREAM_PIN_CAP_GB")
@@ -692,7 +700,7 @@ def shared_run(high, low, inputs, *, device, engine, link_gbps, fraction: float,
                 kw["host_budget_gb"] = fixed_budget / GIB
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                handles = [pinstream.offload(m, **kw) for m in models]
+                handles = [pinstream.offload(m, source_files=path, **kw) for m, path in zip(models, files)]
             try:
                 same = True
                 for prompt in range(2):
@@ -717,6 +725,7 @@ def shared_run(high, low, inputs, *, device, engine, link_gbps, fraction: float,
                     "moved_to_ram_bytes": int(sum(h.ram_moves["to_ram_bytes"] for h in handles)),
                     "host_bytes": [int(h.host_bytes) for h in handles],
                     "spill_bytes": [int(st["spill_bytes"]) for st in stats],
+                    "source_block_bytes": [int(st["source_block_bytes"]) for st in stats],
                     "bit_identical": bool(same),
                 }
             finally:
@@ -728,6 +737,9 @@ def shared_run(high, low, inputs, *, device, engine, link_gbps, fraction: float,
             os.environ.pop("PINSTREAM_PIN_CAP_GB", None)
         else:
             os.environ["PINSTREAM_PIN_CAP_GB"] = saved
+        for path in files:
+            with contextlib.suppress(OSError):
+                os.remove(path)
     f = out["setups"]["fixed"]
     for setup in ("shared", "forced"):
         s = out["setups"][setup]
