@@ -34,6 +34,9 @@ _LOADED_LOCK = threading.Lock()
 _LAST_RUNNER: list = [None]
 _RUN_SEQ: list = [0]
 _RAM_LOCK = threading.Lock()
+# what the moves of RAM following the running model took in this process, all of them:
+# milliseconds and bytes read back into RAM (the cost of the next move is judged by it)
+_MOVE_COST: list = [0.0, 0]
 
 
 class OffloadHandle(Replanning):
@@ -281,10 +284,13 @@ class OffloadHandle(Replanning):
         want = self._hiding_bytes(held, self._rent_ms / max(1, self._rent_passes), gbps,
                                   self.discovery.largest_block_bytes, goal(room - floor))
         gain = want - held
-        if gain < self.discovery.largest_block_bytes or not self._move_pays(self._rent_ms, gain, gbps):
+        if gain < self.discovery.largest_block_bytes or not self._move_pays(self._rent_ms, gain, gbps, _MOVE_COST):
             return
         # the room it needs beside the others: its ring too while blocks stay on disk
         required = need if want >= need else want + self._ring_bytes()
+        import time
+
+        start = time.perf_counter()
         try:
             for other in givers:  # the least recently run first, each what is still short
                 short = required - (room - sum(h.ram_bytes for h in others))
@@ -295,6 +301,9 @@ class OffloadHandle(Replanning):
             target = min(want, goal(room - sum(h.ram_bytes for h in others)))
             if target >= held + self.discovery.largest_block_bytes or target >= need:
                 self._move_ram(target, pin_cap_bytes=pin_cap.available_pin_bytes(elsewhere) + self.pinned_bytes)
+            with _RAM_LOCK:  # the givers' moves to disk and its reads, against what came back
+                _MOVE_COST[0] += (time.perf_counter() - start) * 1e3
+                _MOVE_COST[1] += max(0, self._rt.host_bytes - held)
         except RuntimeError as e:
             # (another model began a forward meanwhile, a read failed): every block is still
             # where it can be read from, and this pass streams as it is
@@ -318,10 +327,16 @@ class OffloadHandle(Replanning):
         return most if gbps <= 0 or bytes_ >= most else int(bytes_)  # (excess_ms may be inf)
 
     @staticmethod
-    def _move_pays(rent_ms: float, gain_bytes: int, gbps: float) -> bool:
-        """Whether the disk time counted (``rent_ms``) reached what reading ``gain_bytes``
-        back into RAM takes at ``gbps`` (GB/s; no rate measured yet: it pays)."""
-        return gbps <= 0 or rent_ms >= gain_bytes / (gbps * 1e6)
+    def _move_pays(rent_ms: float, gain_bytes: int, gbps: float, past=(0.0, 0)) -> bool:
+        """Whether the disk time counted (``rent_ms``) reached what moving ``gain_bytes``
+        back into RAM takes: their read at ``gbps`` (GB/s), or at the pace the moves so far
+        took (``past``: milliseconds, bytes brought back; the givers' moves to disk, the
+        checks of their files and the waits included) where that was slower. With no rate
+        measured yet and no move made, it pays."""
+        cost = gain_bytes / (gbps * 1e6) if gbps > 0 else 0.0
+        if past[1] > 0:
+            cost = max(cost, gain_bytes * past[0] / past[1])
+        return rent_ms >= cost
 
     @staticmethod
     def _disk_excess_ms(st: dict, prev: tuple) -> float:

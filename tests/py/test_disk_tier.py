@@ -654,14 +654,15 @@ def test_set_host_budget_moves_blocks_between_ram_and_disk_between_passes(tmp_pa
 @pytest.fixture
 def alone():
     """No other live PinStream model in the process (one a failed test left behind would
-    share the pinning cap)."""
+    share the pinning cap), and no moves of RAM made before (their pace is judged by)."""
     import gc
 
-    from pinstream import pin_cap
+    from pinstream import handle, pin_cap
 
     gc.collect()
     for h in pin_cap.live_handles():
         h.detach()
+    handle._MOVE_COST[:] = [0.0, 0]
     yield
 
 
@@ -859,6 +860,11 @@ def test_a_move_pays_once_the_disk_time_counted_reaches_its_read():
     assert not pays(49.0, 55_000_000, 1.1)
     assert pays(50.5, 55_000_000, 1.1)
     assert pays(0.0, 55_000_000, 0.0)  # no disk rate measured yet
+    # the moves so far took 100 ms per 10 MB brought back (the givers' moves and checks
+    # included): that pace, slower than the read, is what 55 MB costs
+    assert not pays(100.0, 55_000_000, 1.1, (100.0, 10_000_000))
+    assert pays(551.0, 55_000_000, 1.1, (100.0, 10_000_000))
+    assert not pays(49.0, 55_000_000, 1.1, (1.0, 10_000_000))  # a faster pace: the read still counts
 
 
 class _Block(nn.Module):
