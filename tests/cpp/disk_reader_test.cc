@@ -345,6 +345,8 @@ namespace {
 // A block of any size at an aligned offset into aligned memory (what the read ring
 // reads from a spill file): its whole pages go straight in, its last partial page
 // through a bounce buffer; every byte equals the file, and nothing past it is written.
+// The bounce buffers stay a page or two per thread (or io_uring read), not a chunk
+// (1 MiB here) each: their pages stay in RSS as long as the reader.
 TEST(DiskReader, AnAlignedRangeEndingInsideAPageReadsExactly) {
   TempFile f("/tmp", (4ULL << 20) + 4096, 21);
   for (bool ring : {false, true}) {
@@ -366,6 +368,8 @@ TEST(DiskReader, AnAlignedRangeEndingInsideAPageReadsExactly) {
       EXPECT_EQ(dst[bytes], 0xCD) << "written past the range: " << bytes << " bytes, io_uring " << ring;
       free(mem);
     }
+    const uint64_t readers = ring && reader.io_uring() ? 32 : static_cast<uint64_t>(o.threads);
+    if (reader.direct(file)) EXPECT_LE(reader.totals().bounce_bytes, readers * 2 * 4096) << "io_uring " << ring;
   }
 }
 
@@ -391,47 +395,6 @@ TEST(DiskReader, TheReadsInFlightWhileBusyAreCounted) {
   const double alone = (t.request_ms - together.request_ms) / (t.busy_ms - together.busy_ms);
   EXPECT_GT(alone, 0.9);
   EXPECT_LT(alone, 1.1);
-}
-
-TEST(DiskReader, ABounceBufferHoldsOnlyWhatItsReadsNeeded) {
-  // Blocks of sizes that are no multiple of a page, each at an aligned offset into
-  // aligned memory (a spill file's block into the read ring): only each block's last
-  // page goes through a bounce buffer, so the buffers stay a page or two per thread
-  // (or io_uring read), not a chunk (1 MiB here) each: those pages stay in RSS.
-  TempFile f("/tmp", 16ULL << 20, 22);
-  for (bool ring : {false, true}) {
-    DiskReader::Options o;
-    o.io_uring = ring;
-    o.chunk_bytes = 1 << 20;
-    DiskReader reader(o);
-    int file = -1;
-    ASSERT_TRUE(reader.Open(f.path, &file).ok());
-    if (!reader.direct(file)) GTEST_SKIP() << "O_DIRECT refused on /tmp: " << reader.how(file);
-    const uint64_t most = (3ULL << 20) + 4096;
-    void* mem = nullptr;
-    ASSERT_EQ(posix_memalign(&mem, 4096, 4 * most), 0);
-    auto* dst = static_cast<uint8_t*>(mem);
-    uint64_t at = 0;
-    for (uint64_t bytes : std::vector<uint64_t>{(3ULL << 20) + 123, 4095, (1ULL << 20) + 7, 700000, 5000}) {
-      std::vector<uint64_t> tickets(4);
-      for (uint64_t k = 0; k < 4; ++k) {  // a few in flight
-        ASSERT_TRUE(reader.Submit(file, at + k * most, bytes, dst + k * most, &tickets[k]).ok());
-      }
-      for (uint64_t k = 0; k < 4; ++k) {
-        ASSERT_TRUE(reader.Wait(tickets[k]).ok());
-        EXPECT_EQ(std::memcmp(dst + k * most, f.bytes.data() + at + k * most, bytes), 0)
-            << bytes << " bytes, io_uring " << ring;
-      }
-      at = (at + 4096) % most;
-    }
-    // a page for the read and one for its alignment, per thread or io_uring read
-    const uint64_t readers = ring && reader.io_uring() ? 32 : static_cast<uint64_t>(o.threads);
-    const uint64_t held = reader.totals().bounce_bytes;
-    std::printf("bounce buffers held, io_uring %d: %llu bytes\n", ring, static_cast<unsigned long long>(held));
-    EXPECT_GT(held, 0u);
-    EXPECT_LE(held, readers * 2 * 4096) << "io_uring " << ring;
-    free(mem);
-  }
 }
 
 }  // namespace
