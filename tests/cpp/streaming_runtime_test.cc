@@ -413,15 +413,17 @@ TEST(StreamingRuntimeCoded, ANonBlockUnitLargerThanTheStagingBufferLoadsTensorBy
   EXPECT_EQ(arena.allocated_bytes(), 0u);
 }
 
-// The disk tier: blocks 1, 3, 5, ... live in a file only (no host bytes).
+// The disk tier: blocks 1, 3, 5, ... (every `every`-th from `every` - 1: all of them
+// with 1) live in a file only (no host bytes).
 struct DiskModel {
   FakeModel m;
   testing_util::DiskFile file;
   DiskReader reader;
   int file_id = -1;
-  explicit DiskModel(int n, uint64_t size, const DiskReader::Options& o = DiskReader::Options())
-      : m(FakeModel::Make(std::vector<uint64_t>(static_cast<size_t>(n), size), 77)), reader(o) {
-    for (int i = 1; i < n; i += 2) file.Add(m.host[static_cast<size_t>(i)], 2, 100);
+  int every = 2;
+  explicit DiskModel(int n, uint64_t size, const DiskReader::Options& o = DiskReader::Options(), int every_nth = 2)
+      : m(FakeModel::Make(std::vector<uint64_t>(static_cast<size_t>(n), size), 77)), reader(o), every(every_nth) {
+    for (int i = every - 1; i < n; i += every) file.Add(m.host[static_cast<size_t>(i)], 2, 100);
   }
   Status Register(StreamingRuntime* rt, int read_ahead) {
     if (!file.Write()) return Status::InvalidArgument("cannot write " + file.path());
@@ -429,9 +431,9 @@ struct DiskModel {
     PINSTREAM_RETURN_IF_ERROR(rt->UseDiskReader(&reader, read_ahead));
     for (size_t i = 0; i < m.host.size(); ++i) {
       int id = -1;
-      const bool disk = i % 2 == 1;
+      const bool disk = static_cast<int>(i) % every == every - 1;
       PINSTREAM_RETURN_IF_ERROR(rt->RegisterBlock(disk ? nullptr : m.host[i].data(), m.host[i].size(), true, &id));
-      if (disk) PINSTREAM_RETURN_IF_ERROR(rt->SetDiskSource(id, file.Extents(static_cast<int>(i) / 2, file_id)));
+      if (disk) PINSTREAM_RETURN_IF_ERROR(rt->SetDiskSource(id, file.Extents(static_cast<int>(i) / every, file_id)));
     }
     return Status::Ok();
   }
@@ -501,26 +503,16 @@ TEST(StreamingRuntimeDisk, WhenTheHostWaitsForAReadTheWholeRingIsBeingRead) {
   // acquire are refilled, so prefetch 1 + read-ahead 2 = 3 reads are in flight at
   // each wait, not the 2 the last acquire left queued.
   const int n = 10;
-  FakeModel m = FakeModel::Make(std::vector<uint64_t>(n, 8192), 31);
-  testing_util::DiskFile file;
-  for (const auto& h : m.host) file.Add(h, 1, 0);
-  ASSERT_TRUE(file.Write());
-  DiskReader reader;
-  int fid = -1;
-  ASSERT_TRUE(reader.Open(file.path(), &fid).ok());
-  reader.DelayReads(3000);
+  DiskModel d(n, 8192, DiskReader::Options(), /*every_nth=*/1);
+  d.reader.DelayReads(3000);
   HostEngineOptions opt;
   opt.poison = true;
   opt.latency_us = 200;
   HostCopyEngine engine(opt);
   HostArena arena;
   StreamingRuntime rt(&engine, &arena);
-  ASSERT_TRUE(rt.UseDiskReader(&reader, 2).ok());
-  for (int i = 0; i < n; ++i) {
-    int id = -1;
-    ASSERT_TRUE(rt.RegisterBlock(nullptr, 8192, true, &id).ok());
-    ASSERT_TRUE(rt.SetDiskSource(id, file.Extents(i, fid)).ok());
-  }
+  ASSERT_TRUE(d.Register(&rt, 2).ok());
+  const FakeModel& m = d.m;
   ASSERT_TRUE(rt.Plan(PlanPolicy::kStreamAll, PlanRequest::kUnlimited, 1).ok());
   ASSERT_EQ(RunPass(&rt, m, Range(n)), "");  // learns the order
   rt.ResetStats();
