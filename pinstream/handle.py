@@ -34,8 +34,9 @@ _LOADED_LOCK = threading.Lock()
 _LAST_RUNNER: list = [None]
 _RUN_SEQ: list = [0]
 _RAM_LOCK = threading.Lock()
-# what the moves of RAM following the running model took in this process, all of them:
-# milliseconds and bytes read back into RAM (the cost of the next move is judged by it)
+# what the moves of RAM following the running model took in this process: milliseconds
+# and bytes read back into RAM, each move weighing twice the one before it (the cost of the
+# next move is judged by their pace; a block's file is checked only on its first move)
 _MOVE_COST: list = [0.0, 0]
 
 
@@ -302,8 +303,8 @@ class OffloadHandle(Replanning):
             if target >= held + self.discovery.largest_block_bytes or target >= need:
                 self._move_ram(target, pin_cap_bytes=pin_cap.available_pin_bytes(elsewhere) + self.pinned_bytes)
             with _RAM_LOCK:  # the givers' moves to disk and its reads, against what came back
-                _MOVE_COST[0] += (time.perf_counter() - start) * 1e3
-                _MOVE_COST[1] += max(0, self._rt.host_bytes - held)
+                _MOVE_COST[0] = _MOVE_COST[0] / 2 + (time.perf_counter() - start) * 1e3
+                _MOVE_COST[1] = _MOVE_COST[1] // 2 + max(0, self._rt.host_bytes - held)
         except RuntimeError as e:
             # (another model began a forward meanwhile, a read failed): every block is still
             # where it can be read from, and this pass streams as it is
