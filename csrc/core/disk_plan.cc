@@ -72,9 +72,8 @@ std::vector<bool> ChooseDiskUnits(const std::vector<DiskPlanUnit>& units, uint64
     for (size_t p = 0; p < m; ++p) {
       if (!disk[streamed[p]]) rest.push_back(p);
     }
-    std::stable_sort(rest.begin(), rest.end(), [&](size_t x, size_t y) {
-      return units[streamed[x]].host_bytes > units[streamed[y]].host_bytes;
-    });
+    std::stable_sort(rest.begin(), rest.end(),
+                     [&](size_t x, size_t y) { return units[streamed[x]].host_bytes > units[streamed[y]].host_bytes; });
     for (size_t i = 0; i < rest.size() && excess > 0; ++i) {
       disk[streamed[rest[i]]] = true;
       excess -= std::min(excess, units[streamed[rest[i]]].host_bytes);
