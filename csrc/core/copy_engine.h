@@ -103,11 +103,8 @@ struct EngineTimings {
   // bytes of device layout they wrote
   double transform_ms = 0;
   uint64_t transform_bytes = 0;
-  // compute: time the compute queue spent between MarkCompute(begin) and
-  // MarkCompute(end), and how many such spans finished; each span too, with
-  // the tag its begin was given
-  double compute_ms = 0;
-  uint64_t compute_spans = 0;
+  // compute: each span the compute queue spent between MarkCompute(begin) and
+  // MarkCompute(end) that finished, with the tag its begin was given
   struct Compute {
     int tag;
     double ms;

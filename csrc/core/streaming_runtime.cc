@@ -868,11 +868,11 @@ void StreamingRuntime::Drain(bool wait) {
   timings_.stall_ms = 0;
   timings_.transform_ms = 0;
   timings_.transform_bytes = 0;
-  timings_.compute_ms = 0;
-  timings_.compute_spans = 0;
   timings_.computes.clear();
   engine_->CollectTimings(&timings_, wait);
   for (const EngineTimings::Compute& c : timings_.computes) {
+    stats_.compute_ms += c.ms;
+    stats_.compute_spans += 1;
     if (c.tag < 0 || c.tag >= num_blocks()) continue;
     if (compute_ms_.size() != blocks_.size()) compute_ms_.assign(blocks_.size(), -1.0);
     // a running mean that follows changes (another input size)
@@ -894,8 +894,6 @@ void StreamingRuntime::Drain(bool wait) {
     stats_.disk_bytes_total = t.bytes - reader_base_.bytes;
   }
   stats_.transform_ms += timings_.transform_ms;
-  stats_.compute_ms += timings_.compute_ms;
-  stats_.compute_spans += timings_.compute_spans;
   stats_.transform_bytes += timings_.transform_bytes;
 }
 

@@ -212,8 +212,6 @@ void CudaCopyEngine::CollectTimings(EngineTimings* out, bool wait) {
       out->transform_ms += ms;
       out->transform_bytes += it->bytes;
     } else if (it->tag == kComputeTag) {
-      out->compute_ms += ms;
-      out->compute_spans += 1;
       out->computes.push_back(EngineTimings::Compute{static_cast<int>(static_cast<int64_t>(it->bytes)), ms});
     } else {
       out->stall_ms += ms;

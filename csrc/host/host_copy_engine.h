@@ -128,8 +128,6 @@ class HostCopyEngine final : public CopyEngine {
   std::vector<EngineTimings::Copy> timings_;
   double stall_ms_ = 0;
   double transform_ms_ = 0;
-  double compute_ms_ = 0;
-  uint64_t compute_spans_ = 0;
   std::chrono::steady_clock::time_point compute_since_;
   bool computing_ = false;
   int compute_tag_ = -1;
