@@ -151,6 +151,19 @@ py::dict ToDict(const RuntimeStats& s) {
   return d;
 }
 
+// A binding of the runtime's `get`: called without the GIL, its result given as a dict.
+template <typename R, typename... Args>
+auto DictOf(R (TorchRuntime::*get)(Args...)) {
+  return [get](TorchRuntime& rt, Args... args) {
+    R r;
+    {
+      py::gil_scoped_release nogil;
+      r = (rt.*get)(args...);
+    }
+    return ToDict(r);
+  };
+}
+
 std::vector<int> RegisterBlocks(TorchRuntime& rt, RegisterRequest req, const py::object& progress,
                                 const py::object& policy, int64_t budget_bytes, int prefetch) {
   if (!progress.is_none()) {
@@ -423,28 +436,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
             return pinstream::RegisterBlocks(rt, std::move(req), py::none(), py::none(), -1, 1)[0];
           },
           py::arg("tensors"), py::arg("streamable") = true)
-      .def(
-          "plan",
-          [](TorchRuntime& rt, const std::string& policy, int64_t budget_bytes, int prefetch) {
-            pinstream::PlanInfo p;
-            {
-              py::gil_scoped_release nogil;
-              p = rt.Plan(policy, budget_bytes, prefetch);
-            }
-            return pinstream::ToDict(p);
-          },
-          py::arg("policy") = "budget", py::arg("budget_bytes") = -1, py::arg("prefetch") = 1)
-      .def(
-          "current_plan",
-          [](TorchRuntime& rt) {
-            pinstream::PlanInfo p;
-            {
-              py::gil_scoped_release nogil;
-              p = rt.CurrentPlan();
-            }
-            return pinstream::ToDict(p);
-          },
-          "The plan in force (the one register_blocks(policy=...) or plan() made)")
+      .def("plan", pinstream::DictOf(&TorchRuntime::Plan), py::arg("policy") = "budget", py::arg("budget_bytes") = -1,
+           py::arg("prefetch") = 1)
+      .def("current_plan", pinstream::DictOf(&TorchRuntime::CurrentPlan),
+           "The plan in force (the one register_blocks(policy=...) or plan() made)")
       .def("host_value", &TorchRuntime::HostValue, py::arg("block"), py::arg("index"), nogil(),
            "tensor `index` of `block` on the host: its host view, or decoded from a coded block's bytes")
       .def("write_host_values", &TorchRuntime::WriteHostValues, py::arg("block"), py::arg("values"), nogil(),
@@ -472,27 +467,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            "acquire `block`, releasing the block touched before it (for hooks on a block's children)")
       .def("release_touched", &TorchRuntime::ReleaseTouched, py::arg("block"), nogil())
       .def("synchronize", &TorchRuntime::Synchronize, nogil())
-      .def("stats",
-           [](TorchRuntime& rt) {
-             pinstream::RuntimeStats s;
-             {
-               py::gil_scoped_release nogil;
-               s = rt.GetStats();
-             }
-             return pinstream::ToDict(s);
-           })
-      .def(
-          "pace",
-          [](TorchRuntime& rt) {
-            TorchRuntime::Pace p;
-            {
-              py::gil_scoped_release nogil;
-              p = rt.GetPace();
-            }
-            return pinstream::ToDict(p);
-          },
-          "the figures stats() has that deciding a move between RAM and disk needs, without waiting for "
-          "pending timings")
+      .def("stats", pinstream::DictOf(&TorchRuntime::GetStats))
+      .def("pace", pinstream::DictOf(&TorchRuntime::GetPace),
+           "the figures stats() has that deciding a move between RAM and disk needs, without waiting for "
+           "pending timings")
       .def("reset_stats", &TorchRuntime::ResetStats, nogil())
       .def("close", &TorchRuntime::Close, py::arg("restore_pageable") = true, nogil())
       .def("fail_next_copies", &TorchRuntime::FailNextCopies, py::arg("count"), nogil())
