@@ -1018,15 +1018,7 @@ int64_t TorchRuntime::SetHostBudget(int64_t budget_bytes, std::optional<int64_t>
   for (size_t b = 0; b < n; ++b) {
     if (disk[b] || !blocks_[b].disk) continue;
     const BlockTensors& info = blocks_[b];
-    ToOwnBufferLocked(static_cast<int>(b), [&](uint8_t* to) {
-      std::vector<DiskReader::Range> ranges;
-      for (const DiskExtent& e : info.extents) {
-        if (e.bytes > 0) ranges.push_back(DiskReader::Range{e.file, e.file_offset, e.bytes, to + e.block_offset});
-      }
-      uint64_t ticket = 0;
-      ThrowIfError(reader_->SubmitMany(ranges, &ticket));
-      ThrowIfError(reader_->Wait(ticket));
-    });
+    ToOwnBufferLocked(static_cast<int>(b), [&](uint8_t* to) { ReadExtentsLocked(info, 0, info.disk_bytes, to); });
   }
   return host_bytes_;
 }
@@ -1034,17 +1026,20 @@ int64_t TorchRuntime::SetHostBudget(int64_t budget_bytes, std::optional<int64_t>
 at::Tensor TorchRuntime::ReadDiskLocked(const BlockTensors& info, uint64_t lo, uint64_t hi) {
   // uninitialized: pages outside [lo, hi) are never written, so never committed
   at::Tensor buf = at::empty({Int(std::max<uint64_t>(info.disk_bytes, 1))}, at::TensorOptions().dtype(at::kByte));
+  ReadExtentsLocked(info, lo, hi, buf.data_ptr<uint8_t>());
+  return buf;
+}
+
+void TorchRuntime::ReadExtentsLocked(const BlockTensors& info, uint64_t lo, uint64_t hi, uint8_t* to) {
   std::vector<DiskReader::Range> ranges;
   for (const DiskExtent& e : info.extents) {
     const uint64_t a = std::max(lo, e.block_offset), z = std::min(hi, e.block_offset + e.bytes);
     if (z <= a) continue;
-    ranges.push_back(
-        DiskReader::Range{e.file, e.file_offset + (a - e.block_offset), z - a, buf.data_ptr<uint8_t>() + a});
+    ranges.push_back(DiskReader::Range{e.file, e.file_offset + (a - e.block_offset), z - a, to + a});
   }
   uint64_t ticket = 0;
   ThrowIfError(Reader()->SubmitMany(ranges, &ticket));
   ThrowIfError(reader_->Wait(ticket));
-  return buf;
 }
 
 void TorchRuntime::CheckDiskFilesLocked() {
@@ -1489,13 +1484,13 @@ RuntimeStats TorchRuntime::GetStats() {
     if (!b.disk) continue;
     ++d.disk_blocks;
     d.disk_block_bytes += b.disk_bytes;
+    // read from the model's own file, not the spill file
+    if (!b.extents.empty() && (spill_file_id_ < 0 || b.extents[0].file != spill_file_id_)) {
+      d.source_block_bytes += b.disk_bytes;
+    }
   }
   d.disk_over_bytes = disk_over_bytes_;
   d.spill_error = spill_error_;
-  for (const BlockTensors& b : blocks_) {
-    const bool in_source = !b.extents.empty() && (spill_file_id_ < 0 || b.extents[0].file != spill_file_id_);
-    if (b.disk && in_source) d.source_block_bytes += b.disk_bytes;
-  }
   d.source_note = source_note_;
   if (spill_) {
     d.spill_path = spill_->path();

@@ -297,6 +297,8 @@ class TorchRuntime {
   // A disk unit's bytes [lo, hi) read from its file, in a buffer of the unit's
   // size (the rest left unwritten and uncommitted).
   at::Tensor ReadDiskLocked(const BlockTensors& info, uint64_t lo, uint64_t hi);
+  // Reads bytes [lo, hi) of a unit on disk into `to` (its byte lo at to + lo).
+  void ReadExtentsLocked(const BlockTensors& info, uint64_t lo, uint64_t hi, uint8_t* to);
   // Every file the disk tier reads is still the one it opened (before a load).
   void CheckDiskFilesLocked();
   // The disk-tier reader, made on first use.
