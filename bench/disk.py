@@ -60,7 +60,7 @@ import threading
 import time
 import warnings
 
-from pinstream.engine import READ_AHEAD
+from pinstream.modes import READ_AHEAD, read_ring_bytes
 
 MIB = 1024**2
 GIB = 1024**3
@@ -673,7 +673,7 @@ def shared_run(high, low, inputs, *, device, engine, link_gbps, fraction: float,
     cap = int(2 * fraction * model_bytes)
     from pinstream.discovery import discover_blocks
 
-    ring = (prefetch + READ_AHEAD) * discover_blocks(high).largest_block_bytes  # each model's read ring
+    ring = read_ring_bytes(prefetch, discover_blocks(high).largest_block_bytes)  # each model's read ring
     fixed_budget = max(0, (cap - 2 * ring) // 2)
     # each expert loaded from its own file, as ComfyUI loads a checkpoint: blocks going to disk
     # are read from there later (nothing written)

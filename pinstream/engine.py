@@ -44,10 +44,6 @@ spill_dir = _spill_dir  # offload()'s argument of the same name shadows it there
 _CACHE_WARNED: set = set()  # cache directories already reported as not writable
 
 
-# disk-tier blocks read beyond the uploads' look-ahead
-READ_AHEAD = 2
-
-
 def _host_budget(host_budget_gb, *, pin_cap: int, model_bytes: int, largest_block: int, prefetch: int) -> int:
     """Host bytes of weights the model may hold (-1: no limit). Explicit, or else what the
     pinning cap leaves, less the pinned read ring, when the model is larger than that."""
@@ -55,7 +51,7 @@ def _host_budget(host_budget_gb, *, pin_cap: int, model_bytes: int, largest_bloc
         return int(_modes.check_host_budget_gb(host_budget_gb) * GIB)
     if pin_cap < 0 or model_bytes <= pin_cap:
         return -1  # RAM will do: nothing goes to disk
-    return max(0, pin_cap - (prefetch + READ_AHEAD) * largest_block)
+    return max(0, pin_cap - _modes.read_ring_bytes(prefetch, largest_block))
 
 
 def _file_sources(paths: Sequence[str], units: list, name_of: dict) -> list:
@@ -401,7 +397,7 @@ def offload(
         disk_io_uring=reads.io_uring if reads else False,
         host_budget_bytes=host_budget,
         spill_dir=spill,
-        read_ahead=READ_AHEAD,
+        read_ahead=_modes.READ_AHEAD,
         adaptive_prefetch=bool(adaptive_prefetch),
         device=str(dev),
         engine=engine_kind,

@@ -17,7 +17,7 @@ from torch import nn
 from . import pin_cap
 from .discovery import BlockDiscovery
 from .hooks import PassHooks
-from .modes import ResolvedMode
+from .modes import ResolvedMode, read_ring_bytes
 from .replan import Replanning
 from .wrappers import show_all, to_keeping_inference
 
@@ -316,7 +316,7 @@ class OffloadHandle(Replanning):
 
     def _ring_bytes(self) -> int:
         """Its read ring while blocks live on disk: prefetch + read-ahead of its largest block."""
-        return (self.prefetch + 2) * self.discovery.largest_block_bytes
+        return read_ring_bytes(self.prefetch, self.discovery.largest_block_bytes)
 
     @staticmethod
     def _hiding_bytes(held: int, excess_ms: float, gbps: float, block: int, most: int) -> int:

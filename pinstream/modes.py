@@ -123,6 +123,16 @@ def check_budget_gb(budget_gb) -> float | None:
     return value
 
 
+# disk-tier blocks read beyond the uploads' look-ahead
+READ_AHEAD = 2
+
+
+def read_ring_bytes(prefetch: int, largest_block: int) -> int:
+    """The disk tier's pinned read ring while blocks live on disk: prefetch + read-ahead
+    buffers of the largest block, on top of the host budget."""
+    return (prefetch + READ_AHEAD) * largest_block
+
+
 def check_host_budget_gb(host_budget_gb) -> float:
     try:
         value = float(host_budget_gb)

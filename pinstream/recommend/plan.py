@@ -140,7 +140,7 @@ def disk_tier_plan(
     largest = model.largest_block_bytes
     blocks = model.total_bytes - model.nonblock_bytes
     resident = gpu_resident_block_bytes(model, mode, vram_budget_bytes)
-    ring_gb = _tenth_up((DISK_PREFETCH + 2) * largest / GIB)
+    ring_gb = _tenth_up(modes.read_ring_bytes(DISK_PREFETCH, largest) / GIB)
     other_gb = _tenth_up(model.companion_bytes / GIB)
     smallest = _tenth_up(model.nonblock_bytes / GIB)
     budget_gb = _tenth_down(ram_gb - BASE_RAM_GB - other_gb - ring_gb)
