@@ -958,9 +958,6 @@ def summary(res: dict) -> str:
     plain, coded = res["runs"]["stored"][-1], res["runs"]["compressed"][0]
     first = res["runs"]["stored"][0]
 
-    def f(v, fmt="{:.2f}"):
-        return "n/a" if v is None else fmt.format(v)
-
     lines = [
         f"disk tier on {res['device']} ({res['engine']}), torch {res['torch']}, {res['os']}, {res['date']}; "
         f"load average {res['load_average_at_start'][0]:.2f} at the start, {res['load_average_at_end'][0]:.2f} at the end",
@@ -968,19 +965,19 @@ def summary(res: dict) -> str:
         f"demo model preset {res['model']['preset']} ({res['model']['dtype']}, {res['model']['bytes'] / MIB:.1f} MiB, "
         f"{res['model']['blocks']} blocks), host budget {res['host_budget_bytes'] / MIB:.1f} MiB: {res['disk_blocks']} "
         f"blocks on disk, {res['disk_bytes_per_step'] / MIB:.1f} MiB read per step",
-        f"disk's own sequential read ({res['test_file']['bytes'] / MIB:.1f} MiB file): O_DIRECT {f(d['o_direct'])} GB/s, "
-        f"buffered (page cache dropped: {'yes' if res['page_cache_dropped'] else 'NO'}) {f(d['buffered'])} GB/s, "
-        f"O_DIRECT in block-sized requests {f(d['o_direct_block_requests'])} GB/s, O_DIRECT through io_uring "
-        f"{f(d.get('o_direct_io_uring'))} GB/s",
-        f"PinStream disk tier: {f(res['pinstream_disk_gbps'])} GB/s per second of busy disk time, "
-        f"{f(res['pinstream_disk_wall_gbps'])} GB/s per second of step wall time, "
-        f"{f(res['transfer_only_disk_gbps'])} GB/s with no compute",
-        f"pinstream_disk_gbps / disk_read_gbps.o_direct = {f(res['ratio_to_o_direct'], '{:.3f}')} (target >= 0.9: "
+        f"disk's own sequential read ({res['test_file']['bytes'] / MIB:.1f} MiB file): O_DIRECT {_f(d['o_direct'])} GB/s, "
+        f"buffered (page cache dropped: {'yes' if res['page_cache_dropped'] else 'NO'}) {_f(d['buffered'])} GB/s, "
+        f"O_DIRECT in block-sized requests {_f(d['o_direct_block_requests'])} GB/s, O_DIRECT through io_uring "
+        f"{_f(d.get('o_direct_io_uring'))} GB/s",
+        f"PinStream disk tier: {_f(res['pinstream_disk_gbps'])} GB/s per second of busy disk time, "
+        f"{_f(res['pinstream_disk_wall_gbps'])} GB/s per second of step wall time, "
+        f"{_f(res['transfer_only_disk_gbps'])} GB/s with no compute",
+        f"pinstream_disk_gbps / disk_read_gbps.o_direct = {_f(res['ratio_to_o_direct'], '{:.3f}')} (target >= 0.9: "
         f"{_met(res['ratio_to_o_direct'], 0.9)})",
-        f"coded_weights_gbps {f(res['coded_weights_gbps'])} GB/s (blocks coded to {res['coded_ratio']:.3f}, "
-        f"{f(res['coded_disk_gbps'])} GB/s of coded bytes); / O_DIRECT = {f(res['coded_ratio_to_o_direct'], '{:.3f}')} "
+        f"coded_weights_gbps {_f(res['coded_weights_gbps'])} GB/s (blocks coded to {res['coded_ratio']:.3f}, "
+        f"{_f(res['coded_disk_gbps'])} GB/s of coded bytes); / O_DIRECT = {_f(res['coded_ratio_to_o_direct'], '{:.3f}')} "
         f"(target >= 1.3: {_met(res['coded_ratio_to_o_direct'], 1.3)}); per second of step wall time "
-        f"{f(res['coded_weights_wall_gbps'])} GB/s of weights (step {coded['step_ms']:.1f} ms against "
+        f"{_f(res['coded_weights_wall_gbps'])} GB/s of weights (step {coded['step_ms']:.1f} ms against "
         f"{first['step_ms']:.1f} as stored)",
         f"RSS after the first run {res['rss_bytes'] / MIB:.1f} MiB; limit {res['rss_limit_bytes'] / MIB:.1f} MiB = RSS "
         f"before its offload {res['rss_before_offload_bytes'] / MIB:.1f} MiB - the model {res['model']['bytes'] / MIB:.1f} "
@@ -1003,7 +1000,7 @@ def summary(res: dict) -> str:
         for setup, r in sh["setups"].items():
             parts.append(f"{names[setup]} {r['prompt_ms']:.1f} ms, {r['disk_bytes_per_prompt'] / MIB:.1f} MiB from "
                          f"disk, steady step {r['steady_step_ms']:.1f} ms, moves {r['move_ms']:.1f} ms"
-                         + (f" (x{f(sh.get(setup + '_prompt_speedup'), '{:.2f}')})" if setup != "fixed" else ""))
+                         + (f" (x{_f(sh.get(setup + '_prompt_speedup'), '{:.2f}')})" if setup != "fixed" else ""))
         lines.append(
             f"two models taking turns ({sh['steps']} steps each per prompt) with host RAM for "
             f"{2 * sh['fraction']:g} of one, second prompt: " + "; ".join(parts) + "; bit-identical "

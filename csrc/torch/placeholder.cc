@@ -44,9 +44,9 @@ int NanChunk() {
 }
 
 // `bytes` (rounded up to whole chunks) of all-ones bytes that cost no memory of
-// their own: the one chunk mapped again and again, copy-on-write, so a weight
-// written in place between uses changes only its own pages. Null where that
-// cannot be done.
+// their own: the one chunk mapped again and again, copy-on-write, so a write into
+// the region (a weight patched in place between uses) changes that region's pages,
+// never the chunk the other regions map. Null where that cannot be done.
 void* MapNanRegion(uint64_t bytes, uint64_t* mapped) {
   const int fd = NanChunk();
   if (fd < 0) return nullptr;
