@@ -651,6 +651,13 @@ def test_set_host_budget_moves_blocks_between_ram_and_disk_between_passes(tmp_pa
             assert torch.equal(m(x), ref)
 
 
+def _run(m, x, ref, passes):
+    """``passes`` forwards of ``m`` on ``x``, each giving ``ref``."""
+    for _ in range(passes):
+        with torch.no_grad():
+            assert torch.equal(m(x), ref)
+
+
 @pytest.fixture
 def alone():
     """No other live PinStream model in the process (one a failed test left behind would
@@ -691,40 +698,35 @@ def test_ram_follows_the_model_that_runs_and_the_waiting_one_lives_on_disk(tmp_p
     assert ha.stats()["disk_blocks"] == 0 and hb.stats()["disk_blocks"] > 0
     cap = int(1.5 * size)
 
-    def run(m, ref, passes):
-        for _ in range(passes):
-            with torch.no_grad():
-                assert torch.equal(m(x), ref)
-
-    run(b, ref_b, 1)  # its first pass: it streams from disk, nothing moves
+    _run(b, x, ref_b, 1)  # its first pass: it streams from disk, nothing moves
     assert hb.ram_moves["moves"] == 0 and ha.stats()["disk_blocks"] == 0
-    run(b, ref_b, 1)  # its second: A's blocks go to disk, B's come to RAM
+    _run(b, x, ref_b, 1)  # its second: A's blocks go to disk, B's come to RAM
     sa, sb = ha.stats(), hb.stats()
     assert sb["disk_blocks"] == 0, sb["disk_blocks"]
     assert sa["disk_blocks"] > 0 and sa["source_block_bytes"] == sa["disk_block_bytes"]  # from a.safetensors
     assert sa["spill_bytes"] == 0  # nothing of A written
     assert ha.host_bytes + hb.host_bytes + sb["read_ring_bytes"] <= cap
     reads = hb.stats()["disk_reads"]
-    run(b, ref_b, 3)
+    _run(b, x, ref_b, 3)
     assert hb.stats()["disk_reads"] == reads  # B runs from RAM now
-    run(a, ref_a, 2)  # and back: A from its second pass
+    _run(a, x, ref_a, 2)  # and back: A from its second pass
     assert ha.stats()["disk_blocks"] == 0 and hb.stats()["disk_blocks"] > 0
     assert hb.stats()["spill_bytes"] > 0  # B has no file of its own: its copy was written once
     written = hb.stats()["spill_bytes"]
-    run(b, ref_b, 2)
-    run(a, ref_a, 2)
+    _run(b, x, ref_b, 2)
+    _run(a, x, ref_a, 2)
     assert hb.stats()["spill_bytes"] == written  # written once, not at every move
     assert ha.host_bytes + hb.host_bytes <= cap
     # alternating every pass moves nothing
     moves = ha.ram_moves["moves"] + hb.ram_moves["moves"]
     for _ in range(3):
-        run(b, ref_b, 1)
-        run(a, ref_a, 1)
+        _run(b, x, ref_b, 1)
+        _run(a, x, ref_a, 1)
     assert ha.ram_moves["moves"] + hb.ram_moves["moves"] == moves
     hb.detach()
     ha.detach()
-    run(a, ref_a, 1)
-    run(b, ref_b, 1)
+    _run(a, x, ref_a, 1)
+    _run(b, x, ref_b, 1)
 
 
 def test_the_running_model_takes_only_the_ram_that_hides_its_disk_time(tmp_path, monkeypatch, alone):
@@ -755,23 +757,18 @@ def test_the_running_model_takes_only_the_ram_that_hides_its_disk_time(tmp_path,
     ha._placed = hb._placed = True  # not placed again by their timed compute: one move to look at
     held = hb.host_bytes
 
-    def run(m, ref, passes):
-        for _ in range(passes):
-            with torch.no_grad():
-                assert torch.equal(m(x), ref)
-
-    run(b, ref_b, 3)  # 2 passes counted: 6 blocks' time, past the 4 blocks' read it takes
+    _run(b, x, ref_b, 3)  # 2 passes counted: 6 blocks' time, past the 4 blocks' read it takes
     assert hb.ram_moves["moves"] == 1
     assert held + 2 * block <= hb.host_bytes <= held + 5 * block, (held, hb.host_bytes, block)
     on_disk_a = ha.stats()["disk_blocks"]
     assert 0 < on_disk_a <= 10, on_disk_a  # A gave what B was short of, not all of itself
     assert ha.host_bytes + hb.host_bytes + hb.stats()["read_ring_bytes"] <= int(1.5 * size)
-    run(b, ref_b, 2)
-    run(a, ref_a, 1)
+    _run(b, x, ref_b, 2)
+    _run(a, x, ref_a, 1)
     hb.detach()
     ha.detach()
-    run(a, ref_a, 1)
-    run(b, ref_b, 1)
+    _run(a, x, ref_a, 1)
+    _run(b, x, ref_b, 1)
 
 
 def test_the_ram_that_hides_a_models_disk_time():
