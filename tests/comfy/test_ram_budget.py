@@ -276,6 +276,7 @@ def test_two_experts_share_the_ram_and_the_one_waiting_lives_on_disk(mode, monke
     mm.unload_all_models()
     gc.collect()
     from pinstream import pin_cap
+    from pinstream.modes import read_ring_bytes
 
     # models earlier tests left alive (in a cache) keep their RAM here and give none
     strays = pin_cap.live_handles()
@@ -283,9 +284,9 @@ def test_two_experts_share_the_ram_and_the_one_waiting_lives_on_disk(mode, monke
         monkeypatch.setattr(h, "_host_budget_given", h.host_bytes)
     d = _discovery(hi_path)
     size = d.nonblock_bytes + sum(d.block_bytes)
-    # one expert whole, and of the other the part outside its blocks and its read ring (3 blocks):
+    # one expert whole, and of the other the part outside its blocks and its read ring (prefetch 1):
     # not both
-    cap = size + d.nonblock_bytes + 3 * d.largest_block_bytes + d.largest_block_bytes // 4
+    cap = size + d.nonblock_bytes + read_ring_bytes(1, d.largest_block_bytes) + d.largest_block_bytes // 4
     assert cap < 2 * size
     cap += P.comfy_pinned_bytes() + sum(h.ram_bytes for h in strays)
     monkeypatch.setenv("PINSTREAM_PIN_CAP_GB", str(cap / GIB))
