@@ -22,9 +22,17 @@
    runtime's disk_gbps) and per second of step wall time, and passes with no compute
    (acquire/release of every block: the disk tier alone). Per-step figures count from
    the end of the first timed step to the end of the last (the first step's own count
-   misses the blocks read ahead for it before the stats were reset). The outputs are
+   misses the blocks read ahead for it before the stats were reset), and passes whose
+   blocks each hold the host for the steps' mean compute time of a block, asleep
+   (compute_off_cpu: on a machine of few cores the host engine's compute takes a core the
+   I/O path needs; a GPU's compute does not). The outputs are
    compared with full_load's. The ratio pinstream_disk_gbps / disk_read_gbps.o_direct
-   is the disk tier's share of the disk (target >= 0.9).
+   is the disk tier's share of the disk (target >= 0.9). On a shared virtual disk, fresh
+   files of one size read at rates tens of percent apart, and one file's rate moves
+   between seconds: each run's spill file is also read whole with O_DIRECT (2 passes)
+   right before its timed steps and right after its passes with no compute, and
+   ratio_to_same_file_o_direct compares the disk tier with the disk on those very
+   bytes over the same minutes.
    RSS: the process's RSS after a run (the host engine's device arena, host memory
    here, taken out) against its RSS right before that run's offload, less the model's
    bytes (they leave RAM: the budget's share is pinned, the rest goes to disk), plus the
@@ -40,7 +48,11 @@ disk tier are sampled over the same minutes; the rates are totals over the round
 Every figure printed and written is measured in this run. --json PATH writes them:
 {"disk_read_gbps": {"o_direct", "buffered", "o_direct_block_requests"},
  "pinstream_disk_gbps", "pinstream_disk_wall_gbps", "transfer_only_disk_gbps",
- "ratio_to_o_direct", "coded_weights_gbps", "coded_ratio_to_o_direct", "rss_bytes",
+ "ratio_to_o_direct", "coded_weights_gbps", "coded_ratio_to_o_direct",
+ "same_file_o_direct_gbps", "ratio_to_same_file_o_direct", "coded_same_file_o_direct_gbps",
+ "compute_off_cpu_disk_gbps", "compute_off_cpu_ratio_to_o_direct",
+ "compute_off_cpu_ratio_to_same_file_o_direct",
+ "coded_ratio_to_same_file_o_direct", "rss_bytes",
  "rss_limit_bytes", "host_budget_bytes", "read_ring_bytes", "disk_how", "spill_dir",
  "file_system", "disk", "device", "engine", "torch", "date", ...}.
 --quick: the tiny preset, an 8 MiB file, 2 steps (seconds; what CI runs).
@@ -248,6 +260,21 @@ def read_blocks(reader, fid: int, size: int, block: int, depth: int, *, min_pass
     return {"gbps": total_b / total_s / 1e9, "passes": passes, "request_bytes": block, "in_flight": depth}
 
 
+def same_file_rate(path: str, passes: int = 2) -> dict | None:
+    """The disk's own sequential O_DIRECT rate on ``path`` (whole-file passes, as for the
+    test file); None where its file system refuses O_DIRECT."""
+    from pinstream import _C
+
+    reader = _C.DiskReader(threads=4, direct=True)
+    fid = reader.open(path)
+    if not reader.direct(fid):
+        return None
+    size = reader.size(fid)
+    out = read_passes(reader, fid, size, min_passes=passes, min_s=0.0)
+    out["bytes"] = size
+    return out
+
+
 class TestFile:
     """A file of random bytes in the spill directory, read by the disk tier's reader
     (O_DIRECT, and buffered with the file's pages dropped before each pass); removed by close()."""
@@ -324,6 +351,36 @@ def _forward(model, inputs, device):
     return out
 
 
+def _passes(h, ids, count: int, drop, device, sleep_s: float = 0.0) -> dict:
+    """``count`` passes of acquire / (sleep ``sleep_s``) / release of every block through the
+    runtime; disk figures counted from the end of the first (a page-cache drop is not timed)."""
+    rt = h.runtime
+    marks = []
+    drop_s = 0.0
+    _sync(device)
+    for _ in range(max(2, count)):
+        rt.begin_pass()
+        for b in ids:
+            rt.acquire(b)
+            if sleep_s:
+                time.sleep(sleep_s)
+            rt.release(b)
+        rt.end_pass()
+        _sync(device)
+        a = h.stats()
+        marks.append((time.perf_counter() - drop_s, int(a["disk_bytes"]), int(a["disk_bytes_total"]),
+                      float(a["disk_busy_ms"])))
+        t_drop = time.perf_counter()
+        drop()
+        drop_s += time.perf_counter() - t_drop
+    (t0, b0, total0, busy0), (t1, b1, total1, busy1) = marks[0], marks[-1]
+    n = len(marks) - 1
+    return {"passes": n, "seconds": t1 - t0, "ms_per_pass": 1000.0 * (t1 - t0) / n, "disk_bytes": b1 - b0,
+            "disk_bytes_total": total1 - total0, "busy_ms": busy1 - busy0, "sleep_ms_per_block": 1000.0 * sleep_s,
+            "disk_gbps": (total1 - total0) / ((busy1 - busy0) / 1000.0) / 1e9 if busy1 > busy0 else 0.0,
+            "wall_gbps": (b1 - b0) / (t1 - t0) / 1e9 if t1 > t0 else 0.0}
+
+
 def stream_run(model, inputs, *, device, engine, link_gbps, transfer: str, host_budget_bytes: int, prefetch: int,
                steps: int, transfer_passes: int, spill_dir: str, reference, model_bytes: int) -> dict:
     """The model offloaded in sequential mode with ``host_budget_bytes`` of it in host
@@ -362,6 +419,9 @@ def stream_run(model, inputs, *, device, engine, link_gbps, transfer: str, host_
 
         _forward(model, inputs, device)  # warm-up: learns the order, loads, allocates the read ring
         drop()
+        # the disk's own O_DIRECT rate on this very file, before the steps and after the passes:
+        # fresh files of one size read at rates tens of percent apart on a shared virtual disk
+        same_file = [r for r in [same_file_rate(spill_path)] if r] if spill_path else []
         h.reset_stats()
         passes0 = int(h.stats()["passes"])
         times, after = [], []
@@ -452,32 +512,17 @@ def stream_run(model, inputs, *, device, engine, link_gbps, transfer: str, host_
             res["coded_weights_gbps"] = res["disk_gbps"] * scale
             res["coded_weights_wall_gbps"] = res["disk_wall_gbps"] * scale
         if transfer_passes:
-            # passes with no compute: acquire/release of every block (the disk tier alone);
-            # counted from the end of the first, as the steps; a page-cache drop is not timed
-            rt = h.runtime
-            marks = []
-            drop_s = 0.0
-            _sync(device)
-            for _ in range(max(2, transfer_passes)):
-                rt.begin_pass()
-                for b in ids:
-                    rt.acquire(b)
-                    rt.release(b)
-                rt.end_pass()
-                _sync(device)
-                a = h.stats()
-                marks.append((time.perf_counter() - drop_s, int(a["disk_bytes"]), int(a["disk_bytes_total"]),
-                              float(a["disk_busy_ms"])))
-                t_drop = time.perf_counter()
-                drop()
-                drop_s += time.perf_counter() - t_drop
-            (t0, b0, total0, busy0), (t1, b1, total1, busy1) = marks[0], marks[-1]
-            n = len(marks) - 1
-            res["transfer_only"] = {
-                "passes": n, "seconds": t1 - t0, "ms_per_pass": 1000.0 * (t1 - t0) / n, "disk_bytes": b1 - b0,
-                "disk_gbps": (total1 - total0) / ((busy1 - busy0) / 1000.0) / 1e9 if busy1 > busy0 else 0.0,
-                "wall_gbps": (b1 - b0) / (t1 - t0) / 1e9 if t1 > t0 else 0.0,
-            }
+            # passes with no compute: acquire/release of every block (the disk tier alone); then
+            # passes whose blocks each hold the host for the mean compute time of a block in the
+            # steps above, asleep: compute that leaves the CPU to the I/O path, as a GPU's does
+            res["transfer_only"] = _passes(h, ids, transfer_passes, drop, device)
+            per_block_s = sum(times[1:]) / max(1, len(times) - 1) / max(1, len(ids))
+            res["compute_off_cpu"] = _passes(h, ids, transfer_passes, drop, device, per_block_s)
+        if same_file:
+            same_file.append(same_file_rate(spill_path))
+            n, secs = sum(x["passes"] for x in same_file) * same_file[0]["bytes"], sum(x["seconds"] for x in same_file)
+            res["same_file_o_direct"] = {"gbps": n / secs / 1e9, "bytes": n, "seconds": secs,
+                                         "before_after_gbps": [x["gbps"] for x in same_file]}
         res["spill_path"] = st["spill_path"]
     finally:
         h.detach()
@@ -866,7 +911,9 @@ def _measure(args, res, model, inputs, tf, disc, dev, engine, spill, depth, min_
              f"{plain['read_ring_bytes'] / MIB:.1f} MiB; step {plain['step_ms']:.1f} ms, "
              f"{plain['disk_bytes_per_step'] / MIB:.1f} MiB read per step: {plain['disk_gbps']:.2f} GB/s of busy disk "
              f"time, {plain['disk_wall_gbps']:.2f} GB/s of step wall time, "
-             f"{plain.get('transfer_only', {}).get('wall_gbps', 0):.2f} GB/s with no compute; host waited "
+             f"{plain.get('transfer_only', {}).get('wall_gbps', 0):.2f} GB/s with no compute, "
+             f"{plain.get('compute_off_cpu', {}).get('disk_gbps', 0):.2f} GB/s of busy disk time with each block's "
+             f"compute time spent asleep; host waited "
              f"{plain['disk_wait_ms_per_step']:.1f} ms per step; reads in flight (ring of "
              f"{plain['prefetch'] + READ_AHEAD}): {_f(plain['disk_reads_in_flight'])} while the disk was busy, "
              f"{_f(plain['disk_reads_in_flight_at_waits'])} as each wait began; max |diff| {plain['max_abs_diff']:.3g}")
@@ -928,7 +975,25 @@ def _measure(args, res, model, inputs, tf, disc, dev, engine, spill, depth, min_
     })
     out["ratio_to_o_direct"] = _ratio(out["pinstream_disk_gbps"], o_direct)
     out["coded_ratio_to_o_direct"] = _ratio(out["coded_weights_gbps"], o_direct)
+    # against the disk's O_DIRECT rate on the very files the disk tier read, sampled right before
+    # and right after each run: the same extents of the disk over the same minutes
+    off = [x["compute_off_cpu"] for x in stored_runs if x.get("compute_off_cpu")]
+    busy = sum(x["busy_ms"] for x in off)
+    out["compute_off_cpu_disk_gbps"] = sum(x["disk_bytes_total"] for x in off) / busy / 1e6 if busy > 0 else None
+    out["compute_off_cpu_ratio_to_o_direct"] = _ratio(out["compute_off_cpu_disk_gbps"], o_direct)
+    out["same_file_o_direct_gbps"] = _same_file_gbps(stored_runs)
+    out["coded_same_file_o_direct_gbps"] = _same_file_gbps(coded_runs)
+    out["ratio_to_same_file_o_direct"] = _ratio(out["pinstream_disk_gbps"], out["same_file_o_direct_gbps"])
+    out["coded_ratio_to_same_file_o_direct"] = _ratio(out["coded_weights_gbps"], out["coded_same_file_o_direct_gbps"])
+    out["compute_off_cpu_ratio_to_same_file_o_direct"] = _ratio(out["compute_off_cpu_disk_gbps"],
+                                                                out["same_file_o_direct_gbps"])
     return out
+
+
+def _same_file_gbps(runs) -> float | None:
+    """Bytes / seconds of the O_DIRECT passes over each run's own spill file (before and after it)."""
+    rs = [x["same_file_o_direct"] for x in runs if x.get("same_file_o_direct")]
+    return sum(r["bytes"] for r in rs) / sum(r["seconds"] for r in rs) / 1e9 if rs else None
 
 
 def _f(v, fmt="{:.2f}") -> str:
@@ -971,12 +1036,20 @@ def summary(res: dict) -> str:
         f"{_f(d.get('o_direct_io_uring'))} GB/s",
         f"PinStream disk tier: {_f(res['pinstream_disk_gbps'])} GB/s per second of busy disk time, "
         f"{_f(res['pinstream_disk_wall_gbps'])} GB/s per second of step wall time, "
-        f"{_f(res['transfer_only_disk_gbps'])} GB/s with no compute",
+        f"{_f(res['transfer_only_disk_gbps'])} GB/s with no compute, {_f(res.get('compute_off_cpu_disk_gbps'))} GB/s "
+        f"of busy disk time with the compute off the CPU (each block holds the host for its mean compute time, "
+        f"asleep, as under a GPU's compute: / O_DIRECT {_f(res.get('compute_off_cpu_ratio_to_o_direct'), '{:.3f}')}, "
+        f"/ O_DIRECT on the same files {_f(res.get('compute_off_cpu_ratio_to_same_file_o_direct'), '{:.3f}')})",
         f"pinstream_disk_gbps / disk_read_gbps.o_direct = {_f(res['ratio_to_o_direct'], '{:.3f}')} (target >= 0.9: "
-        f"{_met(res['ratio_to_o_direct'], 0.9)})",
+        f"{_met(res['ratio_to_o_direct'], 0.9)}); against O_DIRECT on the spill files themselves, right before and "
+        f"after each run ({_f(res.get('same_file_o_direct_gbps'))} GB/s): "
+        f"{_f(res.get('ratio_to_same_file_o_direct'), '{:.3f}')} ({_met(res.get('ratio_to_same_file_o_direct'), 0.9)})",
         f"coded_weights_gbps {_f(res['coded_weights_gbps'])} GB/s (blocks coded to {res['coded_ratio']:.3f}, "
         f"{_f(res['coded_disk_gbps'])} GB/s of coded bytes); / O_DIRECT = {_f(res['coded_ratio_to_o_direct'], '{:.3f}')} "
-        f"(target >= 1.3: {_met(res['coded_ratio_to_o_direct'], 1.3)}); per second of step wall time "
+        f"(target >= 1.3: {_met(res['coded_ratio_to_o_direct'], 1.3)}); / O_DIRECT on the coded spill files "
+        f"({_f(res.get('coded_same_file_o_direct_gbps'))} GB/s) = "
+        f"{_f(res.get('coded_ratio_to_same_file_o_direct'), '{:.3f}')} "
+        f"({_met(res.get('coded_ratio_to_same_file_o_direct'), 1.3)}); per second of step wall time "
         f"{_f(res['coded_weights_wall_gbps'])} GB/s of weights (step {coded['step_ms']:.1f} ms against "
         f"{first['step_ms']:.1f} as stored)",
         f"RSS after the first run {res['rss_bytes'] / MIB:.1f} MiB; limit {res['rss_limit_bytes'] / MIB:.1f} MiB = RSS "

@@ -49,6 +49,11 @@ def _check_quick(r: dict, proc) -> None:
     assert d["buffered"] > 0
     assert isinstance(r["page_cache_dropped"], bool)
     assert r["pinstream_disk_gbps"] > 0 and r["pinstream_disk_wall_gbps"] > 0 and r["transfer_only_disk_gbps"] > 0
+    assert r["compute_off_cpu_disk_gbps"] > 0
+    for run in r["runs"]["stored"]:  # each block asleep for the steps' mean compute time of a block
+        off = run["compute_off_cpu"]
+        assert off["sleep_ms_per_block"] > 0 and off["disk_bytes"] > 0
+        assert off["ms_per_pass"] > off["sleep_ms_per_block"] * run["blocks"]
     assert r["coded_weights_gbps"] > 0 and 0.5 < r["coded_ratio"] < 1.0
     assert r["rss_bytes"] > 0 and r["rss_limit_bytes"] > 0
     assert r["host_budget_bytes"] > 0 and r["read_ring_bytes"] > 0 and r["disk_blocks"] > 0
@@ -75,6 +80,14 @@ def test_bench_disk_quick_writes_its_figures(tmp_path):
         assert r["disk_read_gbps"]["o_direct_io_uring"] is None or r["disk_read_gbps"]["o_direct_io_uring"] > 0
         assert r["io_uring"]["how"]
         assert r["ratio_to_o_direct"] > 0
+    if r["disk_read_gbps"]["o_direct"] is not None:
+        # the disk's O_DIRECT rate on each run's own spill file, right before and right after it
+        assert r["same_file_o_direct_gbps"] > 0 and r["ratio_to_same_file_o_direct"] > 0
+        assert r["coded_same_file_o_direct_gbps"] > 0 and r["coded_ratio_to_same_file_o_direct"] > 0
+        for run in r["runs"]["stored"] + r["runs"]["compressed"]:
+            sf = run["same_file_o_direct"]
+            assert len(sf["before_after_gbps"]) == 2 and sf["bytes"] == 4 * run["spill_bytes"]
+        assert "against O_DIRECT on the spill files themselves" in proc.stdout
     # how the runtime reads the spill file; read buffered, the page cache is dropped between steps
     assert r["disk_how"].startswith(("O_DIRECT", "io_uring", "buffered"))
     for run in r["runs"]["stored"]:
