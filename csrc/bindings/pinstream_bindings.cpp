@@ -311,6 +311,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
             pinstream::ThrowIfError(r.Wait(ticket));
           },
           py::arg("file"), py::arg("offset"), py::arg("dst"), "Reads dst.numel() bytes at offset into dst (waits)");
+  m.attr("DISK_TIER_CHUNK_BYTES") = pinstream::kDiskTierChunkBytes;
   m.def(
       "drop_page_cache",
       [](const std::string& path) {

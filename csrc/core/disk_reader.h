@@ -47,6 +47,10 @@
 
 namespace pinstream {
 
+// The disk tier reads a block in chunks of this size, which every thread (or the
+// io_uring thread's reads) take a share of: the ring holds a few blocks in flight.
+constexpr uint64_t kDiskTierChunkBytes = 2ULL << 20;
+
 class DiskReader {
  public:
   struct Options {

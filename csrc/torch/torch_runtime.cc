@@ -106,8 +106,7 @@ TorchRuntime::TorchRuntime(const RuntimeOptions& o)
     throw std::invalid_argument("PinStream: disk_threads must be >= 1, got " + std::to_string(o.disk_threads));
   }
   disk_options_.threads = o.disk_threads;
-  // a block is read in pieces every thread takes a share of (the ring holds a few blocks)
-  disk_options_.chunk_bytes = 2ULL << 20;
+  disk_options_.chunk_bytes = kDiskTierChunkBytes;
   disk_options_.direct = o.disk_direct;
   disk_options_.why_buffered = o.disk_why;
   disk_options_.io_uring = o.disk_io_uring;
