@@ -74,6 +74,8 @@ class OffloadHandle(Replanning):
         # or on disk): between uses their weights point at a placeholder
         self._apart_units: set = set()
         self._has_disk = False  # some of its blocks live on disk
+        self._arriving = False  # blocks read into RAM by the pass running or next
+        self._arrival_error = ""
         self._coded_units: set = set()  # held in the exact coded form
         self._run_seq = 0  # when its last pass began (a process-wide count)
         self._pass_snap = None  # disk bytes, compute ms, disk wait ms when its last pass began
@@ -206,15 +208,22 @@ class OffloadHandle(Replanning):
         self._placed = True  # placed as asked: not again by its timed compute
         return self._move_ram(budget)
 
-    def _move_ram(self, budget: int, pin_cap_bytes: int | None = None, by_timing: bool = False) -> int:
+    def _move_ram(self, budget: int, pin_cap_bytes: int | None = None, by_timing: bool = False,
+                  read_through: bool = False) -> int:
+        """set_host_budget on the runtime, counted in ram_moves. ``read_through``: blocks
+        coming back are read by the next pass into their RAM (which streams them anyway)
+        instead of now; until it ends they count as moved, and are held apart still."""
         import time
 
         before = self._rt.stats()["block_on_disk"]
         start = time.perf_counter()
         try:
-            held = self._rt.set_host_budget(budget, pin_cap_bytes, by_timing)
+            held = self._rt.set_host_budget(budget, pin_cap_bytes, by_timing, read_through)
         finally:
             after = self._refresh_apart()
+            arriving = self._rt.stats()["block_arriving"] if read_through else [False] * len(after)
+            self._arriving = any(arriving)
+            after = [d and not a for d, a in zip(after, arriving, strict=True)]
         if after != before:
             m = self.ram_moves
             m["moves"] += 1
@@ -227,12 +236,13 @@ class OffloadHandle(Replanning):
     def _follow_ram(self) -> None:
         """Before a pass: host RAM follows the model that runs. A model with blocks on disk
         counts, pass after pass in a row, the time the disk held its passes beyond their
-        compute; once that reaches what reading its blocks back into RAM once would take (at
-        the disk rate measured), it takes the RAM that hides its disk time under its compute
-        (what the disk reads in the time a pass outlasted it): models waiting for their turn
-        (the least recently run first, those with an automatic host budget) move as many of
-        their blocks to disk as it is short of, and its own blocks come back, up to the
-        process's pinning cap (and its own host budget when one was given). Wan 2.2's two
+        compute; once that reaches what the moves so far took for the bytes it would take, it
+        takes the RAM that hides its disk time under its compute (what the disk reads in the
+        time a pass outlasted it): models waiting for their turn (the least recently run
+        first, those with an automatic host budget) move as many of their blocks to disk as it
+        is short of, and its own blocks come back, up to the process's pinning cap (and its
+        own host budget when one was given). They are read through the pass that follows,
+        which would read them from disk anyway: into their RAM, and uploaded from there. Wan 2.2's two
         experts: where the disk is far slower than the compute, the one not running lives on
         disk. A disk that keeps up with the compute, or models that alternate every pass, move
         nothing."""
@@ -241,6 +251,15 @@ class OffloadHandle(Replanning):
             _LAST_RUNNER[0] = weakref.ref(self)
             _RUN_SEQ[0] += 1
             self._run_seq = _RUN_SEQ[0]
+        if self._arriving:  # blocks read through the last pass are in RAM now (or say why not)
+            self._arriving = False
+            self._refresh_apart()
+            err = self._rt.stats().get("arrival_error")
+            if err and err != self._arrival_error:
+                import warnings
+
+                self._arrival_error = err
+                warnings.warn(f"PinStream: blocks could not come back to RAM: {err}", RuntimeWarning, stacklevel=2)
         if not self._has_disk:
             self._pass_snap, self._rent_ms, self._rent_passes = None, 0.0, 0
             return
@@ -253,8 +272,8 @@ class OffloadHandle(Replanning):
             # once its blocks' compute was timed: placed again by it where it is spread unlike their bytes
             self._placed = True
             try:
-                self._move_ram(int(st["host_budget_bytes"]), by_timing=True)
-            except RuntimeError as e:  # a read failed: the blocks stay where they are
+                self._move_ram(int(st["host_budget_bytes"]), by_timing=True, read_through=True)
+            except (RuntimeError, MemoryError) as e:  # a read or an allocation failed: the blocks stay
                 import warnings
 
                 warnings.warn(f"PinStream: blocks on disk could not be placed by their compute: {e}",
@@ -285,7 +304,9 @@ class OffloadHandle(Replanning):
         want = self._hiding_bytes(held, self._rent_ms / max(1, self._rent_passes), gbps,
                                   self.discovery.largest_block_bytes, goal(room - floor))
         gain = want - held
-        if gain < self.discovery.largest_block_bytes or not self._move_pays(self._rent_ms, gain, gbps, _MOVE_COST):
+        # the blocks coming back are read through the next pass, which would read them from
+        # disk anyway: what a move costs is the pace the moves so far took, not their read
+        if gain < self.discovery.largest_block_bytes or not self._move_pays(self._rent_ms, gain, 0.0, _MOVE_COST):
             return
         # the room it needs beside the others: its ring too while blocks stay on disk
         required = need if want >= need else want + self._ring_bytes()
@@ -301,13 +322,15 @@ class OffloadHandle(Replanning):
                 other._move_ram(max(0, other.host_bytes - short - ring))
             target = min(want, goal(room - sum(h.ram_bytes for h in others)))
             if target >= held + self.discovery.largest_block_bytes or target >= need:
-                self._move_ram(target, pin_cap_bytes=pin_cap.available_pin_bytes(elsewhere) + self.pinned_bytes)
+                self._move_ram(target, pin_cap_bytes=pin_cap.available_pin_bytes(elsewhere) + self.pinned_bytes,
+                               read_through=True)
             with _RAM_LOCK:  # the givers' moves to disk and its reads, against what came back
                 _MOVE_COST[0] = _MOVE_COST[0] / 2 + (time.perf_counter() - start) * 1e3
                 _MOVE_COST[1] = _MOVE_COST[1] // 2 + max(0, self._rt.host_bytes - held)
-        except RuntimeError as e:
-            # (another model began a forward meanwhile, a read failed): every block is still
-            # where it can be read from, and this pass streams as it is
+        except (RuntimeError, MemoryError) as e:
+            # (another model began a forward meanwhile, a read failed, no host memory for a
+            # block coming back): every block is still where it can be read from, and this
+            # pass streams as it is
             import warnings
 
             warnings.warn(f"PinStream: host RAM could not follow the model that runs: {e}", RuntimeWarning,

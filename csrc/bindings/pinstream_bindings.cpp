@@ -120,6 +120,7 @@ py::dict ToDict(const RuntimeStats& s) {
   d["spill_path"] = s.spill_path;
   d["spill_bytes"] = s.spill_bytes;
   d["spill_error"] = s.spill_error;
+  d["arrival_error"] = s.arrival_error;
   d["source_block_bytes"] = s.source_block_bytes;
   d["source_note"] = s.source_note;
   d["disk_how"] = s.disk_how;
@@ -128,6 +129,7 @@ py::dict ToDict(const RuntimeStats& s) {
   d["compute_spans"] = c.compute_spans;
   d["suggested_prefetch"] = c.suggested_prefetch;
   d["block_on_disk"] = s.block_on_disk;
+  d["block_arriving"] = s.block_arriving;
   d["block_compute_ms"] = s.block_compute_ms;
   d["disk_reads"] = c.disk_reads;
   d["disk_read_misses"] = c.disk_read_misses;
@@ -450,10 +452,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("warm", &TorchRuntime::Warm, nogil(),
            "While not loaded: read the blocks on disk its next pass starts with into its read ring")
       .def("set_host_budget", &TorchRuntime::SetHostBudget, py::arg("budget_bytes"),
-           py::arg("pin_cap_bytes") = py::none(), py::arg("by_timing") = false, nogil(),
+           py::arg("pin_cap_bytes") = py::none(), py::arg("by_timing") = false, py::arg("read_through") = false,
+           nogil(),
            "Between passes: units beyond the new host budget (-1: none) move to disk, units on disk come "
            "back while it allows (pinned within pin_cap_bytes when given; by_timing: placed by the blocks' timed "
-           "compute where it is spread unlike their bytes); returns the host bytes of weights held after")
+           "compute where it is spread unlike their bytes; read_through: read by the next pass into their own "
+           "buffers instead of now); returns the host bytes of weights held after")
       .def("begin_pass", &TorchRuntime::BeginPass, nogil())
       .def("check_placement", &TorchRuntime::CheckPlacement, nogil(),
            "raise when a weight was converted, replaced or moved by code PinStream does not manage")

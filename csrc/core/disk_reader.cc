@@ -357,8 +357,8 @@ void DiskReader::Work() {
     const int delay_us = delay_us_;
     const size_t held = bounce.size();
     lock.unlock();
-    if (s.ok()) s = ReadChunk(c, &bounce);
     if (delay_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(delay_us));
+    if (s.ok()) s = ReadChunk(c, &bounce);
     lock.lock();
     totals_.bounce_bytes += bounce.size() - held;
     FinishChunk(c, s);

@@ -117,7 +117,8 @@ class DiskReader {
   // Fault injection (tests): the next `count` chunks fail with an I/O error.
   void FailNextReads(int count);
   // Latency injection (tests): every chunk the thread pool reads takes at least
-  // `microseconds` more (a slow disk, for schedules that must keep it busy).
+  // `microseconds` more, waited before it reads (a slow disk, for schedules that
+  // must keep it busy, and for reads still to land when their caller moves on).
   void DelayReads(int microseconds);
 
  private:

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <string>
 
@@ -76,6 +77,9 @@ Status StreamingRuntime::AttachHost(int block, const void* host) {
   PINSTREAM_RETURN_IF_ERROR(CheckBlock(block, "attach_host"));
   PINSTREAM_RETURN_IF_ERROR(Quiesce("attach_host"));
   const bool was_on_disk = !blocks_[block].disk.empty();
+  if (blocks_[block].arrive_ticket != 0) (void)reader_->Wait(blocks_[block].arrive_ticket);
+  blocks_[block].arrive_ticket = 0;
+  blocks_[block].arrive = nullptr;
   blocks_[block].host = host;
   blocks_[block].disk.clear();
   if (!loaded_ || !was_on_disk) return Status::Ok();
@@ -122,6 +126,9 @@ Status StreamingRuntime::SetDiskSource(int block, std::vector<DiskExtent> extent
     at = e.block_offset + e.bytes;
   }
   ForgetRead(block);  // read from where it was before
+  if (b.arrive_ticket != 0) (void)reader_->Wait(b.arrive_ticket);
+  b.arrive_ticket = 0;
+  b.arrive = nullptr;
   b.disk = std::move(extents);
   if (b.disk.empty()) b.disk.push_back(DiskExtent{-1, 0, 0, 0});  // a unit with no bytes: nothing to read
   return loaded_ ? AllocateReadRing() : Status::Ok();             // a ring for it (or a larger one)
@@ -491,7 +498,9 @@ Status StreamingRuntime::Unload() {
     return Status::FailedPrecondition("unload() while " + std::to_string(outstanding()) +
                                       " block(s) are acquired; release them or end the pass first");
   }
+  Status arrived = FinishArrivals();
   Status s = engine_->Synchronize();
+  if (s.ok()) s = arrived;
   Drain(false);
   FreeDevice();
   return s;
@@ -704,21 +713,115 @@ Status StreamingRuntime::FreeReadBuffer(const std::vector<int>& keep, bool wait,
   }
 }
 
+namespace {
+// A unit's extents as reads into `base` (its bytes from offset 0 on).
+std::vector<DiskReader::Range> RangesInto(const std::vector<DiskExtent>& extents, void* base) {
+  std::vector<DiskReader::Range> ranges;
+  for (const DiskExtent& e : extents) {
+    if (e.bytes > 0) {
+      ranges.push_back(DiskReader::Range{e.file, e.file_offset, e.bytes, static_cast<uint8_t*>(base) + e.block_offset});
+    }
+  }
+  return ranges;
+}
+}  // namespace
+
 Status StreamingRuntime::SubmitRead(int buf, int block) {
   ReadBuffer& r = reads_[buf];
-  const Block& b = blocks_[block];
-  std::vector<DiskReader::Range> ranges;
-  auto* base = static_cast<uint8_t*>(r.mem->data());
-  for (const DiskExtent& e : b.disk) {
-    if (e.bytes > 0) ranges.push_back(DiskReader::Range{e.file, e.file_offset, e.bytes, base + e.block_offset});
-  }
   r.block = -1;
   r.ticket = 0;
   uint64_t ticket = 0;
-  PINSTREAM_RETURN_IF_ERROR(reader_->SubmitMany(ranges, &ticket));
+  PINSTREAM_RETURN_IF_ERROR(reader_->SubmitMany(RangesInto(blocks_[block].disk, r.mem->data()), &ticket));
   r.block = block;
   r.ticket = ticket;
   return Status::Ok();
+}
+
+Status StreamingRuntime::ReadInto(int block, void* dst) {
+  PINSTREAM_RETURN_IF_ERROR(CheckBlock(block, "read_into"));
+  if (in_pass()) return Status::FailedPrecondition("read_into during a pass; end the pass first");
+  Block& b = blocks_[block];
+  if (b.disk.empty()) return Status::InvalidArgument("read_into: block " + std::to_string(block) + " is not on disk");
+  if (dst == nullptr) return Status::InvalidArgument("read_into a null buffer");
+  if (b.arrive != nullptr) {
+    return Status::FailedPrecondition("read_into: block " + std::to_string(block) + " is arriving already");
+  }
+  const int at = ReadBufferOf(block);
+  if (at >= 0) {
+    // read ahead into the ring already: its bytes are copied from there
+    bool done = false;
+    if (FinishRead(at, /*wait=*/true, &done).ok() && reads_[at].block == block) {
+      std::memcpy(dst, reads_[at].mem->data(), b.bytes);
+      reads_[at].block = -1;  // refilled once its last upload landed
+      b.host = dst;
+      b.disk.clear();
+      return Status::Ok();
+    }
+  }
+  b.arrive = dst;
+  return Status::Ok();
+}
+
+Status StreamingRuntime::SubmitArrival(int block) {
+  Block& b = blocks_[block];
+  uint64_t ticket = 0;
+  PINSTREAM_RETURN_IF_ERROR(reader_->SubmitMany(RangesInto(b.disk, b.arrive), &ticket));
+  b.arrive_ticket = ticket;
+  return Status::Ok();
+}
+
+Status StreamingRuntime::FinishArrival(int block) {
+  Block& b = blocks_[block];
+  if (b.arrive_ticket == 0) PINSTREAM_RETURN_IF_ERROR(SubmitArrival(block));
+  const bool waits = !reader_->Done(b.arrive_ticket);
+  const auto start = std::chrono::steady_clock::now();
+  Status s = reader_->Wait(b.arrive_ticket);
+  if (waits) {
+    stats_.disk_wait_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  }
+  b.arrive_ticket = 0;
+  if (!s.ok()) {
+    b.arrive = nullptr;  // it stays on disk
+    return s;
+  }
+  stats_.disk_reads += 1;
+  stats_.disk_bytes += b.bytes;
+  b.host = b.arrive;
+  b.arrive = nullptr;
+  b.disk.clear();
+  return Status::Ok();
+}
+
+Status StreamingRuntime::FinishArrivals() {
+  if (in_pass()) return Status::FailedPrecondition("finish_arrivals during a pass; end the pass first");
+  Status first = TakeArrivalError();        // an arrival a pass could not read into its buffer
+  for (int i = 0; i < num_blocks(); ++i) {  // all of them in flight together
+    Block& b = blocks_[i];
+    if (b.arrive == nullptr || b.arrive_ticket != 0) continue;
+    Status s = SubmitArrival(i);
+    if (!s.ok() && first.ok()) first = s;
+    if (!s.ok()) b.arrive = nullptr;
+  }
+  for (int i = 0; i < num_blocks(); ++i) {
+    if (blocks_[i].arrive == nullptr) continue;
+    Status s = FinishArrival(i);
+    if (!s.ok() && first.ok()) first = s;
+  }
+  if (!reads_.empty() && std::none_of(blocks_.begin(), blocks_.end(), [](const Block& b) { return !b.disk.empty(); })) {
+    // nothing left on disk: the ring goes, once no upload reads it any more
+    Status s = engine_->Synchronize();
+    if (s.ok()) FreeReadRing();
+    if (!s.ok() && first.ok()) first = s;
+  }
+  return first;
+}
+
+void StreamingRuntime::AbandonArrivals() {
+  for (Block& b : blocks_) {
+    if (b.arrive_ticket != 0) (void)reader_->Wait(b.arrive_ticket);  // it writes into the caller's buffer
+    b.arrive_ticket = 0;
+    b.arrive = nullptr;
+  }
 }
 
 Status StreamingRuntime::SourceNow(int block, const uint8_t** src, int* buf) {
@@ -727,6 +830,23 @@ Status StreamingRuntime::SourceNow(int block, const uint8_t** src, int* buf) {
   if (b.disk.empty()) {
     *src = static_cast<const uint8_t*>(b.host);
     return Status::Ok();
+  }
+  if (b.arrive != nullptr) {  // read into its own buffer, which is its host copy from then on
+    if (b.arrive_ticket == 0) PINSTREAM_RETURN_IF_ERROR(SubmitArrival(block));
+    if (!reader_->Done(b.arrive_ticket)) {
+      ReadAhead(block);
+      stats_.disk_read_misses += 1;
+      for (const ReadBuffer& r : reads_) stats_.disk_miss_reads_in_flight += r.ticket != 0 && !reader_->Done(r.ticket);
+      for (const Block& a : blocks_)
+        stats_.disk_miss_reads_in_flight += a.arrive_ticket != 0 && !reader_->Done(a.arrive_ticket);
+    }
+    Status arrived = FinishArrival(block);
+    if (arrived.ok()) {
+      *src = static_cast<const uint8_t*>(b.host);
+      return Status::Ok();
+    }
+    // it stays on disk (FinishArrivals says why), and is read for this use as any unit on disk
+    if (arrival_error_.ok()) arrival_error_ = arrived;
   }
   int at = ReadBufferOf(block);
   const bool miss =
@@ -757,6 +877,10 @@ void StreamingRuntime::ReadAhead(int current) {
   for (int w : read_window_) {
     const Block& b = blocks_[w];
     if (b.disk.empty() || b.coded) continue;
+    if (b.arrive != nullptr) {                           // into its own buffer: no ring buffer needed
+      if (b.arrive_ticket == 0) (void)SubmitArrival(w);  // the acquire reads it again and reports why
+      continue;
+    }
     const int slot = ring_.SlotOf(w);
     if (slot >= 0 && ring_.Valid(slot)) continue;  // already on the device
     if (ReadBufferOf(w) >= 0) continue;
@@ -918,6 +1042,7 @@ void StreamingRuntime::ResetStats() {
 
 Status StreamingRuntime::Close() {
   if (closed_) return Status::Ok();
+  AbandonArrivals();
   Status s;
   if (loaded_) {
     for (Block& b : blocks_) b.acquired = 0;

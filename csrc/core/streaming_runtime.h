@@ -108,6 +108,29 @@ class StreamingRuntime {
   // twice (gaps between them are padding no tensor reads). Its host pointer is
   // no longer used (AttachHost brings it back to host memory).
   Status SetDiskSource(int block, std::vector<DiskExtent> extents);
+  // Brings a unit on disk back to host memory through its next read: its bytes
+  // are read into `dst` (the caller's, at least its bytes, alive until the unit
+  // arrived or Close) in place of a read ring buffer, in the learned order with
+  // the reads ahead, uploaded from there, and from then on `dst` is its host
+  // copy (on_disk() false). Where a ring buffer holds its bytes already they are
+  // copied at once. Between passes. FinishArrivals() reads those no pass reached.
+  // A pass whose read into `dst` fails reads the unit again through the ring; it
+  // stays on disk.
+  Status ReadInto(int block, void* dst);
+  // Waits for every read into a ReadInto buffer, first submitting those not
+  // begun. A unit whose read failed stays on disk (its buffer unused; a pass
+  // that needed it read it again through the ring); the first failure since the
+  // last call is returned. With no unit left on disk the read ring goes. Between
+  // passes; Unload does it too, Close waits for the reads in flight only.
+  Status FinishArrivals();
+  bool arriving(int block) const { return blocks_[block].arrive != nullptr; }
+  // The first arrival a pass could not read into its buffer since the last call (and
+  // FinishArrivals, which returns it too).
+  Status TakeArrivalError() {
+    Status s = arrival_error_;
+    arrival_error_ = Status::Ok();
+    return s;
+  }
   // Forgets the units [first, num_blocks()) (a registration that failed half
   // way); the plan, if any, is dropped with them. Allowed while nothing is loaded.
   Status DropBlocksFrom(int first);
@@ -224,6 +247,8 @@ class StreamingRuntime {
     DeviceLocation coded_loc;      // when resident coded and loaded
     int acquired = 0;              // acquisitions not yet released
     std::vector<DiskExtent> disk;  // where its bytes are when it lives on disk
+    void* arrive = nullptr;        // ReadInto: its next read goes here, its host copy after
+    uint64_t arrive_ticket = 0;    // that read while in flight
   };
   // A pinned host buffer of the read ring.
   struct ReadBuffer {
@@ -278,6 +303,12 @@ class StreamingRuntime {
   // when none is free now.
   Status FreeReadBuffer(const std::vector<int>& keep, bool wait, int* buf);
   Status SubmitRead(int buf, int block);
+  // The read of an arriving unit (ReadInto) into its own buffer; FinishArrival
+  // waits for it and makes that buffer its host copy (on failure it stays on disk).
+  Status SubmitArrival(int block);
+  Status FinishArrival(int block);
+  // Waits for the reads into ReadInto buffers in flight (Close), the units left on disk.
+  void AbandonArrivals();
   // Finishes the read of buffer `buf` (waiting when `wait`); false while it is
   // still in flight. A failed read empties the buffer and is returned.
   Status FinishRead(int buf, bool wait, bool* done);
@@ -321,6 +352,7 @@ class StreamingRuntime {
   bool adaptive_ = false;
   int prefetch_cap_ = 1;
   std::vector<ReadBuffer> reads_;
+  Status arrival_error_;            // the first arrival a pass failed to read into its buffer
   DiskReader::Totals reader_base_;  // reader totals at the last ResetStats
   std::vector<double> compute_ms_;  // per block (see compute_ms())
   std::vector<int> evicted_;

@@ -898,8 +898,8 @@ void TorchRuntime::ToDiskLocked(int block) {
   ReleaseChunkLocked(c);
 }
 
-void TorchRuntime::ToOwnBufferLocked(int block, const std::function<void(uint8_t*)>& fill) {
-  BlockTensors& info = blocks_[static_cast<size_t>(block)];
+TorchRuntime::OwnBuffer TorchRuntime::NewOwnBufferLocked(int block) {
+  const BlockTensors& info = blocks_[static_cast<size_t>(block)];
   // a coded unit comes here only from disk (in RAM it has a buffer of its own already)
   const uint64_t size = info.exact ? info.disk_bytes : Uint(info.bytes);
   const int64_t ring = Int(core_->read_ring_bytes(/*pinned_only=*/true));
@@ -907,45 +907,83 @@ void TorchRuntime::ToOwnBufferLocked(int block, const std::function<void(uint8_t
   std::unique_ptr<HostBuffer> buf;
   ThrowIfError(engine_->AllocateHostBuffer(std::max<uint64_t>(size, 1), pin, &buf));
   pin_how_.insert(buf->how());
-  const bool pinned = buf->pinned();
-  auto* data = static_cast<uint8_t*>(buf->data());
-  auto owner = std::make_shared<AccountedBuffer>(std::move(buf), Int(size), live_host_bytes_);
-  fill(data);
-  ThrowIfError(core_->AttachHost(block, data));
+  OwnBuffer out;
+  out.pinned = buf->pinned();
+  out.data = static_cast<uint8_t*>(buf->data());
+  out.size = size;
+  out.owner = std::make_shared<AccountedBuffer>(std::move(buf), Int(size), live_host_bytes_);
+  return out;
+}
+
+void TorchRuntime::AdoptOwnBufferLocked(int block, const OwnBuffer& buf, bool counted) {
+  BlockTensors& info = blocks_[static_cast<size_t>(block)];
   const int old_chunk = info.chunk;
   if (info.exact) {
     info.transfer_buffer = static_cast<int>(transfer_buffers_.size());
-    transfer_buffers_.push_back(owner);
-    info.transfer = data;
-    info.transfer_bytes = size;
+    transfer_buffers_.push_back(buf.owner);
+    info.transfer = buf.data;
+    info.transfer_bytes = buf.size;
   } else {
+    std::shared_ptr<AccountedBuffer> owner = buf.owner;
     at::Tensor chunk = at::from_blob(
-        data, {Int(size)}, [owner](void*) mutable { owner.reset(); }, at::TensorOptions().dtype(at::kByte));
+        buf.data, {Int(buf.size)}, [owner](void*) mutable { owner.reset(); }, at::TensorOptions().dtype(at::kByte));
     info.chunk = static_cast<int>(chunks_.size());
     for (PackedTensor& pt : info.tensors) {
       pt.host_view = AliasOf(pt, chunk, pt.offset);
       if (!info.on_device()) pt.param.set_data(pt.host_view);
     }
-    chunks_.push_back(Chunk{chunk, pinned});
+    chunks_.push_back(Chunk{chunk, buf.pinned});
   }
-  host_bytes_ += Int(size);
-  (pinned ? pinned_bytes_ : pageable_bytes_) += Int(size);
-  info.pinned = pinned;
+  if (!counted) {
+    host_bytes_ += Int(buf.size);
+    (buf.pinned ? pinned_bytes_ : pageable_bytes_) += Int(buf.size);
+  }
+  info.pinned = buf.pinned;
   if (info.disk) {
     info.disk = false;
     info.backed = true;  // what it was read from is still there
-    info.backed_hash = ContentHash(data, size, std::max(1, at::get_num_threads()));
+    info.backed_hash = ContentHash(buf.data, buf.size, std::max(1, at::get_num_threads()));
   }
   ReleaseChunkLocked(old_chunk);
 }
 
-int64_t TorchRuntime::SetHostBudget(int64_t budget_bytes, std::optional<int64_t> pin_cap_bytes, bool by_timing) {
+void TorchRuntime::ToOwnBufferLocked(int block, const std::function<void(uint8_t*)>& fill) {
+  const OwnBuffer buf = NewOwnBufferLocked(block);
+  fill(buf.data);
+  ThrowIfError(core_->AttachHost(block, buf.data));
+  AdoptOwnBufferLocked(block, buf, /*counted=*/false);
+}
+
+void TorchRuntime::SettleArrivalsLocked(bool finish) {
+  if (arrivals_.empty()) return;
+  Status s = finish ? core_->FinishArrivals() : Status::Ok();
+  for (auto it = arrivals_.begin(); it != arrivals_.end();) {
+    const auto& [block, buf] = *it;
+    if (!core_->on_disk(block)) {
+      AdoptOwnBufferLocked(block, buf, /*counted=*/true);
+    } else if (!core_->arriving(block)) {
+      // its read failed: it stays on disk, and its buffer goes
+      host_bytes_ -= Int(buf.size);
+      (buf.pinned ? pinned_bytes_ : pageable_bytes_) -= Int(buf.size);
+      if (s.ok()) s = core_->TakeArrivalError();
+    } else {
+      ++it;  // still to be read
+      continue;
+    }
+    it = arrivals_.erase(it);
+  }
+  if (!s.ok()) arrival_error_ = s.message() + "; those units stay on disk";
+}
+
+int64_t TorchRuntime::SetHostBudget(int64_t budget_bytes, std::optional<int64_t> pin_cap_bytes, bool by_timing,
+                                    bool read_through) {
   std::lock_guard<std::mutex> lock(mu_);
   CheckOpen();
   if (pin_cap_bytes) pin_cap_bytes_ = std::max<int64_t>(-1, *pin_cap_bytes);
   if (registering_) throw std::runtime_error("PinStream: set_host_budget while blocks are being registered");
   if (core_->in_pass()) throw std::runtime_error("PinStream: set_host_budget during a pass; call it between passes");
   DeviceScope scope(alloc_device_);
+  SettleArrivalsLocked(/*finish=*/true);
   const size_t n = blocks_.size();
   std::vector<DiskPlanUnit> units(n);
   for (size_t b = 0; b < n; ++b) {
@@ -1017,7 +1055,21 @@ int64_t TorchRuntime::SetHostBudget(int64_t budget_bytes, std::optional<int64_t>
   for (size_t b = 0; b < n; ++b) {
     if (disk[b] || !blocks_[b].disk) continue;
     const BlockTensors& info = blocks_[b];
-    ToOwnBufferLocked(static_cast<int>(b), [&](uint8_t* to) { ReadExtentsLocked(info, 0, info.disk_bytes, to); });
+    const int id = static_cast<int>(b);
+    if (!read_through) {
+      ToOwnBufferLocked(id, [&](uint8_t* to) { ReadExtentsLocked(info, 0, info.disk_bytes, to); });
+      continue;
+    }
+    // read by the next pass into its buffer (counted from now: its memory is taken)
+    const OwnBuffer buf = NewOwnBufferLocked(id);
+    ThrowIfError(core_->ReadInto(id, buf.data));
+    host_bytes_ += Int(buf.size);
+    (buf.pinned ? pinned_bytes_ : pageable_bytes_) += Int(buf.size);
+    if (core_->on_disk(id)) {
+      arrivals_.emplace(id, buf);
+    } else {
+      AdoptOwnBufferLocked(id, buf, /*counted=*/true);  // it was in a read ring buffer: copied
+    }
   }
   return host_bytes_;
 }
@@ -1327,6 +1379,7 @@ Status TorchRuntime::EndPassLocked() {
   touched_ = -1;
   Status s = core_->EndPass(ComputeQueue());
   ApplyEvictions();
+  SettleArrivalsLocked(/*finish=*/true);
   for (int i = 0; i < static_cast<int>(blocks_.size()); ++i) {
     BlockTensors& info = blocks_[i];
     if (!info.on_device() || core_->acquired(i)) continue;
@@ -1376,6 +1429,7 @@ void TorchRuntime::UseMeasuredRates() {
 
 void TorchRuntime::UnloadLocked() {
   touched_ = -1;
+  SettleArrivalsLocked(/*finish=*/true);
   if (!core_->loaded()) return;
   // Before anything changes: pointing a converted tensor back at its host copy
   // would silently undo the conversion.
@@ -1426,6 +1480,7 @@ TorchRuntime::Pace TorchRuntime::GetPace() {
   Pace p;
   if (closed_ || registering_) return p;
   DeviceScope scope(alloc_device_);
+  SettleArrivalsLocked(/*finish=*/false);
   const Stats s = core_->GetStats(/*wait=*/false);
   p.disk_bytes = s.disk_bytes;
   p.compute_ms = s.compute_ms;
@@ -1445,6 +1500,7 @@ RuntimeStats TorchRuntime::GetStats() {
   d.closed = closed_;
   if (!closed_ && !registering_) {
     DeviceScope scope(alloc_device_);
+    SettleArrivalsLocked(/*finish=*/false);  // the units that arrived show it
     d.core = core_->GetStats(/*wait=*/true);
   }
   d.writebacks = writebacks_;
@@ -1480,6 +1536,7 @@ RuntimeStats TorchRuntime::GetStats() {
   for (int i = 0; !closed_ && i < core_->num_blocks(); ++i) d.block_compute_ms.push_back(core_->compute_ms(i));
   for (const BlockTensors& b : blocks_) {
     d.block_on_disk.push_back(b.disk);
+    d.block_arriving.push_back(arrivals_.count(static_cast<int>(&b - blocks_.data())) > 0);
     if (!b.disk) continue;
     ++d.disk_blocks;
     d.disk_block_bytes += b.disk_bytes;
@@ -1490,6 +1547,7 @@ RuntimeStats TorchRuntime::GetStats() {
   }
   d.disk_over_bytes = disk_over_bytes_;
   d.spill_error = spill_error_;
+  d.arrival_error = arrival_error_;
   d.source_note = source_note_;
   if (spill_) {
     d.spill_path = spill_->path();
@@ -1528,6 +1586,9 @@ void TorchRuntime::CloseLocked(bool restore_pageable) {
   if (core_->loaded()) {
     SyncCompute();
     core_->EndPass(ComputeQueue());
+  }
+  SettleArrivalsLocked(/*finish=*/true);  // what arrived is restored from its host copy, the rest from disk
+  if (core_->loaded()) {
     for (BlockTensors& info : blocks_) {
       WriteBack(&info);
       info.PointAtHost();

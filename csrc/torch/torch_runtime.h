@@ -164,6 +164,8 @@ struct RuntimeStats {
   std::string disk_how;     // how the spill file is read (O_DIRECT, or buffered and why)
   uint64_t read_ring_bytes = 0;
   std::vector<bool> block_on_disk;
+  std::vector<bool> block_arriving;      // on disk, read into host memory by the next pass
+  std::string arrival_error;             // why the last units read through stayed on disk
   std::vector<double> block_compute_ms;  // each block's compute per use as timed (-1: not yet)
   std::vector<QuantError> fp8_block_error;
   QuantError fp8_error;
@@ -214,9 +216,13 @@ class TorchRuntime {
   // given, is this runtime's new pinning cap (-1: none). Which units go to disk
   // follows their compute (csrc/core/disk_plan.h): in proportion to their bytes,
   // or with `by_timing` as timed (kept for the later moves) where it is spread
-  // unlike the bytes. Returns the host bytes of weights held after.
+  // unlike the bytes. With `read_through`, units coming back are read through
+  // the next pass (StreamingRuntime::ReadInto): into their own buffers, from
+  // which that pass uploads them, in place of a read now; the pass ends with them
+  // in host memory (one whose read failed stays on disk, and the stats say why).
+  // Returns the host bytes of weights held after (those arriving included).
   int64_t SetHostBudget(int64_t budget_bytes, std::optional<int64_t> pin_cap_bytes = std::nullopt,
-                        bool by_timing = false);
+                        bool by_timing = false, bool read_through = false);
   void BeginPass();
   // Fails (std::runtime_error naming the weight) when a weight was converted, replaced or
   // moved by code PinStream does not manage. BeginPass checks it too.
@@ -321,8 +327,23 @@ class TorchRuntime {
   void UseReaderLocked(int64_t pinned_now, int64_t ring);
   // Moves of one unit between host memory and disk (see SetHostBudget).
   void ToDiskLocked(int block);
+  // A host buffer of its own for a unit (pinned where the pinning cap has room).
+  struct OwnBuffer {
+    std::shared_ptr<AccountedBuffer> owner;
+    uint8_t* data = nullptr;
+    uint64_t size = 0;
+    bool pinned = false;
+  };
+  OwnBuffer NewOwnBufferLocked(int block);
+  // The unit's host copy is `buf` from now on (the core has it already); counted
+  // in the host bytes unless `counted`.
+  void AdoptOwnBufferLocked(int block, const OwnBuffer& buf, bool counted);
   // Into a host buffer of its own: `fill` writes its bytes there.
   void ToOwnBufferLocked(int block, const std::function<void(uint8_t*)>& fill);
+  // Units read through a pass (SetHostBudget's read_through): those that arrived
+  // adopt their buffers, those whose read failed stay on disk (arrival_error_ says
+  // why); with `finish`, the reads not done are done first (between passes).
+  void SettleArrivalsLocked(bool finish);
   // Drops the chunk `c` once no unit uses it any more.
   void ReleaseChunkLocked(int c);
   // Bytes of `info` in host memory when it is held there (its transfer form for
@@ -352,6 +373,8 @@ class TorchRuntime {
   std::vector<int> disk_files_;            // every file the disk tier reads (checked before a load)
   std::string source_note_;                // why a unit meant for disk could not read from them
   std::string spill_error_;
+  std::map<int, OwnBuffer> arrivals_;  // units read into these by the next pass
+  std::string arrival_error_;
   uint64_t disk_over_bytes_ = 0;
   int fail_spill_writes_ = 0;
   bool disk_reader_used_ = false;

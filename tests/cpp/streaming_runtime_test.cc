@@ -629,6 +629,134 @@ TEST(StreamingRuntimeDisk, UnitsMoveBetweenHostAndDiskBetweenPassesWhileLoaded) 
   }
 }
 
+TEST(StreamingRuntimeDisk, UnitsOnDiskArriveInHostMemoryThroughTheirNextRead) {
+  // Blocks 1, 3, 5, 7 live on disk. Between passes three of them are given host
+  // buffers to arrive in: the next pass reads them there (a block still in a ring
+  // buffer is copied from it), uploads from there, and from then on they are host
+  // blocks. Each is read at most once; the last one arrives without a pass, and
+  // with nothing left on disk the ring goes.
+  DiskModel d(8, 4096);
+  HostEngineOptions opt;
+  opt.poison = true;
+  opt.max_random_delay_us = 30;
+  HostCopyEngine engine(opt);
+  HostArena arena;
+  StreamingRuntime rt(&engine, &arena);
+  ASSERT_TRUE(d.Register(&rt, 2).ok());
+  ASSERT_TRUE(rt.Plan(PlanPolicy::kStreamAll, PlanRequest::kUnlimited, 1).ok());
+  for (int pass = 0; pass < 2; ++pass) ASSERT_EQ(RunPass(&rt, d.m, Range(8)), "");
+  std::vector<std::vector<uint8_t>> home(8, std::vector<uint8_t>(4096, 0xCD));
+  const uint64_t before = rt.GetStats(true).disk_reads;
+  for (int b : {1, 3, 5}) ASSERT_TRUE(rt.ReadInto(b, home[b].data()).ok()) << b;
+  EXPECT_FALSE(rt.ReadInto(3, home[3].data()).ok() && rt.arriving(3));  // once
+  const Status host = rt.ReadInto(2, home[2].data());
+  EXPECT_NE(host.message().find("is not on disk"), std::string::npos) << host.ToString();
+  ASSERT_EQ(RunPass(&rt, d.m, Range(8)), "");
+  ASSERT_TRUE(rt.FinishArrivals().ok());
+  for (int b : {1, 3, 5}) {
+    EXPECT_FALSE(rt.on_disk(b)) << b;
+    EXPECT_FALSE(rt.arriving(b)) << b;
+    EXPECT_EQ(rt.host(b), home[b].data()) << b;
+    EXPECT_EQ(home[b], d.m.host[b]) << b;
+  }
+  EXPECT_TRUE(rt.on_disk(7));
+  // this pass read blocks 1, 3, 5 (into their homes or ring buffers before) and 7
+  EXPECT_LE(rt.GetStats(true).disk_reads - before, 4u);
+  // during a pass: refused
+  ASSERT_TRUE(rt.BeginPass().ok());
+  DeviceLocation loc;
+  ASSERT_TRUE(rt.Acquire(0, nullptr, &loc).ok());
+  const Status busy = rt.ReadInto(7, home[7].data());
+  EXPECT_NE(busy.message().find("during a pass"), std::string::npos) << busy.ToString();
+  ASSERT_TRUE(rt.EndPass(nullptr).ok());
+  ASSERT_TRUE(rt.ReadInto(7, home[7].data()).ok());
+  ASSERT_TRUE(rt.FinishArrivals().ok());  // no pass reached it: read now
+  EXPECT_EQ(home[7], d.m.host[7]);
+  EXPECT_EQ(rt.read_ring_bytes(), 0u);  // nothing left on disk: the ring went
+  const uint64_t reads = rt.GetStats(true).disk_reads;
+  for (int pass = 0; pass < 2; ++pass) ASSERT_EQ(RunPass(&rt, d.m, Range(8)), "") << "pass " << pass;
+  EXPECT_EQ(rt.GetStats(true).disk_reads, reads);
+  ASSERT_TRUE(rt.Close().ok());
+  EXPECT_EQ(arena.allocated_bytes(), 0u);
+}
+
+TEST(StreamingRuntimeDisk, AnArrivalWhoseReadFailsStaysOnDisk) {
+  DiskModel d(6, 4096);
+  HostCopyEngine engine;
+  HostArena arena;
+  StreamingRuntime rt(&engine, &arena);
+  ASSERT_TRUE(d.Register(&rt, 2).ok());
+  ASSERT_TRUE(rt.Plan(PlanPolicy::kStreamAll, PlanRequest::kUnlimited, 1).ok());
+  ASSERT_EQ(RunPass(&rt, d.m, Range(6)), "");
+  ASSERT_TRUE(rt.Unload().ok());  // the ring goes: the arrival is read from the file
+  std::vector<uint8_t> home(4096, 0xCD);
+  ASSERT_TRUE(rt.ReadInto(3, home.data()).ok());
+  EXPECT_TRUE(rt.arriving(3));
+  d.reader.FailNextReads(1000);
+  const Status failed = rt.FinishArrivals();
+  EXPECT_NE(failed.message().find("Input/output error"), std::string::npos) << failed.ToString();
+  EXPECT_TRUE(rt.on_disk(3));
+  EXPECT_FALSE(rt.arriving(3));
+  d.reader.FailNextReads(0);
+  for (int pass = 0; pass < 2; ++pass) ASSERT_EQ(RunPass(&rt, d.m, Range(6)), "") << "pass " << pass;
+  // arriving in a pass whose read of it fails: that acquire fails, the unit stays on disk
+  ASSERT_TRUE(rt.Unload().ok());
+  ASSERT_TRUE(rt.ReadInto(3, home.data()).ok());
+  d.reader.FailNextReads(1000);
+  const std::string err = RunPass(&rt, d.m, Range(6));
+  EXPECT_NE(err.find("Input/output error"), std::string::npos) << err;
+  ASSERT_TRUE(rt.EndPass(nullptr).ok());
+  d.reader.FailNextReads(0);
+  // its read was read ahead and failed (it stays on disk, and says so), or had not begun (read now)
+  const Status after = rt.FinishArrivals();
+  EXPECT_EQ(rt.on_disk(3), !after.ok()) << after.ToString();
+  if (after.ok()) EXPECT_EQ(home, d.m.host[3]);
+  EXPECT_FALSE(rt.arriving(3));
+  EXPECT_TRUE(rt.FinishArrivals().ok());
+  for (int pass = 0; pass < 2; ++pass) ASSERT_EQ(RunPass(&rt, d.m, Range(6)), "") << "pass " << pass;
+  // an arrival left at Close: its read in flight ends before Close returns, so the
+  // caller may free its buffer then (a slow read, the buffer freed at once: ASan sees
+  // a write into freed memory where Close does not wait)
+  ASSERT_TRUE(rt.Unload().ok());
+  auto late = std::make_unique<std::vector<uint8_t>>(4096, 0xCD);
+  ASSERT_TRUE(rt.ReadInto(1, late->data()).ok());
+  d.reader.DelayReads(20000);
+  ASSERT_TRUE(rt.Warm().ok());  // the reads ahead of the next pass begin: block 1's among them
+  ASSERT_TRUE(rt.Close().ok());
+  late.reset();
+  EXPECT_EQ(arena.allocated_bytes(), 0u);
+}
+
+TEST(StreamingRuntimeDisk, APassWhoseArrivalReadFailsReadsTheUnitAgainThroughTheRing) {
+  // Blocks 3 and 7 on disk; block 3 arrives, and its read into its buffer fails
+  // once: the pass reads it again through the ring and is correct, block 3 stays
+  // on disk and FinishArrivals says why; the next try brings it back.
+  DiskModel d(8, 4096, DiskReader::Options(), /*every_nth=*/4);
+  HostEngineOptions opt;
+  opt.poison = true;
+  HostCopyEngine engine(opt);
+  HostArena arena;
+  StreamingRuntime rt(&engine, &arena);
+  ASSERT_TRUE(d.Register(&rt, 2).ok());
+  ASSERT_TRUE(rt.Plan(PlanPolicy::kStreamAll, PlanRequest::kUnlimited, 1).ok());
+  ASSERT_EQ(RunPass(&rt, d.m, Range(8)), "");
+  ASSERT_TRUE(rt.Unload().ok());  // no read ahead in flight: the arrival's is the first read
+  std::vector<uint8_t> home(4096, 0xCD);
+  ASSERT_TRUE(rt.ReadInto(3, home.data()).ok());
+  d.reader.FailNextReads(1);
+  ASSERT_EQ(RunPass(&rt, d.m, Range(8)), "");
+  const Status failed = rt.FinishArrivals();
+  EXPECT_NE(failed.message().find("Input/output error"), std::string::npos) << failed.ToString();
+  EXPECT_TRUE(rt.on_disk(3));
+  EXPECT_TRUE(rt.FinishArrivals().ok());  // said once
+  ASSERT_TRUE(rt.ReadInto(3, home.data()).ok());
+  ASSERT_EQ(RunPass(&rt, d.m, Range(8)), "");
+  ASSERT_TRUE(rt.FinishArrivals().ok());
+  EXPECT_FALSE(rt.on_disk(3));
+  EXPECT_EQ(home, d.m.host[3]);
+  ASSERT_TRUE(rt.Close().ok());
+}
+
 TEST(StreamingRuntimeDisk, BadDiskSourcesAreRefused) {
   FakeModel m = FakeModel::Make({4096, 4096}, 3);
   HostCopyEngine engine;

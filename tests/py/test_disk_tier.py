@@ -915,7 +915,48 @@ def test_blocks_on_disk_are_placed_again_by_their_timed_compute(tmp_path):
     h.detach()
 
 
-def test_a_move_that_fails_before_a_pass_warns_and_the_pass_streams(tmp_path, monkeypatch, alone):
+@pytest.mark.parametrize("kw", [dict(mode="sequential"), dict(mode="budget", budget_gb=0.5),
+                                dict(mode="sequential", transfer_dtype="compressed"), dict(mode="model_offload")],
+                         ids=["sequential", "budget", "coded", "model_offload"])
+def test_blocks_coming_back_are_read_through_the_next_pass(tmp_path, kw):
+    """set_host_budget(read_through=True): nothing is read by the move; the next pass reads
+    each block coming back once, into its RAM, and uploads it from there; from then on it is
+    in RAM (nothing more is read), outputs are full load's, and the host bytes counted at the
+    move are those held after."""
+    dtype = torch.bfloat16 if kw.get("transfer_dtype") == "compressed" else torch.float32
+    m = _net(dtype=dtype)
+    x = torch.randn(3, 128, dtype=dtype)
+    with torch.no_grad():
+        ref = m(x)
+    h = _offload(m, tmp_path, 2, **kw)
+    with torch.no_grad():
+        assert torch.equal(m(x), ref)
+    st = h.stats()
+    on_disk = st["block_on_disk"]
+    assert sum(on_disk) >= 4
+    h.runtime.unload()  # no read ahead in flight: every block coming back is read by the pass
+    read0, coming = h.stats()["disk_bytes_total"], st["disk_block_bytes"]
+    held = h.runtime.set_host_budget(-1, None, False, True)
+    st = h.stats()
+    assert st["block_arriving"] == on_disk and st["block_on_disk"] == on_disk
+    assert st["disk_bytes_total"] == read0  # the move read nothing
+    assert held == h.runtime.host_bytes
+    with torch.no_grad():
+        assert torch.equal(m(x), ref)
+    st = h.stats()
+    assert not any(st["block_on_disk"]) and not any(st["block_arriving"]) and st["arrival_error"] == ""
+    assert st["disk_blocks"] == 0 and h.runtime.host_bytes == held
+    assert st["disk_bytes_total"] - read0 == coming  # each block that came back read once, by the pass
+    read1 = st["disk_bytes_total"]
+    with torch.no_grad():
+        assert torch.equal(m(x), ref)
+    assert h.stats()["disk_bytes_total"] == read1  # in RAM now
+    h.detach()
+    with torch.no_grad():
+        assert torch.equal(m(x), ref)
+
+
+def test_a_move_or_a_read_through_that_fails_warns_and_the_passes_are_right(tmp_path, monkeypatch, alone):
     from pinstream.handle import OffloadHandle
 
     monkeypatch.setattr(OffloadHandle, "_disk_excess_ms", staticmethod(lambda st, prev: 1e9))
@@ -932,11 +973,21 @@ def test_a_move_that_fails_before_a_pass_warns_and_the_pass_streams(tmp_path, mo
         hb = pinstream.offload(b, **kw)
     with torch.no_grad():
         assert torch.equal(b(x), ref_b)
-    hb.unload()  # no read ahead in flight: the next read is the first of its blocks coming back
-    hb.runtime.fail_next_disk_reads(1)  # that read fails
+    hb.runtime.fail_next_host_allocations(1)  # the first buffer of its blocks coming back
     with pytest.warns(RuntimeWarning, match="host RAM could not follow the model that runs"), torch.no_grad():
         assert torch.equal(b(x), ref_b)
-    with torch.no_grad():  # the next pass moves
+    assert hb.stats()["disk_blocks"] > 0
+    # blocks coming back are read through the pass: one whose read into its RAM fails is read
+    # again through the read ring (the pass is right), stays on disk, and the next pass says so
+    hb.unload()  # no read ahead in flight: the next read is the first of its blocks coming back
+    hb.runtime.fail_next_disk_reads(1)  # that read fails
+    with torch.no_grad():
+        assert torch.equal(b(x), ref_b)
+    left = hb.stats()["disk_blocks"]
+    assert left > 0 and "Input/output error" in hb.stats()["arrival_error"]
+    with pytest.warns(RuntimeWarning, match="blocks could not come back to RAM.*Input/output error"), torch.no_grad():
+        assert torch.equal(b(x), ref_b)  # and it moves again
+    with torch.no_grad():
         assert torch.equal(b(x), ref_b)
     assert hb.stats()["disk_blocks"] == 0 and ha.stats()["disk_blocks"] > 0
     hb.detach()
