@@ -233,6 +233,20 @@ class OffloadHandle(Replanning):
             m["ms"] += (time.perf_counter() - start) * 1e3
         return held
 
+    def _disk_now(self) -> bool:
+        """Whether blocks of it live on disk, those read through its last pass counted in
+        RAM (and a read-through that failed said once)."""
+        if self._arriving:
+            self._arriving = False
+            self._refresh_apart()
+            err = self._rt.stats().get("arrival_error")
+            if err and err != self._arrival_error:
+                import warnings
+
+                self._arrival_error = err
+                warnings.warn(f"PinStream: blocks could not come back to RAM: {err}", RuntimeWarning, stacklevel=3)
+        return self._has_disk
+
     def _follow_ram(self) -> None:
         """Before a pass: host RAM follows the model that runs. A model with blocks on disk
         counts, pass after pass in a row, the time the disk held its passes beyond their
@@ -251,16 +265,7 @@ class OffloadHandle(Replanning):
             _LAST_RUNNER[0] = weakref.ref(self)
             _RUN_SEQ[0] += 1
             self._run_seq = _RUN_SEQ[0]
-        if self._arriving:  # blocks read through the last pass are in RAM now (or say why not)
-            self._arriving = False
-            self._refresh_apart()
-            err = self._rt.stats().get("arrival_error")
-            if err and err != self._arrival_error:
-                import warnings
-
-                self._arrival_error = err
-                warnings.warn(f"PinStream: blocks could not come back to RAM: {err}", RuntimeWarning, stacklevel=2)
-        if not self._has_disk:
+        if not self._disk_now():
             self._pass_snap, self._rent_ms, self._rent_passes = None, 0.0, 0
             return
         st = self._rt.pace()  # no wait for the timings of work still in flight
@@ -318,7 +323,7 @@ class OffloadHandle(Replanning):
                 short = required - (room - sum(h.ram_bytes for h in others))
                 if short <= 0:
                     break
-                ring = 0 if other._has_disk else other._ring_bytes()  # it reads from disk after
+                ring = 0 if other._disk_now() else other._ring_bytes()  # it reads from disk after
                 other._move_ram(max(0, other.host_bytes - short - ring))
             target = min(want, goal(room - sum(h.ram_bytes for h in others)))
             if target >= held + self.discovery.largest_block_bytes or target >= need:
@@ -422,7 +427,7 @@ class OffloadHandle(Replanning):
         ring, and a loaded one uploads them into its slots too, so switching to them waits for
         no disk read at first."""
         for other in pin_cap.live_handles():
-            if other is not self and other._has_disk and other._hooks.pass_owner is None:
+            if other is not self and other._hooks.pass_owner is None and other._disk_now():
                 other._rt.warm()
 
     # ---- load and unload -----------------------------------------------------------------

@@ -498,7 +498,7 @@ Status StreamingRuntime::Unload() {
     return Status::FailedPrecondition("unload() while " + std::to_string(outstanding()) +
                                       " block(s) are acquired; release them or end the pass first");
   }
-  Status arrived = FinishArrivals();
+  Status arrived = learner_.in_pass() ? Status::Ok() : FinishArrivals();  // (mid-pass: read by the next one)
   Status s = engine_->Synchronize();
   if (s.ok()) s = arrived;
   Drain(false);
@@ -666,19 +666,23 @@ Status StreamingRuntime::FinishRead(int buf, bool wait, bool* done) {
     *done = false;
     return Status::Ok();
   }
+  Status s = WaitForRead(r.ticket, waits, blocks_[r.block].bytes);
+  r.ticket = 0;
+  if (!s.ok()) r.block = -1;
+  return s;
+}
+
+Status StreamingRuntime::WaitForRead(uint64_t ticket, bool waits, uint64_t bytes) {
   const auto start = std::chrono::steady_clock::now();
-  Status s = reader_->Wait(r.ticket);
+  Status s = reader_->Wait(ticket);
   if (waits) {
     stats_.disk_wait_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   }
-  r.ticket = 0;
-  if (!s.ok()) {
-    r.block = -1;
-    return s;
+  if (s.ok()) {
+    stats_.disk_reads += 1;
+    stats_.disk_bytes += bytes;
   }
-  stats_.disk_reads += 1;
-  stats_.disk_bytes += blocks_[r.block].bytes;
-  return Status::Ok();
+  return s;
 }
 
 Status StreamingRuntime::FreeReadBuffer(const std::vector<int>& keep, bool wait, int* buf) {
@@ -773,19 +777,12 @@ Status StreamingRuntime::SubmitArrival(int block) {
 Status StreamingRuntime::FinishArrival(int block) {
   Block& b = blocks_[block];
   if (b.arrive_ticket == 0) PINSTREAM_RETURN_IF_ERROR(SubmitArrival(block));
-  const bool waits = !reader_->Done(b.arrive_ticket);
-  const auto start = std::chrono::steady_clock::now();
-  Status s = reader_->Wait(b.arrive_ticket);
-  if (waits) {
-    stats_.disk_wait_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-  }
+  Status s = WaitForRead(b.arrive_ticket, !reader_->Done(b.arrive_ticket), b.bytes);
   b.arrive_ticket = 0;
   if (!s.ok()) {
     b.arrive = nullptr;  // it stays on disk
     return s;
   }
-  stats_.disk_reads += 1;
-  stats_.disk_bytes += b.bytes;
   b.host = b.arrive;
   b.arrive = nullptr;
   b.disk.clear();
@@ -807,13 +804,18 @@ Status StreamingRuntime::FinishArrivals() {
     Status s = FinishArrival(i);
     if (!s.ok() && first.ok()) first = s;
   }
-  if (!reads_.empty() && std::none_of(blocks_.begin(), blocks_.end(), [](const Block& b) { return !b.disk.empty(); })) {
-    // nothing left on disk: the ring goes, once no upload reads it any more
-    Status s = engine_->Synchronize();
-    if (s.ok()) FreeReadRing();
-    if (!s.ok() && first.ok()) first = s;
+  Status s = FreeRingWithNoDisk();
+  return first.ok() ? s : first;
+}
+
+Status StreamingRuntime::FreeRingWithNoDisk() {
+  if (reads_.empty() || std::any_of(blocks_.begin(), blocks_.end(), [](const Block& b) { return !b.disk.empty(); })) {
+    return Status::Ok();
   }
-  return first;
+  // nothing left on disk (the last units arrived): the ring goes, once no upload reads it
+  Status s = engine_->Synchronize();
+  if (s.ok()) FreeReadRing();
+  return s;
 }
 
 void StreamingRuntime::AbandonArrivals() {
@@ -973,7 +975,8 @@ Status StreamingRuntime::EndPass(void* compute_queue) {
   }
   learner_.EndPass();
   Drain(false);
-  return first;
+  Status freed = FreeRingWithNoDisk();
+  return first.ok() ? freed : first;
 }
 
 void StreamingRuntime::TakeEvicted(std::vector<int>* out) {

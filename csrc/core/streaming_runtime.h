@@ -309,9 +309,15 @@ class StreamingRuntime {
   Status FinishArrival(int block);
   // Waits for the reads into ReadInto buffers in flight (Close), the units left on disk.
   void AbandonArrivals();
+  // Frees the read ring when no unit is left on disk (between passes: it waits for
+  // the copy queue first).
+  Status FreeRingWithNoDisk();
   // Finishes the read of buffer `buf` (waiting when `wait`); false while it is
   // still in flight. A failed read empties the buffer and is returned.
   Status FinishRead(int buf, bool wait, bool* done);
+  // Waits for read `ticket` of `bytes` (the host's wait counted when `waits`: it was
+  // not done) and counts it when it succeeded.
+  Status WaitForRead(uint64_t ticket, bool waits, uint64_t bytes);
   // Where the host bytes of `block` are for an upload now: its host copy, or
   // for a disk unit its read buffer (*buf), read first (the host waits) when
   // no buffer holds them yet.

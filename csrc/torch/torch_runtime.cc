@@ -956,7 +956,7 @@ void TorchRuntime::ToOwnBufferLocked(int block, const std::function<void(uint8_t
 
 void TorchRuntime::SettleArrivalsLocked(bool finish) {
   if (arrivals_.empty()) return;
-  Status s = finish ? core_->FinishArrivals() : Status::Ok();
+  Status s = finish && !core_->in_pass() ? core_->FinishArrivals() : Status::Ok();
   for (auto it = arrivals_.begin(); it != arrivals_.end();) {
     const auto& [block, buf] = *it;
     if (!core_->on_disk(block)) {
@@ -1102,7 +1102,8 @@ void TorchRuntime::WriteHostValues(int block, const std::vector<std::pair<int, a
   CheckOpen();
   CheckId(block);
   DeviceScope scope(alloc_device_);
-  if (core_->loaded()) UnloadLocked();  // the next load uploads the new values
+  SettleArrivalsLocked(/*finish=*/true);  // a unit read through a pass has its bytes as they are now
+  if (core_->loaded()) UnloadLocked();    // the next load uploads the new values
   BlockTensors& info = blocks_[block];
   for (const auto& kv : values) {
     if (kv.first < 0 || kv.first >= static_cast<int>(info.tensors.size())) {
@@ -1619,6 +1620,7 @@ void TorchRuntime::CloseLocked(bool restore_pageable) {
   blocks_.clear();
   chunks_.clear();
   transfer_buffers_.clear();
+  arrivals_.clear();  // buffers of units that had not arrived (their reads ended with the core)
   // the spill file goes (its disk space comes back) and with the reader its descriptors
   reader_.reset();
   spill_.reset();

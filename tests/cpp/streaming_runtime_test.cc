@@ -633,8 +633,8 @@ TEST(StreamingRuntimeDisk, UnitsOnDiskArriveInHostMemoryThroughTheirNextRead) {
   // Blocks 1, 3, 5, 7 live on disk. Between passes three of them are given host
   // buffers to arrive in: the next pass reads them there (a block still in a ring
   // buffer is copied from it), uploads from there, and from then on they are host
-  // blocks. Each is read at most once; the last one arrives without a pass, and
-  // with nothing left on disk the ring goes.
+  // blocks. Each is read at most once; when the last one has arrived, the ring
+  // goes as that pass ends.
   DiskModel d(8, 4096);
   HostEngineOptions opt;
   opt.poison = true;
@@ -670,9 +670,11 @@ TEST(StreamingRuntimeDisk, UnitsOnDiskArriveInHostMemoryThroughTheirNextRead) {
   EXPECT_NE(busy.message().find("during a pass"), std::string::npos) << busy.ToString();
   ASSERT_TRUE(rt.EndPass(nullptr).ok());
   ASSERT_TRUE(rt.ReadInto(7, home[7].data()).ok());
-  ASSERT_TRUE(rt.FinishArrivals().ok());  // no pass reached it: read now
+  ASSERT_EQ(RunPass(&rt, d.m, Range(8)), "");
+  EXPECT_FALSE(rt.on_disk(7));
   EXPECT_EQ(home[7], d.m.host[7]);
-  EXPECT_EQ(rt.read_ring_bytes(), 0u);  // nothing left on disk: the ring went
+  EXPECT_EQ(rt.read_ring_bytes(), 0u);  // the last unit on disk arrived: the ring went with the pass
+  ASSERT_TRUE(rt.FinishArrivals().ok());
   const uint64_t reads = rt.GetStats(true).disk_reads;
   for (int pass = 0; pass < 2; ++pass) ASSERT_EQ(RunPass(&rt, d.m, Range(8)), "") << "pass " << pass;
   EXPECT_EQ(rt.GetStats(true).disk_reads, reads);
