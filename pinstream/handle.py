@@ -250,13 +250,15 @@ class OffloadHandle(Replanning):
     def _follow_ram(self) -> None:
         """Before a pass: host RAM follows the model that runs. A model with blocks on disk
         counts, pass after pass in a row, the time the disk held its passes beyond their
-        compute; once that reaches what the moves so far took for the bytes it would take, it
-        takes the RAM that hides its disk time under its compute (what the disk reads in the
-        time a pass outlasted it): models waiting for their turn (the least recently run
-        first, those with an automatic host budget) move as many of their blocks to disk as it
-        is short of, and its own blocks come back, up to the process's pinning cap (and its
-        own host budget when one was given). They are read through the pass that follows,
-        which would read them from disk anyway: into their RAM, and uploaded from there. Wan 2.2's two
+        compute; once that reaches what the move costs (the giver reads as many bytes at its
+        next turn: their read at the disk rate measured, or the pace the moves so far took
+        where slower), it takes the RAM that hides its disk time under its compute (what the
+        disk reads in the time a pass outlasted it): models waiting for their turn (the least
+        recently run first, those with an automatic host budget) move as many of their blocks
+        to disk as it is short of, and its own blocks come back, up to the process's pinning
+        cap (and its own host budget when one was given). They are read through the pass that
+        follows, which would read them from disk anyway: into their RAM, and uploaded from
+        there. Wan 2.2's two
         experts: where the disk is far slower than the compute, the one not running lives on
         disk. A disk that keeps up with the compute, or models that alternate every pass, move
         nothing."""
@@ -309,9 +311,10 @@ class OffloadHandle(Replanning):
         want = self._hiding_bytes(held, self._rent_ms / max(1, self._rent_passes), gbps,
                                   self.discovery.largest_block_bytes, goal(room - floor))
         gain = want - held
-        # the blocks coming back are read through the next pass, which would read them from
-        # disk anyway: what a move costs is the pace the moves so far took, not their read
-        if gain < self.discovery.largest_block_bytes or not self._move_pays(self._rent_ms, gain, 0.0, _MOVE_COST):
+        # the blocks coming back are read through the next pass, which would read them anyway;
+        # what the move costs is the giver's: it reads as many bytes at its next turn (at the
+        # disk's rate), or the pace the moves so far took where that was slower
+        if gain < self.discovery.largest_block_bytes or not self._move_pays(self._rent_ms, gain, gbps, _MOVE_COST):
             return
         # the room it needs beside the others: its ring too while blocks stay on disk
         required = need if want >= need else want + self._ring_bytes()
