@@ -35,8 +35,8 @@ _LAST_RUNNER: list = [None]
 _RUN_SEQ: list = [0]
 _RAM_LOCK = threading.Lock()
 # what the moves of RAM following the running model took in this process: milliseconds
-# and bytes read back into RAM, each move weighing twice the one before it (the cost of the
-# next move is judged by their pace; a block's file is checked only on its first move)
+# and bytes brought back into RAM, each move weighing twice the one before it (the cost of
+# the next move is judged by their pace; a block's file is checked only on its first move)
 _MOVE_COST: list = [0.0, 0]
 
 
@@ -258,10 +258,9 @@ class OffloadHandle(Replanning):
         to disk as it is short of, and its own blocks come back, up to the process's pinning
         cap (and its own host budget when one was given). They are read through the pass that
         follows, which would read them from disk anyway: into their RAM, and uploaded from
-        there. Wan 2.2's two
-        experts: where the disk is far slower than the compute, the one not running lives on
-        disk. A disk that keeps up with the compute, or models that alternate every pass, move
-        nothing."""
+        there. Wan 2.2's two experts: where the disk is far slower than the compute, the one
+        not running lives on disk. A disk that keeps up with the compute, or models that
+        alternate every pass, move nothing."""
         with _RAM_LOCK:
             last = _LAST_RUNNER[0]() if _LAST_RUNNER[0] is not None else None
             _LAST_RUNNER[0] = weakref.ref(self)
@@ -332,7 +331,7 @@ class OffloadHandle(Replanning):
             if target >= held + self.discovery.largest_block_bytes or target >= need:
                 self._move_ram(target, pin_cap_bytes=pin_cap.available_pin_bytes(elsewhere) + self.pinned_bytes,
                                read_through=True)
-            with _RAM_LOCK:  # the givers' moves to disk and its reads, against what came back
+            with _RAM_LOCK:  # the givers' moves to disk and its new buffers, against what came back
                 _MOVE_COST[0] = _MOVE_COST[0] / 2 + (time.perf_counter() - start) * 1e3
                 _MOVE_COST[1] = _MOVE_COST[1] // 2 + max(0, self._rt.host_bytes - held)
         except (RuntimeError, MemoryError) as e:
