@@ -77,9 +77,7 @@ Status StreamingRuntime::AttachHost(int block, const void* host) {
   PINSTREAM_RETURN_IF_ERROR(CheckBlock(block, "attach_host"));
   PINSTREAM_RETURN_IF_ERROR(Quiesce("attach_host"));
   const bool was_on_disk = !blocks_[block].disk.empty();
-  if (blocks_[block].arrive_ticket != 0) (void)reader_->Wait(blocks_[block].arrive_ticket);
-  blocks_[block].arrive_ticket = 0;
-  blocks_[block].arrive = nullptr;
+  ForgetArrival(&blocks_[block]);
   blocks_[block].host = host;
   blocks_[block].disk.clear();
   if (!loaded_ || !was_on_disk) return Status::Ok();
@@ -126,9 +124,7 @@ Status StreamingRuntime::SetDiskSource(int block, std::vector<DiskExtent> extent
     at = e.block_offset + e.bytes;
   }
   ForgetRead(block);  // read from where it was before
-  if (b.arrive_ticket != 0) (void)reader_->Wait(b.arrive_ticket);
-  b.arrive_ticket = 0;
-  b.arrive = nullptr;
+  ForgetArrival(&b);
   b.disk = std::move(extents);
   if (b.disk.empty()) b.disk.push_back(DiskExtent{-1, 0, 0, 0});  // a unit with no bytes: nothing to read
   return loaded_ ? AllocateReadRing() : Status::Ok();             // a ring for it (or a larger one)
@@ -818,11 +814,20 @@ Status StreamingRuntime::FreeRingWithNoDisk() {
   return s;
 }
 
-void StreamingRuntime::AbandonArrivals() {
-  for (Block& b : blocks_) {
-    if (b.arrive_ticket != 0) (void)reader_->Wait(b.arrive_ticket);  // it writes into the caller's buffer
-    b.arrive_ticket = 0;
-    b.arrive = nullptr;
+void StreamingRuntime::ForgetArrival(Block* b) {
+  if (b->arrive_ticket != 0) (void)reader_->Wait(b->arrive_ticket);  // it writes into the caller's buffer
+  b->arrive_ticket = 0;
+  b->arrive = nullptr;
+}
+
+void StreamingRuntime::BeforeReadMiss(int block) {
+  // the buffers free by now are refilled first, so the disk has the whole ring's
+  // reads queued, not only those of the last call
+  ReadAhead(block);
+  stats_.disk_read_misses += 1;
+  for (const ReadBuffer& r : reads_) stats_.disk_miss_reads_in_flight += r.ticket != 0 && !reader_->Done(r.ticket);
+  for (const Block& a : blocks_) {
+    stats_.disk_miss_reads_in_flight += a.arrive_ticket != 0 && !reader_->Done(a.arrive_ticket);
   }
 }
 
@@ -835,13 +840,7 @@ Status StreamingRuntime::SourceNow(int block, const uint8_t** src, int* buf) {
   }
   if (b.arrive != nullptr) {  // read into its own buffer, which is its host copy from then on
     if (b.arrive_ticket == 0) PINSTREAM_RETURN_IF_ERROR(SubmitArrival(block));
-    if (!reader_->Done(b.arrive_ticket)) {
-      ReadAhead(block);
-      stats_.disk_read_misses += 1;
-      for (const ReadBuffer& r : reads_) stats_.disk_miss_reads_in_flight += r.ticket != 0 && !reader_->Done(r.ticket);
-      for (const Block& a : blocks_)
-        stats_.disk_miss_reads_in_flight += a.arrive_ticket != 0 && !reader_->Done(a.arrive_ticket);
-    }
+    if (!reader_->Done(b.arrive_ticket)) BeforeReadMiss(block);
     Status arrived = FinishArrival(block);
     if (arrived.ok()) {
       *src = static_cast<const uint8_t*>(b.host);
@@ -859,13 +858,7 @@ Status StreamingRuntime::SourceNow(int block, const uint8_t** src, int* buf) {
     if (at < 0) return Status::FailedPrecondition("the disk tier has no read buffer");
     PINSTREAM_RETURN_IF_ERROR(SubmitRead(at, block));
   }
-  if (miss) {
-    // the host is about to wait: the buffers free by now are refilled first, so
-    // the disk has the whole ring's reads queued, not only those of the last call
-    ReadAhead(block);
-    stats_.disk_read_misses += 1;
-    for (const ReadBuffer& r : reads_) stats_.disk_miss_reads_in_flight += r.ticket != 0 && !reader_->Done(r.ticket);
-  }
+  if (miss) BeforeReadMiss(block);
   bool done = false;
   PINSTREAM_RETURN_IF_ERROR(FinishRead(at, /*wait=*/true, &done));
   *src = static_cast<const uint8_t*>(reads_[at].mem->data());
@@ -1045,7 +1038,7 @@ void StreamingRuntime::ResetStats() {
 
 Status StreamingRuntime::Close() {
   if (closed_) return Status::Ok();
-  AbandonArrivals();
+  for (Block& b : blocks_) ForgetArrival(&b);  // a read in flight ends first
   Status s;
   if (loaded_) {
     for (Block& b : blocks_) b.acquired = 0;

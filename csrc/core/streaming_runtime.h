@@ -307,8 +307,11 @@ class StreamingRuntime {
   // waits for it and makes that buffer its host copy (on failure it stays on disk).
   Status SubmitArrival(int block);
   Status FinishArrival(int block);
-  // Waits for the reads into ReadInto buffers in flight (Close), the units left on disk.
-  void AbandonArrivals();
+  // The unit's arrival (ReadInto) is dropped, its read in flight waited for: it stays on disk.
+  void ForgetArrival(Block* b);
+  // The host is about to wait for `block`'s read: the reads ahead are queued first,
+  // and the miss counted with the reads in flight.
+  void BeforeReadMiss(int block);
   // Frees the read ring when no unit is left on disk (between passes: it waits for
   // the copy queue first).
   Status FreeRingWithNoDisk();

@@ -708,9 +708,7 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
       if (new_transfer[b]) {
         infos[b].transfer_buffer = static_cast<int>(transfer_buffers_.size());
         transfer_buffers_.push_back(new_transfer[b]);
-        const int64_t tb = Int(pending[b].transfer_bytes);
-        host_bytes_ += tb;
-        (new_transfer[b]->get()->pinned() ? pinned_bytes_ : pageable_bytes_) += tb;
+        CountHostLocked(Int(pending[b].transfer_bytes), new_transfer[b]->get()->pinned());
       }
       // the core reads a transform at each upload: it lives as long as the runtime
       if (pending[b].transform) transforms_.push_back(std::move(pending[b].transform));
@@ -720,9 +718,7 @@ std::vector<int> TorchRuntime::RegisterBlocks(const RegisterRequest& req) {
       blocks_.push_back(std::move(infos[b]));
     }
     for (Chunk& c : new_chunks) {
-      const int64_t size = c.bytes.numel();
-      host_bytes_ += size;
-      (c.pinned ? pinned_bytes_ : pageable_bytes_) += size;
+      CountHostLocked(c.bytes.numel(), c.pinned);
       chunks_.push_back(std::move(c));
     }
     pin_how_.insert(how.begin(), how.end());
@@ -849,9 +845,7 @@ void TorchRuntime::ReleaseChunkLocked(int c) {
   }
   Chunk& chunk = chunks_[static_cast<size_t>(c)];
   if (!chunk.bytes.defined()) return;
-  const int64_t size = chunk.bytes.numel();
-  host_bytes_ -= size;
-  (chunk.pinned ? pinned_bytes_ : pageable_bytes_) -= size;
+  CountHostLocked(-chunk.bytes.numel(), chunk.pinned);
   chunk = Chunk();  // its memory goes with the last view of it
 }
 
@@ -886,8 +880,7 @@ void TorchRuntime::ToDiskLocked(int block) {
   const bool pinned = info.pinned;
   info.pinned = false;
   if (info.exact) {  // a transfer buffer is counted by itself
-    host_bytes_ -= Int(size);
-    (pinned ? pinned_bytes_ : pageable_bytes_) -= Int(size);
+    CountHostLocked(-Int(size), pinned);
     transfer_buffers_[static_cast<size_t>(info.transfer_buffer)].reset();
     info.transfer_buffer = -1;
     info.transfer = nullptr;
@@ -915,7 +908,12 @@ TorchRuntime::OwnBuffer TorchRuntime::NewOwnBufferLocked(int block) {
   return out;
 }
 
-void TorchRuntime::AdoptOwnBufferLocked(int block, const OwnBuffer& buf, bool counted) {
+void TorchRuntime::CountHostLocked(int64_t bytes, bool pinned) {
+  host_bytes_ += bytes;
+  (pinned ? pinned_bytes_ : pageable_bytes_) += bytes;
+}
+
+void TorchRuntime::AdoptOwnBufferLocked(int block, const OwnBuffer& buf) {
   BlockTensors& info = blocks_[static_cast<size_t>(block)];
   const int old_chunk = info.chunk;
   if (info.exact) {
@@ -934,10 +932,6 @@ void TorchRuntime::AdoptOwnBufferLocked(int block, const OwnBuffer& buf, bool co
     }
     chunks_.push_back(Chunk{chunk, buf.pinned});
   }
-  if (!counted) {
-    host_bytes_ += Int(buf.size);
-    (buf.pinned ? pinned_bytes_ : pageable_bytes_) += Int(buf.size);
-  }
   info.pinned = buf.pinned;
   if (info.disk) {
     info.disk = false;
@@ -951,7 +945,8 @@ void TorchRuntime::ToOwnBufferLocked(int block, const std::function<void(uint8_t
   const OwnBuffer buf = NewOwnBufferLocked(block);
   fill(buf.data);
   ThrowIfError(core_->AttachHost(block, buf.data));
-  AdoptOwnBufferLocked(block, buf, /*counted=*/false);
+  CountHostLocked(Int(buf.size), buf.pinned);
+  AdoptOwnBufferLocked(block, buf);
 }
 
 void TorchRuntime::SettleArrivalsLocked(bool finish) {
@@ -960,11 +955,10 @@ void TorchRuntime::SettleArrivalsLocked(bool finish) {
   for (auto it = arrivals_.begin(); it != arrivals_.end();) {
     const auto& [block, buf] = *it;
     if (!core_->on_disk(block)) {
-      AdoptOwnBufferLocked(block, buf, /*counted=*/true);
+      AdoptOwnBufferLocked(block, buf);
     } else if (!core_->arriving(block)) {
       // its read failed: it stays on disk, and its buffer goes
-      host_bytes_ -= Int(buf.size);
-      (buf.pinned ? pinned_bytes_ : pageable_bytes_) -= Int(buf.size);
+      CountHostLocked(-Int(buf.size), buf.pinned);
       if (s.ok()) s = core_->TakeArrivalError();
     } else {
       ++it;  // still to be read
@@ -1063,12 +1057,11 @@ int64_t TorchRuntime::SetHostBudget(int64_t budget_bytes, std::optional<int64_t>
     // read by the next pass into its buffer (counted from now: its memory is taken)
     const OwnBuffer buf = NewOwnBufferLocked(id);
     ThrowIfError(core_->ReadInto(id, buf.data));
-    host_bytes_ += Int(buf.size);
-    (buf.pinned ? pinned_bytes_ : pageable_bytes_) += Int(buf.size);
+    CountHostLocked(Int(buf.size), buf.pinned);
     if (core_->on_disk(id)) {
       arrivals_.emplace(id, buf);
     } else {
-      AdoptOwnBufferLocked(id, buf, /*counted=*/true);  // it was in a read ring buffer: copied
+      AdoptOwnBufferLocked(id, buf);  // it was in a read ring buffer: copied
     }
   }
   return host_bytes_;
@@ -1211,9 +1204,8 @@ void TorchRuntime::WriteHostValues(int block, const std::vector<std::pair<int, a
   }
   ThrowIfError(core_->ReplaceTransfer(block, out, bytes, transform.get()));
   const bool was_pinned = transfer_buffers_[info.transfer_buffer]->get()->pinned();
-  host_bytes_ += Int(bytes) - Int(info.transfer_bytes);
-  (was_pinned ? pinned_bytes_ : pageable_bytes_) -= Int(info.transfer_bytes);
-  (buffer->get()->pinned() ? pinned_bytes_ : pageable_bytes_) += Int(bytes);
+  CountHostLocked(-Int(info.transfer_bytes), was_pinned);
+  CountHostLocked(Int(bytes), buffer->get()->pinned());
   transfer_buffers_[info.transfer_buffer] = buffer;
   replace_transform();
   info.transfer = out;

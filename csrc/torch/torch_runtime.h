@@ -335,9 +335,11 @@ class TorchRuntime {
     bool pinned = false;
   };
   OwnBuffer NewOwnBufferLocked(int block);
-  // The unit's host copy is `buf` from now on (the core has it already); counted
-  // in the host bytes unless `counted`.
-  void AdoptOwnBufferLocked(int block, const OwnBuffer& buf, bool counted);
+  // The unit's host copy is `buf` from now on (the core has it already; its bytes
+  // are counted by the caller).
+  void AdoptOwnBufferLocked(int block, const OwnBuffer& buf);
+  // `bytes` (negative: freed) more of weights' host memory, pinned or pageable.
+  void CountHostLocked(int64_t bytes, bool pinned);
   // Into a host buffer of its own: `fill` writes its bytes there.
   void ToOwnBufferLocked(int block, const std::function<void(uint8_t*)>& fill);
   // Units read through a pass (SetHostBudget's read_through): those that arrived
