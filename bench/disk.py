@@ -68,7 +68,6 @@ import json
 import os
 import platform
 import sys
-import threading
 import time
 import warnings
 
@@ -223,38 +222,19 @@ def read_passes(reader, fid: int, size: int, *, min_passes: int, min_s: float, p
 
 def read_blocks(reader, fid: int, size: int, block: int, depth: int, *, min_passes: int, min_s: float) -> dict:
     """Sequential O_DIRECT reads of the file in ``block``-byte requests with ``depth`` of
-    them in flight (one Python thread each; read() releases the GIL): the disk tier's pattern."""
+    them in flight, each thread into a buffer of its own (calibrate.read_in_requests, as the
+    runtime's probe reads): the disk tier's pattern."""
+    from pinstream.calibrate import read_in_requests
+
     block = max(ALIGN, block // ALIGN * ALIGN)
     bufs = [aligned_buffer(block) for _ in range(depth)]
     total_b, total_s, passes = 0, 0.0, 0
-    errors = []
     while passes < min_passes or total_s < min_s:
-        offsets = list(range(0, size, block))
-        lock = threading.Lock()
-
-        def worker(k):
-            while True:
-                with lock:
-                    if not offsets:
-                        return
-                    off = offsets.pop(0)
-                try:
-                    reader.read(fid, off, bufs[k][:min(block, size - off)])
-                except Exception as e:  # noqa: BLE001 - reported below
-                    errors.append(str(e))
-                    return
-
-        threads = [threading.Thread(target=worker, args=(k,)) for k in range(depth)]
         t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        read_in_requests(reader, fid, size, block, depth, lambda k, off, n: bufs[k][:n])
         total_s += time.perf_counter() - t0
         total_b += size
         passes += 1
-        if errors:
-            raise RuntimeError(errors[0])
         if passes >= 50:
             break
     return {"gbps": total_b / total_s / 1e9, "passes": passes, "request_bytes": block, "in_flight": depth}

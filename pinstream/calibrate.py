@@ -96,29 +96,31 @@ def disk_reads(directory: str, size_mb: int = 32) -> DiskReads:
     return _DISK[key]
 
 
-def _read_like_the_tier(reader, file, buf, request: int, in_flight: int) -> None:
-    """The whole file in ``request``-byte reads, ``in_flight`` of them at a time (one
-    thread each; read() releases the GIL), as the read ring keeps blocks in flight."""
+def read_in_requests(reader, file, size: int, request: int, in_flight: int, dst) -> None:
+    """``size`` bytes of ``file`` in ``request``-byte reads, ``in_flight`` of them at a time
+    (one thread each; read() releases the GIL), as the read ring keeps blocks in flight:
+    ``dst(k, offset, n)`` is the uint8 tensor reader thread ``k`` reads those bytes into.
+    The first error is raised here."""
     import threading
 
-    size = buf.numel()
     offsets = list(range(0, size, request))
     lock = threading.Lock()
     errors: list = []
 
-    def worker():
+    def worker(k):
         while True:
             with lock:
                 if not offsets or errors:
                     return
                 off = offsets.pop(0)
             try:
-                reader.read(file, off, buf[off:min(size, off + request)])
+                n = min(request, size - off)
+                reader.read(file, off, dst(k, off, n))
             except Exception as e:  # noqa: BLE001 - raised below, in the caller's thread
                 errors.append(e)
                 return
 
-    threads = [threading.Thread(target=worker) for _ in range(in_flight)]
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(in_flight)]
     for t in threads:
         t.start()
     for t in threads:
@@ -172,21 +174,25 @@ def _measure_disk(directory: str, size_mb: int, passes: int = 3, request_mb: int
                 continue
             readers[way] = (reader, file)
         seconds = {way: 0.0 for way in readers}
-        request = request_mb * MIB
+
+        def read_all(reader, file):
+            read_in_requests(reader, file, size_mb * MIB, request_mb * MIB, in_flight,
+                             lambda k, off, n: buf[off:off + n])
+
         if readers:  # the first reads of a file just written are slower on some disks: not timed
             _C.drop_page_cache(path)
             reader, file = next(iter(readers.values()))
-            _read_like_the_tier(reader, file, buf, request, in_flight)
+            read_all(reader, file)
         for _ in range(passes):  # the ways taking turns, every pass counted
             for way, (reader, file) in readers.items():
                 _C.drop_page_cache(path)
                 start = time.perf_counter()
-                _read_like_the_tier(reader, file, buf, request, in_flight)
+                read_all(reader, file)
                 seconds[way] += time.perf_counter() - start
         gbps = {way: passes * size_mb * MIB / seconds[way] / 1e9 if seconds.get(way) else 0.0
                 for way in ("io_uring", "direct", "buffered")}
         del readers
-        del buf
+        buf = None  # the map's last export: it can be closed
         mapped.close()
     finally:
         os.remove(path)
