@@ -180,10 +180,10 @@ class OffloadHandle(Replanning):
                 names[name] = w
         self._hooks.keep(install_state_dict_hook(module, self._rt, names, self._apart_units))
 
-    def _refresh_apart(self) -> list:
-        """After blocks moved between RAM and disk: which units are held apart now. Returns
-        which blocks are on disk."""
-        on_disk = self._rt.stats()["block_on_disk"]
+    def _refresh_apart(self, st: dict | None = None) -> list:
+        """After blocks moved between RAM and disk: which units are held apart now (from the
+        runtime's stats ``st``, taken now when not given). Returns which blocks are on disk."""
+        on_disk = (st or self._rt.stats())["block_on_disk"]
         self._has_disk = any(on_disk)
         now = self._coded_units | {b for b, d in enumerate(on_disk) if d}
         self._apart_units.clear()  # the same set: the state_dict hook reads it
@@ -220,8 +220,9 @@ class OffloadHandle(Replanning):
         try:
             held = self._rt.set_host_budget(budget, pin_cap_bytes, by_timing, read_through)
         finally:
-            after = self._refresh_apart()
-            arriving = self._rt.stats()["block_arriving"] if read_through else [False] * len(after)
+            st = self._rt.stats()
+            after = self._refresh_apart(st)
+            arriving = st["block_arriving"]  # (none without read_through: the runtime settled them first)
             self._arriving = any(arriving)
             after = [d and not a for d, a in zip(after, arriving, strict=True)]
         if after != before:
@@ -238,8 +239,9 @@ class OffloadHandle(Replanning):
         RAM (and a read-through that failed said once)."""
         if self._arriving:
             self._arriving = False
-            self._refresh_apart()
-            err = self._rt.stats().get("arrival_error")
+            st = self._rt.stats()
+            self._refresh_apart(st)
+            err = st.get("arrival_error")
             if err and err != self._arrival_error:
                 import warnings
 
