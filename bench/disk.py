@@ -668,13 +668,14 @@ def shared_run(high, low, inputs, *, device, engine, link_gbps, fraction: float,
     high then low) under a pinning cap of 2 x ``fraction`` x one model: "fixed", each model
     with a host budget of half of what the cap leaves beside both read rings (so that both
     setups hold the same RAM), against "shared", automatic budgets where
-    host RAM follows the model that runs (once the disk time it counted pays for the read,
-    the other gives it the RAM that hides its disk time under its compute). Figures of the
-    second prompt: its wall time, the
-    bytes read from disk, the median step of each expert's steps from the third on, the
-    time the moves took, and whether every output was full load's. "forced" is "shared" with
-    the RAM taken at each model's second step whether or not the disk time spent pays for
-    it: what a move costs on this machine."""
+    host RAM follows the model that runs, each model told its steps as a ComfyUI sampler
+    tells them (once the disk time its steps left would save pays for the read, the other
+    gives it the RAM that hides its disk time under its compute), and "untold", the same
+    with the steps not known (the disk time of the steps run so far must pay). Figures of
+    the second prompt: its wall time, the bytes read from disk, the median step of each
+    expert's steps from the third on, the time the moves took, and whether every output was
+    full load's. "forced" is "untold" with the RAM taken at each model's second step whether
+    or not the disk time spent pays for it: what a move costs on this machine."""
     import statistics
     import time
     import warnings
@@ -716,7 +717,7 @@ def shared_run(high, low, inputs, *, device, engine, link_gbps, fraction: float,
         from pinstream.handle import OffloadHandle
 
         excess = OffloadHandle.__dict__["_disk_excess_ms"]
-        for setup in ("fixed", "shared", "forced"):
+        for setup in ("fixed", "shared", "untold", "forced"):
             if setup == "forced":
                 OffloadHandle._disk_excess_ms = staticmethod(lambda st, prev: float("inf"))
             kw = dict(mode="sequential", device=str(device), engine=engine, prefetch=prefetch,
@@ -734,7 +735,9 @@ def shared_run(high, low, inputs, *, device, engine, link_gbps, fraction: float,
                     moved = sum(h.ram_moves["ms"] for h in handles)
                     steady: list = []
                     start = time.perf_counter()
-                    for m, ref in zip(models, refs):
+                    for m, h, ref in zip(models, handles, refs):
+                        if setup == "shared":
+                            h.expect_passes(steps)
                         for step in range(steps):
                             t0 = time.perf_counter()
                             same = same and torch.equal(_forward(m, inputs, device).float().cpu(), ref)
@@ -766,7 +769,7 @@ def shared_run(high, low, inputs, *, device, engine, link_gbps, fraction: float,
             with contextlib.suppress(OSError):
                 os.remove(path)
     f = out["setups"]["fixed"]
-    for setup in ("shared", "forced"):
+    for setup in ("shared", "untold", "forced"):
         s = out["setups"][setup]
         out[f"{setup}_prompt_speedup"] = f["prompt_ms"] / s["prompt_ms"] if s["prompt_ms"] > 0 else None
     return out
@@ -1047,7 +1050,8 @@ def summary(res: dict) -> str:
     sh = res.get("shared_ram")
     if sh:
         names = {"fixed": f"fixed budgets of {sh['fixed_budget_bytes'] / MIB:.1f} MiB (half the cap beside both "
-                          "read rings)", "shared": "RAM following the model that runs",
+                          "read rings)", "shared": "RAM following the model that runs, its steps told",
+                 "untold": "the same, its steps not told",
                  "forced": "RAM taken at each model's second step"}
         parts = []
         for setup, r in sh["setups"].items():

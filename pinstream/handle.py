@@ -40,6 +40,22 @@ _RAM_LOCK = threading.Lock()
 _MOVE_COST: list = [0.0, 0]
 
 
+def sampler_step(kwargs) -> tuple[float, int] | None:
+    """Under a ComfyUI sampler (the forward's ``transformer_options`` hold the step's
+    ``sigmas`` and the run's ``sample_sigmas``, which fall step by step): the step's sigma and
+    the sampler's steps left, this one included. None elsewhere."""
+    opts = kwargs.get("transformer_options") if isinstance(kwargs, dict) else None
+    if not isinstance(opts, dict):
+        return None
+    sigma, run = opts.get("sigmas"), opts.get("sample_sigmas")
+    if not (isinstance(sigma, torch.Tensor) and isinstance(run, torch.Tensor)) or sigma.numel() == 0 \
+            or run.dim() != 1 or run.numel() < 2:
+        return None
+    s = float(sigma.detach().float().max())
+    starts = run.detach()[:-1].float().cpu()  # the sigma each step starts at
+    return s, max(1, int((starts <= s * (1 + 1e-4)).sum()))
+
+
 class OffloadHandle(Replanning):
     """A model under PinStream. Created by :func:`pinstream.offload`."""
 
@@ -82,6 +98,8 @@ class OffloadHandle(Replanning):
         self._rent_ms = 0.0  # time the disk held its passes in a row beyond their compute
         self._rent_passes = 0  # the passes counted in it
         self._placed = False  # its blocks on disk placed once by their timed compute
+        self._told: int | None = None  # passes still to run in a row, as told by expect_passes()
+        self._step = (None, 0, 1)  # under a sampler: its step's sigma, passes at it, passes a step
         self._host_budget_given: int | None = None  # host_budget_gb as bytes, when one was given
         # moves between RAM and disk (set_host_budget, RAM following the running model)
         self.ram_moves = {"moves": 0, "to_disk_bytes": 0, "to_ram_bytes": 0, "ms": 0.0}
@@ -208,6 +226,37 @@ class OffloadHandle(Replanning):
         self._placed = True  # placed as asked: not again by its timed compute
         return self._move_ram(budget)
 
+    def expect_passes(self, passes: int | None) -> None:
+        """Says how many passes (forwards) this model runs in a row from its next one, such
+        as a sampler's steps. Host RAM following then weighs taking RAM by the passes left to
+        gain from it: a model about to hand over to another takes none late in its run, one
+        starting a long run takes it as soon as its second pass shows what the disk costs it.
+        Each pass counts it down; ``None``, or once counted out: not known, and the passes run
+        so far stand for those to come. Under ComfyUI's samplers nothing needs telling: the
+        steps left are read from the sampler's sigmas."""
+        if passes is not None and (isinstance(passes, bool) or not isinstance(passes, int) or passes < 0):
+            raise ValueError(f"PinStream: expect_passes() takes a count of passes (an int >= 0) or None, "
+                             f"not {passes!r}")
+        self._told = passes or None
+
+    def _passes_left(self, told: int | None, kwargs) -> int | None:
+        """The passes it still runs in a row, this one included: as told, else under a ComfyUI
+        sampler its steps left times the passes a step took; None when not known."""
+        if told is not None:
+            return told
+        at = sampler_step(kwargs)
+        if at is None:
+            return None
+        sigma, steps = at
+        last, passes, per_step = self._step
+        if sigma == last:
+            passes += 1
+            per_step = max(per_step, passes)
+        else:
+            passes = 1
+        self._step = (sigma, passes, per_step)
+        return max(1, steps * per_step - (passes - 1))
+
     def _move_ram(self, budget: int, pin_cap_bytes: int | None = None, by_timing: bool = False,
                   read_through: bool = False) -> int:
         """set_host_budget on the runtime, counted in ram_moves. ``read_through``: blocks
@@ -249,20 +298,24 @@ class OffloadHandle(Replanning):
                 warnings.warn(f"PinStream: blocks could not come back to RAM: {err}", RuntimeWarning, stacklevel=3)
         return self._has_disk
 
-    def _follow_ram(self) -> None:
-        """Before a pass: host RAM follows the model that runs. A model with blocks on disk
-        counts, pass after pass in a row, the time the disk held its passes beyond their
-        compute; once that reaches what the move costs (the giver reads as many bytes at its
-        next turn: their read at the disk rate measured, or the pace the moves so far took
-        where slower), it takes the RAM that hides its disk time under its compute (what the
+    def _follow_ram(self, kwargs=None) -> None:
+        """Before a pass (``kwargs``: the forward's): host RAM follows the model that runs.
+        A model with blocks on disk counts, pass after pass in a row, the time the disk held
+        its passes beyond their compute; once that reaches what the move costs (the giver
+        reads as many bytes at its next turn: their read at the disk rate measured, or the
+        pace the moves so far took where slower), it takes the RAM that hides its disk time under its compute (what the
         disk reads in the time a pass outlasted it): models waiting for their turn (the least
         recently run first, those with an automatic host budget) move as many of their blocks
         to disk as it is short of, and its own blocks come back, up to the process's pinning
         cap (and its own host budget when one was given). They are read through the pass that
         follows, which would read them from disk anyway: into their RAM, and uploaded from
-        there. Wan 2.2's two experts: where the disk is far slower than the compute, the one
+        there. Where the passes left in its run are known (expect_passes(), or a ComfyUI
+        sampler's sigmas), the disk time those passes would save stands for the time counted:
+        a model about to hand over takes nothing late, one starting a long run takes RAM at
+        its second pass. Wan 2.2's two experts: where the disk is far slower than the compute, the one
         not running lives on disk. A disk that keeps up with the compute, or models that
         alternate every pass, move nothing."""
+        told, self._told = self._told, (self._told - 1 if self._told and self._told > 1 else None)
         with _RAM_LOCK:
             last = _LAST_RUNNER[0]() if _LAST_RUNNER[0] is not None else None
             _LAST_RUNNER[0] = weakref.ref(self)
@@ -271,6 +324,7 @@ class OffloadHandle(Replanning):
         if not self._disk_now():
             self._pass_snap, self._rent_ms, self._rent_passes = None, 0.0, 0
             return
+        left = self._passes_left(told, kwargs)  # (every pass: a sampler's passes a step are counted)
         st = self._rt.pace()  # no wait for the timings of work still in flight
         prev, self._pass_snap = self._pass_snap, (st["disk_bytes"], st["compute_ms"], st["disk_wait_ms"])
         if last is not self or prev is None:
@@ -312,10 +366,15 @@ class OffloadHandle(Replanning):
         want = self._hiding_bytes(held, self._rent_ms / max(1, self._rent_passes), gbps,
                                   self.discovery.largest_block_bytes, goal(room - floor))
         gain = want - held
-        # the blocks coming back are read through the next pass, which would read them anyway;
-        # what the move costs is the giver's: it reads as many bytes at its next turn (at the
-        # disk's rate), or the pace the moves so far took where that was slower
-        if gain < self.discovery.largest_block_bytes or not self._move_pays(self._rent_ms, gain, gbps, _MOVE_COST):
+        if gain < self.discovery.largest_block_bytes or (left is not None and left < 2):
+            return
+        # the blocks coming back are read through this pass, which would read them anyway:
+        # the passes after it gain, as many as are left where that is known, else as many as
+        # ran (the disk time counted). What the move costs is the giver's: it reads as many
+        # bytes at its next turn (at the disk's rate), or the pace the moves so far took
+        # where that was slower.
+        gained = self._rent_ms if left is None else (left - 1) * self._rent_ms / self._rent_passes
+        if not self._move_pays(gained, gain, gbps, _MOVE_COST):
             return
         # the room it needs beside the others: its ring too while blocks stay on disk
         required = need if want >= need else want + self._ring_bytes()

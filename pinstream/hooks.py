@@ -84,7 +84,7 @@ class PassHooks:
             if h is not None:
                 if torch.is_grad_enabled():
                     h._check_no_grad(args, kwargs)
-                h._follow_ram()
+                h._follow_ram(kwargs)
                 if not rt.loaded:
                     h.load()
             rt.begin_pass()

@@ -264,13 +264,15 @@ def sample_two_experts(ns, high_model, low_model, positive, negative, latent, st
     return out["samples"]
 
 
-def two_experts_reference(ns, high_path, low_path):
+def two_experts_reference(ns, high_path, low_path, steps: int = 4, switch_at: int = 2):
     """Core's latent of Wan 2.2's two experts (the files at ``high_path``, ``low_path``) as
-    the two-experts tests sample them (4 steps, switching at 2), and the conditioning it used.
-    The core models are dropped on return; the caller unloads them from ComfyUI."""
+    the two-experts tests sample them (4 steps, switching at 2, unless told), and the
+    conditioning it used. The core models are dropped on return; the caller unloads them
+    from ComfyUI."""
     core_hi, core_lo = load_unet(ns, high_path), load_unet(ns, low_path)
     pos, neg = wan_conditioning()
-    return sample_two_experts(ns, core_hi, core_lo, pos, neg, wan_latent(32, 32, 5), steps=4, switch_at=2), pos, neg
+    out = sample_two_experts(ns, core_hi, core_lo, pos, neg, wan_latent(32, 32, 5), steps=steps, switch_at=switch_at)
+    return out, pos, neg
 
 
 def vae_decode(ns, vae, samples: torch.Tensor) -> torch.Tensor:

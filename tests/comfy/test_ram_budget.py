@@ -266,13 +266,16 @@ def test_two_experts_share_the_ram_and_the_one_waiting_lives_on_disk(mode, monke
     """Wan 2.2's two experts with automatic RAM budgets in a process whose pinning cap holds
     one and not both: the second expert loads with blocks on disk; from each expert's
     second pass the RAM follows it (the other's blocks go to disk, read from its own file:
-    nothing written), and every run gives core's latent."""
+    nothing written), and every run gives core's latent. The steps left come from the
+    sampler: where an expert's second step is its last (4 steps switching at 2), taking RAM
+    would gain it nothing, and nothing moves."""
     from pinstream.handle import OffloadHandle
 
     # as where the disk sets the pace (with these tiny models it may keep up, and then nothing moves)
     monkeypatch.setattr(OffloadHandle, "_disk_excess_ms", staticmethod(lambda st, prev: 1e9))
     hi_path, lo_path = f("wan22_t2v")
     ref, pos, neg = pl.two_experts_reference(ns, hi_path, lo_path)
+    ref8 = pl.two_experts_reference(ns, hi_path, lo_path, steps=8, switch_at=4)[0]
     mm.unload_all_models()
     gc.collect()
     from pinstream import pin_cap
@@ -301,9 +304,13 @@ def test_two_experts_share_the_ram_and_the_one_waiting_lives_on_disk(mode, monke
     hi, lo = experts
     hh, lh = hi.pinstream.handle, lo.pinstream.handle
     assert hh.stats()["disk_blocks"] == 0 and lh.stats()["disk_blocks"] > 0
+    out = pl.sample_two_experts(ns, hi, lo, pos, neg, pl.wan_latent(32, 32, 5), steps=4, switch_at=2)
+    assert torch.equal(out, ref), f"{mode}: max diff {(out - ref).abs().max().item()}"
+    assert hh.ram_moves["moves"] == lh.ram_moves["moves"] == 0  # each one's second step was its last
+    assert hh.stats()["disk_blocks"] == 0 and lh.stats()["disk_blocks"] > 0
     for run in range(2):
-        out = pl.sample_two_experts(ns, hi, lo, pos, neg, pl.wan_latent(32, 32, 5), steps=4, switch_at=2)
-        assert torch.equal(out, ref), f"{mode} run {run}: max diff {(out - ref).abs().max().item()}"
+        out = pl.sample_two_experts(ns, hi, lo, pos, neg, pl.wan_latent(32, 32, 5), steps=8, switch_at=4)
+        assert torch.equal(out, ref8), f"{mode} run {run}: max diff {(out - ref8).abs().max().item()}"
         # the low-noise expert ran last: RAM is its, the high-noise one waits on disk
         assert lh.stats()["disk_blocks"] == 0 and hh.stats()["disk_blocks"] > 0
         assert hh.host_bytes + lh.host_bytes + sum(h.ram_bytes for h in strays) <= cap

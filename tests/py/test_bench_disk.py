@@ -99,7 +99,7 @@ def test_bench_disk_quick_writes_its_figures(tmp_path):
     assert sw["warm"]["first_step_disk_read_misses"] <= sw["cold"]["first_step_disk_read_misses"]
     # two prompts of two models under one pinning cap: fixed budgets, automatic, moves forced
     sh = r["shared_ram"]
-    assert set(sh["setups"]) == {"fixed", "shared", "forced"}
+    assert set(sh["setups"]) == {"fixed", "shared", "untold", "forced"}
     assert all(v["bit_identical"] and v["prompt_ms"] > 0 for v in sh["setups"].values())
     assert sh["setups"]["fixed"]["move_ms"] == 0 and sh["setups"]["fixed"]["moved_to_ram_bytes"] == 0
     assert all(sum(v["host_bytes"]) <= sh["pin_cap_bytes"] for k, v in sh["setups"].items() if k != "fixed")

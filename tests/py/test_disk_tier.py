@@ -864,6 +864,94 @@ def test_a_move_pays_once_the_disk_time_counted_reaches_its_read():
     assert not pays(49.0, 55_000_000, 1.1, (1.0, 10_000_000))  # a faster pace: the read still counts
 
 
+class _SampledNet(Net):
+    """Net whose forward takes a ComfyUI sampler's transformer_options, as core's models do."""
+
+    def forward(self, x, transformer_options=None):
+        return super().forward(x)
+
+
+def _two_sharing(tmp_path, monkeypatch, x, cls=Net):
+    """Two models under a pinning cap of one and a half of them, the disk setting the pace:
+    the second starts with blocks on disk. Their outputs on ``x`` as they were, before."""
+    from pinstream.handle import OffloadHandle
+
+    monkeypatch.setattr(OffloadHandle, "_disk_excess_ms", staticmethod(lambda st, prev: 1e9))
+    torch.manual_seed(1)
+    a = cls().eval()
+    torch.manual_seed(2)
+    b = cls().eval()
+    with torch.no_grad():
+        refs = a(x), b(x)
+    size = sum(p.numel() * p.element_size() for p in a.parameters())
+    monkeypatch.setenv("PINSTREAM_PIN_CAP_GB", str(1.5 * size / GIB))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ha = pinstream.offload(a, device="cpu", engine="host", spill_dir=str(tmp_path), mode="sequential")
+        hb = pinstream.offload(b, device="cpu", engine="host", spill_dir=str(tmp_path), mode="sequential")
+    assert ha.stats()["disk_blocks"] == 0 and hb.stats()["disk_blocks"] > 0
+    ha._placed = hb._placed = True  # not placed again by their timed compute: the moves looked at are RAM's
+    return a, b, ha, hb, *refs
+
+
+def test_a_model_told_its_passes_takes_ram_only_where_the_passes_left_gain_it(tmp_path, monkeypatch, alone):
+    """With the passes left known, the disk time they would save decides: a model with one
+    pass left after this one takes no RAM however slow its disk (by the passes run so far it
+    would: the waiting model then reads it all back at its turn), one starting a long run
+    takes it at its second pass. Outputs stay full load's."""
+    x = torch.randn(3, 128)
+    a, b, ha, hb, ref_a, ref_b = _two_sharing(tmp_path, monkeypatch, x)
+    hb.expect_passes(2)  # its last two passes: handing over after them
+    _run(b, x, ref_b, 2)
+    assert hb.ram_moves["moves"] == 0 and ha.stats()["disk_blocks"] == 0
+    _run(a, x, ref_a, 1)
+    hb.expect_passes(6)
+    _run(b, x, ref_b, 2)  # at its second pass 5 are left: it takes the RAM
+    assert hb.ram_moves["moves"] == 1 and hb.stats()["disk_blocks"] == 0 and ha.stats()["disk_blocks"] > 0
+    _run(b, x, ref_b, 4)  # counted out: the passes run so far stand for those to come again
+    _run(a, x, ref_a, 2)  # untold, by the rent counted: the disk time 1e9 ms pays at once
+    assert ha.stats()["disk_blocks"] == 0 and hb.stats()["disk_blocks"] > 0
+    with pytest.raises(ValueError, match=r"expect_passes\(\) takes a count of passes \(an int >= 0\) or None"):
+        hb.expect_passes(-1)
+    hb.detach()
+    ha.detach()
+
+
+def test_under_a_comfyui_sampler_the_steps_left_come_from_its_sigmas(tmp_path, monkeypatch, alone):
+    """The forward's transformer_options (the step's sigmas among the run's sample_sigmas)
+    give the passes left, a step's passes counted: Wan 2.2's high-noise expert in its last
+    steps takes no RAM; in the first steps of its run it does."""
+    from pinstream.handle import sampler_step
+
+    run = torch.tensor([1.0, 0.8, 0.6, 0.4, 0.2, 0.0])  # 5 steps
+    opts = lambda s: {"transformer_options": {"sigmas": torch.tensor([s, s]), "sample_sigmas": run}}  # noqa: E731
+    assert sampler_step(opts(1.0)) == (1.0, 5)
+    assert sampler_step(opts(0.4)) == (pytest.approx(0.4), 2)
+    assert sampler_step(opts(0.2)) == (pytest.approx(0.2), 1)
+    assert sampler_step(opts(0.7)) == (pytest.approx(0.7), 3)  # a sampler's stage between two steps
+    assert sampler_step({}) is None and sampler_step(None) is None
+    assert sampler_step({"transformer_options": {"sample_sigmas": run}}) is None
+
+    x = torch.randn(3, 128)
+    a, b, ha, hb, ref_a, ref_b = _two_sharing(tmp_path, monkeypatch, x, _SampledNet)
+
+    def steps(m, ref, sigmas, per_step=1):
+        for s in sigmas:
+            for _ in range(per_step):  # cond and uncond in passes of their own
+                with torch.no_grad():
+                    assert torch.equal(m(x, transformer_options=opts(s)["transformer_options"]), ref)
+
+    steps(b, ref_b, [0.4, 0.2])  # the last two steps of its run
+    assert hb.ram_moves["moves"] == 0 and ha.stats()["disk_blocks"] == 0
+    steps(a, ref_a, [1.0])
+    steps(b, ref_b, [0.4, 0.2], per_step=2)  # two passes a step: 3 passes left at the second
+    assert hb.ram_moves["moves"] == 1 and hb.stats()["disk_blocks"] == 0
+    steps(a, ref_a, [1.0, 0.8])  # 4 steps left at its second pass: it takes the RAM back
+    assert ha.stats()["disk_blocks"] == 0 and hb.stats()["disk_blocks"] > 0
+    hb.detach()
+    ha.detach()
+
+
 class _Block(nn.Module):
     def __init__(self, dim, heavy):
         super().__init__()
