@@ -733,6 +733,7 @@ def shared_run(high, low, inputs, *, device, engine, link_gbps, fraction: float,
                     for h in handles:
                         h.reset_stats()
                     moved = sum(h.ram_moves["ms"] for h in handles)
+                    moved_bytes = sum(h.ram_moves["to_ram_bytes"] for h in handles)
                     steady: list = []
                     start = time.perf_counter()
                     for m, h, ref in zip(models, handles, refs):
@@ -750,7 +751,7 @@ def shared_run(high, low, inputs, *, device, engine, link_gbps, fraction: float,
                     "disk_bytes_per_prompt": int(sum(st["disk_bytes"] for st in stats)),
                     "steady_step_ms": statistics.median(steady) if steady else 0.0,
                     "move_ms": sum(h.ram_moves["ms"] for h in handles) - moved,
-                    "moved_to_ram_bytes": int(sum(h.ram_moves["to_ram_bytes"] for h in handles)),
+                    "moved_to_ram_bytes": int(sum(h.ram_moves["to_ram_bytes"] for h in handles) - moved_bytes),
                     "host_bytes": [int(h.host_bytes) for h in handles],
                     "spill_bytes": [int(st["spill_bytes"]) for st in stats],
                     "source_block_bytes": [int(st["source_block_bytes"]) for st in stats],

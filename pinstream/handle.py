@@ -36,7 +36,8 @@ _RUN_SEQ: list = [0]
 _RAM_LOCK = threading.Lock()
 # what the moves of RAM following the running model took in this process: milliseconds
 # and bytes brought back into RAM, each move weighing twice the one before it (the cost of
-# the next move is judged by their pace; a block's file is checked only on its first move)
+# the next move is judged by their pace). A block's copy on disk is checked (or written)
+# only on its first move to disk: a move that did that is not counted.
 _MOVE_COST: list = [0.0, 0]
 
 
@@ -103,6 +104,9 @@ class OffloadHandle(Replanning):
         self._host_budget_given: int | None = None  # host_budget_gb as bytes, when one was given
         # moves between RAM and disk (set_host_budget, RAM following the running model)
         self.ram_moves = {"moves": 0, "to_disk_bytes": 0, "to_ram_bytes": 0, "ms": 0.0}
+        # blocks that were on disk once: their copy on disk was checked (or written) then
+        self._disk_once: set | None = None
+        self._first_to_disk_bytes = 0  # what went to disk for the first time, checked as it went
         self._hooks = PassHooks(self)
         self._install_hooks(per_block=mode.name in ("sequential", "budget") or mode.transfer_dtype == "fp8_e4m3")
 
@@ -274,6 +278,11 @@ class OffloadHandle(Replanning):
             arriving = st["block_arriving"]  # (none without read_through: the runtime settled them first)
             self._arriving = any(arriving)
             after = [d and not a for d, a in zip(after, arriving, strict=True)]
+        if self._disk_once is None:
+            self._disk_once = {i for i, d in enumerate(before) if d}
+        first = {i for i, d in enumerate(after) if d} - self._disk_once
+        self._first_to_disk_bytes += sum(self._rt.block_bytes[i] for i in first)
+        self._disk_once |= first
         if after != before:
             m = self.ram_moves
             m["moves"] += 1
@@ -381,6 +390,7 @@ class OffloadHandle(Replanning):
         import time
 
         start = time.perf_counter()
+        checked = sum(h._first_to_disk_bytes for h in givers)
         try:
             for other in givers:  # the least recently run first, each what is still short
                 short = required - (room - sum(h.ram_bytes for h in others))
@@ -392,9 +402,12 @@ class OffloadHandle(Replanning):
             if target >= held + self.discovery.largest_block_bytes or target >= need:
                 self._move_ram(target, pin_cap_bytes=pin_cap.available_pin_bytes(elsewhere) + self.pinned_bytes,
                                read_through=True)
-            with _RAM_LOCK:  # the givers' moves to disk and its new buffers, against what came back
-                _MOVE_COST[0] = _MOVE_COST[0] / 2 + (time.perf_counter() - start) * 1e3
-                _MOVE_COST[1] = _MOVE_COST[1] // 2 + max(0, self._rt.host_bytes - held)
+            # the givers' moves to disk and its new buffers, against what came back; not a move
+            # that checked (or wrote) blocks' copies on disk: that is once a block, not a pace
+            if sum(h._first_to_disk_bytes for h in givers) == checked:
+                with _RAM_LOCK:
+                    _MOVE_COST[0] = _MOVE_COST[0] / 2 + (time.perf_counter() - start) * 1e3
+                    _MOVE_COST[1] = _MOVE_COST[1] // 2 + max(0, self._rt.host_bytes - held)
         except (RuntimeError, MemoryError) as e:
             # (another model began a forward meanwhile, a read failed, no host memory for a
             # block coming back): every block is still where it can be read from, and this

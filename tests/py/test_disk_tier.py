@@ -952,6 +952,27 @@ def test_under_a_comfyui_sampler_the_steps_left_come_from_its_sigmas(tmp_path, m
     ha.detach()
 
 
+def test_a_move_that_checks_copies_on_disk_for_the_first_time_is_not_the_pace_of_moves(tmp_path, monkeypatch,
+                                                                                       alone):
+    """A block's copy on disk is checked (or written) on its first move to disk only: that
+    move's time is not counted in the pace later moves are judged by (else one slow first
+    move would keep every later one from paying); the moves after it are."""
+    from pinstream import handle
+
+    x = torch.randn(3, 128)
+    a, b, ha, hb, ref_a, ref_b = _two_sharing(tmp_path, monkeypatch, x)
+    _run(b, x, ref_b, 2)  # A's blocks go to disk for the first time: its spill file is written
+    assert hb.ram_moves["moves"] == 1 and ha._first_to_disk_bytes > 0
+    assert handle._MOVE_COST == [0.0, 0]
+    for _ in range(3):
+        _run(a, x, ref_a, 2)
+        _run(b, x, ref_b, 2)
+    assert ha.ram_moves["moves"] + hb.ram_moves["moves"] >= 6
+    assert handle._MOVE_COST[0] > 0 and handle._MOVE_COST[1] > 0  # the moves with nothing to check
+    hb.detach()
+    ha.detach()
+
+
 class _Block(nn.Module):
     def __init__(self, dim, heavy):
         super().__init__()
