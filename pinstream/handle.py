@@ -257,6 +257,8 @@ class OffloadHandle(Replanning):
             passes += 1
             per_step = max(per_step, passes)
         else:
+            if last is None or sigma > last:  # sigmas fall within a run: a new one
+                per_step = 1
             passes = 1
         self._step = (sigma, passes, per_step)
         return max(1, steps * per_step - (passes - 1))
