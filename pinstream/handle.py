@@ -436,25 +436,29 @@ class OffloadHandle(Replanning):
     @staticmethod
     def _move_pays(rent_ms: float, gain_bytes: int, gbps: float, past=(0.0, 0)) -> bool:
         """Whether the disk time counted (``rent_ms``) reached what moving ``gain_bytes``
-        back into RAM takes: their read at ``gbps`` (GB/s), or at the pace the moves so far
-        took (``past``: milliseconds, bytes brought back; the givers' moves to disk, the
-        checks of their files and the waits included) where that was slower. With no rate
+        back into RAM costs: the giver reads them at its next turn twice, at ``gbps`` (GB/s):
+        its first pass streams them and its second, taking them back, reads them through;
+        and the move itself, at the pace the moves so far took (``past``: milliseconds, bytes
+        brought back: the givers' moves to disk, the new buffers, the waits). With no rate
         measured yet and no move made, it pays."""
-        cost = gain_bytes / (gbps * 1e6) if gbps > 0 else 0.0
+        cost = 2 * gain_bytes / (gbps * 1e6) if gbps > 0 else 0.0
         if past[1] > 0:
-            cost = max(cost, gain_bytes * past[0] / past[1])
+            cost += gain_bytes * past[0] / past[1]
         return rent_ms >= cost
 
     @staticmethod
     def _disk_excess_ms(st: dict, prev: tuple) -> float:
         """How long the disk held the pass since ``prev`` (disk bytes, compute ms, disk wait ms
         when it began) beyond its compute: its reads at the disk rate measured so far less its
-        compute, or with no compute timed, the host's waits for reads. 0 when the disk kept up."""
+        compute, at most the host's waits for reads (a device's compute queued ahead hides
+        some of them; the host engine's compute, timed by its blocks alone, leaves out the
+        rest of the pass that hides reads too); with no compute timed, the waits. 0 when the
+        disk kept up."""
         read, compute, wait = (st["disk_bytes"] - prev[0], st["compute_ms"] - prev[1],
                                st["disk_wait_ms"] - prev[2])
         gbps = float(st.get("disk_gbps", 0.0))
         if compute > 0 and gbps > 0:
-            return max(0.0, read / (gbps * 1e6) - compute)
+            return max(0.0, min(read / (gbps * 1e6) - compute, wait))
         return max(0.0, wait)
 
     # ---- wrapper-subclass weights (see pinstream.wrappers) -------------------------------

@@ -785,7 +785,6 @@ bool TorchRuntime::SourceExtents(const BlockTensors& info, const std::function<a
                                  std::vector<DiskExtent>* extents, std::string* why) {
   if (info.source.size() != info.tensors.size() || info.tensors.empty()) return false;
   std::vector<DiskExtent> out;
-  at::Tensor scratch;
   for (size_t k = 0; k < info.tensors.size(); ++k) {
     const PackedTensor& pt = info.tensors[k];
     const auto& [index, offset] = info.source[k];
@@ -806,22 +805,51 @@ bool TorchRuntime::SourceExtents(const BlockTensors& info, const std::function<a
       disk_files_.push_back(id);
     }
     if (it->second < 0) return false;
-    if (pt.nbytes > 0) {
-      if (!scratch.defined() || scratch.numel() < pt.nbytes) {
-        scratch = at::empty({pt.nbytes}, at::TensorOptions().dtype(at::kByte));
-      }
+    out.push_back(DiskExtent{it->second, Uint(offset), Uint(pt.nbytes), Uint(pt.offset)});
+  }
+  // the file's bytes against the values: read a batch of tensors at a time, all of a
+  // batch in flight (one at a time, small tensors would wait on the disk's latency each)
+  constexpr int64_t kBatchBytes = 64LL << 20;
+  at::Tensor scratch;
+  for (size_t first = 0; first < out.size();) {
+    size_t last = first;
+    int64_t bytes = 0;
+    std::vector<DiskReader::Range> ranges;
+    while (last < out.size() && (last == first || bytes + Int(out[last].bytes) <= kBatchBytes)) {
+      bytes += Int(out[last].bytes);
+      ++last;
+    }
+    if (!scratch.defined() || scratch.numel() < bytes) {
+      scratch = at::empty({bytes}, at::TensorOptions().dtype(at::kByte));
+    }
+    auto* base = scratch.data_ptr<uint8_t>();
+    int64_t pos = 0;
+    for (size_t k = first; k < last; ++k) {
+      if (out[k].bytes > 0)
+        ranges.push_back(DiskReader::Range{out[k].file, out[k].file_offset, out[k].bytes, base + pos});
+      pos += Int(out[k].bytes);
+    }
+    Status read = Status::Ok();
+    if (!ranges.empty()) {
       uint64_t ticket = 0;
-      Status read = reader_->Submit(it->second, Uint(offset), Uint(pt.nbytes), scratch.data_ptr(), &ticket);
+      read = reader_->SubmitMany(ranges, &ticket);
       if (read.ok()) read = reader_->Wait(ticket);
-      const at::Tensor host = value(k);
-      if (!read.ok() || std::memcmp(scratch.data_ptr(), host.data_ptr(), static_cast<size_t>(pt.nbytes)) != 0) {
-        *why = read.ok() ? (pt.name.empty() ? std::string("a weight") : pt.name) + " differs from " + path +
-                               " (converted or patched since it was read)"
-                         : read.message();
+    }
+    if (!read.ok()) {
+      *why = read.message();
+      return false;
+    }
+    pos = 0;
+    for (size_t k = first; k < last; ++k) {
+      const PackedTensor& pt = info.tensors[k];
+      if (pt.nbytes > 0 && std::memcmp(base + pos, value(k).data_ptr(), static_cast<size_t>(pt.nbytes)) != 0) {
+        *why = (pt.name.empty() ? std::string("a weight") : pt.name) + " differs from " +
+               source_paths_[static_cast<size_t>(info.source[k].first)] + " (converted or patched since it was read)";
         return false;
       }
+      pos += Int(pt.nbytes);
     }
-    out.push_back(DiskExtent{it->second, Uint(offset), Uint(pt.nbytes), Uint(pt.offset)});
+    first = last;
   }
   *extents = std::move(out);
   return true;
