@@ -313,19 +313,20 @@ class OffloadHandle(Replanning):
         """Before a pass (``kwargs``: the forward's): host RAM follows the model that runs.
         A model with blocks on disk counts, pass after pass in a row, the time the disk held
         its passes beyond their compute; once that reaches what the move costs (the giver
-        reads as many bytes at its next turn: their read at the disk rate measured, or the
-        pace the moves so far took where slower), it takes the RAM that hides its disk time under its compute (what the
-        disk reads in the time a pass outlasted it): models waiting for their turn (the least
-        recently run first, those with an automatic host budget) move as many of their blocks
-        to disk as it is short of, and its own blocks come back, up to the process's pinning
-        cap (and its own host budget when one was given). They are read through the pass that
-        follows, which would read them from disk anyway: into their RAM, and uploaded from
-        there. Where the passes left in its run are known (expect_passes(), or a ComfyUI
-        sampler's sigmas), the disk time those passes would save stands for the time counted:
-        a model about to hand over takes nothing late, one starting a long run takes RAM at
-        its second pass. Wan 2.2's two experts: where the disk is far slower than the compute, the one
-        not running lives on disk. A disk that keeps up with the compute, or models that
-        alternate every pass, move nothing."""
+        reads those bytes twice at its next turn, at the disk rate measured, and the move
+        takes what the moves so far took a byte), it takes the RAM that hides its disk time
+        under its compute (what the disk reads in the time a pass outlasted it): models
+        waiting for their turn (the least recently run first, those with an automatic host
+        budget) move as many of their blocks to disk as it is short of, and its own blocks
+        come back, up to the process's pinning cap (and its own host budget when one was
+        given). They are read through the pass that follows, which would read them from disk
+        anyway: into their RAM, and uploaded from there. Where the passes left in its run are
+        known (expect_passes(), or a ComfyUI sampler's sigmas), the disk time those passes
+        would save stands for the time counted: a model about to hand over takes nothing
+        late, one starting a long run takes RAM at its second pass. Wan 2.2's two experts:
+        where the disk is far slower than the compute, the one not running lives on disk. A
+        disk that keeps up with the compute, or models that alternate every pass, move
+        nothing."""
         told, self._told = self._told, (self._told - 1 if self._told and self._told > 1 else None)
         with _RAM_LOCK:
             last = _LAST_RUNNER[0]() if _LAST_RUNNER[0] is not None else None
@@ -381,9 +382,7 @@ class OffloadHandle(Replanning):
             return
         # the blocks coming back are read through this pass, which would read them anyway:
         # the passes after it gain, as many as are left where that is known, else as many as
-        # ran (the disk time counted). What the move costs is the giver's: it reads as many
-        # bytes at its next turn (at the disk's rate), or the pace the moves so far took
-        # where that was slower.
+        # ran (the disk time counted). The cost is the giver's (see _move_pays).
         gained = self._rent_ms if left is None else (left - 1) * self._rent_ms / self._rent_passes
         if not self._move_pays(gained, gain, gbps, _MOVE_COST):
             return
