@@ -44,6 +44,14 @@
 2 and 3 run in --rounds rounds (default 3), each after a fresh O_DIRECT measurement of
 the disk (and one more after the last): a shared disk's rate drifts, so the disk and the
 disk tier are sampled over the same minutes; the rates are totals over the rounds.
+4. Two models taking turns (Wan 2.2's experts): the stall at the switch, cold and with the
+   warm standby ("switch").
+5. The two for two prompts under one pinning cap: fixed budgets against RAM following the
+   model that runs, with the steps told and not, and moves forced ("shared_ram"; see
+   shared_run); then the same with each block asleep for half its read at the disk tier's
+   rate instead of computing, 10 steps each ("shared_ram_compute_off_cpu": the compute off
+   the CPU, as under a GPU, where the disk's cost to a pass is its time beyond the compute
+   and not the CPU its reads take from the host engine's compute).
 
 Every figure printed and written is measured in this run. --json PATH writes them:
 {"disk_read_gbps": {"o_direct", "buffered", "o_direct_block_requests"},
@@ -77,6 +85,9 @@ MIB = 1024**2
 GIB = 1024**3
 ALIGN = 4096
 RAM_FILE_SYSTEMS = ("tmpfs", "ramfs")
+# the shared-RAM run with the compute off the CPU: a block's compute against its read at the
+# disk tier's rate (the disk sets the pace, as for Wan 14B's blocks at a short length on a GPU)
+SHARED_COMPUTE_OF_READ = 0.5
 
 
 # --------------------------------------------------------------------------- machine
@@ -658,12 +669,45 @@ def run(args) -> dict:
         _log(f"  {kind}: second prompt {r['prompt_ms']:.1f} ms, {r['disk_bytes_per_prompt'] / MIB:.1f} MiB read from disk "
              f"per prompt, steady step {r['steady_step_ms']:.1f} ms, moves {r['move_ms']:.1f} ms, "
              f"bit-identical {r['bit_identical']}")
+    # 6. the same with the compute off the CPU, as under a GPU: each block asleep for half its
+    # read at the disk tier's rate (the disk sets the pace, twice the compute), more steps
+    gbps = res.get("pinstream_disk_gbps") or 1.0
+    sleep_s = SHARED_COMPUTE_OF_READ * (model_bytes - disc.nonblock_bytes) / len(disc.blocks) / (gbps * 1e9)
+    steps = 3 if args.quick else 10
+    _log(f"shared RAM, the compute off the CPU: each block {sleep_s * 1e3:.2f} ms asleep, {steps} steps each")
+    res["shared_ram_compute_off_cpu"] = shared_run(
+        model, low, inputs, device=dev, engine=engine, link_gbps=args.link_gbps, fraction=args.share_fraction,
+        model_bytes=model_bytes, prefetch=args.prefetch, steps=steps, spill_dir=spill, block_sleep_s=sleep_s)
+    for kind, r in res["shared_ram_compute_off_cpu"]["setups"].items():
+        _log(f"  {kind}: second prompt {r['prompt_ms']:.1f} ms, {r['disk_bytes_per_prompt'] / MIB:.1f} MiB read from disk "
+             f"per prompt, steady step {r['steady_step_ms']:.1f} ms, moves {r['move_ms']:.1f} ms")
     res["load_average_at_end"] = list(os.getloadavg())
     return res
 
 
+@contextlib.contextmanager
+def _blocks_asleep(models, seconds: float):
+    """Each block of ``models`` (their PinStream hooks kept) holds the host ``seconds``
+    asleep and passes its input on, instead of computing: compute that leaves the CPU to
+    the I/O path, as a GPU's does."""
+    from pinstream.discovery import discover_blocks
+
+    def asleep(x, *_args, **_kwargs):
+        time.sleep(seconds)
+        return x
+
+    blocks = [b for m in models for _name, b in discover_blocks(m).blocks]
+    for b in blocks:
+        b.forward = asleep
+    try:
+        yield
+    finally:
+        for b in blocks:
+            del b.forward
+
+
 def shared_run(high, low, inputs, *, device, engine, link_gbps, fraction: float, model_bytes: int, prefetch: int,
-               steps: int, spill_dir: str) -> dict:
+               steps: int, spill_dir: str, block_sleep_s: float | None = None) -> dict:
     """Wan 2.2's two experts taking turns for two prompts (``steps`` steps each per prompt,
     high then low) under a pinning cap of 2 x ``fraction`` x one model: "fixed", each model
     with a host budget of half of what the cap leaves beside both read rings (so that both
@@ -675,7 +719,10 @@ def shared_run(high, low, inputs, *, device, engine, link_gbps, fraction: float,
     the second prompt: its wall time, the bytes read from disk, the median step of each
     expert's steps from the third on, the time the moves took, and whether every output was
     full load's. "forced" is "untold" with the RAM taken at each model's second step whether
-    or not the disk time spent pays for it: what a move costs on this machine."""
+    or not the disk time spent pays for it: what a move costs on this machine. With
+    ``block_sleep_s`` each block holds the host that long asleep instead of computing (the
+    compute off the CPU, as under a GPU; the outputs then say nothing of the weights, and
+    ``bit_identical`` is None)."""
     import statistics
     import time
     import warnings
@@ -710,9 +757,12 @@ def shared_run(high, low, inputs, *, device, engine, link_gbps, fraction: float,
     for m, path in zip(models, files):
         save_file({"model.diffusion_model." + k: v.contiguous() for k, v in m.state_dict().items()}, path)
     out: dict = {"pin_cap_bytes": cap, "fraction": fraction, "steps": steps, "fixed_budget_bytes": fixed_budget,
-                 "setups": {}}
+                 "block_sleep_ms": None if block_sleep_s is None else 1e3 * block_sleep_s, "setups": {}}
     saved = os.environ.get("PINSTREAM_PIN_CAP_GB")
     os.environ["PINSTREAM_PIN_CAP_GB"] = str(cap / GIB)
+    asleep = contextlib.ExitStack()
+    if block_sleep_s is not None:
+        asleep.enter_context(_blocks_asleep(models, block_sleep_s))
     try:
         from pinstream.handle import OffloadHandle
 
@@ -741,7 +791,8 @@ def shared_run(high, low, inputs, *, device, engine, link_gbps, fraction: float,
                             h.expect_passes(steps)
                         for step in range(steps):
                             t0 = time.perf_counter()
-                            same = same and torch.equal(_forward(m, inputs, device).float().cpu(), ref)
+                            y = _forward(m, inputs, device)
+                            same = same and (block_sleep_s is not None or torch.equal(y.float().cpu(), ref))
                             if step >= 2:
                                 steady.append((time.perf_counter() - t0) * 1e3)
                     prompt_ms = (time.perf_counter() - start) * 1e3
@@ -755,13 +806,14 @@ def shared_run(high, low, inputs, *, device, engine, link_gbps, fraction: float,
                     "host_bytes": [int(h.host_bytes) for h in handles],
                     "spill_bytes": [int(st["spill_bytes"]) for st in stats],
                     "source_block_bytes": [int(st["source_block_bytes"]) for st in stats],
-                    "bit_identical": bool(same),
+                    "bit_identical": None if block_sleep_s is not None else bool(same),
                 }
             finally:
                 OffloadHandle._disk_excess_ms = excess
                 for h in handles:
                     h.detach()
     finally:
+        asleep.close()
         if saved is None:
             os.environ.pop("PINSTREAM_PIN_CAP_GB", None)
         else:
@@ -1063,6 +1115,15 @@ def summary(res: dict) -> str:
             f"two models taking turns ({sh['steps']} steps each per prompt) with host RAM for "
             f"{2 * sh['fraction']:g} of one, second prompt: " + "; ".join(parts) + "; bit-identical "
             + ("yes" if all(r["bit_identical"] for r in sh["setups"].values()) else "NO"))
+    sh = res.get("shared_ram_compute_off_cpu")
+    if sh:
+        f = sh["setups"]["fixed"]["prompt_ms"]
+        lines.append(
+            f"the same with the compute off the CPU (each block {sh['block_sleep_ms']:.2f} ms asleep, half its read at "
+            f"the disk tier's rate), {sh['steps']} steps each: " + "; ".join(
+                f"{k} {r['prompt_ms']:.1f} ms, {r['disk_bytes_per_prompt'] / MIB:.1f} MiB from disk, moves "
+                f"{r['move_ms']:.1f} ms" + (f" (x{f / r['prompt_ms']:.2f})" if k != "fixed" and r["prompt_ms"] else "")
+                for k, r in sh["setups"].items()))
     if res.get("o_direct_refused"):
         lines.insert(2, f"O_DIRECT refused on {res['file_system'].get('type')}: {res['o_direct_refused']}")
     if res.get("note"):

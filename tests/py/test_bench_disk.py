@@ -103,6 +103,11 @@ def test_bench_disk_quick_writes_its_figures(tmp_path):
     assert all(v["bit_identical"] and v["prompt_ms"] > 0 for v in sh["setups"].values())
     assert sh["setups"]["fixed"]["move_ms"] == 0 and sh["setups"]["fixed"]["moved_to_ram_bytes"] == 0
     assert all(sum(v["host_bytes"]) <= sh["pin_cap_bytes"] for k, v in sh["setups"].items() if k != "fixed")
+    # and with each block asleep instead of computing (the compute off the CPU): no outputs to compare
+    off = r["shared_ram_compute_off_cpu"]
+    assert set(off["setups"]) == set(sh["setups"]) and off["block_sleep_ms"] > 0
+    assert all(v["bit_identical"] is None and v["prompt_ms"] > 0 for v in off["setups"].values())
+    assert off["setups"]["fixed"]["disk_bytes_per_prompt"] > 0
     assert list(spill.iterdir()) == []  # the test file and the spill files are gone
 
 
