@@ -385,6 +385,12 @@ class OffloadHandle(Replanning):
         # ran (the disk time counted). The cost is the giver's (see _move_pays).
         gained = self._rent_ms if left is None else (left - 1) * self._rent_ms / self._rent_passes
         if not self._move_pays(gained, gain, gbps, _MOVE_COST):
+            if self._move_pays(gained, gain, gbps):
+                # turned down by the pace of the moves so far alone: a pace not measured again
+                # loses a tenth at each move it turns down, so that one slow move cannot keep
+                # every later one from paying (the next move measures it again)
+                with _RAM_LOCK:
+                    _MOVE_COST[0] *= 0.9
             return
         # the room it needs beside the others: its ring too while blocks stay on disk
         required = need if want >= need else want + self._ring_bytes()

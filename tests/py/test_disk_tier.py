@@ -996,6 +996,24 @@ def test_a_move_that_checks_copies_on_disk_for_the_first_time_is_not_the_pace_of
     ha.detach()
 
 
+def test_a_pace_of_moves_that_turns_moves_down_wears_off(tmp_path, monkeypatch, alone):
+    """The pace of the moves so far (one slow move, say) that alone turns a move down loses
+    a tenth at each move it turns down, so a move comes; without that, RAM would stay with
+    the model that has it for a thousand passes here."""
+    from pinstream import handle
+    from pinstream.handle import OffloadHandle
+
+    x = torch.randn(3, 128)
+    a, b, ha, hb, ref_a, ref_b = _two_sharing(tmp_path, monkeypatch, x)
+    monkeypatch.setattr(OffloadHandle, "_disk_excess_ms", staticmethod(lambda st, prev: 1e6))
+    handle._MOVE_COST[:] = [1e3, 1]  # 1000 ms a byte brought back: a move of 1 MB "costs" 1e9 ms
+    _run(b, x, ref_b, 60)
+    assert hb.ram_moves["moves"] == 1 and hb.stats()["disk_blocks"] == 0
+    assert handle._MOVE_COST[0] < 1e3  # worn off (and measured again by the move)
+    hb.detach()
+    ha.detach()
+
+
 class _Block(nn.Module):
     def __init__(self, dim, heavy):
         super().__init__()
