@@ -8,6 +8,7 @@ its pinned host memory and its device memory.
 
 from __future__ import annotations
 
+import math
 import threading
 import weakref
 
@@ -98,6 +99,7 @@ class OffloadHandle(Replanning):
         self._pass_snap = None  # disk bytes, compute ms, disk wait ms when its last pass began
         self._rent_ms = 0.0  # time the disk held its passes in a row beyond their compute
         self._rent_passes = 0  # the passes counted in it
+        self._rent_read = (0, 0.0)  # the bytes those passes read from disk, and their compute ms
         self._placed = False  # its blocks on disk placed once by their timed compute
         self._told: int | None = None  # passes still to run in a row, as told by expect_passes()
         self._step = (None, 0, 1)  # under a sampler: its step's sigma, passes at it, passes a step
@@ -334,13 +336,14 @@ class OffloadHandle(Replanning):
             _RUN_SEQ[0] += 1
             self._run_seq = _RUN_SEQ[0]
         if not self._disk_now():
-            self._pass_snap, self._rent_ms, self._rent_passes = None, 0.0, 0
+            self._pass_snap = None
+            self._reset_rent()
             return
         left = self._passes_left(told, kwargs)  # (every pass: a sampler's passes a step are counted)
         st = self._rt.pace()  # no wait for the timings of work still in flight
         prev, self._pass_snap = self._pass_snap, (st["disk_bytes"], st["compute_ms"], st["disk_wait_ms"])
         if last is not self or prev is None:
-            self._rent_ms, self._rent_passes = 0.0, 0  # a switch: the count starts again
+            self._reset_rent()  # a switch: the count starts again
             return
         if not self._placed and st["passes"] >= 2:
             # once its blocks' compute was timed: placed again by it where it is spread unlike their bytes
@@ -354,6 +357,8 @@ class OffloadHandle(Replanning):
                               RuntimeWarning, stacklevel=2)
         self._rent_ms += self._disk_excess_ms(st, prev)
         self._rent_passes += 1
+        self._rent_read = (self._rent_read[0] + st["disk_bytes"] - prev[0],
+                           self._rent_read[1] + st["compute_ms"] - prev[1])
         cap = pin_cap.default_pin_cap_bytes()
         if cap < 0 or self._rent_ms <= 0:
             return
@@ -374,7 +379,8 @@ class OffloadHandle(Replanning):
         # More RAM would save it nothing, and the giver would read it back at its turn.
         floor = sum(h.ram_bytes for h in others if h not in givers) + sum(
             h.discovery.nonblock_bytes + h._ring_bytes() for h in givers)
-        gbps = float(st.get("disk_gbps", 0.0))
+        gbps = self._pass_read_gbps(self._rent_read[0], self._rent_read[1], self._rent_ms,
+                                    float(st.get("disk_gbps", 0.0)))
         want = self._hiding_bytes(held, self._rent_ms / max(1, self._rent_passes), gbps,
                                   self.discovery.largest_block_bytes, goal(room - floor))
         gain = want - held
@@ -423,7 +429,22 @@ class OffloadHandle(Replanning):
 
             warnings.warn(f"PinStream: host RAM could not follow the model that runs: {e}", RuntimeWarning,
                           stacklevel=2)
-        self._rent_ms, self._rent_passes = 0.0, 0
+        self._reset_rent()
+
+    def _reset_rent(self) -> None:
+        self._rent_ms, self._rent_passes, self._rent_read = 0.0, 0, (0, 0.0)
+
+    @staticmethod
+    def _pass_read_gbps(read: int, compute_ms: float, excess_ms: float, gbps: float) -> float:
+        """The rate a model's passes read from disk at, as the passes saw it (GB/s): where
+        the disk held them beyond their compute it was reading all along, so their bytes
+        over their compute and that excess; else (or nothing timed) ``gbps``, the rate per
+        second of busy disk time. The RAM that hides the excess, and the reads a giver makes
+        again, are reckoned at it."""
+        spent = compute_ms + excess_ms
+        if read > 0 and excess_ms > 0 and compute_ms > 0 and math.isfinite(spent):
+            return read / spent / 1e6
+        return gbps
 
     def _ring_bytes(self) -> int:
         """Its read ring while blocks live on disk: prefetch + read-ahead of its largest block."""

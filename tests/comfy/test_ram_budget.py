@@ -272,7 +272,7 @@ def test_two_experts_share_the_ram_and_the_one_waiting_lives_on_disk(mode, monke
     from pinstream.handle import OffloadHandle
 
     # as where the disk sets the pace (with these tiny models it may keep up, and then nothing moves)
-    monkeypatch.setattr(OffloadHandle, "_disk_excess_ms", staticmethod(lambda st, prev: 1e9))
+    monkeypatch.setattr(OffloadHandle, "_disk_excess_ms", staticmethod(lambda st, prev: float("inf")))
     hi_path, lo_path = f("wan22_t2v")
     ref, pos, neg = pl.two_experts_reference(ns, hi_path, lo_path)
     ref8 = pl.two_experts_reference(ns, hi_path, lo_path, steps=8, switch_at=4)[0]

@@ -702,7 +702,7 @@ def test_ram_follows_the_model_that_runs_and_the_waiting_one_lives_on_disk(tmp_p
     from pinstream.handle import OffloadHandle
 
     # as where the disk sets the pace (these small blocks may keep up with the compute)
-    monkeypatch.setattr(OffloadHandle, "_disk_excess_ms", staticmethod(lambda st, prev: 1e9))
+    monkeypatch.setattr(OffloadHandle, "_disk_excess_ms", staticmethod(lambda st, prev: float("inf")))
     a, b = _net(seed=1), _net(seed=2)
     x = torch.randn(3, 128)
     with torch.no_grad():
@@ -803,6 +803,18 @@ def test_the_ram_that_hides_a_models_disk_time():
     assert hide(10_000_000, float("inf"), 1.5, 4_000_000, 25_000_000) == 25_000_000
 
 
+def test_the_rate_a_models_passes_read_at():
+    from pinstream.handle import OffloadHandle
+
+    rate = OffloadHandle._pass_read_gbps
+    # 88 MB read by passes of 30 ms compute the disk held 30 ms longer: it read all along, 1.47 GB/s
+    assert rate(88_000_000, 30.0, 30.0, 1.0) == pytest.approx(88 / 60)
+    assert rate(88_000_000, 30.0, 0.0, 1.0) == 1.0  # it kept up: the rate per busy second
+    assert rate(88_000_000, 30.0, float("inf"), 1.0) == 1.0
+    assert rate(88_000_000, 0.0, 30.0, 1.0) == 1.0  # no compute timed
+    assert rate(0, 30.0, 30.0, 1.0) == 1.0
+
+
 def test_a_block_changed_in_ram_after_it_came_back_is_written_again_when_it_goes(tmp_path):
     m = _net()
     x = torch.randn(3, 128)
@@ -899,7 +911,7 @@ def _two_sharing(tmp_path, monkeypatch, x, cls=Net):
     the second starts with blocks on disk. Their outputs on ``x`` as they were, before."""
     from pinstream.handle import OffloadHandle
 
-    monkeypatch.setattr(OffloadHandle, "_disk_excess_ms", staticmethod(lambda st, prev: 1e9))
+    monkeypatch.setattr(OffloadHandle, "_disk_excess_ms", staticmethod(lambda st, prev: float("inf")))
     torch.manual_seed(1)
     a = cls().eval()
     torch.manual_seed(2)
@@ -932,7 +944,7 @@ def test_a_model_told_its_passes_takes_ram_only_where_the_passes_left_gain_it(tm
     _run(b, x, ref_b, 2)  # at its second pass 5 are left: it takes the RAM
     assert hb.ram_moves["moves"] == 1 and hb.stats()["disk_blocks"] == 0 and ha.stats()["disk_blocks"] > 0
     _run(b, x, ref_b, 4)  # counted out: the passes run so far stand for those to come again
-    _run(a, x, ref_a, 2)  # untold, by the rent counted: the disk time 1e9 ms pays at once
+    _run(a, x, ref_a, 2)  # untold, by the rent counted: an endless disk time pays at once
     assert ha.stats()["disk_blocks"] == 0 and hb.stats()["disk_blocks"] > 0
     with pytest.raises(ValueError, match=r"expect_passes\(\) takes a count of passes \(an int >= 0\) or None"):
         hb.expect_passes(-1)
@@ -1109,7 +1121,7 @@ def test_blocks_coming_back_are_read_through_the_next_pass(tmp_path, kw):
 def test_a_move_or_a_read_through_that_fails_warns_and_the_passes_are_right(tmp_path, monkeypatch, alone):
     from pinstream.handle import OffloadHandle
 
-    monkeypatch.setattr(OffloadHandle, "_disk_excess_ms", staticmethod(lambda st, prev: 1e9))
+    monkeypatch.setattr(OffloadHandle, "_disk_excess_ms", staticmethod(lambda st, prev: float("inf")))
     a, b = _net(seed=1), _net(seed=2)
     x = torch.randn(3, 128)
     with torch.no_grad():
