@@ -762,6 +762,8 @@ def test_the_running_model_takes_only_the_ram_that_hides_its_disk_time(tmp_path,
         return 3 * block / (st["disk_gbps"] * 1e6) if st.get("disk_gbps") else 0.0
 
     monkeypatch.setattr(OffloadHandle, "_disk_excess_ms", staticmethod(three_blocks_late))
+    # reads reckoned at that measured rate too (the rate the passes saw has a test of its own)
+    monkeypatch.setattr(OffloadHandle, "_pass_read_gbps", staticmethod(lambda read, compute, excess, gbps: gbps))
     a, b = _net(seed=1, n=16), _net(seed=2, n=16)
     block = _block_bytes(a)
     x = torch.randn(3, 128)
