@@ -661,26 +661,25 @@ def run(args) -> dict:
              f"ms: stall at the switch {r['stall_ms']:.1f} ms, {r['first_step_disk_read_misses']} read misses, "
              f"bit-identical {r['bit_identical']}")
     # 5. the same two models for two prompts: fixed host budgets against RAM that follows the model that runs
+    def shared(steps: int, block_sleep_s: float | None = None) -> dict:
+        r = shared_run(model, low, inputs, device=dev, engine=engine, link_gbps=args.link_gbps,
+                       fraction=args.share_fraction, model_bytes=model_bytes, prefetch=args.prefetch, steps=steps,
+                       spill_dir=spill, block_sleep_s=block_sleep_s)
+        for kind, v in r["setups"].items():
+            _log(f"  {kind}: second prompt {v['prompt_ms']:.1f} ms, {v['disk_bytes_per_prompt'] / MIB:.1f} MiB read "
+                 f"from disk per prompt, steady step {v['steady_step_ms']:.1f} ms, moves {v['move_ms']:.1f} ms"
+                 + ("" if v["bit_identical"] is None else f", bit-identical {v['bit_identical']}"))
+        return r
+
     _log(f"shared RAM: two models taking turns with host RAM for {2 * args.share_fraction:g} of one")
-    res["shared_ram"] = shared_run(model, low, inputs, device=dev, engine=engine, link_gbps=args.link_gbps,
-                                   fraction=args.share_fraction, model_bytes=model_bytes, prefetch=args.prefetch,
-                                   steps=3 if args.quick else 6, spill_dir=spill)
-    for kind, r in res["shared_ram"]["setups"].items():
-        _log(f"  {kind}: second prompt {r['prompt_ms']:.1f} ms, {r['disk_bytes_per_prompt'] / MIB:.1f} MiB read from disk "
-             f"per prompt, steady step {r['steady_step_ms']:.1f} ms, moves {r['move_ms']:.1f} ms, "
-             f"bit-identical {r['bit_identical']}")
+    res["shared_ram"] = shared(3 if args.quick else 6)
     # 6. the same with the compute off the CPU, as under a GPU: each block asleep for half its
     # read at the disk tier's rate (the disk sets the pace, twice the compute), more steps
     gbps = res.get("pinstream_disk_gbps") or 1.0
     sleep_s = SHARED_COMPUTE_OF_READ * (model_bytes - disc.nonblock_bytes) / len(disc.blocks) / (gbps * 1e9)
     steps = 3 if args.quick else 10
     _log(f"shared RAM, the compute off the CPU: each block {sleep_s * 1e3:.2f} ms asleep, {steps} steps each")
-    res["shared_ram_compute_off_cpu"] = shared_run(
-        model, low, inputs, device=dev, engine=engine, link_gbps=args.link_gbps, fraction=args.share_fraction,
-        model_bytes=model_bytes, prefetch=args.prefetch, steps=steps, spill_dir=spill, block_sleep_s=sleep_s)
-    for kind, r in res["shared_ram_compute_off_cpu"]["setups"].items():
-        _log(f"  {kind}: second prompt {r['prompt_ms']:.1f} ms, {r['disk_bytes_per_prompt'] / MIB:.1f} MiB read from disk "
-             f"per prompt, steady step {r['steady_step_ms']:.1f} ms, moves {r['move_ms']:.1f} ms")
+    res["shared_ram_compute_off_cpu"] = shared(steps, sleep_s)
     res["load_average_at_end"] = list(os.getloadavg())
     return res
 

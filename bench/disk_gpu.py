@@ -176,8 +176,9 @@ class DiskTierSection:
     def _shared_ram(self, d: dict) -> None:
         """Two models taking turns (Wan 2.2's experts, here of the ``shared_wan`` shape) for two
         prompts under one pinning cap: fixed budgets, automatic ones (RAM following the model
-        that runs, its steps told and not), and moves forced at each model's second step (bench/disk.py's shared_run),
-        at the short length, where the disk is slower than the compute."""
+        that runs, its steps told and not), and moves forced at each model's second step
+        (bench/disk.py's shared_run), at the short length, where the disk is slower than the
+        compute."""
         import dataclasses
 
         import torch
